@@ -1,0 +1,159 @@
+//! The admin API: JSON over HTTP/1.1 on its own listener (127.0.0.1 by default), never on the
+//! traffic port. Off the request path: plain threads, one per admin connection.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::server::Control;
+
+/// An admin client that sends nothing for this long is dropped.
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest admin request (head and body) accepted.
+const ADMIN_MAX_REQUEST: usize = 64 * 1024;
+
+/// Binds the admin listener and serves it on a background thread; returns the bound address.
+pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "admin API listening");
+    std::thread::Builder::new()
+        .name("lb-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(stream) => {
+                        let control = control.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("lb-admin-conn".into())
+                            .spawn(move || serve(stream, &control));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+/// A parsed admin request.
+struct AdminRequest {
+    method: String,
+    path: String,
+}
+
+fn serve(mut stream: TcpStream, control: &Control) {
+    let _ = stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
+    let (status, body) = match read_request(&mut stream) {
+        Ok(req) => handle(&req, control),
+        Err(reason) => (400, json!({ "error": "bad_request", "reason": reason })),
+    };
+    let body = format!("{body}\n");
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        crate::http::write::reason(status),
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body.as_bytes());
+}
+
+fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let method = req.method.unwrap_or("").to_string();
+                let path = req.path.unwrap_or("/").to_string();
+                let body_len = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| crate::http::parse_content_length(h.value))
+                    .unwrap_or(0) as usize;
+                if head_len + body_len > ADMIN_MAX_REQUEST {
+                    return Err("request too large".into());
+                }
+                // Bodies are not used yet; read them so the client sees a clean close.
+                while buf.len() < head_len + body_len {
+                    let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                return Ok(AdminRequest { method, path });
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(format!("invalid request: {e}")),
+        }
+        if buf.len() > ADMIN_MAX_REQUEST {
+            return Err("request head too large".into());
+        }
+        let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed before the request was complete".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn handle(req: &AdminRequest, control: &Control) -> (u16, Value) {
+    let path = req.path.split('?').next().unwrap_or("");
+    match (req.method.as_str(), path) {
+        ("GET", "/healthz") => (200, json!({ "status": "ok" })),
+        ("GET", "/readyz") => {
+            if control.draining.load(Ordering::SeqCst) {
+                (503, json!({ "ready": false, "reason": "draining" }))
+            } else {
+                (200, json!({ "ready": true }))
+            }
+        }
+        ("GET", "/config") => {
+            let snap = control.cell.load();
+            let loaded_at = snap
+                .loaded_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            (
+                200,
+                json!({
+                    "version": snap.version,
+                    "loaded_at_unix": loaded_at,
+                    "source": control.source().describe(),
+                    "routes": snap.config.routes.len(),
+                    "clusters": snap.config.clusters.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                }),
+            )
+        }
+        ("POST", "/reload") => match control.reload() {
+            Ok(version) => (200, json!({ "result": "reloaded", "version": version })),
+            Err(errors) => (
+                400,
+                json!({
+                    "error": "invalid_config",
+                    "reason": "the new config was rejected; the running config is unchanged",
+                    "errors": errors.errors.iter().map(|e| json!({ "path": e.path, "message": e.message })).collect::<Vec<_>>(),
+                }),
+            ),
+        },
+        (_, "/healthz" | "/readyz" | "/config" | "/reload") => (
+            405,
+            json!({ "error": "method_not_allowed", "reason": format!("{} is not allowed on {path}", req.method) }),
+        ),
+        _ => (
+            404,
+            json!({ "error": "not_found", "reason": format!("no admin endpoint {path}") }),
+        ),
+    }
+}

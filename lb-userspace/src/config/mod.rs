@@ -1,0 +1,652 @@
+//! Configuration: the TOML file (`raw`), its validated runtime form (this module), and units.
+//!
+//! Loading never panics on user input. Every problem is reported with the file, the key path
+//! (`clusters[2].endpoints[0].addr`) and what was expected.
+
+pub mod raw;
+pub mod units;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raw::{RawCluster, RawConfig, RawHttp, RawRoute, RawServer};
+use units::{parse_duration, parse_size};
+
+/// A client that does not finish sending its request head in this long is answered 408.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive client connection is closed after this long, as nginx does by default.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request body that stalls for this long between reads is abandoned.
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A LAN connect that takes longer than this is a dead host.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time from the request being sent to the response head arriving.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A response body that stalls for this long between reads is abandoned.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle pooled upstream connections are closed after this long: shorter than the keep-alive
+/// timeout of common servers (nginx 75 s, Node 5 s is the outlier), so we usually close first.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Idle pooled connections kept per endpoint per worker.
+pub const DEFAULT_POOL_MAX_IDLE: u32 = 128;
+/// In-flight requests get this long to finish after SIGTERM before the process exits anyway.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request heads larger than this are answered 431. Envoy's default is 60 KiB, nginx's 32 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Header lines accepted in one request or response head.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Request bodies larger than this are answered 413; 0 means no cap.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 0;
+/// Kernel accept backlog per worker socket.
+pub const DEFAULT_BACKLOG: u32 = 4096;
+/// Submission queue size of each worker's io_uring.
+pub const DEFAULT_IO_URING_ENTRIES: u32 = 1024;
+/// The `Via` pseudonym.
+pub const DEFAULT_VIA: &str = "lb";
+/// The hardest limit for header count we accept in config, bounded by the stack array the
+/// parser uses.
+pub const MAX_HEADERS_LIMIT: usize = 256;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: Option<AdminConfig>,
+    pub http: HttpConfig,
+    pub clusters: Vec<ClusterConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// How many workers to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per available core.
+    Auto,
+    Count(usize),
+}
+
+/// Which monoio driver workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring where the kernel allows, epoll otherwise.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub workers: Workers,
+    pub pin_workers: bool,
+    pub io: IoDriver,
+    pub io_uring_entries: u32,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// 0 means no cap.
+    pub max_request_body: u64,
+    pub client_header_timeout: Duration,
+    pub client_idle_timeout: Duration,
+    pub client_body_timeout: Duration,
+    pub x_forwarded: bool,
+    /// `None` leaves `Via` untouched.
+    pub via: Option<String>,
+}
+
+/// Balancing algorithm of a cluster. The balancing issue adds the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancerKind {
+    RoundRobin,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointConfig>,
+    pub balancer: BalancerKind,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_endpoint: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Lower-cased; `*.example.com` for a wildcard; `None` matches every host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    /// Index into `Config::clusters`.
+    pub cluster: usize,
+}
+
+/// One problem found in a config: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}: {}", self.file.display(), e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<(Config, String), ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: path.to_path_buf(),
+            errors: vec![ConfigError {
+                path: ".".into(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        let config = Config::parse(&text, path)?;
+        Ok((config, text))
+    }
+
+    /// Parses and validates config text; `file` is only used in error messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+        let wrap = |errors| ConfigErrors {
+            file: file.to_path_buf(),
+            errors,
+        };
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let mut message = inner.message().to_string();
+            if let Some(span) = inner.span() {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                message = format!("{message} (line {line})");
+            }
+            wrap(vec![ConfigError { path, message }])
+        })?;
+        validate(raw).map_err(wrap)
+    }
+}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, value: &Option<String>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => parse_duration(text).unwrap_or_else(|e| {
+                self.push(path, e);
+                default
+            }),
+        }
+    }
+
+    fn addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    path,
+                    format!(
+                        "expected an IP address and port such as \"127.0.0.1:8080\", got {text:?}"
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut errs = Errors(Vec::new());
+    let server = validate_server(&raw.server, &mut errs);
+    let http = validate_http(&raw.http, &mut errs);
+
+    if raw.listeners.is_empty() {
+        errs.push("listeners", "at least one [[listeners]] entry is required");
+    }
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
+        if !listener_names.insert(name.clone()) {
+            errs.push(
+                format!("listeners[{i}].name"),
+                format!("duplicate listener name {name:?}"),
+            );
+        }
+        let backlog = l.backlog.unwrap_or(DEFAULT_BACKLOG);
+        if backlog == 0 {
+            errs.push(
+                format!("listeners[{i}].backlog"),
+                "expected a backlog of at least 1",
+            );
+        }
+        if let Some(addr) = errs.addr(&format!("listeners[{i}].addr"), &l.addr) {
+            listeners.push(ListenerConfig {
+                name,
+                addr,
+                backlog,
+            });
+        }
+    }
+
+    let admin = raw.admin.as_ref().and_then(|a| {
+        errs.addr("admin.addr", &a.addr)
+            .map(|addr| AdminConfig { addr })
+    });
+
+    let mut clusters = Vec::new();
+    let mut cluster_names = HashSet::new();
+    for (i, c) in raw.clusters.iter().enumerate() {
+        if !cluster_names.insert(c.name.clone()) {
+            errs.push(
+                format!("clusters[{i}].name"),
+                format!("duplicate cluster name {:?}", c.name),
+            );
+        }
+        clusters.push(validate_cluster(i, c, &mut errs));
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        if let Some(route) = validate_route(i, r, &clusters, &mut errs) {
+            routes.push(route);
+        }
+    }
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            server,
+            listeners,
+            admin,
+            http,
+            clusters,
+            routes,
+        })
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn validate_server(s: &RawServer, errs: &mut Errors) -> ServerConfig {
+    let workers = match &s.workers {
+        None => Workers::Auto,
+        Some(toml::Value::String(v)) if v == "auto" => Workers::Auto,
+        Some(toml::Value::Integer(n)) if (1..=1024).contains(n) => Workers::Count(*n as usize),
+        Some(other) => {
+            errs.push(
+                "server.workers",
+                format!("expected \"auto\" or a whole number from 1 to 1024, got {other}"),
+            );
+            Workers::Auto
+        }
+    };
+    let io = match s.io.as_deref() {
+        None | Some("auto") => IoDriver::Auto,
+        Some("io_uring") => IoDriver::IoUring,
+        Some("epoll") => IoDriver::Epoll,
+        Some(other) => {
+            errs.push(
+                "server.io",
+                format!("expected \"auto\", \"io_uring\" or \"epoll\", got {other:?}"),
+            );
+            IoDriver::Auto
+        }
+    };
+    let io_uring_entries = s.io_uring_entries.unwrap_or(DEFAULT_IO_URING_ENTRIES);
+    if !(8..=32768).contains(&io_uring_entries) || !io_uring_entries.is_power_of_two() {
+        errs.push(
+            "server.io_uring_entries",
+            format!("expected a power of two from 8 to 32768, got {io_uring_entries}"),
+        );
+    }
+    ServerConfig {
+        workers,
+        pin_workers: s.pin_workers.unwrap_or(true),
+        io,
+        io_uring_entries,
+        drain_timeout: errs.duration(
+            "server.drain_timeout",
+            &s.drain_timeout,
+            DEFAULT_DRAIN_TIMEOUT,
+        ),
+    }
+}
+
+fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
+    let size = |errs: &mut Errors, key: &str, v: &Option<toml::Value>, default: u64| match v {
+        None => default,
+        Some(v) => parse_size(v).unwrap_or_else(|e| {
+            errs.push(format!("http.{key}"), e);
+            default
+        }),
+    };
+    let max_header_bytes = size(
+        errs,
+        "max_header_bytes",
+        &h.max_header_bytes,
+        DEFAULT_MAX_HEADER_BYTES as u64,
+    );
+    if !(1024..=1 << 20).contains(&max_header_bytes) {
+        errs.push(
+            "http.max_header_bytes",
+            format!("expected a size from 1KiB to 1MiB, got {max_header_bytes}"),
+        );
+    }
+    let max_headers = h
+        .max_headers
+        .map(|n| n as usize)
+        .unwrap_or(DEFAULT_MAX_HEADERS);
+    if !(1..=MAX_HEADERS_LIMIT).contains(&max_headers) {
+        errs.push(
+            "http.max_headers",
+            format!("expected a number from 1 to {MAX_HEADERS_LIMIT}, got {max_headers}"),
+        );
+    }
+    let via = match h.via.as_deref() {
+        None => Some(DEFAULT_VIA.to_string()),
+        Some("") => None,
+        Some(v) if v.bytes().all(|b| b.is_ascii_graphic()) => Some(v.to_string()),
+        Some(v) => {
+            errs.push(
+                "http.via",
+                format!("expected a pseudonym without spaces or control characters, got {v:?}"),
+            );
+            None
+        }
+    };
+    HttpConfig {
+        max_header_bytes: max_header_bytes.min(1 << 20) as usize,
+        max_headers: max_headers.min(MAX_HEADERS_LIMIT),
+        max_request_body: size(
+            errs,
+            "max_request_body",
+            &h.max_request_body,
+            DEFAULT_MAX_REQUEST_BODY,
+        ),
+        client_header_timeout: errs.duration(
+            "http.client_header_timeout",
+            &h.client_header_timeout,
+            DEFAULT_CLIENT_HEADER_TIMEOUT,
+        ),
+        client_idle_timeout: errs.duration(
+            "http.client_idle_timeout",
+            &h.client_idle_timeout,
+            DEFAULT_CLIENT_IDLE_TIMEOUT,
+        ),
+        client_body_timeout: errs.duration(
+            "http.client_body_timeout",
+            &h.client_body_timeout,
+            DEFAULT_CLIENT_BODY_TIMEOUT,
+        ),
+        x_forwarded: h.x_forwarded.unwrap_or(true),
+        via,
+    }
+}
+
+fn validate_cluster(i: usize, c: &RawCluster, errs: &mut Errors) -> ClusterConfig {
+    let at = |key: &str| format!("clusters[{i}].{key}");
+    if c.name.is_empty() {
+        errs.push(at("name"), "expected a non-empty cluster name");
+    }
+    if c.endpoints.is_empty() {
+        errs.push(at("endpoints"), "a cluster needs at least one endpoint");
+    }
+    let mut endpoints = Vec::new();
+    let mut seen = HashSet::new();
+    for (j, e) in c.endpoints.iter().enumerate() {
+        let weight = e.weight.unwrap_or(1);
+        if weight == 0 || weight > 10_000 {
+            errs.push(
+                at(&format!("endpoints[{j}].weight")),
+                format!("expected a weight from 1 to 10000, got {weight}"),
+            );
+        }
+        if let Some(addr) = errs.addr(&at(&format!("endpoints[{j}].addr")), &e.addr) {
+            if !seen.insert(addr) {
+                errs.push(
+                    at(&format!("endpoints[{j}].addr")),
+                    format!("endpoint {addr} is listed twice"),
+                );
+            }
+            endpoints.push(EndpointConfig { addr, weight });
+        }
+    }
+    let balancer = match c.balancer.as_deref() {
+        None | Some("round_robin") => BalancerKind::RoundRobin,
+        Some(other) => {
+            errs.push(
+                at("balancer"),
+                format!("expected \"round_robin\", got {other:?}"),
+            );
+            BalancerKind::RoundRobin
+        }
+    };
+    let pool_max = c
+        .pool_max_idle_per_endpoint
+        .unwrap_or(DEFAULT_POOL_MAX_IDLE);
+    if pool_max > 65_536 {
+        errs.push(
+            at("pool_max_idle_per_endpoint"),
+            format!("expected at most 65536, got {pool_max}"),
+        );
+    }
+    let mut positive = |key: &str, v: &Option<String>, d: Duration| {
+        let value = errs.duration(&at(key), v, d);
+        if value.is_zero() {
+            errs.push(at(key), "expected a duration greater than zero");
+        }
+        value
+    };
+    ClusterConfig {
+        name: c.name.clone(),
+        endpoints,
+        balancer,
+        connect_timeout: positive(
+            "connect_timeout",
+            &c.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        response_timeout: positive(
+            "response_timeout",
+            &c.response_timeout,
+            DEFAULT_RESPONSE_TIMEOUT,
+        ),
+        idle_timeout: positive(
+            "idle_timeout",
+            &c.idle_timeout,
+            DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+        ),
+        pool_idle_timeout: positive(
+            "pool_idle_timeout",
+            &c.pool_idle_timeout,
+            DEFAULT_POOL_IDLE_TIMEOUT,
+        ),
+        pool_max_idle_per_endpoint: pool_max as usize,
+    }
+}
+
+fn validate_route(
+    i: usize,
+    r: &RawRoute,
+    clusters: &[ClusterConfig],
+    errs: &mut Errors,
+) -> Option<RouteConfig> {
+    let at = |key: &str| format!("routes[{i}].{key}");
+    let host = match r.host.as_deref() {
+        None | Some("*") => None,
+        Some(h) => {
+            let h = h.to_ascii_lowercase();
+            let bare = h.strip_prefix("*.").unwrap_or(&h);
+            let valid = !bare.is_empty()
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && !bare.starts_with('.')
+                && !bare.ends_with('.');
+            if !valid {
+                errs.push(
+                    at("host"),
+                    format!("expected a host name such as \"api.example.com\" or \"*.example.com\", got {h:?}"),
+                );
+            }
+            Some(h)
+        }
+    };
+    let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/')
+        || path_prefix
+            .bytes()
+            .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
+    {
+        errs.push(
+            at("path_prefix"),
+            format!(
+                "expected a path starting with '/' without spaces, '?' or '#', got {path_prefix:?}"
+            ),
+        );
+    }
+    let cluster = clusters.iter().position(|c| c.name == r.cluster);
+    if cluster.is_none() {
+        let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+        errs.push(
+            at("cluster"),
+            format!("no cluster named {:?}; clusters are {known:?}", r.cluster),
+        );
+    }
+    Some(RouteConfig {
+        name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
+        host,
+        path_prefix,
+        cluster: cluster?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    const GOOD: &str = r#"
+        [server]
+        workers = 2
+        [[listeners]]
+        addr = "127.0.0.1:8080"
+        [admin]
+        addr = "127.0.0.1:9901"
+        [[clusters]]
+        name = "orders"
+        endpoints = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002", weight = 3 }]
+        connect_timeout = "500ms"
+        [[routes]]
+        host = "API.example.com"
+        path_prefix = "/api/orders"
+        cluster = "orders"
+    "#;
+
+    #[test]
+    fn good_config_validates() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.server.workers, Workers::Count(2));
+        assert_eq!(c.clusters[0].endpoints[1].weight, 3);
+        assert_eq!(c.clusters[0].connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.routes[0].host.as_deref(), Some("api.example.com"));
+        assert_eq!(c.routes[0].cluster, 0);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let text = r#"
+            [server]
+            workers = 0
+            [[listeners]]
+            addr = "nope"
+            [[clusters]]
+            name = "a"
+            endpoints = [{ addr = "127.0.0.1:1" }, { addr = "bad" }]
+            connect_timeout = "5 fortnights"
+            [[routes]]
+            cluster = "missing"
+        "#;
+        let e = parse(text).expect_err("invalid");
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.workers",
+                "listeners[0].addr",
+                "clusters[0].endpoints[1].addr",
+                "clusters[0].connect_timeout",
+                "routes[0].cluster"
+            ]
+        );
+        assert!(e
+            .to_string()
+            .starts_with("test.toml: server.workers: expected"));
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let text = "[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:2\", wieght = 1 }]\n";
+        let e = parse(text).expect_err("typo");
+        assert_eq!(e.errors[0].path, "clusters[0].endpoints[0].wieght");
+        assert!(
+            e.errors[0].message.contains("unknown field"),
+            "{}",
+            e.errors[0].message
+        );
+    }
+}

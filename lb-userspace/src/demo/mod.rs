@@ -1,0 +1,100 @@
+//! `lb demo`: the embedded demo config with built-in echo backends, so that a newcomer sees
+//! routing work in a minute.
+
+pub mod backend;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::server::{self, ConfigSource, RunOptions};
+use backend::{Backend, Handler};
+
+/// The demo config, compiled into the binary.
+pub const DEMO_CONFIG: &str = include_str!("../../../conf/demo.toml");
+
+/// A handler that answers every request with JSON naming `name` and describing what arrived:
+/// method, path, headers and body length.
+pub fn echo(name: &str) -> Handler {
+    let name = name.to_string();
+    Arc::new(move |req, res| {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), json!(v)))
+            .collect();
+        let body = json!({
+            "backend": name,
+            "method": req.method,
+            "path": req.path,
+            "headers": headers,
+            "body_length": req.body_len,
+        });
+        let mut text = serde_json::to_vec_pretty(&body).unwrap_or_default();
+        text.push(b'\n');
+        res.send(
+            200,
+            &[("Content-Type", "application/json"), ("X-Backend", &name)],
+            &text,
+        );
+    })
+}
+
+/// Runs the demo: echo backends on every endpoint of the demo config, then `lb` itself.
+pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
+    let config = Config::parse(DEMO_CONFIG, Path::new("conf/demo.toml"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut backends = Vec::new();
+    if with_backends {
+        for cluster in &config.clusters {
+            for (i, ep) in cluster.endpoints.iter().enumerate() {
+                let name = format!("{}-{}", cluster.name, i + 1);
+                backends.push(start_echo(ep.addr, &name)?);
+            }
+        }
+    }
+    print_banner(&config);
+    let result = server::run(
+        ConfigSource::Embedded {
+            name: "conf/demo.toml",
+            text: DEMO_CONFIG,
+        },
+        opts,
+    );
+    drop(backends);
+    result
+}
+
+fn start_echo(addr: SocketAddr, name: &str) -> anyhow::Result<Backend> {
+    let b = Backend::start_on(addr, echo(name))
+        .with_context(|| format!("demo backend {name}: cannot listen on {addr}"))?;
+    tracing::info!(backend = name, %addr, "demo backend up");
+    Ok(b)
+}
+
+fn print_banner(config: &Config) {
+    let Some(listener) = config.listeners.first() else {
+        return;
+    };
+    let base = format!("http://{}", listener.addr);
+    println!(
+        "lb demo: proxy on {base}{}",
+        config
+            .admin
+            .as_ref()
+            .map_or(String::new(), |a| format!(", admin on http://{}", a.addr))
+    );
+    println!("try:");
+    println!("  curl -s {base}/api/orders/42          # alternates between orders-1 and orders-2");
+    println!("  curl -s {base}/api/users/7            # served by users-1");
+    println!("  curl -s -X POST --data 'hello' {base}/api/orders");
+    println!("  curl -s -i {base}/nowhere             # 404 from lb, no route");
+    if let Some(a) = &config.admin {
+        println!("  curl -s http://{}/config", a.addr);
+    }
+    println!("stop with Ctrl-C");
+}

@@ -1,0 +1,208 @@
+//! The HTTP/1.1 codec: request and response head analysis, body framing, and the chunked
+//! decoder. Parsing is `httparse` over a caller-owned buffer; nothing here allocates.
+
+pub mod chunked;
+pub mod request;
+pub mod response;
+pub mod write;
+
+/// How a message body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Everything until the peer closes (responses only).
+    UntilClose,
+}
+
+/// The request methods `lb` treats specially; everything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Patch,
+    Trace,
+    Connect,
+    Other,
+}
+
+impl Method {
+    pub fn from_bytes(m: &[u8]) -> Method {
+        match m {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"DELETE" => Method::Delete,
+            b"OPTIONS" => Method::Options,
+            b"PATCH" => Method::Patch,
+            b"TRACE" => Method::Trace,
+            b"CONNECT" => Method::Connect,
+            _ => Method::Other,
+        }
+    }
+
+    /// RFC 9110 §9.2.2: a request that can be repeated without changing its effect.
+    pub fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
+        )
+    }
+}
+
+/// Headers that describe one connection and are never forwarded (RFC 9110 §7.6.1), plus the
+/// framing headers that `lb` recomputes itself.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"expect",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Iterates the comma-separated, trimmed, non-empty elements of a header value.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|item| item.trim_ascii())
+        .filter(|item| !item.is_empty())
+}
+
+/// Connection-level options collected from `Connection` headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionOptions<'a> {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// Other header names listed in `Connection`, to strip (at most 8 are tracked; a request
+    /// naming more has every listed header beyond the eighth forwarded).
+    pub named: [&'a [u8]; 8],
+    pub named_len: usize,
+}
+
+impl<'a> ConnectionOptions<'a> {
+    pub fn add(&mut self, value: &'a [u8]) {
+        for item in list_items(value) {
+            if item.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if item.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if item.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else if self.named_len < self.named.len() {
+                self.named[self.named_len] = item;
+                self.named_len += 1;
+            }
+        }
+    }
+
+    /// True if `name` was listed in `Connection` and so belongs to this hop only.
+    pub fn names(&self, name: &[u8]) -> bool {
+        self.named[..self.named_len]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Parses a Content-Length value strictly: ASCII digits only, no sign, no overflow.
+pub fn parse_content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add((d - b'0') as u64)
+    })
+}
+
+/// Why a Transfer-Encoding value is not acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeVerdict {
+    /// Ends in exactly one `chunked`.
+    Chunked,
+    /// Does not end in `chunked`.
+    NotChunkedLast,
+    /// Names `chunked` more than once, or before another coding.
+    ChunkedTwice,
+}
+
+/// Judges the combined Transfer-Encoding list of a message.
+pub fn judge_transfer_encoding<'a>(values: impl Iterator<Item = &'a [u8]>) -> TeVerdict {
+    let mut chunked_seen = 0;
+    let mut last_is_chunked = false;
+    for v in values {
+        for item in list_items(v) {
+            last_is_chunked = item.eq_ignore_ascii_case(b"chunked");
+            if last_is_chunked {
+                chunked_seen += 1;
+            }
+        }
+    }
+    if chunked_seen > 1 || (chunked_seen == 1 && !last_is_chunked) {
+        TeVerdict::ChunkedTwice
+    } else if last_is_chunked {
+        TeVerdict::Chunked
+    } else {
+        TeVerdict::NotChunkedLast
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_is_strict() {
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b"1234"), Some(1234));
+        assert_eq!(parse_content_length(b"18446744073709551615"), None);
+        assert_eq!(
+            parse_content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [&b""[..], b"+1", b"-1", b" 1", b"1a", b"0x10", b"1,1"] {
+            assert_eq!(parse_content_length(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_verdicts() {
+        let v = |s: &[&'static [u8]]| judge_transfer_encoding(s.iter().copied());
+        assert_eq!(v(&[b"chunked"]), TeVerdict::Chunked);
+        assert_eq!(v(&[b"gzip, Chunked"]), TeVerdict::Chunked);
+        assert_eq!(v(&[b"gzip", b"chunked"]), TeVerdict::Chunked);
+        assert_eq!(v(&[b"chunked, gzip"]), TeVerdict::ChunkedTwice);
+        assert_eq!(v(&[b"chunked", b"chunked"]), TeVerdict::ChunkedTwice);
+        assert_eq!(v(&[b"gzip"]), TeVerdict::NotChunkedLast);
+        assert_eq!(v(&[b"identity"]), TeVerdict::NotChunkedLast);
+    }
+
+    #[test]
+    fn connection_options() {
+        let mut c = ConnectionOptions::default();
+        c.add(b"Keep-Alive, X-Secret , close");
+        assert!(c.close && c.keep_alive && !c.upgrade);
+        assert!(c.names(b"x-secret"));
+        assert!(!c.names(b"x-other"));
+    }
+}

@@ -1,0 +1,20 @@
+//! `lb`: an HTTP/1.1 load balancer on thread-per-core monoio workers.
+//!
+//! A request's way through, by module: `worker` (accept on a pinned core) → `proxy` (read the
+//! head, plan, exchange) using `http` (codec) → `routing` (which cluster) → `balancing` (which
+//! endpoint) → `upstream` (pooled connection) → back out. `config` and `snapshot` hold what the
+//! workers decide from; `server` and `admin` are the control side.
+
+pub mod admin;
+pub mod balancing;
+pub mod config;
+pub mod demo;
+pub mod hash;
+pub mod http;
+pub mod net;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+pub mod worker;

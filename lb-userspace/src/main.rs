@@ -1,0 +1,91 @@
+//! The `lb` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lb::config::Config;
+use lb::server::{self, ConfigSource, RunOptions};
+
+/// lb: an eBPF/io_uring-accelerated HTTP load balancer.
+#[derive(Parser)]
+#[command(name = "lb", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer with a config file. SIGHUP reloads it, SIGTERM drains and exits.
+    Run {
+        /// The TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Write the bound addresses as JSON to this file once ready (for scripts and tests).
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Validate a config file and print every error; exits non-zero if there is any.
+    Check {
+        /// The TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run the embedded demo config with built-in echo backends.
+    Demo {
+        /// Do not start the built-in backends (bring your own on the demo's addresses).
+        #[arg(long)]
+        no_backends: bool,
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config, ready_file } => {
+            server::run(ConfigSource::File(config), RunOptions { ready_file })
+        }
+        Command::Demo {
+            no_backends,
+            ready_file,
+        } => lb::demo::run(!no_backends, RunOptions { ready_file }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok((config, _)) => {
+            println!(
+                "{}: ok ({} listeners, {} clusters, {} routes)",
+                path.display(),
+                config.listeners.len(),
+                config.clusters.len(),
+                config.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s)", errors.errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}

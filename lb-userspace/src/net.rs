@@ -1,0 +1,212 @@
+//! Buffered connections over monoio's owned-buffer IO, and a worker-local buffer pool.
+//!
+//! monoio hands a buffer to the kernel and gets it back with the result, so a connection owns
+//! one `Vec<u8>` for its whole life: `len()` is how much was read, `pos` how much of it was
+//! consumed. Nothing here allocates per request.
+
+use std::cell::RefCell;
+use std::io;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+/// Size of the per-connection read buffer; also the upper bound on a request head.
+pub const DEFAULT_BUF_SIZE: usize = 16 * 1024;
+
+/// A buffer pool for one worker (`!Sync`, no locks).
+pub struct BufPool {
+    free: RefCell<Vec<Vec<u8>>>,
+    size: usize,
+    max_free: usize,
+}
+
+impl BufPool {
+    pub fn new(size: usize, max_free: usize) -> BufPool {
+        BufPool {
+            free: RefCell::new(Vec::new()),
+            size,
+            max_free,
+        }
+    }
+
+    /// A cleared buffer with at least the pool's capacity.
+    pub fn take(&self) -> Vec<u8> {
+        match self.free.borrow_mut().pop() {
+            Some(b) => b,
+            None => Vec::with_capacity(self.size),
+        }
+    }
+
+    /// Returns a buffer; buffers of the wrong size, or beyond the cap, are dropped.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < self.size || buf.capacity() > self.size * 4 {
+            return;
+        }
+        let mut free = self.free.borrow_mut();
+        if free.len() < self.max_free {
+            buf.clear();
+            free.push(buf);
+        }
+    }
+}
+
+/// Why a read or write did not complete.
+#[derive(Debug)]
+pub enum IoFail {
+    /// The peer closed the connection (a read returned 0).
+    Eof,
+    Timeout,
+    Io(io::Error),
+}
+
+impl From<io::Error> for IoFail {
+    fn from(e: io::Error) -> Self {
+        IoFail::Io(e)
+    }
+}
+
+/// A TCP stream with one owned read buffer.
+pub struct BufConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Reads performed; lets a caller tell whether bytes it saw earlier are still in place.
+    pub reads: u64,
+}
+
+impl BufConn {
+    pub fn new(stream: TcpStream, buf: Vec<u8>) -> BufConn {
+        BufConn {
+            stream,
+            buf,
+            pos: 0,
+            reads: 0,
+        }
+    }
+
+    /// Unconsumed bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
+
+    /// The consumed offset, to rewind to with [`BufConn::rewind`] while `reads` is unchanged.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn rewind(&mut self, pos: usize) {
+        self.pos = pos.min(self.buf.len());
+    }
+
+    /// True if the buffer holds `capacity` unconsumed bytes: a reader that still wants more
+    /// has hit its limit.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() - self.pos >= self.buf.capacity()
+    }
+
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
+    /// Reads more bytes after the unconsumed ones; fails with `Eof` if the peer closed.
+    pub async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail> {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.buf.len() == self.buf.capacity() && self.pos > 0 {
+            self.buf.copy_within(self.pos.., 0);
+            let left = self.buf.len() - self.pos;
+            self.buf.truncate(left);
+            self.pos = 0;
+        }
+        if self.buf.capacity() == 0 {
+            // A timed-out IO took the buffer with it; the caller should have closed, but never
+            // hand the kernel a zero-length read that looks like EOF.
+            self.buf.reserve(DEFAULT_BUF_SIZE);
+        }
+        if self.buf.len() == self.buf.capacity() {
+            return Err(IoFail::Io(io::Error::other("read buffer full")));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let start = buf.len();
+        let read = self.stream.read(buf.slice_mut(start..));
+        let (res, slice) = match monoio::time::timeout(timeout, read).await {
+            Ok(r) => r,
+            Err(_) => return Err(IoFail::Timeout),
+        };
+        self.buf = slice.into_inner();
+        self.reads += 1;
+        match res {
+            Ok(0) => Err(IoFail::Eof),
+            Ok(n) => Ok(n),
+            Err(e) => Err(IoFail::Io(e)),
+        }
+    }
+
+    /// Writes `n` unconsumed bytes of this connection's buffer to `dst` and consumes them.
+    pub async fn forward_to(
+        &mut self,
+        dst: &mut TcpStream,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        let buf = std::mem::take(&mut self.buf);
+        let range = self.pos..self.pos + n;
+        let write = dst.write_all(buf.slice(range));
+        let (res, slice) = match monoio::time::timeout(timeout, write).await {
+            Ok(r) => r,
+            Err(_) => return Err(IoFail::Timeout),
+        };
+        self.buf = slice.into_inner();
+        res?;
+        self.pos += n;
+        Ok(())
+    }
+}
+
+/// Writes the whole of `buf` to `stream` and gives the buffer back.
+pub async fn write_buf(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), IoFail> {
+    let owned = std::mem::take(buf);
+    let (res, owned) = match monoio::time::timeout(timeout, stream.write_all(owned)).await {
+        Ok(r) => r,
+        Err(_) => return Err(IoFail::Timeout),
+    };
+    *buf = owned;
+    res.map(|_| ()).map_err(IoFail::Io)
+}
+
+/// Asks the kernel whether the peer has closed or reset an idle connection, without blocking.
+pub fn peer_closed(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let mut byte = [0u8; 1];
+    // SAFETY: `fd` is a live socket owned by `stream` for the duration of this call, and the
+    // buffer is a valid 1-byte stack array. MSG_PEEK leaves any data in the socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n == 0 {
+        return true;
+    }
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return err.kind() != io::ErrorKind::WouldBlock;
+    }
+    // Unsolicited bytes on an idle upstream connection: it is not in a state we can reuse.
+    true
+}

@@ -1,0 +1,264 @@
+//! Writing the head that goes upstream and the head that goes back to the client.
+
+use std::net::IpAddr;
+
+use crate::config::HttpConfig;
+use crate::http::request::RequestHead;
+use crate::http::response::ResponseHead;
+use crate::http::write::{push_dec, push_header};
+use crate::http::{is_hop_by_hop, Framing};
+
+/// Writes the request head for the backend into `out`: origin-form target, hop-by-hop headers
+/// removed, framing recomputed, `X-Forwarded-*` and `Via` added as configured.
+/// `default_host` is sent as `Host` when the client gave none (HTTP/1.0).
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    req: &RequestHead<'_, '_>,
+    client_ip: IpAddr,
+    http: &HttpConfig,
+    default_host: &str,
+) {
+    out.clear();
+    out.extend_from_slice(req.method_bytes);
+    out.push(b' ');
+    if req.path.first() == Some(&b'?') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(req.path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_host = false;
+    for h in req.headers {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name) || req.conn.names(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"host") {
+            if req.authority.is_some() {
+                continue;
+            }
+            has_host = true;
+        }
+        if http.x_forwarded
+            && (name.eq_ignore_ascii_case(b"x-forwarded-proto")
+                || name.eq_ignore_ascii_case(b"x-forwarded-host"))
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    if !has_host {
+        if let Some(authority) = req.authority {
+            push_header(out, b"Host", authority);
+        } else {
+            // HTTP/1.0 without Host: the backend still needs one to be HTTP/1.1.
+            push_header(out, b"Host", default_host.as_bytes());
+        }
+    }
+    if http.x_forwarded {
+        // Appended as its own field line: list semantics make it the last hop in the chain.
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        push_ip(out, client_ip);
+        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+        if let Some(host) = req.authority.or(req.host_header) {
+            push_header(out, b"X-Forwarded-Host", host);
+        }
+    }
+    if let Some(via) = &http.via {
+        out.extend_from_slice(if req.minor == 0 {
+            b"Via: 1.0 "
+        } else {
+            b"Via: 1.1 "
+        });
+        out.extend_from_slice(via.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match req.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_dec(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    use std::io::Write;
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(out, "{v4}"),
+        IpAddr::V6(v6) => write!(out, "[{v6}]"),
+    };
+}
+
+/// How the response body goes to the client, decided with the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponsePlan {
+    pub chunked_out: bool,
+    /// The client connection stays open after this response.
+    pub client_keep_alive: bool,
+}
+
+/// Writes the response head for the client into `out` and decides the body encoding.
+/// `client_minor` is the client's HTTP minor version; `keep_alive` whether the client (and
+/// `lb`) want the connection kept.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    res: &ResponseHead<'_, '_>,
+    client_minor: u8,
+    keep_alive: bool,
+    http: &HttpConfig,
+) -> ResponsePlan {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_dec(out, res.status as u64);
+    out.push(b' ');
+    out.extend_from_slice(res.reason);
+    out.extend_from_slice(b"\r\n");
+    for h in res.headers {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name) || res.conn.names(name) {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    if let Some(via) = &http.via {
+        out.extend_from_slice(if res.minor == 0 {
+            b"Via: 1.0 "
+        } else {
+            b"Via: 1.1 "
+        });
+        out.extend_from_slice(via.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut keep = keep_alive;
+    let mut chunked_out = false;
+    match res.framing {
+        Framing::None => {
+            if let Some(n) = res.content_length {
+                out.extend_from_slice(b"Content-Length: ");
+                push_dec(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        Framing::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_dec(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked | Framing::UntilClose => {
+            if client_minor >= 1 {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+                chunked_out = true;
+            } else {
+                // An HTTP/1.0 client only understands a body that runs to close.
+                keep = false;
+            }
+        }
+    }
+    if !keep {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_minor == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    ResponsePlan {
+        chunked_out,
+        client_keep_alive: keep,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{request, response};
+    use std::path::Path;
+
+    fn http() -> HttpConfig {
+        let c =
+            crate::config::Config::parse("[[listeners]]\naddr = \"127.0.0.1:0\"\n", Path::new("t"))
+                .unwrap();
+        c.http
+    }
+
+    fn upstream_head(raw: &[u8]) -> String {
+        let mut storage = [httparse::EMPTY_HEADER; 32];
+        let req = request::parse(raw, &mut storage).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            &req,
+            "10.1.2.3".parse().unwrap(),
+            &http(),
+            "orders",
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn request_head_is_cleaned_and_annotated() {
+        let head = upstream_head(
+            b"POST /x HTTP/1.1\r\nHost: shop\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: 5\r\n\
+              X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nX-Keep: y\r\n\r\n",
+        );
+        assert_eq!(
+            head,
+            "POST /x HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 1.1.1.1\r\nX-Keep: y\r\n\
+             X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: shop\r\nVia: 1.1 lb\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn http10_and_absolute_form() {
+        let head = upstream_head(b"GET /a HTTP/1.0\r\nContent-Length: 0\r\n\r\n");
+        assert!(
+            head.starts_with("GET /a HTTP/1.1\r\nHost: orders\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("Via: 1.0 lb\r\n"));
+        assert!(head.contains("Content-Length: 0\r\n"));
+        let head = upstream_head(b"GET http://api.example.com?q=1 HTTP/1.1\r\nHost: other\r\n\r\n");
+        assert!(head.starts_with("GET /?q=1 HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("Host: api.example.com\r\n"));
+        assert!(!head.contains("other"));
+    }
+
+    fn client_head(raw: &[u8], minor: u8, keep: bool) -> (String, ResponsePlan) {
+        let mut storage = [httparse::EMPTY_HEADER; 32];
+        let res = response::parse(raw, &mut storage, false).unwrap().unwrap();
+        let mut out = Vec::new();
+        let plan = write_response_head(&mut out, &res, minor, keep, &http());
+        (String::from_utf8(out).unwrap(), plan)
+    }
+
+    #[test]
+    fn response_reframing() {
+        let (h, p) = client_head(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n", 1, true);
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\nServer: x\r\nVia: 1.0 lb\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        assert!(p.chunked_out && p.client_keep_alive);
+        let (h, p) = client_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            0,
+            true,
+        );
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\nVia: 1.1 lb\r\nConnection: close\r\n\r\n"
+        );
+        assert!(!p.chunked_out && !p.client_keep_alive);
+        let (h, _) = client_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+            0,
+            true,
+        );
+        assert!(
+            h.ends_with("Content-Length: 2\r\nConnection: keep-alive\r\n\r\n"),
+            "{h}"
+        );
+    }
+}

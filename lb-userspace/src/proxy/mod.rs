@@ -1,0 +1,248 @@
+//! The request path: read a head, decide, forward, stream the answer back, repeat while the
+//! connection stays open.
+
+mod body;
+mod exchange;
+pub mod head;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use monoio::io::AsyncWriteRent;
+use monoio::net::TcpStream;
+
+use crate::config::MAX_HEADERS_LIMIT;
+use crate::http::request::{self, RequestError};
+use crate::http::write::error_response;
+use crate::http::{Framing, Method};
+use crate::net::{write_buf, BufConn, IoFail};
+use crate::worker::{View, Worker};
+
+/// What the connection loop does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close,
+}
+
+/// Everything decided from a request head, kept after the head's bytes are released.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub head_len: usize,
+    pub method: Method,
+    pub minor: u8,
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub cluster: usize,
+}
+
+/// A request refused before it reaches a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Reject {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+    /// Bytes of the head to consume if the connection stays open; 0 means it must close.
+    pub head_len: usize,
+    pub close: bool,
+}
+
+impl Reject {
+    fn from_request_error(e: RequestError) -> Reject {
+        let (code, message) = match e {
+            RequestError::Malformed(m) => ("bad_request", m),
+            RequestError::TooManyHeaders => ("too_many_headers", "too many header fields"),
+            RequestError::Expectation => (
+                "expectation_failed",
+                "only Expect: 100-continue is supported",
+            ),
+        };
+        Reject {
+            status: e.status(),
+            code,
+            message,
+            head_len: 0,
+            close: true,
+        }
+    }
+}
+
+/// Serves one client connection until it closes, fails, or the worker drains.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, w: &Worker) {
+    let _ = stream.set_nodelay(true);
+    let mut client = BufConn::new(stream, w.bufs.take());
+    let mut out = w.out_bufs.take();
+    let mut first = true;
+    loop {
+        let view = w.view();
+        let flow = next_request(w, &view, &mut client, &mut out, peer, first).await;
+        first = false;
+        if flow == Flow::Close || w.draining() {
+            break;
+        }
+    }
+    let (_stream, buf) = client.into_parts();
+    w.bufs.give(buf);
+    w.out_bufs.give(out);
+}
+
+async fn next_request(
+    w: &Worker,
+    view: &View,
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    peer: SocketAddr,
+    first: bool,
+) -> Flow {
+    let http = &view.snap.http;
+    let mut deadline: Option<Instant> = None;
+    let plan = loop {
+        if !client.data().is_empty() {
+            match plan_request(view, client.data(), peer, out) {
+                Ok(Some(plan)) => break plan,
+                Ok(None) => {}
+                Err(r) => return reject(client, out, r, view).await,
+            }
+            if client.is_full() || client.data().len() >= http.max_header_bytes {
+                let r = Reject {
+                    status: 431,
+                    code: "header_too_large",
+                    message: "request head exceeds the configured limit",
+                    head_len: 0,
+                    close: true,
+                };
+                return reject(client, out, r, view).await;
+            }
+        }
+        let waiting_idle = client.data().is_empty() && deadline.is_none();
+        let res = if waiting_idle && !first {
+            // Between requests: the idle timeout applies and a drain closes the connection.
+            let drain = w.drain_signal();
+            monoio::select! {
+                r = client.fill(http.client_idle_timeout) => r,
+                _ = drain => return Flow::Close,
+            }
+        } else {
+            let d = *deadline.get_or_insert_with(|| Instant::now() + http.client_header_timeout);
+            client
+                .fill(d.saturating_duration_since(Instant::now()))
+                .await
+        };
+        match res {
+            Ok(_) => {
+                deadline.get_or_insert_with(|| Instant::now() + http.client_header_timeout);
+            }
+            Err(IoFail::Timeout) if !client.data().is_empty() => {
+                let r = Reject {
+                    status: 408,
+                    code: "request_timeout",
+                    message: "the request head did not arrive in time",
+                    head_len: 0,
+                    close: true,
+                };
+                return reject(client, out, r, view).await;
+            }
+            Err(_) => return Flow::Close,
+        }
+    };
+    exchange::proxy(w, view, client, out, plan, peer).await
+}
+
+/// Parses and routes the head at the front of `data`, and writes the upstream head into
+/// `out`. `Ok(None)`: the head is incomplete.
+fn plan_request(
+    view: &View,
+    data: &[u8],
+    peer: SocketAddr,
+    out: &mut Vec<u8>,
+) -> Result<Option<Plan>, Reject> {
+    let snap = &view.snap;
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
+    let max_headers = snap.http.max_headers.min(MAX_HEADERS_LIMIT);
+    let Some(req) =
+        request::parse(data, &mut storage[..max_headers]).map_err(Reject::from_request_error)?
+    else {
+        return Ok(None);
+    };
+    let close_after_error = req.framing != Framing::None || !req.keep_alive;
+    let refuse = |status, code, message| Reject {
+        status,
+        code,
+        message,
+        head_len: req.head_len,
+        close: close_after_error,
+    };
+    if req.method == Method::Connect {
+        return Err(refuse(
+            405,
+            "method_not_allowed",
+            "CONNECT is not supported",
+        ));
+    }
+    let Some(route) = snap.routes.find(req.host(), req.path) else {
+        return Err(refuse(404, "no_route", "no route matches this request"));
+    };
+    let cluster = &snap.clusters[route.cluster];
+    head::write_request_head(out, &req, peer.ip(), &snap.http, &cluster.name);
+    Ok(Some(Plan {
+        head_len: req.head_len,
+        method: req.method,
+        minor: req.minor,
+        framing: req.framing,
+        keep_alive: req.keep_alive,
+        expect_continue: req.expect_continue,
+        cluster: route.cluster,
+    }))
+}
+
+/// Answers a refused request and decides whether the connection survives.
+async fn reject(client: &mut BufConn, out: &mut Vec<u8>, r: Reject, view: &View) -> Flow {
+    let close = r.close || r.head_len == 0;
+    send_error(client, out, r.status, r.code, r.message, close, view).await;
+    if close {
+        return Flow::Close;
+    }
+    client.consume(r.head_len);
+    Flow::Continue
+}
+
+/// Writes a short JSON error response. Returns false if the client is gone.
+pub(crate) async fn send_error(
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    status: u16,
+    code: &str,
+    message: &str,
+    close: bool,
+    view: &View,
+) -> bool {
+    error_response(out, status, code, message, close);
+    let ok = write_buf(&mut client.stream, out, view.snap.http.client_body_timeout)
+        .await
+        .is_ok();
+    if close && ok {
+        linger(client).await;
+    }
+    ok
+}
+
+/// Closing a socket with unread input makes the kernel send a reset, which can destroy the
+/// answer before the client reads it. So: send FIN, then read and discard what the client is
+/// still sending, within bounds, as nginx's lingering close does.
+async fn linger(client: &mut BufConn) {
+    const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+    const LINGER_READ: std::time::Duration = std::time::Duration::from_millis(500);
+    const LINGER_BYTES: usize = 4 << 20;
+    let _ = client.stream.shutdown().await;
+    let until = Instant::now() + LINGER_TIME;
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES && Instant::now() < until {
+        let n = client.data().len();
+        client.consume(n);
+        discarded += n;
+        if client.fill(LINGER_READ).await.is_err() {
+            break;
+        }
+    }
+}

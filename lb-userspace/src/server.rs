@@ -1,0 +1,250 @@
+//! The main thread: load the config, bind, start workers and the admin API, then wait for
+//! signals (SIGHUP reload, SIGTERM/SIGINT drain, SIGQUIT immediate stop).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::channel::oneshot;
+
+use crate::config::{Config, ConfigErrors, Workers};
+use crate::snapshot::{EndpointRegistry, Snapshot, SnapshotCell};
+use crate::worker::{self, WorkerSpec};
+
+/// How long workers get to come up before start-up is declared failed.
+const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the running config comes from, and how to reload it.
+pub struct Control {
+    pub cell: Arc<SnapshotCell>,
+    registry: EndpointRegistry,
+    source: ConfigSource,
+    lock: Mutex<()>,
+    pub draining: AtomicBool,
+}
+
+/// A config file on disk, or the embedded demo config.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Embedded {
+        name: &'static str,
+        text: &'static str,
+    },
+}
+
+impl ConfigSource {
+    /// Reads and validates the config; returns it with its text.
+    pub fn load(&self) -> Result<(Config, String), ConfigErrors> {
+        match self {
+            ConfigSource::File(p) => Config::load(p),
+            ConfigSource::Embedded { name, text } => {
+                Config::parse(text, Path::new(name)).map(|c| (c, text.to_string()))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ConfigSource::File(p) => p.display().to_string(),
+            ConfigSource::Embedded { name, .. } => format!("{name} (embedded)"),
+        }
+    }
+}
+
+impl Control {
+    /// Validates the source again and publishes it. An invalid config changes nothing.
+    pub fn reload(&self) -> Result<String, ConfigErrors> {
+        let _serialised = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (config, text) = self.source.load()?;
+        let current = self.cell.load();
+        let old: Vec<_> = current
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.addr))
+            .collect();
+        let new: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.addr))
+            .collect();
+        if old != new {
+            tracing::warn!("listener changes take effect only after a restart");
+        }
+        let snap = Snapshot::build(config, &text, &self.registry);
+        let version = snap.version.clone();
+        self.cell.publish(snap);
+        tracing::info!(version = %version, "config reloaded");
+        Ok(version)
+    }
+
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+}
+
+/// Options of `lb run` that are not in the config file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Written once every listener is bound and every worker runs: JSON with the bound
+    /// addresses, for scripts and tests that let the kernel pick ports.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Runs the appliance until it is told to stop.
+pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
+    let (config, text) = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry = EndpointRegistry::default();
+    let snapshot = Snapshot::build(config.clone(), &text, &registry);
+    tracing::info!(config = %source.describe(), version = %snapshot.version, "config loaded");
+    let cell = Arc::new(SnapshotCell::new(snapshot));
+    let control = Arc::new(Control {
+        cell: cell.clone(),
+        registry,
+        source,
+        lock: Mutex::new(()),
+        draining: AtomicBool::new(false),
+    });
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let n_workers = match config.server.workers {
+        Workers::Count(n) => n,
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+
+    // One socket per worker per listener, all in one SO_REUSEPORT group per address.
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..n_workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let first = worker::bind_reuseport(l.addr, l.backlog)
+            .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.addr))?;
+        let actual = first.local_addr()?;
+        per_worker[0].push(first);
+        for sockets in per_worker.iter_mut().skip(1) {
+            sockets
+                .push(worker::bind_reuseport(actual, l.backlog).with_context(|| {
+                    format!("listener {:?}: cannot listen on {actual}", l.name)
+                })?);
+        }
+        tracing::info!(listener = %l.name, addr = %actual, "listening");
+        bound.push((l.name.clone(), actual));
+    }
+
+    let admin_addr = match &config.admin {
+        Some(a) => Some(
+            crate::admin::start(a.addr, control.clone())
+                .with_context(|| format!("admin: cannot listen on {}", a.addr))?,
+        ),
+        None => None,
+    };
+
+    let (started_tx, started_rx) = mpsc::channel();
+    let mut drains = Vec::new();
+    let mut handles = Vec::new();
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        drains.push(tx);
+        let core = if config.server.pin_workers && !cores.is_empty() {
+            Some(cores[id % cores.len()])
+        } else {
+            None
+        };
+        let spec = WorkerSpec {
+            id,
+            core,
+            listeners,
+            io: config.server.io,
+            io_uring_entries: config.server.io_uring_entries,
+            buf_size: config.http.max_header_bytes.max(4096),
+            drain_timeout: config.server.drain_timeout,
+        };
+        handles.push(worker::spawn(spec, cell.clone(), rx, started_tx.clone())?);
+    }
+    drop(started_tx);
+    for _ in 0..n_workers {
+        match started_rx.recv_timeout(WORKER_START_TIMEOUT) {
+            Ok(Ok((id, driver))) => tracing::info!(worker = id, driver, "worker started"),
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("workers did not start within {WORKER_START_TIMEOUT:?}"),
+        }
+    }
+
+    // Handlers go in before anyone is told we are ready, so an early SIGTERM drains.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGQUIT, SIGTERM])?;
+    if let Some(path) = &opts.ready_file {
+        write_ready_file(path, &bound, admin_addr)?;
+    }
+
+    wait_for_signals(signals, &control, drains);
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn write_ready_file(
+    path: &Path,
+    bound: &[(String, SocketAddr)],
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let listeners: serde_json::Map<String, serde_json::Value> = bound
+        .iter()
+        .map(|(name, addr)| (name.clone(), serde_json::Value::String(addr.to_string())))
+        .collect();
+    let doc = serde_json::json!({
+        "pid": std::process::id(),
+        "listeners": listeners,
+        "admin": admin.map(|a| a.to_string()),
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, doc.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn wait_for_signals(
+    mut signals: signal_hook::iterator::Signals,
+    control: &Control,
+    drains: Vec<oneshot::Sender<()>>,
+) {
+    use signal_hook::consts::{SIGHUP, SIGQUIT};
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => {
+                if let Err(e) = control.reload() {
+                    tracing::error!("reload refused, the running config stays:\n{e}");
+                }
+            }
+            SIGQUIT => {
+                tracing::warn!("SIGQUIT: stopping now without draining");
+                std::process::exit(0);
+            }
+            _ => {
+                tracing::info!(
+                    "draining: no new connections; open requests get the drain timeout to finish"
+                );
+                control.draining.store(true, Ordering::SeqCst);
+                for d in drains {
+                    let _ = d.send(());
+                }
+                // A second stop signal while draining means now.
+                std::thread::spawn(move || {
+                    for sig in signals.forever() {
+                        if sig != SIGHUP {
+                            tracing::warn!("second stop signal: exiting without waiting");
+                            std::process::exit(0);
+                        }
+                    }
+                });
+                return;
+            }
+        }
+    }
+}

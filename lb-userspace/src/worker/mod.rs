@@ -1,0 +1,254 @@
+//! Workers: one OS thread per core, each pinned, each with its own monoio runtime and its own
+//! `SO_REUSEPORT` listening sockets. Everything a worker touches per request is its own
+//! (`Rc`, `Cell`) or immutable (the snapshot); nothing on the request path takes a lock.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
+use monoio::net::TcpListener;
+
+use crate::config::IoDriver;
+use crate::net::BufPool;
+use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::upstream::Pool;
+
+/// How often idle pooled upstream connections are checked for expiry.
+const POOL_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long the accept loop backs off after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Spare read buffers kept per worker.
+const MAX_FREE_BUFFERS: usize = 1024;
+/// Size of the output buffer for heads and re-encoded chunks.
+const OUT_BUF_SIZE: usize = 16 * 1024;
+
+/// The snapshot as one worker sees it, plus its worker-local balancing cursors.
+pub struct View {
+    pub snap: Arc<Snapshot>,
+    /// Round-robin cursor per cluster.
+    pub cursors: Vec<Cell<usize>>,
+}
+
+/// Per-worker state shared by all of the worker's connection tasks.
+pub struct Worker {
+    pub id: usize,
+    cell: Arc<SnapshotCell>,
+    view: RefCell<Rc<View>>,
+    generation: Cell<u64>,
+    pub bufs: BufPool,
+    pub out_bufs: BufPool,
+    pub pool: Pool,
+    draining: Cell<bool>,
+    drain: Shared<oneshot::Receiver<()>>,
+    active: Cell<usize>,
+}
+
+impl Worker {
+    /// The current snapshot; refreshed when a reload has published a new one.
+    pub fn view(&self) -> Rc<View> {
+        let g = self.cell.generation();
+        if g != self.generation.get() {
+            self.generation.set(g);
+            *self.view.borrow_mut() = Rc::new(make_view(self.cell.load(), self.id));
+        }
+        self.view.borrow().clone()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Resolves when the process starts draining.
+    pub fn drain_signal(&self) -> Shared<oneshot::Receiver<()>> {
+        self.drain.clone()
+    }
+}
+
+fn make_view(snap: Arc<Snapshot>, worker_id: usize) -> View {
+    let cursors = snap
+        .clusters
+        .iter()
+        .map(|c| Cell::new(worker_id % c.endpoints.len().max(1)))
+        .collect();
+    View { snap, cursors }
+}
+
+/// What the main thread needs to start one worker.
+pub struct WorkerSpec {
+    pub id: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub io: IoDriver,
+    pub io_uring_entries: u32,
+    pub buf_size: usize,
+    pub drain_timeout: Duration,
+}
+
+/// Starts a worker thread. It reports on `started` once its runtime is up and it accepts.
+pub fn spawn(
+    spec: WorkerSpec,
+    cell: Arc<SnapshotCell>,
+    drain: oneshot::Receiver<()>,
+    started: mpsc::Sender<Result<(usize, &'static str), String>>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("lb-worker-{}", spec.id))
+        .spawn(move || {
+            if let Some(core) = spec.core {
+                if !core_affinity::set_for_current(core) {
+                    tracing::warn!(
+                        worker = spec.id,
+                        core = core.id,
+                        "could not pin worker to its core"
+                    );
+                }
+            }
+            let id = spec.id;
+            let result = run_runtime(spec, cell, drain, &started);
+            if let Err(e) = result {
+                let _ = started.send(Err(format!("worker {id}: {e}")));
+            }
+        })
+}
+
+fn run_runtime(
+    spec: WorkerSpec,
+    cell: Arc<SnapshotCell>,
+    drain: oneshot::Receiver<()>,
+    started: &mpsc::Sender<Result<(usize, &'static str), String>>,
+) -> std::io::Result<()> {
+    let use_uring = match spec.io {
+        IoDriver::Auto => monoio::utils::detect_uring(),
+        IoDriver::IoUring => {
+            if !monoio::utils::detect_uring() {
+                return Err(std::io::Error::other(
+                    "server.io = \"io_uring\" but io_uring is not available on this kernel",
+                ));
+            }
+            true
+        }
+        IoDriver::Epoll => false,
+    };
+    let entries = spec.io_uring_entries;
+    let fut = worker_main(
+        spec,
+        cell,
+        drain,
+        started.clone(),
+        if use_uring { "io_uring" } else { "epoll" },
+    );
+    if use_uring {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()?;
+        rt.block_on(fut)
+    } else {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()?;
+        rt.block_on(fut)
+    }
+}
+
+async fn worker_main(
+    spec: WorkerSpec,
+    cell: Arc<SnapshotCell>,
+    drain: oneshot::Receiver<()>,
+    started: mpsc::Sender<Result<(usize, &'static str), String>>,
+    driver: &'static str,
+) -> std::io::Result<()> {
+    let snap = cell.load();
+    let worker = Rc::new(Worker {
+        id: spec.id,
+        generation: Cell::new(cell.generation()),
+        view: RefCell::new(Rc::new(make_view(snap, spec.id))),
+        cell,
+        bufs: BufPool::new(spec.buf_size, MAX_FREE_BUFFERS),
+        out_bufs: BufPool::new(OUT_BUF_SIZE, MAX_FREE_BUFFERS),
+        pool: Pool::default(),
+        draining: Cell::new(false),
+        drain: drain.shared(),
+        active: Cell::new(0),
+    });
+    let mut accept_tasks = Vec::new();
+    for std_listener in spec.listeners {
+        let listener = TcpListener::from_std(std_listener)?;
+        accept_tasks.push(monoio::spawn(accept_loop(listener, worker.clone())));
+    }
+    monoio::spawn(sweep_pool(worker.clone()));
+    let _ = started.send(Ok((spec.id, driver)));
+
+    let _ = worker.drain_signal().await;
+    worker.draining.set(true);
+    for t in accept_tasks {
+        t.await;
+    }
+    worker.pool.clear();
+    let deadline = Instant::now() + spec.drain_timeout;
+    // Connection tasks end on their own once their request finishes; poll their count.
+    while worker.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if worker.active.get() > 0 {
+        tracing::warn!(
+            worker = worker.id,
+            open = worker.active.get(),
+            "drain deadline passed with requests still open"
+        );
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
+    let drain = worker.drain_signal();
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = drain.clone() => None,
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, peer))) => {
+                let w = worker.clone();
+                w.active.set(w.active.get() + 1);
+                monoio::spawn(async move {
+                    crate::proxy::serve(stream, peer, &w).await;
+                    w.active.set(w.active.get() - 1);
+                });
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning on an error that persists.
+                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                monoio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn sweep_pool(worker: Rc<Worker>) {
+    while !worker.draining() {
+        monoio::time::sleep(POOL_SWEEP_EVERY).await;
+        worker.pool.sweep(&worker.bufs);
+    }
+}
+
+/// Binds one listening socket with `SO_REUSEPORT`. With port 0, the kernel picks one; pass
+/// the result's port for the remaining sockets of the group.
+pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
