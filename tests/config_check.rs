@@ -1,1 +1,84 @@
+//! `lb check` on good and bad configs: every error names its key path.
 
+mod common;
+
+use std::process::Command;
+
+use common::{lb_bin, scratch_dir};
+
+fn check(text: &str) -> (bool, String) {
+    let dir = scratch_dir("check");
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(lb_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+const BASE: &str = "[[listeners]]\naddr = \"127.0.0.1:8080\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:9001\" }]\n[[routes]]\ncluster = \"a\"\n";
+
+#[test]
+fn good_config_passes() {
+    let (ok, out) = check(BASE);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok"));
+    let (ok, out) = check(lb::demo::DEMO_CONFIG);
+    assert!(ok, "the demo config must pass its own check: {out}");
+}
+
+#[test]
+fn each_bad_config_names_its_key_path() {
+    let cases: &[(&str, &str)] = &[
+        ("[[listeners]]\naddr = \"nope\"\n", "listeners[0].addr"),
+        ("[server]\nworkers = \"many\"\n[[listeners]]\naddr = \"127.0.0.1:1\"\n", "server.workers"),
+        ("[server]\nio = \"kqueue\"\n[[listeners]]\naddr = \"127.0.0.1:1\"\n", "server.io"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }, { addr = \"x\" }]\n", "clusters[0].endpoints[1].addr"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\", weight = 0 }]\n", "clusters[0].endpoints[0].weight"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = []\n", "clusters[0].endpoints"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\nconnect_timeout = \"soon\"\n", "clusters[0].connect_timeout"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[routes]]\ncluster = \"ghost\"\n", "routes[0].cluster"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\npath_prefix = \"api\"\ncluster = \"a\"\n", "routes[0].path_prefix"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\nmax_request_body = \"lots\"\n", "http.max_request_body"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\nmax_header_bytes = 10\n", "http.max_header_bytes"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\", wieght = 2 }]\n", "clusters[0].endpoints[0].wieght"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[surprise]\n", "surprise"),
+        ("[[listeners]]\naddr = 8080\n", "listeners[0].addr"),
+        ("", "listeners"),
+    ];
+    for (text, path) in cases {
+        let (ok, out) = check(text);
+        assert!(!ok, "config should fail:\n{text}");
+        assert!(
+            out.contains(&format!("c.toml: {path}: ")),
+            "error for {path} not reported as `file: path: message`:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn all_errors_are_reported_together() {
+    let text =
+        "[server]\nworkers = 0\n[[listeners]]\naddr = \"bad\"\n[[routes]]\ncluster = \"none\"\n";
+    let (ok, out) = check(text);
+    assert!(!ok);
+    for path in ["server.workers", "listeners[0].addr", "routes[0].cluster"] {
+        assert!(out.contains(path), "missing {path} in:\n{out}");
+    }
+    assert!(out.contains("3 error(s)"), "{out}");
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = Command::new(lb_bin())
+        .args(["check", "--config", "/nonexistent/lb.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}

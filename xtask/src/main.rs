@@ -1,1 +1,125 @@
-fn main() {}
+//! `cargo xtask`: the one entry point for people working on lb.
+//!
+//! - `cargo xtask demo`   build lb and run the embedded demo with its built-in backends
+//! - `cargo xtask test`   install what the tests need, then run the whole test suite
+//! - `cargo xtask build`  release build of the lb binary
+//! - `cargo xtask ci`     formatting, lints, then `test`: what `.ci/run` runs
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    let rest = &args[args.len().min(1)..];
+    match task {
+        "demo" => demo(rest),
+        "test" => test(rest),
+        "build" => build(),
+        "ci" => ci(),
+        _ => {
+            eprintln!("usage: cargo xtask <demo | test | build | ci>");
+            eprintln!("  demo   build lb and run the embedded demo config with built-in backends");
+            eprintln!("  test   install what the tests need, then run every test");
+            eprintln!("  build  release build of target/release/lb");
+            eprintln!("  ci     cargo fmt --check, clippy -D warnings, then test");
+            if task == "help" {
+                Ok(())
+            } else {
+                bail!("unknown task {task:?}")
+            }
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut c: Command) -> Result<()> {
+    eprintln!("+ {c:?}");
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
+    run(c)
+}
+
+fn demo(extra: &[String]) -> Result<()> {
+    build()?;
+    let mut c = Command::new(root().join("target/release/lb"));
+    c.arg("demo").args(extra);
+    run(c)
+}
+
+/// Runs every test, echoing cargo's output, and closes with one summed-up line.
+fn test(extra: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut c = cargo();
+    c.args(["test", "--workspace"])
+        .args(extra)
+        .stdout(Stdio::piped());
+    eprintln!("+ {c:?}");
+    let mut child = c.spawn().context("running cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
+}
+
+fn ci() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt)?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(clippy)?;
+    test(&[])
+}

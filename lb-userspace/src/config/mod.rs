@@ -34,8 +34,8 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const DEFAULT_POOL_MAX_IDLE: u32 = 128;
 /// In-flight requests get this long to finish after SIGTERM before the process exits anyway.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Request heads larger than this are answered 431. Envoy's default is 60 KiB, nginx's 32 KiB.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Request heads larger than this are answered 431; HAProxy's default buffer allows about as much.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Header lines accepted in one request or response head.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Request bodies larger than this are answered 413; 0 means no cap.

@@ -47,10 +47,11 @@ impl Request {
 pub struct Responder<'a> {
     stream: &'a mut TcpStream,
     close: bool,
+    head_request: bool,
 }
 
 impl Responder<'_> {
-    /// A complete response with `Content-Length`.
+    /// A complete response with `Content-Length` (and no body bytes if the request was HEAD).
     pub fn send(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         let mut head = format!(
             "HTTP/1.1 {status} {}\r\n",
@@ -61,7 +62,9 @@ impl Responder<'_> {
         }
         head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         let _ = self.stream.write_all(head.as_bytes());
-        let _ = self.stream.write_all(body);
+        if !self.head_request {
+            let _ = self.stream.write_all(body);
+        }
     }
 
     /// Raw bytes, for framing the proxy must cope with: chunked, close-delimited, broken.
@@ -199,6 +202,7 @@ fn serve(stream: TcpStream, shared: &Shared, handler: &Handler) -> io::Result<()
         let mut responder = Responder {
             stream: &mut writer,
             close,
+            head_request: req.method == "HEAD",
         };
         handler(&req, &mut responder);
         shared.requests.fetch_add(1, Ordering::SeqCst);

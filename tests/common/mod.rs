@@ -1,0 +1,333 @@
+//! Helpers for black-box tests: start the real `lb` binary on ephemeral ports, real backends,
+//! and a small raw HTTP/1.1 client.
+#![allow(dead_code, unused_imports)]
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use lb::demo::backend::{Backend, Handler, Request, Responder};
+pub use lb::demo::echo;
+use lb::http::chunked::{ChunkedDecoder, Step};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// How long anything in a test may take to become true before the test fails.
+pub const BOUND: Duration = Duration::from_secs(20);
+
+/// Waits until `cond` holds, checking often, failing after [`BOUND`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + BOUND;
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A running `lb` process; killed on drop if still running.
+pub struct Lb {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+}
+
+/// A scratch directory unique to this test process and call.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "lb-test-{}-{}-{tag}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+pub fn lb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lb")
+}
+
+impl Lb {
+    /// Starts `lb run` with `config` (TOML text) and waits until it reports ready.
+    pub fn start(config: &str) -> Lb {
+        let dir = scratch_dir("lb");
+        let config_path = dir.join("lb.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let ready = dir.join("ready.json");
+        let log = std::fs::File::create(dir.join("lb.log")).expect("log file");
+        let child = Command::new(lb_bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn lb");
+        let mut lb = Lb {
+            child,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            admin: None,
+            dir,
+            config_path,
+        };
+        let until = Instant::now() + BOUND;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let v: serde_json::Value = serde_json::from_str(&text).expect("ready file is JSON");
+                let first = v["listeners"]
+                    .as_object()
+                    .and_then(|m| m.values().next())
+                    .and_then(|a| a.as_str())
+                    .expect("a listener");
+                lb.addr = first.parse().expect("listener addr");
+                lb.admin = v["admin"].as_str().map(|a| a.parse().expect("admin addr"));
+                return lb;
+            }
+            if let Ok(Some(status)) = lb.child.try_wait() {
+                panic!("lb exited during start-up with {status}:\n{}", lb.log());
+            }
+            assert!(
+                Instant::now() < until,
+                "lb did not become ready:\n{}",
+                lb.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("lb.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to the child we spawned and still own.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit, up to [`BOUND`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let until = Instant::now() + BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < until, "lb did not exit:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Peak resident memory of the process, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    /// An admin request; returns status and parsed JSON body.
+    pub fn admin(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let addr = self.admin.expect("admin listener configured");
+        let mut c = Client::connect(addr);
+        c.send(
+            format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        );
+        let r = c.response();
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("lb log ({}):\n{}", self.dir.display(), self.log());
+        }
+    }
+}
+
+/// A config with one listener on an ephemeral port, an admin port, and `rest` appended.
+pub fn config(rest: &str) -> String {
+    format!(
+        "[server]\nworkers = 2\ndrain_timeout = \"10s\"\n\n[[listeners]]\nname = \"http\"\naddr = \"127.0.0.1:0\"\n\n[admin]\naddr = \"127.0.0.1:0\"\n\n{rest}"
+    )
+}
+
+/// A loopback address where nothing listens (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body arrived chunked.
+    pub chunked: bool,
+    pub trailers: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// A raw HTTP/1.1 client connection.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(BOUND)).expect("timeout");
+        let _ = stream.set_nodelay(true);
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads more into the buffer; false on EOF.
+    fn fill(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    /// Reads one response to a non-HEAD request.
+    pub fn response(&mut self) -> Response {
+        self.try_response(false).expect("a complete response")
+    }
+
+    /// Reads one response; `head` says the request was HEAD. Errors if the connection ends
+    /// before the response is complete.
+    pub fn try_response(&mut self, head: bool) -> io::Result<Response> {
+        let (status, headers, head_len) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut hs);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).map_err(io::Error::other)? {
+                let headers = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                break (r.code.unwrap_or(0), headers, n);
+            }
+            if !self.fill()? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        };
+        self.buf.drain(..head_len);
+        let mut res = Response {
+            status,
+            headers,
+            body: Vec::new(),
+            chunked: false,
+            trailers: Vec::new(),
+        };
+        if (100..200).contains(&status) || status == 204 || status == 304 || head {
+            return Ok(res);
+        }
+        if res.header("transfer-encoding").is_some() {
+            res.chunked = true;
+            let mut d = ChunkedDecoder::new();
+            loop {
+                match d.step(&self.buf).map_err(io::Error::other)? {
+                    Step::Data(n) => res.body.extend(self.buf.drain(..n)),
+                    Step::Skip(n) | Step::LastChunk(n) => {
+                        self.buf.drain(..n);
+                    }
+                    Step::Trailer(n) => res.trailers.extend(self.buf.drain(..n)),
+                    Step::End(n) => {
+                        self.buf.drain(..n);
+                        return Ok(res);
+                    }
+                    Step::NeedMore => {
+                        if !self.fill()? {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                    }
+                }
+            }
+        } else if let Some(len) = res.header("content-length") {
+            let len: usize = len.trim().parse().map_err(io::Error::other)?;
+            while self.buf.len() < len {
+                if !self.fill()? {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            res.body = self.buf.drain(..len).collect();
+        } else {
+            while self.fill()? {}
+            res.body = std::mem::take(&mut self.buf);
+        }
+        Ok(res)
+    }
+
+    /// True if the server closed the connection (EOF without more bytes) within the bound.
+    pub fn closed_by_peer(&mut self) -> bool {
+        matches!(self.fill(), Ok(false) | Err(_)) && self.buf.is_empty()
+    }
+}
+
+/// One request on a new connection.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    let mut c = Client::connect(addr);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+    c.response()
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
