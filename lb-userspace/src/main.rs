@@ -73,6 +73,9 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok((config, _)) => {
+            for w in config.warnings() {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             println!(
                 "{}: ok ({} listeners, {} clusters, {} routes)",
                 path.display(),

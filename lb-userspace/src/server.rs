@@ -60,6 +60,9 @@ impl Control {
     pub fn reload(&self) -> Result<String, ConfigErrors> {
         let _serialised = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let (config, text) = self.source.load()?;
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
         let current = self.cell.load();
         let old: Vec<_> = current
             .config
@@ -98,6 +101,9 @@ pub struct RunOptions {
 /// Runs the appliance until it is told to stop.
 pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     let (config, text) = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let registry = EndpointRegistry::default();
     let snapshot = Snapshot::build(config.clone(), &text, &registry);
     tracing::info!(config = %source.describe(), version = %snapshot.version, "config loaded");
@@ -133,6 +139,11 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         }
         tracing::info!(listener = %l.name, addr = %actual, "listening");
         bound.push((l.name.clone(), actual));
+    }
+
+    if let (Some(every), ConfigSource::File(path)) = (config.server.watch_config, control.source())
+    {
+        spawn_watch(path.clone(), every, control.clone())?;
     }
 
     let admin_addr = match &config.admin {
@@ -186,6 +197,33 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         let _ = h.join();
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Polls the config file and reloads when its content changes. An invalid new version is
+/// logged once and the running config stays.
+fn spawn_watch(path: PathBuf, every: Duration, control: Arc<Control>) -> std::io::Result<()> {
+    let mut last = std::fs::read(&path).map(|b| crate::hash::fnv1a_of(&b)).ok();
+    std::thread::Builder::new()
+        .name("lb-config-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            if control.draining.load(Ordering::SeqCst) {
+                return;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let hash = Some(crate::hash::fnv1a_of(&bytes));
+            if hash == last {
+                continue;
+            }
+            last = hash;
+            tracing::info!(file = %path.display(), "config file changed");
+            if let Err(e) = control.reload() {
+                tracing::error!("reload refused, the running config stays:\n{e}");
+            }
+        })?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! - `cargo xtask test`   install what the tests need, then run the whole test suite
 //! - `cargo xtask build`  release build of the lb binary
 //! - `cargo xtask ci`     formatting, lints, then `test`: what `.ci/run` runs
+//! - `cargo xtask bench`  micro benchmarks (criterion), figures printed
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,12 +20,14 @@ fn main() -> Result<()> {
         "test" => test(rest),
         "build" => build(),
         "ci" => ci(),
+        "bench" => bench(rest),
         _ => {
             eprintln!("usage: cargo xtask <demo | test | build | ci>");
             eprintln!("  demo   build lb and run the embedded demo config with built-in backends");
             eprintln!("  test   install what the tests need, then run every test");
             eprintln!("  build  release build of target/release/lb");
             eprintln!("  ci     cargo fmt --check, clippy -D warnings, then test");
+            eprintln!("  bench  micro benchmarks (criterion); args go to the bench binaries");
             if task == "help" {
                 Ok(())
             } else {
@@ -105,6 +108,15 @@ fn test(extra: &[String]) -> Result<()> {
         bail!("cargo test failed with {status}");
     }
     Ok(())
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    let mut c = cargo();
+    c.args(["bench", "-p", "lb-userspace"]);
+    if !extra.is_empty() {
+        c.arg("--").args(extra);
+    }
+    run(c)
 }
 
 fn ci() -> Result<()> {

@@ -4,6 +4,7 @@
 //! (`clusters[2].endpoints[0].addr`) and what was expected.
 
 pub mod raw;
+mod routes;
 pub mod units;
 
 use std::collections::HashSet;
@@ -12,7 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use raw::{RawCluster, RawConfig, RawHttp, RawRoute, RawServer};
+use crate::routing::{Route, RouteTable};
+use raw::{RawCluster, RawConfig, RawHttp, RawServer};
 use units::{parse_duration, parse_size};
 
 /// A client that does not finish sending its request head in this long is answered 408.
@@ -58,7 +60,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub http: HttpConfig,
     pub clusters: Vec<ClusterConfig>,
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<Route>,
 }
 
 /// How many workers to run.
@@ -85,6 +87,8 @@ pub struct ServerConfig {
     pub io: IoDriver,
     pub io_uring_entries: u32,
     pub drain_timeout: Duration,
+    /// Poll interval of the config file watch; `None` means no watch.
+    pub watch_config: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -137,16 +141,6 @@ pub struct EndpointConfig {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    pub name: String,
-    /// Lower-cased; `*.example.com` for a wildcard; `None` matches every host.
-    pub host: Option<String>,
-    pub path_prefix: String,
-    /// Index into `Config::clusters`.
-    pub cluster: usize,
-}
-
 /// One problem found in a config: where, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -187,6 +181,22 @@ impl Config {
         })?;
         let config = Config::parse(&text, path)?;
         Ok((config, text))
+    }
+
+    /// Things that are valid but almost certainly not what was meant: routes that can never
+    /// match because an earlier route takes all their requests.
+    pub fn warnings(&self) -> Vec<String> {
+        RouteTable::build(&self.routes)
+            .never_matching()
+            .into_iter()
+            .map(|(later, earlier)| {
+                format!(
+                    "routes[{later}] ({}) can never match: routes[{earlier}] ({}) takes every request it would",
+                    self.routes.iter().find(|r| r.index == later).map_or("", |r| r.name.as_str()),
+                    self.routes.iter().find(|r| r.index == earlier).map_or("", |r| r.name.as_str()),
+                )
+            })
+            .collect()
     }
 
     /// Parses and validates config text; `file` is only used in error messages.
@@ -299,7 +309,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        if let Some(route) = validate_route(i, r, &clusters, &mut errs) {
+        if let Some(route) = routes::validate_route(i, r, &clusters, &mut errs) {
             routes.push(route);
         }
     }
@@ -360,6 +370,20 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> ServerConfig {
             &s.drain_timeout,
             DEFAULT_DRAIN_TIMEOUT,
         ),
+        watch_config: s.watch_config.as_ref().map(|_| {
+            let d = errs.duration(
+                "server.watch_config",
+                &s.watch_config,
+                Duration::from_secs(2),
+            );
+            if d < Duration::from_millis(100) {
+                errs.push(
+                    "server.watch_config",
+                    "expected an interval of at least 100ms",
+                );
+            }
+            d
+        }),
     }
 }
 
@@ -516,62 +540,6 @@ fn validate_cluster(i: usize, c: &RawCluster, errs: &mut Errors) -> ClusterConfi
     }
 }
 
-fn validate_route(
-    i: usize,
-    r: &RawRoute,
-    clusters: &[ClusterConfig],
-    errs: &mut Errors,
-) -> Option<RouteConfig> {
-    let at = |key: &str| format!("routes[{i}].{key}");
-    let host = match r.host.as_deref() {
-        None | Some("*") => None,
-        Some(h) => {
-            let h = h.to_ascii_lowercase();
-            let bare = h.strip_prefix("*.").unwrap_or(&h);
-            let valid = !bare.is_empty()
-                && bare
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                && !bare.starts_with('.')
-                && !bare.ends_with('.');
-            if !valid {
-                errs.push(
-                    at("host"),
-                    format!("expected a host name such as \"api.example.com\" or \"*.example.com\", got {h:?}"),
-                );
-            }
-            Some(h)
-        }
-    };
-    let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
-    if !path_prefix.starts_with('/')
-        || path_prefix
-            .bytes()
-            .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
-    {
-        errs.push(
-            at("path_prefix"),
-            format!(
-                "expected a path starting with '/' without spaces, '?' or '#', got {path_prefix:?}"
-            ),
-        );
-    }
-    let cluster = clusters.iter().position(|c| c.name == r.cluster);
-    if cluster.is_none() {
-        let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-        errs.push(
-            at("cluster"),
-            format!("no cluster named {:?}; clusters are {known:?}", r.cluster),
-        );
-    }
-    Some(RouteConfig {
-        name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
-        host,
-        path_prefix,
-        cluster: cluster?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,8 +571,14 @@ mod tests {
         assert_eq!(c.server.workers, Workers::Count(2));
         assert_eq!(c.clusters[0].endpoints[1].weight, 3);
         assert_eq!(c.clusters[0].connect_timeout, Duration::from_millis(500));
-        assert_eq!(c.routes[0].host.as_deref(), Some("api.example.com"));
-        assert_eq!(c.routes[0].cluster, 0);
+        assert_eq!(
+            c.routes[0].host,
+            crate::routing::matchers::HostMatch::Exact(b"api.example.com".to_vec())
+        );
+        assert!(matches!(
+            c.routes[0].action,
+            crate::routing::actions::Action::Forward(0)
+        ));
     }
 
     #[test]

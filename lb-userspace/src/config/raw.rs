@@ -32,6 +32,8 @@ pub struct RawServer {
     pub io: Option<String>,
     pub io_uring_entries: Option<u32>,
     pub drain_timeout: Option<String>,
+    /// Poll the config file this often and reload when its content changes.
+    pub watch_config: Option<String>,
 }
 
 /// `[[listeners]]`: where clients connect.
@@ -88,12 +90,98 @@ pub struct RawEndpoint {
     pub weight: Option<u32>,
 }
 
-/// `[[routes]]`: which requests go to which cluster.
-#[derive(Debug, Deserialize)]
+/// `[[routes]]`: which requests match, and what happens to them.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: Option<String>,
     pub host: Option<String>,
+    /// Exactly one of the four path matchers, or none (matches every path).
+    pub path: Option<String>,
     pub path_prefix: Option<String>,
-    pub cluster: String,
+    pub path_regex: Option<String>,
+    pub path_pattern: Option<String>,
+    pub method: Option<String>,
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub headers: Vec<RawHeaderMatch>,
+    #[serde(default)]
+    pub query: Vec<RawQueryMatch>,
+    /// Exactly one action: a cluster, a redirect, or a direct response.
+    pub cluster: Option<String>,
+    pub redirect: Option<RawRedirect>,
+    pub respond: Option<RawRespond>,
+    pub rewrite: Option<RawRewrite>,
+    pub request_headers: Option<RawHeaderOps>,
+    pub response_headers: Option<RawHeaderOps>,
+    pub deprecation: Option<RawDeprecation>,
+}
+
+/// A header condition: exactly one of `equals`, `present`, `regex`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: String,
+    pub equals: Option<String>,
+    pub present: Option<bool>,
+    pub regex: Option<String>,
+}
+
+/// A query parameter condition: exactly one of `equals`, `present`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueryMatch {
+    pub name: String,
+    pub equals: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub status: Option<u16>,
+    pub location: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRespond {
+    pub status: Option<u16>,
+    pub content_type: Option<String>,
+    pub body: Option<String>,
+}
+
+/// Path rewriting before forwarding: `path` (a template) or `strip_prefix`/`add_prefix`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    pub strip_prefix: Option<String>,
+    pub add_prefix: Option<String>,
+    pub path: Option<String>,
+}
+
+/// Header edits: `set` replaces, `append` adds, `remove` deletes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub append: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// RFC 9745 deprecation and RFC 8594 sunset of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeprecation {
+    /// RFC 3339 instant the route was deprecated.
+    pub since: String,
+    /// RFC 3339 instant after which the route answers 410 Gone.
+    pub sunset: Option<String>,
+    /// Where clients should go instead (`Link: <…>; rel="successor-version"`).
+    pub successor: Option<String>,
+    /// Human documentation (`Link: <…>; rel="deprecation"`).
+    pub link: Option<String>,
 }

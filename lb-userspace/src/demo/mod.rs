@@ -92,6 +92,11 @@ fn print_banner(config: &Config) {
     println!("  curl -s {base}/api/orders/42          # alternates between orders-1 and orders-2");
     println!("  curl -s {base}/api/users/7            # served by users-1");
     println!("  curl -s -X POST --data 'hello' {base}/api/orders");
+    println!("  curl -s {base}/api/v1/products/42?ref=mail   # rewritten for the catalog backend");
+    println!(
+        "  curl -s -i {base}/api/v0/products/1    # deprecated: Deprecation, Sunset, Link headers"
+    );
+    println!("  curl -s -i {base}/api/beta/products/1  # past its sunset: 410 Gone");
     println!("  curl -s -i {base}/nowhere             # 404 from lb, no route");
     if let Some(a) = &config.admin {
         println!("  curl -s http://{}/config", a.addr);

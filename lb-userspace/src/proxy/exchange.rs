@@ -298,7 +298,8 @@ async fn exchange(
                 Ok(Some(res)) if res.status < 200 => HeadStep::Interim(res.head_len),
                 Ok(Some(res)) => {
                     let keep = plan.keep_alive && !w.draining();
-                    let p = head::write_response_head(out, &res, plan.minor, keep, http);
+                    let route = &view.snap.routes.routes()[plan.route];
+                    let p = head::write_response_head(out, &res, plan.minor, keep, http, route);
                     HeadStep::Final(res.head_len, res.framing, res.reusable, p)
                 }
                 Ok(None) if up.conn.is_full() => {

@@ -5,31 +5,42 @@ use std::net::IpAddr;
 use crate::config::HttpConfig;
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
-use crate::http::write::{push_dec, push_header};
+use crate::http::write::{push_dec, push_header, reason};
 use crate::http::{is_hop_by_hop, Framing};
+use crate::routing::template::Vars;
+use crate::routing::Route;
 
 /// Writes the request head for the backend into `out`: origin-form target, hop-by-hop headers
 /// removed, framing recomputed, `X-Forwarded-*` and `Via` added as configured.
-/// `default_host` is sent as `Host` when the client gave none (HTTP/1.0).
+/// `default_host` is sent as `Host` when the client gave none (HTTP/1.0). The route's
+/// rewrite and request header edits apply.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     req: &RequestHead<'_, '_>,
     client_ip: IpAddr,
     http: &HttpConfig,
     default_host: &str,
+    route: &Route,
+    vars: &Vars<'_>,
 ) {
     out.clear();
     out.extend_from_slice(req.method_bytes);
     out.push(b' ');
-    if req.path.first() == Some(&b'?') {
-        out.push(b'/');
+    match &route.rewrite {
+        Some(rw) => rw.write_target(out, vars),
+        None => {
+            if req.path.first() == Some(&b'?') {
+                out.push(b'/');
+            }
+            out.extend_from_slice(req.path);
+        }
     }
-    out.extend_from_slice(req.path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let ops = &route.request_headers;
     let mut has_host = false;
     for h in req.headers {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name) || req.conn.names(name) {
+        if is_hop_by_hop(name) || req.conn.names(name) || ops.drops(name) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"host") {
@@ -46,7 +57,7 @@ pub fn write_request_head(
         }
         push_header(out, name, h.value);
     }
-    if !has_host {
+    if !has_host && !ops.set.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         if let Some(authority) = req.authority {
             push_header(out, b"Host", authority);
         } else {
@@ -72,6 +83,7 @@ pub fn write_request_head(
         out.extend_from_slice(via.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    ops.write_added(out);
     match req.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -109,6 +121,7 @@ pub fn write_response_head(
     client_minor: u8,
     keep_alive: bool,
     http: &HttpConfig,
+    route: &Route,
 ) -> ResponsePlan {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -116,13 +129,15 @@ pub fn write_response_head(
     out.push(b' ');
     out.extend_from_slice(res.reason);
     out.extend_from_slice(b"\r\n");
+    let ops = &route.response_headers;
     for h in res.headers {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name) || res.conn.names(name) {
+        if is_hop_by_hop(name) || res.conn.names(name) || ops.drops(name) {
             continue;
         }
         push_header(out, name, h.value);
     }
+    write_route_extras(out, route);
     if let Some(via) = &http.via {
         out.extend_from_slice(if res.minor == 0 {
             b"Via: 1.0 "
@@ -169,11 +184,78 @@ pub fn write_response_head(
     }
 }
 
+/// The route's response header additions and deprecation headers.
+fn write_route_extras(out: &mut Vec<u8>, route: &Route) {
+    route.response_headers.write_added(out);
+    if let Some(d) = &route.deprecation {
+        out.extend_from_slice(&d.header_lines);
+    }
+}
+
+/// Writes a complete response produced by `lb` itself (redirect, direct response, 410).
+/// `body` is left out for HEAD requests; its length is still announced.
+#[allow(clippy::too_many_arguments)]
+pub fn write_local_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    location: Option<&[u8]>,
+    body: &[u8],
+    route: &Route,
+    head_request: bool,
+    keep_alive: bool,
+    client_minor: u8,
+) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_dec(out, status as u64);
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(l) = location {
+        push_header(out, b"Location", l);
+    }
+    if !body.is_empty() {
+        push_header(out, b"Content-Type", content_type.as_bytes());
+    }
+    write_route_extras(out, route);
+    out.extend_from_slice(b"Content-Length: ");
+    push_dec(out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_minor == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        out.extend_from_slice(body);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::{request, response};
     use std::path::Path;
+
+    /// A route with no edits.
+    fn plain_route() -> Route {
+        Route {
+            name: String::new(),
+            index: 0,
+            host: crate::routing::matchers::HostMatch::Any,
+            path: crate::routing::matchers::PathMatch::Any,
+            methods: Vec::new(),
+            headers: Vec::new(),
+            query: Vec::new(),
+            action: crate::routing::actions::Action::Forward(0),
+            rewrite: None,
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            deprecation: None,
+        }
+    }
 
     fn http() -> HttpConfig {
         let c =
@@ -186,12 +268,20 @@ mod tests {
         let mut storage = [httparse::EMPTY_HEADER; 32];
         let req = request::parse(raw, &mut storage).unwrap().unwrap();
         let mut out = Vec::new();
+        let vars = Vars {
+            path: req.path,
+            query: None,
+            host: None,
+            captures: &[],
+        };
         write_request_head(
             &mut out,
             &req,
             "10.1.2.3".parse().unwrap(),
             &http(),
             "orders",
+            &plain_route(),
+            &vars,
         );
         String::from_utf8(out).unwrap()
     }
@@ -229,7 +319,7 @@ mod tests {
         let mut storage = [httparse::EMPTY_HEADER; 32];
         let res = response::parse(raw, &mut storage, false).unwrap().unwrap();
         let mut out = Vec::new();
-        let plan = write_response_head(&mut out, &res, minor, keep, &http());
+        let plan = write_response_head(&mut out, &res, minor, keep, &http(), &plain_route());
         (String::from_utf8(out).unwrap(), plan)
     }
 

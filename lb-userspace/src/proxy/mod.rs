@@ -11,11 +11,17 @@ use std::time::Instant;
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
+use std::time::SystemTime;
+
 use crate::config::MAX_HEADERS_LIMIT;
 use crate::http::request::{self, RequestError};
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
 use crate::net::{write_buf, BufConn, IoFail};
+use crate::routing::actions::Action;
+use crate::routing::matchers::{Captures, MAX_CAPTURES};
+use crate::routing::template::Vars;
+use crate::routing::RouteRequest;
 use crate::worker::{View, Worker};
 
 /// What the connection loop does after a request.
@@ -23,6 +29,15 @@ use crate::worker::{View, Worker};
 pub enum Flow {
     Continue,
     Close,
+}
+
+/// What to do with a request whose head is complete.
+#[derive(Debug, Clone, Copy)]
+pub enum Decision {
+    /// Proxy it; the upstream head is in the output buffer.
+    Forward(Plan),
+    /// Answer it from `lb` itself; the whole response is in the output buffer.
+    Local { head_len: usize, keep_alive: bool },
 }
 
 /// Everything decided from a request head, kept after the head's bytes are released.
@@ -35,6 +50,8 @@ pub struct Plan {
     pub keep_alive: bool,
     pub expect_continue: bool,
     pub cluster: usize,
+    /// Index of the route in the snapshot's route list.
+    pub route: usize,
 }
 
 /// A request refused before it reaches a backend.
@@ -97,10 +114,13 @@ async fn next_request(
 ) -> Flow {
     let http = &view.snap.http;
     let mut deadline: Option<Instant> = None;
-    let plan = loop {
+    let decision = loop {
         if !client.data().is_empty() {
-            match plan_request(view, client.data(), peer, out) {
-                Ok(Some(plan)) => break plan,
+            // The snapshot is taken when the head is complete, so a request that arrives after
+            // a reload follows the new config even on an old keep-alive connection.
+            let current = w.view();
+            match plan_request(&current, client.data(), peer, out) {
+                Ok(Some(d)) => break (d, current),
                 Ok(None) => {}
                 Err(r) => return reject(client, out, r, view).await,
             }
@@ -146,17 +166,31 @@ async fn next_request(
             Err(_) => return Flow::Close,
         }
     };
-    exchange::proxy(w, view, client, out, plan, peer).await
+    let (decision, view) = decision;
+    match decision {
+        Decision::Forward(plan) => exchange::proxy(w, &view, client, out, plan, peer).await,
+        Decision::Local {
+            head_len,
+            keep_alive,
+        } => {
+            client.consume(head_len);
+            let timeout = view.snap.http.client_body_timeout;
+            if write_buf(&mut client.stream, out, timeout).await.is_err() || !keep_alive {
+                return Flow::Close;
+            }
+            Flow::Continue
+        }
+    }
 }
 
-/// Parses and routes the head at the front of `data`, and writes the upstream head into
-/// `out`. `Ok(None)`: the head is incomplete.
+/// Parses and routes the head at the front of `data`, and writes into `out` either the
+/// upstream head or a complete local response. `Ok(None)`: the head is incomplete.
 fn plan_request(
     view: &View,
     data: &[u8],
     peer: SocketAddr,
     out: &mut Vec<u8>,
-) -> Result<Option<Plan>, Reject> {
+) -> Result<Option<Decision>, Reject> {
     let snap = &view.snap;
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
     let max_headers = snap.http.max_headers.min(MAX_HEADERS_LIMIT);
@@ -180,20 +214,79 @@ fn plan_request(
             "CONNECT is not supported",
         ));
     }
-    let Some(route) = snap.routes.find(req.host(), req.path) else {
+    let host = req.host();
+    let (path, query) = RouteRequest::split_target(req.path);
+    let rreq = RouteRequest {
+        host,
+        path,
+        query,
+        method: req.method_bytes,
+        headers: req.headers,
+    };
+    let mut caps = Captures::default();
+    let Some(route) = snap.routes.find(&rreq, &mut caps) else {
         return Err(refuse(404, "no_route", "no route matches this request"));
     };
-    let cluster = &snap.clusters[route.cluster];
-    head::write_request_head(out, &req, peer.ip(), &snap.http, &cluster.name);
-    Ok(Some(Plan {
-        head_len: req.head_len,
-        method: req.method,
-        minor: req.minor,
-        framing: req.framing,
-        keep_alive: req.keep_alive,
-        expect_continue: req.expect_continue,
-        cluster: route.cluster,
-    }))
+    let mut values = [&b""[..]; MAX_CAPTURES];
+    let n = caps.values(path, &mut values);
+    let vars = Vars {
+        path,
+        query,
+        host,
+        captures: &values[..n],
+    };
+    let is_head = req.method == Method::Head;
+    // A local answer leaves any request body unread, so the connection cannot carry on.
+    let local_keep = !close_after_error;
+    let local =
+        |out: &mut Vec<u8>, status, content_type: &str, location: Option<&[u8]>, body: &[u8]| {
+            head::write_local_response(
+                out,
+                status,
+                content_type,
+                location,
+                body,
+                route,
+                is_head,
+                local_keep,
+                req.minor,
+            );
+            Ok(Some(Decision::Local {
+                head_len: req.head_len,
+                keep_alive: local_keep,
+            }))
+        };
+    if let Some(d) = &route.deprecation {
+        if d.is_gone(SystemTime::now()) {
+            return local(out, 410, "application/json", None, &d.gone_body());
+        }
+    }
+    match &route.action {
+        Action::Forward(cluster) => {
+            let name = &snap.clusters[*cluster].name;
+            head::write_request_head(out, &req, peer.ip(), &snap.http, name, route, &vars);
+            Ok(Some(Decision::Forward(Plan {
+                head_len: req.head_len,
+                method: req.method,
+                minor: req.minor,
+                framing: req.framing,
+                keep_alive: req.keep_alive,
+                expect_continue: req.expect_continue,
+                cluster: *cluster,
+                route: route.index,
+            })))
+        }
+        Action::Redirect { status, location } => {
+            let mut target = Vec::with_capacity(64);
+            location.render(&mut target, &vars);
+            local(out, *status, "", Some(&target), b"")
+        }
+        Action::Respond {
+            status,
+            content_type,
+            body,
+        } => local(out, *status, content_type, None, body),
+    }
 }
 
 /// Answers a refused request and decides whether the connection survives.

@@ -1,164 +1,388 @@
-//! Route matching: which route, and so which cluster, serves a request.
+//! Route matching: which route serves a request.
 //!
-//! Precedence: an exact host beats a wildcard host beats no host; then the longer path prefix
-//! wins; then declaration order. The table is sorted once when the snapshot is built, so a
-//! lookup is the first route that matches.
+//! Precedence, most specific first:
+//! 1. host: an exact host, then wildcard hosts (longest suffix first), then routes without a
+//!    host;
+//! 2. within a host: exact path, then path patterns (more literal segments first), then path
+//!    prefixes (longest first), then regexes, and last routes for every path (no path
+//!    matcher, or the prefix `/`);
+//! 3. among routes with the same path matcher: more conditions (methods, headers, query) first;
+//! 4. then declaration order.
+//!
+//! The table indexes exact paths and prefixes in hash maps, so a lookup costs a few hash
+//! probes per path segment however many routes there are.
 
-use crate::config::RouteConfig;
+pub mod actions;
+pub mod matchers;
+pub mod template;
+
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use actions::{Action, Deprecation, HeaderOps, Rewrite};
+use matchers::{Captures, HeaderCond, HostMatch, PathMatch, QueryCond};
 
 /// One compiled route.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
-    pub host: HostMatch,
-    /// Path prefix, matched on a segment boundary.
-    pub prefix: Vec<u8>,
-    pub cluster: usize,
-    /// Position in the config file, for messages.
+    /// Position in the config file.
     pub index: usize,
+    pub host: HostMatch,
+    pub path: PathMatch,
+    /// Upper-case method names; empty means any.
+    pub methods: Vec<String>,
+    pub headers: Vec<HeaderCond>,
+    pub query: Vec<QueryCond>,
+    pub action: Action,
+    pub rewrite: Option<Rewrite>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub deprecation: Option<Deprecation>,
 }
 
-/// How a route matches the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMatch {
-    Any,
-    /// Lower-case host name.
-    Exact(Vec<u8>),
-    /// `*.example.com` stored as `.example.com`: matches any name with that suffix and at least
-    /// one more label.
-    Suffix(Vec<u8>),
+/// What a route looks at in a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRequest<'a> {
+    /// Without port.
+    pub host: Option<&'a [u8]>,
+    /// Without query.
+    pub path: &'a [u8],
+    pub query: Option<&'a [u8]>,
+    pub method: &'a [u8],
+    pub headers: &'a [httparse::Header<'a>],
 }
 
-impl HostMatch {
-    fn rank(&self) -> u8 {
-        match self {
-            HostMatch::Exact(_) => 0,
-            HostMatch::Suffix(_) => 1,
-            HostMatch::Any => 2,
+impl<'a> RouteRequest<'a> {
+    /// Splits a request target into path and query.
+    pub fn split_target(target: &'a [u8]) -> (&'a [u8], Option<&'a [u8]>) {
+        match target.iter().position(|&b| b == b'?') {
+            Some(0) => (b"/", Some(&target[1..])),
+            Some(q) => (&target[..q], Some(&target[q + 1..])),
+            None => (target, None),
         }
     }
+}
 
-    fn matches(&self, host: Option<&[u8]>) -> bool {
-        match self {
-            HostMatch::Any => true,
-            HostMatch::Exact(want) => host.is_some_and(|h| h.eq_ignore_ascii_case(want)),
-            HostMatch::Suffix(suffix) => host.is_some_and(|h| {
-                h.len() > suffix.len() && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-            }),
-        }
+impl Route {
+    fn condition_count(&self) -> usize {
+        usize::from(!self.methods.is_empty()) + self.headers.len() + self.query.len()
+    }
+
+    /// Methods, headers and query: everything but host and path.
+    pub fn conditions_match(&self, req: &RouteRequest<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m.as_bytes() == req.method))
+            && self.headers.iter().all(|h| h.matches(req.headers))
+            && self.query.iter().all(|q| q.matches(req.query))
+    }
+
+    /// Whether this route alone matches `req` (host, path and conditions), filling `caps`.
+    pub fn matches(&self, req: &RouteRequest<'_>, caps: &mut Captures) -> bool {
+        caps.clear();
+        self.host.matches(req.host)
+            && self.path.matches(req.path, caps)
+            && self.conditions_match(req)
+    }
+
+    /// True if every request this route accepts on conditions, `earlier` accepts too.
+    fn conditions_covered_by(&self, earlier: &Route) -> bool {
+        let methods = earlier.methods.is_empty()
+            || (!self.methods.is_empty()
+                && self.methods.iter().all(|m| earlier.methods.contains(m)));
+        methods
+            && earlier.headers.iter().all(|e| {
+                self.headers
+                    .iter()
+                    .any(|h| h.name == e.name && h.test.same_as(&e.test))
+            })
+            && earlier.query.iter().all(|e| {
+                self.query
+                    .iter()
+                    .any(|q| q.name == e.name && q.test.same_as(&e.test))
+            })
     }
 }
 
-/// All routes, in match order.
+#[derive(Debug, Default, Clone)]
+struct Bucket {
+    exact: FxHashMap<Vec<u8>, Vec<u32>>,
+    /// All patterns in precedence order (used to build the indexes below, and for checks).
+    patterns: Vec<u32>,
+    /// The patterns as a segment trie.
+    pattern_trie: PatNode,
+    prefixes: FxHashMap<Vec<u8>, Vec<u32>>,
+    regexes: Vec<u32>,
+    /// All regexes of `regexes` at once: one pass rules out most paths.
+    regex_set: Option<regex::bytes::RegexSet>,
+    /// No path matcher, or prefix `/`.
+    catch_all: Vec<u32>,
+}
+
+/// All routes, indexed for lookup.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    exact_hosts: FxHashMap<Vec<u8>, Bucket>,
+    /// Longest suffix first.
+    wildcard_hosts: Vec<(Vec<u8>, Bucket)>,
+    any_host: Bucket,
 }
 
-impl RouteTable {
-    pub fn build(configs: &[RouteConfig]) -> RouteTable {
-        let mut routes: Vec<Route> = configs
-            .iter()
-            .enumerate()
-            .map(|(index, r)| Route {
-                name: r.name.clone(),
-                host: match &r.host {
-                    None => HostMatch::Any,
-                    Some(h) => match h.strip_prefix('*') {
-                        Some(suffix) => HostMatch::Suffix(suffix.as_bytes().to_vec()),
-                        None => HostMatch::Exact(h.as_bytes().to_vec()),
-                    },
-                },
-                prefix: r.path_prefix.as_bytes().to_vec(),
-                cluster: r.cluster,
-                index,
-            })
-            .collect();
-        routes.sort_by(|a, b| {
-            a.host
-                .rank()
-                .cmp(&b.host.rank())
-                .then(b.prefix.len().cmp(&a.prefix.len()))
-                .then(a.index.cmp(&b.index))
-        });
-        RouteTable { routes }
-    }
-
-    /// The first route matching `host` (without port) and `target` (path and query).
-    pub fn find(&self, host: Option<&[u8]>, target: &[u8]) -> Option<&Route> {
-        let path = match target.iter().position(|&b| b == b'?') {
-            Some(q) => &target[..q],
-            None => target,
-        };
-        self.routes
-            .iter()
-            .find(|r| r.host.matches(host) && prefix_matches(&r.prefix, path))
-    }
-
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
-    }
+/// Path patterns as a trie of segments, so that a lookup only visits patterns that fit the
+/// path's literal segments.
+#[derive(Debug, Default, Clone)]
+struct PatNode {
+    lit: FxHashMap<Vec<u8>, PatNode>,
+    param: Option<Box<PatNode>>,
+    /// Patterns ending here: (precedence rank, route).
+    end: Vec<(u32, u32)>,
+    /// Patterns with `*rest` here.
+    rest: Vec<(u32, u32)>,
 }
 
-/// `/api` matches `/api`, `/api/` and `/api/x`, but not `/apix`.
-fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
-    if !path.starts_with(prefix) {
-        return false;
-    }
-    path.len() == prefix.len() || prefix.ends_with(b"/") || path[prefix.len()] == b'/'
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn route(host: Option<&str>, prefix: &str, cluster: usize) -> RouteConfig {
-        RouteConfig {
-            name: format!("r{cluster}"),
-            host: host.map(str::to_string),
-            path_prefix: prefix.to_string(),
-            cluster,
+impl PatNode {
+    fn insert(&mut self, segs: &[matchers::PatSeg], entry: (u32, u32)) {
+        match segs.split_first() {
+            None => self.end.push(entry),
+            Some((matchers::PatSeg::Rest, _)) => self.rest.push(entry),
+            Some((matchers::PatSeg::Param, tail)) => self
+                .param
+                .get_or_insert_with(Default::default)
+                .insert(tail, entry),
+            Some((matchers::PatSeg::Lit(l), tail)) => {
+                self.lit.entry(l.clone()).or_default().insert(tail, entry)
+            }
         }
     }
 
-    #[test]
-    fn precedence_and_boundaries() {
-        let t = RouteTable::build(&[
-            route(None, "/", 0),
-            route(None, "/api", 1),
-            route(None, "/api/orders", 2),
-            route(Some("*.example.com"), "/", 3),
-            route(Some("admin.example.com"), "/", 4),
-            route(None, "/api/orders", 5),
-        ]);
-        let find = |h: Option<&str>, p: &str| {
-            t.find(h.map(str::as_bytes), p.as_bytes())
-                .map(|r| r.cluster)
+    /// Collects the patterns that can match `rest` (the path after its leading `/`; `None`
+    /// once every segment is consumed).
+    fn candidates(&self, rest: Option<&[u8]>, out: &mut SmallVec<[(u32, u32); 16]>) {
+        out.extend_from_slice(&self.rest);
+        let Some(rest) = rest else {
+            out.extend_from_slice(&self.end);
+            return;
         };
-        assert_eq!(find(None, "/"), Some(0));
-        assert_eq!(find(None, "/apix"), Some(0));
-        assert_eq!(find(None, "/api"), Some(1));
-        assert_eq!(find(None, "/api/users?x=1"), Some(1));
-        assert_eq!(
-            find(None, "/api/orders/7"),
-            Some(2),
-            "declaration order breaks ties"
-        );
-        assert_eq!(find(None, "/api/orders?x"), Some(2));
-        assert_eq!(find(Some("shop.example.com"), "/api"), Some(3));
-        assert_eq!(find(Some("SHOP.Example.COM"), "/api"), Some(3));
-        assert_eq!(
-            find(Some("example.com"), "/api"),
-            Some(1),
-            "wildcard needs a label"
-        );
-        assert_eq!(find(Some("admin.example.com"), "/api"), Some(4));
-    }
-
-    #[test]
-    fn no_match() {
-        let t = RouteTable::build(&[route(Some("a.com"), "/x", 0)]);
-        assert!(t.find(Some(b"a.com"), b"/y").is_none());
-        assert!(t.find(None, b"/x").is_none());
+        let (seg, tail) = match rest.iter().position(|&b| b == b'/') {
+            Some(p) => (&rest[..p], Some(&rest[p + 1..])),
+            None => (rest, None),
+        };
+        if let Some(child) = self.lit.get(seg) {
+            child.candidates(tail, out);
+        }
+        if let (Some(child), false) = (&self.param, seg.is_empty()) {
+            child.candidates(tail, out);
+        }
     }
 }
+
+/// Longest host name looked up in the exact-host map (DNS allows 253).
+const MAX_HOST: usize = 255;
+
+impl RouteTable {
+    pub fn build(routes: &[Route]) -> RouteTable {
+        let mut t = RouteTable {
+            routes: routes.to_vec(),
+            ..Default::default()
+        };
+        for (i, r) in routes.iter().enumerate() {
+            let bucket = match &r.host {
+                HostMatch::Any => &mut t.any_host,
+                HostMatch::Exact(h) => t.exact_hosts.entry(h.clone()).or_default(),
+                HostMatch::Suffix(s) => match t.wildcard_hosts.iter().position(|(k, _)| k == s) {
+                    Some(p) => &mut t.wildcard_hosts[p].1,
+                    None => {
+                        t.wildcard_hosts.push((s.clone(), Bucket::default()));
+                        let last = t.wildcard_hosts.len() - 1;
+                        &mut t.wildcard_hosts[last].1
+                    }
+                },
+            };
+            let i = i as u32;
+            match &r.path {
+                PathMatch::Any => bucket.catch_all.push(i),
+                PathMatch::Exact(p) => bucket.exact.entry(p.clone()).or_default().push(i),
+                PathMatch::Prefix(p) => bucket.prefixes.entry(p.clone()).or_default().push(i),
+                PathMatch::Pattern(_) => bucket.patterns.push(i),
+                PathMatch::Regex(..) => bucket.regexes.push(i),
+            }
+        }
+        t.wildcard_hosts
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        let routes = &t.routes;
+        let by_conditions = |a: &u32, b: &u32| {
+            let (ra, rb) = (&routes[*a as usize], &routes[*b as usize]);
+            rb.condition_count()
+                .cmp(&ra.condition_count())
+                .then(ra.index.cmp(&rb.index))
+        };
+        let literal = |i: &u32| match &routes[*i as usize].path {
+            PathMatch::Pattern(p) => (p.literal_count(), p.segs.len()),
+            _ => (0, 0),
+        };
+        let buckets = std::iter::once(&mut t.any_host)
+            .chain(t.exact_hosts.values_mut())
+            .chain(t.wildcard_hosts.iter_mut().map(|(_, b)| b));
+        for b in buckets {
+            b.exact.values_mut().for_each(|l| l.sort_by(by_conditions));
+            b.prefixes
+                .values_mut()
+                .for_each(|l| l.sort_by(by_conditions));
+            b.regexes.sort_by(by_conditions);
+            b.catch_all.sort_by(by_conditions);
+            b.patterns.sort_by(|a, b| {
+                literal(b)
+                    .cmp(&literal(a))
+                    .then_with(|| by_conditions(a, b))
+            });
+            for (rank, &i) in b.patterns.iter().enumerate() {
+                if let PathMatch::Pattern(p) = &routes[i as usize].path {
+                    b.pattern_trie.insert(&p.segs, (rank as u32, i));
+                }
+            }
+            if !b.regexes.is_empty() {
+                let sources = b
+                    .regexes
+                    .iter()
+                    .filter_map(|&i| match &routes[i as usize].path {
+                        PathMatch::Regex(re, _) => Some(re.as_str().to_string()),
+                        _ => None,
+                    });
+                b.regex_set = regex::bytes::RegexSet::new(sources).ok();
+            }
+        }
+        t
+    }
+
+    /// Routes in declaration order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route serving `req`, with its path captures in `caps`.
+    pub fn find(&self, req: &RouteRequest<'_>, caps: &mut Captures) -> Option<&Route> {
+        if let Some(host) = req.host {
+            if !self.exact_hosts.is_empty() && host.len() <= MAX_HOST {
+                let mut lower = [0u8; MAX_HOST];
+                let lower = &mut lower[..host.len()];
+                lower.copy_from_slice(host);
+                lower.make_ascii_lowercase();
+                if let Some(b) = self.exact_hosts.get(&lower[..]) {
+                    if let Some(r) = self.find_in(b, req, caps) {
+                        return Some(r);
+                    }
+                }
+            }
+            for (suffix, b) in &self.wildcard_hosts {
+                if host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                {
+                    if let Some(r) = self.find_in(b, req, caps) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+        self.find_in(&self.any_host, req, caps)
+    }
+
+    fn find_in(&self, b: &Bucket, req: &RouteRequest<'_>, caps: &mut Captures) -> Option<&Route> {
+        let path = req.path;
+        let first = |list: Option<&Vec<u32>>, caps: &mut Captures| {
+            list.into_iter()
+                .flatten()
+                .map(|&i| &self.routes[i as usize])
+                .find(|r| {
+                    caps.clear();
+                    r.conditions_match(req)
+                })
+        };
+        if let Some(r) = first(b.exact.get(path), caps) {
+            return Some(r);
+        }
+        if !b.patterns.is_empty() {
+            let mut found: SmallVec<[(u32, u32); 16]> = SmallVec::new();
+            b.pattern_trie
+                .candidates(path.strip_prefix(b"/"), &mut found);
+            found.sort_unstable();
+            for (_, i) in found {
+                let r = &self.routes[i as usize];
+                caps.clear();
+                if r.path.matches(path, caps) && r.conditions_match(req) {
+                    return Some(r);
+                }
+            }
+        }
+        if !b.prefixes.is_empty() {
+            if let Some(r) = first(b.prefixes.get(path), caps) {
+                return Some(r);
+            }
+            // Shorter candidates, longest first: "/a/b/" then "/a/b" then "/a/" then "/a"...
+            for i in (0..path.len()).rev().filter(|&i| path[i] == b'/') {
+                if i + 1 < path.len() {
+                    if let Some(r) = first(b.prefixes.get(&path[..=i]), caps) {
+                        return Some(r);
+                    }
+                }
+                if i > 0 {
+                    if let Some(r) = first(b.prefixes.get(&path[..i]), caps) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+        if let Some(set) = &b.regex_set {
+            if set.is_match(path) {
+                for pos in set.matches(path).iter() {
+                    let r = &self.routes[b.regexes[pos] as usize];
+                    caps.clear();
+                    if r.path.matches(path, caps) && r.conditions_match(req) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
+        first(Some(&b.catch_all), caps)
+    }
+
+    /// Routes that can never match because an earlier route with the same host and path
+    /// matcher accepts everything they accept. Each entry: (shadowed, shadowing) indexes.
+    pub fn never_matching(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let same_path = |a: &PathMatch, b: &PathMatch| match (a, b) {
+            (PathMatch::Any, PathMatch::Any) => true,
+            (PathMatch::Exact(x), PathMatch::Exact(y))
+            | (PathMatch::Prefix(x), PathMatch::Prefix(y)) => x == y,
+            (PathMatch::Pattern(x), PathMatch::Pattern(y)) => x.segs == y.segs,
+            (PathMatch::Regex(x, _), PathMatch::Regex(y, _)) => x.as_str() == y.as_str(),
+            _ => false,
+        };
+        let buckets = std::iter::once(&self.any_host)
+            .chain(self.exact_hosts.values())
+            .chain(self.wildcard_hosts.iter().map(|(_, b)| b));
+        for b in buckets {
+            let lists = b.exact.values().chain(b.prefixes.values()).chain([
+                &b.patterns,
+                &b.regexes,
+                &b.catch_all,
+            ]);
+            for list in lists {
+                for (pos, &j) in list.iter().enumerate() {
+                    let later = &self.routes[j as usize];
+                    if let Some(&i) = list[..pos].iter().find(|&&i| {
+                        let earlier = &self.routes[i as usize];
+                        same_path(&earlier.path, &later.path)
+                            && later.conditions_covered_by(earlier)
+                    }) {
+                        out.push((later.index, self.routes[i as usize].index));
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

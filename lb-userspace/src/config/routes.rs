@@ -1,0 +1,430 @@
+//! Validation of `[[routes]]` into compiled routes: matchers, templates and regexes are built
+//! here, once, and every problem is reported with its key path.
+
+use regex::bytes::Regex;
+
+use super::raw::{RawDeprecation, RawHeaderOps, RawRoute};
+use super::{ClusterConfig, Errors};
+use crate::http::chunked::is_tchar;
+use crate::routing::actions::{Action, Deprecation, HeaderOps, Rewrite};
+use crate::routing::matchers::{
+    HeaderCond, HostMatch, PathMatch, Pattern, QueryCond, ValueTest, MAX_CAPTURES,
+};
+use crate::routing::template::Template;
+use crate::routing::Route;
+
+/// Headers a route may not set: `lb` owns connection management and framing.
+const RESERVED: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub(super) fn validate_route(
+    i: usize,
+    r: &RawRoute,
+    clusters: &[ClusterConfig],
+    errs: &mut Errors,
+) -> Option<Route> {
+    let at = |key: &str| format!("routes[{i}].{key}");
+    let before = errs.0.len();
+
+    let host = match r.host.as_deref() {
+        None | Some("*") => HostMatch::Any,
+        Some(h) => {
+            let h = h.to_ascii_lowercase();
+            let wildcard = h.strip_prefix("*.");
+            let bare = wildcard.unwrap_or(&h);
+            let valid = !bare.is_empty()
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && !bare.starts_with('.')
+                && !bare.ends_with('.');
+            if !valid {
+                errs.push(at("host"), format!("expected a host name such as \"api.example.com\" or \"*.example.com\", got {h:?}"));
+            }
+            match wildcard {
+                Some(suffix) => HostMatch::Suffix(format!(".{suffix}").into_bytes()),
+                None => HostMatch::Exact(h.into_bytes()),
+            }
+        }
+    };
+
+    let path = validate_path(r, &at, errs);
+
+    let mut methods: Vec<String> = Vec::new();
+    match (&r.method, &r.methods) {
+        (Some(_), Some(_)) => errs.push(at("methods"), "set method or methods, not both"),
+        (Some(m), None) => methods.push(m.clone()),
+        (None, Some(ms)) => {
+            if ms.is_empty() {
+                errs.push(at("methods"), "expected at least one method");
+            }
+            methods.extend(ms.iter().cloned());
+        }
+        (None, None) => {}
+    }
+    for m in &mut methods {
+        *m = m.to_ascii_uppercase();
+        if m.is_empty() || !m.bytes().all(is_tchar) {
+            errs.push(at("methods"), format!("{m:?} is not a method name"));
+        }
+    }
+
+    let mut headers = Vec::new();
+    for (j, h) in r.headers.iter().enumerate() {
+        let key = at(&format!("headers[{j}]"));
+        if h.name.is_empty() || !h.name.bytes().all(is_tchar) {
+            errs.push(
+                format!("{key}.name"),
+                format!("{:?} is not a header name", h.name),
+            );
+        }
+        let test = value_test(
+            &key,
+            h.equals.as_deref(),
+            h.present,
+            h.regex.as_deref(),
+            errs,
+        );
+        headers.push(HeaderCond {
+            name: h.name.to_ascii_lowercase(),
+            test,
+        });
+    }
+    let mut query = Vec::new();
+    for (j, q) in r.query.iter().enumerate() {
+        let key = at(&format!("query[{j}]"));
+        if q.name.is_empty() || q.name.contains(['&', '=', '#', ' ']) {
+            errs.push(
+                format!("{key}.name"),
+                format!("{:?} is not a query parameter name", q.name),
+            );
+        }
+        let test = value_test(&key, q.equals.as_deref(), q.present, None, errs);
+        query.push(QueryCond {
+            name: q.name.as_bytes().to_vec(),
+            test,
+        });
+    }
+
+    let params: Vec<String> = path.param_names().to_vec();
+    let actions = usize::from(r.cluster.is_some())
+        + usize::from(r.redirect.is_some())
+        + usize::from(r.respond.is_some());
+    let action = if actions != 1 {
+        errs.push(
+            format!("routes[{i}]"),
+            "set exactly one of cluster, redirect or respond",
+        );
+        None
+    } else if let Some(name) = &r.cluster {
+        let idx = clusters.iter().position(|c| &c.name == name);
+        if idx.is_none() {
+            let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+            errs.push(
+                at("cluster"),
+                format!("no cluster named {name:?}; clusters are {known:?}"),
+            );
+        }
+        idx.map(Action::Forward)
+    } else if let Some(rd) = &r.redirect {
+        let status = rd.status.unwrap_or(302);
+        if ![301, 302, 303, 307, 308].contains(&status) {
+            errs.push(
+                at("redirect.status"),
+                format!("expected 301, 302, 303, 307 or 308, got {status}"),
+            );
+        }
+        match Template::parse(&rd.location, &params) {
+            Ok(location) => Some(Action::Redirect { status, location }),
+            Err(e) => {
+                errs.push(at("redirect.location"), e);
+                None
+            }
+        }
+    } else if let Some(rs) = &r.respond {
+        let status = rs.status.unwrap_or(200);
+        if !(200..=599).contains(&status) {
+            errs.push(
+                at("respond.status"),
+                format!("expected a status from 200 to 599, got {status}"),
+            );
+        }
+        let content_type = rs
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "text/plain; charset=utf-8".into());
+        if content_type.bytes().any(|b| b < b' ' || b == 0x7f) {
+            errs.push(
+                at("respond.content_type"),
+                "control characters are not allowed",
+            );
+        }
+        Some(Action::Respond {
+            status,
+            content_type,
+            body: rs.body.clone().unwrap_or_default().into_bytes(),
+        })
+    } else {
+        None
+    };
+
+    let rewrite = r.rewrite.as_ref().map(|rw| {
+        if r.cluster.is_none() {
+            errs.push(at("rewrite"), "rewrite only applies to routes that forward to a cluster");
+        }
+        if rw.path.is_some() && (rw.strip_prefix.is_some() || rw.add_prefix.is_some()) {
+            errs.push(at("rewrite"), "set rewrite.path, or strip_prefix/add_prefix, not both");
+        }
+        for (key, v) in [("strip_prefix", &rw.strip_prefix), ("add_prefix", &rw.add_prefix)] {
+            if let Some(p) = v {
+                if !valid_path(p) {
+                    errs.push(at(&format!("rewrite.{key}")), format!("expected a path starting with '/' without spaces, '?' or '#', got {p:?}"));
+                }
+            }
+        }
+        let path = match rw.path.as_deref().map(|t| (t, Template::parse(t, &params))) {
+            None => None,
+            Some((t, Ok(tpl))) => {
+                if !t.starts_with('/') {
+                    errs.push(at("rewrite.path"), format!("expected a template starting with '/', got {t:?}"));
+                }
+                Some(tpl)
+            }
+            Some((_, Err(e))) => {
+                errs.push(at("rewrite.path"), e);
+                None
+            }
+        };
+        Rewrite {
+            strip_prefix: rw.strip_prefix.as_ref().map(|s| s.as_bytes().to_vec()),
+            add_prefix: rw.add_prefix.as_ref().map(|s| s.as_bytes().to_vec()),
+            path,
+        }
+    });
+
+    let request_headers = header_ops(&at("request_headers"), r.request_headers.as_ref(), errs);
+    let response_headers = header_ops(&at("response_headers"), r.response_headers.as_ref(), errs);
+    let deprecation = r
+        .deprecation
+        .as_ref()
+        .and_then(|d| deprecation(&at("deprecation"), d, errs));
+
+    if errs.0.len() != before {
+        return None;
+    }
+    Some(Route {
+        name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
+        index: i,
+        host,
+        path,
+        methods,
+        headers,
+        query,
+        action: action?,
+        rewrite,
+        request_headers,
+        response_headers,
+        deprecation,
+    })
+}
+
+fn valid_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p
+            .bytes()
+            .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
+}
+
+fn validate_path(r: &RawRoute, at: &dyn Fn(&str) -> String, errs: &mut Errors) -> PathMatch {
+    let set = [&r.path, &r.path_prefix, &r.path_regex, &r.path_pattern]
+        .iter()
+        .filter(|v| v.is_some())
+        .count();
+    if set > 1 {
+        errs.push(
+            at("path"),
+            "set at most one of path, path_prefix, path_regex, path_pattern",
+        );
+        return PathMatch::Any;
+    }
+    let expect_path = |key: &str, p: &str, errs: &mut Errors| {
+        if !valid_path(p) {
+            errs.push(
+                at(key),
+                format!("expected a path starting with '/' without spaces, '?' or '#', got {p:?}"),
+            );
+        }
+    };
+    if let Some(p) = &r.path {
+        expect_path("path", p, errs);
+        PathMatch::Exact(p.as_bytes().to_vec())
+    } else if let Some(p) = &r.path_prefix {
+        expect_path("path_prefix", p, errs);
+        if p == "/" {
+            PathMatch::Any
+        } else {
+            PathMatch::Prefix(p.as_bytes().to_vec())
+        }
+    } else if let Some(p) = &r.path_pattern {
+        Pattern::parse(p)
+            .map(PathMatch::Pattern)
+            .unwrap_or_else(|e| {
+                errs.push(at("path_pattern"), e);
+                PathMatch::Any
+            })
+    } else if let Some(re) = &r.path_regex {
+        match Regex::new(re) {
+            Ok(compiled) => {
+                let names: Vec<String> = compiled
+                    .capture_names()
+                    .flatten()
+                    .map(str::to_string)
+                    .collect();
+                if names.len() > MAX_CAPTURES {
+                    errs.push(
+                        at("path_regex"),
+                        format!("at most {MAX_CAPTURES} named groups"),
+                    );
+                }
+                PathMatch::Regex(compiled, names)
+            }
+            Err(e) => {
+                errs.push(at("path_regex"), format!("invalid regex: {e}"));
+                PathMatch::Any
+            }
+        }
+    } else {
+        PathMatch::Any
+    }
+}
+
+fn value_test(
+    key: &str,
+    equals: Option<&str>,
+    present: Option<bool>,
+    regex: Option<&str>,
+    errs: &mut Errors,
+) -> ValueTest {
+    let set = usize::from(equals.is_some())
+        + usize::from(present.is_some())
+        + usize::from(regex.is_some());
+    if set != 1 {
+        let options = if regex.is_some() || key.contains("headers") {
+            "equals, present or regex"
+        } else {
+            "equals or present"
+        };
+        errs.push(key.to_string(), format!("set exactly one of {options}"));
+        return ValueTest::Present;
+    }
+    if let Some(v) = equals {
+        return ValueTest::Equals(v.as_bytes().to_vec());
+    }
+    if let Some(p) = present {
+        return if p {
+            ValueTest::Present
+        } else {
+            ValueTest::Absent
+        };
+    }
+    match regex.map(Regex::new) {
+        Some(Ok(re)) => ValueTest::Regex(re),
+        Some(Err(e)) => {
+            errs.push(format!("{key}.regex"), format!("invalid regex: {e}"));
+            ValueTest::Present
+        }
+        None => ValueTest::Present,
+    }
+}
+
+fn header_ops(key: &str, ops: Option<&RawHeaderOps>, errs: &mut Errors) -> HeaderOps {
+    let Some(ops) = ops else {
+        return HeaderOps::default();
+    };
+    let mut check = |what: &str, name: &str, value: Option<&str>| {
+        let k = format!("{key}.{what}");
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            errs.push(k.clone(), format!("{name:?} is not a header name"));
+        } else if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
+            errs.push(
+                k.clone(),
+                format!("{name} is managed by lb and cannot be edited"),
+            );
+        }
+        if value.is_some_and(|v| v.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f)) {
+            errs.push(
+                k,
+                format!("the value of {name} contains control characters"),
+            );
+        }
+    };
+    for (n, v) in &ops.set {
+        check("set", n, Some(v));
+    }
+    for (n, v) in &ops.append {
+        check("append", n, Some(v));
+    }
+    for n in &ops.remove {
+        check("remove", n, None);
+    }
+    HeaderOps {
+        set: ops
+            .set
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+        append: ops
+            .append
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+        remove: ops.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+    }
+}
+
+fn deprecation(key: &str, d: &RawDeprecation, errs: &mut Errors) -> Option<Deprecation> {
+    let instant = |what: &str, v: &str, errs: &mut Errors| {
+        humantime::parse_rfc3339(v)
+            .map_err(|e| errs.push(format!("{key}.{what}"), format!("expected an RFC 3339 instant such as \"2027-01-31T00:00:00Z\", got {v:?} ({e})")))
+            .ok()
+    };
+    let since = instant("since", &d.since, errs);
+    let sunset = d.sunset.as_deref().and_then(|s| instant("sunset", s, errs));
+    if let (Some(a), Some(b)) = (since, sunset) {
+        if b < a {
+            errs.push(
+                format!("{key}.sunset"),
+                "the sunset comes before the deprecation",
+            );
+        }
+    }
+    for (what, v) in [("successor", &d.successor), ("link", &d.link)] {
+        if v.as_deref().is_some_and(|s| {
+            s.is_empty()
+                || s.bytes()
+                    .any(|b| b <= b' ' || b == b'>' || b == b'<' || b == 0x7f)
+        }) {
+            errs.push(
+                format!("{key}.{what}"),
+                "expected a URI without spaces or angle brackets",
+            );
+        }
+    }
+    if d.sunset.is_some() && sunset.is_none() {
+        return None;
+    }
+    Some(Deprecation::new(
+        since?,
+        sunset,
+        d.successor.clone(),
+        d.link.clone(),
+    ))
+}

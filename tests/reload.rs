@@ -1,0 +1,170 @@
+//! Hot reload: by admin API, SIGHUP and file watch; under load with zero failed requests; a
+//! broken config changes nothing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn version_config(endpoint: SocketAddr, extra_server: &str) -> String {
+    config(&format!(
+        "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{endpoint}\" }}]\n[[routes]]\ncluster = \"app\"\n"
+    ))
+    .replace("[server]\n", &format!("[server]\n{extra_server}"))
+}
+
+/// Replaces the config file in one step, as an operator's deploy tool would.
+fn write_config(lb: &Lb, text: &str) {
+    let tmp = lb.config_path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &lb.config_path).unwrap();
+}
+
+fn served_by(addr: SocketAddr) -> String {
+    get(addr, "/").json()["backend"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn reload_under_load_drops_nothing() {
+    let a = Backend::start(echo("A")).unwrap();
+    let b = Backend::start(echo("B")).unwrap();
+    let config_a = version_config(a.addr, "");
+    let config_b = version_config(b.addr, "");
+    let lb = Lb::start(&config_a);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), lb.addr);
+        clients.push(std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let keep_alive = i % 2 == 0;
+            let mut conn = Client::connect(addr);
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline && n < 200_000 {
+                n += 1;
+                if !keep_alive {
+                    conn = Client::connect(addr);
+                }
+                conn.send(b"GET /load HTTP/1.1\r\nHost: t\r\n\r\n");
+                match conn.try_response(false) {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        eprintln!("failed request: {other:?}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        }));
+    }
+    let mut kept = Client::connect(lb.addr);
+    for i in 0..50 {
+        let (text, want) = if i % 2 == 0 {
+            (&config_b, "B")
+        } else {
+            (&config_a, "A")
+        };
+        write_config(&lb, text);
+        let (status, body) = lb.admin("POST", "/reload");
+        assert_eq!(status, 200, "reload {i}: {body}");
+        // Once the reload call returns, new requests follow the new config, on new
+        // connections and on one that was open before.
+        assert_eq!(served_by(lb.addr), want, "reload {i}");
+        kept.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(
+            kept.response().json()["backend"],
+            want,
+            "reload {i}, old connection"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    println!("{ok} requests served during 50 reloads, {failed} failed");
+    assert!(ok > 100, "the load generator barely ran: {ok}");
+    assert_eq!(failed, 0);
+}
+
+#[test]
+fn broken_config_changes_nothing() {
+    let a = Backend::start(echo("A")).unwrap();
+    let b = Backend::start(echo("B")).unwrap();
+    let lb = Lb::start(&version_config(a.addr, ""));
+    let (_, before) = lb.admin("GET", "/config");
+    let version = before["version"].as_str().unwrap().to_string();
+    assert_eq!(version.len(), 16);
+    assert!(before["loaded_at_unix"].as_u64().unwrap() > 1_700_000_000);
+
+    write_config(
+        &lb,
+        &version_config(b.addr, "").replace(&b.addr.to_string(), "not-an-address"),
+    );
+    let (status, body) = lb.admin("POST", "/reload");
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_config");
+    assert_eq!(
+        body["errors"][0]["path"], "clusters[0].endpoints[0].addr",
+        "{body}"
+    );
+    assert_eq!(served_by(lb.addr), "A");
+    assert_eq!(lb.admin("GET", "/config").1["version"], version.as_str());
+
+    // SIGHUP with the same broken file: logged, nothing changes.
+    lb.signal(libc::SIGHUP);
+    wait_until("the refused reload to be logged", || {
+        lb.log().contains("reload refused")
+    });
+    assert!(lb.log().contains("clusters[0].endpoints[0].addr"));
+    assert_eq!(served_by(lb.addr), "A");
+
+    // A valid file by SIGHUP takes effect.
+    write_config(&lb, &version_config(b.addr, ""));
+    lb.signal(libc::SIGHUP);
+    wait_until("SIGHUP reload to take effect", || served_by(lb.addr) == "B");
+    assert_ne!(lb.admin("GET", "/config").1["version"], version.as_str());
+}
+
+#[test]
+fn file_watch_reloads_on_change() {
+    let a = Backend::start(echo("A")).unwrap();
+    let b = Backend::start(echo("B")).unwrap();
+    let watch = "watch_config = \"100ms\"\n";
+    let lb = Lb::start(&version_config(a.addr, watch));
+    assert_eq!(served_by(lb.addr), "A");
+    write_config(&lb, &version_config(b.addr, watch));
+    wait_until("the watched file to be reloaded", || {
+        served_by(lb.addr) == "B"
+    });
+    write_config(&lb, "this is not toml");
+    wait_until("the broken file to be noticed", || {
+        lb.log().contains("reload refused")
+    });
+    assert_eq!(served_by(lb.addr), "B");
+}
+
+#[test]
+fn admin_errors_are_json() {
+    let a = Backend::start(echo("A")).unwrap();
+    let lb = Lb::start(&version_config(a.addr, ""));
+    let (status, body) = lb.admin("GET", "/nope");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "not_found");
+    let (status, body) = lb.admin("GET", "/reload");
+    assert_eq!(status, 405);
+    assert!(body["reason"].as_str().unwrap().contains("GET"));
+    assert_eq!(
+        lb.admin("GET", "/healthz"),
+        (200, serde_json::json!({ "status": "ok" }))
+    );
+    assert_eq!(lb.admin("GET", "/readyz").0, 200);
+}
