@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod balancing;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod hash;

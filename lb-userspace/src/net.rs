@@ -114,6 +114,12 @@ impl BufConn {
         (self.stream, self.buf)
     }
 
+    /// Takes the read buffer out (to give it back to a pool); the connection is done.
+    pub fn take_buf(&mut self) -> Vec<u8> {
+        self.pos = 0;
+        std::mem::take(&mut self.buf)
+    }
+
     /// Reads more bytes after the unconsumed ones; fails with `Eof` if the peer closed.
     pub async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail> {
         if self.pos == self.buf.len() {

@@ -11,7 +11,8 @@ use anyhow::{bail, Context};
 use futures::channel::oneshot;
 
 use crate::config::{Config, ConfigErrors, Workers};
-use crate::snapshot::{EndpointRegistry, Snapshot, SnapshotCell};
+use crate::snapshot::{Snapshot, SnapshotCell, StateRegistry};
+use crate::upstream::health::HealthChecks;
 use crate::worker::{self, WorkerSpec};
 
 /// How long workers get to come up before start-up is declared failed.
@@ -20,9 +21,10 @@ const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the running config comes from, and how to reload it.
 pub struct Control {
     pub cell: Arc<SnapshotCell>,
-    registry: EndpointRegistry,
+    registry: StateRegistry,
     source: ConfigSource,
-    lock: Mutex<()>,
+    /// Serialises reloads; also owns the health checks, which follow each published snapshot.
+    health: Mutex<HealthChecks>,
     pub draining: AtomicBool,
 }
 
@@ -58,7 +60,7 @@ impl ConfigSource {
 impl Control {
     /// Validates the source again and publishes it. An invalid config changes nothing.
     pub fn reload(&self) -> Result<String, ConfigErrors> {
-        let _serialised = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let (config, text) = self.source.load()?;
         for w in config.warnings() {
             tracing::warn!("{w}");
@@ -78,11 +80,39 @@ impl Control {
         if old != new {
             tracing::warn!("listener changes take effect only after a restart");
         }
-        let snap = Snapshot::build(config, &text, &self.registry);
+        let snap =
+            Snapshot::build(config, &text, &self.registry).map_err(|errors| ConfigErrors {
+                file: PathBuf::from(self.source.describe()),
+                errors,
+            })?;
         let version = snap.version.clone();
+        health.reconcile(&snap);
         self.cell.publish(snap);
         tracing::info!(version = %version, "config reloaded");
         Ok(version)
+    }
+
+    /// Resolves host-name endpoints again; publishes a new snapshot if any address changed.
+    pub fn re_resolve(&self) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.cell.load();
+        match Snapshot::build(current.config.clone(), &current.text, &self.registry) {
+            Ok(snap) => {
+                let (mut old, mut new) = (current.endpoint_addrs(), snap.endpoint_addrs());
+                old.sort();
+                new.sort();
+                if old != new {
+                    tracing::info!(before = ?old, after = ?new, "endpoint addresses changed");
+                    health.reconcile(&snap);
+                    self.cell.publish(snap);
+                }
+            }
+            // Keep serving the addresses we have; DNS may be back next time.
+            Err(errors) => tracing::warn!(
+                ?errors,
+                "re-resolving endpoints failed; keeping the current addresses"
+            ),
+        }
     }
 
     pub fn source(&self) -> &ConfigSource {
@@ -104,17 +134,28 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
-    let registry = EndpointRegistry::default();
-    let snapshot = Snapshot::build(config.clone(), &text, &registry);
+    let registry = StateRegistry::default();
+    let snapshot = Snapshot::build(config.clone(), &text, &registry).map_err(|errors| {
+        anyhow::anyhow!(
+            "{}",
+            ConfigErrors {
+                file: PathBuf::from(source.describe()),
+                errors
+            }
+        )
+    })?;
+    let mut health = HealthChecks::default();
+    health.reconcile(&snapshot);
     tracing::info!(config = %source.describe(), version = %snapshot.version, "config loaded");
     let cell = Arc::new(SnapshotCell::new(snapshot));
     let control = Arc::new(Control {
         cell: cell.clone(),
         registry,
         source,
-        lock: Mutex::new(()),
+        health: Mutex::new(health),
         draining: AtomicBool::new(false),
     });
+    spawn_resolver(&config, control.clone())?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = match config.server.workers {
@@ -200,6 +241,31 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Re-resolves host-name endpoints on the shortest interval any cluster asks for.
+fn spawn_resolver(config: &Config, control: Arc<Control>) -> std::io::Result<()> {
+    let every = config
+        .clusters
+        .iter()
+        .filter(|c| {
+            c.endpoints
+                .iter()
+                .any(|e| matches!(e.target, crate::config::Target::Host(..)))
+        })
+        .map(|c| c.resolve_interval)
+        .min();
+    let Some(every) = every else { return Ok(()) };
+    std::thread::Builder::new()
+        .name("lb-resolver".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            if control.draining.load(Ordering::SeqCst) {
+                return;
+            }
+            control.re_resolve();
+        })?;
+    Ok(())
+}
+
 /// Polls the config file and reloads when its content changes. An invalid new version is
 /// logged once and the running config stays.
 fn spawn_watch(path: PathBuf, every: Duration, control: Arc<Control>) -> std::io::Result<()> {
@@ -269,6 +335,11 @@ fn wait_for_signals(
                     "draining: no new connections; open requests get the drain timeout to finish"
                 );
                 control.draining.store(true, Ordering::SeqCst);
+                control
+                    .health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .stop_all();
                 for d in drains {
                     let _ = d.send(());
                 }

@@ -6,30 +6,27 @@
 //! snapshot it started with until it ends and a reload never blocks a worker.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{BalancerKind, ClusterConfig, Config, HttpConfig};
+use crate::balancing::maglev::MaglevTable;
+use crate::config::{
+    BalancerKind, ClusterConfig, Config, ConfigError, HashKey, HttpConfig, Target,
+};
 use crate::routing::RouteTable;
-
-/// State of one endpoint that outlives snapshots: kept by identity (its address) so that a
-/// reload which keeps an endpoint keeps its counters.
-#[derive(Debug)]
-pub struct EndpointState {
-    pub addr: SocketAddr,
-    /// Requests in flight to this endpoint across all workers.
-    pub in_flight: AtomicU64,
-}
+pub use crate::upstream::state::{ClusterState, EndpointState};
 
 /// One endpoint as a snapshot sees it.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// The configured target (`IP:port` or `host:port`), for logs and the admin API.
+    pub target: String,
     pub state: Arc<EndpointState>,
 }
 
@@ -39,11 +36,16 @@ pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub balancer: BalancerKind,
+    pub hash_key: Option<HashKey>,
+    pub maglev: Option<Arc<MaglevTable>>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_endpoint: usize,
+    pub state: Arc<ClusterState>,
+    /// The validated cluster config: health, outlier, limits, breaker and retry policies.
+    pub config: ClusterConfig,
 }
 
 /// Everything a worker reads to decide what to do with a request.
@@ -56,64 +58,142 @@ pub struct Snapshot {
     pub clusters: Vec<Cluster>,
     pub http: HttpConfig,
     pub config: Config,
+    /// The config text it was built from, for rebuilding after re-resolution.
+    pub text: String,
 }
 
-/// Hands out `EndpointState` by address, so that snapshots built from successive configs
-/// share the state of endpoints they have in common. Only touched when building a snapshot.
+/// Hands out shared state by identity (endpoints by address, clusters by name), so that
+/// snapshots built from successive configs share the state of what they have in common.
+/// Only touched when building a snapshot.
 #[derive(Debug, Default)]
-pub struct EndpointRegistry {
-    states: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
+pub struct StateRegistry {
+    endpoints: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
+    clusters: Mutex<HashMap<String, Weak<ClusterState>>>,
 }
 
-impl EndpointRegistry {
-    pub fn get(&self, addr: SocketAddr) -> Arc<EndpointState> {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+impl StateRegistry {
+    pub fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointState> {
+        let mut states = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         states.retain(|_, w| w.strong_count() > 0);
         if let Some(s) = states.get(&addr).and_then(Weak::upgrade) {
             return s;
         }
-        let s = Arc::new(EndpointState {
-            addr,
-            in_flight: AtomicU64::new(0),
-        });
+        let s = Arc::new(EndpointState::new(addr));
         states.insert(addr, Arc::downgrade(&s));
+        s
+    }
+
+    pub fn cluster(&self, name: &str) -> Arc<ClusterState> {
+        let mut states = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = states.get(name).and_then(Weak::upgrade) {
+            return s;
+        }
+        let s = Arc::new(ClusterState::default());
+        states.insert(name.to_string(), Arc::downgrade(&s));
         s
     }
 }
 
+/// Resolves a target to its addresses (a host name may give several).
+pub fn resolve(target: &Target) -> Result<Vec<SocketAddr>, String> {
+    match target {
+        Target::Addr(a) => Ok(vec![*a]),
+        Target::Host(host, port) => {
+            let mut addrs: Vec<SocketAddr> = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?
+                .collect();
+            addrs.sort();
+            addrs.dedup();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves to no address"));
+            }
+            Ok(addrs)
+        }
+    }
+}
+
+fn target_text(t: &Target) -> String {
+    match t {
+        Target::Addr(a) => a.to_string(),
+        Target::Host(h, p) => format!("{h}:{p}"),
+    }
+}
+
 impl Snapshot {
-    /// Compiles a validated config into a snapshot.
-    pub fn build(config: Config, text: &str, registry: &EndpointRegistry) -> Snapshot {
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|c: &ClusterConfig| Cluster {
+    /// Compiles a validated config into a snapshot, resolving host-name endpoints. Fails only
+    /// if a host name does not resolve.
+    pub fn build(
+        config: Config,
+        text: &str,
+        registry: &StateRegistry,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut clusters = Vec::new();
+        for (ci, c) in config.clusters.iter().enumerate() {
+            let mut endpoints: Vec<Endpoint> = Vec::new();
+            for (ei, e) in c.endpoints.iter().enumerate() {
+                match resolve(&e.target) {
+                    Ok(addrs) => {
+                        for addr in addrs {
+                            if endpoints.iter().any(|x| x.addr == addr) {
+                                continue;
+                            }
+                            endpoints.push(Endpoint {
+                                addr,
+                                weight: e.weight,
+                                target: target_text(&e.target),
+                                state: registry.endpoint(addr),
+                            });
+                        }
+                    }
+                    Err(message) => errors.push(ConfigError {
+                        path: format!("clusters[{ci}].endpoints[{ei}].addr"),
+                        message,
+                    }),
+                }
+            }
+            let maglev = (c.balancer == BalancerKind::Maglev).then(|| {
+                let names: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
+                let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+                Arc::new(MaglevTable::build(&names, &weights, c.maglev_table_size))
+            });
+            clusters.push(Cluster {
                 name: c.name.clone(),
-                endpoints: c
-                    .endpoints
-                    .iter()
-                    .map(|e| Endpoint {
-                        addr: e.addr,
-                        weight: e.weight,
-                        state: registry.get(e.addr),
-                    })
-                    .collect(),
+                endpoints,
                 balancer: c.balancer,
+                hash_key: c.hash_key.clone(),
+                maglev,
                 connect_timeout: c.connect_timeout,
                 response_timeout: c.response_timeout,
                 idle_timeout: c.idle_timeout,
                 pool_idle_timeout: c.pool_idle_timeout,
                 pool_max_idle_per_endpoint: c.pool_max_idle_per_endpoint,
-            })
-            .collect();
-        Snapshot {
+                state: registry.cluster(&c.name),
+                config: c.clone(),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Snapshot {
             version: content_hash(text.as_bytes()),
             loaded_at: SystemTime::now(),
             routes: RouteTable::build(&config.routes),
             clusters,
             http: config.http.clone(),
             config,
-        }
+            text: text.to_string(),
+        })
+    }
+
+    /// Every endpoint address of every cluster.
+    pub fn endpoint_addrs(&self) -> Vec<SocketAddr> {
+        self.clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(|e| e.addr))
+            .collect()
     }
 }
 
@@ -161,21 +241,26 @@ mod tests {
         addr = "127.0.0.1:0"
         [[clusters]]
         name = "a"
-        endpoints = [{ addr = "127.0.0.1:9001" }]
+        endpoints = [{ addr = "127.0.0.1:9001" }, { addr = "localhost:9002" }]
         [[routes]]
         cluster = "a"
     "#;
 
+    fn build(text: &str, reg: &StateRegistry) -> Snapshot {
+        let c = Config::parse(text, Path::new("t")).unwrap();
+        Snapshot::build(c, text, reg).unwrap()
+    }
+
     #[test]
-    fn endpoint_state_survives_rebuild() {
-        let reg = EndpointRegistry::default();
-        let c = Config::parse(TEXT, Path::new("t")).unwrap();
-        let s1 = Snapshot::build(c.clone(), TEXT, &reg);
+    fn state_survives_rebuild() {
+        let reg = StateRegistry::default();
+        let s1 = build(TEXT, &reg);
         s1.clusters[0].endpoints[0]
             .state
             .in_flight
             .store(7, Ordering::Relaxed);
-        let s2 = Snapshot::build(c, TEXT, &reg);
+        s1.clusters[0].state.in_flight.store(3, Ordering::Relaxed);
+        let s2 = build(TEXT, &reg);
         assert_eq!(
             s2.clusters[0].endpoints[0]
                 .state
@@ -183,17 +268,30 @@ mod tests {
                 .load(Ordering::Relaxed),
             7
         );
+        assert_eq!(s2.clusters[0].state.in_flight.load(Ordering::Relaxed), 3);
         assert_eq!(s1.version, s2.version);
     }
 
     #[test]
+    fn host_names_resolve() {
+        let s = build(TEXT, &StateRegistry::default());
+        let eps = &s.clusters[0].endpoints;
+        assert!(eps
+            .iter()
+            .any(|e| e.target == "localhost:9002" && e.addr.ip().is_loopback()));
+        let bad = TEXT.replace("localhost:9002", "no-such-host.invalid:9002");
+        let c = Config::parse(&bad, Path::new("t")).unwrap();
+        let err = Snapshot::build(c, &bad, &StateRegistry::default()).unwrap_err();
+        assert_eq!(err[0].path, "clusters[0].endpoints[1].addr");
+    }
+
+    #[test]
     fn publish_bumps_generation() {
-        let reg = EndpointRegistry::default();
-        let c = Config::parse(TEXT, Path::new("t")).unwrap();
-        let cell = SnapshotCell::new(Snapshot::build(c.clone(), TEXT, &reg));
+        let reg = StateRegistry::default();
+        let cell = SnapshotCell::new(build(TEXT, &reg));
         let g = cell.generation();
         let old = cell.load();
-        cell.publish(Snapshot::build(c, "other text", &reg));
+        cell.publish(build(&TEXT.replace("9001", "9003"), &reg));
         assert_eq!(cell.generation(), g + 1);
         assert_ne!(cell.load().version, old.version);
     }

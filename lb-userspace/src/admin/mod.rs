@@ -136,6 +136,8 @@ fn handle(req: &AdminRequest, control: &Control) -> (u16, Value) {
                 }),
             )
         }
+        ("GET", "/clusters") => (200, clusters(control)),
+        ("GET", "/routes") => (200, routes(control)),
         ("POST", "/reload") => match control.reload() {
             Ok(version) => (200, json!({ "result": "reloaded", "version": version })),
             Err(errors) => (
@@ -147,7 +149,7 @@ fn handle(req: &AdminRequest, control: &Control) -> (u16, Value) {
                 }),
             ),
         },
-        (_, "/healthz" | "/readyz" | "/config" | "/reload") => (
+        (_, "/healthz" | "/readyz" | "/config" | "/reload" | "/clusters" | "/routes") => (
             405,
             json!({ "error": "method_not_allowed", "reason": format!("{} is not allowed on {path}", req.method) }),
         ),
@@ -156,4 +158,81 @@ fn handle(req: &AdminRequest, control: &Control) -> (u16, Value) {
             json!({ "error": "not_found", "reason": format!("no admin endpoint {path}") }),
         ),
     }
+}
+
+/// Every cluster with its endpoints' health, breaker, ejection and load.
+fn clusters(control: &Control) -> Value {
+    let snap = control.cell.load();
+    let now = crate::clock::now_ms();
+    let list: Vec<Value> = snap
+        .clusters
+        .iter()
+        .map(|c| {
+            let endpoints: Vec<Value> = c
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let s = &e.state;
+                    json!({
+                        "addr": e.addr.to_string(),
+                        "target": e.target,
+                        "weight": e.weight,
+                        "healthy": s.healthy.load(Ordering::Relaxed),
+                        "available": s.is_available(now),
+                        "ejected_for_ms": s.ejected_for(now),
+                        "ejections": s.ejections.load(Ordering::Relaxed),
+                        "breaker": s.breaker.state().name(),
+                        "breaker_opened": s.breaker.opened_total.load(Ordering::Relaxed),
+                        "in_flight": s.in_flight.load(Ordering::Relaxed),
+                        "connections": s.connections.load(Ordering::Relaxed),
+                        "requests": s.requests_total.load(Ordering::Relaxed),
+                        "failures": s.failures_total.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            json!({
+                "name": c.name,
+                "balancer": format!("{:?}", c.balancer),
+                "in_flight": c.state.in_flight.load(Ordering::Relaxed),
+                "retries_in_flight": c.state.retries_in_flight.load(Ordering::Relaxed),
+                "connections": c.state.connections.load(Ordering::Relaxed),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    json!({ "version": snap.version, "clusters": list })
+}
+
+/// Routes in declaration order, with what they match and do.
+fn routes(control: &Control) -> Value {
+    let snap = control.cell.load();
+    let list: Vec<Value> = snap
+        .routes
+        .routes()
+        .iter()
+        .map(|r| {
+            let action = match &r.action {
+                crate::routing::actions::Action::Forward(c) => {
+                    json!({ "cluster": snap.clusters[*c].name })
+                }
+                crate::routing::actions::Action::Redirect { status, .. } => {
+                    json!({ "redirect": status })
+                }
+                crate::routing::actions::Action::Respond { status, .. } => {
+                    json!({ "respond": status })
+                }
+            };
+            json!({
+                "name": r.name,
+                "index": r.index,
+                "host": format!("{:?}", r.host),
+                "path": format!("{:?}", r.path),
+                "methods": r.methods,
+                "conditions": r.headers.len() + r.query.len(),
+                "action": action,
+                "deprecated": r.deprecation.is_some(),
+            })
+        })
+        .collect();
+    json!({ "version": snap.version, "routes": list })
 }

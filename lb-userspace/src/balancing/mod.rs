@@ -1,32 +1,216 @@
-//! Choosing an endpoint within a cluster. Round robin for now; the balancing issue adds
-//! weighted, least-connections, P2C, random and Maglev behind the same call.
+//! Choosing an endpoint within a cluster.
+//!
+//! Every balancer picks among the endpoints `usable` accepts (healthy, not ejected, not
+//! already tried), so health, outlier ejection and retries compose with any algorithm.
+//! Per-worker state (cursors, smooth weights, the random generator) lives in
+//! [`WorkerBalancer`]; shared load (in-flight counts) is read from the endpoints' atomics, so
+//! `least_connections` sees every worker's requests.
 
-use std::cell::Cell;
+pub mod maglev;
 
-/// Picks the next endpoint index in round-robin order, skipping those in `exclude`.
-/// `cursor` is worker-local, so workers never contend on a shared counter.
-pub fn round_robin(len: usize, cursor: &Cell<usize>, exclude: &[usize]) -> Option<usize> {
-    for _ in 0..len {
-        let i = cursor.get() % len.max(1);
-        cursor.set(i + 1);
-        if !exclude.contains(&i) {
-            return Some(i);
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::Ordering;
+
+use std::net::IpAddr;
+
+use crate::config::{BalancerKind, HashKey};
+use crate::snapshot::Cluster;
+
+/// Per-worker, per-cluster balancing state.
+pub struct WorkerBalancer {
+    cursor: Cell<usize>,
+    /// Smooth weighted round-robin current weights.
+    current: RefCell<Vec<i64>>,
+    rng: RefCell<fastrand::Rng>,
+}
+
+impl WorkerBalancer {
+    pub fn new(endpoints: usize, seed: u64) -> WorkerBalancer {
+        WorkerBalancer {
+            cursor: Cell::new(seed as usize % endpoints.max(1)),
+            current: RefCell::new(vec![0; endpoints]),
+            rng: RefCell::new(fastrand::Rng::with_seed(seed)),
         }
     }
-    None
+
+    /// Picks an endpoint of `cluster` among those `usable` accepts. `key_hash` is the hashed
+    /// request key for `maglev` (a missing key picks at random).
+    pub fn pick(
+        &self,
+        cluster: &Cluster,
+        key_hash: Option<u64>,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let n = cluster.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        match cluster.balancer {
+            BalancerKind::RoundRobin => self.round_robin(n, usable),
+            BalancerKind::WeightedRoundRobin => self.smooth_weighted(cluster, usable),
+            BalancerKind::LeastConnections => self.least_connections(cluster, usable),
+            BalancerKind::PowerOfTwo => self.power_of_two(cluster, usable),
+            BalancerKind::Random => self.weighted_random(cluster, usable),
+            BalancerKind::Maglev => match (key_hash, &cluster.maglev) {
+                (Some(h), Some(table)) => table.lookup(h, usable),
+                _ => self.weighted_random(cluster, usable),
+            },
+        }
+    }
+
+    fn round_robin(&self, n: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        for _ in 0..n {
+            let i = self.cursor.get() % n;
+            self.cursor.set(i + 1);
+            if usable(i) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// nginx's smooth weighted round robin: weights 5:1:1 give a a b a c a a, interleaved.
+    fn smooth_weighted(&self, cluster: &Cluster, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut current = self.current.borrow_mut();
+        current.resize(cluster.endpoints.len(), 0);
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, ep) in cluster.endpoints.iter().enumerate() {
+            if !usable(i) {
+                continue;
+            }
+            let w = ep.weight as i64;
+            current[i] += w;
+            total += w;
+            if best.is_none_or(|b| current[i] > current[b]) {
+                best = Some(i);
+            }
+        }
+        let b = best?;
+        current[b] -= total;
+        Some(b)
+    }
+
+    /// Fewest in-flight requests per unit of weight, across all workers; ties at random.
+    fn least_connections(
+        &self,
+        cluster: &Cluster,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let mut rng = self.rng.borrow_mut();
+        let mut best: Option<(u64, u64, usize)> = None; // (load, weight, index)
+        let mut ties = 0u32;
+        for (i, ep) in cluster.endpoints.iter().enumerate() {
+            if !usable(i) {
+                continue;
+            }
+            let load = ep.state.in_flight.load(Ordering::Relaxed);
+            let w = ep.weight as u64;
+            match best {
+                None => {
+                    best = Some((load, w, i));
+                    ties = 1;
+                }
+                Some((bl, bw, _)) => {
+                    // load/w < bl/bw without division.
+                    let (lhs, rhs) = (load * bw, bl * w);
+                    if lhs < rhs {
+                        best = Some((load, w, i));
+                        ties = 1;
+                    } else if lhs == rhs {
+                        ties += 1;
+                        if rng.u32(0..ties) == 0 {
+                            best = Some((load, w, i));
+                        }
+                    }
+                }
+            }
+        }
+        best.map(|(_, _, i)| i)
+    }
+
+    /// Two random usable endpoints; the one with less load per weight.
+    fn power_of_two(&self, cluster: &Cluster, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = cluster.endpoints.len();
+        let mut rng = self.rng.borrow_mut();
+        let mut draw = || {
+            let start = rng.usize(0..n);
+            (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+        };
+        let a = draw()?;
+        let b = draw().unwrap_or(a);
+        let load = |i: usize| {
+            let ep = &cluster.endpoints[i];
+            (ep.state.in_flight.load(Ordering::Relaxed), ep.weight as u64)
+        };
+        let ((la, wa), (lb, wb)) = (load(a), load(b));
+        Some(if lb * wa < la * wb { b } else { a })
+    }
+
+    fn weighted_random(&self, cluster: &Cluster, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let total: u64 = cluster
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| usable(*i))
+            .map(|(_, e)| e.weight as u64)
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut r = self.rng.borrow_mut().u64(0..total);
+        for (i, ep) in cluster.endpoints.iter().enumerate() {
+            if !usable(i) {
+                continue;
+            }
+            if r < ep.weight as u64 {
+                return Some(i);
+            }
+            r -= ep.weight as u64;
+        }
+        None
+    }
+}
+
+/// The hash of a request's consistent-hashing key, or `None` if the request lacks the key.
+pub fn request_key_hash(
+    key: &HashKey,
+    headers: &[httparse::Header<'_>],
+    path: &[u8],
+    query: Option<&[u8]>,
+    client: IpAddr,
+) -> Option<u64> {
+    let value: &[u8] = match key {
+        HashKey::Header(name) => {
+            headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))?
+                .value
+        }
+        HashKey::Cookie(name) => headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .find_map(|h| cookie_value(h.value, name.as_bytes()))?,
+        HashKey::Query(name) => crate::routing::template::query_param(query?, name.as_bytes())?,
+        HashKey::Path => path,
+        HashKey::ClientIp => {
+            return Some(match client {
+                IpAddr::V4(v4) => maglev::key_hash(&v4.octets()),
+                IpAddr::V6(v6) => maglev::key_hash(&v6.octets()),
+            })
+        }
+    };
+    Some(maglev::key_hash(value))
+}
+
+/// The value of cookie `name` in a `Cookie` header value (`a=1; b=2`).
+pub fn cookie_value<'v>(header: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cycles_and_skips() {
-        let c = Cell::new(0);
-        let picks: Vec<_> = (0..6).map(|_| round_robin(3, &c, &[]).unwrap()).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        assert_eq!(round_robin(3, &c, &[0]), Some(1));
-        assert_eq!(round_robin(2, &c, &[0, 1]), None);
-        assert_eq!(round_robin(0, &c, &[]), None);
-    }
-}
+mod tests;

@@ -3,6 +3,7 @@
 //! Loading never panics on user input. Every problem is reported with the file, the key path
 //! (`clusters[2].endpoints[0].addr`) and what was expected.
 
+mod cluster;
 pub mod raw;
 mod routes;
 pub mod units;
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::routing::{Route, RouteTable};
-use raw::{RawCluster, RawConfig, RawHttp, RawServer};
+pub use cluster::*;
+use raw::{RawConfig, RawHttp, RawServer};
 use units::{parse_duration, parse_size};
 
 /// A client that does not finish sending its request head in this long is answered 408.
@@ -115,30 +117,6 @@ pub struct HttpConfig {
     pub x_forwarded: bool,
     /// `None` leaves `Via` untouched.
     pub via: Option<String>,
-}
-
-/// Balancing algorithm of a cluster. The balancing issue adds the rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BalancerKind {
-    RoundRobin,
-}
-
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    pub name: String,
-    pub endpoints: Vec<EndpointConfig>,
-    pub balancer: BalancerKind,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_endpoint: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct EndpointConfig {
-    pub addr: SocketAddr,
-    pub weight: u32,
 }
 
 /// One problem found in a config: where, and what was expected.
@@ -304,7 +282,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 format!("duplicate cluster name {:?}", c.name),
             );
         }
-        clusters.push(validate_cluster(i, c, &mut errs));
+        clusters.push(cluster::validate_cluster(i, c, &mut errs));
     }
 
     let mut routes = Vec::new();
@@ -455,88 +433,6 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
         ),
         x_forwarded: h.x_forwarded.unwrap_or(true),
         via,
-    }
-}
-
-fn validate_cluster(i: usize, c: &RawCluster, errs: &mut Errors) -> ClusterConfig {
-    let at = |key: &str| format!("clusters[{i}].{key}");
-    if c.name.is_empty() {
-        errs.push(at("name"), "expected a non-empty cluster name");
-    }
-    if c.endpoints.is_empty() {
-        errs.push(at("endpoints"), "a cluster needs at least one endpoint");
-    }
-    let mut endpoints = Vec::new();
-    let mut seen = HashSet::new();
-    for (j, e) in c.endpoints.iter().enumerate() {
-        let weight = e.weight.unwrap_or(1);
-        if weight == 0 || weight > 10_000 {
-            errs.push(
-                at(&format!("endpoints[{j}].weight")),
-                format!("expected a weight from 1 to 10000, got {weight}"),
-            );
-        }
-        if let Some(addr) = errs.addr(&at(&format!("endpoints[{j}].addr")), &e.addr) {
-            if !seen.insert(addr) {
-                errs.push(
-                    at(&format!("endpoints[{j}].addr")),
-                    format!("endpoint {addr} is listed twice"),
-                );
-            }
-            endpoints.push(EndpointConfig { addr, weight });
-        }
-    }
-    let balancer = match c.balancer.as_deref() {
-        None | Some("round_robin") => BalancerKind::RoundRobin,
-        Some(other) => {
-            errs.push(
-                at("balancer"),
-                format!("expected \"round_robin\", got {other:?}"),
-            );
-            BalancerKind::RoundRobin
-        }
-    };
-    let pool_max = c
-        .pool_max_idle_per_endpoint
-        .unwrap_or(DEFAULT_POOL_MAX_IDLE);
-    if pool_max > 65_536 {
-        errs.push(
-            at("pool_max_idle_per_endpoint"),
-            format!("expected at most 65536, got {pool_max}"),
-        );
-    }
-    let mut positive = |key: &str, v: &Option<String>, d: Duration| {
-        let value = errs.duration(&at(key), v, d);
-        if value.is_zero() {
-            errs.push(at(key), "expected a duration greater than zero");
-        }
-        value
-    };
-    ClusterConfig {
-        name: c.name.clone(),
-        endpoints,
-        balancer,
-        connect_timeout: positive(
-            "connect_timeout",
-            &c.connect_timeout,
-            DEFAULT_CONNECT_TIMEOUT,
-        ),
-        response_timeout: positive(
-            "response_timeout",
-            &c.response_timeout,
-            DEFAULT_RESPONSE_TIMEOUT,
-        ),
-        idle_timeout: positive(
-            "idle_timeout",
-            &c.idle_timeout,
-            DEFAULT_UPSTREAM_IDLE_TIMEOUT,
-        ),
-        pool_idle_timeout: positive(
-            "pool_idle_timeout",
-            &c.pool_idle_timeout,
-            DEFAULT_POOL_IDLE_TIMEOUT,
-        ),
-        pool_max_idle_per_endpoint: pool_max as usize,
     }
 }
 

@@ -80,6 +80,88 @@ pub struct RawCluster {
     pub idle_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_endpoint: Option<u32>,
+    /// For `maglev`: `"header:NAME"`, `"cookie:NAME"`, `"query:NAME"`, `"client_ip"`, `"path"`.
+    pub hash_key: Option<String>,
+    pub maglev_table_size: Option<u32>,
+    /// Percent of usable endpoints below which the cluster routes to all of them.
+    pub panic_threshold: Option<u32>,
+    /// Re-resolve host-name endpoints this often.
+    pub resolve_interval: Option<String>,
+    pub health_check: Option<RawHealthCheck>,
+    pub outlier_detection: Option<RawOutlier>,
+    pub limits: Option<RawLimits>,
+    pub endpoint_limits: Option<RawLimits>,
+    pub breaker: Option<RawBreaker>,
+    pub retry: Option<RawRetry>,
+}
+
+/// Active HTTP health checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: String,
+    pub host: Option<String>,
+    pub expected_statuses: Option<Vec<u16>>,
+    pub interval: Option<String>,
+    pub jitter: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// Passive outlier detection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_5xx: Option<u32>,
+    pub consecutive_connect_failures: Option<u32>,
+    /// Error share (0.0 to 1.0) over `window` that ejects.
+    pub error_rate: Option<f64>,
+    pub window: Option<String>,
+    pub min_requests: Option<u32>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    pub max_ejected_percent: Option<u32>,
+}
+
+/// Concurrency limits, cluster-wide or per endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub max_pending: Option<u32>,
+    pub pending_timeout: Option<String>,
+    pub max_retries: Option<u32>,
+}
+
+/// The failure breaker of each endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub window: Option<String>,
+    pub min_requests: Option<u32>,
+    pub open_for: Option<String>,
+    pub half_open_probes: Option<u32>,
+}
+
+/// Retries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Tries in all, the first included.
+    pub attempts: Option<u32>,
+    /// `connect_failure`, `reset`, `timeout`, `5xx`, or a status such as `"503"`.
+    pub retry_on: Option<Vec<String>>,
+    pub non_idempotent: Option<bool>,
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
+    /// Retries in flight may be at most this percent of requests in flight.
+    pub budget_percent: Option<u32>,
+    /// Retries always allowed in flight, whatever the budget says.
+    pub min_retry_concurrency: Option<u32>,
 }
 
 /// One backend of a cluster.
@@ -115,6 +197,16 @@ pub struct RawRoute {
     pub request_headers: Option<RawHeaderOps>,
     pub response_headers: Option<RawHeaderOps>,
     pub deprecation: Option<RawDeprecation>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+/// Per-route overrides of the cluster's timeouts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<String>,
+    pub response: Option<String>,
+    pub idle: Option<String>,
 }
 
 /// A header condition: exactly one of `equals`, `present`, `regex`.

@@ -11,7 +11,7 @@ use crate::routing::matchers::{
     HeaderCond, HostMatch, PathMatch, Pattern, QueryCond, ValueTest, MAX_CAPTURES,
 };
 use crate::routing::template::Template;
-use crate::routing::Route;
+use crate::routing::{Route, RouteTimeouts};
 
 /// Headers a route may not set: `lb` owns connection management and framing.
 const RESERVED: [&str; 8] = [
@@ -216,6 +216,32 @@ pub(super) fn validate_route(
         .deprecation
         .as_ref()
         .and_then(|d| deprecation(&at("deprecation"), d, errs));
+    let timeouts = r
+        .timeouts
+        .as_ref()
+        .map_or_else(RouteTimeouts::default, |t| {
+            let mut one = |key: &str, v: &Option<String>| {
+                v.as_ref().map(|_| {
+                    let k = at(&format!("timeouts.{key}"));
+                    let d = errs.duration(&k, v, std::time::Duration::from_secs(1));
+                    if d.is_zero() {
+                        errs.push(k, "expected a duration greater than zero");
+                    }
+                    d
+                })
+            };
+            RouteTimeouts {
+                connect: one("connect", &t.connect),
+                response: one("response", &t.response),
+                idle: one("idle", &t.idle),
+            }
+        });
+    if r.timeouts.is_some() && r.cluster.is_none() {
+        errs.push(
+            at("timeouts"),
+            "timeouts only apply to routes that forward to a cluster",
+        );
+    }
 
     if errs.0.len() != before {
         return None;
@@ -233,6 +259,7 @@ pub(super) fn validate_route(
         request_headers,
         response_headers,
         deprecation,
+        timeouts,
     })
 }
 

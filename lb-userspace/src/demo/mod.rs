@@ -53,7 +53,9 @@ pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
         for cluster in &config.clusters {
             for (i, ep) in cluster.endpoints.iter().enumerate() {
                 let name = format!("{}-{}", cluster.name, i + 1);
-                backends.push(start_echo(ep.addr, &name)?);
+                if let crate::config::Target::Addr(addr) = ep.target {
+                    backends.push(start_echo(addr, &name)?);
+                }
             }
         }
     }

@@ -1,42 +1,103 @@
-//! One request/response exchange with a backend: endpoint choice, pooled or fresh connection,
-//! retry where it is safe, head and body both ways.
+//! One request to a cluster: pick an endpoint (health, ejection and breakers permitting),
+//! enforce limits, get a pooled or fresh connection, exchange, record the outcome, and retry
+//! on another endpoint where the policy and the budget allow.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use smallvec::SmallVec;
 
 use super::body::{pump, Encode, PumpFail};
 use super::{head, send_error, Flow, Plan};
-use crate::balancing;
-use crate::config::MAX_HEADERS_LIMIT;
+use crate::clock::now_ms;
+use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
 use crate::http::response::{self, ResponseError};
+use crate::http::write::error_response;
 use crate::http::{Framing, Method};
 use crate::net::{write_buf, BufConn, IoFail};
 use crate::snapshot::Cluster;
+use crate::upstream::state::{Admission, Outcome};
 use crate::upstream::{self, ConnectError, Upstream};
 use crate::worker::{View, Worker};
 
-/// Endpoints tried per request: the first, and one other after a connect failure or a reset
-/// before any response byte.
-const MAX_ATTEMPTS: usize = 2;
 /// Bodies up to this size that are already read travel in the same write as their head.
 const INLINE_BODY_MAX: usize = 8 * 1024;
+/// How often a request waiting for a connection slot looks again.
+const PENDING_POLL: Duration = Duration::from_millis(2);
 
 /// How an exchange failed, and so what the client is told.
 enum Failed {
     /// Nothing of a response arrived and the backend closed or reset: on a pooled connection
     /// this is a keep-alive race and the request may go again.
     NoResponse,
-    /// Answer the client with this error.
-    Respond(u16, &'static str, &'static str),
-    /// The client is gone or the response was cut: close without another word.
-    Close,
+    /// The backend did not answer (or take the request) in time.
+    Timeout(&'static str),
+    /// The backend answered something unusable: 502.
+    BadResponse(&'static str),
+    /// The response status is one the retry policy retries; nothing was sent to the client.
+    RetryStatus(u16),
+    /// The client's side failed (slow or invalid body): answer this and close.
+    Client(u16, &'static str, &'static str),
+    /// The response was cut by the backend after its head went out: close the client.
+    Cut,
+    /// The client is gone.
+    ClientGone,
 }
 
-/// The result of the exchange for the caller: what the client connection does next and
-/// whether the upstream connection can go back to the pool.
+/// A finished exchange.
 struct Done {
     flow: Flow,
     reusable: bool,
+    status: u16,
+}
+
+/// Timeouts in force for one request: the cluster's, or the route's overrides.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    response: Duration,
+    idle: Duration,
+}
+
+/// Decrements a shared counter when dropped, so every exit path releases what it took.
+struct Held<'a>(&'a AtomicU64);
+
+impl<'a> Held<'a> {
+    fn take(c: &'a AtomicU64) -> Held<'a> {
+        c.fetch_add(1, Ordering::Relaxed);
+        Held(c)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A refusal by a limit: 503 at once, with the limit named in `X-LB-Limit`.
+async fn limit_reached(
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    view: &View,
+    limit: &'static str,
+    close: bool,
+) -> Flow {
+    error_response(out, 503, "limit_reached", limit, close);
+    // The header goes in front of the blank line of the error response.
+    let header = format!("X-LB-Limit: {limit}\r\n");
+    if let Some(pos) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+        out.splice(pos + 2..pos + 2, header.bytes());
+    }
+    let ok = write_buf(&mut client.stream, out, view.snap.http.client_body_timeout)
+        .await
+        .is_ok();
+    if close || !ok {
+        Flow::Close
+    } else {
+        Flow::Continue
+    }
 }
 
 /// Proxies one planned request; the head for upstream is already in `out`.
@@ -51,6 +112,14 @@ pub async fn proxy(
     let snap = &view.snap;
     let http = &snap.http;
     let cluster = &snap.clusters[plan.cluster];
+    let route = &snap.routes.routes()[plan.route];
+    let policy = &cluster.config;
+    let retry = &policy.retry;
+    let timeouts = Timeouts {
+        connect: route.timeouts.connect.unwrap_or(cluster.connect_timeout),
+        response: route.timeouts.response.unwrap_or(cluster.response_timeout),
+        idle: route.timeouts.idle.unwrap_or(cluster.idle_timeout),
+    };
     client.consume(plan.head_len);
     let close_on_error = plan.framing != Framing::None || !plan.keep_alive;
 
@@ -78,48 +147,152 @@ pub async fn proxy(
     let body_start = client.position();
     let reads_at_start = client.reads;
     let replayable = |c: &BufConn| body == Framing::None || c.reads == reads_at_start;
+    let may_repeat = plan.method.is_idempotent() || retry.non_idempotent;
 
-    let mut excluded = [usize::MAX; MAX_ATTEMPTS];
-    let mut tried = 0;
+    let cstate = &cluster.state;
+    if policy.limits.max_requests > 0
+        && cstate.in_flight.load(Ordering::Relaxed) >= policy.limits.max_requests as u64
+    {
+        return limit_reached(client, out, view, "cluster_max_requests", close_on_error).await;
+    }
+    let _cluster_request = Held::take(&cstate.in_flight);
+
+    let balancer = &view.balancers[plan.cluster];
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut sent_continue = false;
     let mut last_failure: Option<(u16, &'static str, &'static str)> = None;
-    'endpoints: while tried < MAX_ATTEMPTS {
-        let Some(idx) = balancing::round_robin(
-            cluster.endpoints.len(),
-            &view.cursors[plan.cluster],
-            &excluded[..tried],
-        ) else {
-            break;
-        };
-        excluded[tried] = idx;
-        tried += 1;
-        let addr = cluster.endpoints[idx].addr;
-        let mut force_fresh = false;
-        loop {
-            let pooled = if force_fresh {
-                None
-            } else {
-                w.pool.checkout(addr, body != Framing::None, &w.bufs)
+    let mut retry_slot: Option<Held<'_>> = None;
+    let mut attempt = 0u32;
+    'attempts: loop {
+        attempt += 1;
+        let now = now_ms();
+        let n = cluster.endpoints.len();
+        let available = cluster
+            .endpoints
+            .iter()
+            .filter(|e| e.state.is_available(now))
+            .count();
+        // Panic mode: too few usable endpoints means health data is suspect; use them all.
+        let panic = available * 100 < policy.panic_threshold as usize * n;
+        let mut blocked: SmallVec<[usize; 4]> = SmallVec::new();
+        let picked = loop {
+            let usable = |i: usize| {
+                !tried.contains(&i)
+                    && !blocked.contains(&i)
+                    && (panic || cluster.endpoints[i].state.is_available(now))
             };
-            let mut up = match pooled {
-                Some(u) => u,
-                None => match upstream::connect(addr, cluster.connect_timeout, &w.bufs).await {
-                    Ok(u) => u,
-                    Err(e) => {
-                        tracing::debug!(endpoint = %addr, error = ?e, "connect failed");
-                        last_failure = Some(match e {
-                            ConnectError::Timeout => (
+            let Some(i) = balancer.pick(cluster, plan.key_hash, usable) else {
+                break None;
+            };
+            let admission = match &policy.breaker {
+                Some(b) => cluster.endpoints[i].state.breaker.admit(b, now),
+                None => Admission::Allowed,
+            };
+            if admission == Admission::Rejected {
+                blocked.push(i);
+                continue;
+            }
+            break Some((i, admission));
+        };
+        let Some((idx, admission)) = picked else {
+            if let Some((status, code, message)) = last_failure {
+                send_error(client, out, status, code, message, close_on_error, view).await;
+                return if close_on_error {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                };
+            }
+            if !blocked.is_empty() {
+                return limit_reached(client, out, view, "breaker_open", close_on_error).await;
+            }
+            send_error(
+                client,
+                out,
+                503,
+                "no_endpoint",
+                "no endpoint is available for this route",
+                close_on_error,
+                view,
+            )
+            .await;
+            return if close_on_error {
+                Flow::Close
+            } else {
+                Flow::Continue
+            };
+        };
+        let ep = &cluster.endpoints[idx];
+        let estate = &ep.state;
+        let release_probe = |ok: bool| {
+            if let Some(b) = &policy.breaker {
+                estate.breaker.record(b, admission, ok, now_ms());
+            }
+        };
+        if policy.endpoint_limits.max_requests > 0
+            && estate.in_flight.load(Ordering::Relaxed)
+                >= policy.endpoint_limits.max_requests as u64
+        {
+            release_probe(true);
+            return limit_reached(client, out, view, "endpoint_max_requests", close_on_error).await;
+        }
+        let _endpoint_request = Held::take(&estate.in_flight);
+        estate.requests_total.fetch_add(1, Ordering::Relaxed);
+        let record = |outcome: Outcome| {
+            let now = now_ms();
+            if !outcome.ok() {
+                estate.failures_total.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(b) = &policy.breaker {
+                estate.breaker.record(b, admission, outcome.ok(), now);
+            }
+            if let Some(o) = &policy.outlier {
+                let ejected = cluster
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.state.is_ejected(now))
+                    .count();
+                if estate.record_outlier(o, outcome, now, ejected, cluster.endpoints.len()) {
+                    tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, ?outcome, "outlier detection ejected endpoint");
+                }
+            }
+        };
+
+        let mut force_fresh = false;
+        let failure = loop {
+            let mut up = match get_connection(
+                w,
+                cluster,
+                idx,
+                body != Framing::None,
+                force_fresh,
+                timeouts,
+            )
+            .await
+            {
+                Ok(u) => u,
+                Err(GetFailed::Limit(limit)) => {
+                    release_probe(true);
+                    return limit_reached(client, out, view, limit, close_on_error).await;
+                }
+                Err(GetFailed::Connect(e)) => {
+                    tracing::debug!(endpoint = %ep.addr, error = ?e, "connect failed");
+                    record(Outcome::ConnectFailure);
+                    break match e {
+                        ConnectError::Timeout => (
+                            retry.on_connect_failure,
+                            (
                                 504,
                                 "connect_timeout",
                                 "connecting to the backend timed out",
                             ),
-                            ConnectError::Io(_) => {
-                                (502, "connect_failed", "the backend refused the connection")
-                            }
-                        });
-                        continue 'endpoints;
-                    }
-                },
+                        ),
+                        ConnectError::Io(_) => (
+                            retry.on_connect_failure,
+                            (502, "connect_failed", "the backend refused the connection"),
+                        ),
+                    };
+                }
             };
             if plan.expect_continue && !sent_continue && body != Framing::None {
                 sent_continue = true;
@@ -129,12 +302,32 @@ pub async fn proxy(
                 )
                 .await;
                 if r.is_err() {
+                    release_probe(true);
                     return Flow::Close;
                 }
             }
-            let result = exchange(w, view, cluster, client, out, &mut up, plan, body).await;
+            let retry_status =
+                (attempt < retry.attempts && may_repeat && replayable(client)).then_some(retry);
+            let result = exchange(
+                w,
+                view,
+                cluster,
+                client,
+                out,
+                &mut up,
+                plan,
+                body,
+                timeouts,
+                retry_status,
+            )
+            .await;
             match result {
                 Ok(done) => {
+                    record(if done.status >= 500 {
+                        Outcome::ServerError
+                    } else {
+                        Outcome::Success
+                    });
                     if done.reusable && !w.draining() {
                         w.pool.checkin(
                             up,
@@ -143,60 +336,179 @@ pub async fn proxy(
                             &w.bufs,
                         );
                     } else {
-                        w.bufs.give(up.conn.into_parts().1);
+                        up.close(&w.bufs);
                     }
                     return done.flow;
                 }
                 Err(Failed::NoResponse) if up.reused && replayable(client) => {
+                    // A keep-alive race, not the endpoint's fault: once more on a fresh connection.
+                    up.close(&w.bufs);
                     client.rewind(body_start);
                     force_fresh = true;
                     continue;
                 }
-                Err(Failed::NoResponse) if plan.method.is_idempotent() && replayable(client) => {
-                    client.rewind(body_start);
-                    last_failure = Some((
-                        502,
-                        "upstream_reset",
-                        "the backend closed the connection without answering",
-                    ));
-                    continue 'endpoints;
-                }
                 Err(Failed::NoResponse) => {
-                    send_error(
-                        client,
-                        out,
-                        502,
-                        "upstream_reset",
-                        "the backend closed the connection without answering",
-                        close_on_error,
-                        view,
-                    )
-                    .await;
-                    return if close_on_error {
-                        Flow::Close
+                    up.close(&w.bufs);
+                    record(Outcome::Failure);
+                    break (
+                        retry.on_reset,
+                        (
+                            502,
+                            "upstream_reset",
+                            "the backend closed the connection without answering",
+                        ),
+                    );
+                }
+                Err(Failed::Timeout(message)) => {
+                    record(Outcome::Failure);
+                    break (retry.on_timeout, (504, "upstream_timeout", message));
+                }
+                Err(Failed::RetryStatus(status)) => {
+                    record(if status >= 500 {
+                        Outcome::ServerError
                     } else {
-                        Flow::Continue
-                    };
+                        Outcome::Success
+                    });
+                    break (
+                        true,
+                        (
+                            502,
+                            "upstream_error",
+                            "the backend kept answering with a retryable status",
+                        ),
+                    );
                 }
-                Err(Failed::Respond(status, code, message)) => {
-                    let close = close_on_error || status == 408 || status == 413 || status == 400;
-                    send_error(client, out, status, code, message, close, view).await;
-                    return if close { Flow::Close } else { Flow::Continue };
+                Err(Failed::BadResponse(message)) => {
+                    record(Outcome::Failure);
+                    break (false, (502, "bad_gateway", message));
                 }
-                Err(Failed::Close) => return Flow::Close,
+                Err(Failed::Client(status, code, message)) => {
+                    release_probe(true);
+                    send_error(client, out, status, code, message, true, view).await;
+                    return Flow::Close;
+                }
+                Err(Failed::Cut) => {
+                    record(Outcome::Failure);
+                    return Flow::Close;
+                }
+                Err(Failed::ClientGone) => {
+                    release_probe(true);
+                    return Flow::Close;
+                }
+            }
+        };
+        let (retryable, answer) = failure;
+        last_failure = Some(answer);
+        tried.push(idx);
+        drop(retry_slot.take());
+        let budget_ok = {
+            let active = cstate.in_flight.load(Ordering::Relaxed);
+            let retrying = cstate.retries_in_flight.load(Ordering::Relaxed);
+            let allowed = (active * retry.budget_percent as u64 / 100)
+                .max(retry.min_retry_concurrency as u64);
+            let under_limit =
+                policy.limits.max_retries == 0 || retrying < policy.limits.max_retries as u64;
+            retrying < allowed && under_limit
+        };
+        let again =
+            retryable && attempt < retry.attempts && may_repeat && replayable(client) && budget_ok;
+        if !again {
+            if retryable && attempt < retry.attempts && !budget_ok {
+                tracing::debug!(cluster = %cluster.name, "retry budget exhausted");
+            }
+            let (status, code, message) = answer;
+            send_error(client, out, status, code, message, close_on_error, view).await;
+            return if close_on_error {
+                Flow::Close
+            } else {
+                Flow::Continue
+            };
+        }
+        retry_slot = Some(Held::take(&cstate.retries_in_flight));
+        client.rewind(body_start);
+        let backoff = backoff(retry, attempt);
+        if !backoff.is_zero() {
+            monoio::time::sleep(backoff).await;
+        }
+        continue 'attempts;
+    }
+}
+
+/// Exponential backoff with full jitter: random in [0, min(max, base * 2^(attempt-1))].
+fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
+    if retry.backoff_base.is_zero() {
+        return Duration::ZERO;
+    }
+    let cap = retry
+        .backoff_base
+        .saturating_mul(1u32 << (attempt - 1).min(16))
+        .min(retry.backoff_max);
+    Duration::from_micros(fastrand::u64(0..=cap.as_micros() as u64))
+}
+
+enum GetFailed {
+    Limit(&'static str),
+    Connect(ConnectError),
+}
+
+/// A pooled connection, or a fresh one if the connection limits allow; past a limit the
+/// request waits (bounded by `max_pending` and `pending_timeout`) for a slot.
+async fn get_connection(
+    w: &Worker,
+    cluster: &Cluster,
+    idx: usize,
+    has_body: bool,
+    force_fresh: bool,
+    timeouts: Timeouts,
+) -> Result<Upstream, GetFailed> {
+    let ep = &cluster.endpoints[idx];
+    let limits = &cluster.config.limits;
+    let ep_limits = &cluster.config.endpoint_limits;
+    let full = || {
+        (limits.max_connections > 0
+            && cluster.state.connections.load(Ordering::Relaxed) >= limits.max_connections as u64)
+            || (ep_limits.max_connections > 0
+                && ep.state.connections.load(Ordering::Relaxed) >= ep_limits.max_connections as u64)
+    };
+    let mut pending: Option<(Held<'_>, Held<'_>, Instant)> = None;
+    loop {
+        if !force_fresh {
+            if let Some(u) = w.pool.checkout(ep.addr, has_body, &w.bufs) {
+                return Ok(u);
             }
         }
-    }
-    let (status, code, message) = last_failure.unwrap_or((
-        503,
-        "no_endpoint",
-        "no endpoint is available for this route",
-    ));
-    send_error(client, out, status, code, message, close_on_error, view).await;
-    if close_on_error {
-        Flow::Close
-    } else {
-        Flow::Continue
+        if !full() {
+            return upstream::connect(
+                ep.addr,
+                timeouts.connect,
+                &w.bufs,
+                &ep.state,
+                &cluster.state,
+            )
+            .await
+            .map_err(GetFailed::Connect);
+        }
+        let since = match &pending {
+            Some((_, _, since)) => *since,
+            None => {
+                let max_pending = limits.max_pending.max(ep_limits.max_pending) as u64;
+                if cluster.state.pending.load(Ordering::Relaxed) >= max_pending {
+                    return Err(GetFailed::Limit("max_pending"));
+                }
+                let now = Instant::now();
+                pending = Some((
+                    Held::take(&cluster.state.pending),
+                    Held::take(&ep.state.pending),
+                    now,
+                ));
+                now
+            }
+        };
+        let timeout = limits.pending_timeout.max(ep_limits.pending_timeout);
+        if since.elapsed() >= timeout {
+            return Err(GetFailed::Limit("pending_timeout"));
+        }
+        monoio::time::sleep(PENDING_POLL).await;
     }
 }
 
@@ -210,19 +522,15 @@ async fn exchange(
     up: &mut Upstream,
     plan: Plan,
     body: Framing,
+    timeouts: Timeouts,
+    retry_status: Option<&RetryConfig>,
 ) -> Result<Done, Failed> {
     let http = &view.snap.http;
 
     // The head (and a small body with it). A failed write means nothing reached the backend.
-    match write_buf(&mut up.conn.stream, out, cluster.idle_timeout).await {
+    match write_buf(&mut up.conn.stream, out, timeouts.idle).await {
         Ok(()) => {}
-        Err(IoFail::Timeout) => {
-            return Err(Failed::Respond(
-                504,
-                "upstream_timeout",
-                "sending to the backend timed out",
-            ))
-        }
+        Err(IoFail::Timeout) => return Err(Failed::Timeout("sending to the backend timed out")),
         Err(_) => return Err(Failed::NoResponse),
     }
 
@@ -246,93 +554,80 @@ async fn exchange(
         match r {
             Ok(_) => {}
             Err(PumpFail::Src(IoFail::Timeout)) => {
-                return Err(Failed::Respond(
+                return Err(Failed::Client(
                     408,
                     "request_timeout",
                     "the request body stalled",
                 ))
             }
-            Err(PumpFail::Src(_)) => return Err(Failed::Close),
+            Err(PumpFail::Src(_)) => return Err(Failed::ClientGone),
             Err(PumpFail::Chunk(e)) => {
                 tracing::debug!(error = %e, "invalid chunked request body");
-                return Err(Failed::Respond(
+                return Err(Failed::Client(
                     400,
                     "bad_request",
                     "invalid chunked request body",
                 ));
             }
             Err(PumpFail::TooLarge) => {
-                return Err(Failed::Respond(
+                return Err(Failed::Client(
                     413,
                     "body_too_large",
                     "request body exceeds the configured limit",
                 ))
             }
             Err(PumpFail::Dst(IoFail::Timeout)) => {
-                return Err(Failed::Respond(
-                    504,
-                    "upstream_timeout",
-                    "sending to the backend timed out",
-                ))
+                return Err(Failed::Timeout("sending to the backend timed out"))
             }
             Err(PumpFail::Dst(_)) => return Err(Failed::NoResponse),
         }
     }
 
     // The response head; interim 1xx responses are consumed (lb answers Expect itself).
-    let deadline = Instant::now() + cluster.response_timeout;
+    let deadline = Instant::now() + timeouts.response;
     let mut got_bytes = !up.conn.data().is_empty();
-    let (framing, reusable, plan_out) = loop {
+    let route = &view.snap.routes.routes()[plan.route];
+    let (status, framing, reusable, plan_out) = loop {
         if !up.conn.data().is_empty() {
             got_bytes = true;
             let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
             let parsed = response::parse(up.conn.data(), &mut storage, plan.method == Method::Head);
             let step = match parsed {
                 Ok(Some(res)) if res.status == 101 => {
-                    return Err(Failed::Respond(
-                        502,
-                        "bad_gateway",
+                    return Err(Failed::BadResponse(
                         "the backend switched protocols, which this route does not allow",
                     ))
                 }
                 Ok(Some(res)) if res.status < 200 => HeadStep::Interim(res.head_len),
+                Ok(Some(res)) if retry_status.is_some_and(|r| r.retries_status(res.status)) => {
+                    return Err(Failed::RetryStatus(res.status))
+                }
                 Ok(Some(res)) => {
                     let keep = plan.keep_alive && !w.draining();
-                    let route = &view.snap.routes.routes()[plan.route];
                     let p = head::write_response_head(out, &res, plan.minor, keep, http, route);
-                    HeadStep::Final(res.head_len, res.framing, res.reusable, p)
+                    HeadStep::Final(res.status, res.head_len, res.framing, res.reusable, p)
                 }
                 Ok(None) if up.conn.is_full() => {
-                    return Err(Failed::Respond(
-                        502,
-                        "bad_gateway",
+                    return Err(Failed::BadResponse(
                         "the backend's response head is too large",
                     ))
                 }
                 Ok(None) => HeadStep::NeedMore,
                 Err(ResponseError::TooManyHeaders) => {
-                    return Err(Failed::Respond(
-                        502,
-                        "bad_gateway",
+                    return Err(Failed::BadResponse(
                         "the backend's response has too many headers",
                     ))
                 }
-                Err(_) => {
-                    return Err(Failed::Respond(
-                        502,
-                        "bad_gateway",
-                        "the backend sent an invalid response",
-                    ))
-                }
+                Err(_) => return Err(Failed::BadResponse("the backend sent an invalid response")),
             };
             match step {
                 HeadStep::Interim(n) => {
                     up.conn.consume(n);
                     continue;
                 }
-                HeadStep::Final(n, framing, reusable, p) => {
+                HeadStep::Final(status, n, framing, reusable, p) => {
                     up.conn.consume(n);
-                    break (framing, reusable, p);
+                    break (status, framing, reusable, p);
                 }
                 HeadStep::NeedMore => {}
             }
@@ -344,17 +639,11 @@ async fn exchange(
         {
             Ok(_) => {}
             Err(IoFail::Timeout) => {
-                return Err(Failed::Respond(
-                    504,
-                    "upstream_timeout",
-                    "the backend did not answer in time",
-                ))
+                return Err(Failed::Timeout("the backend did not answer in time"))
             }
             Err(_) if !got_bytes => return Err(Failed::NoResponse),
             Err(_) => {
-                return Err(Failed::Respond(
-                    502,
-                    "bad_gateway",
+                return Err(Failed::BadResponse(
                     "the backend closed the connection mid-response",
                 ))
             }
@@ -374,7 +663,7 @@ async fn exchange(
         .await
         .is_err()
     {
-        return Err(Failed::Close);
+        return Err(Failed::ClientGone);
     }
     if rest != Framing::None {
         let encode = if plan_out.chunked_out {
@@ -393,16 +682,20 @@ async fn exchange(
             rest,
             encode,
             &mut scratch,
-            cluster.idle_timeout,
+            timeouts.idle,
             0,
         )
         .await;
         w.out_bufs.give(scratch);
-        if let Err(e) = r {
-            // Headers are gone already: closing is the only way to tell the client the body is
-            // incomplete.
-            tracing::debug!(error = ?e, endpoint = %up.addr, "response body cut");
-            return Err(Failed::Close);
+        match r {
+            Ok(_) => {}
+            Err(PumpFail::Dst(_)) => return Err(Failed::ClientGone),
+            Err(e) => {
+                // Headers are gone already: closing is the only way to tell the client the
+                // body is incomplete.
+                tracing::debug!(error = ?e, endpoint = %up.addr, cluster = %cluster.name, "response body cut");
+                return Err(Failed::Cut);
+            }
         }
     }
     Ok(Done {
@@ -412,11 +705,12 @@ async fn exchange(
             Flow::Close
         },
         reusable,
+        status,
     })
 }
 
 enum HeadStep {
     Interim(usize),
-    Final(usize, Framing, bool, head::ResponsePlan),
+    Final(u16, usize, Framing, bool, head::ResponsePlan),
     NeedMore,
 }

@@ -254,6 +254,7 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             deprecation: None,
+            timeouts: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@ use monoio::net::TcpStream;
 
 use std::time::SystemTime;
 
+use crate::balancing::request_key_hash;
 use crate::config::MAX_HEADERS_LIMIT;
 use crate::http::request::{self, RequestError};
 use crate::http::write::error_response;
@@ -52,6 +53,8 @@ pub struct Plan {
     pub cluster: usize,
     /// Index of the route in the snapshot's route list.
     pub route: usize,
+    /// Hash of the consistent-hashing key, for clusters that balance by one.
+    pub key_hash: Option<u64>,
 }
 
 /// A request refused before it reaches a backend.
@@ -263,8 +266,12 @@ fn plan_request(
     }
     match &route.action {
         Action::Forward(cluster) => {
-            let name = &snap.clusters[*cluster].name;
-            head::write_request_head(out, &req, peer.ip(), &snap.http, name, route, &vars);
+            let c = &snap.clusters[*cluster];
+            let key_hash = c
+                .hash_key
+                .as_ref()
+                .and_then(|k| request_key_hash(k, req.headers, path, query, peer.ip()));
+            head::write_request_head(out, &req, peer.ip(), &snap.http, &c.name, route, &vars);
             Ok(Some(Decision::Forward(Plan {
                 head_len: req.head_len,
                 method: req.method,
@@ -274,6 +281,7 @@ fn plan_request(
                 expect_continue: req.expect_continue,
                 cluster: *cluster,
                 route: route.index,
+                key_hash,
             })))
         }
         Action::Redirect { status, location } => {

@@ -39,6 +39,16 @@ pub struct Route {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub deprecation: Option<Deprecation>,
+    /// Overrides of the cluster's timeouts for this route.
+    pub timeouts: RouteTimeouts,
+}
+
+/// Per-route timeout overrides; `None` keeps the cluster's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteTimeouts {
+    pub connect: Option<std::time::Duration>,
+    pub response: Option<std::time::Duration>,
+    pub idle: Option<std::time::Duration>,
 }
 
 /// What a route looks at in a request.

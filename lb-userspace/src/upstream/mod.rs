@@ -1,22 +1,45 @@
-//! Upstream connections: connecting with a deadline and a worker-local pool of idle
-//! keep-alive connections per endpoint.
+//! Upstream connections: connecting with a deadline, a worker-local pool of idle keep-alive
+//! connections per endpoint, the shared endpoint state, and active health checks.
+
+pub mod health;
+pub mod state;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
 use crate::net::{peer_closed, BufConn, BufPool};
+use state::{ClusterState, EndpointState};
 
-/// One upstream connection and whether it came from the pool.
+/// One upstream connection and whether it came from the pool. While it exists it counts
+/// toward its endpoint's and cluster's open connections.
 pub struct Upstream {
     pub conn: BufConn,
     pub addr: SocketAddr,
     /// It served an earlier request; a failure before any response byte may mean the backend
     /// closed it while idle, and the request can go again on a fresh connection.
     pub reused: bool,
+    endpoint: Arc<EndpointState>,
+    cluster: Arc<ClusterState>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.endpoint.connections.fetch_sub(1, Ordering::Relaxed);
+        self.cluster.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Upstream {
+    /// Gives the read buffer back to `bufs` and closes the connection.
+    pub fn close(mut self, bufs: &BufPool) {
+        bufs.give(self.conn.take_buf());
+    }
 }
 
 /// Why connecting failed.
@@ -31,6 +54,8 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     bufs: &BufPool,
+    endpoint: &Arc<EndpointState>,
+    cluster: &Arc<ClusterState>,
 ) -> Result<Upstream, ConnectError> {
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => s,
@@ -38,15 +63,19 @@ pub async fn connect(
         Err(_) => return Err(ConnectError::Timeout),
     };
     let _ = stream.set_nodelay(true);
+    endpoint.connections.fetch_add(1, Ordering::Relaxed);
+    cluster.connections.fetch_add(1, Ordering::Relaxed);
     Ok(Upstream {
         conn: BufConn::new(stream, bufs.take()),
         addr,
         reused: false,
+        endpoint: endpoint.clone(),
+        cluster: cluster.clone(),
     })
 }
 
 struct Idle {
-    conn: BufConn,
+    up: Upstream,
     since: Instant,
     idle_timeout: Duration,
 }
@@ -66,17 +95,14 @@ impl Pool {
         let now = Instant::now();
         while let Some(c) = list.pop() {
             if now.duration_since(c.since) >= c.idle_timeout
-                || (check_peer && peer_closed(&c.conn.stream))
+                || (check_peer && peer_closed(&c.up.conn.stream))
             {
-                let (_, buf) = c.conn.into_parts();
-                bufs.give(buf);
+                c.up.close(bufs);
                 continue;
             }
-            return Some(Upstream {
-                conn: c.conn,
-                addr,
-                reused: true,
-            });
+            let mut up = c.up;
+            up.reused = true;
+            return Some(up);
         }
         None
     }
@@ -85,17 +111,17 @@ impl Pool {
     pub fn checkin(&self, up: Upstream, idle_timeout: Duration, max_idle: usize, bufs: &BufPool) {
         if !up.conn.data().is_empty() {
             // Bytes after the response: the backend is confused; never reuse.
-            bufs.give(up.conn.into_parts().1);
+            up.close(bufs);
             return;
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(up.addr).or_default();
         if list.len() >= max_idle {
-            bufs.give(up.conn.into_parts().1);
+            up.close(bufs);
             return;
         }
         list.push(Idle {
-            conn: up.conn,
+            up,
             since: Instant::now(),
             idle_timeout,
         });
@@ -110,8 +136,7 @@ impl Pool {
             let mut i = 0;
             while i < list.len() {
                 if now.duration_since(list[i].since) >= list[i].idle_timeout {
-                    let c = list.swap_remove(i);
-                    bufs.give(c.conn.into_parts().1);
+                    list.swap_remove(i).up.close(bufs);
                 } else {
                     i += 1;
                 }
@@ -120,6 +145,20 @@ impl Pool {
         }
         idle.retain(|_, l| !l.is_empty());
         left
+    }
+
+    /// Closes idle connections to endpoints not in `keep` (after a reload removed them).
+    pub fn retain_endpoints(&self, keep: &[SocketAddr], bufs: &BufPool) {
+        let mut idle = self.idle.borrow_mut();
+        idle.retain(|addr, list| {
+            if keep.contains(addr) {
+                return true;
+            }
+            for c in list.drain(..) {
+                c.up.close(bufs);
+            }
+            false
+        });
     }
 
     /// Closes every idle connection (drain and shutdown).

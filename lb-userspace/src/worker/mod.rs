@@ -14,6 +14,7 @@ use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
 use monoio::net::TcpListener;
 
+use crate::balancing::WorkerBalancer;
 use crate::config::IoDriver;
 use crate::net::BufPool;
 use crate::snapshot::{Snapshot, SnapshotCell};
@@ -28,11 +29,11 @@ const MAX_FREE_BUFFERS: usize = 1024;
 /// Size of the output buffer for heads and re-encoded chunks.
 const OUT_BUF_SIZE: usize = 16 * 1024;
 
-/// The snapshot as one worker sees it, plus its worker-local balancing cursors.
+/// The snapshot as one worker sees it, plus its worker-local balancing state.
 pub struct View {
     pub snap: Arc<Snapshot>,
-    /// Round-robin cursor per cluster.
-    pub cursors: Vec<Cell<usize>>,
+    /// Balancer state per cluster, by cluster index.
+    pub balancers: Vec<WorkerBalancer>,
 }
 
 /// Per-worker state shared by all of the worker's connection tasks.
@@ -55,7 +56,12 @@ impl Worker {
         let g = self.cell.generation();
         if g != self.generation.get() {
             self.generation.set(g);
-            *self.view.borrow_mut() = Rc::new(make_view(self.cell.load(), self.id));
+            let snap = self.cell.load();
+            // Endpoints a reload removed: their idle connections close now; requests still in
+            // flight to them finish on the old snapshot.
+            self.pool
+                .retain_endpoints(&snap.endpoint_addrs(), &self.bufs);
+            *self.view.borrow_mut() = Rc::new(make_view(snap, self.id));
         }
         self.view.borrow().clone()
     }
@@ -71,12 +77,12 @@ impl Worker {
 }
 
 fn make_view(snap: Arc<Snapshot>, worker_id: usize) -> View {
-    let cursors = snap
+    let balancers = snap
         .clusters
         .iter()
-        .map(|c| Cell::new(worker_id % c.endpoints.len().max(1)))
+        .map(|c| WorkerBalancer::new(c.endpoints.len(), worker_id as u64 + 1))
         .collect();
-    View { snap, cursors }
+    View { snap, balancers }
 }
 
 /// What the main thread needs to start one worker.

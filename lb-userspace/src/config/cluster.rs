@@ -1,0 +1,619 @@
+//! `[[clusters]]`: endpoints, balancer, timeouts, health checks, outlier detection, limits,
+//! breakers and retries, validated into their runtime form.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::raw::{RawBreaker, RawCluster, RawHealthCheck, RawLimits, RawOutlier, RawRetry};
+use super::{
+    Errors, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+};
+use crate::balancing::maglev::{prime_at_least, MIN_TABLE_SIZE};
+
+/// Below this share of usable endpoints (percent), route to all of them: Envoy's default.
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
+/// Host-name endpoints are resolved again this often.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Balancing algorithm of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancerKind {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    PowerOfTwo,
+    Random,
+    Maglev,
+}
+
+/// What a consistent hash is computed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+    Path,
+}
+
+/// Where an endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Addr(SocketAddr),
+    /// A host name and port, resolved at load and again every `resolve_interval`.
+    Host(String, u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub target: Target,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub host: Option<String>,
+    /// Statuses that count as healthy; empty means 200 to 399.
+    pub expected_statuses: Vec<u16>,
+    pub interval: Duration,
+    pub jitter: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheckConfig {
+    pub fn accepts(&self, status: u16) -> bool {
+        if self.expected_statuses.is_empty() {
+            (200..400).contains(&status)
+        } else {
+            self.expected_statuses.contains(&status)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OutlierConfig {
+    /// 0 turns the trigger off.
+    pub consecutive_5xx: u32,
+    pub consecutive_connect_failures: u32,
+    pub error_rate: Option<f64>,
+    pub window: Duration,
+    pub min_requests: u32,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejected_percent: u32,
+}
+
+/// Concurrency limits; 0 means unlimited.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_requests: u32,
+    pub max_pending: u32,
+    pub pending_timeout: Duration,
+    pub max_retries: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    pub consecutive_failures: u32,
+    pub failure_rate: Option<f64>,
+    pub window: Duration,
+    pub min_requests: u32,
+    pub open_for: Duration,
+    pub half_open_probes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_timeout: bool,
+    pub on_5xx: bool,
+    pub statuses: Vec<u16>,
+    pub non_idempotent: bool,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub budget_percent: u32,
+    pub min_retry_concurrency: u32,
+}
+
+impl Default for RetryConfig {
+    /// Without a `[clusters.retry]` section: one more try on another endpoint after a
+    /// connect failure or a reset before any response byte, at once.
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 2,
+            on_connect_failure: true,
+            on_reset: true,
+            on_timeout: false,
+            on_5xx: false,
+            statuses: Vec::new(),
+            non_idempotent: false,
+            backoff_base: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+            budget_percent: 20,
+            min_retry_concurrency: 3,
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn retries_status(&self, status: u16) -> bool {
+        (self.on_5xx && status >= 500) || self.statuses.contains(&status)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub endpoints: Vec<EndpointConfig>,
+    pub balancer: BalancerKind,
+    pub hash_key: Option<HashKey>,
+    pub maglev_table_size: usize,
+    pub panic_threshold: u32,
+    pub resolve_interval: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_endpoint: usize,
+    pub health_check: Option<HealthCheckConfig>,
+    pub outlier: Option<OutlierConfig>,
+    pub limits: Limits,
+    pub endpoint_limits: Limits,
+    pub breaker: Option<BreakerConfig>,
+    pub retry: RetryConfig,
+}
+
+pub(super) fn validate_cluster(i: usize, c: &RawCluster, errs: &mut Errors) -> ClusterConfig {
+    let at = |key: &str| format!("clusters[{i}].{key}");
+    if c.name.is_empty() {
+        errs.push(at("name"), "expected a non-empty cluster name");
+    }
+    if c.endpoints.is_empty() {
+        errs.push(at("endpoints"), "a cluster needs at least one endpoint");
+    }
+    let mut endpoints = Vec::new();
+    let mut seen = HashSet::new();
+    for (j, e) in c.endpoints.iter().enumerate() {
+        let key = at(&format!("endpoints[{j}]"));
+        let weight = e.weight.unwrap_or(1);
+        if weight == 0 || weight > 10_000 {
+            errs.push(
+                format!("{key}.weight"),
+                format!("expected a weight from 1 to 10000, got {weight}"),
+            );
+        }
+        match parse_target(&e.addr) {
+            Ok(target) => {
+                if !seen.insert(target.clone()) {
+                    errs.push(
+                        format!("{key}.addr"),
+                        format!("endpoint {} is listed twice", e.addr),
+                    );
+                }
+                endpoints.push(EndpointConfig { target, weight });
+            }
+            Err(m) => errs.push(format!("{key}.addr"), m),
+        }
+    }
+    if endpoints.len() > u16::MAX as usize - 1 {
+        errs.push(at("endpoints"), "too many endpoints");
+    }
+    let balancer = match c.balancer.as_deref() {
+        None | Some("round_robin") => BalancerKind::RoundRobin,
+        Some("weighted_round_robin") => BalancerKind::WeightedRoundRobin,
+        Some("least_connections") => BalancerKind::LeastConnections,
+        Some("power_of_two") => BalancerKind::PowerOfTwo,
+        Some("random") => BalancerKind::Random,
+        Some("maglev") => BalancerKind::Maglev,
+        Some(other) => {
+            errs.push(
+                at("balancer"),
+                format!("expected round_robin, weighted_round_robin, least_connections, power_of_two, random or maglev, got {other:?}"),
+            );
+            BalancerKind::RoundRobin
+        }
+    };
+    let hash_key = c.hash_key.as_deref().and_then(|k| match parse_hash_key(k) {
+        Ok(h) => Some(h),
+        Err(m) => {
+            errs.push(at("hash_key"), m);
+            None
+        }
+    });
+    if balancer == BalancerKind::Maglev && c.hash_key.is_none() {
+        errs.push(at("hash_key"), "maglev needs a hash_key: \"header:NAME\", \"cookie:NAME\", \"query:NAME\", \"client_ip\" or \"path\"");
+    }
+    let maglev_table_size = c.maglev_table_size.map_or(MIN_TABLE_SIZE, |n| n as usize);
+    if !(MIN_TABLE_SIZE..=1 << 24).contains(&maglev_table_size)
+        || prime_at_least(maglev_table_size) != maglev_table_size
+    {
+        errs.push(
+            at("maglev_table_size"),
+            format!("expected a prime from {MIN_TABLE_SIZE} to 16777216, got {maglev_table_size}"),
+        );
+    }
+    let panic_threshold = c.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD);
+    if panic_threshold > 100 {
+        errs.push(
+            at("panic_threshold"),
+            format!("expected a percent from 0 to 100, got {panic_threshold}"),
+        );
+    }
+    let pool_max = c
+        .pool_max_idle_per_endpoint
+        .unwrap_or(DEFAULT_POOL_MAX_IDLE);
+    if pool_max > 65_536 {
+        errs.push(
+            at("pool_max_idle_per_endpoint"),
+            format!("expected at most 65536, got {pool_max}"),
+        );
+    }
+    ClusterConfig {
+        name: c.name.clone(),
+        endpoints,
+        balancer,
+        hash_key,
+        maglev_table_size,
+        panic_threshold,
+        resolve_interval: positive(
+            errs,
+            &at("resolve_interval"),
+            &c.resolve_interval,
+            DEFAULT_RESOLVE_INTERVAL,
+        ),
+        connect_timeout: positive(
+            errs,
+            &at("connect_timeout"),
+            &c.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        response_timeout: positive(
+            errs,
+            &at("response_timeout"),
+            &c.response_timeout,
+            DEFAULT_RESPONSE_TIMEOUT,
+        ),
+        idle_timeout: positive(
+            errs,
+            &at("idle_timeout"),
+            &c.idle_timeout,
+            DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+        ),
+        pool_idle_timeout: positive(
+            errs,
+            &at("pool_idle_timeout"),
+            &c.pool_idle_timeout,
+            DEFAULT_POOL_IDLE_TIMEOUT,
+        ),
+        pool_max_idle_per_endpoint: pool_max as usize,
+        health_check: c
+            .health_check
+            .as_ref()
+            .map(|h| health_check(&at("health_check"), h, errs)),
+        outlier: c
+            .outlier_detection
+            .as_ref()
+            .map(|o| outlier(&at("outlier_detection"), o, errs)),
+        limits: c
+            .limits
+            .as_ref()
+            .map_or_else(Limits::default, |l| limits(&at("limits"), l, errs)),
+        endpoint_limits: c
+            .endpoint_limits
+            .as_ref()
+            .map_or_else(Limits::default, |l| limits(&at("endpoint_limits"), l, errs)),
+        breaker: c.breaker.as_ref().map(|b| breaker(&at("breaker"), b, errs)),
+        retry: c
+            .retry
+            .as_ref()
+            .map_or_else(RetryConfig::default, |r| retry(&at("retry"), r, errs)),
+    }
+}
+
+fn positive(errs: &mut Errors, key: &str, v: &Option<String>, default: Duration) -> Duration {
+    let d = errs.duration(key, v, default);
+    if d.is_zero() {
+        errs.push(key, "expected a duration greater than zero");
+    }
+    d
+}
+
+/// `IP:port`, or `host.name:port` to resolve.
+pub fn parse_target(text: &str) -> Result<Target, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(Target::Addr(a));
+    }
+    let bad = || format!("expected \"IP:port\" or \"hostname:port\", got {text:?}");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !host.starts_with(['-', '.'])
+        && host.bytes().any(|b| b.is_ascii_alphabetic());
+    if !valid || port == 0 {
+        return Err(bad());
+    }
+    Ok(Target::Host(host.to_ascii_lowercase(), port))
+}
+
+fn parse_hash_key(k: &str) -> Result<HashKey, String> {
+    let bad = || {
+        format!("expected \"header:NAME\", \"cookie:NAME\", \"query:NAME\", \"client_ip\" or \"path\", got {k:?}")
+    };
+    match k.split_once(':') {
+        None if k == "client_ip" => Ok(HashKey::ClientIp),
+        None if k == "path" => Ok(HashKey::Path),
+        Some((kind, name)) if !name.is_empty() => match kind {
+            "header" => Ok(HashKey::Header(name.to_ascii_lowercase())),
+            "cookie" => Ok(HashKey::Cookie(name.to_string())),
+            "query" => Ok(HashKey::Query(name.to_string())),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+fn health_check(key: &str, h: &RawHealthCheck, errs: &mut Errors) -> HealthCheckConfig {
+    if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        errs.push(
+            format!("{key}.path"),
+            format!("expected a path starting with '/', got {:?}", h.path),
+        );
+    }
+    let statuses = h.expected_statuses.clone().unwrap_or_default();
+    if statuses.iter().any(|s| !(100..=599).contains(s)) {
+        errs.push(
+            format!("{key}.expected_statuses"),
+            "expected statuses from 100 to 599",
+        );
+    }
+    let threshold = |errs: &mut Errors, name: &str, v: Option<u32>, d: u32| {
+        let t = v.unwrap_or(d);
+        if t == 0 || t > 100 {
+            errs.push(
+                format!("{key}.{name}"),
+                format!("expected 1 to 100, got {t}"),
+            );
+        }
+        t
+    };
+    let interval = positive(
+        errs,
+        &format!("{key}.interval"),
+        &h.interval,
+        Duration::from_secs(5),
+    );
+    let timeout = positive(
+        errs,
+        &format!("{key}.timeout"),
+        &h.timeout,
+        Duration::from_secs(1),
+    );
+    HealthCheckConfig {
+        path: h.path.clone(),
+        host: h.host.clone(),
+        expected_statuses: statuses,
+        interval,
+        jitter: errs.duration(&format!("{key}.jitter"), &h.jitter, interval / 10),
+        timeout,
+        healthy_threshold: threshold(errs, "healthy_threshold", h.healthy_threshold, 2),
+        unhealthy_threshold: threshold(errs, "unhealthy_threshold", h.unhealthy_threshold, 3),
+    }
+}
+
+fn rate(errs: &mut Errors, key: &str, v: Option<f64>) -> Option<f64> {
+    if let Some(r) = v {
+        if !(r > 0.0 && r <= 1.0) {
+            errs.push(
+                key,
+                format!("expected a share above 0.0 and at most 1.0, got {r}"),
+            );
+        }
+    }
+    v
+}
+
+fn outlier(key: &str, o: &RawOutlier, errs: &mut Errors) -> OutlierConfig {
+    let base = positive(
+        errs,
+        &format!("{key}.base_ejection_time"),
+        &o.base_ejection_time,
+        Duration::from_secs(30),
+    );
+    let max = positive(
+        errs,
+        &format!("{key}.max_ejection_time"),
+        &o.max_ejection_time,
+        Duration::from_secs(300),
+    );
+    if max < base {
+        errs.push(
+            format!("{key}.max_ejection_time"),
+            "must be at least base_ejection_time",
+        );
+    }
+    let pct = o.max_ejected_percent.unwrap_or(50);
+    if pct > 100 {
+        errs.push(
+            format!("{key}.max_ejected_percent"),
+            format!("expected 0 to 100, got {pct}"),
+        );
+    }
+    OutlierConfig {
+        consecutive_5xx: o.consecutive_5xx.unwrap_or(5),
+        consecutive_connect_failures: o.consecutive_connect_failures.unwrap_or(5),
+        error_rate: rate(errs, &format!("{key}.error_rate"), o.error_rate),
+        window: positive(
+            errs,
+            &format!("{key}.window"),
+            &o.window,
+            Duration::from_secs(10),
+        ),
+        min_requests: o.min_requests.unwrap_or(20),
+        base_ejection_time: base,
+        max_ejection_time: max,
+        max_ejected_percent: pct,
+    }
+}
+
+fn limits(key: &str, l: &RawLimits, errs: &mut Errors) -> Limits {
+    Limits {
+        max_connections: l.max_connections.unwrap_or(0),
+        max_requests: l.max_requests.unwrap_or(0),
+        max_pending: l.max_pending.unwrap_or(0),
+        pending_timeout: positive(
+            errs,
+            &format!("{key}.pending_timeout"),
+            &l.pending_timeout,
+            Duration::from_secs(1),
+        ),
+        max_retries: l.max_retries.unwrap_or(0),
+    }
+}
+
+fn breaker(key: &str, b: &RawBreaker, errs: &mut Errors) -> BreakerConfig {
+    let probes = b.half_open_probes.unwrap_or(1);
+    if probes == 0 || probes > 1000 {
+        errs.push(
+            format!("{key}.half_open_probes"),
+            format!("expected 1 to 1000, got {probes}"),
+        );
+    }
+    let consecutive = b.consecutive_failures.unwrap_or(5);
+    if consecutive == 0 && b.failure_rate.is_none() {
+        errs.push(
+            key,
+            "set consecutive_failures above 0, or a failure_rate, or the breaker never opens",
+        );
+    }
+    BreakerConfig {
+        consecutive_failures: consecutive,
+        failure_rate: rate(errs, &format!("{key}.failure_rate"), b.failure_rate),
+        window: positive(
+            errs,
+            &format!("{key}.window"),
+            &b.window,
+            Duration::from_secs(10),
+        ),
+        min_requests: b.min_requests.unwrap_or(20),
+        open_for: positive(
+            errs,
+            &format!("{key}.open_for"),
+            &b.open_for,
+            Duration::from_secs(10),
+        ),
+        half_open_probes: probes,
+    }
+}
+
+fn retry(key: &str, r: &RawRetry, errs: &mut Errors) -> RetryConfig {
+    let mut c = RetryConfig {
+        backoff_base: Duration::from_millis(25),
+        backoff_max: Duration::from_millis(250),
+        ..RetryConfig::default()
+    };
+    c.attempts = r.attempts.unwrap_or(2);
+    if c.attempts == 0 || c.attempts > 10 {
+        errs.push(
+            format!("{key}.attempts"),
+            format!("expected 1 to 10, got {}", c.attempts),
+        );
+    }
+    if let Some(on) = &r.retry_on {
+        c.on_connect_failure = false;
+        c.on_reset = false;
+        for (j, what) in on.iter().enumerate() {
+            match what.as_str() {
+                "connect_failure" => c.on_connect_failure = true,
+                "reset" => c.on_reset = true,
+                "timeout" => c.on_timeout = true,
+                "5xx" => c.on_5xx = true,
+                s => match s.parse::<u16>() {
+                    Ok(code) if (400..=599).contains(&code) => c.statuses.push(code),
+                    _ => errs.push(
+                        format!("{key}.retry_on[{j}]"),
+                        format!("expected connect_failure, reset, timeout, 5xx or a status from 400 to 599, got {s:?}"),
+                    ),
+                },
+            }
+        }
+    }
+    c.non_idempotent = r.non_idempotent.unwrap_or(false);
+    c.backoff_base = errs.duration(
+        &format!("{key}.backoff_base"),
+        &r.backoff_base,
+        c.backoff_base,
+    );
+    c.backoff_max = errs.duration(&format!("{key}.backoff_max"), &r.backoff_max, c.backoff_max);
+    if c.backoff_max < c.backoff_base {
+        errs.push(
+            format!("{key}.backoff_max"),
+            "must be at least backoff_base",
+        );
+    }
+    c.budget_percent = r.budget_percent.unwrap_or(20);
+    if c.budget_percent > 100 {
+        errs.push(
+            format!("{key}.budget_percent"),
+            format!("expected 0 to 100, got {}", c.budget_percent),
+        );
+    }
+    c.min_retry_concurrency = r.min_retry_concurrency.unwrap_or(3);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            parse_target("127.0.0.1:80"),
+            Ok(Target::Addr("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_target("[::1]:80"),
+            Ok(Target::Addr("[::1]:80".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_target("Backend.local:8080"),
+            Ok(Target::Host("backend.local".into(), 8080))
+        );
+        for bad in [
+            "nope",
+            "host:",
+            "host:0",
+            ":80",
+            "a b:80",
+            "1.2.3:80x",
+            "-x:80",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hash_keys() {
+        assert_eq!(
+            parse_hash_key("header:X-User-ID"),
+            Ok(HashKey::Header("x-user-id".into()))
+        );
+        assert_eq!(parse_hash_key("client_ip"), Ok(HashKey::ClientIp));
+        assert!(parse_hash_key("header:").is_err());
+        assert!(parse_hash_key("body").is_err());
+    }
+}
