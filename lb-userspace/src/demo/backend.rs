@@ -88,8 +88,9 @@ pub type Handler = Arc<dyn Fn(&Request, &mut Responder<'_>) + Send + Sync>;
 struct Shared {
     stop: AtomicBool,
     connections: AtomicUsize,
+    open: AtomicUsize,
     requests: AtomicUsize,
-    open: Mutex<Vec<TcpStream>>,
+    streams: Mutex<Vec<TcpStream>>,
 }
 
 /// A running backend; dropping it (or [`Backend::stop`]) closes the listener and every
@@ -113,8 +114,9 @@ impl Backend {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
-            open: Mutex::new(Vec::new()),
+            streams: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -130,6 +132,11 @@ impl Backend {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// Requests answered so far.
@@ -149,7 +156,7 @@ impl Backend {
         }
         for s in self
             .shared
-            .open
+            .streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
@@ -173,15 +180,17 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, handler: Handler) {
         let Ok(stream) = conn else { continue };
         shared.connections.fetch_add(1, Ordering::SeqCst);
         if let Ok(clone) = stream.try_clone() {
-            let mut open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
-            open.retain(|s| s.peer_addr().is_ok());
-            open.push(clone);
+            let mut streams = shared.streams.lock().unwrap_or_else(|p| p.into_inner());
+            streams.retain(|s| s.peer_addr().is_ok());
+            streams.push(clone);
         }
         let (s, h) = (shared.clone(), handler.clone());
         let _ = std::thread::Builder::new()
             .name("backend-conn".into())
             .spawn(move || {
+                s.open.fetch_add(1, Ordering::SeqCst);
                 let _ = serve(stream, &s, &h);
+                s.open.fetch_sub(1, Ordering::SeqCst);
             });
     }
 }

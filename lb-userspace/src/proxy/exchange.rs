@@ -68,6 +68,11 @@ impl<'a> Held<'a> {
         c.fetch_add(1, Ordering::Relaxed);
         Held(c)
     }
+
+    /// Takes over one count that was already added.
+    fn adopt(c: &'a AtomicU64) -> Held<'a> {
+        Held(c)
+    }
 }
 
 impl Drop for Held<'_> {
@@ -157,6 +162,26 @@ pub async fn proxy(
     }
     let _cluster_request = Held::take(&cstate.in_flight);
 
+    // Retries in flight stay under both the budget (a share of requests in flight, with a
+    // floor) and the cluster's max_retries limit, so retries cannot amplify an outage.
+    let budget_ok = || {
+        let active = cstate.in_flight.load(Ordering::Relaxed);
+        let retrying = cstate.retries_in_flight.load(Ordering::Relaxed);
+        let allowed =
+            (active * retry.budget_percent as u64 / 100).max(retry.min_retry_concurrency as u64);
+        let under_limit =
+            policy.limits.max_retries == 0 || retrying < policy.limits.max_retries as u64;
+        retrying < allowed && under_limit
+    };
+    // Reserves a retry slot at the moment a retryable status is seen, so that concurrent
+    // failures cannot all commit to retries the budget does not have.
+    let reserve = || {
+        let ok = budget_ok();
+        if ok {
+            cstate.retries_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    };
     let balancer = &view.balancers[plan.cluster];
     let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let mut sent_continue = false;
@@ -306,8 +331,10 @@ pub async fn proxy(
                     return Flow::Close;
                 }
             }
-            let retry_status =
-                (attempt < retry.attempts && may_repeat && replayable(client)).then_some(retry);
+            // A retryable status is only held back from the client if a retry can follow.
+            let retry_status: Option<(&RetryConfig, &dyn Fn() -> bool)> =
+                (attempt < retry.attempts && may_repeat && replayable(client))
+                    .then_some((retry, &reserve));
             let result = exchange(
                 w,
                 view,
@@ -401,19 +428,16 @@ pub async fn proxy(
         last_failure = Some(answer);
         tried.push(idx);
         drop(retry_slot.take());
-        let budget_ok = {
-            let active = cstate.in_flight.load(Ordering::Relaxed);
-            let retrying = cstate.retries_in_flight.load(Ordering::Relaxed);
-            let allowed = (active * retry.budget_percent as u64 / 100)
-                .max(retry.min_retry_concurrency as u64);
-            let under_limit =
-                policy.limits.max_retries == 0 || retrying < policy.limits.max_retries as u64;
-            retrying < allowed && under_limit
-        };
+        // A held-back status reserved its retry slot already; anything else asks the budget.
+        let reserved = answer.1 == "upstream_error";
+        let budget = reserved || budget_ok();
         let again =
-            retryable && attempt < retry.attempts && may_repeat && replayable(client) && budget_ok;
+            retryable && attempt < retry.attempts && may_repeat && replayable(client) && budget;
         if !again {
-            if retryable && attempt < retry.attempts && !budget_ok {
+            if reserved {
+                cstate.retries_in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+            if retryable && attempt < retry.attempts && !budget {
                 tracing::debug!(cluster = %cluster.name, "retry budget exhausted");
             }
             let (status, code, message) = answer;
@@ -424,7 +448,11 @@ pub async fn proxy(
                 Flow::Continue
             };
         }
-        retry_slot = Some(Held::take(&cstate.retries_in_flight));
+        retry_slot = Some(if reserved {
+            Held::adopt(&cstate.retries_in_flight)
+        } else {
+            Held::take(&cstate.retries_in_flight)
+        });
         client.rewind(body_start);
         let backoff = backoff(retry, attempt);
         if !backoff.is_zero() {
@@ -523,7 +551,7 @@ async fn exchange(
     plan: Plan,
     body: Framing,
     timeouts: Timeouts,
-    retry_status: Option<&RetryConfig>,
+    retry_status: Option<(&RetryConfig, &dyn Fn() -> bool)>,
 ) -> Result<Done, Failed> {
     let http = &view.snap.http;
 
@@ -599,7 +627,10 @@ async fn exchange(
                     ))
                 }
                 Ok(Some(res)) if res.status < 200 => HeadStep::Interim(res.head_len),
-                Ok(Some(res)) if retry_status.is_some_and(|r| r.retries_status(res.status)) => {
+                Ok(Some(res))
+                    if retry_status
+                        .is_some_and(|(r, reserve)| r.retries_status(res.status) && reserve()) =>
+                {
                     return Err(Failed::RetryStatus(res.status))
                 }
                 Ok(Some(res)) => {

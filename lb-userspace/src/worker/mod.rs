@@ -241,6 +241,9 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
 async fn sweep_pool(worker: Rc<Worker>) {
     while !worker.draining() {
         monoio::time::sleep(POOL_SWEEP_EVERY).await;
+        // Picks up a reload even when no request comes, so that idle connections to removed
+        // endpoints close within a sweep.
+        worker.view();
         worker.pool.sweep(&worker.bufs);
     }
 }
