@@ -5,6 +5,7 @@
 //! endpoint) → `upstream` (pooled connection) → back out. `config` and `snapshot` hold what the
 //! workers decide from; `server` and `admin` are the control side.
 
+pub mod accesslog;
 pub mod admin;
 pub mod balancing;
 pub mod clock;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod hash;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod routing;

@@ -60,6 +60,12 @@ impl ConfigSource {
 impl Control {
     /// Validates the source again and publishes it. An invalid config changes nothing.
     pub fn reload(&self) -> Result<String, ConfigErrors> {
+        let result = self.try_reload();
+        crate::metrics::reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self) -> Result<String, ConfigErrors> {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let (config, text) = self.source.load()?;
         for w in config.warnings() {
@@ -87,6 +93,11 @@ impl Control {
             })?;
         let version = snap.version.clone();
         health.reconcile(&snap);
+        crate::metrics::config_active(
+            &version,
+            Some(&current.version),
+            unix_seconds(snap.loaded_at),
+        );
         self.cell.publish(snap);
         tracing::info!(version = %version, "config reloaded");
         Ok(version)
@@ -130,6 +141,8 @@ pub struct RunOptions {
 
 /// Runs the appliance until it is told to stop.
 pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
+    // Before any snapshot: its metric handles must come from the installed recorder.
+    crate::metrics::install();
     let (config, text) = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in config.warnings() {
         tracing::warn!("{w}");
@@ -146,6 +159,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     })?;
     let mut health = HealthChecks::default();
     health.reconcile(&snapshot);
+    crate::metrics::config_active(&snapshot.version, None, unix_seconds(snapshot.loaded_at));
     tracing::info!(config = %source.describe(), version = %snapshot.version, "config loaded");
     let cell = Arc::new(SnapshotCell::new(snapshot));
     let control = Arc::new(Control {
@@ -155,7 +169,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         health: Mutex::new(health),
         draining: AtomicBool::new(false),
     });
-    spawn_resolver(&config, control.clone())?;
+    spawn_resolver(control.clone())?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = match config.server.workers {
@@ -195,6 +209,14 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
 
+    let access_log = match &config.access_log {
+        Some(path) => Some(
+            crate::accesslog::start(path)
+                .with_context(|| format!("access log: cannot open {path}"))?,
+        ),
+        None => None,
+    };
+
     let (started_tx, started_rx) = mpsc::channel();
     let mut drains = Vec::new();
     let mut handles = Vec::new();
@@ -214,6 +236,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
             io_uring_entries: config.server.io_uring_entries,
             buf_size: config.http.max_header_bytes.max(4096),
             drain_timeout: config.server.drain_timeout,
+            access_log: access_log.clone(),
         };
         handles.push(worker::spawn(spec, cell.clone(), rx, started_tx.clone())?);
     }
@@ -241,27 +264,43 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-resolves host-name endpoints on the shortest interval any cluster asks for.
-fn spawn_resolver(config: &Config, control: Arc<Control>) -> std::io::Result<()> {
-    let every = config
-        .clusters
-        .iter()
-        .filter(|c| {
-            c.endpoints
-                .iter()
-                .any(|e| matches!(e.target, crate::config::Target::Host(..)))
-        })
-        .map(|c| c.resolve_interval)
-        .min();
-    let Some(every) = every else { return Ok(()) };
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Re-resolves host-name endpoints on the shortest interval any cluster of the running
+/// config asks for (so a reload that adds names is covered too).
+fn spawn_resolver(control: Arc<Control>) -> std::io::Result<()> {
+    const TICK: Duration = Duration::from_millis(500);
     std::thread::Builder::new()
         .name("lb-resolver".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            if control.draining.load(Ordering::SeqCst) {
-                return;
+        .spawn(move || {
+            let mut waited = Duration::ZERO;
+            loop {
+                std::thread::sleep(TICK);
+                if control.draining.load(Ordering::SeqCst) {
+                    return;
+                }
+                waited += TICK;
+                let snap = control.cell.load();
+                let every = snap
+                    .config
+                    .clusters
+                    .iter()
+                    .filter(|c| {
+                        c.endpoints
+                            .iter()
+                            .any(|e| matches!(e.target, crate::config::Target::Host(..)))
+                    })
+                    .map(|c| c.resolve_interval)
+                    .min();
+                drop(snap);
+                if every.is_some_and(|every| waited >= every) {
+                    waited = Duration::ZERO;
+                    control.re_resolve();
+                }
             }
-            control.re_resolve();
         })?;
     Ok(())
 }

@@ -17,6 +17,7 @@ use crate::balancing::maglev::MaglevTable;
 use crate::config::{
     BalancerKind, ClusterConfig, Config, ConfigError, HashKey, HttpConfig, Target,
 };
+use crate::metrics::{ClusterMetrics, RouteMetrics};
 use crate::routing::RouteTable;
 pub use crate::upstream::state::{ClusterState, EndpointState};
 
@@ -46,6 +47,7 @@ pub struct Cluster {
     pub state: Arc<ClusterState>,
     /// The validated cluster config: health, outlier, limits, breaker and retry policies.
     pub config: ClusterConfig,
+    pub metrics: ClusterMetrics,
 }
 
 /// Everything a worker reads to decide what to do with a request.
@@ -60,6 +62,10 @@ pub struct Snapshot {
     pub config: Config,
     /// The config text it was built from, for rebuilding after re-resolution.
     pub text: String,
+    /// Metric handles per route, by route index.
+    pub route_metrics: Vec<RouteMetrics>,
+    /// Metric handles for requests no route took (malformed, 404).
+    pub unrouted_metrics: RouteMetrics,
 }
 
 /// Hands out shared state by identity (endpoints by address, clusters by name), so that
@@ -172,12 +178,28 @@ impl Snapshot {
                 pool_max_idle_per_endpoint: c.pool_max_idle_per_endpoint,
                 state: registry.cluster(&c.name),
                 config: c.clone(),
+                metrics: ClusterMetrics::new(&c.name),
             });
         }
         if !errors.is_empty() {
             return Err(errors);
         }
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| {
+                let cluster = match &r.action {
+                    crate::routing::actions::Action::Forward(c) => {
+                        config.clusters[*c].name.as_str()
+                    }
+                    _ => "local",
+                };
+                RouteMetrics::new(&r.name, cluster)
+            })
+            .collect();
         Ok(Snapshot {
+            route_metrics,
+            unrouted_metrics: RouteMetrics::new("none", "none"),
             version: content_hash(text.as_bytes()),
             loaded_at: SystemTime::now(),
             routes: RouteTable::build(&config.routes),

@@ -331,3 +331,73 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 pub fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses Prometheus text exposition (enough for what `lb` writes).
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or(f64::NAN),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut map = std::collections::BTreeMap::new();
+        let mut rest = labels;
+        while let Some(eq) = rest.find("=\"") {
+            let key = rest[..eq].trim_start_matches(',').to_string();
+            let after = &rest[eq + 2..];
+            let end = after.find('"').unwrap_or(after.len());
+            map.insert(key, after[..end].to_string());
+            rest = &after[(end + 1).min(after.len())..];
+        }
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value,
+        });
+    }
+    out
+}
+
+/// The sum of samples named `name` whose labels include every pair of `labels`.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+impl Lb {
+    /// Scrapes `/metrics` on the admin listener.
+    pub fn scrape(&self) -> Vec<Sample> {
+        let addr = self.admin.expect("admin listener configured");
+        let mut c = Client::connect(addr);
+        c.send(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
+        let r = c.response();
+        assert_eq!(r.status, 200);
+        parse_prometheus(&String::from_utf8_lossy(&r.body))
+    }
+}

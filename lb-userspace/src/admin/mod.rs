@@ -46,18 +46,36 @@ pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<SocketA
 struct AdminRequest {
     method: String,
     path: String,
+    /// The `Authorization` header, if any.
+    authorization: Option<String>,
+}
+
+/// An admin response body.
+enum Body {
+    Json(Value),
+    /// Prometheus text exposition.
+    Metrics(String),
 }
 
 fn serve(mut stream: TcpStream, control: &Control) {
     let _ = stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
     let (status, body) = match read_request(&mut stream) {
-        Ok(req) => handle(&req, control),
-        Err(reason) => (400, json!({ "error": "bad_request", "reason": reason })),
+        Ok(req) => match authorize(&req, control) {
+            Ok(()) => handle(&req, control),
+            Err(reply) => reply,
+        },
+        Err(reason) => (
+            400,
+            Body::Json(json!({ "error": "bad_request", "reason": reason })),
+        ),
     };
-    let body = format!("{body}\n");
+    let (content_type, body) = match body {
+        Body::Json(v) => ("application/json", format!("{v}\n")),
+        Body::Metrics(text) => ("text/plain; version=0.0.4", text),
+    };
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         crate::http::write::reason(status),
         body.len()
     );
@@ -75,6 +93,11 @@ fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, String> {
             Ok(httparse::Status::Complete(head_len)) => {
                 let method = req.method.unwrap_or("").to_string();
                 let path = req.path.unwrap_or("/").to_string();
+                let authorization = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
                 let body_len = req
                     .headers
                     .iter()
@@ -92,7 +115,11 @@ fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, String> {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                return Ok(AdminRequest { method, path });
+                return Ok(AdminRequest {
+                    method,
+                    path,
+                    authorization,
+                });
             }
             Ok(httparse::Status::Partial) => {}
             Err(e) => return Err(format!("invalid request: {e}")),
@@ -108,7 +135,48 @@ fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, String> {
     }
 }
 
-fn handle(req: &AdminRequest, control: &Control) -> (u16, Value) {
+/// With an admin token configured, every request must carry it as a bearer token.
+fn authorize(req: &AdminRequest, control: &Control) -> Result<(), (u16, Body)> {
+    let snap = control.cell.load();
+    let Some(token) = snap.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+        return Ok(());
+    };
+    let given = req
+        .authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "));
+    // Compare without an early exit, so timing does not reveal a matching prefix.
+    let matches = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err((
+            401,
+            Body::Json(
+                json!({ "error": "unauthorized", "reason": "a valid bearer token is required" }),
+            ),
+        ))
+    }
+}
+
+fn handle(req: &AdminRequest, control: &Control) -> (u16, Body) {
+    if req.method == "GET" && req.path.split('?').next() == Some("/metrics") {
+        return (
+            200,
+            Body::Metrics(crate::metrics::render(&control.cell.load())),
+        );
+    }
+    let (status, value) = handle_json(req, control);
+    (status, Body::Json(value))
+}
+
+fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
     let path = req.path.split('?').next().unwrap_or("");
     match (req.method.as_str(), path) {
         ("GET", "/healthz") => (200, json!({ "status": "ok" })),
@@ -149,7 +217,10 @@ fn handle(req: &AdminRequest, control: &Control) -> (u16, Value) {
                 }),
             ),
         },
-        (_, "/healthz" | "/readyz" | "/config" | "/reload" | "/clusters" | "/routes") => (
+        (
+            _,
+            "/healthz" | "/readyz" | "/config" | "/reload" | "/clusters" | "/routes" | "/metrics",
+        ) => (
             405,
             json!({ "error": "method_not_allowed", "reason": format!("{} is not allowed on {path}", req.method) }),
         ),

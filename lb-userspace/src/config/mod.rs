@@ -63,6 +63,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub clusters: Vec<ClusterConfig>,
     pub routes: Vec<Route>,
+    /// Where access log lines go; `None` means off.
+    pub access_log: Option<String>,
 }
 
 /// How many workers to run.
@@ -103,6 +105,7 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub addr: SocketAddr,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -269,8 +272,29 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
     }
 
     let admin = raw.admin.as_ref().and_then(|a| {
-        errs.addr("admin.addr", &a.addr)
-            .map(|addr| AdminConfig { addr })
+        if a.token
+            .as_deref()
+            .is_some_and(|t| t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            errs.push(
+                "admin.token",
+                "expected at least 16 visible ASCII characters",
+            );
+        }
+        errs.addr("admin.addr", &a.addr).map(|addr| AdminConfig {
+            addr,
+            token: a.token.clone(),
+        })
+    });
+    let access_log = raw.access_log.as_ref().and_then(|l| {
+        if !l.enabled.unwrap_or(true) {
+            return None;
+        }
+        let path = l.path.clone().unwrap_or_else(|| "stdout".into());
+        if path.is_empty() {
+            errs.push("access_log.path", "expected \"stdout\" or a file path");
+        }
+        Some(path)
     });
 
     let mut clusters = Vec::new();
@@ -300,6 +324,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             http,
             clusters,
             routes,
+            access_log,
         })
     } else {
         Err(errs.0)

@@ -19,6 +19,16 @@ pub struct RawConfig {
     pub clusters: Vec<RawCluster>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `[access_log]`: one JSON line per request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `"stdout"` or a file path (appended to).
+    pub path: Option<String>,
+    pub enabled: Option<bool>,
 }
 
 /// `[server]`: the process and its workers.
@@ -50,6 +60,8 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub addr: String,
+    /// If set, every admin request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 /// `[http]`: limits and timeouts on the client side, and the headers `lb` adds.

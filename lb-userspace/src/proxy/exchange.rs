@@ -2,14 +2,13 @@
 //! enforce limits, get a pooled or fresh connection, exchange, record the outcome, and retry
 //! on another endpoint where the policy and the budget allow.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
 use super::body::{pump, Encode, PumpFail};
-use super::{head, send_error, Flow, Plan};
+use super::{head, send_error, Flow, Plan, Record};
 use crate::clock::now_ms;
 use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
 use crate::http::response::{self, ResponseError};
@@ -50,6 +49,10 @@ struct Done {
     flow: Flow,
     reusable: bool,
     status: u16,
+    /// From sending the head to having the response head.
+    upstream: Duration,
+    /// Response body bytes sent to the client.
+    bytes: u64,
 }
 
 /// Timeouts in force for one request: the cluster's, or the route's overrides.
@@ -86,9 +89,14 @@ async fn limit_reached(
     client: &mut BufConn,
     out: &mut Vec<u8>,
     view: &View,
+    cluster: &Cluster,
     limit: &'static str,
     close: bool,
+    rec: &mut Record,
 ) -> Flow {
+    tracing::debug!(cluster = %cluster.name, limit, "request refused by a limit");
+    cluster.metrics.limit(limit);
+    rec.status = 503;
     error_response(out, 503, "limit_reached", limit, close);
     // The header goes in front of the blank line of the error response.
     let header = format!("X-LB-Limit: {limit}\r\n");
@@ -112,7 +120,7 @@ pub async fn proxy(
     client: &mut BufConn,
     out: &mut Vec<u8>,
     plan: Plan,
-    _peer: SocketAddr,
+    rec: &mut Record,
 ) -> Flow {
     let snap = &view.snap;
     let http = &snap.http;
@@ -139,6 +147,7 @@ pub async fn proxy(
                 "request body exceeds the configured limit",
                 true,
                 view,
+                rec,
             )
             .await;
             return Flow::Close;
@@ -158,7 +167,16 @@ pub async fn proxy(
     if policy.limits.max_requests > 0
         && cstate.in_flight.load(Ordering::Relaxed) >= policy.limits.max_requests as u64
     {
-        return limit_reached(client, out, view, "cluster_max_requests", close_on_error).await;
+        return limit_reached(
+            client,
+            out,
+            view,
+            cluster,
+            "cluster_max_requests",
+            close_on_error,
+            rec,
+        )
+        .await;
     }
     let _cluster_request = Held::take(&cstate.in_flight);
 
@@ -221,7 +239,17 @@ pub async fn proxy(
         };
         let Some((idx, admission)) = picked else {
             if let Some((status, code, message)) = last_failure {
-                send_error(client, out, status, code, message, close_on_error, view).await;
+                send_error(
+                    client,
+                    out,
+                    status,
+                    code,
+                    message,
+                    close_on_error,
+                    view,
+                    rec,
+                )
+                .await;
                 return if close_on_error {
                     Flow::Close
                 } else {
@@ -229,7 +257,16 @@ pub async fn proxy(
                 };
             }
             if !blocked.is_empty() {
-                return limit_reached(client, out, view, "breaker_open", close_on_error).await;
+                return limit_reached(
+                    client,
+                    out,
+                    view,
+                    cluster,
+                    "breaker_open",
+                    close_on_error,
+                    rec,
+                )
+                .await;
             }
             send_error(
                 client,
@@ -239,6 +276,7 @@ pub async fn proxy(
                 "no endpoint is available for this route",
                 close_on_error,
                 view,
+                rec,
             )
             .await;
             return if close_on_error {
@@ -249,6 +287,7 @@ pub async fn proxy(
         };
         let ep = &cluster.endpoints[idx];
         let estate = &ep.state;
+        rec.endpoint = Some(ep.addr);
         let release_probe = |ok: bool| {
             if let Some(b) = &policy.breaker {
                 estate.breaker.record(b, admission, ok, now_ms());
@@ -259,7 +298,16 @@ pub async fn proxy(
                 >= policy.endpoint_limits.max_requests as u64
         {
             release_probe(true);
-            return limit_reached(client, out, view, "endpoint_max_requests", close_on_error).await;
+            return limit_reached(
+                client,
+                out,
+                view,
+                cluster,
+                "endpoint_max_requests",
+                close_on_error,
+                rec,
+            )
+            .await;
         }
         let _endpoint_request = Held::take(&estate.in_flight);
         estate.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -267,6 +315,7 @@ pub async fn proxy(
             let now = now_ms();
             if !outcome.ok() {
                 estate.failures_total.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::upstream_failure(&cluster.name, &ep.addr.to_string());
             }
             if let Some(b) = &policy.breaker {
                 estate.breaker.record(b, admission, outcome.ok(), now);
@@ -298,7 +347,8 @@ pub async fn proxy(
                 Ok(u) => u,
                 Err(GetFailed::Limit(limit)) => {
                     release_probe(true);
-                    return limit_reached(client, out, view, limit, close_on_error).await;
+                    return limit_reached(client, out, view, cluster, limit, close_on_error, rec)
+                        .await;
                 }
                 Err(GetFailed::Connect(e)) => {
                     tracing::debug!(endpoint = %ep.addr, error = ?e, "connect failed");
@@ -350,6 +400,9 @@ pub async fn proxy(
             .await;
             match result {
                 Ok(done) => {
+                    rec.status = done.status;
+                    rec.upstream = Some(done.upstream);
+                    rec.bytes = done.bytes;
                     record(if done.status >= 500 {
                         Outcome::ServerError
                     } else {
@@ -411,7 +464,7 @@ pub async fn proxy(
                 }
                 Err(Failed::Client(status, code, message)) => {
                     release_probe(true);
-                    send_error(client, out, status, code, message, true, view).await;
+                    send_error(client, out, status, code, message, true, view, rec).await;
                     return Flow::Close;
                 }
                 Err(Failed::Cut) => {
@@ -441,13 +494,24 @@ pub async fn proxy(
                 tracing::debug!(cluster = %cluster.name, "retry budget exhausted");
             }
             let (status, code, message) = answer;
-            send_error(client, out, status, code, message, close_on_error, view).await;
+            send_error(
+                client,
+                out,
+                status,
+                code,
+                message,
+                close_on_error,
+                view,
+                rec,
+            )
+            .await;
             return if close_on_error {
                 Flow::Close
             } else {
                 Flow::Continue
             };
         }
+        cluster.metrics.retries.increment(1);
         retry_slot = Some(if reserved {
             Held::adopt(&cstate.retries_in_flight)
         } else {
@@ -506,7 +570,8 @@ async fn get_connection(
             }
         }
         if !full() {
-            return upstream::connect(
+            let started = Instant::now();
+            let up = upstream::connect(
                 ep.addr,
                 timeouts.connect,
                 &w.bufs,
@@ -514,7 +579,12 @@ async fn get_connection(
                 &cluster.state,
             )
             .await
-            .map_err(GetFailed::Connect);
+            .map_err(GetFailed::Connect)?;
+            cluster
+                .metrics
+                .connect
+                .record(started.elapsed().as_secs_f64());
+            return Ok(up);
         }
         let since = match &pending {
             Some((_, _, since)) => *since,
@@ -554,6 +624,7 @@ async fn exchange(
     retry_status: Option<(&RetryConfig, &dyn Fn() -> bool)>,
 ) -> Result<Done, Failed> {
     let http = &view.snap.http;
+    let sent_at = Instant::now();
 
     // The head (and a small body with it). A failed write means nothing reached the backend.
     match write_buf(&mut up.conn.stream, out, timeouts.idle).await {
@@ -681,13 +752,16 @@ async fn exchange(
         }
     };
 
+    let upstream_time = sent_at.elapsed();
     // The head goes out with as much of a small body as is already here.
     let mut rest = framing;
+    let mut bytes = 0;
     if let Framing::Length(n) = framing {
         if n as usize <= INLINE_BODY_MAX && up.conn.data().len() as u64 >= n {
             out.extend_from_slice(&up.conn.data()[..n as usize]);
             up.conn.consume(n as usize);
             rest = Framing::None;
+            bytes = n;
         }
     }
     if write_buf(&mut client.stream, out, http.client_body_timeout)
@@ -719,7 +793,7 @@ async fn exchange(
         .await;
         w.out_bufs.give(scratch);
         match r {
-            Ok(_) => {}
+            Ok(n) => bytes = n,
             Err(PumpFail::Dst(_)) => return Err(Failed::ClientGone),
             Err(e) => {
                 // Headers are gone already: closing is the only way to tell the client the
@@ -737,6 +811,8 @@ async fn exchange(
         },
         reusable,
         status,
+        upstream: upstream_time,
+        bytes,
     })
 }
 

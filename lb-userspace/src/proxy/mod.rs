@@ -38,7 +38,11 @@ pub enum Decision {
     /// Proxy it; the upstream head is in the output buffer.
     Forward(Plan),
     /// Answer it from `lb` itself; the whole response is in the output buffer.
-    Local { head_len: usize, keep_alive: bool },
+    Local {
+        head_len: usize,
+        keep_alive: bool,
+        status: u16,
+    },
 }
 
 /// Everything decided from a request head, kept after the head's bytes are released.
@@ -55,6 +59,27 @@ pub struct Plan {
     pub route: usize,
     /// Hash of the consistent-hashing key, for clusters that balance by one.
     pub key_hash: Option<u64>,
+}
+
+/// What metrics and the access log learn about one request as it goes.
+#[derive(Default)]
+pub struct Record {
+    /// The snapshot view the request was planned with (route and cluster indexes refer to it).
+    pub view: Option<std::rc::Rc<View>>,
+    /// Status sent to the client; 0 if none was.
+    pub status: u16,
+    pub route: Option<usize>,
+    pub cluster: Option<usize>,
+    pub endpoint: Option<SocketAddr>,
+    /// From having an upstream connection to the response head.
+    pub upstream: Option<std::time::Duration>,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    /// When the request head was complete.
+    pub started: Option<Instant>,
+    /// Method and target, kept only when the access log is on.
+    pub method: String,
+    pub target: String,
 }
 
 /// A request refused before it reaches a backend.
@@ -115,6 +140,24 @@ async fn next_request(
     peer: SocketAddr,
     first: bool,
 ) -> Flow {
+    let mut rec = Record::default();
+    let flow = handle_request(w, view, client, out, peer, first, &mut rec).await;
+    if rec.status != 0 {
+        w.finish(&rec, peer);
+    }
+    flow
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_request(
+    w: &Worker,
+    view: &View,
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    peer: SocketAddr,
+    first: bool,
+    rec: &mut Record,
+) -> Flow {
     let http = &view.snap.http;
     let mut deadline: Option<Instant> = None;
     let decision = loop {
@@ -122,10 +165,13 @@ async fn next_request(
             // The snapshot is taken when the head is complete, so a request that arrives after
             // a reload follows the new config even on an old keep-alive connection.
             let current = w.view();
-            match plan_request(&current, client.data(), peer, out) {
-                Ok(Some(d)) => break (d, current),
+            match plan_request(&current, client.data(), peer, out, rec, w.access_log_on()) {
+                Ok(Some(d)) => {
+                    rec.view = Some(current.clone());
+                    break (d, current);
+                }
                 Ok(None) => {}
-                Err(r) => return reject(client, out, r, view).await,
+                Err(r) => return reject(client, out, r, view, rec).await,
             }
             if client.is_full() || client.data().len() >= http.max_header_bytes {
                 let r = Reject {
@@ -135,7 +181,7 @@ async fn next_request(
                     head_len: 0,
                     close: true,
                 };
-                return reject(client, out, r, view).await;
+                return reject(client, out, r, view, rec).await;
             }
         }
         let waiting_idle = client.data().is_empty() && deadline.is_none();
@@ -164,19 +210,21 @@ async fn next_request(
                     head_len: 0,
                     close: true,
                 };
-                return reject(client, out, r, view).await;
+                return reject(client, out, r, view, rec).await;
             }
             Err(_) => return Flow::Close,
         }
     };
     let (decision, view) = decision;
     match decision {
-        Decision::Forward(plan) => exchange::proxy(w, &view, client, out, plan, peer).await,
+        Decision::Forward(plan) => exchange::proxy(w, &view, client, out, plan, rec).await,
         Decision::Local {
             head_len,
             keep_alive,
+            status,
         } => {
             client.consume(head_len);
+            rec.status = status;
             let timeout = view.snap.http.client_body_timeout;
             if write_buf(&mut client.stream, out, timeout).await.is_err() || !keep_alive {
                 return Flow::Close;
@@ -193,6 +241,8 @@ fn plan_request(
     data: &[u8],
     peer: SocketAddr,
     out: &mut Vec<u8>,
+    rec: &mut Record,
+    keep_text: bool,
 ) -> Result<Option<Decision>, Reject> {
     let snap = &view.snap;
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
@@ -202,6 +252,11 @@ fn plan_request(
     else {
         return Ok(None);
     };
+    rec.started = Some(Instant::now());
+    if keep_text {
+        rec.method = String::from_utf8_lossy(req.method_bytes).into_owned();
+        rec.target = String::from_utf8_lossy(req.path).into_owned();
+    }
     let close_after_error = req.framing != Framing::None || !req.keep_alive;
     let refuse = |status, code, message| Reject {
         status,
@@ -230,6 +285,7 @@ fn plan_request(
     let Some(route) = snap.routes.find(&rreq, &mut caps) else {
         return Err(refuse(404, "no_route", "no route matches this request"));
     };
+    rec.route = Some(route.index);
     let mut values = [&b""[..]; MAX_CAPTURES];
     let n = caps.values(path, &mut values);
     let vars = Vars {
@@ -257,6 +313,7 @@ fn plan_request(
             Ok(Some(Decision::Local {
                 head_len: req.head_len,
                 keep_alive: local_keep,
+                status,
             }))
         };
     if let Some(d) = &route.deprecation {
@@ -266,6 +323,7 @@ fn plan_request(
     }
     match &route.action {
         Action::Forward(cluster) => {
+            rec.cluster = Some(*cluster);
             let c = &snap.clusters[*cluster];
             let key_hash = c
                 .hash_key
@@ -298,9 +356,16 @@ fn plan_request(
 }
 
 /// Answers a refused request and decides whether the connection survives.
-async fn reject(client: &mut BufConn, out: &mut Vec<u8>, r: Reject, view: &View) -> Flow {
+async fn reject(
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    r: Reject,
+    view: &View,
+    rec: &mut Record,
+) -> Flow {
     let close = r.close || r.head_len == 0;
-    send_error(client, out, r.status, r.code, r.message, close, view).await;
+    rec.started.get_or_insert_with(Instant::now);
+    send_error(client, out, r.status, r.code, r.message, close, view, rec).await;
     if close {
         return Flow::Close;
     }
@@ -309,6 +374,7 @@ async fn reject(client: &mut BufConn, out: &mut Vec<u8>, r: Reject, view: &View)
 }
 
 /// Writes a short JSON error response. Returns false if the client is gone.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn send_error(
     client: &mut BufConn,
     out: &mut Vec<u8>,
@@ -317,7 +383,9 @@ pub(crate) async fn send_error(
     message: &str,
     close: bool,
     view: &View,
+    rec: &mut Record,
 ) -> bool {
+    rec.status = status;
     error_response(out, status, code, message, close);
     let ok = write_buf(&mut client.stream, out, view.snap.http.client_body_timeout)
         .await

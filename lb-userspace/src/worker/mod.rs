@@ -14,9 +14,11 @@ use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
 use monoio::net::TcpListener;
 
+use crate::accesslog;
 use crate::balancing::WorkerBalancer;
 use crate::config::IoDriver;
 use crate::net::BufPool;
+use crate::proxy::Record;
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::upstream::Pool;
 
@@ -48,6 +50,9 @@ pub struct Worker {
     draining: Cell<bool>,
     drain: Shared<oneshot::Receiver<()>>,
     active: Cell<usize>,
+    connections_gauge: metrics::Gauge,
+    access: RefCell<Vec<u8>>,
+    access_tx: Option<mpsc::SyncSender<Vec<u8>>>,
 }
 
 impl Worker {
@@ -68,6 +73,73 @@ impl Worker {
 
     pub fn draining(&self) -> bool {
         self.draining.get()
+    }
+
+    /// True if requests are access-logged.
+    pub fn access_log_on(&self) -> bool {
+        self.access_tx.is_some()
+    }
+
+    /// Records a finished request: metrics, and the access log line if it is on.
+    pub fn finish(&self, rec: &Record, peer: SocketAddr) {
+        let current;
+        let view = match &rec.view {
+            Some(v) => v,
+            None => {
+                current = self.view();
+                &current
+            }
+        };
+        let snap = &view.snap;
+        let elapsed = rec.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let metrics = rec
+            .route
+            .and_then(|r| snap.route_metrics.get(r))
+            .unwrap_or(&snap.unrouted_metrics);
+        metrics.record(rec.status, elapsed);
+        if self.access_tx.is_none() {
+            return;
+        }
+        let route = rec.route.and_then(|r| snap.routes.routes().get(r));
+        let line = accesslog::Line {
+            time: accesslog::now(),
+            client: peer,
+            method: &rec.method,
+            path: &rec.target,
+            status: rec.status,
+            route: route.map(|r| r.name.as_str()),
+            cluster: rec
+                .cluster
+                .and_then(|c| snap.clusters.get(c))
+                .map(|c| c.name.as_str()),
+            endpoint: rec.endpoint,
+            variant: None,
+            bytes: rec.bytes,
+            duration_ms: elapsed * 1000.0,
+            upstream_ms: rec.upstream.map(|d| d.as_secs_f64() * 1000.0),
+        };
+        let mut buf = self.access.borrow_mut();
+        line.write(&mut buf);
+        if buf.len() >= accesslog::FLUSH_AT {
+            drop(buf);
+            self.flush_access_log();
+        }
+    }
+
+    /// Hands buffered access log lines to the writer thread.
+    pub fn flush_access_log(&self) {
+        let Some(tx) = &self.access_tx else { return };
+        let mut buf = self.access.borrow_mut();
+        if buf.is_empty() {
+            return;
+        }
+        let full = std::mem::replace(&mut *buf, Vec::with_capacity(accesslog::FLUSH_AT + 1024));
+        if tx.try_send(full).is_err() {
+            tracing::warn!(
+                worker = self.id,
+                "access log writer is behind; lines dropped"
+            );
+        }
     }
 
     /// Resolves when the process starts draining.
@@ -94,6 +166,7 @@ pub struct WorkerSpec {
     pub io_uring_entries: u32,
     pub buf_size: usize,
     pub drain_timeout: Duration,
+    pub access_log: Option<mpsc::SyncSender<Vec<u8>>>,
 }
 
 /// Starts a worker thread. It reports on `started` once its runtime is up and it accepts.
@@ -182,6 +255,9 @@ async fn worker_main(
         draining: Cell::new(false),
         drain: drain.shared(),
         active: Cell::new(0),
+        connections_gauge: crate::metrics::downstream_connections(spec.id),
+        access: RefCell::new(Vec::new()),
+        access_tx: spec.access_log.clone(),
     });
     let mut accept_tasks = Vec::new();
     for std_listener in spec.listeners {
@@ -224,9 +300,11 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
             Some(Ok((stream, peer))) => {
                 let w = worker.clone();
                 w.active.set(w.active.get() + 1);
+                w.connections_gauge.increment(1.0);
                 monoio::spawn(async move {
                     crate::proxy::serve(stream, peer, &w).await;
                     w.active.set(w.active.get() - 1);
+                    w.connections_gauge.decrement(1.0);
                 });
             }
             Some(Err(e)) => {
@@ -245,6 +323,7 @@ async fn sweep_pool(worker: Rc<Worker>) {
         // endpoints close within a sweep.
         worker.view();
         worker.pool.sweep(&worker.bufs);
+        worker.flush_access_log();
     }
 }
 

@@ -1,0 +1,70 @@
+//! The access log: one JSON line per request. Workers format lines into a buffer of their own
+//! and hand full buffers to one writer thread, so a slow disk never stalls a request.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// A worker sends its buffer once it holds this much.
+pub const FLUSH_AT: usize = 32 * 1024;
+/// Buffers queued for the writer beyond this are dropped (and counted in the log).
+const QUEUE: usize = 256;
+
+/// One access log line.
+#[derive(Serialize)]
+pub struct Line<'a> {
+    pub time: String,
+    pub client: SocketAddr,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub route: Option<&'a str>,
+    pub cluster: Option<&'a str>,
+    pub endpoint: Option<SocketAddr>,
+    pub variant: Option<&'a str>,
+    pub bytes: u64,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+}
+
+impl Line<'_> {
+    /// Appends the line and a newline to `buf`.
+    pub fn write(&self, buf: &mut Vec<u8>) {
+        if serde_json::to_writer(&mut *buf, self).is_ok() {
+            buf.push(b'\n');
+        }
+    }
+}
+
+/// Formats the current time as RFC 3339 with milliseconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Starts the writer thread for `path` (`"stdout"` or a file, appended to).
+pub fn start(path: &str) -> std::io::Result<mpsc::SyncSender<Vec<u8>>> {
+    let mut out: Box<dyn Write + Send> = if path == "stdout" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )
+    };
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
+    std::thread::Builder::new()
+        .name("lb-access-log".into())
+        .spawn(move || {
+            for buf in rx {
+                if let Err(e) = out.write_all(&buf).and_then(|_| out.flush()) {
+                    tracing::warn!(error = %e, "access log write failed");
+                }
+            }
+        })?;
+    Ok(tx)
+}

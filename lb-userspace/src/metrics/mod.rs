@@ -1,0 +1,148 @@
+//! Metrics: handles resolved once per snapshot (the request path only increments atomics),
+//! gauges sampled from shared state when `/metrics` is scraped, and the Prometheus exporter.
+
+pub mod names;
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::snapshot::Snapshot;
+use names::*;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder for this process (once); later calls return the same.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    if HANDLE.get().is_none() {
+        let built = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+            .and_then(|b| b.install_recorder());
+        match built {
+            Ok(h) => {
+                let _ = HANDLE.set(h);
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics recorder not installed"),
+        }
+    }
+    HANDLE.get()
+}
+
+/// Renders the Prometheus text, after sampling gauges from `snap`'s shared state.
+pub fn render(snap: &Snapshot) -> String {
+    let Some(handle) = HANDLE.get() else {
+        return String::new();
+    };
+    sample(snap);
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Status class label by status / 100.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Handles for one route (and the cluster it forwards to).
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    pub requests: [Counter; 5],
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str, cluster: &str) -> RouteMetrics {
+        let c = |class: &'static str| counter!(REQUESTS_TOTAL, "route" => route.to_string(), "cluster" => cluster.to_string(), "status_class" => class);
+        RouteMetrics {
+            requests: CLASSES.map(c),
+            duration: histogram!(REQUEST_DURATION_SECONDS, "route" => route.to_string(), "cluster" => cluster.to_string()),
+        }
+    }
+
+    pub fn record(&self, status: u16, seconds: f64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].increment(1);
+        self.duration.record(seconds);
+    }
+}
+
+/// The limits a request can be refused by, as metric labels.
+pub const LIMITS: [&str; 6] = [
+    "cluster_max_requests",
+    "endpoint_max_requests",
+    "max_pending",
+    "pending_timeout",
+    "breaker_open",
+    "max_retries",
+];
+
+/// Handles for one cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    pub connect: Histogram,
+    pub retries: Counter,
+    pub limits: [Counter; 6],
+}
+
+impl ClusterMetrics {
+    pub fn new(cluster: &str) -> ClusterMetrics {
+        ClusterMetrics {
+            connect: histogram!(UPSTREAM_CONNECT_SECONDS, "cluster" => cluster.to_string()),
+            retries: counter!(RETRIES_TOTAL, "cluster" => cluster.to_string()),
+            limits: LIMITS.map(|l| counter!(LIMIT_REJECTIONS_TOTAL, "cluster" => cluster.to_string(), "limit" => l)),
+        }
+    }
+
+    pub fn limit(&self, name: &str) {
+        if let Some(i) = LIMITS.iter().position(|l| *l == name) {
+            self.limits[i].increment(1);
+        }
+    }
+}
+
+/// Counts an upstream failure of one endpoint (off the fast path: failures only).
+pub fn upstream_failure(cluster: &str, endpoint: &str) {
+    counter!(UPSTREAM_FAILURES_TOTAL, "cluster" => cluster.to_string(), "endpoint" => endpoint.to_string()).increment(1);
+}
+
+/// Records a reload attempt.
+pub fn reload(ok: bool) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Marks `version` active and `previous` (if any) inactive.
+pub fn config_active(version: &str, previous: Option<&str>, loaded_unix: f64) {
+    if let Some(p) = previous.filter(|p| *p != version) {
+        gauge!(CONFIG_INFO, "version" => p.to_string()).set(0.0);
+    }
+    gauge!(CONFIG_INFO, "version" => version.to_string()).set(1.0);
+    gauge!(CONFIG_LOADED_SECONDS).set(loaded_unix);
+}
+
+/// The gauge of open client connections for one worker.
+pub fn downstream_connections(worker: usize) -> metrics::Gauge {
+    gauge!(DOWNSTREAM_CONNECTIONS, "worker" => worker.to_string())
+}
+
+fn sample(snap: &Snapshot) {
+    let now = crate::clock::now_ms();
+    for c in &snap.clusters {
+        gauge!(CLUSTER_CONNECTIONS, "cluster" => c.name.clone())
+            .set(c.state.connections.load(Ordering::Relaxed) as f64);
+        for e in &c.endpoints {
+            let labels = [
+                ("cluster", c.name.clone()),
+                ("endpoint", e.addr.to_string()),
+            ];
+            let s = &e.state;
+            gauge!(ENDPOINT_IN_FLIGHT, &labels).set(s.in_flight.load(Ordering::Relaxed) as f64);
+            gauge!(ENDPOINT_HEALTHY, &labels).set(if s.healthy.load(Ordering::Relaxed) {
+                1.0
+            } else {
+                0.0
+            });
+            gauge!(ENDPOINT_EJECTED, &labels).set(if s.is_ejected(now) { 1.0 } else { 0.0 });
+            gauge!(ENDPOINT_BREAKER_STATE, &labels).set(s.breaker.state() as u8 as f64);
+        }
+    }
+}

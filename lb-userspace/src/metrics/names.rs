@@ -1,0 +1,38 @@
+//! Every metric name `lb` exports, in one place (Prometheus conventions: base units,
+//! `_total` for counters, `_seconds` for durations).
+
+/// Requests answered, by `route`, `cluster` and `status_class` (`2xx`…).
+pub const REQUESTS_TOTAL: &str = "lb_requests_total";
+/// Time from a complete request head to the end of the response, by `route` and `cluster`.
+pub const REQUEST_DURATION_SECONDS: &str = "lb_request_duration_seconds";
+/// Time to open an upstream connection, by `cluster`.
+pub const UPSTREAM_CONNECT_SECONDS: &str = "lb_upstream_connect_duration_seconds";
+/// Connect failures, resets and bad responses from endpoints, by `cluster` and `endpoint`.
+pub const UPSTREAM_FAILURES_TOTAL: &str = "lb_upstream_failures_total";
+/// Client connections open now, by `worker`.
+pub const DOWNSTREAM_CONNECTIONS: &str = "lb_downstream_connections";
+/// Requests in flight to an endpoint (all workers), by `cluster` and `endpoint`.
+pub const ENDPOINT_IN_FLIGHT: &str = "lb_endpoint_in_flight";
+/// 1 if an endpoint is healthy by active checks, by `cluster` and `endpoint`.
+pub const ENDPOINT_HEALTHY: &str = "lb_endpoint_healthy";
+/// 1 while outlier detection has an endpoint ejected.
+pub const ENDPOINT_EJECTED: &str = "lb_endpoint_ejected";
+/// Breaker state of an endpoint: 0 closed, 1 open, 2 half-open.
+pub const ENDPOINT_BREAKER_STATE: &str = "lb_endpoint_breaker_state";
+/// Upstream connections open now, by `cluster`.
+pub const CLUSTER_CONNECTIONS: &str = "lb_cluster_connections";
+/// Requests refused by a limit, by `cluster` and `limit`.
+pub const LIMIT_REJECTIONS_TOTAL: &str = "lb_limit_rejections_total";
+/// Retries sent, by `cluster`.
+pub const RETRIES_TOTAL: &str = "lb_retries_total";
+/// Config reloads, by `result` (`ok`, `error`).
+pub const CONFIG_RELOADS_TOTAL: &str = "lb_config_reloads_total";
+/// 1 for the active config `version` (content hash), 0 for earlier ones.
+pub const CONFIG_INFO: &str = "lb_config_info";
+/// Unix time the active config was loaded.
+pub const CONFIG_LOADED_SECONDS: &str = "lb_config_loaded_timestamp_seconds";
+
+/// Buckets of every `_seconds` histogram: 0.5 ms to 10 s.
+pub const SECONDS_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];

@@ -1,0 +1,304 @@
+//! The operator's view: metrics after known traffic, histogram buckets, the admin API, the
+//! access log, and the dashboard and alert rules against a real scrape.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use common::*;
+
+fn setup(extra: &str) -> (Lb, Backend) {
+    let orders = Backend::start(Arc::new(|req, res| {
+        if req.path.ends_with("/fail") {
+            res.send(500, &[], b"boom");
+        } else {
+            res.send(200, &[], b"ok");
+        }
+    }))
+    .unwrap();
+    let dead = dead_addr();
+    let cfg = config(&format!(
+        r#"
+[[clusters]]
+name = "orders"
+endpoints = [{{ addr = "{}" }}, {{ addr = "{dead}" }}]
+balancer = "round_robin"
+breaker = {{ consecutive_failures = 100 }}
+health_check = {{ path = "/", interval = "1s" }}
+
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+cluster = "orders"
+{extra}
+"#,
+        orders.addr
+    ));
+    (Lb::start(&cfg), orders)
+}
+
+#[test]
+fn counters_move_by_exactly_the_traffic_sent() {
+    let (lb, _orders) = setup("");
+    let before = lb.scrape();
+    for _ in 0..7 {
+        assert_eq!(get(lb.addr, "/orders/1").status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(lb.addr, "/orders/fail").status, 500);
+    }
+    for _ in 0..2 {
+        assert_eq!(get(lb.addr, "/nowhere").status, 404);
+    }
+    let after = lb.scrape();
+    let delta = |labels: &[(&str, &str)]| {
+        metric(&after, "lb_requests_total", labels) - metric(&before, "lb_requests_total", labels)
+    };
+    assert_eq!(
+        delta(&[
+            ("route", "orders"),
+            ("cluster", "orders"),
+            ("status_class", "2xx")
+        ]),
+        7.0
+    );
+    assert_eq!(
+        delta(&[
+            ("route", "orders"),
+            ("cluster", "orders"),
+            ("status_class", "5xx")
+        ]),
+        3.0
+    );
+    assert_eq!(delta(&[("route", "none"), ("status_class", "4xx")]), 2.0);
+    let count = |s: &[Sample]| {
+        metric(
+            s,
+            "lb_request_duration_seconds_count",
+            &[("route", "orders")],
+        )
+    };
+    assert_eq!(count(&after) - count(&before), 10.0);
+    // Half the first tries hit the dead endpoint and were retried on the live one.
+    let retries = metric(&after, "lb_retries_total", &[("cluster", "orders")])
+        - metric(&before, "lb_retries_total", &[("cluster", "orders")]);
+    assert!(retries >= 3.0, "retries {retries}");
+    assert!(
+        metric(
+            &after,
+            "lb_upstream_failures_total",
+            &[("cluster", "orders")]
+        ) >= retries
+    );
+    assert_eq!(
+        metric(&after, "lb_endpoint_in_flight", &[("cluster", "orders")]),
+        0.0
+    );
+}
+
+#[test]
+fn histograms_have_the_expected_buckets() {
+    let (lb, _orders) = setup("");
+    get(lb.addr, "/orders/1");
+    let samples = lb.scrape();
+    let les: BTreeSet<String> = samples
+        .iter()
+        .filter(|s| {
+            s.name == "lb_request_duration_seconds_bucket"
+                && s.labels.get("route").map(String::as_str) == Some("orders")
+        })
+        .filter_map(|s| s.labels.get("le").cloned())
+        .collect();
+    let mut want: BTreeSet<String> = lb::metrics::names::SECONDS_BUCKETS
+        .iter()
+        .map(|b| format!("{b}"))
+        .collect();
+    want.insert("+Inf".into());
+    assert_eq!(les, want);
+    assert!(samples
+        .iter()
+        .any(|s| s.name == "lb_upstream_connect_duration_seconds_bucket"));
+}
+
+#[test]
+fn admin_endpoints_answer_and_refuse_bad_input_as_json() {
+    let (lb, _orders) = setup("");
+    let (status, clusters) = lb.admin("GET", "/clusters");
+    assert_eq!(status, 200);
+    assert_eq!(clusters["clusters"][0]["name"], "orders");
+    assert_eq!(
+        clusters["clusters"][0]["endpoints"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let (status, routes) = lb.admin("GET", "/routes");
+    assert_eq!(status, 200);
+    assert_eq!(routes["routes"][0]["action"]["cluster"], "orders");
+    assert_eq!(lb.admin("GET", "/config").0, 200);
+    let (status, body) = lb.admin("DELETE", "/clusters");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let mut c = Client::connect(lb.admin.unwrap());
+    c.send(b"NOT HTTP\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "bad_request");
+}
+
+#[test]
+fn admin_token_is_required_when_set() {
+    let backend = Backend::start(echo("b")).unwrap();
+    let cfg = config(&format!(
+        "[[clusters]]\nname = \"c\"\nendpoints = [{{ addr = \"{}\" }}]\n[[routes]]\ncluster = \"c\"\n",
+        backend.addr
+    ))
+    .replace("[admin]\naddr = \"127.0.0.1:0\"", "[admin]\naddr = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-secret\"");
+    let lb = Lb::start(&cfg);
+    let (status, body) = lb.admin("GET", "/clusters");
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "unauthorized");
+    let mut c = Client::connect(lb.admin.unwrap());
+    c.send(b"GET /clusters HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef-secret\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    let mut c = Client::connect(lb.admin.unwrap());
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef-wrong!\r\n\r\n");
+    assert_eq!(c.response().status, 401);
+}
+
+#[test]
+fn access_log_has_one_json_line_per_request() {
+    let backend = Backend::start(echo("b")).unwrap();
+    let dir = scratch_dir("access");
+    let log = dir.join("access.log");
+    let cfg = config(&format!(
+        "[access_log]\npath = \"{}\"\n\n[[clusters]]\nname = \"c\"\nendpoints = [{{ addr = \"{}\" }}]\n[[routes]]\nname = \"r\"\npath_prefix = \"/in\"\ncluster = \"c\"\n",
+        log.display(),
+        backend.addr
+    ));
+    let lb = Lb::start(&cfg);
+    for i in 0..5 {
+        assert_eq!(get(lb.addr, &format!("/in/{i}?q=\"x\"")).status, 200);
+    }
+    assert_eq!(get(lb.addr, "/out").status, 404);
+    wait_until("six access log lines", || {
+        std::fs::read_to_string(&log)
+            .map(|t| t.lines().count() >= 6)
+            .unwrap_or(false)
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 6);
+    let first = lines
+        .iter()
+        .find(|l| l["path"] == "/in/0?q=\"x\"")
+        .expect("line for /in/0");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "r");
+    assert_eq!(first["cluster"], "c");
+    assert_eq!(first["endpoint"], backend.addr.to_string());
+    assert!(first["bytes"].as_u64().unwrap() > 0);
+    assert!(first["duration_ms"].as_f64().unwrap() >= first["upstream_ms"].as_f64().unwrap());
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    assert!(first["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let miss = lines.iter().find(|l| l["path"] == "/out").unwrap();
+    assert_eq!(
+        (miss["status"].as_u64(), miss["route"].is_null()),
+        (Some(404), true)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Metric families named in a dashboard or rules file.
+fn families(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("lb_") {
+        let start = i + pos;
+        let end = start
+            + text[start..]
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
+                .unwrap_or(text.len() - start);
+        let before_ok =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        if before_ok {
+            let name = &text[start..end];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+            out.insert(family.to_string());
+        }
+        i = end;
+    }
+    out
+}
+
+#[test]
+fn dashboard_and_alerts_use_only_metrics_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard = std::fs::read_to_string(root.join("conf/grafana/lb.json")).unwrap();
+    let rules = std::fs::read_to_string(root.join("conf/prometheus/alerts.yml")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    assert!(v["panels"].as_array().is_some_and(|p| p.len() >= 6));
+
+    let (lb, _orders) = setup("");
+    for p in ["/orders/1", "/orders/fail", "/nowhere"] {
+        get(lb.addr, p);
+    }
+    assert_eq!(lb.admin("POST", "/reload").0, 200);
+    let scraped: BTreeSet<String> = lb
+        .scrape()
+        .iter()
+        .map(|s| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(s.name.as_str(), |n, x| n.strip_suffix(x).unwrap_or(n))
+                .to_string()
+        })
+        .collect();
+    let used: BTreeSet<String> = families(&dashboard)
+        .union(&families(&rules))
+        .cloned()
+        .collect();
+    println!("metric families used by the dashboard and alert rules: {used:?}");
+    assert!(used.len() >= 10, "{used:?}");
+    assert!(
+        used.contains("lb_requests_total") && used.contains("lb_request_duration_seconds"),
+        "{used:?}"
+    );
+    let missing: Vec<&String> = used.difference(&scraped).collect();
+    assert!(missing.is_empty(), "used but never exported: {missing:?}");
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rules = root.join("conf/prometheus/alerts.yml");
+    let out = match std::process::Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) if std::env::var_os("LB_REQUIRE_TOOLS").is_none() => {
+            eprintln!("SKIPPED: promtool not found ({e}); `cargo xtask test` installs it");
+            return;
+        }
+        Err(e) => panic!("promtool is required here: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
