@@ -143,10 +143,8 @@ fn send(lb: &Lb, method: &str, host: &str, target: &str, headers: &[(&str, &str)
     c.try_response(method == "HEAD").expect("response")
 }
 
-#[test]
-fn table_of_requests() {
-    let s = setup();
-    let cases = [
+fn table() -> Vec<Case> {
+    vec![
         Case {
             method: "GET",
             host: "api.example.com",
@@ -275,7 +273,13 @@ fn table_of_requests() {
             backend: "default",
             path: "/reports/2026/1",
         },
-    ];
+    ]
+}
+
+#[test]
+fn table_of_requests() {
+    let s = setup();
+    let cases = table();
     for c in &cases {
         let r = send(&s.lb, c.method, c.host, c.target, c.headers);
         assert_eq!(r.status, 200, "{} {}", c.method, c.target);
@@ -292,6 +296,90 @@ fn table_of_requests() {
         );
         assert_eq!(v["method"], c.method);
     }
+}
+
+/// `lb explain` runs the workers' planning code: it must agree with what the proxy did.
+#[test]
+fn explain_agrees_with_the_proxy() {
+    let s = setup();
+    let text = std::fs::read_to_string(&s.lb.config_path).unwrap();
+    let config = lb::config::Config::parse(&text, std::path::Path::new("t")).unwrap();
+    let snap = std::sync::Arc::new(
+        lb::snapshot::Snapshot::build(config, &text, &lb::snapshot::StateRegistry::default())
+            .unwrap(),
+    );
+    for c in table() {
+        let proxied = send(&s.lb, c.method, c.host, c.target, c.headers).json();
+        let req = lb::proxy::explain::ExplainRequest {
+            method: c.method.to_string(),
+            url: format!("http://{}{}", c.host, c.target),
+            headers: c
+                .headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {v}"))
+                .chain((c.method == "POST").then(|| "Content-Length: 0".to_string()))
+                .collect(),
+            client: "127.0.0.1:5555".parse().unwrap(),
+        };
+        let x = lb::proxy::explain::explain(snap.clone(), &req).unwrap();
+        assert_eq!(
+            x.cluster.as_deref(),
+            proxied["backend"].as_str(),
+            "{} {}",
+            c.method,
+            c.target
+        );
+        let line = x.output.lines().next().unwrap_or("");
+        assert_eq!(
+            line,
+            format!(
+                "{} {} HTTP/1.1",
+                c.method,
+                proxied["path"].as_str().unwrap()
+            ),
+            "{} {}",
+            c.method,
+            c.target
+        );
+    }
+    // Local answers too, and the command line prints the verdicts.
+    for (target, status) in [("/teapot", 418), ("/api/beta/products/1", 410)] {
+        let req = lb::proxy::explain::ExplainRequest {
+            method: "GET".into(),
+            url: format!("http://a{target}"),
+            headers: vec![],
+            client: "127.0.0.1:5555".parse().unwrap(),
+        };
+        assert_eq!(
+            lb::proxy::explain::explain(snap.clone(), &req)
+                .unwrap()
+                .status,
+            Some(status)
+        );
+        assert_eq!(send(&s.lb, "GET", "a", target, &[]).status, status);
+    }
+    let out = std::process::Command::new(lb_bin())
+        .args(["explain", "--config"])
+        .arg(&s.lb.config_path)
+        .args([
+            "GET",
+            "http://api.example.com/api/orders/7",
+            "-H",
+            "X-API-Version: 2",
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        printed.contains("orders-v2-header") && printed.contains("MATCHED"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("no: header x-api-version is not")
+            || printed.contains("matches, but a more specific route wins"),
+        "{printed}"
+    );
 }
 
 #[test]

@@ -32,6 +32,23 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Show what lb would do with one request: which route matches and why the others do
+    /// not, the rewritten request, and the cluster. Runs the same code as the workers.
+    Explain {
+        /// The TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The method, e.g. GET.
+        method: String,
+        /// The URL, e.g. http://api.example.com/api/orders/7
+        url: String,
+        /// A request header, `Name: value`; repeat for more.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The client address the request comes from.
+        #[arg(long, default_value = "127.0.0.1:40000")]
+        client: std::net::SocketAddr,
+    },
     /// Run the embedded demo config with built-in echo backends.
     Demo {
         /// Do not start the built-in backends (bring your own on the demo's addresses).
@@ -53,6 +70,21 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
+        Command::Explain {
+            config,
+            method,
+            url,
+            headers,
+            client,
+        } => {
+            let req = lb::proxy::explain::ExplainRequest {
+                method,
+                url,
+                headers,
+                client,
+            };
+            return explain(&config, &req);
+        }
         Command::Run { config, ready_file } => {
             server::run(ConfigSource::File(config), RunOptions { ready_file })
         }
@@ -88,6 +120,32 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{} error(s)", errors.errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn explain(path: &std::path::Path, req: &lb::proxy::explain::ExplainRequest) -> ExitCode {
+    let loaded = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|(config, text)| {
+            lb::snapshot::Snapshot::build(config, &text, &lb::snapshot::StateRegistry::default())
+                .map_err(|errors| format!("{errors:?}"))
+        });
+    let snap = match loaded {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match lb::proxy::explain::explain(snap, req) {
+        Ok(x) => {
+            print!("{}", x.text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lb explain: {e}");
             ExitCode::FAILURE
         }
     }

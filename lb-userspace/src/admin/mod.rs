@@ -296,8 +296,8 @@ fn routes(control: &Control) -> Value {
             json!({
                 "name": r.name,
                 "index": r.index,
-                "host": format!("{:?}", r.host),
-                "path": format!("{:?}", r.path),
+                "host": r.host.to_string(),
+                "path": r.path.to_string(),
                 "methods": r.methods,
                 "conditions": r.headers.len() + r.query.len(),
                 "action": action,

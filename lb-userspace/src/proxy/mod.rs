@@ -3,6 +3,7 @@
 
 mod body;
 mod exchange;
+pub mod explain;
 pub mod head;
 
 use std::net::SocketAddr;

@@ -94,6 +94,43 @@ impl Route {
             && self.conditions_match(req)
     }
 
+    /// Why this route does not match `req`, or `None` if it does.
+    pub fn mismatch(&self, req: &RouteRequest<'_>) -> Option<String> {
+        let mut caps = Captures::default();
+        if !self.host.matches(req.host) {
+            return Some(format!(
+                "host {} is not {}",
+                req.host.map_or("(none)".into(), String::from_utf8_lossy),
+                self.host
+            ));
+        }
+        if !self.path.matches(req.path, &mut caps) {
+            return Some(format!(
+                "{} does not fit {}",
+                String::from_utf8_lossy(req.path),
+                self.path
+            ));
+        }
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.as_bytes() == req.method) {
+            return Some(format!(
+                "method {} is not one of {:?}",
+                String::from_utf8_lossy(req.method),
+                self.methods
+            ));
+        }
+        if let Some(h) = self.headers.iter().find(|h| !h.matches(req.headers)) {
+            return Some(format!("header {} is not {}", h.name, h.test));
+        }
+        if let Some(q) = self.query.iter().find(|q| !q.matches(req.query)) {
+            return Some(format!(
+                "query parameter {} is not {}",
+                String::from_utf8_lossy(&q.name),
+                q.test
+            ));
+        }
+        None
+    }
+
     /// True if every request this route accepts on conditions, `earlier` accepts too.
     fn conditions_covered_by(&self, earlier: &Route) -> bool {
         let methods = earlier.methods.is_empty()

@@ -148,7 +148,7 @@ impl Worker {
     }
 }
 
-fn make_view(snap: Arc<Snapshot>, worker_id: usize) -> View {
+pub fn make_view(snap: Arc<Snapshot>, worker_id: usize) -> View {
     let balancers = snap
         .clusters
         .iter()

@@ -1,0 +1,156 @@
+//! `lb explain`: what `lb` would do with one request, through the same planning code the
+//! workers run.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::{plan_request, Decision, Record};
+use crate::http::request;
+use crate::routing::RouteRequest;
+use crate::snapshot::Snapshot;
+use crate::worker::make_view;
+
+/// The request to explain.
+pub struct ExplainRequest {
+    pub method: String,
+    /// `http://host[:port]/path?query` or `/path?query`.
+    pub url: String,
+    /// `Name: value` lines.
+    pub headers: Vec<String>,
+    pub client: SocketAddr,
+}
+
+/// What `lb` decided, as text for people and as fields for tests.
+pub struct Explanation {
+    pub text: String,
+    pub route: Option<String>,
+    pub cluster: Option<String>,
+    /// The request line and headers that would go upstream, or the local response.
+    pub output: String,
+    pub status: Option<u16>,
+}
+
+/// Builds the raw request head for `req`.
+pub fn raw_head(req: &ExplainRequest) -> Result<Vec<u8>, String> {
+    let (host, target) = match req
+        .url
+        .strip_prefix("http://")
+        .or_else(|| req.url.strip_prefix("https://"))
+    {
+        Some(rest) => match rest.find(['/', '?']) {
+            Some(i) => (Some(&rest[..i]), rest[i..].to_string()),
+            None => (Some(rest), "/".to_string()),
+        },
+        None => (None, req.url.clone()),
+    };
+    let target = if target.starts_with('?') {
+        format!("/{target}")
+    } else {
+        target
+    };
+    let mut head = format!("{} {target} HTTP/1.1\r\n", req.method);
+    let has_host = req
+        .headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"));
+    match (host, has_host) {
+        (Some(h), false) => head.push_str(&format!("Host: {h}\r\n")),
+        (None, false) => return Err("give a full URL (http://host/path) or a Host header".into()),
+        _ => {}
+    }
+    for h in &req.headers {
+        if !h.contains(':') {
+            return Err(format!("header {h:?} is not `Name: value`"));
+        }
+        head.push_str(h.trim());
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    Ok(head.into_bytes())
+}
+
+/// Explains `req` against `snap`.
+pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation, String> {
+    let raw = raw_head(req)?;
+    let view = Rc::new(make_view(snap.clone(), 0));
+    let mut text = String::new();
+    let mut out = Vec::new();
+    let mut rec = Record::default();
+    let decision = plan_request(&view, &raw, req.client, &mut out, &mut rec, true);
+
+    // Why each route did or did not match.
+    let mut storage = [httparse::EMPTY_HEADER; 64];
+    if let Ok(Some(parsed)) = request::parse(&raw, &mut storage) {
+        let (path, query) = RouteRequest::split_target(parsed.path);
+        let rreq = RouteRequest {
+            host: parsed.host(),
+            path,
+            query,
+            method: parsed.method_bytes,
+            headers: parsed.headers,
+        };
+        let _ = writeln!(text, "routes (in declaration order):");
+        for r in snap.routes.routes() {
+            let chosen = rec.route == Some(r.index);
+            let verdict = match (chosen, r.mismatch(&rreq)) {
+                (true, _) => "MATCHED (most specific)".to_string(),
+                (false, None) => "matches, but a more specific route wins".to_string(),
+                (false, Some(why)) => format!("no: {why}"),
+            };
+            let _ = writeln!(text, "  [{}] {:<24} {verdict}", r.index, r.name);
+        }
+    }
+
+    let route = rec
+        .route
+        .and_then(|i| snap.routes.routes().get(i))
+        .map(|r| r.name.clone());
+    let cluster = rec
+        .cluster
+        .and_then(|i| snap.clusters.get(i))
+        .map(|c| c.name.clone());
+    let output = String::from_utf8_lossy(&out).into_owned();
+    let status = match &decision {
+        Ok(Some(Decision::Forward(plan))) => {
+            let c = &snap.clusters[plan.cluster];
+            let _ = writeln!(
+                text,
+                "\ncluster: {} ({:?}, {} endpoints)",
+                c.name,
+                c.balancer,
+                c.endpoints.len()
+            );
+            if let Some(h) = plan.key_hash {
+                let _ = writeln!(text, "hash key present: {h:016x}");
+            }
+            let _ = writeln!(text, "\nsent upstream:\n{}", indent(&output));
+            None
+        }
+        Ok(Some(Decision::Local { status, .. })) => {
+            let _ = writeln!(
+                text,
+                "\nanswered by lb itself ({status}):\n{}",
+                indent(&output)
+            );
+            Some(*status)
+        }
+        Ok(None) => return Err("the request head is incomplete".into()),
+        Err(r) => {
+            let _ = writeln!(text, "\nrefused: {} {} ({})", r.status, r.code, r.message);
+            Some(r.status)
+        }
+    };
+    Ok(Explanation {
+        text,
+        route,
+        cluster,
+        output,
+        status,
+    })
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
