@@ -305,6 +305,52 @@ impl QueryCond {
     }
 }
 
+impl std::fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostMatch::Any => write!(f, "any host"),
+            HostMatch::Exact(h) => write!(f, "host {}", String::from_utf8_lossy(h)),
+            HostMatch::Suffix(s) => write!(f, "host *{}", String::from_utf8_lossy(s)),
+        }
+    }
+}
+
+impl std::fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathMatch::Any => write!(f, "any path"),
+            PathMatch::Exact(p) => write!(f, "path = {}", String::from_utf8_lossy(p)),
+            PathMatch::Prefix(p) => write!(f, "path prefix {}", String::from_utf8_lossy(p)),
+            PathMatch::Pattern(p) => {
+                let mut names = p.names.iter();
+                write!(f, "path pattern ")?;
+                for seg in &p.segs {
+                    match seg {
+                        PatSeg::Lit(l) => write!(f, "/{}", String::from_utf8_lossy(l))?,
+                        PatSeg::Param => {
+                            write!(f, "/:{}", names.next().map_or("", String::as_str))?
+                        }
+                        PatSeg::Rest => write!(f, "/*{}", names.next().map_or("", String::as_str))?,
+                    }
+                }
+                Ok(())
+            }
+            PathMatch::Regex(re, _) => write!(f, "path regex {}", re.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for ValueTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueTest::Equals(v) => write!(f, "= {:?}", String::from_utf8_lossy(v)),
+            ValueTest::Present => write!(f, "present"),
+            ValueTest::Absent => write!(f, "absent"),
+            ValueTest::Regex(re) => write!(f, "~ /{}/", re.as_str()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,51 +457,5 @@ mod tests {
         assert!(q.matches(Some(b"a=1&version=2")));
         assert!(!q.matches(Some(b"version=3")));
         assert!(!q.matches(None));
-    }
-}
-
-impl std::fmt::Display for HostMatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HostMatch::Any => write!(f, "any host"),
-            HostMatch::Exact(h) => write!(f, "host {}", String::from_utf8_lossy(h)),
-            HostMatch::Suffix(s) => write!(f, "host *{}", String::from_utf8_lossy(s)),
-        }
-    }
-}
-
-impl std::fmt::Display for PathMatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PathMatch::Any => write!(f, "any path"),
-            PathMatch::Exact(p) => write!(f, "path = {}", String::from_utf8_lossy(p)),
-            PathMatch::Prefix(p) => write!(f, "path prefix {}", String::from_utf8_lossy(p)),
-            PathMatch::Pattern(p) => {
-                let mut names = p.names.iter();
-                write!(f, "path pattern ")?;
-                for seg in &p.segs {
-                    match seg {
-                        PatSeg::Lit(l) => write!(f, "/{}", String::from_utf8_lossy(l))?,
-                        PatSeg::Param => {
-                            write!(f, "/:{}", names.next().map_or("", String::as_str))?
-                        }
-                        PatSeg::Rest => write!(f, "/*{}", names.next().map_or("", String::as_str))?,
-                    }
-                }
-                Ok(())
-            }
-            PathMatch::Regex(re, _) => write!(f, "path regex {}", re.as_str()),
-        }
-    }
-}
-
-impl std::fmt::Display for ValueTest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ValueTest::Equals(v) => write!(f, "= {:?}", String::from_utf8_lossy(v)),
-            ValueTest::Present => write!(f, "present"),
-            ValueTest::Absent => write!(f, "absent"),
-            ValueTest::Regex(re) => write!(f, "~ /{}/", re.as_str()),
-        }
     }
 }
