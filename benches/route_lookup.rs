@@ -92,6 +92,7 @@ fn bench(c: &mut Criterion) {
                     query,
                     method: b"GET",
                     headers: &headers,
+                    consumer: None,
                 };
                 let mut caps = Captures::default();
                 black_box(table.find(&req, &mut caps).map(|r| r.index))

@@ -170,6 +170,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
     });
     spawn_resolver(control.clone())?;
+    spawn_release_control(control.clone())?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = match config.server.workers {
@@ -261,6 +262,25 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         let _ = h.join();
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Canary analysis, rollback and promotion for every split, off the request path.
+fn spawn_release_control(control: Arc<Control>) -> std::io::Result<()> {
+    const TICK: Duration = Duration::from_millis(100);
+    std::thread::Builder::new()
+        .name("lb-release".into())
+        .spawn(move || loop {
+            std::thread::sleep(TICK);
+            if control.draining.load(Ordering::SeqCst) {
+                return;
+            }
+            let snap = control.cell.load();
+            let now = crate::clock::now_ms();
+            for s in &snap.splits {
+                crate::release::analysis::evaluate(&s.config, &s.state, now);
+            }
+        })?;
     Ok(())
 }
 

@@ -17,7 +17,9 @@ use crate::balancing::maglev::MaglevTable;
 use crate::config::{
     BalancerKind, ClusterConfig, Config, ConfigError, HashKey, HttpConfig, Target,
 };
-use crate::metrics::{ClusterMetrics, RouteMetrics};
+use crate::metrics::{ClusterMetrics, RouteMetrics, SplitMetrics};
+use crate::release::state::SplitState;
+use crate::release::SplitConfig;
 use crate::routing::RouteTable;
 pub use crate::upstream::state::{ClusterState, EndpointState};
 
@@ -66,6 +68,29 @@ pub struct Snapshot {
     pub route_metrics: Vec<RouteMetrics>,
     /// Metric handles for requests no route took (malformed, 404).
     pub unrouted_metrics: RouteMetrics,
+    /// Every route's split, with its live state.
+    pub splits: Vec<SplitRuntime>,
+    /// Index into `splits` by route index.
+    pub route_split: Vec<Option<usize>>,
+    pub consumers: crate::identity::Consumers,
+    /// Some route needs to know who the consumer is: keys are looked up only then.
+    pub needs_identity: bool,
+}
+
+/// A split as a snapshot carries it: config, shared live state, metric handles.
+pub struct SplitRuntime {
+    pub config: Arc<SplitConfig>,
+    pub state: Arc<SplitState>,
+    pub route: usize,
+    pub metrics: SplitMetrics,
+}
+
+impl std::fmt::Debug for SplitRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitRuntime")
+            .field("name", &self.config.name)
+            .finish()
+    }
 }
 
 /// Hands out shared state by identity (endpoints by address, clusters by name), so that
@@ -75,9 +100,34 @@ pub struct Snapshot {
 pub struct StateRegistry {
     endpoints: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
     clusters: Mutex<HashMap<String, Weak<ClusterState>>>,
+    splits: Mutex<HashMap<String, Weak<SplitState>>>,
 }
 
 impl StateRegistry {
+    /// The live state of split `cfg`: kept while its configuration is unchanged, so runtime
+    /// weight changes and rollbacks survive reloads that do not touch the split; new when the
+    /// file changes the split (the file then wins).
+    pub fn split(&self, cfg: &SplitConfig) -> Arc<SplitState> {
+        let mut states = self.splits.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|_, w| w.strong_count() > 0);
+        if let Some(s) = states.get(&cfg.name).and_then(Weak::upgrade) {
+            if s.fingerprint.load(std::sync::atomic::Ordering::Relaxed) == cfg.fingerprint {
+                return s;
+            }
+        }
+        let s = Arc::new(SplitState::new(
+            cfg.targets.iter().map(|t| t.weight_ppm).collect(),
+            cfg.fingerprint,
+        ));
+        if let Some(p) = &cfg.promotion {
+            if let (Some(a), Some(&first)) = (&cfg.analysis, p.steps.first()) {
+                crate::release::analysis::set_canary(&s, a.canary, a.baseline, first);
+            }
+        }
+        states.insert(cfg.name.clone(), Arc::downgrade(&s));
+        s
+    }
+
     pub fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointState> {
         let mut states = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         states.retain(|_, w| w.strong_count() > 0);
@@ -197,7 +247,26 @@ impl Snapshot {
                 RouteMetrics::new(&r.name, cluster)
             })
             .collect();
+        let mut splits = Vec::new();
+        let mut route_split = vec![None; config.routes.len()];
+        for r in &config.routes {
+            if let Some(sc) = &r.split {
+                route_split[r.index] = Some(splits.len());
+                let names: Vec<String> = sc.targets.iter().map(|t| t.name.clone()).collect();
+                splits.push(SplitRuntime {
+                    config: sc.clone(),
+                    state: registry.split(sc),
+                    route: r.index,
+                    metrics: SplitMetrics::new(&sc.name, &names),
+                });
+            }
+        }
         Ok(Snapshot {
+            splits,
+            route_split,
+            needs_identity: !config.consumers.list.is_empty()
+                || config.routes.iter().any(|r| r.auth_required),
+            consumers: config.consumers.clone(),
             route_metrics,
             unrouted_metrics: RouteMetrics::new("none", "none"),
             version: content_hash(text.as_bytes()),

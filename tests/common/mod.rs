@@ -401,3 +401,47 @@ impl Lb {
         parse_prometheus(&String::from_utf8_lossy(&r.body))
     }
 }
+
+impl Lb {
+    /// An admin request with a JSON body.
+    pub fn admin_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let addr = self.admin.expect("admin listener configured");
+        let text = body.to_string();
+        let mut c = Client::connect(addr);
+        c.send(
+            format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}", text.len())
+                .as_bytes(),
+        );
+        let r = c.response();
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// The admin view of split `name`.
+    pub fn split(&self, name: &str) -> serde_json::Value {
+        let (_, v) = self.admin("GET", "/splits");
+        v["splits"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// One GET with extra header lines on a new connection.
+pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut c = Client::connect(addr);
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    c.send(req.as_bytes());
+    c.response()
+}

@@ -46,6 +46,7 @@ pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<SocketA
 struct AdminRequest {
     method: String,
     path: String,
+    body: Vec<u8>,
     /// The `Authorization` header, if any.
     authorization: Option<String>,
 }
@@ -107,7 +108,6 @@ fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, String> {
                 if head_len + body_len > ADMIN_MAX_REQUEST {
                     return Err("request too large".into());
                 }
-                // Bodies are not used yet; read them so the client sees a clean close.
                 while buf.len() < head_len + body_len {
                     let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
                     if n == 0 {
@@ -115,9 +115,11 @@ fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, String> {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
+                let end = (head_len + body_len).min(buf.len());
                 return Ok(AdminRequest {
                     method,
                     path,
+                    body: buf[head_len..end].to_vec(),
                     authorization,
                 });
             }
@@ -205,6 +207,8 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
             )
         }
         ("GET", "/clusters") => (200, clusters(control)),
+        ("GET", "/splits") => (200, splits(control)),
+        (method, p) if p.starts_with("/splits/") => split_control(method, p, &req.body, control),
         ("GET", "/routes") => (200, routes(control)),
         ("POST", "/reload") => match control.reload() {
             Ok(version) => (200, json!({ "result": "reloaded", "version": version })),
@@ -306,4 +310,196 @@ fn routes(control: &Control) -> Value {
         })
         .collect();
     json!({ "version": snap.version, "routes": list })
+}
+
+/// Every split: targets and weights in force, window statistics, state, last decision.
+fn splits(control: &Control) -> Value {
+    let snap = control.cell.load();
+    let now = crate::clock::now_ms();
+    let list: Vec<Value> = snap
+        .splits
+        .iter()
+        .map(|s| {
+            let window = s.config.analysis.as_ref().map_or(std::time::Duration::from_secs(60), |a| a.window);
+            let weights = s.state.weights();
+            let targets: Vec<Value> = s
+                .config
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let w = s.state.stats[i].window(now, window);
+                    json!({
+                        "name": t.name,
+                        "cluster": snap.clusters[t.cluster].name,
+                        "weight_percent": weights[i] as f64 / 10_000.0,
+                        "configured_percent": t.weight_ppm as f64 / 10_000.0,
+                        "window": {
+                            "requests": w.requests,
+                            "errors": w.errors,
+                            "error_rate": w.error_rate(),
+                            "p99_ms": w.p99.map(|d| d.as_secs_f64() * 1000.0),
+                        },
+                    })
+                })
+                .collect();
+            let decision = s.state.decision.lock().map(|d| d.clone()).unwrap_or_default();
+            json!({
+                "name": s.config.name,
+                "route": snap.routes.routes()[s.route].name,
+                "targets": targets,
+                "runtime_weights": s.state.runtime_weights.load(Ordering::SeqCst),
+                "paused": s.state.paused.load(Ordering::SeqCst),
+                "rolled_back": s.state.rolled_back.load(Ordering::SeqCst),
+                "rollbacks": s.state.rollbacks.load(Ordering::SeqCst),
+                "promotion_step": s.config.promotion.as_ref().map(|_| s.state.step.load(Ordering::SeqCst)),
+                "last_decision": decision,
+                "last_verdict": *s.state.last_verdict.lock().unwrap_or_else(|p| p.into_inner()),
+            })
+        })
+        .collect();
+    json!({ "version": snap.version, "splits": list })
+}
+
+fn bad(reason: String) -> (u16, Value) {
+    (400, json!({ "error": "bad_request", "reason": reason }))
+}
+
+/// `POST /splits/{name}/{weights|promote|rollback|pause|resume}`.
+fn split_control(method: &str, path: &str, body: &[u8], control: &Control) -> (u16, Value) {
+    use crate::release::analysis;
+    let mut parts = path.trim_start_matches("/splits/").splitn(2, '/');
+    let (name, action) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "POST" {
+        return (
+            405,
+            json!({ "error": "method_not_allowed", "reason": format!("use POST on {path}") }),
+        );
+    }
+    let snap = control.cell.load();
+    let Some(s) = snap.splits.iter().find(|s| s.config.name == name) else {
+        return (
+            404,
+            json!({ "error": "not_found", "reason": format!("no split named {name:?}") }),
+        );
+    };
+    let (cfg, state) = (&s.config, &s.state);
+    // Baseline and canary: from the analysis, else the default target and the first other.
+    let baseline = cfg
+        .analysis
+        .as_ref()
+        .map_or(cfg.default_target, |a| a.baseline);
+    let canary = cfg
+        .analysis
+        .as_ref()
+        .map(|a| a.canary)
+        .or_else(|| (0..cfg.targets.len()).find(|&i| i != baseline));
+    let now = crate::clock::now_ms();
+    match action {
+        "weights" => {
+            let parsed: Result<Value, _> = serde_json::from_slice(body);
+            let Ok(Value::Object(map)) = parsed.map(|v| v.get("weights").cloned().unwrap_or(v))
+            else {
+                return bad(
+                    "expected JSON such as {\"weights\": {\"stable\": 90, \"canary\": 10}}".into(),
+                );
+            };
+            let mut w = vec![0u32; cfg.targets.len()];
+            for (k, v) in &map {
+                let Some(i) = cfg.targets.iter().position(|t| &t.name == k) else {
+                    return bad(format!("no target named {k:?}"));
+                };
+                match v.as_f64() {
+                    Some(p) if (0.0..=100.0).contains(&p) => w[i] = (p * 10_000.0).round() as u32,
+                    _ => return bad(format!("weight of {k:?} must be a percent from 0 to 100")),
+                }
+            }
+            let total: u64 = w.iter().map(|x| *x as u64).sum();
+            if total != crate::release::PPM as u64 {
+                return bad(format!(
+                    "weights add up to {}%, expected 100%",
+                    total as f64 / 10_000.0
+                ));
+            }
+            state.set_weights(w);
+            state.runtime_weights.store(true, Ordering::SeqCst);
+            state.rolled_back.store(false, Ordering::SeqCst);
+            state.decide(name, "set_weights", "set through the admin API".into());
+        }
+        "promote" => {
+            let Some(canary) = canary else {
+                return bad("the split has a single target".into());
+            };
+            match &cfg.promotion {
+                Some(p) => {
+                    let next =
+                        (state.step.load(Ordering::SeqCst) as usize + 1).min(p.steps.len() - 1);
+                    state.rolled_back.store(false, Ordering::SeqCst);
+                    analysis::promote(
+                        cfg,
+                        state,
+                        canary,
+                        baseline,
+                        next,
+                        now,
+                        "promoted through the admin API",
+                    );
+                }
+                None => {
+                    analysis::set_canary(state, canary, baseline, crate::release::PPM);
+                    state.decide(
+                        name,
+                        "promote",
+                        "canary set to 100% through the admin API".into(),
+                    );
+                }
+            }
+            state.runtime_weights.store(true, Ordering::SeqCst);
+        }
+        "rollback" => {
+            let Some(canary) = canary else {
+                return bad("the split has a single target".into());
+            };
+            analysis::rollback(
+                cfg,
+                state,
+                canary,
+                baseline,
+                "rolled back through the admin API".into(),
+            );
+            state.runtime_weights.store(true, Ordering::SeqCst);
+        }
+        "pause" => {
+            state.paused.store(true, Ordering::SeqCst);
+            state.decide(
+                name,
+                "pause",
+                "promotion paused through the admin API".into(),
+            );
+        }
+        "resume" => {
+            state.paused.store(false, Ordering::SeqCst);
+            state.decide(
+                name,
+                "resume",
+                "promotion resumed through the admin API".into(),
+            );
+        }
+        other => {
+            return (
+                404,
+                json!({ "error": "not_found", "reason": format!("no split action {other:?}") }),
+            )
+        }
+    }
+    let weights: serde_json::Map<String, Value> = cfg
+        .targets
+        .iter()
+        .zip(state.weights().iter())
+        .map(|(t, w)| (t.name.clone(), json!(*w as f64 / 10_000.0)))
+        .collect();
+    (
+        200,
+        json!({ "split": name, "action": action, "weights": weights }),
+    )
 }

@@ -349,7 +349,8 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
     Ok(Target::Host(host.to_ascii_lowercase(), port))
 }
 
-fn parse_hash_key(k: &str) -> Result<HashKey, String> {
+/// Parses a hash key as written in config (`header:NAME`, `cookie:NAME`, …).
+pub fn parse_hash_key(k: &str) -> Result<HashKey, String> {
     let bad = || {
         format!("expected \"header:NAME\", \"cookie:NAME\", \"query:NAME\", \"client_ip\" or \"path\", got {k:?}")
     };

@@ -5,6 +5,7 @@
 
 mod cluster;
 pub mod raw;
+mod release;
 mod routes;
 pub mod units;
 
@@ -65,6 +66,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Where access log lines go; `None` means off.
     pub access_log: Option<String>,
+    pub consumers: crate::identity::Consumers,
 }
 
 /// How many workers to run.
@@ -309,6 +311,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         clusters.push(cluster::validate_cluster(i, c, &mut errs));
     }
 
+    let consumers = release::validate_consumers(raw.identity.as_ref(), &raw.consumers, &mut errs);
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         if let Some(route) = routes::validate_route(i, r, &clusters, &mut errs) {
@@ -325,6 +328,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             clusters,
             routes,
             access_log,
+            consumers,
         })
     } else {
         Err(errs.0)

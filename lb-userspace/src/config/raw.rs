@@ -20,6 +20,30 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     pub access_log: Option<RawAccessLog>,
+    pub identity: Option<RawIdentity>,
+    #[serde(default)]
+    pub consumers: Vec<RawConsumer>,
+}
+
+/// `[identity]`: where API keys come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// Header carrying the API key (default `X-API-Key`).
+    pub header: Option<String>,
+    /// Query parameter carrying the API key, if keys may come that way too.
+    pub query: Option<String>,
+}
+
+/// `[[consumers]]`: an API key, stored as its SHA-256, and metadata.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub name: String,
+    /// Hex SHA-256 of the key.
+    pub key_sha256: String,
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// `[access_log]`: one JSON line per request.
@@ -210,6 +234,124 @@ pub struct RawRoute {
     pub response_headers: Option<RawHeaderOps>,
     pub deprecation: Option<RawDeprecation>,
     pub timeouts: Option<RawTimeouts>,
+    /// Consumer metadata that must match (`{ environment = "test" }`); implies a valid key.
+    pub consumer: Option<std::collections::BTreeMap<String, String>>,
+    /// `"required"`: requests without a known API key get 401.
+    pub auth: Option<String>,
+    pub split: Option<RawSplit>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// A traffic split of a route between named targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    /// Name for the admin API and metrics (default: the route's name).
+    pub name: Option<String>,
+    pub targets: Vec<RawTarget>,
+    /// Target for requests the split does not apply to (default: the first).
+    pub default_target: Option<String>,
+    /// `"header:NAME"`, `"cookie:NAME"`, `"query:NAME"` or `"client_ip"`; absent: per request.
+    pub sticky: Option<String>,
+    pub salt: Option<String>,
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<RawOverride>,
+    /// A header whose value names the target to use.
+    pub force_header: Option<String>,
+    #[serde(default)]
+    pub include: Vec<RawTargeting>,
+    #[serde(default)]
+    pub exclude: Vec<RawTargeting>,
+    /// Adds `X-AB-Test: <name>` and `X-AB-Variant: <target>` both ways.
+    pub ab_test: Option<String>,
+    pub mirror: Option<RawMirror>,
+    pub analysis: Option<RawAnalysis>,
+    pub promotion: Option<RawPromotion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: String,
+    pub cluster: String,
+    /// Percent, with up to four decimals (0.1% canaries are fine); 0 means no traffic.
+    pub weight: f64,
+}
+
+/// Forces a target when a header, query parameter or cookie has a value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverride {
+    pub header: Option<String>,
+    pub query: Option<String>,
+    pub cookie: Option<String>,
+    pub value: String,
+    pub target: String,
+}
+
+/// A targeting condition: a header or consumer metadata field in a set of values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTargeting {
+    pub header: Option<String>,
+    pub consumer: Option<String>,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    pub cluster: String,
+    /// Percent of requests copied.
+    pub percent: f64,
+    /// Requests with a larger body are not mirrored (counted as shed).
+    pub max_body: Option<toml::Value>,
+    /// Mirror requests in flight at most; beyond, copies are shed.
+    pub max_in_flight: Option<u32>,
+    pub timeout: Option<String>,
+}
+
+/// Automatic canary analysis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    pub baseline: Option<String>,
+    pub canary: Option<String>,
+    pub window: Option<String>,
+    pub interval: Option<String>,
+    pub min_requests: Option<u32>,
+    pub max_error_rate: Option<f64>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p99: Option<String>,
+    pub max_p99_ratio: Option<f64>,
+}
+
+/// Progressive promotion of the canary through weight steps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPromotion {
+    pub steps: Vec<f64>,
+    pub hold: Option<String>,
+}
+
+/// A route's rate limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// `"client_ip"`, `"header:NAME"` or `"consumer"`.
+    pub key: String,
+    pub limits: Vec<RawLimitRule>,
+}
+
+/// One limit; the first whose `when` matches the consumer's metadata applies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitRule {
+    #[serde(default)]
+    pub when: std::collections::BTreeMap<String, String>,
+    pub requests: u32,
+    pub per: String,
+    pub burst: Option<u32>,
 }
 
 /// Per-route overrides of the cluster's timeouts.

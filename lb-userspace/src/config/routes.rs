@@ -115,14 +115,23 @@ pub(super) fn validate_route(
     }
 
     let params: Vec<String> = path.param_names().to_vec();
+    let route_name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+    let split = r.split.as_ref().and_then(|sp| {
+        super::release::validate_split(&at("split"), &route_name, sp, clusters, errs)
+    });
     let actions = usize::from(r.cluster.is_some())
         + usize::from(r.redirect.is_some())
-        + usize::from(r.respond.is_some());
+        + usize::from(r.respond.is_some())
+        + usize::from(r.split.is_some());
     let action = if actions != 1 {
         errs.push(
             format!("routes[{i}]"),
-            "set exactly one of cluster, redirect or respond",
+            "set exactly one of cluster, split, redirect or respond",
         );
+        None
+    } else if let Some(sp) = &split {
+        Some(Action::Forward(sp.targets[sp.default_target].cluster))
+    } else if r.split.is_some() {
         None
     } else if let Some(name) = &r.cluster {
         let idx = clusters.iter().position(|c| &c.name == name);
@@ -177,7 +186,7 @@ pub(super) fn validate_route(
     };
 
     let rewrite = r.rewrite.as_ref().map(|rw| {
-        if r.cluster.is_none() {
+        if r.cluster.is_none() && r.split.is_none() {
             errs.push(at("rewrite"), "rewrite only applies to routes that forward to a cluster");
         }
         if rw.path.is_some() && (rw.strip_prefix.is_some() || rw.add_prefix.is_some()) {
@@ -236,18 +245,39 @@ pub(super) fn validate_route(
                 idle: one("idle", &t.idle),
             }
         });
-    if r.timeouts.is_some() && r.cluster.is_none() {
+    if r.timeouts.is_some() && r.cluster.is_none() && r.split.is_none() {
         errs.push(
             at("timeouts"),
             "timeouts only apply to routes that forward to a cluster",
         );
     }
 
+    let consumer: Vec<(String, String)> = r
+        .consumer
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let auth_required = match r.auth.as_deref() {
+        None | Some("optional") => !consumer.is_empty(),
+        Some("required") => true,
+        Some(other) => {
+            errs.push(
+                at("auth"),
+                format!("expected \"required\" or \"optional\", got {other:?}"),
+            );
+            false
+        }
+    };
+    let rate_limit = r
+        .rate_limit
+        .as_ref()
+        .and_then(|rl| super::release::validate_rate_limit(&at("rate_limit"), rl, errs));
     if errs.0.len() != before {
         return None;
     }
     Some(Route {
-        name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
+        name: route_name,
         index: i,
         host,
         path,
@@ -260,6 +290,10 @@ pub(super) fn validate_route(
         response_headers,
         deprecation,
         timeouts,
+        auth_required,
+        consumer,
+        split: split.map(std::sync::Arc::new),
+        rate_limit,
     })
 }
 

@@ -48,6 +48,7 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct RouteMetrics {
     pub requests: [Counter; 5],
     pub duration: Histogram,
+    pub rate_limited: Counter,
 }
 
 impl RouteMetrics {
@@ -56,6 +57,7 @@ impl RouteMetrics {
         RouteMetrics {
             requests: CLASSES.map(c),
             duration: histogram!(REQUEST_DURATION_SECONDS, "route" => route.to_string(), "cluster" => cluster.to_string()),
+            rate_limited: counter!(RATE_LIMITED_TOTAL, "route" => route.to_string()),
         }
     }
 
@@ -105,6 +107,42 @@ pub fn upstream_failure(cluster: &str, endpoint: &str) {
     counter!(UPSTREAM_FAILURES_TOTAL, "cluster" => cluster.to_string(), "endpoint" => endpoint.to_string()).increment(1);
 }
 
+/// Handles for one split.
+#[derive(Debug, Clone)]
+pub struct SplitMetrics {
+    /// Decisions by target index.
+    pub decisions: Vec<Counter>,
+    pub mirror_sent: Counter,
+    pub mirror_shed: Counter,
+}
+
+impl SplitMetrics {
+    pub fn new(split: &str, targets: &[String]) -> SplitMetrics {
+        let mirror = |result: &'static str| counter!(MIRROR_REQUESTS_TOTAL, "split" => split.to_string(), "result" => result);
+        // Registered now so that they read 0 until something happens.
+        counter!(CANARY_ROLLBACKS_TOTAL, "split" => split.to_string()).increment(0);
+        counter!(CANARY_PROMOTIONS_TOTAL, "split" => split.to_string()).increment(0);
+        SplitMetrics {
+            decisions: targets
+                .iter()
+                .map(|t| counter!(SPLIT_REQUESTS_TOTAL, "split" => split.to_string(), "variant" => t.clone()))
+                .collect(),
+            mirror_sent: mirror("sent"),
+            mirror_shed: mirror("shed"),
+        }
+    }
+}
+
+/// Counts an automatic rollback.
+pub fn canary_rolled_back(split: &str) {
+    counter!(CANARY_ROLLBACKS_TOTAL, "split" => split.to_string()).increment(1);
+}
+
+/// Counts a promotion step.
+pub fn canary_promoted(split: &str) {
+    counter!(CANARY_PROMOTIONS_TOTAL, "split" => split.to_string()).increment(1);
+}
+
 /// Records a reload attempt.
 pub fn reload(ok: bool) {
     counter!(CONFIG_RELOADS_TOTAL, "result" => if ok { "ok" } else { "error" }).increment(1);
@@ -126,6 +164,13 @@ pub fn downstream_connections(worker: usize) -> metrics::Gauge {
 
 fn sample(snap: &Snapshot) {
     let now = crate::clock::now_ms();
+    for s in &snap.splits {
+        let weights = s.state.weights();
+        for (t, w) in s.config.targets.iter().zip(weights.iter()) {
+            gauge!(SPLIT_WEIGHT_RATIO, "split" => s.config.name.clone(), "variant" => t.name.clone())
+                .set(*w as f64 / crate::release::PPM as f64);
+        }
+    }
     for c in &snap.clusters {
         gauge!(CLUSTER_CONNECTIONS, "cluster" => c.name.clone())
             .set(c.state.connections.load(Ordering::Relaxed) as f64);

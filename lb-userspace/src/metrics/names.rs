@@ -25,6 +25,18 @@ pub const CLUSTER_CONNECTIONS: &str = "lb_cluster_connections";
 pub const LIMIT_REJECTIONS_TOTAL: &str = "lb_limit_rejections_total";
 /// Retries sent, by `cluster`.
 pub const RETRIES_TOTAL: &str = "lb_retries_total";
+/// Requests by split decision, by `split` and `variant` (the target chosen).
+pub const SPLIT_REQUESTS_TOTAL: &str = "lb_split_requests_total";
+/// The weight in force of each split target (0 to 1), by `split` and `variant`.
+pub const SPLIT_WEIGHT_RATIO: &str = "lb_split_weight_ratio";
+/// Automatic canary rollbacks, by `split`.
+pub const CANARY_ROLLBACKS_TOTAL: &str = "lb_canary_rollbacks_total";
+/// Progressive promotion steps taken, by `split`.
+pub const CANARY_PROMOTIONS_TOTAL: &str = "lb_canary_promotions_total";
+/// Requests answered 429 by a rate limit, by `route`.
+pub const RATE_LIMITED_TOTAL: &str = "lb_rate_limited_total";
+/// Mirror copies, by `split` and `result` (`sent`, `shed`).
+pub const MIRROR_REQUESTS_TOTAL: &str = "lb_mirror_requests_total";
 /// Config reloads, by `result` (`ok`, `error`).
 pub const CONFIG_RELOADS_TOTAL: &str = "lb_config_reloads_total";
 /// 1 for the active config `version` (content hash), 0 for earlier ones.

@@ -707,6 +707,15 @@ async fn exchange(
                 Ok(Some(res)) => {
                     let keep = plan.keep_alive && !w.draining();
                     let p = head::write_response_head(out, &res, plan.minor, keep, http, route);
+                    if let Some((si, t)) = plan.variant {
+                        let split = &view.snap.splits[si].config;
+                        if let Some(ab) = &split.ab_test {
+                            head::insert_headers(
+                                out,
+                                &[("X-AB-Test", ab), ("X-AB-Variant", &split.targets[t].name)],
+                            );
+                        }
+                    }
                     HeadStep::Final(res.status, res.head_len, res.framing, res.reusable, p)
                 }
                 Ok(None) if up.conn.is_full() => {

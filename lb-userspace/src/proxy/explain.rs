@@ -84,13 +84,18 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
     let mut storage = [httparse::EMPTY_HEADER; 64];
     if let Ok(Some(parsed)) = request::parse(&raw, &mut storage) {
         let (path, query) = RouteRequest::split_target(parsed.path);
+        let identity = snap.consumers.identify(parsed.headers, query);
         let rreq = RouteRequest {
             host: parsed.host(),
             path,
             query,
             method: parsed.method_bytes,
             headers: parsed.headers,
+            consumer: snap.consumers.metadata(identity),
         };
+        if let crate::identity::Identity::Known(c) = identity {
+            let _ = writeln!(text, "consumer: {}", snap.consumers.list[c].name);
+        }
         let _ = writeln!(text, "routes (in declaration order):");
         for r in snap.routes.routes() {
             let chosen = rec.route == Some(r.index);

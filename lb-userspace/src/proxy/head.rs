@@ -184,6 +184,18 @@ pub fn write_response_head(
     }
 }
 
+/// Inserts header lines before the blank line that ends the head in `out`.
+pub fn insert_headers(out: &mut Vec<u8>, headers: &[(&str, &str)]) {
+    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let mut lines = Vec::new();
+    for (n, v) in headers {
+        push_header(&mut lines, n.as_bytes(), v.as_bytes());
+    }
+    out.splice(end + 2..end + 2, lines);
+}
+
 /// The route's response header additions and deprecation headers.
 fn write_route_extras(out: &mut Vec<u8>, route: &Route) {
     route.response_headers.write_added(out);
@@ -255,6 +267,10 @@ mod tests {
             response_headers: Default::default(),
             deprecation: None,
             timeouts: Default::default(),
+            auth_required: false,
+            consumer: Vec::new(),
+            split: None,
+            rate_limit: None,
         }
     }
 

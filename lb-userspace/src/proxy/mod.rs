@@ -7,6 +7,7 @@ pub mod explain;
 pub mod head;
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use monoio::io::AsyncWriteRent;
@@ -19,11 +20,14 @@ use crate::config::MAX_HEADERS_LIMIT;
 use crate::http::request::{self, RequestError};
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
+use crate::identity::{Consumers, Identity};
 use crate::net::{write_buf, BufConn, IoFail};
+use crate::ratelimit::{RateKey, RateLimitConfig};
+use crate::release::{Reason, SplitRequest};
 use crate::routing::actions::Action;
 use crate::routing::matchers::{Captures, MAX_CAPTURES};
 use crate::routing::template::Vars;
-use crate::routing::RouteRequest;
+use crate::routing::{Route, RouteRequest};
 use crate::worker::{View, Worker};
 
 /// What the connection loop does after a request.
@@ -60,6 +64,8 @@ pub struct Plan {
     pub route: usize,
     /// Hash of the consistent-hashing key, for clusters that balance by one.
     pub key_hash: Option<u64>,
+    /// The split and target chosen, if the route splits.
+    pub variant: Option<(usize, usize)>,
 }
 
 /// What metrics and the access log learn about one request as it goes.
@@ -81,6 +87,10 @@ pub struct Record {
     /// Method and target, kept only when the access log is on.
     pub method: String,
     pub target: String,
+    /// Split index, target index and why that target.
+    pub variant: Option<(usize, usize, Reason)>,
+    /// A copy of the request for the split's mirror, to send once planning is done.
+    pub mirror: Option<(usize, Vec<u8>)>,
 }
 
 /// A request refused before it reaches a backend.
@@ -115,7 +125,7 @@ impl Reject {
 }
 
 /// Serves one client connection until it closes, fails, or the worker drains.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, w: &Worker) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, w: &Rc<Worker>) {
     let _ = stream.set_nodelay(true);
     let mut client = BufConn::new(stream, w.bufs.take());
     let mut out = w.out_bufs.take();
@@ -134,7 +144,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: &Worker) {
 }
 
 async fn next_request(
-    w: &Worker,
+    w: &Rc<Worker>,
     view: &View,
     client: &mut BufConn,
     out: &mut Vec<u8>,
@@ -151,7 +161,7 @@ async fn next_request(
 
 #[allow(clippy::too_many_arguments)]
 async fn handle_request(
-    w: &Worker,
+    w: &Rc<Worker>,
     view: &View,
     client: &mut BufConn,
     out: &mut Vec<u8>,
@@ -217,6 +227,10 @@ async fn handle_request(
         }
     };
     let (decision, view) = decision;
+    if let Some((split, copy)) = rec.mirror.take() {
+        let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
+        crate::release::mirror::send(w, &view.snap, split, copy, in_flight);
+    }
     match decision {
         Decision::Forward(plan) => exchange::proxy(w, &view, client, out, plan, rec).await,
         Decision::Local {
@@ -275,18 +289,55 @@ fn plan_request(
     }
     let host = req.host();
     let (path, query) = RouteRequest::split_target(req.path);
+    let identity = if snap.needs_identity {
+        snap.consumers.identify(req.headers, query)
+    } else {
+        Identity::Anonymous
+    };
+    let consumer = snap.consumers.metadata(identity);
     let rreq = RouteRequest {
         host,
         path,
         query,
         method: req.method_bytes,
         headers: req.headers,
+        consumer,
     };
     let mut caps = Captures::default();
     let Some(route) = snap.routes.find(&rreq, &mut caps) else {
         return Err(refuse(404, "no_route", "no route matches this request"));
     };
     rec.route = Some(route.index);
+    if route.auth_required && consumer.is_none() {
+        let message = if identity == Identity::Anonymous {
+            "this route needs an API key"
+        } else {
+            "the API key is not known"
+        };
+        return Err(refuse(401, "unauthorized", message));
+    }
+    if let Some(rl) = &route.rate_limit {
+        if let Some(v) = rate_limit(
+            rl,
+            route,
+            &snap.consumers,
+            identity,
+            consumer,
+            req.headers,
+            peer,
+        ) {
+            if !v.allowed {
+                snap.route_metrics[route.index].rate_limited.increment(1);
+                rec.status = 429;
+                write_rate_limited(out, &v, close_after_error);
+                return Ok(Some(Decision::Local {
+                    head_len: req.head_len,
+                    keep_alive: !close_after_error,
+                    status: 429,
+                }));
+            }
+        }
+    }
     let mut values = [&b""[..]; MAX_CAPTURES];
     let n = caps.values(path, &mut values);
     let vars = Vars {
@@ -323,7 +374,25 @@ fn plan_request(
         }
     }
     match &route.action {
-        Action::Forward(cluster) => {
+        Action::Forward(default_cluster) => {
+            let mut cluster = default_cluster;
+            let mut variant = None;
+            if let Some(si) = snap.route_split[route.index] {
+                let split = &snap.splits[si];
+                let sreq = SplitRequest {
+                    headers: req.headers,
+                    query,
+                    client: peer.ip(),
+                    consumer,
+                };
+                let (t, reason) = split
+                    .config
+                    .choose(&split.state, &sreq, || fastrand::u32(..));
+                split.metrics.decisions[t].increment(1);
+                cluster = &split.config.targets[t].cluster;
+                variant = Some((si, t));
+                rec.variant = Some((si, t, reason));
+            }
             rec.cluster = Some(*cluster);
             let c = &snap.clusters[*cluster];
             let key_hash = c
@@ -331,6 +400,21 @@ fn plan_request(
                 .as_ref()
                 .and_then(|k| request_key_hash(k, req.headers, path, query, peer.ip()));
             head::write_request_head(out, &req, peer.ip(), &snap.http, &c.name, route, &vars);
+            if let Some((si, t)) = variant {
+                let split = &snap.splits[si];
+                if let Some(ab) = &split.config.ab_test {
+                    head::insert_headers(
+                        out,
+                        &[
+                            ("X-AB-Test", ab),
+                            ("X-AB-Variant", &split.config.targets[t].name),
+                        ],
+                    );
+                }
+                if let Some(m) = &split.config.mirror {
+                    rec.mirror = mirror_copy(m, si, split, out, data, req.head_len, req.framing);
+                }
+            }
             Ok(Some(Decision::Forward(Plan {
                 head_len: req.head_len,
                 method: req.method,
@@ -341,6 +425,7 @@ fn plan_request(
                 cluster: *cluster,
                 route: route.index,
                 key_hash,
+                variant,
             })))
         }
         Action::Redirect { status, location } => {
@@ -354,6 +439,102 @@ fn plan_request(
             body,
         } => local(out, *status, content_type, None, body),
     }
+}
+
+/// Looks the request up in its route's rate limit; `None` if no rule applies.
+fn rate_limit(
+    rl: &RateLimitConfig,
+    route: &Route,
+    consumers: &Consumers,
+    identity: Identity,
+    metadata: Option<&[(String, String)]>,
+    headers: &[httparse::Header<'_>],
+    peer: SocketAddr,
+) -> Option<crate::ratelimit::Verdict> {
+    let (i, rule) = rl
+        .rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| crate::identity::metadata_matches(metadata, &r.when))?;
+    let mut h = crate::hash::fnv1a_of(route.name.as_bytes());
+    h = crate::hash::fnv1a(h, &(i as u32).to_le_bytes());
+    h = match &rl.key {
+        RateKey::ClientIp => match peer.ip() {
+            std::net::IpAddr::V4(a) => crate::hash::fnv1a(h, &a.octets()),
+            std::net::IpAddr::V6(a) => crate::hash::fnv1a(h, &a.octets()),
+        },
+        RateKey::Header(name) => {
+            let v = headers
+                .iter()
+                .find(|x| x.name.eq_ignore_ascii_case(name))
+                .map_or(&b""[..], |x| x.value);
+            crate::hash::fnv1a(h, v)
+        }
+        RateKey::Consumer => match identity {
+            Identity::Known(c) => crate::hash::fnv1a(h, consumers.list[c].name.as_bytes()),
+            _ => crate::hash::fnv1a(h, b"\0anonymous"),
+        },
+    };
+    Some(crate::ratelimit::table().check(
+        crate::balancing::maglev::mix(h),
+        rule.rate,
+        crate::ratelimit::now_us(),
+    ))
+}
+
+/// A 429 answer with `Retry-After` and the RateLimit headers.
+fn write_rate_limited(out: &mut Vec<u8>, v: &crate::ratelimit::Verdict, close: bool) {
+    error_response(
+        out,
+        429,
+        "rate_limited",
+        "too many requests; see Retry-After",
+        close,
+    );
+    let lines = format!(
+        "Retry-After: {}\r\nRateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
+        v.retry_after, v.limit, v.remaining, v.retry_after.max(v.reset)
+    );
+    if let Some(pos) = out.windows(4).position(|x| x == b"\r\n\r\n") {
+        out.splice(pos + 2..pos + 2, lines.bytes());
+    }
+}
+
+/// A copy of the planned request for the mirror, if this request is sampled, its body is
+/// whole in the buffer and small enough, and the mirror has room; otherwise it is shed.
+fn mirror_copy(
+    m: &crate::release::MirrorConfig,
+    si: usize,
+    split: &crate::snapshot::SplitRuntime,
+    upstream_head: &[u8],
+    data: &[u8],
+    head_len: usize,
+    framing: Framing,
+) -> Option<(usize, Vec<u8>)> {
+    if fastrand::u32(..crate::release::PPM) >= m.ppm {
+        return None;
+    }
+    let body = match framing {
+        Framing::None => &[][..],
+        Framing::Length(n) if n <= m.max_body && data.len() - head_len >= n as usize => {
+            &data[head_len..head_len + n as usize]
+        }
+        _ => {
+            split.metrics.mirror_shed.increment(1);
+            return None;
+        }
+    };
+    let in_flight = &split.state.mirror_in_flight;
+    if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= m.max_in_flight as u64 {
+        split.metrics.mirror_shed.increment(1);
+        return None;
+    }
+    in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    split.metrics.mirror_sent.increment(1);
+    let mut copy = Vec::with_capacity(upstream_head.len() + body.len());
+    copy.extend_from_slice(upstream_head);
+    copy.extend_from_slice(body);
+    Some((si, copy))
 }
 
 /// Answers a refused request and decides whether the connection survives.

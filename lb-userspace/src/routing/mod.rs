@@ -41,6 +41,12 @@ pub struct Route {
     pub deprecation: Option<Deprecation>,
     /// Overrides of the cluster's timeouts for this route.
     pub timeouts: RouteTimeouts,
+    /// Requests without a known API key get 401.
+    pub auth_required: bool,
+    /// Consumer metadata the request's key must carry (implies `auth_required`).
+    pub consumer: Vec<(String, String)>,
+    pub split: Option<std::sync::Arc<crate::release::SplitConfig>>,
+    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
 }
 
 /// Per-route timeout overrides; `None` keeps the cluster's.
@@ -61,6 +67,8 @@ pub struct RouteRequest<'a> {
     pub query: Option<&'a [u8]>,
     pub method: &'a [u8],
     pub headers: &'a [httparse::Header<'a>],
+    /// Metadata of the consumer whose API key came with the request, if known.
+    pub consumer: Option<&'a [(String, String)]>,
 }
 
 impl<'a> RouteRequest<'a> {
@@ -76,7 +84,10 @@ impl<'a> RouteRequest<'a> {
 
 impl Route {
     fn condition_count(&self) -> usize {
-        usize::from(!self.methods.is_empty()) + self.headers.len() + self.query.len()
+        usize::from(!self.methods.is_empty())
+            + self.headers.len()
+            + self.query.len()
+            + self.consumer.len()
     }
 
     /// Methods, headers and query: everything but host and path.
@@ -84,6 +95,11 @@ impl Route {
         (self.methods.is_empty() || self.methods.iter().any(|m| m.as_bytes() == req.method))
             && self.headers.iter().all(|h| h.matches(req.headers))
             && self.query.iter().all(|q| q.matches(req.query))
+            // Without a known consumer the route still matches, and answers 401: a consumer
+            // route implies a required key.
+            && (self.consumer.is_empty()
+                || req.consumer.is_none()
+                || crate::identity::metadata_matches(req.consumer, &self.consumer))
     }
 
     /// Whether this route alone matches `req` (host, path and conditions), filling `caps`.
@@ -142,6 +158,7 @@ impl Route {
                     .iter()
                     .any(|h| h.name == e.name && h.test.same_as(&e.test))
             })
+            && earlier.consumer.iter().all(|e| self.consumer.contains(e))
             && earlier.query.iter().all(|e| {
                 self.query
                     .iter()

@@ -36,6 +36,7 @@ fn pick(
         query,
         method: method.as_bytes(),
         headers: &hs,
+        consumer: None,
     };
     let mut caps = Captures::default();
     t.find(&req, &mut caps).map(|r| r.name.clone())

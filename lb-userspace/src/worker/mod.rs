@@ -97,6 +97,23 @@ impl Worker {
             .and_then(|r| snap.route_metrics.get(r))
             .unwrap_or(&snap.unrouted_metrics);
         metrics.record(rec.status, elapsed);
+        if let Some((si, t, _)) = rec.variant {
+            if let Some(split) = snap.splits.get(si) {
+                let window = split
+                    .config
+                    .analysis
+                    .as_ref()
+                    .map_or(Duration::from_secs(60), |a| a.window);
+                if let Some(stats) = split.state.stats.get(t) {
+                    stats.record(
+                        crate::clock::now_ms(),
+                        window,
+                        rec.status >= 500,
+                        Duration::from_secs_f64(elapsed),
+                    );
+                }
+            }
+        }
         if self.access_tx.is_none() {
             return;
         }
@@ -113,7 +130,11 @@ impl Worker {
                 .and_then(|c| snap.clusters.get(c))
                 .map(|c| c.name.as_str()),
             endpoint: rec.endpoint,
-            variant: None,
+            variant: rec.variant.and_then(|(si, t, _)| {
+                snap.splits
+                    .get(si)
+                    .map(|s| s.config.targets[t].name.as_str())
+            }),
             bytes: rec.bytes,
             duration_ms: elapsed * 1000.0,
             upstream_ms: rec.upstream.map(|d| d.as_secs_f64() * 1000.0),

@@ -1,0 +1,231 @@
+//! Releases at the gateway: weighted and sticky splits between named targets, overrides,
+//! targeting, A/B tags, mirroring, automatic canary analysis with rollback, and progressive
+//! promotion.
+//!
+//! A split's configuration is part of the snapshot; its live state (current weights, window
+//! statistics, rollback and promotion progress) is shared by all workers and kept across
+//! reloads by split name, as long as the split's configuration does not change.
+
+pub mod analysis;
+pub mod mirror;
+pub mod state;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::balancing::cookie_value;
+use crate::config::HashKey;
+use crate::hash::fnv1a;
+use crate::routing::template::query_param;
+use state::SplitState;
+
+/// Weights are parts per million: 0.1% is 1,000.
+pub const PPM: u32 = 1_000_000;
+
+/// One target of a split.
+#[derive(Debug, Clone)]
+pub struct SplitTarget {
+    pub name: String,
+    /// Index into the snapshot's clusters.
+    pub cluster: usize,
+    pub weight_ppm: u32,
+}
+
+/// Where an override or targeting rule looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Lower-case header name.
+    Header(String),
+    Query(String),
+    Cookie(String),
+    /// A consumer metadata field.
+    Consumer(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub source: Source,
+    pub value: String,
+    pub target: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Targeting {
+    pub source: Source,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    pub cluster: usize,
+    pub ppm: u32,
+    pub max_body: u64,
+    pub max_in_flight: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AnalysisConfig {
+    pub baseline: usize,
+    pub canary: usize,
+    pub window: Duration,
+    pub interval: Duration,
+    pub min_requests: u32,
+    pub max_error_rate: Option<f64>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p99: Option<Duration>,
+    pub max_p99_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PromotionConfig {
+    /// Canary weights in ppm, ascending.
+    pub steps: Vec<u32>,
+    pub hold: Duration,
+}
+
+/// A validated split.
+#[derive(Debug, Clone)]
+pub struct SplitConfig {
+    pub name: String,
+    pub targets: Vec<SplitTarget>,
+    pub default_target: usize,
+    pub sticky: Option<HashKey>,
+    pub salt: String,
+    pub overrides: Vec<Override>,
+    /// Lower-case header whose value names a target.
+    pub force_header: Option<String>,
+    pub include: Vec<Targeting>,
+    pub exclude: Vec<Targeting>,
+    pub ab_test: Option<String>,
+    pub mirror: Option<MirrorConfig>,
+    pub analysis: Option<AnalysisConfig>,
+    pub promotion: Option<PromotionConfig>,
+    /// Fingerprint of everything above: a reload that changes it resets runtime state.
+    pub fingerprint: u64,
+}
+
+/// What the split looks at in a request.
+pub struct SplitRequest<'a> {
+    pub headers: &'a [httparse::Header<'a>],
+    pub query: Option<&'a [u8]>,
+    pub client: IpAddr,
+    /// Metadata of the request's consumer, if it presented a known key.
+    pub consumer: Option<&'a [(String, String)]>,
+}
+
+/// Why a target was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Override,
+    NotTargeted,
+    Sticky,
+    Random,
+}
+
+impl SplitRequest<'_> {
+    fn value(&self, source: &Source) -> Option<&[u8]> {
+        match source {
+            Source::Header(name) => self
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value),
+            Source::Query(name) => query_param(self.query?, name.as_bytes()),
+            Source::Cookie(name) => self
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                .find_map(|h| cookie_value(h.value, name.as_bytes())),
+            Source::Consumer(field) => self
+                .consumer?
+                .iter()
+                .find(|(k, _)| k == field)
+                .map(|(_, v)| v.as_bytes()),
+        }
+    }
+
+    fn key(&self, key: &HashKey) -> Option<Vec<u8>> {
+        Some(match key {
+            HashKey::Header(n) => self.value(&Source::Header(n.clone()))?.to_vec(),
+            HashKey::Cookie(n) => self.value(&Source::Cookie(n.clone()))?.to_vec(),
+            HashKey::Query(n) => self.value(&Source::Query(n.clone()))?.to_vec(),
+            HashKey::ClientIp => match self.client {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            },
+            HashKey::Path => return None,
+        })
+    }
+}
+
+/// The bucket (0..PPM) a sticky key falls in for `salt`: the same on every host.
+pub fn bucket(salt: &str, key: &[u8]) -> u32 {
+    let h = fnv1a(crate::hash::fnv1a_of(salt.as_bytes()) ^ 0x5bd1_e995, key);
+    (crate::balancing::maglev::mix(h) % PPM as u64) as u32
+}
+
+/// The target for `bucket` under `weights` (ppm). Non-default targets take the low ranges
+/// in declaration order and the default target takes what is left, so raising one canary's
+/// weight keeps everyone it had and only adds buckets that were the default's.
+pub fn target_for(bucket: u32, weights: &[u32], default: usize) -> usize {
+    let mut start = 0u32;
+    for (i, &w) in weights.iter().enumerate() {
+        if i == default {
+            continue;
+        }
+        if bucket < start.saturating_add(w) {
+            return i;
+        }
+        start = start.saturating_add(w);
+    }
+    default
+}
+
+impl SplitConfig {
+    /// Chooses a target for a request.
+    pub fn choose(
+        &self,
+        state: &SplitState,
+        req: &SplitRequest<'_>,
+        random: impl FnOnce() -> u32,
+    ) -> (usize, Reason) {
+        for o in &self.overrides {
+            if req.value(&o.source) == Some(o.value.as_bytes()) {
+                return (o.target, Reason::Override);
+            }
+        }
+        if let Some(h) = &self.force_header {
+            if let Some(v) = req.value(&Source::Header(h.clone())) {
+                if let Some(i) = self.targets.iter().position(|t| t.name.as_bytes() == v) {
+                    return (i, Reason::Override);
+                }
+            }
+        }
+        let included = self.include.iter().all(|t| {
+            req.value(&t.source)
+                .is_some_and(|v| t.values.iter().any(|x| x.as_bytes() == v))
+        });
+        let excluded = self.exclude.iter().any(|t| {
+            req.value(&t.source)
+                .is_some_and(|v| t.values.iter().any(|x| x.as_bytes() == v))
+        });
+        if !included || excluded {
+            return (self.default_target, Reason::NotTargeted);
+        }
+        let weights = state.weights();
+        match self.sticky.as_ref().and_then(|k| req.key(k)) {
+            Some(key) => (
+                target_for(bucket(&self.salt, &key), &weights, self.default_target),
+                Reason::Sticky,
+            ),
+            None => (
+                target_for(random() % PPM, &weights, self.default_target),
+                Reason::Random,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+//! Live state of a split, shared by all workers: weights (swapped as a whole), per-target
+//! window statistics, and what the analysis decided last.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+/// Window buckets.
+const BUCKETS: usize = 10;
+/// Latency histogram: bucket k holds latencies up to `100 µs * sqrt(2)^k`.
+pub const LATENCY_BUCKETS: usize = 44;
+
+fn latency_bound_us(k: usize) -> f64 {
+    100.0 * 2f64.powf(k as f64 / 2.0)
+}
+
+fn latency_bucket(d: Duration) -> usize {
+    let us = d.as_secs_f64() * 1e6;
+    (0..LATENCY_BUCKETS)
+        .find(|&k| us <= latency_bound_us(k))
+        .unwrap_or(LATENCY_BUCKETS - 1)
+}
+
+struct Slot {
+    epoch: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: [AtomicU32; LATENCY_BUCKETS],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            epoch: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU32::new(0)),
+        }
+    }
+}
+
+/// Requests, 5xx responses and latencies of one target over a sliding window.
+#[derive(Default)]
+pub struct TargetStats {
+    slots: [Slot; BUCKETS],
+}
+
+/// A window's totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub p99: Option<Duration>,
+}
+
+impl WindowStats {
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.errors as f64 / self.requests as f64
+        }
+    }
+}
+
+impl TargetStats {
+    pub fn record(&self, now_ms: u64, window: Duration, error: bool, latency: Duration) {
+        let width = (window.as_millis() as u64 / BUCKETS as u64).max(1);
+        let epoch = now_ms / width;
+        let slot = &self.slots[(epoch % BUCKETS as u64) as usize];
+        if slot.epoch.swap(epoch, Ordering::AcqRel) != epoch {
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.errors.store(0, Ordering::Relaxed);
+            for l in &slot.latency {
+                l.store(0, Ordering::Relaxed);
+            }
+        }
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        if error {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn window(&self, now_ms: u64, window: Duration) -> WindowStats {
+        let width = (window.as_millis() as u64 / BUCKETS as u64).max(1);
+        let epoch = now_ms / width;
+        let mut s = WindowStats::default();
+        let mut hist = [0u64; LATENCY_BUCKETS];
+        for slot in &self.slots {
+            if epoch.saturating_sub(slot.epoch.load(Ordering::Acquire)) >= BUCKETS as u64 {
+                continue;
+            }
+            s.requests += slot.requests.load(Ordering::Relaxed);
+            s.errors += slot.errors.load(Ordering::Relaxed);
+            for (h, l) in hist.iter_mut().zip(&slot.latency) {
+                *h += l.load(Ordering::Relaxed) as u64;
+            }
+        }
+        let total: u64 = hist.iter().sum();
+        if total > 0 {
+            let rank = (total * 99).div_ceil(100);
+            let mut seen = 0;
+            for (k, &n) in hist.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    s.p99 = Some(Duration::from_secs_f64(latency_bound_us(k) / 1e6));
+                    break;
+                }
+            }
+        }
+        s
+    }
+
+    pub fn reset(&self) {
+        for slot in &self.slots {
+            slot.epoch.store(0, Ordering::Relaxed);
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.errors.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The last decision about a split, for the admin API.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Decision {
+    pub at_unix: u64,
+    pub action: String,
+    pub reason: String,
+}
+
+/// Live state of one split.
+pub struct SplitState {
+    weights: ArcSwap<Vec<u32>>,
+    /// The configuration fingerprint this state follows.
+    pub fingerprint: AtomicU64,
+    /// Weights were set through the admin API rather than the file.
+    pub runtime_weights: AtomicBool,
+    pub paused: AtomicBool,
+    pub rolled_back: AtomicBool,
+    /// Index into the promotion steps of the step in force.
+    pub step: AtomicU32,
+    pub step_started_ms: AtomicU64,
+    pub last_evaluated_ms: AtomicU64,
+    pub stats: Vec<TargetStats>,
+    pub decision: Mutex<Decision>,
+    /// The analysis verdict of the last evaluation: `not_enough_data`, `healthy` or `breach`.
+    pub last_verdict: Mutex<&'static str>,
+    pub rollbacks: AtomicU64,
+    /// Mirror copies in flight.
+    pub mirror_in_flight: Arc<AtomicU64>,
+}
+
+impl SplitState {
+    pub fn new(weights: Vec<u32>, fingerprint: u64) -> SplitState {
+        let n = weights.len();
+        SplitState {
+            weights: ArcSwap::from_pointee(weights),
+            fingerprint: AtomicU64::new(fingerprint),
+            runtime_weights: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            rolled_back: AtomicBool::new(false),
+            step: AtomicU32::new(0),
+            step_started_ms: AtomicU64::new(crate::clock::now_ms()),
+            last_evaluated_ms: AtomicU64::new(0),
+            stats: (0..n).map(|_| TargetStats::default()).collect(),
+            decision: Mutex::new(Decision::default()),
+            last_verdict: Mutex::new("none"),
+            rollbacks: AtomicU64::new(0),
+            mirror_in_flight: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The weights in force (ppm per target).
+    pub fn weights(&self) -> Arc<Vec<u32>> {
+        self.weights.load_full()
+    }
+
+    /// Replaces every weight at once: a request sees the old set or the new one, never a mix.
+    pub fn set_weights(&self, w: Vec<u32>) {
+        self.weights.store(Arc::new(w));
+    }
+
+    /// Records what was decided and why.
+    pub fn decide(&self, split: &str, action: &str, reason: String) {
+        let at_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        tracing::info!(split, action, reason = %reason, "split decision");
+        *self.decision.lock().unwrap_or_else(|p| p.into_inner()) = Decision {
+            at_unix,
+            action: action.to_string(),
+            reason,
+        };
+    }
+}
