@@ -102,9 +102,10 @@ impl Table {
 
     /// The slot for `key`, claiming a free or expired one if needed.
     fn slot(&self, key: u64, now_us: u64) -> Option<&Slot> {
-        let start = (crate::balancing::maglev::mix(key) as usize) % SLOTS;
+        let n = self.slots.len();
+        let start = (crate::balancing::maglev::mix(key) as usize) % n;
         for i in 0..PROBES {
-            let slot = &self.slots[(start + i) % SLOTS];
+            let slot = &self.slots[(start + i) % n];
             let owner = slot.key.load(Ordering::Acquire);
             if owner == key {
                 return Some(slot);
