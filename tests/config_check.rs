@@ -82,3 +82,14 @@ fn missing_file_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
 }
+
+#[test]
+fn consumer_keys_must_be_hashes() {
+    let text = format!("{BASE}[[consumers]]\nname = \"a\"\nkey_sha256 = \"my-plain-secret\"\n");
+    let (ok, out) = check(&text);
+    assert!(!ok);
+    assert!(
+        out.contains("consumers[0].key_sha256: expected 64 hex digits"),
+        "{out}"
+    );
+}

@@ -31,6 +31,14 @@ health_check = {{ path = "/", interval = "1s" }}
 name = "orders"
 path_prefix = "/orders"
 cluster = "orders"
+rate_limit = {{ key = "client_ip", limits = [{{ requests = 100000, per = "1s" }}] }}
+
+[[routes]]
+name = "checkout"
+path_prefix = "/checkout"
+[routes.split]
+targets = [{{ name = "stable", cluster = "orders", weight = 100 }}]
+mirror = {{ cluster = "orders", percent = 0 }}
 {extra}
 "#,
         orders.addr

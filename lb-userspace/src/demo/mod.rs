@@ -44,6 +44,27 @@ pub fn echo(name: &str) -> Handler {
     })
 }
 
+/// Like [`echo`], but every third request gets a 500: the demo's broken canary.
+pub fn flaky_echo(name: &str) -> Handler {
+    let inner = echo(name);
+    let name = name.to_string();
+    let count = std::sync::atomic::AtomicU64::new(0);
+    Arc::new(move |req, res| {
+        if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 3 == 2 {
+            let body = format!(
+                "{{\"backend\":\"{name}\",\"error\":\"this canary is broken on purpose\"}}\n"
+            );
+            res.send(
+                500,
+                &[("Content-Type", "application/json"), ("X-Backend", &name)],
+                body.as_bytes(),
+            );
+        } else {
+            inner(req, res);
+        }
+    })
+}
+
 /// Runs the demo: echo backends on every endpoint of the demo config, then `lb` itself.
 pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
     let config = Config::parse(DEMO_CONFIG, Path::new("conf/demo.toml"))
@@ -54,7 +75,12 @@ pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
             for (i, ep) in cluster.endpoints.iter().enumerate() {
                 let name = format!("{}-{}", cluster.name, i + 1);
                 if let crate::config::Target::Addr(addr) = ep.target {
-                    backends.push(start_echo(addr, &name)?);
+                    let handler = if cluster.name.contains("canary") {
+                        flaky_echo(&name)
+                    } else {
+                        echo(&name)
+                    };
+                    backends.push(start_backend(addr, &name, handler)?);
                 }
             }
         }
@@ -71,8 +97,8 @@ pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
     result
 }
 
-fn start_echo(addr: SocketAddr, name: &str) -> anyhow::Result<Backend> {
-    let b = Backend::start_on(addr, echo(name))
+fn start_backend(addr: SocketAddr, name: &str, handler: Handler) -> anyhow::Result<Backend> {
+    let b = Backend::start_on(addr, handler)
         .with_context(|| format!("demo backend {name}: cannot listen on {addr}"))?;
     tracing::info!(backend = name, %addr, "demo backend up");
     Ok(b)
@@ -100,8 +126,12 @@ fn print_banner(config: &Config) {
     );
     println!("  curl -s -i {base}/api/beta/products/1  # past its sunset: 410 Gone");
     println!("  curl -s -i {base}/nowhere             # 404 from lb, no route");
+    println!("  curl -s -H 'X-Canary: true' {base}/api/checkout   # forced onto the canary");
+    println!("  for i in $(seq 60); do curl -s -o /dev/null {base}/api/checkout; done   # the canary fails 1 in 3...");
     if let Some(a) = &config.admin {
+        println!("  curl -s http://{}/splits                # ...and gets rolled back: canary weight 0, with the reason", a.addr);
         println!("  curl -s http://{}/config", a.addr);
+        println!("  curl -s http://{}/metrics | grep lb_canary", a.addr);
     }
     println!("stop with Ctrl-C");
 }

@@ -248,6 +248,17 @@ fn route_config_errors_name_their_keys() {
         ("cluster = \"c\"\ndeprecation = { since = \"yesterday\" }", "routes[0].deprecation.since"),
         ("cluster = \"c\"\ndeprecation = { since = \"2026-01-01T00:00:00Z\", sunset = \"2025-01-01T00:00:00Z\" }", "routes[0].deprecation.sunset"),
         ("method = \"GET\"\nmethods = [\"POST\"]\ncluster = \"c\"", "routes[0].methods"),
+        ("split = { targets = [{ name = \"a\", cluster = \"c\", weight = 60 }, { name = \"b\", cluster = \"c\", weight = 30 }] }", "routes[0].split.targets"),
+        ("split = { targets = [{ name = \"a\", cluster = \"nope\", weight = 100 }] }", "routes[0].split.targets[0].cluster"),
+        ("split = { targets = [{ name = \"a\", cluster = \"c\", weight = 101 }] }", "routes[0].split.targets[0].weight"),
+        ("split = { targets = [{ name = \"a\", cluster = \"c\", weight = 100 }], sticky = \"path\" }", "routes[0].split.sticky"),
+        ("split = { targets = [{ name = \"a\", cluster = \"c\", weight = 100 }], override = [{ header = \"x\", value = \"1\", target = \"zz\" }] }", "routes[0].split.override[0].target"),
+        ("split = { targets = [{ name = \"a\", cluster = \"c\", weight = 100 }], promotion = { steps = [1, 5] } }", "routes[0].split.promotion"),
+        ("split = { targets = [{ name = \"a\", cluster = \"c\", weight = 50 }, { name = \"b\", cluster = \"c\", weight = 50 }], analysis = { canary = \"a\", baseline = \"a\" } }", "routes[0].split.analysis.canary"),
+        ("cluster = \"c\"\nsplit = { targets = [{ name = \"a\", cluster = \"c\", weight = 100 }] }", "routes[0]"),
+        ("cluster = \"c\"\nrate_limit = { key = \"cookie:x\", limits = [{ requests = 1, per = \"1s\" }] }", "routes[0].rate_limit.key"),
+        ("cluster = \"c\"\nrate_limit = { key = \"client_ip\", limits = [{ requests = 0, per = \"1s\" }] }", "routes[0].rate_limit.limits[0].requests"),
+        ("cluster = \"c\"\nauth = \"maybe\"", "routes[0].auth"),
     ];
     for (route, path) in bad {
         let text = format!(
