@@ -141,6 +141,7 @@ pub struct RunOptions {
 
 /// Runs the appliance until it is told to stop.
 pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
+    raise_fd_limit();
     // Before any snapshot: its metric handles must come from the installed recorder.
     crate::metrics::install();
     let (config, text) = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -282,6 +283,23 @@ fn spawn_release_control(control: Arc<Control>) -> std::io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// An appliance holds a descriptor per connection: use all the kernel allows this process.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct on the stack.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
 }
 
 fn unix_seconds(t: std::time::SystemTime) -> f64 {

@@ -73,13 +73,49 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Runs every test, echoing cargo's output, and closes with one summed-up line.
+/// Tools the tests use, and the Debian package that brings each.
+const TEST_TOOLS: [(&str, &str); 2] = [("promtool", "prometheus"), ("wrk", "wrk")];
+
+fn have(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).is_file()))
+}
+
+/// Installs missing Debian packages (as root, with apt-get), saying what it does.
+fn ensure_packages(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !have("apt-get") {
+        bail!("missing {missing:?} and no apt-get to install them with");
+    }
+    eprintln!("xtask: installing {missing:?} (Debian packages this task needs)");
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-qq"]);
+    run(update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(install)
+}
+
+/// Runs every test, echoing cargo's output, and closes with one summed-up line.
 fn test(extra: &[String]) -> Result<()> {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
+    ensure_packages(&TEST_TOOLS)?;
     let mut c = cargo();
     c.args(["test", "--workspace"])
         .args(extra)
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .env("LB_REQUIRE_TOOLS", "1");
     eprintln!("+ {c:?}");
     let mut child = c.spawn().context("running cargo test")?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
@@ -110,13 +146,50 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Tools the load benchmark compares against and drives.
+const BENCH_TOOLS: [(&str, &str); 3] = [
+    ("nginx", "nginx-light"),
+    ("haproxy", "haproxy"),
+    ("wrk", "wrk"),
+];
+
+/// `cargo xtask bench [--micro | --load] [load options…]`: criterion micro benchmarks, then
+/// the side-by-side load benchmark (see benches/harness). Options after the mode go to
+/// `lb-bench` (`--seconds`, `--rounds`, `--scenario`, `--proxy`, `--idle`).
 fn bench(extra: &[String]) -> Result<()> {
-    let mut c = cargo();
-    c.args(["bench", "-p", "lb-userspace"]);
-    if !extra.is_empty() {
-        c.arg("--").args(extra);
+    let (micro, load) = match extra.first().map(String::as_str) {
+        Some("--micro") => (true, false),
+        Some("--load") => (false, true),
+        _ => (true, true),
+    };
+    let rest: Vec<String> = extra
+        .iter()
+        .filter(|a| *a != "--micro" && *a != "--load")
+        .cloned()
+        .collect();
+    if micro {
+        let mut c = cargo();
+        c.args(["bench", "-p", "lb-userspace"]);
+        run(c)?;
     }
-    run(c)
+    if load {
+        ensure_packages(&BENCH_TOOLS)?;
+        build()?;
+        let mut b = cargo();
+        b.args(["build", "--release", "-p", "lb-bench"]);
+        run(b)?;
+        let target = root().join("target/release");
+        let mut c = Command::new(target.join("lb-bench"));
+        c.arg("--lb")
+            .arg(target.join("lb"))
+            .arg("--hello")
+            .arg(target.join("lb-hello"))
+            .arg("--out")
+            .arg(root().join("target/bench"))
+            .args(&rest);
+        run(c)?;
+    }
+    Ok(())
 }
 
 fn ci() -> Result<()> {

@@ -1,0 +1,118 @@
+//! The backend every proxy in the benchmark talks to: a single-threaded monoio HTTP/1.1
+//! server. `/` answers 12 bytes, `/16k` 16 KiB, `/upload` reads the request body and answers
+//! `ok`. Keep-alive throughout.
+//!
+//! Usage: lb-hello ADDR
+
+use std::net::SocketAddr;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+const SMALL: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n";
+const UPLOADED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+
+fn main() -> anyhow::Result<()> {
+    let addr: SocketAddr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18081".into())
+        .parse()?;
+    let mut big = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        16 * 1024
+    )
+    .into_bytes();
+    big.extend(std::iter::repeat_n(b'x', 16 * 1024));
+    let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(addr)?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            monoio::spawn(serve(stream, big));
+        }
+    })
+}
+
+async fn serve(mut stream: TcpStream, big: &'static [u8]) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut pos = 0;
+    loop {
+        // Parse what we have; read more when incomplete.
+        let (head_len, body_len, kind) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf[pos..]) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let len = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| {
+                            std::str::from_utf8(h.value)
+                                .ok()?
+                                .trim()
+                                .parse::<usize>()
+                                .ok()
+                        })
+                        .unwrap_or(0);
+                    let kind = match req.path {
+                        Some(p) if p.starts_with("/16k") => 1,
+                        Some(p) if p.starts_with("/upload") => 2,
+                        _ => 0,
+                    };
+                    break (n, len, kind);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Ok(()),
+            }
+            if pos > 0 {
+                buf.drain(..pos);
+                pos = 0;
+            }
+            if buf.len() == buf.capacity() {
+                buf.reserve(buf.capacity());
+            }
+            let start = buf.len();
+            let (r, b) = stream.read(buf.slice_mut(start..)).await;
+            buf = b.into_inner();
+            if r? == 0 {
+                return Ok(());
+            }
+        };
+        pos += head_len;
+        // Skip the body, reading as needed.
+        let mut left = body_len;
+        loop {
+            let have = (buf.len() - pos).min(left);
+            pos += have;
+            left -= have;
+            if left == 0 {
+                break;
+            }
+            buf.clear();
+            pos = 0;
+            let (r, b) = stream.read(buf.slice_mut(0..)).await;
+            buf = b.into_inner();
+            if r? == 0 {
+                return Ok(());
+            }
+        }
+        let answer: &'static [u8] = match kind {
+            1 => big,
+            2 => UPLOADED,
+            _ => SMALL,
+        };
+        let (r, _) = stream.write_all(answer).await;
+        r?;
+        if pos == buf.len() {
+            buf.clear();
+            pos = 0;
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `lb-bench`: lb, nginx and HAProxy side by side, with the same backend and the same
+//! pinning (proxy on core 0; backend and load generator on core 1), each scenario in
+//! interleaved rounds, medians reported with ratios. Writes JSON and Markdown reports.
+//!
+//! Usage: lb-bench --lb PATH --hello PATH --out DIR [--seconds N] [--rounds N]
+//!                 [--scenario NAME]... [--proxy NAME]... [--base-port P] [--idle N]
+
+mod procs;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+/// Everything the command line sets.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub lb: PathBuf,
+    pub hello: PathBuf,
+    pub out: PathBuf,
+    pub seconds: u64,
+    pub rounds: usize,
+    pub scenarios: Vec<String>,
+    pub proxies: Vec<String>,
+    pub base_port: u16,
+    /// Idle keep-alive connections for the memory scenario. 9,500 by default: HAProxy
+    /// reserves two descriptors per connection and the hard limit here is 20,000.
+    pub idle: usize,
+}
+
+pub const ALL_SCENARIOS: [&str; 5] = [
+    "small_keepalive",
+    "response_16k",
+    "upload_1m",
+    "new_connection",
+    "idle_connections",
+];
+pub const ALL_PROXIES: [&str; 3] = ["lb", "nginx", "haproxy"];
+
+fn parse_args() -> Result<Opts> {
+    let mut o = Opts {
+        lb: PathBuf::new(),
+        hello: PathBuf::new(),
+        out: PathBuf::from("target/bench"),
+        seconds: 5,
+        rounds: 3,
+        scenarios: Vec::new(),
+        proxies: Vec::new(),
+        base_port: 18180,
+        idle: 9_500,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--lb" => o.lb = val()?.into(),
+            "--hello" => o.hello = val()?.into(),
+            "--out" => o.out = val()?.into(),
+            "--seconds" => o.seconds = val()?.parse()?,
+            "--rounds" => o.rounds = val()?.parse()?,
+            "--scenario" => o.scenarios.push(val()?),
+            "--proxy" => o.proxies.push(val()?),
+            "--base-port" => o.base_port = val()?.parse()?,
+            "--idle" => o.idle = val()?.parse()?,
+            _ => bail!("unknown argument {a}; see the top of benches/harness/src/main.rs"),
+        }
+    }
+    if o.scenarios.is_empty() {
+        o.scenarios = ALL_SCENARIOS.iter().map(|s| s.to_string()).collect();
+    }
+    if o.proxies.is_empty() {
+        o.proxies = ALL_PROXIES.iter().map(|s| s.to_string()).collect();
+    }
+    for s in &o.scenarios {
+        if !ALL_SCENARIOS.contains(&s.as_str()) {
+            bail!("unknown scenario {s}; known: {ALL_SCENARIOS:?}");
+        }
+    }
+    for p in &o.proxies {
+        if !ALL_PROXIES.contains(&p.as_str()) {
+            bail!("unknown proxy {p}; known: {ALL_PROXIES:?}");
+        }
+    }
+    if !o.lb.is_file() || !o.hello.is_file() {
+        bail!("--lb and --hello must name the built binaries");
+    }
+    Ok(o)
+}
+
+fn main() -> Result<()> {
+    let opts = parse_args()?;
+    procs::raise_fd_limit();
+    std::fs::create_dir_all(&opts.out)?;
+    let results = scenarios::run_all(&opts)?;
+    let report = report::build(&opts, &results);
+    let (json, md) = report::write(&opts.out, &report)?;
+    println!("{}", report::markdown(&report));
+    println!("report: {} and {}", json.display(), md.display());
+    Ok(())
+}

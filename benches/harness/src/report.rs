@@ -1,0 +1,239 @@
+//! Medians, ratios, targets, and the JSON and Markdown reports.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::procs::version_of;
+use crate::scenarios::{Results, Sample};
+use crate::Opts;
+
+pub fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn medians(samples: &[Sample]) -> Value {
+    let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f));
+    let mut v = json!({
+        "rps": m(|s| s.rps),
+        "p50_ms": m(|s| s.p50_ms),
+        "p99_ms": m(|s| s.p99_ms),
+        "cpu_us_per_req": m(|s| s.cpu_us_per_req),
+        "peak_rss_kib": m(|s| s.peak_rss_kib as f64),
+        "requests": m(|s| s.requests as f64),
+        "rounds": samples.len(),
+    });
+    if samples.iter().any(|s| s.kib_per_conn.is_some()) {
+        v["kib_per_idle_connection"] = json!(median(samples.iter().filter_map(|s| s.kib_per_conn)));
+    }
+    if let Some((rate, p50, p99)) = samples.iter().find_map(|s| s.fixed_rate) {
+        v["fixed_rate"] = json!({ "rate": rate, "p50_ms": p50, "p99_ms": p99 });
+    }
+    v
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    json!({ "cpu": cpu, "cores": crate::procs::cores(), "kernel": kernel })
+}
+
+/// The whole report as JSON.
+pub fn build(opts: &Opts, results: &Results) -> Value {
+    let mut scenarios = Vec::new();
+    let mut targets = Vec::new();
+    for (name, per_proxy) in results {
+        let mut proxies = serde_json::Map::new();
+        for (proxy, samples) in per_proxy {
+            proxies.insert(proxy.clone(), medians(samples));
+        }
+        let ratio = |other: &str, field: &str| -> Option<f64> {
+            let a = proxies.get("lb")?.get(field)?.as_f64()?;
+            let b = proxies.get(other)?.get(field)?.as_f64()?;
+            (b > 0.0).then(|| a / b)
+        };
+        let mut ratios = serde_json::Map::new();
+        for other in ["nginx", "haproxy"] {
+            let fields = [
+                "rps",
+                "cpu_us_per_req",
+                "p99_ms",
+                "peak_rss_kib",
+                "kib_per_idle_connection",
+            ];
+            let r: serde_json::Map<String, Value> = fields
+                .iter()
+                .filter_map(|f| ratio(other, f).map(|x| (f.to_string(), json!(x))))
+                .collect();
+            ratios.insert(format!("lb_vs_{other}"), Value::Object(r));
+        }
+        if name == "small_keepalive" {
+            let t = |label: &str, got: Option<f64>, want: &str, ok: fn(f64) -> bool| json!({ "target": label, "value": got, "want": want, "met": got.map(ok) });
+            targets.push(t(
+                "requests/s vs nginx",
+                ratio("nginx", "rps"),
+                ">= 1.2",
+                |x| x >= 1.2,
+            ));
+            targets.push(t(
+                "requests/s vs HAProxy",
+                ratio("haproxy", "rps"),
+                ">= 1.3",
+                |x| x >= 1.3,
+            ));
+            targets.push(t(
+                "CPU per request vs nginx",
+                ratio("nginx", "cpu_us_per_req"),
+                "<= 0.8",
+                |x| x <= 0.8,
+            ));
+            let fixed = |p: &str| proxies.get(p)?.get("fixed_rate")?.get("p99_ms")?.as_f64();
+            let p99 = match (fixed("lb"), fixed("nginx")) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            targets.push(t("p99 at a fixed rate vs nginx", p99, "<= 1.0", |x| {
+                x <= 1.0
+            }));
+        }
+        if name == "idle_connections" {
+            let r = ratio("nginx", "kib_per_idle_connection");
+            targets.push(json!({ "target": "memory per idle connection vs nginx", "value": r, "want": "<= 1.0", "met": r.map(|x| x <= 1.0) }));
+        }
+        scenarios.push(json!({ "name": name, "proxies": proxies, "ratios": ratios }));
+    }
+    json!({
+        "date": humantime_now(),
+        "machine": machine(),
+        "versions": {
+            "lb": version_of(&opts.lb.to_string_lossy(), "--version"),
+            "nginx": version_of("/usr/sbin/nginx", "-v"),
+            "haproxy": version_of("/usr/sbin/haproxy", "-v"),
+            "wrk": version_of("/usr/bin/wrk", "-v"),
+        },
+        "settings": {
+            "seconds": opts.seconds,
+            "rounds": opts.rounds,
+            "pinning": "proxy on core 0; backend and load generator on core 1",
+            "idle_connections": opts.idle,
+        },
+        "scenarios": scenarios,
+        "targets": targets,
+    })
+}
+
+fn humantime_now() -> String {
+    let out = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn num(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    }
+}
+
+/// The report as a Markdown table.
+pub fn markdown(r: &Value) -> String {
+    let mut s = format!(
+        "# lb benchmark\n\n{} · {} cores ({}) · kernel {}\n\n{} · {} · {} · {}\n\n",
+        r["date"].as_str().unwrap_or(""),
+        r["machine"]["cores"],
+        r["machine"]["cpu"].as_str().unwrap_or(""),
+        r["machine"]["kernel"].as_str().unwrap_or(""),
+        r["versions"]["lb"].as_str().unwrap_or(""),
+        r["versions"]["nginx"].as_str().unwrap_or(""),
+        r["versions"]["haproxy"].as_str().unwrap_or(""),
+        r["versions"]["wrk"].as_str().unwrap_or(""),
+    );
+    s.push_str("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS KiB | KiB/idle conn | fixed-rate p50/p99 ms |\n|---|---|---|---|---|---|---|---|---|\n");
+    for sc in r["scenarios"].as_array().into_iter().flatten() {
+        for (proxy, m) in sc["proxies"].as_object().into_iter().flatten() {
+            let fixed = m
+                .get("fixed_rate")
+                .map(|f| {
+                    format!(
+                        "{} / {} @ {}/s",
+                        num(&f["p50_ms"]),
+                        num(&f["p99_ms"]),
+                        num(&f["rate"])
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            s.push_str(&format!(
+                "| {} | {proxy} | {} | {} | {} | {} | {} | {} | {fixed} |\n",
+                sc["name"].as_str().unwrap_or(""),
+                num(&m["rps"]),
+                num(&m["p50_ms"]),
+                num(&m["p99_ms"]),
+                num(&m["cpu_us_per_req"]),
+                num(&m["peak_rss_kib"]),
+                m.get("kib_per_idle_connection").map_or("-".into(), num),
+            ));
+        }
+        for (k, v) in sc["ratios"].as_object().into_iter().flatten() {
+            let parts: Vec<String> = v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(f, x)| format!("{f} {}", num(x)))
+                .collect();
+            if !parts.is_empty() {
+                s.push_str(&format!(
+                    "| {} | {k} | {} |||||||\n",
+                    sc["name"].as_str().unwrap_or(""),
+                    parts.join(", ")
+                ));
+            }
+        }
+    }
+    s.push_str("\n## Targets\n\n| target | value | want | met |\n|---|---|---|---|\n");
+    for t in r["targets"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            t["target"].as_str().unwrap_or(""),
+            num(&t["value"]),
+            t["want"].as_str().unwrap_or(""),
+            match t["met"].as_bool() {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "not measured",
+            }
+        ));
+    }
+    s
+}
+
+/// Writes `report.json` and `report.md` under `dir`.
+pub fn write(dir: &Path, r: &Value) -> std::io::Result<(PathBuf, PathBuf)> {
+    let json_path = dir.join("report.json");
+    let md_path = dir.join("report.md");
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(r).unwrap_or_default() + "\n",
+    )?;
+    std::fs::write(&md_path, markdown(r))?;
+    Ok((json_path, md_path))
+}

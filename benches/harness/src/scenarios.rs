@@ -1,0 +1,390 @@
+//! The scenarios, the proxies' configs, wrk runs and the fixed-rate latency probe.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::procs::{self, Proc};
+use crate::Opts;
+
+/// One proxy in one round of one scenario.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub cpu_us_per_req: f64,
+    pub peak_rss_kib: u64,
+    pub requests: u64,
+    /// Idle scenario only: KiB per idle connection.
+    pub kib_per_conn: Option<f64>,
+    /// Fixed-rate latency (small keep-alive scenario only).
+    pub fixed_rate: Option<(f64, f64, f64)>,
+}
+
+/// All samples: scenario -> proxy -> rounds.
+pub type Results = Vec<(String, Vec<(String, Vec<Sample>)>)>;
+
+struct Ports {
+    backend: SocketAddr,
+    lb: SocketAddr,
+    nginx: SocketAddr,
+    haproxy: SocketAddr,
+}
+
+fn ports(base: u16) -> Ports {
+    let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], base + p));
+    Ports {
+        backend: a(1),
+        lb: a(2),
+        nginx: a(3),
+        haproxy: a(4),
+    }
+}
+
+fn write_configs(dir: &Path, p: &Ports) -> Result<()> {
+    std::fs::write(
+        dir.join("lb.toml"),
+        format!(
+            "[server]\nworkers = 1\npin_workers = false\n\n[[listeners]]\naddr = \"{}\"\n\n[http]\nmax_request_body = \"4MiB\"\n\n\
+             [[clusters]]\nname = \"hello\"\nendpoints = [{{ addr = \"{}\" }}]\n\n[[routes]]\ncluster = \"hello\"\n",
+            p.lb, p.backend
+        ),
+    )?;
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 20000;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
+             events {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_max_body_size 4m;\n\
+               client_body_temp_path {dir}/nginx-body;\n  proxy_temp_path {dir}/nginx-proxy;\n\
+               upstream hello {{ server {}; keepalive 64; }}\n  server {{\n    listen {};\n    location / {{\n      proxy_pass http://hello;\n\
+                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_request_buffering off;\n    }}\n  }}\n}}\n",
+            p.backend,
+            p.nginx,
+            dir = dir.display()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  nbthread 1\n  maxconn 9950\n  ulimit-n 20000\n\ndefaults\n  mode http\n  option http-keep-alive\n  http-reuse always\n\
+               timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n\n\
+             frontend fe\n  bind {}\n  default_backend be\n\nbackend be\n  server hello {}\n",
+            p.haproxy, p.backend
+        ),
+    )?;
+    std::fs::write(
+        dir.join("upload.lua"),
+        "wrk.method = \"POST\"\nwrk.path = \"/upload\"\nwrk.body = string.rep(\"a\", 1048576)\n",
+    )?;
+    Ok(())
+}
+
+fn start_proxy(name: &str, opts: &Opts, dir: &Path, p: &Ports) -> Result<(Proc, SocketAddr)> {
+    let (cmd, addr) = match name {
+        "lb" => {
+            let mut c = procs::pinned(0, &opts.lb);
+            c.arg("run")
+                .arg("--config")
+                .arg(dir.join("lb.toml"))
+                .env("RUST_LOG", "warn");
+            (c, p.lb)
+        }
+        "nginx" => {
+            let mut c = procs::pinned(0, Path::new("/usr/sbin/nginx"));
+            c.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(dir);
+            std::fs::create_dir_all(dir.join("nginx-body"))?;
+            std::fs::create_dir_all(dir.join("nginx-proxy"))?;
+            (c, p.nginx)
+        }
+        "haproxy" => {
+            let mut c = procs::pinned(0, Path::new("/usr/sbin/haproxy"));
+            c.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
+            (c, p.haproxy)
+        }
+        other => bail!("unknown proxy {other}"),
+    };
+    let mut proc = Proc::spawn(name, cmd, &dir.join(format!("{name}.log")))?;
+    procs::wait_listening(addr, &mut proc.child)
+        .with_context(|| format!("{name} did not start; see {}/{name}.log", dir.display()))?;
+    Ok((proc, addr))
+}
+
+/// Follows taskset to the proxy process itself.
+fn proxy_pid(proc: &Proc) -> u32 {
+    // taskset execs the program, so the PID is the proxy's.
+    proc.pid()
+}
+
+/// Runs wrk on core 1 and parses its report.
+fn wrk(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    seconds: u64,
+    extra: &[&str],
+    dir: &Path,
+) -> Result<(f64, f64, f64, u64)> {
+    let mut c = procs::pinned(1, Path::new("/usr/bin/wrk"));
+    c.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+        "--timeout",
+        "10s",
+    ]);
+    c.args(extra);
+    c.arg(format!("http://{addr}{path}"));
+    c.current_dir(dir);
+    let out = c.output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_wrk(&text).with_context(|| {
+        format!(
+            "unexpected wrk output:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn to_ms(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// (requests/s, p50 ms, p99 ms, requests).
+pub fn parse_wrk(text: &str) -> Option<(f64, f64, f64, u64)> {
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let pct = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).and_then(to_ms))
+    };
+    let requests: u64 = text.lines().find_map(|l| {
+        l.trim()
+            .split(" requests in ")
+            .next()
+            .filter(|_| l.contains(" requests in "))?
+            .trim()
+            .parse()
+            .ok()
+    })?;
+    Some((rps, pct("50%")?, pct("99%")?, requests))
+}
+
+/// Open-loop load at `rate` requests/s for `seconds` over `conns` keep-alive connections;
+/// latency counts from when each request was due, so a stall is not hidden.
+fn fixed_rate(addr: SocketAddr, rate: f64, seconds: u64, conns: usize) -> Result<(f64, f64)> {
+    let per_conn = rate / conns as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_conn);
+    let count = (per_conn * seconds as f64) as usize;
+    let threads: Vec<_> = (0..conns)
+        .map(|i| {
+            std::thread::spawn(move || -> Result<Vec<f64>> {
+                procs::pin_current_thread(1);
+                let mut s = TcpStream::connect(addr)?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut lat = Vec::with_capacity(count);
+                let start = Instant::now() + interval.mul_f64(i as f64 / conns as f64);
+                let mut buf = [0u8; 4096];
+                for k in 0..count {
+                    let due = start + interval * k as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+                    let mut got = 0;
+                    // The hello answer is 12 bytes of body; read until the whole response is in.
+                    loop {
+                        let n = s.read(&mut buf[got..])?;
+                        if n == 0 {
+                            bail!("connection closed");
+                        }
+                        got += n;
+                        if let Some(h) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
+                            if got >= h + 4 + 12 {
+                                break;
+                            }
+                        }
+                    }
+                    lat.push(due.elapsed().as_secs_f64() * 1000.0);
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("load thread panicked"))??,
+        );
+    }
+    all.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok((q(0.50), q(0.99)))
+}
+
+/// Opens `n` keep-alive connections that each complete one request, then reports the
+/// proxy's resident memory growth per connection.
+fn idle_connections(addr: SocketAddr, pid: u32, n: usize) -> Result<f64> {
+    let ask = |s: &mut TcpStream| -> Result<()> {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        let mut buf = [0u8; 1024];
+        let mut got = 0;
+        while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") || got < 50 {
+            let r = s.read(&mut buf[got..])?;
+            if r == 0 {
+                bail!("closed");
+            }
+            got += r;
+        }
+        Ok(())
+    };
+    let mut warm = TcpStream::connect(addr)?;
+    ask(&mut warm)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let before = procs::status_kib(pid, "VmRSS")?;
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(addr).with_context(|| format!("connection {i}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        ask(&mut s).with_context(|| format!("request on connection {i}"))?;
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = procs::status_kib(pid, "VmRSS")?;
+    drop(held);
+    Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+/// Runs every selected scenario, rounds interleaved across proxies.
+pub fn run_all(opts: &Opts) -> Result<Results> {
+    let dir = opts.out.join("run");
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let p = ports(opts.base_port);
+    write_configs(&dir, &p)?;
+    let mut backend_cmd = procs::pinned(1, &opts.hello);
+    backend_cmd.arg(p.backend.to_string());
+    let mut backend = Proc::spawn("hello", backend_cmd, &dir.join("hello.log"))?;
+    procs::wait_listening(p.backend, &mut backend.child)?;
+
+    let mut results: Results = Vec::new();
+    for scenario in &opts.scenarios {
+        let mut per_proxy: Vec<(String, Vec<Sample>)> = opts
+            .proxies
+            .iter()
+            .map(|p| (p.clone(), Vec::new()))
+            .collect();
+        for round in 0..opts.rounds {
+            for (name, samples) in per_proxy.iter_mut() {
+                eprintln!("bench: {scenario}, round {}, {name}", round + 1);
+                let (proc, addr) = start_proxy(name, opts, &dir, &p)?;
+                let pid = proxy_pid(&proc);
+                let sample = run_one(scenario, addr, pid, opts, &dir)?;
+                samples.push(sample);
+                drop(proc);
+            }
+        }
+        results.push((scenario.clone(), per_proxy));
+    }
+    // Latency at a fixed offered rate every proxy sustains: half the slowest median rate of
+    // the small keep-alive scenario.
+    if let Some((_, per_proxy)) = results.iter_mut().find(|(s, _)| s == "small_keepalive") {
+        let slowest = per_proxy
+            .iter()
+            .map(|(_, s)| crate::report::median(s.iter().map(|x| x.rps)))
+            .fold(f64::INFINITY, f64::min);
+        let rate = (slowest * 0.5).max(100.0);
+        for (name, samples) in per_proxy.iter_mut() {
+            let (proc, addr) = start_proxy(name, opts, &dir, &p)?;
+            let (p50, p99) = fixed_rate(addr, rate, opts.seconds, 8)?;
+            drop(proc);
+            if let Some(first) = samples.first_mut() {
+                first.fixed_rate = Some((rate, p50, p99));
+            }
+        }
+    }
+    drop(backend);
+    Ok(results)
+}
+
+fn run_one(scenario: &str, addr: SocketAddr, pid: u32, opts: &Opts, dir: &Path) -> Result<Sample> {
+    if scenario == "idle_connections" {
+        let kib = idle_connections(addr, pid, opts.idle)?;
+        return Ok(Sample {
+            kib_per_conn: Some(kib),
+            peak_rss_kib: procs::status_kib(pid, "VmHWM")?,
+            ..Sample::default()
+        });
+    }
+    // Warm up: connections, pools, caches.
+    let _ = wrk(addr, "/", 8, 1, &[], dir);
+    let cpu_before = procs::cpu_us(pid)?;
+    let (rps, p50, p99, requests) = match scenario {
+        "small_keepalive" => wrk(addr, "/", 64, opts.seconds, &[], dir)?,
+        "response_16k" => wrk(addr, "/16k", 64, opts.seconds, &[], dir)?,
+        "upload_1m" => wrk(
+            addr,
+            "/upload",
+            16,
+            opts.seconds,
+            &["-s", "upload.lua"],
+            dir,
+        )?,
+        "new_connection" => wrk(
+            addr,
+            "/",
+            16,
+            opts.seconds,
+            &["-H", "Connection: close"],
+            dir,
+        )?,
+        other => bail!("unknown scenario {other}"),
+    };
+    let cpu = procs::cpu_us(pid)?.saturating_sub(cpu_before);
+    Ok(Sample {
+        rps,
+        p50_ms: p50,
+        p99_ms: p99,
+        cpu_us_per_req: if requests > 0 {
+            cpu as f64 / requests as f64
+        } else {
+            0.0
+        },
+        peak_rss_kib: procs::status_kib(pid, "VmHWM")?,
+        requests,
+        kib_per_conn: None,
+        fixed_rate: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_output() {
+        let text = "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 8 connections\n  Latency Distribution\n     50%  120.00us\n     75%  1.50ms\n     90%    2.00ms\n     99%    3.25ms\n  1234 requests in 1.00s, 100.00KB read\nRequests/sec:   1234.50\n";
+        assert_eq!(super::parse_wrk(text), Some((1234.5, 0.12, 3.25, 1234)));
+    }
+}

@@ -1,0 +1,114 @@
+//! Micro benchmarks of the request path: head parsing, balancer picks for each algorithm,
+//! the consistent-hash table build, and split assignment.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use lb::balancing::maglev::{key_hash, MaglevTable, MIN_TABLE_SIZE};
+use lb::balancing::WorkerBalancer;
+use lb::config::Config;
+use lb::release::state::SplitState;
+use lb::release::{bucket, SplitRequest};
+use lb::snapshot::{Snapshot, StateRegistry};
+
+const HEAD: &[u8] = b"GET /api/orders/12345?expand=items HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) bench\r\nAccept: application/json\r\nAccept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\nCookie: session=abcdef0123456789; theme=dark\r\nX-Request-ID: 2b1f6a0e-8c1d-4a55-9f0e-5d1d2f3c4b5a\r\nX-User-ID: user-42\r\nConnection: keep-alive\r\n\r\n";
+
+fn parse(c: &mut Criterion) {
+    c.bench_function("parse_request_head_10_headers", |b| {
+        b.iter(|| {
+            let mut storage = [httparse::EMPTY_HEADER; 64];
+            let head = lb::http::request::parse(black_box(HEAD), &mut storage)
+                .ok()
+                .flatten();
+            black_box(head.map(|h| h.head_len))
+        })
+    });
+}
+
+fn cluster_snapshot(balancer: &str, endpoints: usize) -> Snapshot {
+    let eps: Vec<String> = (0..endpoints)
+        .map(|i| {
+            format!(
+                "{{ addr = \"10.0.{}.{}:80\", weight = {} }}",
+                i / 250,
+                i % 250 + 1,
+                1 + i % 3
+            )
+        })
+        .collect();
+    let text = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[[clusters]]\nname = \"c\"\nbalancer = \"{balancer}\"\nhash_key = \"header:x-user-id\"\nendpoints = [{}]\n[[routes]]\ncluster = \"c\"\n",
+        eps.join(", ")
+    );
+    let config = Config::parse(&text, Path::new("bench")).expect("bench config");
+    Snapshot::build(config, &text, &StateRegistry::default()).expect("snapshot")
+}
+
+fn balancers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("balancer_pick_16_endpoints");
+    for kind in [
+        "round_robin",
+        "weighted_round_robin",
+        "least_connections",
+        "power_of_two",
+        "random",
+        "maglev",
+    ] {
+        let snap = cluster_snapshot(kind, 16);
+        let cluster = &snap.clusters[0];
+        for (i, e) in cluster.endpoints.iter().enumerate() {
+            e.state.in_flight.store(i as u64 % 5, Ordering::Relaxed);
+        }
+        let wb = WorkerBalancer::new(16, 1);
+        let mut n = 0u64;
+        group.bench_function(kind, |b| {
+            b.iter(|| {
+                n += 1;
+                black_box(wb.pick(cluster, Some(key_hash(&n.to_le_bytes())), |i| i != 3))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn maglev_build(c: &mut Criterion) {
+    let names: Vec<String> = (0..10).map(|i| format!("10.0.0.{i}:80")).collect();
+    let weights = vec![1u32; 10];
+    let mut group = c.benchmark_group("maglev");
+    group.sample_size(10);
+    group.bench_function("build_65537_slots_10_endpoints", |b| {
+        b.iter(|| black_box(MaglevTable::build(&names, &weights, MIN_TABLE_SIZE).size()))
+    });
+    group.finish();
+}
+
+fn split(c: &mut Criterion) {
+    let text = "[[listeners]]\naddr = \"127.0.0.1:0\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[clusters]]\nname = \"b\"\nendpoints = [{ addr = \"127.0.0.1:2\" }]\n[[routes]]\nname = \"r\"\n[routes.split]\nsticky = \"header:X-User-ID\"\nsalt = \"s\"\ntargets = [{ name = \"stable\", cluster = \"a\", weight = 95 }, { name = \"canary\", cluster = \"b\", weight = 5 }]\noverride = [{ header = \"X-Canary\", value = \"true\", target = \"canary\" }]\n";
+    let config = Config::parse(text, Path::new("bench")).expect("bench config");
+    let split = config.routes[0].split.clone().expect("split");
+    let state = SplitState::new(
+        split.targets.iter().map(|t| t.weight_ppm).collect(),
+        split.fingerprint,
+    );
+    let mut storage = [httparse::EMPTY_HEADER; 64];
+    let head = lb::http::request::parse(HEAD, &mut storage)
+        .expect("parse")
+        .expect("complete");
+    let req = SplitRequest {
+        headers: head.headers,
+        query: None,
+        client: "10.1.2.3".parse().expect("ip"),
+        consumer: None,
+    };
+    c.bench_function("split_assign_sticky", |b| {
+        b.iter(|| black_box(split.choose(&state, &req, || 7)))
+    });
+    c.bench_function("split_bucket_hash", |b| {
+        b.iter(|| black_box(bucket("salt", black_box(b"user-42"))))
+    });
+}
+
+criterion_group!(benches, parse, balancers, maglev_build, split);
+criterion_main!(benches);
