@@ -67,6 +67,19 @@ pub fn wait_listening(addr: SocketAddr, child: &mut Child) -> Result<()> {
     bail!("nothing listens on {addr} after 15 s")
 }
 
+/// Waits until nothing accepts on `addr` any more. A killed io_uring process releases its
+/// sockets only when the kernel finishes tearing its ring down, a moment after it exits;
+/// until then its listening socket still takes connections of the SO_REUSEPORT group and
+/// resets them.
+pub fn wait_port_free(addr: SocketAddr) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until
+        && TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A started process, killed on drop.
 pub struct Proc {
     pub child: Child,

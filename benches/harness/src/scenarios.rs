@@ -84,13 +84,16 @@ fn write_configs(dir: &Path, p: &Ports) -> Result<()> {
 }
 
 fn start_proxy(name: &str, opts: &Opts, dir: &Path, p: &Ports) -> Result<(Proc, SocketAddr)> {
+    for a in [p.lb, p.nginx, p.haproxy] {
+        procs::wait_port_free(a);
+    }
     let (cmd, addr) = match name {
         "lb" => {
             let mut c = procs::pinned(0, &opts.lb);
-            c.arg("run")
-                .arg("--config")
-                .arg(dir.join("lb.toml"))
-                .env("RUST_LOG", "warn");
+            c.arg("run").arg("--config").arg(dir.join("lb.toml")).env(
+                "RUST_LOG",
+                std::env::var("LB_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            );
             (c, p.lb)
         }
         "nginx" => {
@@ -208,13 +211,16 @@ fn fixed_rate(addr: SocketAddr, rate: f64, seconds: u64, conns: usize) -> Result
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                        .with_context(|| format!("send on connection {i}, request {k}"))?;
                     let mut got = 0;
                     // The hello answer is 12 bytes of body; read until the whole response is in.
                     loop {
-                        let n = s.read(&mut buf[got..])?;
+                        let n = s.read(&mut buf[got..]).with_context(|| {
+                            format!("connection {i}, request {k} of {count}, {got} bytes in")
+                        })?;
                         if n == 0 {
-                            bail!("connection closed");
+                            bail!("connection {i} closed at request {k}");
                         }
                         got += n;
                         if let Some(h) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {

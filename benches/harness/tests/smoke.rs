@@ -6,7 +6,8 @@ use std::process::Command;
 
 #[test]
 fn short_run_writes_a_report() {
-    let have_wrk = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("wrk").is_file()));
+    let have_wrk = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("wrk").is_file()));
     if !have_wrk {
         if std::env::var_os("LB_REQUIRE_TOOLS").is_some() {
             panic!("wrk is required here (`cargo xtask test` installs it)");
@@ -18,8 +19,8 @@ fn short_run_writes_a_report() {
     let lb = root.join("target/debug/lb");
     assert!(lb.is_file(), "build the lb binary first: {}", lb.display());
     let out = std::env::temp_dir().join(format!("lb-bench-smoke-{}", std::process::id()));
-    // A base port from a free ephemeral one, so parallel runs do not collide.
-    let base = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().saturating_sub(10).max(20000);
+    // Below the ephemeral range, and different per process, so parallel runs do not collide.
+    let base = 20_000 + (std::process::id() % 1000) as u16 * 10;
     let status = Command::new(env!("CARGO_BIN_EXE_lb-bench"))
         .arg("--lb")
         .arg(&lb)
@@ -27,12 +28,22 @@ fn short_run_writes_a_report() {
         .arg(env!("CARGO_BIN_EXE_lb-hello"))
         .arg("--out")
         .arg(&out)
-        .args(["--seconds", "1", "--rounds", "1", "--scenario", "small_keepalive", "--proxy", "lb"])
+        .args([
+            "--seconds",
+            "1",
+            "--rounds",
+            "1",
+            "--scenario",
+            "small_keepalive",
+            "--proxy",
+            "lb",
+        ])
         .args(["--base-port", &base.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let lb_result = &report["scenarios"][0]["proxies"]["lb"];
     assert_eq!(report["scenarios"][0]["name"], "small_keepalive");
     assert!(lb_result["rps"].as_f64().unwrap() > 0.0, "{report}");

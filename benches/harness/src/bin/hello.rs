@@ -30,7 +30,8 @@ fn main() -> anyhow::Result<()> {
         .enable_timer()
         .build()?;
     rt.block_on(async move {
-        let listener = TcpListener::bind(addr)?;
+        // std sets SO_REUSEADDR, so a port with connections in TIME_WAIT can be reused.
+        let listener = TcpListener::from_std(std::net::TcpListener::bind(addr)?)?;
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
