@@ -424,7 +424,7 @@ fn analysed(p: &Pair, extra: &str) -> String {
         p,
         &format!(
             "targets = [{{ name = \"stable\", cluster = \"stable\", weight = 50 }}, {{ name = \"canary\", cluster = \"canary\", weight = 50 }}]\n\
-             analysis = {{ baseline = \"stable\", canary = \"canary\", window = \"30s\", interval = \"50ms\", min_requests = 20, max_error_rate_increase = 0.1, max_p99_ratio = 4.0 {extra} }}"
+             analysis = {{ baseline = \"stable\", canary = \"canary\", window = \"30s\", interval = \"50ms\", min_requests = 20, max_error_rate_increase = 0.1 {extra} }}"
         ),
     )
 }
@@ -475,7 +475,8 @@ fn rollback_fires_when_the_canary_slows_down() {
     }))
     .unwrap();
     let p = Pair { stable, canary };
-    let lb = Lb::start(&analysed(&p, ""));
+    // Latency is judged only in this test: on a busy machine, p99s of small samples are noisy.
+    let lb = Lb::start(&analysed(&p, ", max_p99_ratio = 4.0"));
     wait_until("the latency rollback", || {
         get(lb.addr, "/");
         lb.split("shop")["rolled_back"] == true

@@ -155,6 +155,23 @@ impl BufConn {
         }
     }
 
+    /// Like [`BufConn::fill`], but while nothing is buffered the connection holds no buffer:
+    /// it goes back to `pool`, the wait is a readiness poll, and a pooled buffer is taken only
+    /// once the peer has sent something. An idle keep-alive connection then costs its socket
+    /// and a few hundred bytes, not a read buffer.
+    pub async fn fill_idle(&mut self, pool: &BufPool, timeout: Duration) -> Result<usize, IoFail> {
+        if self.pos == self.buf.len() {
+            pool.give(self.take_buf());
+            match monoio::time::timeout(timeout, self.stream.readable(false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(IoFail::Io(e)),
+                Err(_) => return Err(IoFail::Timeout),
+            }
+            self.buf = pool.take();
+        }
+        self.fill(timeout).await
+    }
+
     /// Writes `n` unconsumed bytes of this connection's buffer to `dst` and consumes them.
     pub async fn forward_to(
         &mut self,

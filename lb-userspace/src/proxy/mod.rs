@@ -127,13 +127,35 @@ impl Reject {
 /// Serves one client connection until it closes, fails, or the worker drains.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, w: &Rc<Worker>) {
     let _ = stream.set_nodelay(true);
-    let mut client = BufConn::new(stream, w.bufs.take());
-    let mut out = w.out_bufs.take();
+    // Buffers are taken when bytes arrive and given back while the connection idles.
+    let mut client = BufConn::new(stream, Vec::new());
+    let mut out = Vec::new();
     let mut first = true;
     loop {
         let view = w.view();
-        let flow = next_request(w, &view, &mut client, &mut out, peer, first).await;
+        // Waiting for the next request holds neither buffers nor the request machinery: the
+        // wait is a readiness poll in this small future, and the request is handled in a
+        // boxed one, so an idle keep-alive connection costs a few hundred bytes.
+        if client.data().is_empty() {
+            w.bufs.give(client.take_buf());
+            let http = &view.snap.http;
+            let wait = if first {
+                http.client_header_timeout
+            } else {
+                http.client_idle_timeout
+            };
+            let drain = w.drain_signal();
+            let ready = monoio::select! {
+                r = monoio::time::timeout(wait, client.stream.readable(false)) => matches!(r, Ok(Ok(()))),
+                _ = drain => false,
+            };
+            if !ready {
+                break;
+            }
+        }
+        let flow = Box::pin(next_request(w, &view, &mut client, &mut out, peer, first)).await;
         first = false;
+        w.out_bufs.give(std::mem::take(&mut out));
         if flow == Flow::Close || w.draining() {
             break;
         }
@@ -173,6 +195,9 @@ async fn handle_request(
     let mut deadline: Option<Instant> = None;
     let decision = loop {
         if !client.data().is_empty() {
+            if out.capacity() == 0 {
+                *out = w.out_bufs.take();
+            }
             // The snapshot is taken when the head is complete, so a request that arrives after
             // a reload follows the new config even on an old keep-alive connection.
             let current = w.view();
@@ -200,13 +225,13 @@ async fn handle_request(
             // Between requests: the idle timeout applies and a drain closes the connection.
             let drain = w.drain_signal();
             monoio::select! {
-                r = client.fill(http.client_idle_timeout) => r,
+                r = client.fill_idle(&w.bufs, http.client_idle_timeout) => r,
                 _ = drain => return Flow::Close,
             }
         } else {
             let d = *deadline.get_or_insert_with(|| Instant::now() + http.client_header_timeout);
             client
-                .fill(d.saturating_duration_since(Instant::now()))
+                .fill_idle(&w.bufs, d.saturating_duration_since(Instant::now()))
                 .await
         };
         match res {
