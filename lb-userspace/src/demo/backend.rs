@@ -139,7 +139,7 @@ impl Backend {
         self.shared.open.load(Ordering::SeqCst)
     }
 
-    /// Requests answered so far.
+    /// Requests received so far (counted before they are answered).
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
     }
@@ -213,8 +213,9 @@ fn serve(stream: TcpStream, shared: &Shared, handler: &Handler) -> io::Result<()
             close,
             head_request: req.method == "HEAD",
         };
-        handler(&req, &mut responder);
+        // Counted before the answer goes out, so a client that has its answer sees the count.
         shared.requests.fetch_add(1, Ordering::SeqCst);
+        handler(&req, &mut responder);
         if responder.close || shared.stop.load(Ordering::SeqCst) {
             let _ = writer.shutdown(Shutdown::Both);
             return Ok(());

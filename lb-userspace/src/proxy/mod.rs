@@ -7,6 +7,7 @@ pub mod explain;
 pub mod head;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -144,12 +145,14 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: &Rc<Worker>) {
             } else {
                 http.client_idle_timeout
             };
-            let drain = w.drain_signal();
-            let ready = monoio::select! {
-                r = monoio::time::timeout(wait, client.stream.readable(false)) => matches!(r, Ok(Ok(()))),
-                _ = drain => false,
-            };
-            if !ready {
+            // A drain shuts idle connections' read side, which ends this wait at once.
+            let key = w.idle_enter(client.stream.as_raw_fd());
+            let ready = matches!(
+                monoio::time::timeout(wait, client.stream.readable(false)).await,
+                Ok(Ok(()))
+            );
+            w.idle_leave(key);
+            if !ready || w.draining() {
                 break;
             }
         }
@@ -222,12 +225,8 @@ async fn handle_request(
         }
         let waiting_idle = client.data().is_empty() && deadline.is_none();
         let res = if waiting_idle && !first {
-            // Between requests: the idle timeout applies and a drain closes the connection.
-            let drain = w.drain_signal();
-            monoio::select! {
-                r = client.fill_idle(&w.bufs, http.client_idle_timeout) => r,
-                _ = drain => return Flow::Close,
-            }
+            // Between requests (the serve loop saw the socket readable): the idle timeout.
+            client.fill_idle(&w.bufs, http.client_idle_timeout).await
         } else {
             let d = *deadline.get_or_insert_with(|| Instant::now() + http.client_header_timeout);
             client

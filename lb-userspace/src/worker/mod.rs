@@ -53,6 +53,8 @@ pub struct Worker {
     connections_gauge: metrics::Gauge,
     access: RefCell<Vec<u8>>,
     access_tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    /// Sockets of connections waiting idle for their next request, to wake on a drain.
+    idle: RefCell<slab::Slab<std::os::fd::RawFd>>,
 }
 
 impl Worker {
@@ -73,6 +75,27 @@ impl Worker {
 
     pub fn draining(&self) -> bool {
         self.draining.get()
+    }
+
+    /// Registers an idle connection's socket; pass the key to [`Worker::idle_leave`].
+    pub fn idle_enter(&self, fd: std::os::fd::RawFd) -> usize {
+        self.idle.borrow_mut().insert(fd)
+    }
+
+    pub fn idle_leave(&self, key: usize) {
+        self.idle.borrow_mut().try_remove(key);
+    }
+
+    /// Ends every idle wait: shutting a socket's read side makes it readable (end of stream).
+    fn wake_idle(&self) {
+        for (_, &fd) in self.idle.borrow().iter() {
+            // SAFETY: `fd` belongs to a connection task that registered it and is still
+            // waiting (it removes itself before its socket can close); shutdown does not
+            // close or invalidate the descriptor.
+            unsafe {
+                libc::shutdown(fd, libc::SHUT_RD);
+            }
+        }
     }
 
     /// True if requests are access-logged.
@@ -279,6 +302,7 @@ async fn worker_main(
         connections_gauge: crate::metrics::downstream_connections(spec.id),
         access: RefCell::new(Vec::new()),
         access_tx: spec.access_log.clone(),
+        idle: RefCell::new(slab::Slab::new()),
     });
     let mut accept_tasks = Vec::new();
     for std_listener in spec.listeners {
@@ -290,6 +314,7 @@ async fn worker_main(
 
     let _ = worker.drain_signal().await;
     worker.draining.set(true);
+    worker.wake_idle();
     for t in accept_tasks {
         t.await;
     }
