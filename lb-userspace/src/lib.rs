@@ -22,5 +22,6 @@ pub mod release;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod steering;
 pub mod upstream;
 pub mod worker;

@@ -21,13 +21,17 @@ fn main() -> Result<()> {
         "build" => build(),
         "ci" => ci(),
         "bench" => bench(rest),
+        "build-ebpf" => build_ebpf(),
         _ => {
             eprintln!("usage: cargo xtask <demo | test | build | ci>");
             eprintln!("  demo   build lb and run the embedded demo config with built-in backends");
             eprintln!("  test   install what the tests need, then run every test");
             eprintln!("  build  release build of target/release/lb");
             eprintln!("  ci     cargo fmt --check, clippy -D warnings, then test");
-            eprintln!("  bench  micro benchmarks (criterion); args go to the bench binaries");
+            eprintln!("  bench  micro benchmarks and the load benchmark (--micro, --load)");
+            eprintln!(
+                "  build-ebpf  build the XDP program (installs the eBPF toolchain if missing)"
+            );
             if task == "help" {
                 Ok(())
             } else {
@@ -59,7 +63,89 @@ fn run(mut c: Command) -> Result<()> {
     Ok(())
 }
 
+/// A Rust toolchain that can build `core` for `bpfel-unknown-none`: a rustup nightly with
+/// `rust-src`, or Debian's rustc-web with rust-web-src. Returns (cargo, rustc).
+fn ebpf_toolchain() -> Option<(PathBuf, PathBuf)> {
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+        .ok();
+    if let Some(o) = nightly.filter(|o| o.status.success()) {
+        let sysroot = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        if sysroot
+            .join("lib/rustlib/src/rust/library/Cargo.lock")
+            .is_file()
+        {
+            return Some((sysroot.join("bin/cargo"), sysroot.join("bin/rustc")));
+        }
+    }
+    let debian = PathBuf::from("/usr/lib/rustlib/src/rust/library/Cargo.lock");
+    if debian.is_file() && Path::new("/usr/bin/rustc").is_file() {
+        return Some(("/usr/bin/cargo".into(), "/usr/bin/rustc".into()));
+    }
+    None
+}
+
+/// Builds `lb-ebpf` into `target/ebpf/lb-xdp.o`, installing what is missing first.
+fn build_ebpf() -> Result<()> {
+    if ebpf_toolchain().is_none() {
+        eprintln!("xtask: no Rust toolchain with library source for eBPF; installing Debian's rustc-web and rust-web-src");
+        apt_install(&["rustc-web", "rust-web-src", "cargo-web"])?;
+    }
+    let (cargo_bin, rustc_bin) =
+        ebpf_toolchain().context("no eBPF-capable Rust toolchain even after installing one")?;
+    if !have("bpf-linker") {
+        apt_install(&[
+            "llvm-22-dev",
+            "libpolly-22-dev",
+            "libzstd-dev",
+            "zlib1g-dev",
+        ])?;
+        eprintln!("xtask: building bpf-linker 0.13 against LLVM 22 (a few minutes, once)");
+        let mut c = cargo();
+        c.args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "0.13.0",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+            "--locked",
+        ])
+        .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+        .env("RUSTFLAGS", "-L native=/usr/lib/llvm-22/lib");
+        run(c)?;
+    }
+    let build_dir = root().join("target/ebpf-build");
+    let mut c = Command::new(&cargo_bin);
+    c.current_dir(root().join("lb-ebpf"))
+        .args([
+            "build",
+            "--release",
+            "-Z",
+            "build-std=core",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .env("RUSTC", &rustc_bin)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", &build_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO");
+    run(c)?;
+    let out = root().join("target/ebpf");
+    std::fs::create_dir_all(&out)?;
+    std::fs::copy(
+        build_dir.join("bpfel-unknown-none/release/lb-xdp"),
+        out.join("lb-xdp.o"),
+    )?;
+    eprintln!("xtask: eBPF object at {}", out.join("lb-xdp.o").display());
+    Ok(())
+}
+
 fn build() -> Result<()> {
+    build_ebpf()?;
     let mut c = cargo();
     c.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
     run(c)
@@ -95,13 +181,22 @@ fn ensure_packages(tools: &[(&str, &str)]) -> Result<()> {
         bail!("missing {missing:?} and no apt-get to install them with");
     }
     eprintln!("xtask: installing {missing:?} (Debian packages this task needs)");
-    let mut update = Command::new("apt-get");
-    update.args(["update", "-qq"]);
-    run(update)?;
+    apt_install(&missing)
+}
+
+/// `apt-get update` (once per xtask run) and `apt-get install` of `packages`.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static UPDATED: AtomicBool = AtomicBool::new(false);
+    if !UPDATED.swap(true, Ordering::SeqCst) {
+        let mut update = Command::new("apt-get");
+        update.args(["update", "-qq"]);
+        run(update)?;
+    }
     let mut install = Command::new("apt-get");
     install
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive");
     run(install)
 }
@@ -111,6 +206,7 @@ fn test(extra: &[String]) -> Result<()> {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     ensure_packages(&TEST_TOOLS)?;
+    build_ebpf()?;
     let mut c = cargo();
     c.args(["test", "--workspace"])
         .args(extra)

@@ -1,0 +1,203 @@
+//! `lb_xdp`: the XDP program in front of lb's listeners.
+//!
+//! It parses Ethernet (with up to two VLAN tags), IPv4, IPv6 and TCP with bounds checks the
+//! verifier accepts; drops sources in the deny lists (LPM tries, v4 and v6); drops SYNs over
+//! a per-source token bucket; counts packets and bytes by verdict in per-CPU maps; and passes
+//! everything else untouched. Anything it cannot parse passes.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::macros::{map, xdp};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray};
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Counter, PacketCount, SourceKey, SynBucket, SynConfig, COUNTERS, TOKEN_SCALE};
+
+/// No preallocation: LPM tries require it.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map]
+static LB_DENY_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+#[map]
+static LB_DENY_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+#[map]
+static LB_SYN_BUCKETS: LruHashMap<SourceKey, SynBucket> = LruHashMap::with_max_entries(262_144, 0);
+
+#[map]
+static LB_SYN_CONFIG: Array<SynConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+static LB_COUNTERS: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (action, counter) = match try_lb_xdp(&ctx) {
+        Ok(verdict) => verdict,
+        Err(()) => (xdp_action::XDP_PASS, Counter::PassUnparsed),
+    };
+    count(counter, len);
+    action
+}
+
+/// The one bounds-checked way to read packet bytes.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+fn read_u16_be(ctx: &XdpContext, offset: usize) -> Result<u16, ()> {
+    let p: *const [u8; 2] = ptr_at(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that both bytes are inside the packet.
+    let b = unsafe { *p };
+    Ok(u16::from_be_bytes(b))
+}
+
+#[inline(always)]
+fn read_u8(ctx: &XdpContext, offset: usize) -> Result<u8, ()> {
+    let p: *const u8 = ptr_at(ctx, offset)?;
+    // SAFETY: `ptr_at` checked the byte is inside the packet.
+    Ok(unsafe { *p })
+}
+
+#[inline(always)]
+fn try_lb_xdp(ctx: &XdpContext) -> Result<(u32, Counter), ()> {
+    let mut proto = read_u16_be(ctx, 12)?;
+    let mut off = ETH_HLEN;
+    // Up to two VLAN tags (802.1Q, 802.1ad QinQ).
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = read_u16_be(ctx, off + 2)?;
+        off += 4;
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            proto = read_u16_be(ctx, off + 2)?;
+            off += 4;
+        }
+    }
+    let pass = Ok((xdp_action::XDP_PASS, Counter::Pass));
+    let drop_denied = Ok((xdp_action::XDP_DROP, Counter::DropDenied));
+    match proto {
+        ETH_P_IP => {
+            let vihl = read_u8(ctx, off)?;
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if vihl >> 4 != 4 || ihl < 20 {
+                return Err(());
+            }
+            let src_ptr: *const [u8; 4] = ptr_at(ctx, off + 12)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            let src = unsafe { *src_ptr };
+            if LB_DENY_V4.get(&Key::new(32, src)).is_some() {
+                return drop_denied;
+            }
+            if read_u8(ctx, off + 9)? == IPPROTO_TCP {
+                let mut mapped = [0u8; 16];
+                mapped[10] = 0xff;
+                mapped[11] = 0xff;
+                mapped[12] = src[0];
+                mapped[13] = src[1];
+                mapped[14] = src[2];
+                mapped[15] = src[3];
+                return syn_guard(ctx, off + ihl, mapped);
+            }
+            pass
+        }
+        ETH_P_IPV6 => {
+            let src_ptr: *const [u8; 16] = ptr_at(ctx, off + 8)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            let src = unsafe { *src_ptr };
+            if LB_DENY_V6.get(&Key::new(128, src)).is_some() {
+                return drop_denied;
+            }
+            // Extension headers are not walked: TCP right after the fixed header only.
+            if read_u8(ctx, off + 6)? == IPPROTO_TCP {
+                return syn_guard(ctx, off + 40, src);
+            }
+            pass
+        }
+        _ => pass,
+    }
+}
+
+/// Drops a new connection (SYN without ACK) when its source is out of tokens.
+#[inline(always)]
+fn syn_guard(ctx: &XdpContext, tcp: usize, src: [u8; 16]) -> Result<(u32, Counter), ()> {
+    let flags = read_u8(ctx, tcp + 13)?;
+    if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
+        return Ok((xdp_action::XDP_PASS, Counter::Pass));
+    }
+    let Some(cfg) = LB_SYN_CONFIG.get(0) else {
+        return Ok((xdp_action::XDP_PASS, Counter::Pass));
+    };
+    if cfg.rate_per_sec == 0 {
+        return Ok((xdp_action::XDP_PASS, Counter::Pass));
+    }
+    let burst = cfg.burst.max(1) * TOKEN_SCALE;
+    // SAFETY: a BPF helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = SourceKey { addr: src };
+    match LB_SYN_BUCKETS.get_ptr_mut(&key) {
+        None => {
+            let fresh = SynBucket {
+                tokens: burst - TOKEN_SCALE,
+                last_ns: now,
+            };
+            let _ = LB_SYN_BUCKETS.insert(&key, &fresh, 0);
+            Ok((xdp_action::XDP_PASS, Counter::Pass))
+        }
+        Some(b) => {
+            // SAFETY: the map returned a valid pointer to this entry's value.
+            let b = unsafe { &mut *b };
+            // At most 10 s of refill, so the multiplication cannot overflow.
+            let elapsed = (now.saturating_sub(b.last_ns)).min(10_000_000_000);
+            let refill = elapsed / 1_000_000 * cfg.rate_per_sec * TOKEN_SCALE / 1_000;
+            let tokens = (b.tokens + refill).min(burst);
+            b.last_ns = now;
+            if tokens >= TOKEN_SCALE {
+                b.tokens = tokens - TOKEN_SCALE;
+                Ok((xdp_action::XDP_PASS, Counter::Pass))
+            } else {
+                b.tokens = tokens;
+                Ok((xdp_action::XDP_DROP, Counter::DropSynFlood))
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn count(c: Counter, bytes: u64) {
+    if let Some(slot) = LB_COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot of this CPU; nothing else writes it concurrently.
+        unsafe {
+            (*slot).packets += 1;
+            (*slot).bytes += bytes;
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[no_mangle]
+#[link_section = "license"]
+pub static LICENSE: [u8; 4] = *b"GPL\0";
