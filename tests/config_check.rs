@@ -93,3 +93,14 @@ fn consumer_keys_must_be_hashes() {
         "{out}"
     );
 }
+
+#[test]
+fn routes_that_can_never_match_are_warned_about() {
+    let text = format!("{BASE}[[routes]]\nname = \"again\"\ncluster = \"a\"\n");
+    let (ok, out) = check(&text);
+    assert!(ok, "a warning is not an error: {out}");
+    assert!(
+        out.contains("warning: routes[1] (again) can never match: routes[0]"),
+        "{out}"
+    );
+}

@@ -256,6 +256,18 @@ fn limits_answer_503_at_once() {
         "refused at once, not after the slow request"
     );
     assert_eq!(first.join().unwrap(), 200);
+    let limit = |lb: &Lb, name: &str| {
+        metric(
+            &lb.scrape(),
+            "lb_limit_rejections_total",
+            &[("cluster", "app"), ("limit", name)],
+        )
+    };
+    assert_eq!(
+        limit(&lb, "cluster_max_requests"),
+        1.0,
+        "each refusal is counted by limit"
+    );
 
     // Connection limit with no waiting room.
     let lb = Lb::start(&cluster_config(
@@ -272,6 +284,7 @@ fn limits_answer_503_at_once() {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("x-lb-limit"), Some("max_pending"));
     assert_eq!(first.join().unwrap(), 200);
+    assert_eq!(limit(&lb, "max_pending"), 1.0);
 }
 
 #[test]
