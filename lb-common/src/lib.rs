@@ -57,6 +57,27 @@ pub struct SourceKey {
     pub addr: [u8; 16],
 }
 
+/// Most workers SK_REUSEPORT steering can choose between, per listener.
+pub const MAX_WORKERS: u32 = 64;
+/// Most listeners (SO_REUSEPORT groups) steered at once.
+pub const MAX_LISTENERS: u32 = 8;
+
+/// SK_REUSEPORT policies.
+pub const POLICY_CPU: u32 = 0;
+pub const POLICY_HASH: u32 = 1;
+pub const POLICY_LEAST_LOADED: u32 = 2;
+
+/// SK_REUSEPORT settings (array map, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerConfig {
+    /// Workers, each with one socket per listener at index `listener * MAX_WORKERS + worker`.
+    pub workers: u32,
+    pub policy: u32,
+    pub listeners: u32,
+    pub _pad: u32,
+}
+
 /// Per-worker load as the workers publish it for the `least_loaded` SK_REUSEPORT policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,4 +97,5 @@ mod pod {
     unsafe impl aya::Pod for super::SynConfig {}
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::WorkerLoad {}
+    unsafe impl aya::Pod for super::SteerConfig {}
 }

@@ -6,14 +6,20 @@
 //! everything else untouched. Anything it cannot parse passes.
 #![no_std]
 #![no_main]
+// Atomic add on a map value: the bpfel target's `core` has no atomic types, only the intrinsic.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
-use aya_ebpf::bindings::xdp_action;
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use aya_ebpf::macros::{map, xdp};
+use aya_ebpf::bindings::{sk_action, xdp_action};
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
+use aya_ebpf::macros::{map, sk_reuseport, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray};
-use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, PacketCount, SourceKey, SynBucket, SynConfig, COUNTERS, TOKEN_SCALE};
+use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray};
+use aya_ebpf::programs::{SkReuseportContext, XdpContext};
+use lb_common::{
+    Counter, PacketCount, SourceKey, SteerConfig, SynBucket, SynConfig, WorkerLoad, COUNTERS,
+    MAX_LISTENERS, MAX_WORKERS, POLICY_CPU, POLICY_HASH, POLICY_LEAST_LOADED, TOKEN_SCALE,
+};
 
 /// No preallocation: LPM tries require it.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -32,6 +38,101 @@ static LB_SYN_CONFIG: Array<SynConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 static LB_COUNTERS: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+#[map]
+static LB_SOCKETS: ReusePortSockArray =
+    ReusePortSockArray::with_max_entries(MAX_WORKERS * MAX_LISTENERS, 0);
+
+#[map]
+static LB_STEER: Array<SteerConfig> = Array::with_max_entries(1, 0);
+
+/// Open connections per worker. Memory-mapped by user space: this program adds one when it
+/// picks a worker (so a burst of SYNs sees its own choices), workers subtract one when a
+/// connection closes.
+#[map]
+static LB_WORKER_LOAD: Array<WorkerLoad> = Array::with_max_entries(MAX_WORKERS, BPF_F_MMAPABLE);
+
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Chooses the worker socket for a new connection, by the configured policy. If nothing
+/// can be chosen the kernel's own hash decides.
+#[sk_reuseport]
+pub fn lb_reuseport(ctx: SkReuseportContext) -> u32 {
+    let Some(cfg) = LB_STEER.get(0) else {
+        return sk_action::SK_PASS;
+    };
+    let workers = cfg.workers;
+    if workers == 0 || workers > MAX_WORKERS {
+        return sk_action::SK_PASS;
+    }
+    let worker = match cfg.policy {
+        // SAFETY: a BPF helper with no arguments.
+        POLICY_CPU => (unsafe { bpf_get_smp_processor_id() })
+            .checked_rem(workers)
+            .unwrap_or(0),
+        POLICY_HASH => ctx.hash().checked_rem(workers).unwrap_or(0),
+        POLICY_LEAST_LOADED => {
+            let w = least_loaded(workers, ctx.hash());
+            if let Some(load) = LB_WORKER_LOAD.get_ptr_mut(w) {
+                // SAFETY: a valid pointer to the map value; the field is 4-byte aligned, and
+                // the add is atomic against other CPUs and user space.
+                unsafe {
+                    core::intrinsics::atomic_xadd::<
+                        u32,
+                        u32,
+                        { core::intrinsics::AtomicOrdering::Relaxed },
+                    >(core::ptr::addr_of_mut!((*load).active_connections), 1);
+                }
+            }
+            w
+        }
+        _ => return sk_action::SK_PASS,
+    };
+    // The packet belongs to one listener's group; the socket of another group is refused by
+    // the kernel, so try each listener's slot for this worker until one is accepted.
+    let mut l = 0;
+    while l < MAX_LISTENERS {
+        if l >= cfg.listeners {
+            break;
+        }
+        if LB_SOCKETS
+            .select_reuseport(&ctx, l * MAX_WORKERS + worker)
+            .is_ok()
+        {
+            return sk_action::SK_PASS;
+        }
+        l += 1;
+    }
+    sk_action::SK_PASS
+}
+
+/// The worker with the fewest open connections; ties start from the flow hash so that
+/// equally loaded workers share new connections.
+#[inline(always)]
+fn least_loaded(workers: u32, hash: u32) -> u32 {
+    // No `%`: a division the verifier cannot prove non-zero pulls in a panic path.
+    let start = hash.checked_rem(workers).unwrap_or(0);
+    let mut best = start;
+    let mut best_load = u32::MAX;
+    let mut i = 0;
+    while i < MAX_WORKERS {
+        if i >= workers {
+            break;
+        }
+        let mut w = start + i;
+        if w >= workers {
+            w -= workers;
+        }
+        if let Some(load) = LB_WORKER_LOAD.get(w) {
+            if load.active_connections < best_load {
+                best_load = load.active_connections;
+                best = w;
+            }
+        }
+        i += 1;
+    }
+    best
+}
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;

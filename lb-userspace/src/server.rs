@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::channel::oneshot;
 
-use crate::config::{Config, ConfigErrors, Workers};
+use crate::config::{Config, ConfigErrors, SteeringMode, Workers};
 use crate::snapshot::{Snapshot, SnapshotCell, StateRegistry};
+use crate::steering::XdpFilter;
 use crate::upstream::health::HealthChecks;
 use crate::worker::{self, WorkerSpec};
 
@@ -26,6 +27,44 @@ pub struct Control {
     /// Serialises reloads; also owns the health checks, which follow each published snapshot.
     health: Mutex<HealthChecks>,
     pub draining: AtomicBool,
+    /// The kernel half, if configured.
+    pub steering: Mutex<SteeringState>,
+    /// Per-worker connection accounting.
+    pub worker_stats: Mutex<Arc<Vec<WorkerStats>>>,
+}
+
+/// Whether the eBPF programs run.
+pub enum SteeringState {
+    Off,
+    On(XdpFilter),
+    /// Configured, but they could not load; the reason.
+    Unavailable(String),
+}
+
+/// Connections one worker accepted, and how many it holds now.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub accepted: std::sync::atomic::AtomicU64,
+    pub active: std::sync::atomic::AtomicU64,
+}
+
+/// Loads the programs, steers the workers' sockets, attaches XDP and fills the maps.
+fn start_steering(
+    cfg: &crate::config::SteeringConfig,
+    per_worker: &[Vec<std::net::TcpListener>],
+) -> Result<(XdpFilter, crate::steering::load::WorkerLoads), crate::steering::SteeringError> {
+    let mut kernel = XdpFilter::load()?;
+    let sockets: Vec<Vec<&std::net::TcpListener>> =
+        per_worker.iter().map(|l| l.iter().collect()).collect();
+    let loads = kernel.steer(&sockets, cfg.policy)?;
+    kernel.set_deny(&cfg.deny)?;
+    kernel.set_syn_limit(cfg.syn_rate, cfg.syn_burst)?;
+    if cfg.mode == SteeringMode::Xdp {
+        for iface in &cfg.interfaces {
+            kernel.attach_xdp(iface, cfg.xdp_mode)?;
+        }
+    }
+    Ok((kernel, loads))
 }
 
 /// A config file on disk, or the embedded demo config.
@@ -92,6 +131,17 @@ impl Control {
                 errors,
             })?;
         let version = snap.version.clone();
+        if let SteeringState::On(kernel) =
+            &mut *self.steering.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            let st = &snap.config.steering;
+            if let Err(e) = kernel
+                .set_deny(&st.deny)
+                .and_then(|_| kernel.set_syn_limit(st.syn_rate, st.syn_burst))
+            {
+                tracing::error!("updating the eBPF deny list failed: {e}");
+            }
+        }
         health.reconcile(&snap);
         crate::metrics::config_active(
             &version,
@@ -169,6 +219,8 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         source,
         health: Mutex::new(health),
         draining: AtomicBool::new(false),
+        steering: Mutex::new(SteeringState::Off),
+        worker_stats: Mutex::new(Arc::new(Vec::new())),
     });
     spawn_resolver(control.clone())?;
     spawn_release_control(control.clone())?;
@@ -196,6 +248,32 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         }
         tracing::info!(listener = %l.name, addr = %actual, "listening");
         bound.push((l.name.clone(), actual));
+    }
+
+    // The kernel half, before any worker accepts: sockets go into the steering map first.
+    let worker_stats: Arc<Vec<WorkerStats>> =
+        Arc::new((0..n_workers).map(|_| WorkerStats::default()).collect());
+    *control
+        .worker_stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = worker_stats.clone();
+    let mut loads = None;
+    if config.steering.mode != SteeringMode::Off {
+        match start_steering(&config.steering, &per_worker) {
+            Ok((kernel, l)) => {
+                tracing::info!(mode = ?config.steering.mode, policy = ?config.steering.policy, "eBPF steering on");
+                if config.steering.policy == crate::config::SteeringPolicy::LeastLoaded {
+                    loads = Some(Arc::new(l));
+                }
+                *control.steering.lock().unwrap_or_else(|p| p.into_inner()) =
+                    SteeringState::On(kernel);
+            }
+            Err(e) => {
+                tracing::warn!("eBPF steering unavailable, running on plain SO_REUSEPORT: {e}");
+                *control.steering.lock().unwrap_or_else(|p| p.into_inner()) =
+                    SteeringState::Unavailable(e.to_string());
+            }
+        }
     }
 
     if let (Some(every), ConfigSource::File(path)) = (config.server.watch_config, control.source())
@@ -239,6 +317,8 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
             buf_size: config.http.max_header_bytes.max(4096),
             drain_timeout: config.server.drain_timeout,
             access_log: access_log.clone(),
+            loads: loads.clone(),
+            stats: worker_stats.clone(),
         };
         handles.push(worker::spawn(spec, cell.clone(), rx, started_tx.clone())?);
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::server::Control;
+use crate::server::{Control, SteeringState};
 
 /// An admin client that sends nothing for this long is dropped.
 const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,6 +169,11 @@ fn authorize(req: &AdminRequest, control: &Control) -> Result<(), (u16, Body)> {
 
 fn handle(req: &AdminRequest, control: &Control) -> (u16, Body) {
     if req.method == "GET" && req.path.split('?').next() == Some("/metrics") {
+        if let SteeringState::On(kernel) =
+            &*control.steering.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            crate::metrics::xdp(kernel);
+        }
         return (
             200,
             Body::Metrics(crate::metrics::render(&control.cell.load())),
@@ -208,6 +213,9 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
         }
         ("GET", "/clusters") => (200, clusters(control)),
         ("GET", "/splits") => (200, splits(control)),
+        ("GET", "/steering") => (200, steering(control)),
+        ("POST", "/steering/deny") => steering_edit(control, &req.body, true),
+        ("POST", "/steering/allow") => steering_edit(control, &req.body, false),
         (method, p) if p.starts_with("/splits/") => split_control(method, p, &req.body, control),
         ("GET", "/routes") => (200, routes(control)),
         ("POST", "/reload") => match control.reload() {
@@ -502,4 +510,98 @@ fn split_control(method: &str, path: &str, body: &[u8], control: &Control) -> (u
         200,
         json!({ "split": name, "action": action, "weights": weights }),
     )
+}
+
+/// The kernel half: mode, XDP counters, deny list, and per-worker connection accounting.
+fn steering(control: &Control) -> Value {
+    use lb_common::Counter;
+    let snap = control.cell.load();
+    let cfg = &snap.config.steering;
+    let stats = control
+        .worker_stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let workers: Vec<Value> = stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({ "worker": i, "accepted": s.accepted.load(Ordering::Relaxed), "active": s.active.load(Ordering::Relaxed) }))
+        .collect();
+    let state = control.steering.lock().unwrap_or_else(|p| p.into_inner());
+    let (status, counters, deny) = match &*state {
+        SteeringState::Off => ("off".to_string(), Value::Null, Value::Null),
+        SteeringState::Unavailable(why) => {
+            (format!("unavailable: {why}"), Value::Null, Value::Null)
+        }
+        SteeringState::On(kernel) => {
+            let c = |k: Counter| {
+                kernel
+                    .counter(k)
+                    .map(|v| json!({ "packets": v.packets, "bytes": v.bytes }))
+                    .unwrap_or(Value::Null)
+            };
+            let deny: Vec<String> = kernel
+                .deny_entries()
+                .unwrap_or_default()
+                .iter()
+                .map(|(a, l)| format!("{a}/{l}"))
+                .collect();
+            (
+                "on".to_string(),
+                json!({
+                    "pass": c(Counter::Pass),
+                    "drop_denied": c(Counter::DropDenied),
+                    "drop_syn_flood": c(Counter::DropSynFlood),
+                    "pass_unparsed": c(Counter::PassUnparsed),
+                }),
+                json!(deny),
+            )
+        }
+    };
+    json!({
+        "mode": format!("{:?}", cfg.mode).to_lowercase(),
+        "policy": format!("{:?}", cfg.policy),
+        "status": status,
+        "interfaces": cfg.interfaces,
+        "xdp": counters,
+        "deny": deny,
+        "workers": workers,
+    })
+}
+
+/// `POST /steering/deny` or `/steering/allow` with `{"prefix": "10.0.0.0/8"}`. Changes last
+/// until the next reload, which sets the deny list from the file again.
+fn steering_edit(control: &Control, body: &[u8], deny: bool) -> (u16, Value) {
+    let prefix = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("prefix").and_then(Value::as_str).map(str::to_string));
+    let Some(prefix) = prefix else {
+        return bad("expected JSON such as {\"prefix\": \"10.0.0.0/8\"}".into());
+    };
+    let (addr, len) = match crate::config::parse_prefix(&prefix) {
+        Ok(p) => p,
+        Err(e) => return bad(e),
+    };
+    let mut state = control.steering.lock().unwrap_or_else(|p| p.into_inner());
+    let SteeringState::On(kernel) = &mut *state else {
+        return (
+            409,
+            json!({ "error": "steering_off", "reason": "the eBPF programs are not running" }),
+        );
+    };
+    let result = if deny {
+        kernel.deny(addr, len)
+    } else {
+        kernel.allow(addr, len)
+    };
+    match result {
+        Ok(()) => (
+            200,
+            json!({ "result": if deny { "denied" } else { "allowed" }, "prefix": format!("{addr}/{len}") }),
+        ),
+        Err(e) => (
+            400,
+            json!({ "error": "map_update_failed", "reason": e.to_string() }),
+        ),
+    }
 }

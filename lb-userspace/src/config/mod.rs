@@ -67,6 +67,7 @@ pub struct Config {
     /// Where access log lines go; `None` means off.
     pub access_log: Option<String>,
     pub consumers: crate::identity::Consumers,
+    pub steering: SteeringConfig,
 }
 
 /// How many workers to run.
@@ -311,6 +312,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         clusters.push(cluster::validate_cluster(i, c, &mut errs));
     }
 
+    let steering = validate_steering(raw.steering.as_ref(), &mut errs);
     let consumers = release::validate_consumers(raw.identity.as_ref(), &raw.consumers, &mut errs);
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
@@ -329,9 +331,140 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
             routes,
             access_log,
             consumers,
+            steering,
         })
     } else {
         Err(errs.0)
+    }
+}
+
+/// How the kernel half runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringMode {
+    Off,
+    /// SK_REUSEPORT steering only.
+    Reuseport,
+    /// XDP filtering and SK_REUSEPORT steering.
+    Xdp,
+}
+
+/// The SK_REUSEPORT policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringPolicy {
+    Cpu,
+    Hash,
+    LeastLoaded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone)]
+pub struct SteeringConfig {
+    pub mode: SteeringMode,
+    pub policy: SteeringPolicy,
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    /// (address, prefix length).
+    pub deny: Vec<(std::net::IpAddr, u32)>,
+    pub syn_rate: u64,
+    pub syn_burst: u64,
+}
+
+/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address.
+pub fn parse_prefix(text: &str) -> Result<(std::net::IpAddr, u32), String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let ip: std::net::IpAddr = addr.trim().parse().map_err(|_| {
+        format!("expected an address or prefix such as \"10.0.0.0/8\", got {text:?}")
+    })?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("prefix length in {text:?} must be 0 to {max}"))?,
+    };
+    Ok((ip, len))
+}
+
+fn validate_steering(s: Option<&raw::RawSteering>, errs: &mut Errors) -> SteeringConfig {
+    let default = raw::RawSteering::default();
+    let s = s.unwrap_or(&default);
+    let mode = match s.mode.as_deref() {
+        None | Some("off") => SteeringMode::Off,
+        Some("reuseport") => SteeringMode::Reuseport,
+        Some("xdp") => SteeringMode::Xdp,
+        Some(o) => {
+            errs.push(
+                "steering.mode",
+                format!("expected \"off\", \"reuseport\" or \"xdp\", got {o:?}"),
+            );
+            SteeringMode::Off
+        }
+    };
+    let policy = match s.policy.as_deref() {
+        None | Some("hash") => SteeringPolicy::Hash,
+        Some("cpu") => SteeringPolicy::Cpu,
+        Some("least_loaded") => SteeringPolicy::LeastLoaded,
+        Some(o) => {
+            errs.push(
+                "steering.policy",
+                format!("expected \"cpu\", \"hash\" or \"least_loaded\", got {o:?}"),
+            );
+            SteeringPolicy::Hash
+        }
+    };
+    let xdp_mode = match s.xdp_mode.as_deref() {
+        None | Some("auto") => XdpMode::Auto,
+        Some("native") => XdpMode::Native,
+        Some("generic") => XdpMode::Generic,
+        Some(o) => {
+            errs.push(
+                "steering.xdp_mode",
+                format!("expected \"auto\", \"native\" or \"generic\", got {o:?}"),
+            );
+            XdpMode::Auto
+        }
+    };
+    if mode == SteeringMode::Xdp && s.interfaces.is_empty() {
+        errs.push(
+            "steering.interfaces",
+            "mode \"xdp\" needs at least one interface",
+        );
+    }
+    for (i, name) in s.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            errs.push(
+                format!("steering.interfaces[{i}]"),
+                format!("{name:?} is not an interface name"),
+            );
+        }
+    }
+    let mut deny = Vec::new();
+    for (i, d) in s.deny.iter().enumerate() {
+        match parse_prefix(d) {
+            Ok(p) => deny.push(p),
+            Err(e) => errs.push(format!("steering.deny[{i}]"), e),
+        }
+    }
+    SteeringConfig {
+        mode,
+        policy,
+        interfaces: s.interfaces.clone(),
+        xdp_mode,
+        deny,
+        syn_rate: s.syn_rate.unwrap_or(0),
+        syn_burst: s.syn_burst.unwrap_or(100),
     }
 }
 

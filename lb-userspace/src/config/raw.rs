@@ -23,6 +23,28 @@ pub struct RawConfig {
     pub identity: Option<RawIdentity>,
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
+    pub steering: Option<RawSteering>,
+}
+
+/// `[steering]`: the kernel half.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSteering {
+    /// `"off"`, `"reuseport"` or `"xdp"`.
+    pub mode: Option<String>,
+    /// SK_REUSEPORT policy: `"cpu"`, `"hash"` or `"least_loaded"`.
+    pub policy: Option<String>,
+    /// Interfaces the XDP program attaches to.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// `"auto"`, `"native"` or `"generic"`.
+    pub xdp_mode: Option<String>,
+    /// Source prefixes dropped by XDP: `"10.0.0.0/8"`, `"2001:db8::/32"`, `"192.0.2.1"`.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// New connections per second per source before SYNs are dropped; 0 or absent is off.
+    pub syn_rate: Option<u64>,
+    pub syn_burst: Option<u64>,
 }
 
 /// `[identity]`: where API keys come from.

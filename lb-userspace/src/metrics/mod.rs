@@ -133,6 +133,22 @@ impl SplitMetrics {
     }
 }
 
+/// Copies the XDP program's per-CPU counters (summed) into the exported counters.
+pub fn xdp(kernel: &crate::steering::XdpFilter) {
+    use lb_common::Counter;
+    for (c, action, reason) in [
+        (Counter::Pass, "pass", "none"),
+        (Counter::PassUnparsed, "pass", "unparsed"),
+        (Counter::DropDenied, "drop", "denied"),
+        (Counter::DropSynFlood, "drop", "syn_flood"),
+    ] {
+        if let Ok(v) = kernel.counter(c) {
+            counter!(XDP_PACKETS_TOTAL, "action" => action, "reason" => reason).absolute(v.packets);
+            counter!(XDP_BYTES_TOTAL, "action" => action, "reason" => reason).absolute(v.bytes);
+        }
+    }
+}
+
 /// Counts an automatic rollback.
 pub fn canary_rolled_back(split: &str) {
     counter!(CANARY_ROLLBACKS_TOTAL, "split" => split.to_string()).increment(1);

@@ -37,6 +37,10 @@ pub const CANARY_PROMOTIONS_TOTAL: &str = "lb_canary_promotions_total";
 pub const RATE_LIMITED_TOTAL: &str = "lb_rate_limited_total";
 /// Mirror copies, by `split` and `result` (`sent`, `shed`).
 pub const MIRROR_REQUESTS_TOTAL: &str = "lb_mirror_requests_total";
+/// Packets seen by the XDP program, by `action` (`pass`, `drop`) and `reason`.
+pub const XDP_PACKETS_TOTAL: &str = "lb_xdp_packets_total";
+/// Bytes seen by the XDP program, by `action` and `reason`.
+pub const XDP_BYTES_TOTAL: &str = "lb_xdp_bytes_total";
 /// Config reloads, by `result` (`ok`, `error`).
 pub const CONFIG_RELOADS_TOTAL: &str = "lb_config_reloads_total";
 /// 1 for the active config `version` (content hash), 0 for earlier ones.

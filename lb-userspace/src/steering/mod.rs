@@ -1,6 +1,8 @@
-//! The kernel half in user space: loading the XDP program, its maps, and running it on test
-//! packets through `BPF_PROG_TEST_RUN`.
+//! The kernel half in user space: loading the XDP and SK_REUSEPORT programs, attaching
+//! them, their maps (deny lists, SYN guard, worker sockets and loads, counters), and running
+//! the XDP program on test packets through `BPF_PROG_TEST_RUN`.
 
+pub mod load;
 pub mod testrun;
 
 use std::net::IpAddr;
@@ -9,6 +11,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, PerCpuArray};
 use aya::programs::Xdp;
 use aya::Ebpf;
+use std::os::fd::AsFd;
+
 use lb_common::{Counter, PacketCount, SynConfig};
 use thiserror::Error;
 
@@ -56,10 +60,140 @@ impl XdpFilter {
             .ok_or_else(|| SteeringError::Load("no program lb_xdp".into()))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| SteeringError::Load(e.to_string()))?;
-        use std::os::fd::AsFd;
         prog.fd()
             .map(|fd| fd.as_fd())
             .map_err(|e| SteeringError::Load(e.to_string()))
+    }
+
+    /// Sets up SK_REUSEPORT steering: `sockets[worker][listener]` are the workers' listening
+    /// sockets. Returns the mapped worker-load table for `least_loaded`.
+    pub fn steer(
+        &mut self,
+        sockets: &[Vec<&std::net::TcpListener>],
+        policy: crate::config::SteeringPolicy,
+    ) -> Result<load::WorkerLoads, SteeringError> {
+        use aya::maps::ReusePortSockArray;
+        use aya::programs::SkReuseport;
+        use lb_common::{SteerConfig, MAX_LISTENERS, MAX_WORKERS};
+        let workers = sockets.len() as u32;
+        let listeners = sockets.first().map_or(0, Vec::len) as u32;
+        if workers == 0 || workers > MAX_WORKERS || listeners > MAX_LISTENERS {
+            return Err(SteeringError::Load(format!(
+                "steering supports up to {MAX_WORKERS} workers and {MAX_LISTENERS} listeners"
+            )));
+        }
+        {
+            let mut arr: ReusePortSockArray<_> =
+                ReusePortSockArray::try_from(self.map("LB_SOCKETS")?)
+                    .map_err(|e| SteeringError::Map("LB_SOCKETS", e.to_string()))?;
+            for (w, per_listener) in sockets.iter().enumerate() {
+                for (l, sock) in per_listener.iter().enumerate() {
+                    arr.set(l as u32 * MAX_WORKERS + w as u32, *sock, 0)
+                        .map_err(|e| SteeringError::Map("LB_SOCKETS", e.to_string()))?;
+                }
+            }
+        }
+        let policy = match policy {
+            crate::config::SteeringPolicy::Cpu => lb_common::POLICY_CPU,
+            crate::config::SteeringPolicy::Hash => lb_common::POLICY_HASH,
+            crate::config::SteeringPolicy::LeastLoaded => lb_common::POLICY_LEAST_LOADED,
+        };
+        {
+            let mut cfg: Array<_, SteerConfig> = Array::try_from(self.map("LB_STEER")?)
+                .map_err(|e| SteeringError::Map("LB_STEER", e.to_string()))?;
+            cfg.set(
+                0,
+                SteerConfig {
+                    workers,
+                    policy,
+                    listeners,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(|e| SteeringError::Map("LB_STEER", e.to_string()))?;
+        }
+        let loads = {
+            let map = self.map("LB_WORKER_LOAD")?;
+            let fd = match map {
+                aya::maps::Map::Array(data) => data.fd().as_fd().try_clone_to_owned(),
+                _ => return Err(SteeringError::Map("LB_WORKER_LOAD", "not an array".into())),
+            }
+            .map_err(|e| SteeringError::Map("LB_WORKER_LOAD", e.to_string()))?;
+            load::WorkerLoads::map(fd, MAX_WORKERS as usize)
+                .map_err(|e| SteeringError::Map("LB_WORKER_LOAD", e.to_string()))?
+        };
+        let prog: &mut SkReuseport = self
+            .ebpf
+            .program_mut("lb_reuseport")
+            .ok_or_else(|| SteeringError::Load("no program lb_reuseport".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| SteeringError::Load(e.to_string()))?;
+        prog.load()
+            .map_err(|e| SteeringError::Load(e.to_string()))?;
+        if let Some(first) = sockets.first() {
+            // One socket of each group carries the program for the whole group.
+            for sock in first {
+                prog.attach(*sock)
+                    .map_err(|e| SteeringError::Load(e.to_string()))?;
+            }
+        }
+        Ok(loads)
+    }
+
+    /// Attaches the XDP program to `iface`.
+    pub fn attach_xdp(
+        &mut self,
+        iface: &str,
+        mode: crate::config::XdpMode,
+    ) -> Result<(), SteeringError> {
+        use aya::programs::xdp::XdpMode as AyaMode;
+        let flags = match mode {
+            crate::config::XdpMode::Auto => AyaMode::Default,
+            crate::config::XdpMode::Native => AyaMode::Driver,
+            crate::config::XdpMode::Generic => AyaMode::Skb,
+        };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut("lb_xdp")
+            .ok_or_else(|| SteeringError::Load("no program lb_xdp".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| SteeringError::Load(e.to_string()))?;
+        prog.attach(iface, flags)
+            .map(|_| ())
+            .map_err(|e| SteeringError::Load(format!("attaching XDP to {iface}: {e}")))
+    }
+
+    /// Replaces the deny list with `entries`.
+    pub fn set_deny(&mut self, entries: &[(IpAddr, u32)]) -> Result<(), SteeringError> {
+        for (addr, len) in self.deny_entries()? {
+            self.allow(addr, len)?;
+        }
+        for (addr, len) in entries {
+            self.deny(*addr, *len)?;
+        }
+        Ok(())
+    }
+
+    /// Every deny list entry.
+    pub fn deny_entries(&self) -> Result<Vec<(IpAddr, u32)>, SteeringError> {
+        let mut out = Vec::new();
+        if let Some(m) = self.ebpf.map("LB_DENY_V4") {
+            let trie: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(m)
+                .map_err(|e| SteeringError::Map("LB_DENY_V4", e.to_string()))?;
+            for k in trie.keys().flatten() {
+                out.push((IpAddr::from(k.data()), k.prefix_len()));
+            }
+        }
+        if let Some(m) = self.ebpf.map("LB_DENY_V6") {
+            let trie: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(m)
+                .map_err(|e| SteeringError::Map("LB_DENY_V6", e.to_string()))?;
+            for k in trie.keys().flatten() {
+                out.push((IpAddr::from(k.data()), k.prefix_len()));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Adds a source prefix to the deny list.

@@ -55,6 +55,8 @@ pub struct Worker {
     access_tx: Option<mpsc::SyncSender<Vec<u8>>>,
     /// Sockets of connections waiting idle for their next request, to wake on a drain.
     idle: RefCell<slab::Slab<std::os::fd::RawFd>>,
+    loads: Option<Arc<crate::steering::load::WorkerLoads>>,
+    stats: Arc<Vec<crate::server::WorkerStats>>,
 }
 
 impl Worker {
@@ -211,6 +213,9 @@ pub struct WorkerSpec {
     pub buf_size: usize,
     pub drain_timeout: Duration,
     pub access_log: Option<mpsc::SyncSender<Vec<u8>>>,
+    /// The kernel's per-worker load table, for the `least_loaded` steering policy.
+    pub loads: Option<Arc<crate::steering::load::WorkerLoads>>,
+    pub stats: Arc<Vec<crate::server::WorkerStats>>,
 }
 
 /// Starts a worker thread. It reports on `started` once its runtime is up and it accepts.
@@ -303,6 +308,8 @@ async fn worker_main(
         access: RefCell::new(Vec::new()),
         access_tx: spec.access_log.clone(),
         idle: RefCell::new(slab::Slab::new()),
+        loads: spec.loads.clone(),
+        stats: spec.stats.clone(),
     });
     let mut accept_tasks = Vec::new();
     for std_listener in spec.listeners {
@@ -347,10 +354,21 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
                 let w = worker.clone();
                 w.active.set(w.active.get() + 1);
                 w.connections_gauge.increment(1.0);
+                if let Some(s) = w.stats.get(w.id) {
+                    s.accepted
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    s.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 monoio::spawn(async move {
                     crate::proxy::serve(stream, peer, &w).await;
                     w.active.set(w.active.get() - 1);
                     w.connections_gauge.decrement(1.0);
+                    if let Some(s) = w.stats.get(w.id) {
+                        s.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(l) = &w.loads {
+                        l.closed(w.id);
+                    }
                 });
             }
             Some(Err(e)) => {

@@ -1,0 +1,329 @@
+//! The kernel half end to end: SK_REUSEPORT policies shown by per-worker accounting, and XDP
+//! deny lists against a client in a network namespace. Needs root and the eBPF object; skips
+//! with a message where either is missing. Every namespace and link is removed afterwards.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+
+use common::*;
+
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: steering tests need root");
+        return false;
+    }
+    if lb::steering::XDP_OBJECT.is_empty() {
+        if std::env::var_os("LB_REQUIRE_TOOLS").is_some() {
+            panic!("the eBPF object is missing: `cargo xtask test` builds it first");
+        }
+        eprintln!("SKIPPED: lb was built without its eBPF object");
+        return false;
+    }
+    true
+}
+
+fn steering_config(backend: SocketAddr, steering: &str, listen: &str) -> String {
+    config(&format!(
+        "[steering]\n{steering}\n\n[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{backend}\" }}]\n[[routes]]\ncluster = \"app\"\n"
+    ))
+    .replace("addr = \"127.0.0.1:0\"\n\n[admin]", &format!("addr = \"{listen}\"\n\n[admin]"))
+    .replace("workers = 2\n", "workers = 2\npin_workers = true\n")
+}
+
+fn accepted(lb: &Lb) -> Vec<u64> {
+    let (_, v) = lb.admin("GET", "/steering");
+    assert_eq!(v["status"], "on", "{v}");
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["accepted"].as_u64().unwrap())
+        .collect()
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid, CPU_SET writes inside it, 0 means this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Opens `n` connections from a thread pinned to `cpu`, each completing one request, and
+/// returns them open.
+fn connect_from(cpu: usize, addr: SocketAddr, n: usize) -> Vec<Client> {
+    std::thread::spawn(move || {
+        pin_to(cpu);
+        (0..n)
+            .map(|_| {
+                let mut c = Client::connect(addr);
+                c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+                assert_eq!(c.response().status, 200);
+                c
+            })
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn cpu_policy_sends_connections_to_the_worker_of_the_cpu() {
+    if !privileged() || std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return;
+    }
+    let backend = Backend::start(echo("b")).unwrap();
+    let lb = Lb::start(&steering_config(
+        backend.addr,
+        "mode = \"reuseport\"\npolicy = \"cpu\"",
+        "127.0.0.1:0",
+    ));
+    let before = accepted(&lb);
+    let _held0 = connect_from(0, lb.addr, 20);
+    let mid = accepted(&lb);
+    let _held1 = connect_from(1, lb.addr, 20);
+    let after = accepted(&lb);
+    println!(
+        "cpu policy: from CPU 0 {:?}, then from CPU 1 {:?}",
+        [mid[0] - before[0], mid[1] - before[1]],
+        [after[0] - mid[0], after[1] - mid[1]]
+    );
+    assert_eq!(
+        (mid[0] - before[0], mid[1] - before[1]),
+        (20, 0),
+        "connections from CPU 0 land on worker 0"
+    );
+    assert_eq!(
+        (after[0] - mid[0], after[1] - mid[1]),
+        (0, 20),
+        "connections from CPU 1 land on worker 1"
+    );
+}
+
+/// Opens 400 long-lived connections in 8 bursts of 50 and returns the per-worker split.
+fn bursts(lb: &Lb) -> (Vec<u64>, Vec<Client>) {
+    let before = accepted(lb);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        // A burst: 50 connects back to back, then one request on each.
+        let mut burst: Vec<Client> = (0..50).map(|_| Client::connect(lb.addr)).collect();
+        for c in &mut burst {
+            c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        }
+        for c in &mut burst {
+            assert_eq!(c.response().status, 200);
+        }
+        held.extend(burst);
+    }
+    let after = accepted(lb);
+    (
+        after.iter().zip(&before).map(|(a, b)| a - b).collect(),
+        held,
+    )
+}
+
+#[test]
+fn least_loaded_spreads_long_lived_connections_evenly() {
+    if !privileged() {
+        return;
+    }
+    let backend = Backend::start(echo("b")).unwrap();
+    let lb = Lb::start(&steering_config(
+        backend.addr,
+        "mode = \"reuseport\"\npolicy = \"least_loaded\"",
+        "127.0.0.1:0",
+    ));
+    let (spread, held) = bursts(&lb);
+    // For comparison, the kernel's own SO_REUSEPORT hash.
+    let plain = Lb::start(&steering_config(
+        backend.addr,
+        "mode = \"off\"",
+        "127.0.0.1:0",
+    ));
+    let before: Vec<u64> = plain.admin("GET", "/steering").1["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["accepted"].as_u64().unwrap())
+        .collect();
+    let mut kernel_held = Vec::new();
+    for _ in 0..8 {
+        let mut burst: Vec<Client> = (0..50).map(|_| Client::connect(plain.addr)).collect();
+        for c in &mut burst {
+            c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+            assert_eq!(c.response().status, 200);
+        }
+        kernel_held.extend(burst);
+    }
+    let after: Vec<u64> = plain.admin("GET", "/steering").1["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["accepted"].as_u64().unwrap())
+        .collect();
+    let kernel: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    println!("400 long-lived connections in bursts of 50: least_loaded {spread:?}, kernel hash {kernel:?}");
+    assert_eq!(spread.iter().sum::<u64>(), 400);
+    let (hi, lo) = (*spread.iter().max().unwrap(), *spread.iter().min().unwrap());
+    assert!(
+        hi - lo <= 8,
+        "least_loaded keeps workers within 8 connections of each other: {spread:?}"
+    );
+    drop((held, kernel_held));
+}
+
+/// A network namespace with a veth pair to the host, removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+impl Netns {
+    fn create() -> Option<Netns> {
+        let id = std::process::id() % 200 + 20;
+        let n = Netns {
+            name: format!("lbtest{}", std::process::id()),
+            host_if: format!("lbh{}", std::process::id() % 100_000),
+            host_ip: format!("10.213.{id}.1"),
+            ns_ip: format!("10.213.{id}.2"),
+        };
+        let ns_if = format!("lbn{}", std::process::id() % 100_000);
+        let ok = ip(&["netns", "add", &n.name])
+            && ip(&[
+                "link", "add", &n.host_if, "type", "veth", "peer", "name", &ns_if,
+            ])
+            && ip(&["link", "set", &ns_if, "netns", &n.name])
+            && ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", n.host_ip),
+                "dev",
+                &n.host_if,
+            ])
+            && ip(&["link", "set", &n.host_if, "up"])
+            && ip(&[
+                "netns",
+                "exec",
+                &n.name,
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", n.ns_ip),
+                "dev",
+                &ns_if,
+            ])
+            && ip(&["netns", "exec", &n.name, "ip", "link", "set", &ns_if, "up"])
+            && ip(&["netns", "exec", &n.name, "ip", "link", "set", "lo", "up"]);
+        if !ok {
+            eprintln!("SKIPPED: cannot create a network namespace here");
+            return None;
+        }
+        Some(n)
+    }
+
+    /// `curl` from inside the namespace: the HTTP status, or None if it could not connect.
+    fn curl(&self, url: &str) -> Option<u16> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+                url,
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c != 0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end, and with it the host end.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn xdp_drops_a_denied_client_until_the_admin_allows_it() {
+    if !privileged() {
+        return;
+    }
+    let Some(ns) = Netns::create() else { return };
+    let backend = Backend::start(echo("b")).unwrap();
+    let listen = format!("{}:0", ns.host_ip);
+    let steering = format!(
+        "mode = \"xdp\"\npolicy = \"hash\"\ninterfaces = [\"{}\"]\nxdp_mode = \"generic\"\ndeny = [\"{}/32\"]",
+        ns.host_if, ns.ns_ip
+    );
+    let lb = Lb::start(&steering_config(backend.addr, &steering, &listen));
+    let url = format!("http://{}/", lb.addr);
+    assert_eq!(ns.curl(&url), None, "the denied client cannot connect");
+    let (_, st) = lb.admin("GET", "/steering");
+    assert_eq!(st["deny"][0], format!("{}/32", ns.ns_ip));
+    assert!(
+        st["xdp"]["drop_denied"]["packets"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+    // A client on the host side is not denied.
+    assert!(TcpStream::connect(lb.addr).is_ok());
+    let (status, body) = lb.admin_json(
+        "POST",
+        "/steering/allow",
+        &serde_json::json!({ "prefix": format!("{}/32", ns.ns_ip) }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ns.curl(&url), Some(200), "allowed now");
+    let m = lb.scrape();
+    assert!(
+        metric(
+            &m,
+            "lb_xdp_packets_total",
+            &[("action", "drop"), ("reason", "denied")]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &m,
+            "lb_xdp_packets_total",
+            &[("action", "pass"), ("reason", "none")]
+        ) >= 1.0
+    );
+    // Bad input is a JSON error.
+    let (status, body) = lb.admin_json(
+        "POST",
+        "/steering/deny",
+        &serde_json::json!({ "prefix": "not-an-ip" }),
+    );
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+}
