@@ -8,6 +8,13 @@ use std::sync::Arc;
 
 use common::*;
 
+/// True if this process may load the eBPF programs (root, object built in).
+fn kernel_half() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && !lb::steering::XDP_OBJECT.is_empty()
+}
+
 fn setup(extra: &str) -> (Lb, Backend) {
     let orders = Backend::start(Arc::new(|req, res| {
         if req.path.ends_with("/fail") {
@@ -18,8 +25,13 @@ fn setup(extra: &str) -> (Lb, Backend) {
     }))
     .unwrap();
     let dead = dead_addr();
+    let steering = if kernel_half() {
+        "[steering]\nmode = \"reuseport\"\n"
+    } else {
+        ""
+    };
     let cfg = config(&format!(
-        r#"
+        r#"{steering}
 [[clusters]]
 name = "orders"
 endpoints = [{{ addr = "{}" }}, {{ addr = "{dead}" }}]
