@@ -16,10 +16,12 @@ pub enum Counter {
     DropSynFlood = 2,
     /// Packets passed because they could not be parsed (truncated, unknown protocol).
     PassUnparsed = 3,
+    /// TCP packets handed to the CPU of their worker through the CPU map.
+    Redirect = 4,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 5;
 
 /// One per-CPU counter slot: packets and bytes.
 #[repr(C)]
@@ -75,7 +77,9 @@ pub struct SteerConfig {
     pub workers: u32,
     pub policy: u32,
     pub listeners: u32,
-    pub _pad: u32,
+    /// Non-zero: XDP hands each TCP flow to CPU `flow hash % workers` (the CPU of that
+    /// worker) through the CPU map.
+    pub cpu_redirect: u32,
 }
 
 /// Per-worker load as the workers publish it for the `least_loaded` SK_REUSEPORT policy.

@@ -14,7 +14,7 @@ use aya_ebpf::bindings::{sk_action, xdp_action};
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use aya_ebpf::macros::{map, sk_reuseport, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray};
+use aya_ebpf::maps::{Array, CpuMap, LpmTrie, LruHashMap, PerCpuArray, ReusePortSockArray};
 use aya_ebpf::programs::{SkReuseportContext, XdpContext};
 use lb_common::{
     Counter, PacketCount, SourceKey, SteerConfig, SynBucket, SynConfig, WorkerLoad, COUNTERS,
@@ -45,6 +45,10 @@ static LB_SOCKETS: ReusePortSockArray =
 
 #[map]
 static LB_STEER: Array<SteerConfig> = Array::with_max_entries(1, 0);
+
+/// CPU map for handing flows to their worker's CPU, by CPU number.
+#[map]
+static LB_CPUS: CpuMap = CpuMap::with_max_entries(MAX_WORKERS, 0);
 
 /// Open connections per worker. Memory-mapped by user space: this program adds one when it
 /// picks a worker (so a burst of SYNs sees its own choices), workers subtract one when a
@@ -209,14 +213,17 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<(u32, Counter), ()> {
                 return drop_denied;
             }
             if read_u8(ctx, off + 9)? == IPPROTO_TCP {
-                let mut mapped = [0u8; 16];
-                mapped[10] = 0xff;
-                mapped[11] = 0xff;
-                mapped[12] = src[0];
-                mapped[13] = src[1];
-                mapped[14] = src[2];
-                mapped[15] = src[3];
-                return syn_guard(ctx, off + ihl, mapped);
+                let verdict = {
+                    let mut mapped = [0u8; 16];
+                    mapped[10] = 0xff;
+                    mapped[11] = 0xff;
+                    mapped[12] = src[0];
+                    mapped[13] = src[1];
+                    mapped[14] = src[2];
+                    mapped[15] = src[3];
+                    syn_guard(ctx, off + ihl, mapped)?
+                };
+                return Ok(steer(ctx, off + ihl, verdict, u32::from_ne_bytes(src)));
             }
             pass
         }
@@ -229,11 +236,43 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<(u32, Counter), ()> {
             }
             // Extension headers are not walked: TCP right after the fixed header only.
             if read_u8(ctx, off + 6)? == IPPROTO_TCP {
-                return syn_guard(ctx, off + 40, src);
+                let verdict = syn_guard(ctx, off + 40, src)?;
+                let folded = u32::from_ne_bytes([src[12], src[13], src[14], src[15]])
+                    ^ u32::from_ne_bytes([src[8], src[9], src[10], src[11]]);
+                return Ok(steer(ctx, off + 40, verdict, folded));
             }
             pass
         }
         _ => pass,
+    }
+}
+
+/// Hands a passed TCP packet to its flow's worker CPU when CPU steering is on.
+#[inline(always)]
+fn steer(ctx: &XdpContext, tcp: usize, verdict: (u32, Counter), src: u32) -> (u32, Counter) {
+    if verdict.0 != xdp_action::XDP_PASS {
+        return verdict;
+    }
+    let Some(cfg) = LB_STEER.get(0) else {
+        return verdict;
+    };
+    if cfg.cpu_redirect == 0 || cfg.workers == 0 {
+        return verdict;
+    }
+    let Ok(ports) = ptr_at::<[u8; 4]>(ctx, tcp) else {
+        return verdict;
+    };
+    // SAFETY: bounds checked by `ptr_at`.
+    let ports = u32::from_ne_bytes(unsafe { *ports });
+    // A flow's packets always go to the same CPU (both ports and the source address).
+    let mut h = src ^ ports.rotate_left(16);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x45d9_f3b);
+    h ^= h >> 16;
+    let cpu = h.checked_rem(cfg.workers).unwrap_or(0);
+    match LB_CPUS.redirect(cpu, 0) {
+        Ok(action) => (action, Counter::Redirect),
+        Err(_) => verdict,
     }
 }
 

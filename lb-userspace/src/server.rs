@@ -56,7 +56,7 @@ fn start_steering(
     let mut kernel = XdpFilter::load()?;
     let sockets: Vec<Vec<&std::net::TcpListener>> =
         per_worker.iter().map(|l| l.iter().collect()).collect();
-    let loads = kernel.steer(&sockets, cfg.policy)?;
+    let loads = kernel.steer(&sockets, cfg.policy, cfg.cpu_steering)?;
     kernel.set_deny(&cfg.deny)?;
     kernel.set_syn_limit(cfg.syn_rate, cfg.syn_burst)?;
     if cfg.mode == SteeringMode::Xdp {

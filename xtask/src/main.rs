@@ -160,7 +160,12 @@ fn demo(extra: &[String]) -> Result<()> {
 
 /// Runs every test, echoing cargo's output, and closes with one summed-up line.
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 2] = [("promtool", "prometheus"), ("wrk", "wrk")];
+const TEST_TOOLS: [(&str, &str); 4] = [
+    ("promtool", "prometheus"),
+    ("wrk", "wrk"),
+    ("ethtool", "ethtool"),
+    ("curl", "curl"),
+];
 
 fn have(bin: &str) -> bool {
     std::env::var_os("PATH")

@@ -553,6 +553,7 @@ fn steering(control: &Control) -> Value {
                     "drop_denied": c(Counter::DropDenied),
                     "drop_syn_flood": c(Counter::DropSynFlood),
                     "pass_unparsed": c(Counter::PassUnparsed),
+                    "redirect_cpu": c(Counter::Redirect),
                 }),
                 json!(deny),
             )
@@ -563,6 +564,7 @@ fn steering(control: &Control) -> Value {
         "policy": format!("{:?}", cfg.policy),
         "status": status,
         "interfaces": cfg.interfaces,
+        "cpu_steering": cfg.cpu_steering,
         "xdp": counters,
         "deny": deny,
         "workers": workers,

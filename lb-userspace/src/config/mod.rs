@@ -373,6 +373,7 @@ pub struct SteeringConfig {
     pub deny: Vec<(std::net::IpAddr, u32)>,
     pub syn_rate: u64,
     pub syn_burst: u64,
+    pub cpu_steering: bool,
 }
 
 /// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address.
@@ -436,6 +437,12 @@ fn validate_steering(s: Option<&raw::RawSteering>, errs: &mut Errors) -> Steerin
             XdpMode::Auto
         }
     };
+    if s.cpu_steering == Some(true) && mode != SteeringMode::Xdp {
+        errs.push(
+            "steering.cpu_steering",
+            "CPU steering is done by XDP: it needs mode \"xdp\"",
+        );
+    }
     if mode == SteeringMode::Xdp && s.interfaces.is_empty() {
         errs.push(
             "steering.interfaces",
@@ -465,6 +472,7 @@ fn validate_steering(s: Option<&raw::RawSteering>, errs: &mut Errors) -> Steerin
         deny,
         syn_rate: s.syn_rate.unwrap_or(0),
         syn_burst: s.syn_burst.unwrap_or(100),
+        cpu_steering: s.cpu_steering.unwrap_or(false),
     }
 }
 

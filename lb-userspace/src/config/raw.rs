@@ -45,6 +45,8 @@ pub struct RawSteering {
     /// New connections per second per source before SYNs are dropped; 0 or absent is off.
     pub syn_rate: Option<u64>,
     pub syn_burst: Option<u64>,
+    /// XDP hands each TCP flow to the CPU of the worker that will serve it (CPU map).
+    pub cpu_steering: Option<bool>,
 }
 
 /// `[identity]`: where API keys come from.

@@ -141,6 +141,7 @@ pub fn xdp(kernel: &crate::steering::XdpFilter) {
         (Counter::PassUnparsed, "pass", "unparsed"),
         (Counter::DropDenied, "drop", "denied"),
         (Counter::DropSynFlood, "drop", "syn_flood"),
+        (Counter::Redirect, "redirect", "cpu_steering"),
     ] {
         if let Ok(v) = kernel.counter(c) {
             counter!(XDP_PACKETS_TOTAL, "action" => action, "reason" => reason).absolute(v.packets);

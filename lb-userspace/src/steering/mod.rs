@@ -71,6 +71,7 @@ impl XdpFilter {
         &mut self,
         sockets: &[Vec<&std::net::TcpListener>],
         policy: crate::config::SteeringPolicy,
+        cpu_redirect: bool,
     ) -> Result<load::WorkerLoads, SteeringError> {
         use aya::maps::ReusePortSockArray;
         use aya::programs::SkReuseport;
@@ -107,11 +108,26 @@ impl XdpFilter {
                     workers,
                     policy,
                     listeners,
-                    _pad: 0,
+                    cpu_redirect: u32::from(cpu_redirect),
                 },
                 0,
             )
             .map_err(|e| SteeringError::Map("LB_STEER", e.to_string()))?;
+        }
+        if cpu_redirect {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            if workers > cores {
+                return Err(SteeringError::Load(format!(
+                    "CPU steering needs a worker per core at most ({workers} workers, {cores} cores)"
+                )));
+            }
+            // Worker i is pinned to CPU i: flows hashed to i are queued to that CPU.
+            let mut cpus: aya::maps::CpuMap<_> = aya::maps::CpuMap::try_from(self.map("LB_CPUS")?)
+                .map_err(|e| SteeringError::Map("LB_CPUS", e.to_string()))?;
+            for cpu in 0..workers {
+                cpus.set(cpu, 2048, None, 0)
+                    .map_err(|e| SteeringError::Map("LB_CPUS", e.to_string()))?;
+            }
         }
         let loads = {
             let map = self.map("LB_WORKER_LOAD")?;
