@@ -386,3 +386,39 @@ fn cpu_steering_hands_flows_to_worker_cpus_and_tcp_still_works() {
         .sum();
     assert_eq!(accepted, 20);
 }
+
+#[test]
+fn without_its_programs_lb_says_so_once_and_serves_on_plain_reuseport() {
+    if !privileged() {
+        return;
+    }
+    // An interface that does not exist: attaching fails, so steering is unavailable.
+    let backend = Backend::start(echo("b")).unwrap();
+    let lb = Lb::start(&steering_config(
+        backend.addr,
+        "mode = \"xdp\"\ninterfaces = [\"lbnope0\"]",
+        "127.0.0.1:0",
+    ));
+    for _ in 0..10 {
+        assert_eq!(get(lb.addr, "/").status, 200);
+    }
+    let (_, st) = lb.admin("GET", "/steering");
+    assert!(
+        st["status"].as_str().unwrap().starts_with("unavailable:"),
+        "{st}"
+    );
+    let log = lb.log();
+    assert_eq!(
+        log.matches("eBPF steering unavailable, running on plain SO_REUSEPORT")
+            .count(),
+        1,
+        "{log}"
+    );
+    let served: u64 = st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["accepted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 10);
+}

@@ -49,6 +49,8 @@ pub const DEFAULT_MAX_REQUEST_BODY: u64 = 0;
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Submission queue size of each worker's io_uring.
 pub const DEFAULT_IO_URING_ENTRIES: u32 = 1024;
+/// The admin API listens on loopback unless told otherwise.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
 /// The `Via` pseudonym.
 pub const DEFAULT_VIA: &str = "lb";
 /// The hardest limit for header count we accept in config, bounded by the stack array the
@@ -284,7 +286,8 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 "expected at least 16 visible ASCII characters",
             );
         }
-        errs.addr("admin.addr", &a.addr).map(|addr| AdminConfig {
+        let addr = a.addr.as_deref().unwrap_or(DEFAULT_ADMIN_ADDR);
+        errs.addr("admin.addr", addr).map(|addr| AdminConfig {
             addr,
             token: a.token.clone(),
         })

@@ -107,7 +107,8 @@ pub struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    pub addr: String,
+    /// Default `127.0.0.1:9901`: loopback only.
+    pub addr: Option<String>,
     /// If set, every admin request needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
 }
