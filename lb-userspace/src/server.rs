@@ -54,16 +54,18 @@ fn start_steering(
     per_worker: &[Vec<std::net::TcpListener>],
 ) -> Result<(XdpFilter, crate::steering::load::WorkerLoads), crate::steering::SteeringError> {
     let mut kernel = XdpFilter::load()?;
-    let sockets: Vec<Vec<&std::net::TcpListener>> =
-        per_worker.iter().map(|l| l.iter().collect()).collect();
-    let loads = kernel.steer(&sockets, cfg.policy, cfg.cpu_steering)?;
     kernel.set_deny(&cfg.deny)?;
     kernel.set_syn_limit(cfg.syn_rate, cfg.syn_burst)?;
+    // XDP first: if an interface refuses it, nothing was attached to the sockets yet, and
+    // dropping `kernel` detaches what was attached to interfaces.
     if cfg.mode == SteeringMode::Xdp {
         for iface in &cfg.interfaces {
             kernel.attach_xdp(iface, cfg.xdp_mode)?;
         }
     }
+    let sockets: Vec<Vec<&std::net::TcpListener>> =
+        per_worker.iter().map(|l| l.iter().collect()).collect();
+    let loads = kernel.steer(&sockets, cfg.policy, cfg.cpu_steering)?;
     Ok((kernel, loads))
 }
 
