@@ -114,7 +114,19 @@ impl BufConn {
         (self.stream, self.buf)
     }
 
-    /// Takes the read buffer out (to give it back to a pool); the connection is done.
+    /// Capacity of the read buffer (0 while parked without one).
+    pub fn buf_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives the connection a (cleared) read buffer.
+    pub fn set_buf(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.buf = buf;
+        self.pos = 0;
+    }
+
+    /// Takes the read buffer out (to give it back to a pool).
     pub fn take_buf(&mut self) -> Vec<u8> {
         self.pos = 0;
         std::mem::take(&mut self.buf)
@@ -170,6 +182,49 @@ impl BufConn {
             self.buf = pool.take();
         }
         self.fill(timeout).await
+    }
+
+    /// Waits up to `grace` for more bytes, holding the buffer. `Ok(None)`: nothing came; the
+    /// read was cancelled cleanly (bytes that raced the cancel are kept, not lost), and the
+    /// caller can park the connection without a buffer.
+    pub async fn fill_or_park(&mut self, grace: Duration) -> Result<Option<usize>, IoFail> {
+        use monoio::io::{CancelableAsyncReadRent, Canceller};
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(DEFAULT_BUF_SIZE);
+        }
+        if self.buf.len() == self.buf.capacity() {
+            return Err(IoFail::Io(io::Error::other("read buffer full")));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let start = buf.len();
+        let canceller = Canceller::new();
+        let read = self
+            .stream
+            .cancelable_read(buf.slice_mut(start..), canceller.handle());
+        futures::pin_mut!(read);
+        let done = monoio::select! {
+            r = &mut read => Some(r),
+            _ = monoio::time::sleep(grace) => None,
+        };
+        let (res, slice) = match done {
+            Some(r) => r,
+            None => {
+                let _fresh = canceller.cancel();
+                read.await
+            }
+        };
+        self.buf = slice.into_inner();
+        self.reads += 1;
+        match res {
+            Ok(0) => Err(IoFail::Eof),
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Ok(None),
+            Err(e) => Err(IoFail::Io(e)),
+        }
     }
 
     /// Writes `n` unconsumed bytes of this connection's buffer to `dst` and consumes them.

@@ -20,8 +20,11 @@ use crate::upstream::state::{Admission, Outcome};
 use crate::upstream::{self, ConnectError, Upstream};
 use crate::worker::{View, Worker};
 
-/// Bodies up to this size that are already read travel in the same write as their head.
+/// Request bodies up to this size that are already read travel in the same write as their
+/// head.
 const INLINE_BODY_MAX: usize = 8 * 1024;
+/// The same for response bodies: one copy is cheaper than a second write.
+const INLINE_RESPONSE_MAX: usize = 32 * 1024;
 /// How often a request waiting for a connection slot looks again.
 const PENDING_POLL: Duration = Duration::from_millis(2);
 
@@ -413,22 +416,22 @@ pub async fn proxy(
                             up,
                             cluster.pool_idle_timeout,
                             cluster.pool_max_idle_per_endpoint,
-                            &w.bufs,
+                            &w.up_bufs,
                         );
                     } else {
-                        up.close(&w.bufs);
+                        up.close(&w.up_bufs);
                     }
                     return done.flow;
                 }
                 Err(Failed::NoResponse) if up.reused && replayable(client) => {
                     // A keep-alive race, not the endpoint's fault: once more on a fresh connection.
-                    up.close(&w.bufs);
+                    up.close(&w.up_bufs);
                     client.rewind(body_start);
                     force_fresh = true;
                     continue;
                 }
                 Err(Failed::NoResponse) => {
-                    up.close(&w.bufs);
+                    up.close(&w.up_bufs);
                     record(Outcome::Failure);
                     break (
                         retry.on_reset,
@@ -565,7 +568,7 @@ async fn get_connection(
     let mut pending: Option<(Held<'_>, Held<'_>, Instant)> = None;
     loop {
         if !force_fresh {
-            if let Some(u) = w.pool.checkout(ep.addr, has_body, &w.bufs) {
+            if let Some(u) = w.pool.checkout(ep.addr, has_body, &w.up_bufs) {
                 return Ok(u);
             }
         }
@@ -574,7 +577,7 @@ async fn get_connection(
             let up = upstream::connect(
                 ep.addr,
                 timeouts.connect,
-                &w.bufs,
+                &w.up_bufs,
                 &ep.state,
                 &cluster.state,
             )
@@ -766,7 +769,7 @@ async fn exchange(
     let mut rest = framing;
     let mut bytes = 0;
     if let Framing::Length(n) = framing {
-        if n as usize <= INLINE_BODY_MAX && up.conn.data().len() as u64 >= n {
+        if n as usize <= INLINE_RESPONSE_MAX && up.conn.data().len() as u64 >= n {
             out.extend_from_slice(&up.conn.data()[..n as usize]);
             up.conn.consume(n as usize);
             rest = Framing::None;

@@ -125,6 +125,10 @@ impl Reject {
     }
 }
 
+/// How long a keep-alive connection waits for its next request holding a read buffer before
+/// it parks without one.
+const KEEPALIVE_GRACE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Serves one client connection until it closes, fails, or the worker drains.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, w: &Rc<Worker>) {
     let _ = stream.set_nodelay(true);
@@ -138,6 +142,21 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, w: &Rc<Worker>) {
         // wait is a readiness poll in this small future, and the request is handled in a
         // boxed one, so an idle keep-alive connection costs a few hundred bytes.
         if client.data().is_empty() {
+            // A busy connection sends its next request at once: wait a moment holding the
+            // buffer (one read). Only a connection that goes quiet parks without it.
+            if client.buf_capacity() == 0 {
+                client.set_buf(w.bufs.take());
+            }
+            match client.fill_or_park(KEEPALIVE_GRACE).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+        if client.data().is_empty() {
+            if w.draining() {
+                break;
+            }
             w.bufs.give(client.take_buf());
             let http = &view.snap.http;
             let wait = if first {

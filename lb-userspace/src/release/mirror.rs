@@ -54,7 +54,7 @@ async fn copy(
         return Err("mirror cluster has no endpoints");
     };
     let deadline = m.timeout;
-    let mut up = upstream::connect(ep.addr, deadline, &w.bufs, &ep.state, &cluster.state)
+    let mut up = upstream::connect(ep.addr, deadline, &w.up_bufs, &ep.state, &cluster.state)
         .await
         .map_err(|_| "connect")?;
     write_buf(&mut up.conn.stream, &mut head, deadline)
@@ -78,6 +78,6 @@ async fn copy(
             break;
         }
     }
-    up.close(&w.bufs);
+    up.close(&w.up_bufs);
     Ok(())
 }

@@ -108,12 +108,19 @@ impl Pool {
     }
 
     /// Keeps a connection for reuse, up to `max_idle` per endpoint; beyond that it is closed.
-    pub fn checkin(&self, up: Upstream, idle_timeout: Duration, max_idle: usize, bufs: &BufPool) {
+    pub fn checkin(
+        &self,
+        mut up: Upstream,
+        idle_timeout: Duration,
+        max_idle: usize,
+        bufs: &BufPool,
+    ) {
         if !up.conn.data().is_empty() {
             // Bytes after the response: the backend is confused; never reuse.
             up.close(bufs);
             return;
         }
+        bufs.give(up.conn.take_buf());
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(up.addr).or_default();
         if list.len() >= max_idle {

@@ -28,6 +28,10 @@ const POOL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Spare read buffers kept per worker.
 const MAX_FREE_BUFFERS: usize = 1024;
+/// Size of an upstream connection's read buffer.
+const UPSTREAM_BUF_SIZE: usize = 64 * 1024;
+/// Spare upstream buffers kept per worker.
+const MAX_FREE_UPSTREAM_BUFFERS: usize = 256;
 /// Size of the output buffer for heads and re-encoded chunks.
 const OUT_BUF_SIZE: usize = 16 * 1024;
 
@@ -46,6 +50,9 @@ pub struct Worker {
     generation: Cell<u64>,
     pub bufs: BufPool,
     pub out_bufs: BufPool,
+    /// Read buffers of upstream connections, large so that a response body moves in few
+    /// reads; only connections in an exchange hold one.
+    pub up_bufs: BufPool,
     pub pool: Pool,
     draining: Cell<bool>,
     drain: Shared<oneshot::Receiver<()>>,
@@ -300,6 +307,7 @@ async fn worker_main(
         cell,
         bufs: BufPool::new(spec.buf_size, MAX_FREE_BUFFERS),
         out_bufs: BufPool::new(OUT_BUF_SIZE, MAX_FREE_BUFFERS),
+        up_bufs: BufPool::new(UPSTREAM_BUF_SIZE, MAX_FREE_UPSTREAM_BUFFERS),
         pool: Pool::default(),
         draining: Cell::new(false),
         drain: drain.shared(),
@@ -386,7 +394,7 @@ async fn sweep_pool(worker: Rc<Worker>) {
         // Picks up a reload even when no request comes, so that idle connections to removed
         // endpoints close within a sweep.
         worker.view();
-        worker.pool.sweep(&worker.bufs);
+        worker.pool.sweep(&worker.up_bufs);
         worker.flush_access_log();
     }
 }
