@@ -132,8 +132,9 @@ impl BufConn {
         std::mem::take(&mut self.buf)
     }
 
-    /// Reads more bytes after the unconsumed ones; fails with `Eof` if the peer closed.
-    pub async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail> {
+    /// Makes room after the unconsumed bytes: reset when all is consumed, compact when the
+    /// buffer is full, never a zero-length read (which would look like EOF).
+    fn prepare_read(&mut self) -> Result<(), IoFail> {
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -151,6 +152,12 @@ impl BufConn {
         if self.buf.len() == self.buf.capacity() {
             return Err(IoFail::Io(io::Error::other("read buffer full")));
         }
+        Ok(())
+    }
+
+    /// Reads more bytes after the unconsumed ones; fails with `Eof` if the peer closed.
+    pub async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail> {
+        self.prepare_read()?;
         let buf = std::mem::take(&mut self.buf);
         let start = buf.len();
         let read = self.stream.read(buf.slice_mut(start..));
@@ -189,16 +196,7 @@ impl BufConn {
     /// caller can park the connection without a buffer.
     pub async fn fill_or_park(&mut self, grace: Duration) -> Result<Option<usize>, IoFail> {
         use monoio::io::{CancelableAsyncReadRent, Canceller};
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(DEFAULT_BUF_SIZE);
-        }
-        if self.buf.len() == self.buf.capacity() {
-            return Err(IoFail::Io(io::Error::other("read buffer full")));
-        }
+        self.prepare_read()?;
         let buf = std::mem::take(&mut self.buf);
         let start = buf.len();
         let canceller = Canceller::new();

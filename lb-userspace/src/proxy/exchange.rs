@@ -87,6 +87,23 @@ impl Drop for Held<'_> {
     }
 }
 
+/// Answers with an error and says whether the connection carries on.
+async fn answer_error(
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    (status, code, message): (u16, &'static str, &'static str),
+    close: bool,
+    view: &View,
+    rec: &mut Record,
+) -> Flow {
+    send_error(client, out, status, code, message, close, view, rec).await;
+    if close {
+        Flow::Close
+    } else {
+        Flow::Continue
+    }
+}
+
 /// A refusal by a limit: 503 at once, with the limit named in `X-LB-Limit`.
 async fn limit_reached(
     client: &mut BufConn,
@@ -242,22 +259,15 @@ pub async fn proxy(
         };
         let Some((idx, admission)) = picked else {
             if let Some((status, code, message)) = last_failure {
-                send_error(
+                return answer_error(
                     client,
                     out,
-                    status,
-                    code,
-                    message,
+                    (status, code, message),
                     close_on_error,
                     view,
                     rec,
                 )
                 .await;
-                return if close_on_error {
-                    Flow::Close
-                } else {
-                    Flow::Continue
-                };
             }
             if !blocked.is_empty() {
                 return limit_reached(
@@ -271,22 +281,19 @@ pub async fn proxy(
                 )
                 .await;
             }
-            send_error(
+            return answer_error(
                 client,
                 out,
-                503,
-                "no_endpoint",
-                "no endpoint is available for this route",
+                (
+                    503,
+                    "no_endpoint",
+                    "no endpoint is available for this route",
+                ),
                 close_on_error,
                 view,
                 rec,
             )
             .await;
-            return if close_on_error {
-                Flow::Close
-            } else {
-                Flow::Continue
-            };
         };
         let ep = &cluster.endpoints[idx];
         let estate = &ep.state;
@@ -497,22 +504,15 @@ pub async fn proxy(
                 tracing::debug!(cluster = %cluster.name, "retry budget exhausted");
             }
             let (status, code, message) = answer;
-            send_error(
+            return answer_error(
                 client,
                 out,
-                status,
-                code,
-                message,
+                (status, code, message),
                 close_on_error,
                 view,
                 rec,
             )
             .await;
-            return if close_on_error {
-                Flow::Close
-            } else {
-                Flow::Continue
-            };
         }
         cluster.metrics.retries.increment(1);
         retry_slot = Some(if reserved {
