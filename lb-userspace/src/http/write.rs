@@ -60,15 +60,21 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes a complete short JSON error response: `{"status":502,"error":"bad_gateway","message":"…"}`.
-/// `close` adds `Connection: close`.
-pub fn error_response(out: &mut Vec<u8>, status: u16, code: &str, message: &str, close: bool) {
-    out.clear();
+/// Appends `HTTP/1.1 <status> <reason>\r\n` for a status `lb` produces itself.
+pub fn push_status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_dec(out, status as u64);
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n");
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a complete short JSON error response: `{"status":502,"error":"bad_gateway","message":"…"}`.
+/// `close` adds `Connection: close`.
+pub fn error_response(out: &mut Vec<u8>, status: u16, code: &str, message: &str, close: bool) {
+    out.clear();
+    push_status_line(out, status);
+    out.extend_from_slice(b"Content-Type: application/json\r\nCache-Control: no-store\r\n");
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }

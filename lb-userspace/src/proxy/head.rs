@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use crate::config::HttpConfig;
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
-use crate::http::write::{push_dec, push_header, reason};
+use crate::http::write::{push_dec, push_header, push_status_line};
 use crate::http::{is_hop_by_hop, Framing};
 use crate::routing::template::Vars;
 use crate::routing::Route;
@@ -74,15 +74,7 @@ pub fn write_request_head(
             push_header(out, b"X-Forwarded-Host", host);
         }
     }
-    if let Some(via) = &http.via {
-        out.extend_from_slice(if req.minor == 0 {
-            b"Via: 1.0 "
-        } else {
-            b"Via: 1.1 "
-        });
-        out.extend_from_slice(via.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_via(out, req.minor, http);
     ops.write_added(out);
     match req.framing {
         Framing::Length(n) => {
@@ -102,6 +94,19 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
         IpAddr::V4(v4) => write!(out, "{v4}"),
         IpAddr::V6(v6) => write!(out, "[{v6}]"),
     };
+}
+
+/// Adds `Via: 1.x <pseudonym>` (the version of the message received), if configured.
+fn push_via(out: &mut Vec<u8>, minor: u8, http: &HttpConfig) {
+    if let Some(via) = &http.via {
+        out.extend_from_slice(if minor == 0 {
+            b"Via: 1.0 "
+        } else {
+            b"Via: 1.1 "
+        });
+        out.extend_from_slice(via.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// How the response body goes to the client, decided with the head.
@@ -138,15 +143,7 @@ pub fn write_response_head(
         push_header(out, name, h.value);
     }
     write_route_extras(out, route);
-    if let Some(via) = &http.via {
-        out.extend_from_slice(if res.minor == 0 {
-            b"Via: 1.0 "
-        } else {
-            b"Via: 1.1 "
-        });
-        out.extend_from_slice(via.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_via(out, res.minor, http);
     let mut keep = keep_alive;
     let mut chunked_out = false;
     match res.framing {
@@ -219,11 +216,7 @@ pub fn write_local_response(
     client_minor: u8,
 ) {
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_dec(out, status as u64);
-    out.push(b' ');
-    out.extend_from_slice(reason(status).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status_line(out, status);
     if let Some(l) = location {
         push_header(out, b"Location", l);
     }
