@@ -215,6 +215,7 @@ impl Snapshot {
                 let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
                 Arc::new(MaglevTable::build(&names, &weights, c.maglev_table_size))
             });
+            let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
             clusters.push(Cluster {
                 name: c.name.clone(),
                 endpoints,
@@ -228,7 +229,7 @@ impl Snapshot {
                 pool_max_idle_per_endpoint: c.pool_max_idle_per_endpoint,
                 state: registry.cluster(&c.name),
                 config: c.clone(),
-                metrics: ClusterMetrics::new(&c.name),
+                metrics: ClusterMetrics::new(&c.name, &addrs),
             });
         }
         if !errors.is_empty() {

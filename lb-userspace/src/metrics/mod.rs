@@ -84,11 +84,17 @@ pub struct ClusterMetrics {
     pub connect: Histogram,
     pub retries: Counter,
     pub limits: [Counter; 6],
+    /// Upstream failures by endpoint index.
+    pub failures: Vec<Counter>,
 }
 
 impl ClusterMetrics {
-    pub fn new(cluster: &str) -> ClusterMetrics {
+    pub fn new(cluster: &str, endpoints: &[std::net::SocketAddr]) -> ClusterMetrics {
         ClusterMetrics {
+            failures: endpoints
+                .iter()
+                .map(|e| counter!(UPSTREAM_FAILURES_TOTAL, "cluster" => cluster.to_string(), "endpoint" => e.to_string()))
+                .collect(),
             connect: histogram!(UPSTREAM_CONNECT_SECONDS, "cluster" => cluster.to_string()),
             retries: counter!(RETRIES_TOTAL, "cluster" => cluster.to_string()),
             limits: LIMITS.map(|l| counter!(LIMIT_REJECTIONS_TOTAL, "cluster" => cluster.to_string(), "limit" => l)),
@@ -100,11 +106,6 @@ impl ClusterMetrics {
             self.limits[i].increment(1);
         }
     }
-}
-
-/// Counts an upstream failure of one endpoint (off the fast path: failures only).
-pub fn upstream_failure(cluster: &str, endpoint: &str) {
-    counter!(UPSTREAM_FAILURES_TOTAL, "cluster" => cluster.to_string(), "endpoint" => endpoint.to_string()).increment(1);
 }
 
 /// Handles for one split.

@@ -325,7 +325,9 @@ pub async fn proxy(
             let now = now_ms();
             if !outcome.ok() {
                 estate.failures_total.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::upstream_failure(&cluster.name, &ep.addr.to_string());
+                if let Some(c) = cluster.metrics.failures.get(idx) {
+                    c.increment(1);
+                }
             }
             if let Some(b) = &policy.breaker {
                 estate.breaker.record(b, admission, outcome.ok(), now);

@@ -123,21 +123,41 @@ pub enum Reason {
     Random,
 }
 
+/// A [`Source`] borrowed, so that looking a value up allocates nothing.
+#[derive(Clone, Copy)]
+enum SourceRef<'s> {
+    Header(&'s str),
+    Query(&'s str),
+    Cookie(&'s str),
+    Consumer(&'s str),
+}
+
+impl Source {
+    fn as_ref(&self) -> SourceRef<'_> {
+        match self {
+            Source::Header(n) => SourceRef::Header(n),
+            Source::Query(n) => SourceRef::Query(n),
+            Source::Cookie(n) => SourceRef::Cookie(n),
+            Source::Consumer(n) => SourceRef::Consumer(n),
+        }
+    }
+}
+
 impl SplitRequest<'_> {
-    fn value(&self, source: &Source) -> Option<&[u8]> {
+    fn value(&self, source: SourceRef<'_>) -> Option<&[u8]> {
         match source {
-            Source::Header(name) => self
+            SourceRef::Header(name) => self
                 .headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .map(|h| h.value),
-            Source::Query(name) => query_param(self.query?, name.as_bytes()),
-            Source::Cookie(name) => self
+            SourceRef::Query(name) => query_param(self.query?, name.as_bytes()),
+            SourceRef::Cookie(name) => self
                 .headers
                 .iter()
                 .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
                 .find_map(|h| cookie_value(h.value, name.as_bytes())),
-            Source::Consumer(field) => self
+            SourceRef::Consumer(field) => self
                 .consumer?
                 .iter()
                 .find(|(k, _)| k == field)
@@ -145,17 +165,21 @@ impl SplitRequest<'_> {
         }
     }
 
-    fn key(&self, key: &HashKey) -> Option<Vec<u8>> {
-        Some(match key {
-            HashKey::Header(n) => self.value(&Source::Header(n.clone()))?.to_vec(),
-            HashKey::Cookie(n) => self.value(&Source::Cookie(n.clone()))?.to_vec(),
-            HashKey::Query(n) => self.value(&Source::Query(n.clone()))?.to_vec(),
-            HashKey::ClientIp => match self.client {
-                IpAddr::V4(a) => a.octets().to_vec(),
-                IpAddr::V6(a) => a.octets().to_vec(),
-            },
+    /// The sticky bucket of this request's key, if it has one.
+    fn sticky_bucket(&self, key: &HashKey, salt: &str) -> Option<u32> {
+        let value = match key {
+            HashKey::Header(n) => self.value(SourceRef::Header(n))?,
+            HashKey::Cookie(n) => self.value(SourceRef::Cookie(n))?,
+            HashKey::Query(n) => self.value(SourceRef::Query(n))?,
+            HashKey::ClientIp => {
+                return Some(match self.client {
+                    IpAddr::V4(a) => bucket(salt, &a.octets()),
+                    IpAddr::V6(a) => bucket(salt, &a.octets()),
+                })
+            }
             HashKey::Path => return None,
-        })
+        };
+        Some(bucket(salt, value))
     }
 }
 
@@ -191,34 +215,35 @@ impl SplitConfig {
         random: impl FnOnce() -> u32,
     ) -> (usize, Reason) {
         for o in &self.overrides {
-            if req.value(&o.source) == Some(o.value.as_bytes()) {
+            if req.value(o.source.as_ref()) == Some(o.value.as_bytes()) {
                 return (o.target, Reason::Override);
             }
         }
         if let Some(h) = &self.force_header {
-            if let Some(v) = req.value(&Source::Header(h.clone())) {
+            if let Some(v) = req.value(SourceRef::Header(h)) {
                 if let Some(i) = self.targets.iter().position(|t| t.name.as_bytes() == v) {
                     return (i, Reason::Override);
                 }
             }
         }
         let included = self.include.iter().all(|t| {
-            req.value(&t.source)
+            req.value(t.source.as_ref())
                 .is_some_and(|v| t.values.iter().any(|x| x.as_bytes() == v))
         });
         let excluded = self.exclude.iter().any(|t| {
-            req.value(&t.source)
+            req.value(t.source.as_ref())
                 .is_some_and(|v| t.values.iter().any(|x| x.as_bytes() == v))
         });
         if !included || excluded {
             return (self.default_target, Reason::NotTargeted);
         }
         let weights = state.weights();
-        match self.sticky.as_ref().and_then(|k| req.key(k)) {
-            Some(key) => (
-                target_for(bucket(&self.salt, &key), &weights, self.default_target),
-                Reason::Sticky,
-            ),
+        match self
+            .sticky
+            .as_ref()
+            .and_then(|k| req.sticky_bucket(k, &self.salt))
+        {
+            Some(b) => (target_for(b, &weights, self.default_target), Reason::Sticky),
             None => (
                 target_for(random() % PPM, &weights, self.default_target),
                 Reason::Random,
