@@ -41,6 +41,8 @@ pub const DEFAULT_POOL_MAX_IDLE: u32 = 128;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request heads larger than this are answered 431; HAProxy's default buffer allows about as much.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Request targets longer than this are answered 414, as nginx's default buffers allow.
+pub const DEFAULT_MAX_URI_BYTES: u64 = 8 * 1024;
 /// Header lines accepted in one request or response head.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Request bodies larger than this are answered 413; 0 means no cap.
@@ -116,6 +118,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub max_header_bytes: usize,
+    /// Longer request targets are answered 414.
+    pub max_uri_bytes: usize,
     pub max_headers: usize,
     /// 0 means no cap.
     pub max_request_body: u64,
@@ -558,6 +562,18 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
             format!("expected a size from 1KiB to 1MiB, got {max_header_bytes}"),
         );
     }
+    let max_uri_bytes = size(
+        errs,
+        "max_uri_bytes",
+        &h.max_uri_bytes,
+        DEFAULT_MAX_URI_BYTES,
+    );
+    if !(64..=1 << 20).contains(&max_uri_bytes) {
+        errs.push(
+            "http.max_uri_bytes",
+            format!("expected a size from 64 bytes to 1MiB, got {max_uri_bytes}"),
+        );
+    }
     let max_headers = h
         .max_headers
         .map(|n| n as usize)
@@ -582,6 +598,7 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
     };
     HttpConfig {
         max_header_bytes: max_header_bytes.min(1 << 20) as usize,
+        max_uri_bytes: max_uri_bytes.min(1 << 20) as usize,
         max_headers: max_headers.min(MAX_HEADERS_LIMIT),
         max_request_body: size(
             errs,

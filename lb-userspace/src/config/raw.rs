@@ -118,6 +118,7 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     pub max_header_bytes: Option<toml::Value>,
+    pub max_uri_bytes: Option<toml::Value>,
     pub max_headers: Option<u32>,
     pub max_request_body: Option<toml::Value>,
     pub client_header_timeout: Option<String>,

@@ -323,6 +323,15 @@ fn plan_request(
         head_len: req.head_len,
         close: close_after_error,
     };
+    if req.path.len() > snap.http.max_uri_bytes {
+        return Err(Reject {
+            status: 414,
+            code: "uri_too_long",
+            message: "the request target exceeds the configured limit",
+            head_len: 0,
+            close: true,
+        });
+    }
     if req.method == Method::Connect {
         return Err(refuse(
             405,
