@@ -546,3 +546,113 @@ fn requests_spread_and_no_descriptor_leaks() {
         fd_count(lb.pid()) <= before + 4
     });
 }
+
+#[test]
+fn websocket_upgrade_becomes_a_tunnel() {
+    use std::io::{Read, Write};
+    // A backend that accepts the upgrade, greets, then echoes bytes until the client closes.
+    let backend = Backend::start(Arc::new(|req, res| {
+        let upgrade = req.header("upgrade").map(str::to_ascii_lowercase);
+        let connection = req.header("connection").map(str::to_ascii_lowercase);
+        if upgrade.as_deref() != Some("websocket") || !connection.is_some_and(|c| c.contains("upgrade")) {
+            res.send(426, &[], b"upgrade required");
+            return;
+        }
+        let _ = res.raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\nhello");
+        let s = res.stream();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        res.close_after();
+    }))
+    .unwrap();
+    let lb = Lb::start(&one_cluster(&[backend.addr], ""));
+    let mut c = Client::connect(lb.addr);
+    c.send(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    let r = c.try_response(true).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade"), Some("websocket"));
+    assert_eq!(r.header("sec-websocket-accept"), Some("x"));
+    let mut got = c.take_buffered();
+    let mut buf = [0u8; 64];
+    while got.len() < 5 {
+        let n = c.stream.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"hello", "bytes the backend sent right after the 101");
+    for msg in [&b"frame-1"[..], b"frame-2 longer", b"x"] {
+        c.stream.write_all(msg).unwrap();
+        let mut echoed = vec![0u8; msg.len()];
+        c.stream.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, msg);
+    }
+    // Closing our side ends the tunnel: the backend sees the close and closes too.
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(c.closed_by_peer());
+
+    // Other upgrades are not performed: the request is plain HTTP to the backend.
+    let mut c = Client::connect(lb.addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n");
+    assert_eq!(
+        c.response().status,
+        426,
+        "the backend saw no upgrade request"
+    );
+}
+
+#[test]
+fn websocket_tunnel_closes_only_when_idle_both_ways() {
+    // The backend pushes six events 150 ms apart while the client never speaks, then goes
+    // quiet but keeps its socket open.
+    let backend = Backend::start(Arc::new(|_req, res| {
+        let _ = res.raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        let s = res.stream();
+        for i in 0..6u8 {
+            std::thread::sleep(Duration::from_millis(150));
+            if std::io::Write::write_all(s, &[b'0' + i]).is_err() {
+                return;
+            }
+        }
+        let mut buf = [0u8; 16];
+        let _ = s.read(&mut buf);
+        res.close_after();
+    }))
+    .unwrap();
+    let cfg = one_cluster(&[backend.addr], "").replace(
+        "[admin]",
+        "[http]\nwebsocket_idle_timeout = \"400ms\"\n\n[admin]",
+    );
+    let lb = Lb::start(&cfg);
+    let mut c = Client::connect(lb.addr);
+    c.send(b"GET /events HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert_eq!(c.try_response(true).unwrap().status, 101);
+    let mut got = c.take_buffered();
+    let mut buf = [0u8; 16];
+    while got.len() < 6 {
+        let n = c.stream.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the tunnel closed after {:?} though the backend was still pushing",
+            got
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    // 900 ms of one-way traffic outlived the 400 ms idle timeout.
+    assert_eq!(got, b"012345");
+    // Now neither side speaks: the tunnel ends within the client's read bound.
+    let started = std::time::Instant::now();
+    assert!(c.closed_by_peer());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed before the idle timeout"
+    );
+}

@@ -239,6 +239,11 @@ impl Client {
         Ok(n > 0)
     }
 
+    /// Takes the bytes already read past the last response (a tunnel's first bytes).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// Reads one response to a non-HEAD request.
     pub fn response(&mut self) -> Response {
         self.try_response(false).expect("a complete response")

@@ -41,6 +41,8 @@ pub const DEFAULT_POOL_MAX_IDLE: u32 = 128;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request heads larger than this are answered 431; HAProxy's default buffer allows about as much.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// WebSocket tunnels with no traffic either way for this long are closed.
+pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Request targets longer than this are answered 414, as nginx's default buffers allow.
 pub const DEFAULT_MAX_URI_BYTES: u64 = 8 * 1024;
 /// Header lines accepted in one request or response head.
@@ -127,6 +129,9 @@ pub struct HttpConfig {
     pub client_idle_timeout: Duration,
     pub client_body_timeout: Duration,
     pub x_forwarded: bool,
+    pub websocket: bool,
+    /// A WebSocket tunnel with no traffic either way for this long is closed.
+    pub websocket_idle_timeout: Duration,
     /// `None` leaves `Via` untouched.
     pub via: Option<String>,
 }
@@ -622,6 +627,12 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
             DEFAULT_CLIENT_BODY_TIMEOUT,
         ),
         x_forwarded: h.x_forwarded.unwrap_or(true),
+        websocket: h.websocket.unwrap_or(true),
+        websocket_idle_timeout: errs.duration(
+            "http.websocket_idle_timeout",
+            &h.websocket_idle_timeout,
+            DEFAULT_WEBSOCKET_IDLE_TIMEOUT,
+        ),
         via,
     }
 }

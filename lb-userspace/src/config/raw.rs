@@ -125,6 +125,9 @@ pub struct RawHttp {
     pub client_idle_timeout: Option<String>,
     pub client_body_timeout: Option<String>,
     pub x_forwarded: Option<bool>,
+    /// Pass WebSocket upgrades through as tunnels (default true).
+    pub websocket: Option<bool>,
+    pub websocket_idle_timeout: Option<String>,
     /// The pseudonym in the `Via` header; an empty string leaves `Via` alone.
     pub via: Option<String>,
 }

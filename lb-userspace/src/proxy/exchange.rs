@@ -697,6 +697,10 @@ async fn exchange(
             let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
             let parsed = response::parse(up.conn.data(), &mut storage, plan.method == Method::Head);
             let step = match parsed {
+                Ok(Some(res)) if res.status == 101 && plan.websocket => {
+                    head::write_switching_protocols(out, &res, http);
+                    HeadStep::Upgrade(res.head_len)
+                }
                 Ok(Some(res)) if res.status == 101 => {
                     return Err(Failed::BadResponse(
                         "the backend switched protocols, which this route does not allow",
@@ -744,6 +748,25 @@ async fn exchange(
                 HeadStep::Final(status, n, framing, reusable, p) => {
                     up.conn.consume(n);
                     break (status, framing, reusable, p);
+                }
+                HeadStep::Upgrade(n) => {
+                    up.conn.consume(n);
+                    if write_buf(&mut client.stream, out, http.client_body_timeout)
+                        .await
+                        .is_err()
+                    {
+                        return Err(Failed::ClientGone);
+                    }
+                    let upstream_time = sent_at.elapsed();
+                    let bytes =
+                        super::tunnel::run(client, &mut up.conn, http.websocket_idle_timeout).await;
+                    return Ok(Done {
+                        flow: Flow::Close,
+                        reusable: false,
+                        status: 101,
+                        upstream: upstream_time,
+                        bytes,
+                    });
                 }
                 HeadStep::NeedMore => {}
             }
@@ -832,6 +855,8 @@ async fn exchange(
 
 enum HeadStep {
     Interim(usize),
+    /// A 101 to a WebSocket upgrade: the head is in `out`; a tunnel follows.
+    Upgrade(usize),
     Final(u16, usize, Framing, bool, head::ResponsePlan),
     NeedMore,
 }

@@ -181,6 +181,24 @@ pub fn write_response_head(
     }
 }
 
+/// Writes the `101 Switching Protocols` answer to a WebSocket upgrade: the backend's headers
+/// with `Connection: Upgrade` and `Upgrade: websocket` kept.
+pub fn write_switching_protocols(out: &mut Vec<u8>, res: &ResponseHead<'_, '_>, http: &HttpConfig) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(res.reason);
+    out.extend_from_slice(b"\r\n");
+    for h in res.headers {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name) || res.conn.names(name) {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    push_via(out, res.minor, http);
+    out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+}
+
 /// Inserts header lines before the blank line that ends the head in `out`.
 pub fn insert_headers(out: &mut Vec<u8>, headers: &[(&str, &str)]) {
     let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {

@@ -5,6 +5,7 @@ mod body;
 mod exchange;
 pub mod explain;
 pub mod head;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -67,6 +68,8 @@ pub struct Plan {
     pub key_hash: Option<u64>,
     /// The split and target chosen, if the route splits.
     pub variant: Option<(usize, usize)>,
+    /// A WebSocket upgrade: a 101 answer turns the connection into a tunnel.
+    pub websocket: bool,
 }
 
 /// What metrics and the access log learn about one request as it goes.
@@ -452,6 +455,19 @@ fn plan_request(
                 .as_ref()
                 .and_then(|k| request_key_hash(k, req.headers, path, query, peer.ip()));
             head::write_request_head(out, &req, peer.ip(), &snap.http, &c.name, route, &vars);
+            // Upgrade and Connection are hop-by-hop; a WebSocket upgrade is passed on on
+            // purpose. Other upgrades are not performed: the request goes on as plain HTTP.
+            let websocket = snap.http.websocket
+                && req.conn.upgrade
+                && req.method == Method::Get
+                && req.minor == 1
+                && req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("upgrade")
+                        && h.value.eq_ignore_ascii_case(b"websocket")
+                });
+            if websocket {
+                head::insert_headers(out, &[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
+            }
             if let Some((si, t)) = variant {
                 let split = &snap.splits[si];
                 if let Some(ab) = &split.config.ab_test {
@@ -478,6 +494,7 @@ fn plan_request(
                 route: route.index,
                 key_hash,
                 variant,
+                websocket,
             })))
         }
         Action::Redirect { status, location } => {

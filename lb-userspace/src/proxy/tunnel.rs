@@ -1,0 +1,139 @@
+//! The WebSocket tunnel: after a `101 Switching Protocols`, bytes flow both ways untouched
+//! until either side closes or the tunnel idles past its timeout.
+
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent, Canceller};
+use monoio::net::TcpStream;
+
+use crate::net::{write_buf, BufConn};
+
+/// A second handle on `stream`'s socket, for writing while the first one reads.
+fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
+    // SAFETY: `dup` on a live socket descriptor owned by `stream`; the new descriptor is owned
+    // by the std stream built from it right away.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    std.set_nonblocking(true)?;
+    TcpStream::from_std(std)
+}
+
+/// Reads into `buf` for at most `wait`. A read that times out is cancelled and awaited to its
+/// end, so bytes the kernel handed over in the meantime are returned, never dropped.
+async fn read_within(
+    from: &mut TcpStream,
+    buf: Vec<u8>,
+    wait: Duration,
+) -> monoio::BufResult<usize, Vec<u8>> {
+    let canceller = Canceller::new();
+    let read = from.cancelable_read(buf, canceller.handle());
+    let mut read = std::pin::pin!(read);
+    monoio::select! {
+        done = &mut read => done,
+        _ = monoio::time::sleep(wait) => {
+            let _ = canceller.cancel();
+            let (res, buf) = read.await;
+            match res {
+                Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                    (Err(std::io::ErrorKind::TimedOut.into()), buf)
+                }
+                other => (other, buf),
+            }
+        }
+    }
+}
+
+/// Copies `from` to `to` until end of stream, an error, or `idle` without data in either
+/// direction (`active` is the tunnel's last activity); then half-closes `to`.
+async fn pump(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    mut buf: Vec<u8>,
+    idle: Duration,
+    active: &Cell<Instant>,
+) -> u64 {
+    let mut total = 0;
+    loop {
+        buf.clear();
+        // A direction may be quiet while the other is busy (a server pushing events); the
+        // tunnel is idle only when neither has moved a byte for `idle`.
+        let wait = idle
+            .saturating_sub(active.get().elapsed())
+            .max(Duration::from_millis(1));
+        let (res, b) = read_within(from, buf, wait).await;
+        if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+            buf = b;
+            if active.get().elapsed() < idle {
+                continue;
+            }
+            break;
+        }
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                active.set(Instant::now());
+                total += n as u64;
+                if write_buf(to, &mut buf, idle).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+    total
+}
+
+/// Runs the tunnel between `client` and `upstream`, first delivering bytes each side sent
+/// early (already in the read buffers). Returns the bytes moved toward the client.
+pub async fn run(client: &mut BufConn, upstream: &mut BufConn, idle: Duration) -> u64 {
+    if !upstream.data().is_empty() {
+        let n = upstream.data().len();
+        if upstream
+            .forward_to(&mut client.stream, n, idle)
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+    }
+    if !client.data().is_empty() {
+        let n = client.data().len();
+        if client
+            .forward_to(&mut upstream.stream, n, idle)
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+    }
+    let (Ok(mut to_client), Ok(mut to_upstream)) =
+        (dup_stream(&client.stream), dup_stream(&upstream.stream))
+    else {
+        return 0;
+    };
+    let active = Cell::new(Instant::now());
+    let (_, down) = monoio::join!(
+        pump(
+            &mut client.stream,
+            &mut to_upstream,
+            Vec::with_capacity(16 * 1024),
+            idle,
+            &active
+        ),
+        pump(
+            &mut upstream.stream,
+            &mut to_client,
+            Vec::with_capacity(16 * 1024),
+            idle,
+            &active
+        ),
+    );
+    down
+}
