@@ -656,3 +656,96 @@ fn websocket_tunnel_closes_only_when_idle_both_ways() {
         "closed before the idle timeout"
     );
 }
+
+/// Opens a keep-alive connection and proves it is being served.
+fn served_connection(addr: std::net::SocketAddr) -> Client {
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    c
+}
+
+/// A fresh connection's answer, and whether the proxy then closed it (not checked after a
+/// 200, which keeps the connection open).
+fn answer_to_new_connection(addr: std::net::SocketAddr) -> (u16, bool) {
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let status = c.response().status;
+    (status, status != 200 && c.closed_by_peer())
+}
+
+#[test]
+fn connection_limits_refuse_count_and_free_up() {
+    let backend = Backend::start(echo("b")).unwrap();
+    let base = one_cluster(&[backend.addr], "");
+    let lb = Lb::start(&base.replace("[admin]", "[http]\nmax_connections_per_ip = 2\n\n[admin]"));
+    let refused = |reason: &str| {
+        metric(
+            &lb.scrape(),
+            "lb_connections_refused_total",
+            &[("reason", reason)],
+        )
+    };
+
+    let a = served_connection(lb.addr);
+    let mut b = served_connection(lb.addr);
+    assert_eq!(
+        answer_to_new_connection(lb.addr),
+        (429, true),
+        "a third connection from one IP"
+    );
+    assert_eq!(refused("per_ip"), 1.0);
+    // Closing one gives its place back.
+    drop(a);
+    wait_until("a freed place", || {
+        answer_to_new_connection(lb.addr).0 == 200
+    });
+
+    // A reload sets a total limit below what is open: new connections get 503, the open ones
+    // keep being served.
+    let cfg = base.replace("[admin]", "[http]\nmax_connections = 1\n\n[admin]");
+    std::fs::write(&lb.config_path, cfg).unwrap();
+    assert_eq!(lb.admin("POST", "/reload").0, 200);
+    assert_eq!(answer_to_new_connection(lb.addr), (503, true));
+    assert!(refused("total") >= 1.0);
+    b.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(
+        b.response().status,
+        200,
+        "an admitted connection is not cut"
+    );
+    // A limit of zero is a mistake, not "unlimited".
+    let bad = base.replace("[admin]", "[http]\nmax_connections_per_ip = 0\n\n[admin]");
+    std::fs::write(&lb.config_path, bad).unwrap();
+    let (status, body) = lb.admin("POST", "/reload");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("http.max_connections_per_ip"),
+        "{body}"
+    );
+
+    // One connection per worker, two workers, and `b` holds one place: of six more
+    // connections, at most one is served and every other is refused by its worker's limit.
+    let cfg = base.replace(
+        "[admin]",
+        "[http]\nmax_connections_per_worker = 1\n\n[admin]",
+    );
+    std::fs::write(&lb.config_path, cfg).unwrap();
+    assert_eq!(lb.admin("POST", "/reload").0, 200);
+    let mut held = Vec::new();
+    let mut served = 0;
+    for _ in 0..6 {
+        let mut c = Client::connect(lb.addr);
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        match c.response().status {
+            200 => served += 1,
+            503 => {}
+            other => panic!("unexpected status {other}"),
+        }
+        held.push(c);
+    }
+    assert!(served <= 1, "{served} served past the per-worker limit");
+    assert_eq!(refused("worker"), (6 - served) as f64);
+    b.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(b.response().status, 200);
+}

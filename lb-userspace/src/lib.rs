@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balancing;
 pub mod clock;
 pub mod config;
+pub mod connlimit;
 pub mod demo;
 pub mod hash;
 pub mod http;

@@ -130,6 +130,9 @@ pub struct HttpConfig {
     pub client_body_timeout: Duration,
     pub x_forwarded: bool,
     pub websocket: bool,
+    /// Connection limits; past one, a new connection is answered 503 (or 429 per IP) and
+    /// closed.
+    pub conn_limits: crate::connlimit::Limits,
     /// A WebSocket tunnel with no traffic either way for this long is closed.
     pub websocket_idle_timeout: Duration,
     /// `None` leaves `Via` untouched.
@@ -589,6 +592,22 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
             format!("expected a number from 1 to {MAX_HEADERS_LIMIT}, got {max_headers}"),
         );
     }
+    let mut limit = |name: &str, value: Option<u64>| match value {
+        None => None,
+        Some(0) => {
+            errs.push(
+                format!("http.{name}"),
+                "expected at least 1; leave it out for no limit",
+            );
+            None
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let conn_limits = crate::connlimit::Limits {
+        total: limit("max_connections", h.max_connections),
+        per_worker: limit("max_connections_per_worker", h.max_connections_per_worker),
+        per_ip: limit("max_connections_per_ip", h.max_connections_per_ip),
+    };
     let via = match h.via.as_deref() {
         None => Some(DEFAULT_VIA.to_string()),
         Some("") => None,
@@ -628,6 +647,7 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
         ),
         x_forwarded: h.x_forwarded.unwrap_or(true),
         websocket: h.websocket.unwrap_or(true),
+        conn_limits,
         websocket_idle_timeout: errs.duration(
             "http.websocket_idle_timeout",
             &h.websocket_idle_timeout,

@@ -125,6 +125,12 @@ pub struct RawHttp {
     pub client_idle_timeout: Option<String>,
     pub client_body_timeout: Option<String>,
     pub x_forwarded: Option<bool>,
+    /// Client connections open at once, across workers; absent is unlimited.
+    pub max_connections: Option<u64>,
+    /// Client connections one worker holds at once; absent is unlimited.
+    pub max_connections_per_worker: Option<u64>,
+    /// Concurrent client connections from one IP address; absent is unlimited.
+    pub max_connections_per_ip: Option<u64>,
     /// Pass WebSocket upgrades through as tunnels (default true).
     pub websocket: Option<bool>,
     pub websocket_idle_timeout: Option<String>,

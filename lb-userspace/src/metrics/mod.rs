@@ -180,6 +180,11 @@ pub fn downstream_connections(worker: usize) -> metrics::Gauge {
     gauge!(DOWNSTREAM_CONNECTIONS, "worker" => worker.to_string())
 }
 
+/// Counts a client connection refused for `reason`.
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
+
 fn sample(snap: &Snapshot) {
     let now = crate::clock::now_ms();
     for s in &snap.splits {

@@ -19,6 +19,9 @@ pub const ENDPOINT_HEALTHY: &str = "lb_endpoint_healthy";
 pub const ENDPOINT_EJECTED: &str = "lb_endpoint_ejected";
 /// Breaker state of an endpoint: 0 closed, 1 open, 2 half-open.
 pub const ENDPOINT_BREAKER_STATE: &str = "lb_endpoint_breaker_state";
+/// Client connections refused, by `reason`: a limit (`worker`, `total`, `per_ip`) or
+/// `accept_error` (EMFILE and the like).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "lb_connections_refused_total";
 /// Upstream connections open now, by `cluster`.
 pub const CLUSTER_CONNECTIONS: &str = "lb_cluster_connections";
 /// Requests refused by a limit, by `cluster` and `limit`.

@@ -17,6 +17,7 @@ use monoio::net::TcpListener;
 use crate::accesslog;
 use crate::balancing::WorkerBalancer;
 use crate::config::IoDriver;
+use crate::connlimit::Refusal;
 use crate::net::BufPool;
 use crate::proxy::Record;
 use crate::snapshot::{Snapshot, SnapshotCell};
@@ -25,6 +26,12 @@ use crate::upstream::Pool;
 /// How often idle pooled upstream connections are checked for expiry.
 const POOL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long the accept loop backs off after running out of file descriptors.
+/// How long a refused connection may take to read its answer.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Bytes read and dropped from a refused connection before it closes.
+const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
+/// Refusals answered at once per worker; past this, refused connections just close.
+const MAX_REFUSING: usize = 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Spare read buffers kept per worker.
 const MAX_FREE_BUFFERS: usize = 1024;
@@ -64,6 +71,11 @@ pub struct Worker {
     idle: RefCell<slab::Slab<std::os::fd::RawFd>>,
     loads: Option<Arc<crate::steering::load::WorkerLoads>>,
     stats: Arc<Vec<crate::server::WorkerStats>>,
+    conns: Arc<crate::connlimit::Connections>,
+    /// Refused connections still being answered.
+    refusing: Cell<usize>,
+    /// When a refusal was last logged, in `clock::now_ms` milliseconds.
+    refusal_logged: Cell<u64>,
 }
 
 impl Worker {
@@ -223,6 +235,8 @@ pub struct WorkerSpec {
     /// The kernel's per-worker load table, for the `least_loaded` steering policy.
     pub loads: Option<Arc<crate::steering::load::WorkerLoads>>,
     pub stats: Arc<Vec<crate::server::WorkerStats>>,
+    /// Open client connections across workers, for the connection limits.
+    pub conns: Arc<crate::connlimit::Connections>,
 }
 
 /// Starts a worker thread. It reports on `started` once its runtime is up and it accepts.
@@ -318,6 +332,9 @@ async fn worker_main(
         idle: RefCell::new(slab::Slab::new()),
         loads: spec.loads.clone(),
         stats: spec.stats.clone(),
+        conns: spec.conns.clone(),
+        refusing: Cell::new(0),
+        refusal_logged: Cell::new(0),
     });
     let mut accept_tasks = Vec::new();
     for std_listener in spec.listeners {
@@ -359,33 +376,108 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
         match accepted {
             None => break,
             Some(Ok((stream, peer))) => {
-                let w = worker.clone();
-                w.active.set(w.active.get() + 1);
-                w.connections_gauge.increment(1.0);
-                if let Some(s) = w.stats.get(w.id) {
-                    s.accepted
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    s.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let limits = worker.view().snap.http.conn_limits;
+                match worker.conns.admit(peer.ip(), worker.active.get(), &limits) {
+                    Ok(admitted) => serve_connection(stream, peer, admitted, worker.clone()),
+                    Err(why) => refuse(stream, peer, why, &worker),
                 }
-                monoio::spawn(async move {
-                    crate::proxy::serve(stream, peer, &w).await;
-                    w.active.set(w.active.get() - 1);
-                    w.connections_gauge.decrement(1.0);
-                    if let Some(s) = w.stats.get(w.id) {
-                        s.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    if let Some(l) = &w.loads {
-                        l.closed(w.id);
-                    }
-                });
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning on an error that persists.
                 tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                crate::metrics::connection_refused("accept_error");
                 monoio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
+}
+
+fn serve_connection(
+    stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+    admitted: crate::connlimit::Admitted,
+    w: Rc<Worker>,
+) {
+    w.active.set(w.active.get() + 1);
+    w.connections_gauge.increment(1.0);
+    if let Some(s) = w.stats.get(w.id) {
+        s.accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    monoio::spawn(async move {
+        crate::proxy::serve(stream, peer, &w).await;
+        drop(admitted);
+        w.active.set(w.active.get() - 1);
+        w.connections_gauge.decrement(1.0);
+        if let Some(s) = w.stats.get(w.id) {
+            s.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(l) = &w.loads {
+            l.closed(w.id);
+        }
+    });
+}
+
+/// Answers a connection a limit refused, 503 or 429 with `Connection: close`, then closes it.
+/// What the client already sent is read and dropped first, so that the close does not reset
+/// the connection before the client reads the answer. Past `MAX_REFUSING` refusals in
+/// progress, new ones are closed at once.
+fn refuse(stream: monoio::net::TcpStream, peer: SocketAddr, why: Refusal, w: &Rc<Worker>) {
+    crate::metrics::connection_refused(why.label());
+    if let Some(l) = &w.loads {
+        l.closed(w.id);
+    }
+    let now = crate::clock::now_ms();
+    if now.saturating_sub(w.refusal_logged.get()) >= 1000 {
+        w.refusal_logged.set(now);
+        tracing::warn!(worker = w.id, client = %peer.ip(), limit = why.label(), "connection refused by a limit (logged at most once a second per worker)");
+    }
+    if w.refusing.get() >= MAX_REFUSING {
+        return;
+    }
+    w.refusing.set(w.refusing.get() + 1);
+    let w = w.clone();
+    monoio::spawn(async move {
+        let mut stream = stream;
+        let mut out = Vec::with_capacity(256);
+        let message = match why {
+            Refusal::PerIp => "too many connections from this address",
+            Refusal::Worker | Refusal::Total => "the server is at its connection limit",
+        };
+        crate::http::write::error_response(
+            &mut out,
+            why.status(),
+            "connection_limit",
+            message,
+            true,
+        );
+        let deadline = Instant::now() + REFUSAL_LINGER;
+        if crate::net::write_buf(&mut stream, &mut out, REFUSAL_LINGER)
+            .await
+            .is_ok()
+        {
+            let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+            let mut buf = out;
+            let mut drained = 0;
+            while drained < REFUSAL_DRAIN_BYTES {
+                let left = deadline.saturating_duration_since(Instant::now());
+                buf.clear();
+                let Ok((Ok(n), b)) =
+                    monoio::time::timeout(left, monoio::io::AsyncReadRent::read(&mut stream, buf))
+                        .await
+                else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                drained += n;
+                buf = b;
+            }
+        }
+        w.refusing.set(w.refusing.get() - 1);
+    });
 }
 
 async fn sweep_pool(worker: Rc<Worker>) {
