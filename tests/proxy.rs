@@ -749,3 +749,57 @@ fn connection_limits_refuse_count_and_free_up() {
     b.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(b.response().status, 200);
 }
+
+#[test]
+fn slow_request_bodies_are_cut_below_the_minimum_rate() {
+    let backend = Backend::start(echo("b")).unwrap();
+    let cfg = one_cluster(&[backend.addr], "").replace(
+        "[admin]",
+        "[http]\nclient_body_timeout = \"300ms\"\nmin_body_rate = \"4KiB\"\n\n[admin]",
+    );
+    let lb = Lb::start(&cfg);
+
+    // A trickle: 16 bytes every 50 ms, each read well inside the 300 ms idle timeout, but
+    // 320 B/s on average.
+    let mut c = Client::connect(lb.addr);
+    c.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n");
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    let answered = loop {
+        c.stream.set_nonblocking(true).unwrap();
+        let peeked = c.stream.peek(&mut [0u8; 1]);
+        c.stream.set_nonblocking(false).unwrap();
+        if matches!(peeked, Ok(n) if n > 0) {
+            break true;
+        }
+        if sent >= 200 || c.stream.write_all(&[b'x'; 16]).is_err() {
+            break false;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(answered, "the trickle was never cut ({sent} writes)");
+    let r = c.response();
+    assert_eq!(r.status, 408);
+    assert!(String::from_utf8_lossy(&r.body).contains("minimum rate"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "cut inside the grace period"
+    );
+
+    // A body in bursts with pauses, fast on average, is served.
+    let mut c = Client::connect(lb.addr);
+    let part = vec![b'y'; 16 * 1024];
+    c.send(
+        format!(
+            "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            4 * part.len()
+        )
+        .as_bytes(),
+    );
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(100));
+        c.send(&part);
+    }
+    assert_eq!(c.response().status, 200);
+}

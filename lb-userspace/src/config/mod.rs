@@ -128,6 +128,9 @@ pub struct HttpConfig {
     pub client_header_timeout: Duration,
     pub client_idle_timeout: Duration,
     pub client_body_timeout: Duration,
+    /// Bytes per second a request body must average once `client_body_timeout` has passed;
+    /// 0 is no minimum.
+    pub min_body_rate: u64,
     pub x_forwarded: bool,
     pub websocket: bool,
     /// Connection limits; past one, a new connection is answered 503 (or 429 per IP) and
@@ -645,6 +648,7 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
             &h.client_body_timeout,
             DEFAULT_CLIENT_BODY_TIMEOUT,
         ),
+        min_body_rate: size(errs, "min_body_rate", &h.min_body_rate, 0),
         x_forwarded: h.x_forwarded.unwrap_or(true),
         websocket: h.websocket.unwrap_or(true),
         conn_limits,

@@ -124,6 +124,9 @@ pub struct RawHttp {
     pub client_header_timeout: Option<String>,
     pub client_idle_timeout: Option<String>,
     pub client_body_timeout: Option<String>,
+    /// Minimum average request body rate after `client_body_timeout`, such as `"1KiB"` per
+    /// second; absent or `"0"` is no minimum.
+    pub min_body_rate: Option<toml::Value>,
     pub x_forwarded: Option<bool>,
     /// Client connections open at once, across workers; absent is unlimited.
     pub max_connections: Option<u64>,

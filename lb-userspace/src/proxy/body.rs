@@ -2,7 +2,7 @@
 //! Bodies are never buffered whole: at most one read buffer and one scratch buffer of bytes
 //! are held at a time.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
@@ -34,6 +34,65 @@ pub enum PumpFail {
     Chunk(ChunkError),
     /// More body than `max` bytes.
     TooLarge,
+    /// The source fell below the minimum rate.
+    TooSlow,
+}
+
+/// How long reads of a body may wait: `idle` for any one read, and optionally a minimum
+/// average rate once a grace period has passed (against slow-body attacks that trickle a
+/// byte now and then, each read well inside the idle timeout).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub idle: Duration,
+    /// Bytes per second; 0 is no minimum.
+    min_rate: u64,
+    grace: Duration,
+    start: Instant,
+}
+
+impl Pace {
+    pub fn idle(idle: Duration) -> Pace {
+        Pace {
+            idle,
+            min_rate: 0,
+            grace: Duration::ZERO,
+            start: Instant::now(),
+        }
+    }
+
+    /// From now on, `done` body bytes must have arrived by `grace + done / min_rate`.
+    pub fn with_min_rate(idle: Duration, min_rate: u64, grace: Duration) -> Pace {
+        Pace {
+            min_rate,
+            grace,
+            ..Pace::idle(idle)
+        }
+    }
+
+    /// The longest the next read may wait with `done` bytes in, and whether the minimum
+    /// rate rather than the idle timeout sets it.
+    fn budget(&self, done: u64) -> (Duration, bool) {
+        if self.min_rate == 0 {
+            return (self.idle, false);
+        }
+        let earned = Duration::from_secs_f64(done as f64 / self.min_rate as f64);
+        let left = (self.grace + earned).saturating_sub(self.start.elapsed());
+        if left < self.idle {
+            // A read that completes at once still counts: data already waiting is taken.
+            (left.max(Duration::from_millis(1)), true)
+        } else {
+            (self.idle, false)
+        }
+    }
+}
+
+/// Reads more of a body that has `done` bytes so far.
+async fn fill(src: &mut BufConn, pace: &Pace, done: u64) -> Result<usize, PumpFail> {
+    let (wait, by_rate) = pace.budget(done);
+    match src.fill(wait).await {
+        Err(IoFail::Timeout) if by_rate => Err(PumpFail::TooSlow),
+        r => r.map_err(PumpFail::Src),
+    }
 }
 
 /// Moves one body of `framing` from `src` to `dst`. Returns the body bytes moved.
@@ -44,9 +103,10 @@ pub async fn pump(
     framing: Framing,
     encode: Encode,
     scratch: &mut Vec<u8>,
-    idle: Duration,
+    pace: Pace,
     max: u64,
 ) -> Result<u64, PumpFail> {
+    let idle = pace.idle;
     scratch.clear();
     match framing {
         Framing::None => Ok(0),
@@ -57,7 +117,7 @@ pub async fn pump(
             let mut remaining = n;
             while remaining > 0 {
                 if src.data().is_empty() {
-                    src.fill(idle).await.map_err(PumpFail::Src)?;
+                    fill(src, &pace, n - remaining).await?;
                 }
                 let k = (src.data().len() as u64).min(remaining) as usize;
                 src.forward_to(dst, k, idle).await.map_err(PumpFail::Dst)?;
@@ -65,15 +125,15 @@ pub async fn pump(
             }
             Ok(n)
         }
-        Framing::Chunked => pump_chunked(src, dst, encode, scratch, idle, max).await,
+        Framing::Chunked => pump_chunked(src, dst, encode, scratch, pace, max).await,
         Framing::UntilClose => {
             let mut total = 0u64;
             loop {
                 if src.data().is_empty() {
-                    match src.fill(idle).await {
+                    match fill(src, &pace, total).await {
                         Ok(_) => {}
-                        Err(IoFail::Eof) => break,
-                        Err(e) => return Err(PumpFail::Src(e)),
+                        Err(PumpFail::Src(IoFail::Eof)) => break,
+                        Err(e) => return Err(e),
                     }
                 }
                 let k = src.data().len();
@@ -104,9 +164,10 @@ async fn pump_chunked(
     dst: &mut TcpStream,
     encode: Encode,
     scratch: &mut Vec<u8>,
-    idle: Duration,
+    pace: Pace,
     max: u64,
 ) -> Result<u64, PumpFail> {
+    let idle = pace.idle;
     let mut decoder = ChunkedDecoder::new();
     let mut total = 0u64;
     loop {
@@ -157,7 +218,7 @@ async fn pump_chunked(
                 if src.is_full() {
                     return Err(PumpFail::Chunk(ChunkError::LineTooLong));
                 }
-                src.fill(idle).await.map_err(PumpFail::Src)?;
+                fill(src, &pace, total).await?;
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
-use super::body::{pump, Encode, PumpFail};
+use super::body::{pump, Encode, Pace, PumpFail};
 use super::{head, send_error, Flow, Plan, Record};
 use crate::clock::now_ms;
 use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
@@ -650,7 +650,11 @@ async fn exchange(
             body,
             Encode::Chunked,
             &mut scratch,
-            http.client_body_timeout,
+            Pace::with_min_rate(
+                http.client_body_timeout,
+                http.min_body_rate,
+                http.client_body_timeout,
+            ),
             http.max_request_body,
         )
         .await;
@@ -663,6 +667,13 @@ async fn exchange(
                     "request_timeout",
                     "the request body stalled",
                 ))
+            }
+            Err(PumpFail::TooSlow) => {
+                return Err(Failed::Client(
+                    408,
+                    "request_timeout",
+                    "the request body arrived below the minimum rate",
+                ));
             }
             Err(PumpFail::Src(_)) => return Err(Failed::ClientGone),
             Err(PumpFail::Chunk(e)) => {
@@ -824,7 +835,7 @@ async fn exchange(
             rest,
             encode,
             &mut scratch,
-            timeouts.idle,
+            Pace::idle(timeouts.idle),
             0,
         )
         .await;
