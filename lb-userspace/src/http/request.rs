@@ -44,6 +44,9 @@ pub enum RequestError {
     TooManyHeaders,
     #[error("unsupported Expect value")]
     Expectation,
+    /// CONNECT: a proxy for HTTP, not a tunnel to arbitrary hosts.
+    #[error("CONNECT is not supported")]
+    Connect,
 }
 
 impl RequestError {
@@ -52,6 +55,7 @@ impl RequestError {
             RequestError::Malformed(_) => 400,
             RequestError::TooManyHeaders => 431,
             RequestError::Expectation => 417,
+            RequestError::Connect => 501,
         }
     }
 }
@@ -78,6 +82,9 @@ pub fn parse<'h, 'b>(
     let method_bytes = method_str.as_bytes();
     let method = Method::from_bytes(method_bytes);
     let target = target.as_bytes();
+    if method == Method::Connect {
+        return Err(RequestError::Connect);
+    }
 
     let (path, authority) = split_target(method, target)?;
 

@@ -117,6 +117,10 @@ impl Reject {
                 "expectation_failed",
                 "only Expect: 100-continue is supported",
             ),
+            RequestError::Connect => (
+                "not_implemented",
+                "CONNECT is not supported: this is a reverse proxy",
+            ),
         };
         Reject {
             status: e.status(),
