@@ -397,3 +397,37 @@ fn host_name_endpoints_resolve() {
         .unwrap()
         .starts_with("localhost:"));
 }
+
+#[test]
+fn connect_failures_go_elsewhere_for_any_method_and_outside_the_budget() {
+    let live = Backend::start(echo("live")).unwrap();
+    let dead = dead_addr();
+    // No retry budget at all, no passive or active health: only the connect-failure rule can
+    // save a request that lands on the dead endpoint.
+    let lb = Lb::start(&cluster_config(
+        &[dead, live.addr],
+        "retry = { attempts = 2, backoff_base = \"0ms\", budget_percent = 0, min_retry_concurrency = 0 }",
+    ));
+    for i in 0..10 {
+        let r = get(lb.addr, "/");
+        assert_eq!(
+            r.status,
+            200,
+            "GET {i}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let mut c = Client::connect(lb.addr);
+        c.send(b"POST /orders HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+        let r = c.response();
+        assert_eq!(
+            r.status, 200,
+            "POST {i}: nothing reached the dead endpoint, so it may go elsewhere"
+        );
+        assert_eq!(r.json()["body_length"], 5);
+    }
+    let retries = metric(&lb.scrape(), "lb_retries_total", &[("cluster", "app")]);
+    assert!(
+        retries >= 1.0,
+        "the dead endpoint was never tried ({retries} retries)"
+    );
+}

@@ -5,6 +5,8 @@
 //! - `cargo xtask build`  release build of the lb binary
 //! - `cargo xtask ci`     formatting, lints, then `test`: what `.ci/run` runs
 //! - `cargo xtask bench`  micro benchmarks (criterion), figures printed
+//! - `cargo xtask fuzz`   every cargo-fuzz target for a bounded time (nightly toolchain)
+//! - `cargo xtask soak`   10 minutes of mixed traffic with restarts and reloads, then a report
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +24,8 @@ fn main() -> Result<()> {
         "ci" => ci(),
         "bench" => bench(rest),
         "build-ebpf" => build_ebpf(),
+        "fuzz" => fuzz(rest),
+        "soak" => soak(rest),
         _ => {
             eprintln!("usage: cargo xtask <demo | test | build | ci>");
             eprintln!("  demo   build lb and run the embedded demo config with built-in backends");
@@ -32,6 +36,8 @@ fn main() -> Result<()> {
             eprintln!(
                 "  build-ebpf  build the XDP program (installs the eBPF toolchain if missing)"
             );
+            eprintln!("  fuzz   run each fuzz target for [SECONDS] (default 60); crashes fail it");
+            eprintln!("  soak   [SECONDS] (default 600) of mixed traffic, restarts and reloads");
             if task == "help" {
                 Ok(())
             } else {
@@ -39,6 +45,83 @@ fn main() -> Result<()> {
             }
         }
     }
+}
+
+/// Builds lb and the soak driver (release), then runs `lb-soak` for [SECONDS] (600 by
+/// default). The report goes to stdout and `target/soak/report.md`.
+fn soak(extra: &[String]) -> Result<()> {
+    let seconds = extra.first().map_or("600", String::as_str);
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "lb",
+        "-p",
+        "lb-bench",
+        "--bin",
+        "lb-soak",
+    ]);
+    run(c)?;
+    let mut c = Command::new(root().join("target/release/lb-soak"));
+    c.current_dir(root())
+        .args(["--seconds", seconds, "--lb"])
+        .arg(root().join("target/release/lb"));
+    run(c)
+}
+
+/// The cargo-fuzz targets in `fuzz/`.
+const FUZZ_TARGETS: [&str; 3] = ["request", "response", "config"];
+
+/// Runs every fuzz target for a bounded time with libFuzzer and AddressSanitizer. Needs a
+/// rustup nightly; installs cargo-fuzz when missing. Inputs that crash are left in
+/// `fuzz/artifacts/TARGET/` and fail the run; fix them and keep them as regression tests.
+fn fuzz(extra: &[String]) -> Result<()> {
+    let seconds: u64 = match extra.first() {
+        None => 60,
+        Some(s) => s
+            .parse()
+            .with_context(|| format!("expected the seconds per target, got {s:?}"))?,
+    };
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly {
+        bail!("fuzzing needs a rustup nightly toolchain (`rustup toolchain install nightly`)");
+    }
+    let has_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        let mut c = Command::new("cargo");
+        c.args(["install", "cargo-fuzz", "--locked"]);
+        run(c)?;
+    }
+    let dir = root().join("fuzz");
+    for target in FUZZ_TARGETS {
+        let corpus = dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let mut c = Command::new("cargo");
+        c.current_dir(&dir)
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus)
+            .arg(dir.join("seeds").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=2048");
+        run(c).with_context(|| {
+            format!("fuzz target {target} found a failure: see fuzz/artifacts/{target}/")
+        })?;
+    }
+    eprintln!(
+        "fuzz: {} targets ran {seconds} s each without a failure",
+        FUZZ_TARGETS.len()
+    );
+    Ok(())
 }
 
 fn root() -> PathBuf {

@@ -14,6 +14,9 @@ use names::*;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into buckets when nobody scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Installs the Prometheus recorder for this process (once); later calls return the same.
 pub fn install() -> Option<&'static PrometheusHandle> {
     if HANDLE.get().is_none() {
@@ -23,6 +26,19 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         match built {
             Ok(h) => {
                 let _ = HANDLE.set(h);
+                // Histogram samples pile up in the recorder until upkeep folds them into their
+                // buckets; a scrape does it, but nobody may be scraping.
+                let upkeep = std::thread::Builder::new()
+                    .name("lb-metrics-upkeep".into())
+                    .spawn(|| loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        if let Some(h) = HANDLE.get() {
+                            h.run_upkeep();
+                        }
+                    });
+                if let Err(e) = upkeep {
+                    tracing::warn!(error = %e, "metrics upkeep thread not started");
+                }
             }
             Err(e) => tracing::warn!(error = %e, "metrics recorder not installed"),
         }

@@ -493,11 +493,18 @@ pub async fn proxy(
         last_failure = Some(answer);
         tried.push(idx);
         drop(retry_slot.take());
-        // A held-back status reserved its retry slot already; anything else asks the budget.
+        // A held-back status reserved its retry slot already. A connection that never opened
+        // carried nothing: trying another endpoint is safe for any method and adds no load to
+        // the failed one, so it needs neither idempotence nor the budget (only `attempts`
+        // bounds it), as with nginx's next upstream on connect errors.
         let reserved = answer.1 == "upstream_error";
-        let budget = reserved || budget_ok();
-        let again =
-            retryable && attempt < retry.attempts && may_repeat && replayable(client) && budget;
+        let never_sent = matches!(answer.1, "connect_failed" | "connect_timeout");
+        let budget = reserved || never_sent || budget_ok();
+        let again = retryable
+            && attempt < retry.attempts
+            && (may_repeat || never_sent)
+            && replayable(client)
+            && budget;
         if !again {
             if reserved {
                 cstate.retries_in_flight.fetch_sub(1, Ordering::Relaxed);
