@@ -80,6 +80,10 @@ fn fault_config(backend: std::net::SocketAddr) -> String {
 fn outcome(lb: &Lb, path: &str) -> Outcome {
     let mut c = Client::connect(lb.addr);
     c.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    read_outcome(&mut c)
+}
+
+fn read_outcome(c: &mut Client) -> Outcome {
     match c.try_response(false) {
         Ok(r) => Outcome::Status(r.status),
         Err(_) => Outcome::Truncated,
@@ -118,10 +122,7 @@ fn broken_backends_get_the_right_answer_and_leak_nothing() {
             if round == 1 {
                 assert_eq!(lb.admin("POST", "/reload").0, 200);
             }
-            let got = match c.try_response(false) {
-                Ok(r) => Outcome::Status(r.status),
-                Err(_) => Outcome::Truncated,
-            };
+            let got = read_outcome(&mut c);
             assert_eq!(got, want, "{path} (round {round})");
             // The proxy still serves afterwards.
             assert_eq!(outcome(&lb, "/ok"), Outcome::Status(200), "after {path}");

@@ -130,8 +130,14 @@ fn connect(addr: SocketAddr) -> Result<TcpStream> {
     Ok(s)
 }
 
-/// Keep-alive GETs on one connection, reconnecting after a close.
-fn keep_alive(addr: SocketAddr, sh: &Shared) {
+/// Runs `exchange` on one keep-alive connection until the soak ends, reconnecting after any
+/// failure; each iteration counts under `kind`.
+fn on_keep_alive(
+    addr: SocketAddr,
+    sh: &Shared,
+    kind: &'static str,
+    mut exchange: impl FnMut(&mut TcpStream, u64, &mut Vec<u8>) -> Result<()>,
+) {
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::new();
     for i in 0..MAX_ITERATIONS {
@@ -142,60 +148,47 @@ fn keep_alive(addr: SocketAddr, sh: &Shared) {
             if conn.is_none() {
                 conn = Some(connect(addr)?);
             }
-            let s = conn.as_mut().context("no connection")?;
-            s.write_all(format!("GET /k/{i} HTTP/1.1\r\nHost: soak\r\n\r\n").as_bytes())?;
-            let (status, body) = read_response(s, &mut buf)?;
-            if status != 200 || !body.starts_with(format!("/k/{i} ").as_bytes()) {
-                bail!("status {status}, body {:?}", String::from_utf8_lossy(&body));
-            }
-            Ok(())
+            exchange(conn.as_mut().context("no connection")?, i, &mut buf)
         })();
         match result {
-            Ok(()) => sh.ok("keep-alive GET"),
+            Ok(()) => sh.ok(kind),
             Err(e) => {
                 conn = None;
-                sh.fail("keep-alive GET", e.to_string());
+                sh.fail(kind, e.to_string());
             }
         }
     }
 }
 
-/// 256 KiB uploads with Content-Length, keep-alive.
+/// Keep-alive GETs whose answers must name the path asked for.
+fn keep_alive(addr: SocketAddr, sh: &Shared) {
+    on_keep_alive(addr, sh, "keep-alive GET", |s, i, buf| {
+        s.write_all(format!("GET /k/{i} HTTP/1.1\r\nHost: soak\r\n\r\n").as_bytes())?;
+        let (status, body) = read_response(s, buf)?;
+        if status != 200 || !body.starts_with(format!("/k/{i} ").as_bytes()) {
+            bail!("status {status}, body {:?}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    });
+}
+
+/// 256 KiB uploads with Content-Length, keep-alive; the backend must see every byte.
 fn uploads(addr: SocketAddr, sh: &Shared) {
     let body = vec![b'u'; 256 * 1024];
-    let mut conn: Option<TcpStream> = None;
-    let mut buf = Vec::new();
-    for _ in 0..MAX_ITERATIONS {
-        if !sh.running() {
-            break;
+    let head = format!(
+        "PUT /upload HTTP/1.1\r\nHost: soak\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let want = format!("/upload {}", body.len());
+    on_keep_alive(addr, sh, "upload 256 KiB", |s, _, buf| {
+        s.write_all(head.as_bytes())?;
+        s.write_all(&body)?;
+        let (status, got) = read_response(s, buf)?;
+        if status != 200 || got != want.as_bytes() {
+            bail!("status {status}, body {:?}", String::from_utf8_lossy(&got));
         }
-        let result = (|| -> Result<()> {
-            if conn.is_none() {
-                conn = Some(connect(addr)?);
-            }
-            let s = conn.as_mut().context("no connection")?;
-            s.write_all(
-                format!(
-                    "PUT /upload HTTP/1.1\r\nHost: soak\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                )
-                .as_bytes(),
-            )?;
-            s.write_all(&body)?;
-            let (status, got) = read_response(s, &mut buf)?;
-            if status != 200 || got != format!("/upload {}", body.len()).as_bytes() {
-                bail!("status {status}, body {:?}", String::from_utf8_lossy(&got));
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => sh.ok("upload 256 KiB"),
-            Err(e) => {
-                conn = None;
-                sh.fail("upload 256 KiB", e.to_string());
-            }
-        }
-    }
+        Ok(())
+    });
 }
 
 /// A WebSocket upgrade, 20 echoed messages, close.
