@@ -107,7 +107,8 @@ fn fuzz(extra: &[String]) -> Result<()> {
         std::fs::create_dir_all(&corpus)?;
         let mut c = Command::new("cargo");
         c.current_dir(&dir)
-            .args(["+nightly", "fuzz", "run", target])
+            .args(["+nightly", "fuzz", "run", target, "--target-dir"])
+            .arg(root().join("target/fuzz"))
             .arg(&corpus)
             .arg(dir.join("seeds").join(target))
             .arg("--")
