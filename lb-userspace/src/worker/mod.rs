@@ -25,13 +25,13 @@ use crate::upstream::Pool;
 
 /// How often idle pooled upstream connections are checked for expiry.
 const POOL_SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// How long the accept loop backs off after running out of file descriptors.
 /// How long a refused connection may take to read its answer.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Bytes read and dropped from a refused connection before it closes.
 const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
 /// Refusals answered at once per worker; past this, refused connections just close.
 const MAX_REFUSING: usize = 1024;
+/// How long the accept loop backs off after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Spare read buffers kept per worker.
 const MAX_FREE_BUFFERS: usize = 1024;
@@ -420,9 +420,10 @@ fn serve_connection(
 }
 
 /// Answers a connection a limit refused, 503 or 429 with `Connection: close`, then closes it.
-/// What the client already sent is read and dropped first, so that the close does not reset
-/// the connection before the client reads the answer. Past `MAX_REFUSING` refusals in
-/// progress, new ones are closed at once.
+/// After the answer, what the client sends is read and dropped (up to `REFUSAL_DRAIN_BYTES`,
+/// for at most `REFUSAL_LINGER`), so that closing does not reset the connection before the
+/// client has read the answer. Past `MAX_REFUSING` refusals in progress, new ones are closed
+/// at once.
 fn refuse(stream: monoio::net::TcpStream, peer: SocketAddr, why: Refusal, w: &Rc<Worker>) {
     crate::metrics::connection_refused(why.label());
     if let Some(l) = &w.loads {
