@@ -508,6 +508,50 @@ fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
     assert!(c.closed_by_peer());
 }
 
+/// Waits that hold no timer of their own (the worker's idle sweep ends them) still end on
+/// time: a connection silent from the start at the header timeout, a keep-alive connection
+/// between requests at the idle timeout, and one that keeps sending never.
+#[test]
+fn idle_and_silent_connections_close_at_their_timeouts() {
+    let backend = Backend::start(echo("b")).unwrap();
+    let lb = Lb::start(&config(&format!(
+        "[http]\nclient_header_timeout = \"2s\"\nclient_idle_timeout = \"300ms\"\n\n\
+         [[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n\n\
+         [[routes]]\npath_prefix = \"/\"\ncluster = \"app\"\n",
+        backend.addr
+    )));
+    let closes_after = |c: &mut Client| {
+        let t = std::time::Instant::now();
+        assert!(c.closed_by_peer(), "lb did not close the connection");
+        t.elapsed()
+    };
+
+    let mut silent = Client::connect(lb.addr);
+    let mut idle = Client::connect(lb.addr);
+    idle.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(idle.response().status, 200);
+    let took = closes_after(&mut idle);
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "a keep-alive connection closed {took:?} after its request (idle timeout 300 ms)"
+    );
+    let took = closes_after(&mut silent);
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        "a silent connection closed after {took:?} (header timeout 2 s)"
+    );
+
+    // Requests 100 ms apart, well past one idle timeout in all: the wait starts afresh.
+    let mut busy = Client::connect(lb.addr);
+    for _ in 0..10 {
+        busy.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(busy.response().status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    busy.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(busy.response().status, 200);
+}
+
 #[test]
 fn backend_dying_mid_response_closes_the_client() {
     let backend = Backend::start(Arc::new(|_req, res| {

@@ -24,5 +24,6 @@ pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod steering;
+pub mod timer;
 pub mod upstream;
 pub mod worker;

@@ -161,7 +161,7 @@ impl BufConn {
         let buf = std::mem::take(&mut self.buf);
         let start = buf.len();
         let read = self.stream.read(buf.slice_mut(start..));
-        let (res, slice) = match monoio::time::timeout(timeout, read).await {
+        let (res, slice) = match crate::timer::timeout(timeout, read).await {
             Ok(r) => r,
             Err(_) => return Err(IoFail::Timeout),
         };
@@ -181,7 +181,7 @@ impl BufConn {
     pub async fn fill_idle(&mut self, pool: &BufPool, timeout: Duration) -> Result<usize, IoFail> {
         if self.pos == self.buf.len() {
             pool.give(self.take_buf());
-            match monoio::time::timeout(timeout, self.stream.readable(false)).await {
+            match crate::timer::timeout(timeout, self.stream.readable(false)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(IoFail::Io(e)),
                 Err(_) => return Err(IoFail::Timeout),
@@ -206,7 +206,7 @@ impl BufConn {
         futures::pin_mut!(read);
         let done = monoio::select! {
             r = &mut read => Some(r),
-            _ = monoio::time::sleep(grace) => None,
+            _ = crate::timer::sleep(grace) => None,
         };
         let (res, slice) = match done {
             Some(r) => r,
@@ -235,7 +235,7 @@ impl BufConn {
         let buf = std::mem::take(&mut self.buf);
         let range = self.pos..self.pos + n;
         let write = dst.write_all(buf.slice(range));
-        let (res, slice) = match monoio::time::timeout(timeout, write).await {
+        let (res, slice) = match crate::timer::timeout(timeout, write).await {
             Ok(r) => r,
             Err(_) => return Err(IoFail::Timeout),
         };
@@ -253,7 +253,7 @@ pub async fn write_buf(
     timeout: Duration,
 ) -> Result<(), IoFail> {
     let owned = std::mem::take(buf);
-    let (res, owned) = match monoio::time::timeout(timeout, stream.write_all(owned)).await {
+    let (res, owned) = match crate::timer::timeout(timeout, stream.write_all(owned)).await {
         Ok(r) => r,
         Err(_) => return Err(IoFail::Timeout),
     };

@@ -532,7 +532,7 @@ pub async fn proxy(
         client.rewind(body_start);
         let backoff = backoff(retry, attempt);
         if !backoff.is_zero() {
-            monoio::time::sleep(backoff).await;
+            crate::timer::sleep(backoff).await;
         }
         continue 'attempts;
     }
@@ -618,7 +618,7 @@ async fn get_connection(
         if since.elapsed() >= timeout {
             return Err(GetFailed::Limit("pending_timeout"));
         }
-        monoio::time::sleep(PENDING_POLL).await;
+        crate::timer::sleep(PENDING_POLL).await;
     }
 }
 
@@ -712,51 +712,59 @@ async fn exchange(
     let (status, framing, reusable, plan_out) = loop {
         if !up.conn.data().is_empty() {
             got_bytes = true;
-            let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
-            let parsed = response::parse(up.conn.data(), &mut storage, plan.method == Method::Head);
-            let step = match parsed {
-                Ok(Some(res)) if res.status == 101 && plan.websocket => {
-                    head::write_switching_protocols(out, &res, http);
-                    HeadStep::Upgrade(res.head_len)
-                }
-                Ok(Some(res)) if res.status == 101 => {
-                    return Err(Failed::BadResponse(
-                        "the backend switched protocols, which this route does not allow",
-                    ))
-                }
-                Ok(Some(res)) if res.status < 200 => HeadStep::Interim(res.head_len),
-                Ok(Some(res))
-                    if retry_status
-                        .is_some_and(|(r, reserve)| r.retries_status(res.status) && reserve()) =>
-                {
-                    return Err(Failed::RetryStatus(res.status))
-                }
-                Ok(Some(res)) => {
-                    let keep = plan.keep_alive && !w.draining();
-                    let p = head::write_response_head(out, &res, plan.minor, keep, http, route);
-                    if let Some((si, t)) = plan.variant {
-                        let split = &view.snap.splits[si].config;
-                        if let Some(ab) = &split.ab_test {
-                            head::insert_headers(
-                                out,
-                                &[("X-AB-Test", ab), ("X-AB-Variant", &split.targets[t].name)],
-                            );
-                        }
+            // The parsed head borrows `storage` (8 KiB); the block ends both before any await,
+            // so they are not kept in this future's state.
+            let step = {
+                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
+                let parsed =
+                    response::parse(up.conn.data(), &mut storage, plan.method == Method::Head);
+                match parsed {
+                    Ok(Some(res)) if res.status == 101 && plan.websocket => {
+                        head::write_switching_protocols(out, &res, http);
+                        HeadStep::Upgrade(res.head_len)
                     }
-                    HeadStep::Final(res.status, res.head_len, res.framing, res.reusable, p)
+                    Ok(Some(res)) if res.status == 101 => {
+                        return Err(Failed::BadResponse(
+                            "the backend switched protocols, which this route does not allow",
+                        ))
+                    }
+                    Ok(Some(res)) if res.status < 200 => HeadStep::Interim(res.head_len),
+                    Ok(Some(res))
+                        if retry_status.is_some_and(|(r, reserve)| {
+                            r.retries_status(res.status) && reserve()
+                        }) =>
+                    {
+                        return Err(Failed::RetryStatus(res.status))
+                    }
+                    Ok(Some(res)) => {
+                        let keep = plan.keep_alive && !w.draining();
+                        let p = head::write_response_head(out, &res, plan.minor, keep, http, route);
+                        if let Some((si, t)) = plan.variant {
+                            let split = &view.snap.splits[si].config;
+                            if let Some(ab) = &split.ab_test {
+                                head::insert_headers(
+                                    out,
+                                    &[("X-AB-Test", ab), ("X-AB-Variant", &split.targets[t].name)],
+                                );
+                            }
+                        }
+                        HeadStep::Final(res.status, res.head_len, res.framing, res.reusable, p)
+                    }
+                    Ok(None) if up.conn.is_full() => {
+                        return Err(Failed::BadResponse(
+                            "the backend's response head is too large",
+                        ))
+                    }
+                    Ok(None) => HeadStep::NeedMore,
+                    Err(ResponseError::TooManyHeaders) => {
+                        return Err(Failed::BadResponse(
+                            "the backend's response has too many headers",
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(Failed::BadResponse("the backend sent an invalid response"))
+                    }
                 }
-                Ok(None) if up.conn.is_full() => {
-                    return Err(Failed::BadResponse(
-                        "the backend's response head is too large",
-                    ))
-                }
-                Ok(None) => HeadStep::NeedMore,
-                Err(ResponseError::TooManyHeaders) => {
-                    return Err(Failed::BadResponse(
-                        "the backend's response has too many headers",
-                    ))
-                }
-                Err(_) => return Err(Failed::BadResponse("the backend sent an invalid response")),
             };
             match step {
                 HeadStep::Interim(n) => {

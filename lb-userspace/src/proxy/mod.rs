@@ -136,62 +136,94 @@ impl Reject {
 /// it parks without one.
 const KEEPALIVE_GRACE: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// What a connection does after one step of [`serve`].
+enum Step {
+    /// A request was handled; look for the next one at once.
+    Next,
+    /// No bytes came within the grace period: wait for the next request without a buffer.
+    Park,
+    Close,
+}
+
 /// Serves one client connection until it closes, fails, or the worker drains.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, w: &Rc<Worker>) {
+///
+/// An idle keep-alive connection is this future parked in a readiness wait, so its size is
+/// what an idle connection costs: the state is built here and moved into the future once, the
+/// wait has no timer of its own (the worker's idle sweep ends it, see `worker::idle`), and
+/// everything a request needs lives in the boxed [`step`] future, dropped between requests.
+pub fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: crate::worker::ConnGuard,
+) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
     // Buffers are taken when bytes arrive and given back while the connection idles.
     let mut client = BufConn::new(stream, Vec::new());
-    let mut out = Vec::new();
-    let mut first = true;
-    loop {
-        let view = w.view();
-        // Waiting for the next request holds neither buffers nor the request machinery: the
-        // wait is a readiness poll in this small future, and the request is handled in a
-        // boxed one, so an idle keep-alive connection costs a few hundred bytes.
-        if client.data().is_empty() {
-            // A busy connection sends its next request at once: wait a moment holding the
-            // buffer (one read). Only a connection that goes quiet parks without it.
-            if client.buf_capacity() == 0 {
-                client.set_buf(w.bufs.take());
+    async move {
+        let w = &conn.worker;
+        let mut first = true;
+        let mut parked = false;
+        loop {
+            if parked {
+                if w.draining() {
+                    break;
+                }
+                let wait = {
+                    let view = w.view();
+                    if first {
+                        view.snap.http.client_header_timeout
+                    } else {
+                        view.snap.http.client_idle_timeout
+                    }
+                };
+                // The sweep or a drain shuts the read side, which ends this wait.
+                let key = w.idle_enter(client.stream.as_raw_fd(), wait);
+                let ready = client.stream.readable(false).await.is_ok();
+                let expired = w.idle_leave(key);
+                if !ready || expired || w.draining() {
+                    break;
+                }
             }
-            match client.fill_or_park(KEEPALIVE_GRACE).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {}
-                Err(_) => break,
-            }
-        }
-        if client.data().is_empty() {
-            if w.draining() {
-                break;
-            }
-            w.bufs.give(client.take_buf());
-            let http = &view.snap.http;
-            let wait = if first {
-                http.client_header_timeout
-            } else {
-                http.client_idle_timeout
-            };
-            // A drain shuts idle connections' read side, which ends this wait at once.
-            let key = w.idle_enter(client.stream.as_raw_fd());
-            let ready = matches!(
-                monoio::time::timeout(wait, client.stream.readable(false)).await,
-                Ok(Ok(()))
-            );
-            w.idle_leave(key);
-            if !ready || w.draining() {
-                break;
+            match Box::pin(step(w, &mut client, peer, first)).await {
+                Step::Next => {
+                    first = false;
+                    parked = false;
+                }
+                Step::Park => parked = true,
+                Step::Close => break,
             }
         }
-        let flow = Box::pin(next_request(w, &view, &mut client, &mut out, peer, first)).await;
-        first = false;
-        w.out_bufs.give(std::mem::take(&mut out));
-        if flow == Flow::Close || w.draining() {
-            break;
+        let (_stream, buf) = client.into_parts();
+        w.bufs.give(buf);
+    }
+}
+
+/// Reads and handles one request. A busy connection sends its next request at once, so the
+/// read waits a moment ([`KEEPALIVE_GRACE`]) holding a buffer; only a connection that goes
+/// quiet parks without one.
+async fn step(w: &Rc<Worker>, client: &mut BufConn, peer: SocketAddr, first: bool) -> Step {
+    if client.data().is_empty() {
+        if client.buf_capacity() == 0 {
+            client.set_buf(w.bufs.take());
+        }
+        match client.fill_or_park(KEEPALIVE_GRACE).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                w.bufs.give(client.take_buf());
+                return Step::Park;
+            }
+            Err(_) => return Step::Close,
         }
     }
-    let (_stream, buf) = client.into_parts();
-    w.bufs.give(buf);
+    let view = w.view();
+    let mut out = Vec::new();
+    let flow = next_request(w, &view, client, &mut out, peer, first).await;
     w.out_bufs.give(out);
+    if flow == Flow::Close || w.draining() {
+        Step::Close
+    } else {
+        Step::Next
+    }
 }
 
 async fn next_request(

@@ -36,7 +36,7 @@ async fn read_within(
     let mut read = std::pin::pin!(read);
     monoio::select! {
         done = &mut read => done,
-        _ = monoio::time::sleep(wait) => {
+        _ = crate::timer::sleep(wait) => {
             let _ = canceller.cancel();
             let (res, buf) = read.await;
             match res {

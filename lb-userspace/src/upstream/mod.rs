@@ -57,7 +57,7 @@ pub async fn connect(
     endpoint: &Arc<EndpointState>,
     cluster: &Arc<ClusterState>,
 ) -> Result<Upstream, ConnectError> {
-    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+    let stream = match crate::timer::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ConnectError::Io(e)),
         Err(_) => return Err(ConnectError::Timeout),

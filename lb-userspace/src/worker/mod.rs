@@ -23,6 +23,8 @@ use crate::proxy::Record;
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::upstream::Pool;
 
+pub mod idle;
+
 /// How often idle pooled upstream connections are checked for expiry.
 const POOL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a refused connection may take to read its answer.
@@ -67,8 +69,8 @@ pub struct Worker {
     connections_gauge: metrics::Gauge,
     access: RefCell<Vec<u8>>,
     access_tx: Option<mpsc::SyncSender<Vec<u8>>>,
-    /// Sockets of connections waiting idle for their next request, to wake on a drain.
-    idle: RefCell<slab::Slab<std::os::fd::RawFd>>,
+    /// Connections waiting for their next request, with their deadlines.
+    idle: RefCell<idle::IdleSet>,
     loads: Option<Arc<crate::steering::load::WorkerLoads>>,
     stats: Arc<Vec<crate::server::WorkerStats>>,
     conns: Arc<crate::connlimit::Connections>,
@@ -98,24 +100,23 @@ impl Worker {
         self.draining.get()
     }
 
-    /// Registers an idle connection's socket; pass the key to [`Worker::idle_leave`].
-    pub fn idle_enter(&self, fd: std::os::fd::RawFd) -> usize {
-        self.idle.borrow_mut().insert(fd)
+    /// Registers a connection waiting for its next request, for at most `wait` (enforced
+    /// within [`idle::SWEEP_EVERY`]); pass the key to [`Worker::idle_leave`] when the socket
+    /// turns readable.
+    pub fn idle_enter(&self, fd: std::os::fd::RawFd, wait: Duration) -> usize {
+        let deadline = crate::clock::now_ms().saturating_add(wait.as_millis() as u64);
+        self.idle.borrow_mut().enter(fd, deadline)
     }
 
-    pub fn idle_leave(&self, key: usize) {
-        self.idle.borrow_mut().try_remove(key);
+    /// Ends a wait; true if its deadline passed (the socket's read side is then shut).
+    pub fn idle_leave(&self, key: usize) -> bool {
+        self.idle.borrow_mut().leave(key)
     }
 
     /// Ends every idle wait: shutting a socket's read side makes it readable (end of stream).
     fn wake_idle(&self) {
-        for (_, &fd) in self.idle.borrow().iter() {
-            // SAFETY: `fd` belongs to a connection task that registered it and is still
-            // waiting (it removes itself before its socket can close); shutdown does not
-            // close or invalidate the descriptor.
-            unsafe {
-                libc::shutdown(fd, libc::SHUT_RD);
-            }
+        for fd in self.idle.borrow().fds() {
+            idle::wake(fd);
         }
     }
 
@@ -329,7 +330,7 @@ async fn worker_main(
         connections_gauge: crate::metrics::downstream_connections(spec.id),
         access: RefCell::new(Vec::new()),
         access_tx: spec.access_log.clone(),
-        idle: RefCell::new(slab::Slab::new()),
+        idle: RefCell::new(idle::IdleSet::default()),
         loads: spec.loads.clone(),
         stats: spec.stats.clone(),
         conns: spec.conns.clone(),
@@ -342,6 +343,7 @@ async fn worker_main(
         accept_tasks.push(monoio::spawn(accept_loop(listener, worker.clone())));
     }
     monoio::spawn(sweep_pool(worker.clone()));
+    monoio::spawn(sweep_idle(worker.clone()));
     let _ = started.send(Ok((spec.id, driver)));
 
     let _ = worker.drain_signal().await;
@@ -405,9 +407,26 @@ fn serve_connection(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    monoio::spawn(async move {
-        crate::proxy::serve(stream, peer, &w).await;
-        drop(admitted);
+    monoio::spawn(crate::proxy::serve(
+        stream,
+        peer,
+        ConnGuard {
+            worker: w,
+            _admitted: admitted,
+        },
+    ));
+}
+
+/// A client connection's place in its worker's accounting, given back when the connection
+/// ends, however it ends.
+pub struct ConnGuard {
+    pub worker: Rc<Worker>,
+    _admitted: crate::connlimit::Admitted,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let w = &self.worker;
         w.active.set(w.active.get() - 1);
         w.connections_gauge.decrement(1.0);
         if let Some(s) = w.stats.get(w.id) {
@@ -416,7 +435,7 @@ fn serve_connection(
         if let Some(l) = &w.loads {
             l.closed(w.id);
         }
-    });
+    }
 }
 
 /// Answers a connection a limit refused, 503 or 429 with `Connection: close`, then closes it.
@@ -479,6 +498,17 @@ fn refuse(stream: monoio::net::TcpStream, peer: SocketAddr, why: Refusal, w: &Rc
         }
         w.refusing.set(w.refusing.get() - 1);
     });
+}
+
+/// Ends the waits of idle connections whose deadline has passed.
+async fn sweep_idle(worker: Rc<Worker>) {
+    while !worker.draining() {
+        monoio::time::sleep(idle::SWEEP_EVERY).await;
+        let due = worker.idle.borrow_mut().expire(crate::clock::now_ms());
+        for fd in due {
+            idle::wake(fd);
+        }
+    }
 }
 
 async fn sweep_pool(worker: Rc<Worker>) {
