@@ -16,10 +16,15 @@ use monoio::net::TcpStream;
 pub const DEFAULT_BUF_SIZE: usize = 16 * 1024;
 
 /// A buffer pool for one worker (`!Sync`, no locks).
+///
+/// Free buffers beyond what recent traffic needed are released by [`BufPool::trim`], so a
+/// burst (say, thousands of connections arriving at once) does not stay resident forever.
 pub struct BufPool {
     free: RefCell<Vec<Vec<u8>>>,
     size: usize,
     max_free: usize,
+    /// The fewest free buffers seen since the last trim: that many were not needed.
+    low: std::cell::Cell<usize>,
 }
 
 impl BufPool {
@@ -28,14 +33,22 @@ impl BufPool {
             free: RefCell::new(Vec::new()),
             size,
             max_free,
+            low: std::cell::Cell::new(0),
         }
     }
 
     /// A cleared buffer with at least the pool's capacity.
     pub fn take(&self) -> Vec<u8> {
-        match self.free.borrow_mut().pop() {
-            Some(b) => b,
-            None => Vec::with_capacity(self.size),
+        let mut free = self.free.borrow_mut();
+        match free.pop() {
+            Some(b) => {
+                self.low.set(self.low.get().min(free.len()));
+                b
+            }
+            None => {
+                self.low.set(0);
+                Vec::with_capacity(self.size)
+            }
         }
     }
 
@@ -49,6 +62,24 @@ impl BufPool {
             buf.clear();
             free.push(buf);
         }
+    }
+
+    /// Releases the free buffers that stayed unused since the last trim; returns the bytes
+    /// released.
+    pub fn trim(&self) -> usize {
+        let mut free = self.free.borrow_mut();
+        let unused = self.low.get().min(free.len());
+        let keep = free.len() - unused;
+        let bytes = free[keep..].iter().map(|b| b.capacity()).sum();
+        free.truncate(keep);
+        free.shrink_to(keep.max(16));
+        self.low.set(free.len());
+        bytes
+    }
+
+    /// Free buffers held.
+    pub fn free_count(&self) -> usize {
+        self.free.borrow().len()
     }
 }
 
@@ -285,4 +316,31 @@ pub fn peer_closed(stream: &TcpStream) -> bool {
     }
     // Unsolicited bytes on an idle upstream connection: it is not in a state we can reuse.
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BufPool;
+
+    #[test]
+    fn trim_releases_only_buffers_that_stayed_unused() {
+        let pool = BufPool::new(1024, 100);
+        // A burst: 10 buffers out at once, all back.
+        let burst: Vec<_> = (0..10).map(|_| pool.take()).collect();
+        burst.into_iter().for_each(|b| pool.give(b));
+        assert_eq!(pool.free_count(), 10);
+        // The burst itself counts as use: nothing was idle yet.
+        assert_eq!(pool.trim(), 0);
+        // Then steady traffic that needs 2 at a time.
+        for _ in 0..5 {
+            let (a, b) = (pool.take(), pool.take());
+            pool.give(a);
+            pool.give(b);
+        }
+        assert_eq!(pool.trim(), 8 * 1024, "8 buffers stayed free all interval");
+        assert_eq!(pool.free_count(), 2);
+        // No traffic at all: the rest go too.
+        assert_eq!(pool.trim(), 2 * 1024);
+        assert_eq!(pool.free_count(), 0);
+    }
 }

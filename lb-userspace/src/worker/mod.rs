@@ -511,6 +511,19 @@ async fn sweep_idle(worker: Rc<Worker>) {
     }
 }
 
+/// Past this many bytes of buffers released in one sweep, free heap pages go back to the OS.
+const RELEASE_TO_OS_BYTES: usize = 1 << 20;
+
+/// Hands free heap pages back to the kernel. Buffers released after a burst sit between
+/// long-lived allocations, where the allocator would otherwise keep them resident.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 async fn sweep_pool(worker: Rc<Worker>) {
     while !worker.draining() {
         monoio::time::sleep(POOL_SWEEP_EVERY).await;
@@ -519,6 +532,10 @@ async fn sweep_pool(worker: Rc<Worker>) {
         worker.view();
         worker.pool.sweep(&worker.up_bufs);
         worker.flush_access_log();
+        let released = worker.bufs.trim() + worker.out_bufs.trim() + worker.up_bufs.trim();
+        if released >= RELEASE_TO_OS_BYTES {
+            release_free_memory();
+        }
     }
 }
 
