@@ -105,6 +105,9 @@ pub struct BufConn {
     pos: usize,
     /// Reads performed; lets a caller tell whether bytes it saw earlier are still in place.
     pub reads: u64,
+    /// Kept across the grace reads of a busy connection (a new one costs two allocations);
+    /// dropped when the connection parks.
+    canceller: Option<monoio::io::Canceller>,
 }
 
 impl BufConn {
@@ -114,6 +117,7 @@ impl BufConn {
             buf,
             pos: 0,
             reads: 0,
+            canceller: None,
         }
     }
 
@@ -230,10 +234,8 @@ impl BufConn {
         self.prepare_read()?;
         let buf = std::mem::take(&mut self.buf);
         let start = buf.len();
-        let canceller = Canceller::new();
-        let read = self
-            .stream
-            .cancelable_read(buf.slice_mut(start..), canceller.handle());
+        let handle = self.canceller.get_or_insert_with(Canceller::new).handle();
+        let read = self.stream.cancelable_read(buf.slice_mut(start..), handle);
         futures::pin_mut!(read);
         let done = monoio::select! {
             r = &mut read => Some(r),
@@ -242,7 +244,9 @@ impl BufConn {
         let (res, slice) = match done {
             Some(r) => r,
             None => {
-                let _fresh = canceller.cancel();
+                if let Some(c) = self.canceller.take() {
+                    drop(c.cancel());
+                }
                 read.await
             }
         };

@@ -33,7 +33,9 @@ struct Table {
     slots: slab::Slab<Slot>,
     /// No slot's deadline is earlier than this: sweeps before it have nothing to do.
     earliest: u64,
-    /// When a sweep last ran (`clock::now_ms`); 0 when no sweep task is running.
+    /// When a sweep last ran (`clock::now_ms`); 0 when no sweep task is running. While one
+    /// runs, this is the time to within a tick, and deadlines are counted from it without
+    /// reading the clock.
     swept: u64,
 }
 
@@ -41,12 +43,24 @@ thread_local! {
     static TABLE: RefCell<Table> = RefCell::new(Table::default());
 }
 
-/// Runs `fut` for at most `d` (plus up to one [`TICK`]).
+/// Runs `fut` for at least `d` and at most `d` plus two [`TICK`]s.
 pub fn timeout<F: Future>(d: Duration, fut: F) -> Timeout<F> {
     Timeout {
         fut,
-        deadline: crate::clock::now_ms().saturating_add(d.as_millis() as u64),
+        deadline: deadline_after(d),
         slot: Registration(None),
+    }
+}
+
+/// The deadline `d` from now, never early. While a sweep runs, "now" is the time of its last
+/// tick (at most a tick behind, so a tick is added) and no clock is read.
+fn deadline_after(d: Duration) -> u64 {
+    let ms = d.as_millis().min(u64::MAX as u128 / 2) as u64;
+    let swept = TABLE.with(|t| t.borrow().swept);
+    if swept != 0 {
+        swept + TICK.as_millis() as u64 + ms
+    } else {
+        crate::clock::now_ms() + ms
     }
 }
 
@@ -128,15 +142,13 @@ impl<F: Future> Future for Timeout<F> {
 }
 
 /// Starts the sweep task unless one is running. The table is per thread, and lb runs one
-/// runtime per worker thread for the thread's life. Should a runtime be dropped with its sweep
-/// task, a sweep silent for 100 ticks counts as gone and the next timeout starts another.
+/// runtime per worker thread for the thread's life; a sweep task dropped with its runtime
+/// marks itself gone ([`SweepGuard`]).
 fn ensure_sweeper(t: &mut Table) {
-    let now = crate::clock::now_ms();
-    let stale = (TICK.as_millis() as u64) * 100;
-    if t.swept != 0 && now.saturating_sub(t.swept) < stale {
+    if t.swept != 0 {
         return;
     }
-    t.swept = now;
+    t.swept = crate::clock::now_ms();
     monoio::spawn(sweep());
 }
 

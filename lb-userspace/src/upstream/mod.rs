@@ -102,6 +102,8 @@ impl Pool {
             }
             let mut up = c.up;
             up.reused = true;
+            // The read buffer went back to the pool at checkin.
+            up.conn.set_buf(bufs.take());
             return Some(up);
         }
         None

@@ -294,10 +294,30 @@ fn run_runtime(
         if use_uring { "io_uring" } else { "epoll" },
     );
     if use_uring {
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        // The ring belongs to this thread alone, and completions are only needed when the
+        // worker looks for them: no inter-processor interrupt per completion (COOP_TASKRUN),
+        // and the kernel runs completion work when the worker enters it, in a batch
+        // (DEFER_TASKRUN, which needs SINGLE_ISSUER). Kernels before 6.1 lack these flags;
+        // the ring is then built without them.
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+        let mut rt = match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(entries)
+            .uring_builder(urb)
             .enable_timer()
-            .build()?;
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::debug!(error = %e, "io_uring without task-run flags");
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(entries)
+                    .enable_timer()
+                    .build()?
+            }
+        };
         rt.block_on(fut)
     } else {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
