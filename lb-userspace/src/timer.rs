@@ -52,9 +52,26 @@ pub fn timeout<F: Future>(d: Duration, fut: F) -> Timeout<F> {
     }
 }
 
+/// Milliseconds of `clock::now_ms`, without reading the clock while a sweep runs: then it is
+/// the time of the last tick, at most a tick behind (and so never ahead).
+pub fn now_ms() -> u64 {
+    let swept = TABLE.with(|t| t.borrow().swept);
+    if swept != 0 {
+        swept
+    } else {
+        crate::clock::now_ms()
+    }
+}
+
+/// How long until `deadline` (milliseconds of [`now_ms`]); a timeout of this length ends
+/// at or after the deadline.
+pub fn until(deadline: u64) -> Duration {
+    Duration::from_millis(deadline.saturating_sub(now_ms()))
+}
+
 /// The deadline `d` from now, never early. While a sweep runs, "now" is the time of its last
 /// tick (at most a tick behind, so a tick is added) and no clock is read.
-fn deadline_after(d: Duration) -> u64 {
+pub fn deadline_after(d: Duration) -> u64 {
     let ms = d.as_millis().min(u64::MAX as u128 / 2) as u64;
     let swept = TABLE.with(|t| t.borrow().swept);
     if swept != 0 {

@@ -278,10 +278,28 @@ fn idle_connections(addr: SocketAddr, pid: u32, n: usize) -> Result<f64> {
         ask(&mut s).with_context(|| format!("request on connection {i}"))?;
         held.push(s);
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let after = procs::status_kib(pid, "VmRSS")?;
+    let after = settled_rss(pid)?;
     drop(held);
     Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+/// The proxy's resident memory once it stops changing: the same reading for a whole second
+/// (each proxy frees a burst's buffers on its own schedule), or the last after 5 s.
+fn settled_rss(pid: u32) -> Result<u64> {
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut last = procs::status_kib(pid, "VmRSS")?;
+    let mut since = Instant::now();
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = procs::status_kib(pid, "VmRSS")?;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 /// Runs every selected scenario, rounds interleaved across proxies.

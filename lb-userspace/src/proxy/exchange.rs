@@ -706,7 +706,7 @@ async fn exchange(
     }
 
     // The response head; interim 1xx responses are consumed (lb answers Expect itself).
-    let deadline = Instant::now() + timeouts.response;
+    let deadline = crate::timer::deadline_after(timeouts.response);
     let mut got_bytes = !up.conn.data().is_empty();
     let route = &view.snap.routes.routes()[plan.route];
     let (status, framing, reusable, plan_out) = loop {
@@ -797,11 +797,7 @@ async fn exchange(
                 HeadStep::NeedMore => {}
             }
         }
-        match up
-            .conn
-            .fill(deadline.saturating_duration_since(Instant::now()))
-            .await
-        {
+        match up.conn.fill(crate::timer::until(deadline)).await {
             Ok(_) => {}
             Err(IoFail::Timeout) => {
                 return Err(Failed::Timeout("the backend did not answer in time"))

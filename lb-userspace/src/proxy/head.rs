@@ -90,10 +90,20 @@ pub fn write_request_head(
 
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     use std::io::Write;
-    let _ = match ip {
-        IpAddr::V4(v4) => write!(out, "{v4}"),
-        IpAddr::V6(v6) => write!(out, "[{v6}]"),
-    };
+    match ip {
+        // Every request carries one: no formatting machinery for the common case.
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_dec(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "[{v6}]");
+        }
+    }
 }
 
 /// Adds `Via: 1.x <pseudonym>` (the version of the message received), if configured.
@@ -261,6 +271,19 @@ mod tests {
     use super::*;
     use crate::http::{request, response};
     use std::path::Path;
+
+    #[test]
+    fn client_addresses_are_written_in_their_usual_forms() {
+        for (ip, text) in [
+            ("0.0.0.0", "0.0.0.0"),
+            ("10.200.3.255", "10.200.3.255"),
+            ("2001:db8::1", "[2001:db8::1]"),
+        ] {
+            let mut out = Vec::new();
+            push_ip(&mut out, ip.parse().expect("address"));
+            assert_eq!(String::from_utf8_lossy(&out), text);
+        }
+    }
 
     /// A route with no edits.
     fn plain_route() -> Route {

@@ -8,7 +8,6 @@ pub mod head;
 mod tunnel;
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -145,51 +144,45 @@ enum Step {
     Close,
 }
 
-/// Serves one client connection until it closes, fails, or the worker drains.
+/// Serves one client connection until it closes, fails, parks, or the worker drains.
+/// `first`: no request has been served on it yet.
 ///
-/// An idle keep-alive connection is this future parked in a readiness wait, so its size is
-/// what an idle connection costs: the state is built here and moved into the future once, the
-/// wait has no timer of its own (the worker's idle sweep ends it, see `worker::idle`), and
-/// everything a request needs lives in the boxed [`step`] future, dropped between requests.
+/// While busy, a connection is this task; the state is built here and moved into the future
+/// once, and everything a request needs lives in the boxed [`step`] future, dropped between
+/// requests. When no bytes come within the grace period, the connection parks (see
+/// `worker::idle`) and this task ends; the next request starts another.
 pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     conn: crate::worker::ConnGuard,
+    first: bool,
 ) -> impl std::future::Future<Output = ()> {
     let _ = stream.set_nodelay(true);
     // Buffers are taken when bytes arrive and given back while the connection idles.
     let mut client = BufConn::new(stream, Vec::new());
     async move {
-        let w = &conn.worker;
-        let mut first = true;
-        let mut parked = false;
+        let w = conn.worker.clone();
+        let mut first = first;
         loop {
-            if parked {
-                if w.draining() {
-                    break;
-                }
-                let wait = {
-                    let view = w.view();
-                    if first {
-                        view.snap.http.client_header_timeout
-                    } else {
-                        view.snap.http.client_idle_timeout
+            match Box::pin(step(&w, &mut client, peer, first)).await {
+                Step::Next => first = false,
+                Step::Park => {
+                    let (stream, buf) = client.into_parts();
+                    w.bufs.give(buf);
+                    if w.draining() {
+                        return;
                     }
-                };
-                // The sweep or a drain shuts the read side, which ends this wait.
-                let key = w.idle_enter(client.stream.as_raw_fd(), wait);
-                let ready = client.stream.readable(false).await.is_ok();
-                let expired = w.idle_leave(key);
-                if !ready || expired || w.draining() {
-                    break;
+                    let wait = {
+                        let view = w.view();
+                        if first {
+                            view.snap.http.client_header_timeout
+                        } else {
+                            view.snap.http.client_idle_timeout
+                        }
+                    };
+                    w.park(stream, peer, conn, first, wait);
+                    return;
                 }
-            }
-            match Box::pin(step(w, &mut client, peer, first)).await {
-                Step::Next => {
-                    first = false;
-                    parked = false;
-                }
-                Step::Park => parked = true,
                 Step::Close => break,
             }
         }
@@ -253,7 +246,7 @@ async fn handle_request(
     rec: &mut Record,
 ) -> Flow {
     let http = &view.snap.http;
-    let mut deadline: Option<Instant> = None;
+    let mut deadline: Option<u64> = None;
     let decision = loop {
         if !client.data().is_empty() {
             if out.capacity() == 0 {
@@ -286,14 +279,15 @@ async fn handle_request(
             // Between requests (the serve loop saw the socket readable): the idle timeout.
             client.fill_idle(&w.bufs, http.client_idle_timeout).await
         } else {
-            let d = *deadline.get_or_insert_with(|| Instant::now() + http.client_header_timeout);
-            client
-                .fill_idle(&w.bufs, d.saturating_duration_since(Instant::now()))
-                .await
+            let d = *deadline
+                .get_or_insert_with(|| crate::timer::deadline_after(http.client_header_timeout));
+            client.fill_idle(&w.bufs, crate::timer::until(d)).await
         };
         match res {
             Ok(_) => {
-                deadline.get_or_insert_with(|| Instant::now() + http.client_header_timeout);
+                deadline.get_or_insert_with(|| {
+                    crate::timer::deadline_after(http.client_header_timeout)
+                });
             }
             Err(IoFail::Timeout) if !client.data().is_empty() => {
                 let r = Reject {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::net::TcpStream;
 
@@ -76,7 +76,8 @@ pub async fn connect(
 
 struct Idle {
     up: Upstream,
-    since: Instant,
+    /// When it went idle, in [`crate::timer::now_ms`] milliseconds.
+    since: u64,
     idle_timeout: Duration,
 }
 
@@ -92,9 +93,9 @@ impl Pool {
     pub fn checkout(&self, addr: SocketAddr, check_peer: bool, bufs: &BufPool) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
-        let now = Instant::now();
+        let now = crate::timer::now_ms();
         while let Some(c) = list.pop() {
-            if now.duration_since(c.since) >= c.idle_timeout
+            if now.saturating_sub(c.since) >= c.idle_timeout.as_millis() as u64
                 || (check_peer && peer_closed(&c.up.conn.stream))
             {
                 c.up.close(bufs);
@@ -131,20 +132,20 @@ impl Pool {
         }
         list.push(Idle {
             up,
-            since: Instant::now(),
+            since: crate::timer::now_ms(),
             idle_timeout,
         });
     }
 
     /// Closes connections idle past their timeout. Returns how many are left.
     pub fn sweep(&self, bufs: &BufPool) -> usize {
-        let now = Instant::now();
+        let now = crate::timer::now_ms();
         let mut idle = self.idle.borrow_mut();
         let mut left = 0;
         for list in idle.values_mut() {
             let mut i = 0;
             while i < list.len() {
-                if now.duration_since(list[i].since) >= list[i].idle_timeout {
+                if now.saturating_sub(list[i].since) >= list[i].idle_timeout.as_millis() as u64 {
                     list.swap_remove(i).up.close(bufs);
                 } else {
                     i += 1;

@@ -100,24 +100,36 @@ impl Worker {
         self.draining.get()
     }
 
-    /// Registers a connection waiting for its next request, for at most `wait` (enforced
-    /// within [`idle::SWEEP_EVERY`]); pass the key to [`Worker::idle_leave`] when the socket
-    /// turns readable.
-    pub fn idle_enter(&self, fd: std::os::fd::RawFd, wait: Duration) -> usize {
+    /// Parks a connection until its next request arrives or `wait` passes (enforced within
+    /// [`idle::SWEEP_EVERY`]); see [`idle`]. The connection's task can end: another starts
+    /// when bytes arrive. If the socket cannot be parked, the connection is closed.
+    pub fn park(
+        &self,
+        stream: monoio::net::TcpStream,
+        peer: SocketAddr,
+        guard: ConnGuard,
+        first: bool,
+        wait: Duration,
+    ) {
+        use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
         let deadline = crate::clock::now_ms().saturating_add(wait.as_millis() as u64);
-        self.idle.borrow_mut().enter(fd, deadline)
-    }
-
-    /// Ends a wait; true if its deadline passed (the socket's read side is then shut).
-    pub fn idle_leave(&self, key: usize) -> bool {
-        self.idle.borrow_mut().leave(key)
-    }
-
-    /// Ends every idle wait: shutting a socket's read side makes it readable (end of stream).
-    fn wake_idle(&self) {
-        for fd in self.idle.borrow().fds() {
-            idle::wake(fd);
+        // SAFETY: no operation is in flight on the stream, so it hands over its descriptor,
+        // which the record then owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+        if let Err(p) = self
+            .idle
+            .borrow_mut()
+            .park(fd, peer, guard, first, deadline)
+        {
+            tracing::debug!(worker = self.id, error = %std::io::Error::last_os_error(), "could not park an idle connection; closing it");
+            drop(p);
         }
+    }
+
+    /// Closes every parked connection (a drain).
+    fn close_idle(&self) {
+        let all = self.idle.borrow_mut().take_all();
+        drop(all);
     }
 
     /// True if requests are access-logged.
@@ -350,7 +362,7 @@ async fn worker_main(
         connections_gauge: crate::metrics::downstream_connections(spec.id),
         access: RefCell::new(Vec::new()),
         access_tx: spec.access_log.clone(),
-        idle: RefCell::new(idle::IdleSet::default()),
+        idle: RefCell::new(idle::IdleSet::new()?),
         loads: spec.loads.clone(),
         stats: spec.stats.clone(),
         conns: spec.conns.clone(),
@@ -364,11 +376,12 @@ async fn worker_main(
     }
     monoio::spawn(sweep_pool(worker.clone()));
     monoio::spawn(sweep_idle(worker.clone()));
+    monoio::spawn(idle::run_parker(worker.clone()));
     let _ = started.send(Ok((spec.id, driver)));
 
     let _ = worker.drain_signal().await;
     worker.draining.set(true);
-    worker.wake_idle();
+    worker.close_idle();
     for t in accept_tasks {
         t.await;
     }
@@ -434,6 +447,7 @@ fn serve_connection(
             worker: w,
             _admitted: admitted,
         },
+        true,
     ));
 }
 
@@ -525,9 +539,8 @@ async fn sweep_idle(worker: Rc<Worker>) {
     while !worker.draining() {
         monoio::time::sleep(idle::SWEEP_EVERY).await;
         let due = worker.idle.borrow_mut().expire(crate::clock::now_ms());
-        for fd in due {
-            idle::wake(fd);
-        }
+        // Closing the sockets (and giving back their accounting) outside the borrow.
+        drop(due);
     }
 }
 
