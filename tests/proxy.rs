@@ -552,6 +552,44 @@ fn idle_and_silent_connections_close_at_their_timeouts() {
     assert_eq!(busy.response().status, 200);
 }
 
+/// A keep-alive connection that goes quiet parks without a task (its socket in the worker's
+/// epoll set) and comes back when its next request arrives, under both IO drivers.
+#[test]
+fn quiet_connections_park_and_resume_under_both_drivers() {
+    let backend = Backend::start(echo("b")).unwrap();
+    for driver in ["io_uring", "epoll"] {
+        let cfg = one_cluster(&[backend.addr], "").replacen(
+            "[server]\n",
+            &format!("[server]\nio = \"{driver}\"\n"),
+            1,
+        );
+        let lb = Lb::start(&cfg);
+        wait_until("the workers to log their driver", || {
+            // The log may colour the field name; the quoted value is what matters.
+            let log = lb.log();
+            log.contains("worker started") && log.contains(&format!("\"{driver}\""))
+        });
+        let mut clients: Vec<Client> = (0..40).map(|_| Client::connect(lb.addr)).collect();
+        for round in 0..3 {
+            for (i, c) in clients.iter_mut().enumerate() {
+                c.send(format!("GET /r{round}/c{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+                let r = c.response();
+                assert_eq!(r.status, 200, "{driver}: round {round}, client {i}");
+                assert_eq!(r.json()["path"], format!("/r{round}/c{i}"));
+            }
+            // The behaviour under test: clients that stay quiet well past the 10-20 ms
+            // grace, so that every connection parks before its next request.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        // One that closes while parked is closed on lb's side too: its descriptor goes.
+        let before = fd_count(lb.pid());
+        drop(clients.pop());
+        wait_until("lb to close the connection its client closed", || {
+            fd_count(lb.pid()) < before
+        });
+    }
+}
+
 #[test]
 fn backend_dying_mid_response_closes_the_client() {
     let backend = Backend::start(Arc::new(|_req, res| {

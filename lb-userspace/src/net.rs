@@ -77,6 +77,11 @@ impl BufPool {
         bytes
     }
 
+    /// The capacity of the buffers this pool hands out.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// Free buffers held.
     pub fn free_count(&self) -> usize {
         self.free.borrow().len()
@@ -133,6 +138,20 @@ impl BufConn {
     /// The consumed offset, to rewind to with [`BufConn::rewind`] while `reads` is unchanged.
     pub fn position(&self) -> usize {
         self.pos
+    }
+
+    /// Moves the unconsumed bytes into `buf` (which must have room for them, else nothing
+    /// changes and `buf` comes back) and returns the old buffer. Positions taken before
+    /// refer to the old buffer.
+    pub fn swap_buf(&mut self, mut buf: Vec<u8>) -> Vec<u8> {
+        let left = self.buf.len() - self.pos;
+        if buf.capacity() < left.max(1) {
+            return buf;
+        }
+        buf.clear();
+        buf.extend_from_slice(&self.buf[self.pos..]);
+        self.pos = 0;
+        std::mem::replace(&mut self.buf, buf)
     }
 
     pub fn rewind(&mut self, pos: usize) {

@@ -212,6 +212,11 @@ async fn step(w: &Rc<Worker>, client: &mut BufConn, peer: SocketAddr, first: boo
     let mut out = Vec::new();
     let flow = next_request(w, &view, client, &mut out, peer, first).await;
     w.out_bufs.give(out);
+    // A large body borrowed a large buffer; the next request goes back to a small one.
+    if client.buf_capacity() > w.bufs.size() && client.data().len() <= w.bufs.size() {
+        let large = client.swap_buf(w.bufs.take());
+        w.up_bufs.give(large);
+    }
     if flow == Flow::Close || w.draining() {
         Step::Close
     } else {
