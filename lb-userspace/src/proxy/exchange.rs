@@ -647,7 +647,7 @@ async fn exchange(
     retry_status: Option<(&RetryConfig, &dyn Fn() -> bool)>,
 ) -> Result<Done, Failed> {
     let http = &view.snap.http;
-    let sent_at = Instant::now();
+    let sent_at = crate::clock::stamp();
 
     // The head (and a small body with it). A failed write means nothing reached the backend.
     match write_buf(&mut up.conn.stream, out, timeouts.idle).await {

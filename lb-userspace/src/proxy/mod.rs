@@ -86,7 +86,7 @@ pub struct Record {
     /// Response body bytes sent.
     pub bytes: u64,
     /// When the request head was complete.
-    pub started: Option<Instant>,
+    pub started: Option<crate::clock::Stamp>,
     /// Method and target, kept only when the access log is on.
     pub method: String,
     pub target: String,
@@ -147,10 +147,10 @@ enum Step {
 /// Serves one client connection until it closes, fails, parks, or the worker drains.
 /// `first`: no request has been served on it yet.
 ///
-/// While busy, a connection is this task; the state is built here and moved into the future
-/// once, and everything a request needs lives in the boxed [`step`] future, dropped between
-/// requests. When no bytes come within the grace period, the connection parks (see
-/// `worker::idle`) and this task ends; the next request starts another.
+/// While busy, a connection is this task, with the request machinery ([`step`]) inline: no
+/// allocation per request. When no bytes come within the grace period, the connection parks
+/// (see `worker::idle`) and this task ends, so an idle connection keeps none of it; the next
+/// request starts another task.
 pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -164,7 +164,7 @@ pub fn serve(
         let w = conn.worker.clone();
         let mut first = first;
         loop {
-            match Box::pin(step(&w, &mut client, peer, first)).await {
+            match step(&w, &mut client, peer, first).await {
                 Step::Next => first = false,
                 Step::Park => {
                     let (stream, buf) = client.into_parts();
@@ -348,7 +348,7 @@ fn plan_request(
     else {
         return Ok(None);
     };
-    rec.started = Some(Instant::now());
+    rec.started = Some(crate::clock::stamp());
     if keep_text {
         rec.method = String::from_utf8_lossy(req.method_bytes).into_owned();
         rec.target = String::from_utf8_lossy(req.path).into_owned();
@@ -650,7 +650,7 @@ async fn reject(
     rec: &mut Record,
 ) -> Flow {
     let close = r.close || r.head_len == 0;
-    rec.started.get_or_insert_with(Instant::now);
+    rec.started.get_or_insert_with(crate::clock::stamp);
     send_error(client, out, r.status, r.code, r.message, close, view, rec).await;
     if close {
         return Flow::Close;
