@@ -31,7 +31,9 @@ fn medians(samples: &[Sample]) -> Value {
     if samples.iter().any(|s| s.kib_per_conn.is_some()) {
         v["kib_per_idle_connection"] = json!(median(samples.iter().filter_map(|s| s.kib_per_conn)));
     }
-    if let Some((rate, p50, p99)) = samples.iter().find_map(|s| s.fixed_rate) {
+    if let Some((rate, _, _)) = samples.iter().find_map(|s| s.fixed_rate) {
+        let p50 = median(samples.iter().filter_map(|s| s.fixed_rate.map(|f| f.1)));
+        let p99 = median(samples.iter().filter_map(|s| s.fixed_rate.map(|f| f.2)));
         v["fixed_rate"] = json!({ "rate": rate, "p50_ms": p50, "p99_ms": p99 });
     }
     v

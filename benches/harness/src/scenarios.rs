@@ -341,12 +341,16 @@ pub fn run_all(opts: &Opts) -> Result<Results> {
             .map(|(_, s)| crate::report::median(s.iter().map(|x| x.rps)))
             .fold(f64::INFINITY, f64::min);
         let rate = (slowest * 0.5).max(100.0);
-        for (name, samples) in per_proxy.iter_mut() {
-            let (proc, addr) = start_proxy(name, opts, &dir, &p)?;
-            let (p50, p99) = fixed_rate(addr, rate, opts.seconds, 8)?;
-            drop(proc);
-            if let Some(first) = samples.first_mut() {
-                first.fixed_rate = Some((rate, p50, p99));
+        // Rounds interleaved like the rest; the report takes the medians.
+        for round in 0..opts.rounds {
+            for (name, samples) in per_proxy.iter_mut() {
+                eprintln!("bench: fixed rate {rate:.0}/s, round {}, {name}", round + 1);
+                let (proc, addr) = start_proxy(name, opts, &dir, &p)?;
+                let (p50, p99) = fixed_rate(addr, rate, opts.seconds, 8)?;
+                drop(proc);
+                if let Some(s) = samples.get_mut(round) {
+                    s.fixed_rate = Some((rate, p50, p99));
+                }
             }
         }
     }
