@@ -157,7 +157,8 @@ pub fn serve(
     conn: crate::worker::ConnGuard,
     first: bool,
 ) -> impl std::future::Future<Output = ()> {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY comes from the listening socket (accepted sockets inherit it on Linux):
+    // no setsockopt per connection.
     // Buffers are taken when bytes arrive and given back while the connection idles.
     let mut client = BufConn::new(stream, Vec::new());
     async move {

@@ -580,8 +580,27 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> std::io::Result<std::ne
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    // Inherited by every accepted connection.
     socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    #[test]
+    fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let l = super::bind_reuseport(SocketAddr::from(([127, 0, 0, 1], 0)), 16).expect("bind");
+        l.set_nonblocking(false).expect("blocking");
+        let addr = l.local_addr().expect("addr");
+        let _c = std::net::TcpStream::connect(addr).expect("connect");
+        let (a, _) = l.accept().expect("accept");
+        assert!(
+            a.nodelay().expect("getsockopt"),
+            "serve() relies on it and sets no option per connection"
+        );
+    }
 }
