@@ -230,8 +230,8 @@ impl BufConn {
 
     /// Like [`BufConn::fill`], but while nothing is buffered the connection holds no buffer:
     /// it goes back to `pool`, the wait is a readiness poll, and a pooled buffer is taken only
-    /// once the peer has sent something. An idle keep-alive connection then costs its socket
-    /// and a few hundred bytes, not a read buffer.
+    /// once the peer has sent something. (Connections idle between requests do not wait here:
+    /// they park, see `worker::idle`.)
     pub async fn fill_idle(&mut self, pool: &BufPool, timeout: Duration) -> Result<usize, IoFail> {
         if self.pos == self.buf.len() {
             pool.give(self.take_buf());
