@@ -203,7 +203,9 @@ fn breaker_opens_then_recovers_through_half_open() {
     .unwrap();
     let lb = Lb::start(&cluster_config(
         &[backend.addr],
-        "breaker = { consecutive_failures = 3, open_for = \"200ms\", half_open_probes = 1 }",
+        // Long enough that the checks of the open state below come well inside it on a
+        // loaded machine (200 ms was not, under CI).
+        "breaker = { consecutive_failures = 3, open_for = \"1s\", half_open_probes = 1 }",
     ));
     for _ in 0..3 {
         assert_eq!(get(lb.addr, "/").status, 500);
