@@ -159,8 +159,10 @@ impl<F: Future> Future for Timeout<F> {
 }
 
 /// Starts the sweep task unless one is running. The table is per thread, and lb runs one
-/// runtime per worker thread for the thread's life; a sweep task dropped with its runtime
-/// marks itself gone ([`SweepGuard`]).
+/// runtime per worker thread for the thread's life. A sweep task that is dropped marks
+/// itself gone ([`SweepGuard`]); monoio does not always drop pending tasks with their
+/// runtime, so a second runtime on the same thread would find the mark still set and its
+/// timeouts would not fire: not a use lb has.
 fn ensure_sweeper(t: &mut Table) {
     if t.swept != 0 {
         return;
@@ -169,7 +171,7 @@ fn ensure_sweeper(t: &mut Table) {
     monoio::spawn(sweep());
 }
 
-/// Marks the sweep as gone however its task ends, also when its runtime is dropped with it.
+/// Marks the sweep as gone when its task ends or is dropped.
 struct SweepGuard;
 
 impl Drop for SweepGuard {
