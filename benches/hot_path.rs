@@ -18,7 +18,7 @@ const HEAD: &[u8] = b"GET /api/orders/12345?expand=items HTTP/1.1\r\nHost: api.e
 fn parse(c: &mut Criterion) {
     c.bench_function("parse_request_head_10_headers", |b| {
         b.iter(|| {
-            let mut storage = [httparse::EMPTY_HEADER; 64];
+            let mut storage = lb::http::header_slots::<64>();
             let head = lb::http::request::parse(black_box(HEAD), &mut storage)
                 .ok()
                 .flatten();
@@ -92,7 +92,7 @@ fn split(c: &mut Criterion) {
         split.targets.iter().map(|t| t.weight_ppm).collect(),
         split.fingerprint,
     );
-    let mut storage = [httparse::EMPTY_HEADER; 64];
+    let mut storage = lb::http::header_slots::<64>();
     let head = lb::http::request::parse(HEAD, &mut storage)
         .expect("parse")
         .expect("complete");

@@ -10,7 +10,7 @@ use lb::http::Framing;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut storage = [httparse::EMPTY_HEADER; 100];
+    let mut storage = lb::http::header_slots::<100>();
     let Ok(Some(head)) = request::parse(data, &mut storage) else {
         return;
     };

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, data)) = data.split_first() else {
         return;
     };
-    let mut storage = [httparse::EMPTY_HEADER; 100];
+    let mut storage = lb::http::header_slots::<100>();
     let Ok(Some(head)) = response::parse(data, &mut storage, first & 1 == 1) else {
         return;
     };

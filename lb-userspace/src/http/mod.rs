@@ -6,6 +6,17 @@ pub mod request;
 pub mod response;
 pub mod write;
 
+use std::mem::MaybeUninit;
+
+/// Room for parsed headers. Left uninitialised: httparse writes only the slots a head uses,
+/// so a 256-slot array costs nothing per request (initialising it cost 8 KiB of stores).
+pub type HeaderSlot<'b> = MaybeUninit<httparse::Header<'b>>;
+
+/// `N` empty header slots, for [`request::parse`] and [`response::parse`].
+pub fn header_slots<'b, const N: usize>() -> [HeaderSlot<'b>; N] {
+    [const { MaybeUninit::uninit() }; N]
+}
+
 /// How a message body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {

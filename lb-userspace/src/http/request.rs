@@ -63,10 +63,10 @@ impl RequestError {
 /// Parses the request head at the front of `buf`. `Ok(None)` means the head is not complete.
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
-    storage: &'h mut [httparse::Header<'b>],
+    storage: &'h mut [super::HeaderSlot<'b>],
 ) -> Result<Option<RequestHead<'h, 'b>>, RequestError> {
-    let mut req = httparse::Request::new(storage);
-    let head_len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, storage) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
@@ -286,7 +286,7 @@ mod tests {
         raw: &[u8],
         f: impl FnOnce(Result<Option<RequestHead<'_, '_>>, RequestError>) -> T,
     ) -> T {
-        let mut storage = [httparse::EMPTY_HEADER; 32];
+        let mut storage = crate::http::header_slots::<32>();
         f(parse(raw, &mut storage))
     }
 

@@ -37,11 +37,13 @@ pub enum ResponseError {
 /// headers say.
 pub fn parse<'h, 'b>(
     buf: &'b [u8],
-    storage: &'h mut [httparse::Header<'b>],
+    storage: &'h mut [super::HeaderSlot<'b>],
     request_was_head: bool,
 ) -> Result<Option<ResponseHead<'h, 'b>>, ResponseError> {
-    let mut res = httparse::Response::new(storage);
-    let head_len = match res.parse(buf) {
+    let mut res = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, storage);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooManyHeaders),
@@ -134,7 +136,7 @@ mod tests {
     use super::*;
 
     fn framing_of(raw: &[u8], head: bool) -> Result<(Framing, bool), ResponseError> {
-        let mut storage = [httparse::EMPTY_HEADER; 16];
+        let mut storage = crate::http::header_slots::<16>();
         parse(raw, &mut storage, head).map(|r| {
             let r = r.expect("complete");
             (r.framing, r.reusable)

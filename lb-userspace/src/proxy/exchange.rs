@@ -9,13 +9,13 @@ use smallvec::SmallVec;
 
 use super::body::{pump, Encode, Pace, PumpFail};
 use super::{head, send_error, Flow, Plan, Record};
-use crate::clock::now_ms;
 use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
 use crate::http::response::{self, ResponseError};
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
 use crate::net::{write_buf, BufConn, IoFail};
 use crate::snapshot::Cluster;
+use crate::timer::now_ms;
 use crate::upstream::state::{Admission, Outcome};
 use crate::upstream::{self, ConnectError, Upstream};
 use crate::worker::{View, Worker};
@@ -52,8 +52,8 @@ struct Done {
     flow: Flow,
     reusable: bool,
     status: u16,
-    /// From sending the head to having the response head.
-    upstream: Duration,
+    /// From sending the head to having the response head; measured only for the access log.
+    upstream: Option<Duration>,
     /// Response body bytes sent to the client.
     bytes: u64,
 }
@@ -424,7 +424,7 @@ pub async fn proxy(
             match result {
                 Ok(done) => {
                     rec.status = done.status;
-                    rec.upstream = Some(done.upstream);
+                    rec.upstream = done.upstream;
                     rec.bytes = done.bytes;
                     record(if done.status >= 500 {
                         Outcome::ServerError
@@ -647,7 +647,8 @@ async fn exchange(
     retry_status: Option<(&RetryConfig, &dyn Fn() -> bool)>,
 ) -> Result<Done, Failed> {
     let http = &view.snap.http;
-    let sent_at = crate::clock::stamp();
+    // Upstream time is reported only in the access log; without one, no stamps are taken.
+    let sent_at = w.access_log_on().then(crate::clock::stamp);
 
     // The head (and a small body with it). A failed write means nothing reached the backend.
     match write_buf(&mut up.conn.stream, out, timeouts.idle).await {
@@ -726,7 +727,7 @@ async fn exchange(
             // The parsed head borrows `storage` (8 KiB); the block ends both before any await,
             // so they are not kept in this future's state.
             let step = {
-                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
+                let mut storage = crate::http::header_slots::<MAX_HEADERS_LIMIT>();
                 let parsed =
                     response::parse(up.conn.data(), &mut storage, plan.method == Method::Head);
                 match parsed {
@@ -794,7 +795,7 @@ async fn exchange(
                     {
                         return Err(Failed::ClientGone);
                     }
-                    let upstream_time = sent_at.elapsed();
+                    let upstream_time = sent_at.map(|s| s.elapsed());
                     let bytes =
                         super::tunnel::run(client, &mut up.conn, http.websocket_idle_timeout).await;
                     return Ok(Done {
@@ -822,7 +823,7 @@ async fn exchange(
         }
     };
 
-    let upstream_time = sent_at.elapsed();
+    let upstream_time = sent_at.map(|s| s.elapsed());
     // The head goes out with as much of a small body as is already here.
     let mut rest = framing;
     let mut bytes = 0;

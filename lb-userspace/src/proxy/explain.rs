@@ -81,7 +81,7 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
     let decision = plan_request(&view, &raw, req.client, &mut out, &mut rec, true);
 
     // Why each route did or did not match.
-    let mut storage = [httparse::EMPTY_HEADER; 64];
+    let mut storage = crate::http::header_slots::<64>();
     if let Ok(Some(parsed)) = request::parse(&raw, &mut storage) {
         let (path, query) = RouteRequest::split_target(parsed.path);
         let identity = snap.consumers.identify(parsed.headers, query);

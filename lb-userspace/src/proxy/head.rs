@@ -316,7 +316,7 @@ mod tests {
     }
 
     fn upstream_head(raw: &[u8]) -> String {
-        let mut storage = [httparse::EMPTY_HEADER; 32];
+        let mut storage = crate::http::header_slots::<32>();
         let req = request::parse(raw, &mut storage).unwrap().unwrap();
         let mut out = Vec::new();
         let vars = Vars {
@@ -367,7 +367,7 @@ mod tests {
     }
 
     fn client_head(raw: &[u8], minor: u8, keep: bool) -> (String, ResponsePlan) {
-        let mut storage = [httparse::EMPTY_HEADER; 32];
+        let mut storage = crate::http::header_slots::<32>();
         let res = response::parse(raw, &mut storage, false).unwrap().unwrap();
         let mut out = Vec::new();
         let plan = write_response_head(&mut out, &res, minor, keep, &http(), &plain_route());

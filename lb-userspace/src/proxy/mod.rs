@@ -342,7 +342,7 @@ fn plan_request(
     keep_text: bool,
 ) -> Result<Option<Decision>, Reject> {
     let snap = &view.snap;
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS_LIMIT];
+    let mut storage = crate::http::header_slots::<MAX_HEADERS_LIMIT>();
     let max_headers = snap.http.max_headers.min(MAX_HEADERS_LIMIT);
     let Some(req) =
         request::parse(data, &mut storage[..max_headers]).map_err(Reject::from_request_error)?

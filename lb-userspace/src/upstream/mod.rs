@@ -4,8 +4,8 @@
 pub mod health;
 pub mod state;
 
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ struct Idle {
 /// Idle connections of one worker, by endpoint address. `!Sync` by design: never shared.
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<FxHashMap<SocketAddr, Vec<Idle>>>,
 }
 
 impl Pool {
