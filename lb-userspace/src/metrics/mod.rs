@@ -1,10 +1,12 @@
 //! Metrics: handles resolved once per snapshot (the request path only increments atomics),
-//! gauges sampled from shared state when `/metrics` is scraped, and the Prometheus exporter.
+//! per-worker request counts and durations summed at scrape, gauges sampled from shared state
+//! when `/metrics` is scraped, and the Prometheus exporter.
 
 pub mod names;
 
-use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -48,40 +50,185 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 
 /// Renders the Prometheus text, after sampling gauges from `snap`'s shared state.
 pub fn render(snap: &Snapshot) -> String {
-    let Some(handle) = HANDLE.get() else {
-        return String::new();
+    let mut out = match HANDLE.get() {
+        Some(handle) => {
+            sample(snap);
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => String::new(),
     };
-    sample(snap);
-    handle.run_upkeep();
-    handle.render()
+    render_requests(&mut out);
+    out
 }
 
 /// Status class label by status / 100.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Handles for one route (and the cluster it forwards to).
+/// Metrics for one route (and the cluster it forwards to).
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
-    pub requests: [Counter; 5],
-    pub duration: Histogram,
+    pub requests: Arc<RequestSeries>,
     pub rate_limited: Counter,
 }
 
 impl RouteMetrics {
     pub fn new(route: &str, cluster: &str) -> RouteMetrics {
-        let c = |class: &'static str| counter!(REQUESTS_TOTAL, "route" => route.to_string(), "cluster" => cluster.to_string(), "status_class" => class);
         RouteMetrics {
-            requests: CLASSES.map(c),
-            duration: histogram!(REQUEST_DURATION_SECONDS, "route" => route.to_string(), "cluster" => cluster.to_string()),
+            requests: RequestSeries::get(route, cluster),
             rate_limited: counter!(RATE_LIMITED_TOTAL, "route" => route.to_string()),
         }
     }
 
-    pub fn record(&self, status: u16, seconds: f64) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].increment(1);
-        self.duration.record(seconds);
+    /// Counts one answered request, from the worker `worker`.
+    pub fn record(&self, worker: usize, status: u16, elapsed: Duration) {
+        self.requests.record(worker, status, elapsed);
     }
+}
+
+/// [`SECONDS_BUCKETS`] in nanoseconds.
+const BUCKET_NANOS: [u64; SECONDS_BUCKETS.len()] = {
+    let mut out = [0u64; SECONDS_BUCKETS.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = (SECONDS_BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// One worker's counts for a [`RequestSeries`], on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct RequestCell {
+    /// Requests by status class (1xx to 5xx).
+    classes: [AtomicU64; 5],
+    /// Durations by bucket: `buckets[i]` counts those at most `BUCKET_NANOS[i]` and above the
+    /// bound before it; the last counts the rest.
+    buckets: [AtomicU64; SECONDS_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+/// `lb_requests_total` and `lb_request_duration_seconds` of one (route, cluster) pair.
+///
+/// These move on every request, so they are not handles of the metrics registry (shared
+/// atomics every worker writes, and histogram samples kept until a scrape folds them): each
+/// worker adds to a cell of its own, and a scrape sums the cells. Series live for the
+/// process, so counters carry on across reloads.
+#[derive(Debug)]
+pub struct RequestSeries {
+    route: String,
+    cluster: String,
+    cells: Box<[RequestCell]>,
+}
+
+static SERIES: Mutex<Vec<Arc<RequestSeries>>> = Mutex::new(Vec::new());
+
+impl RequestSeries {
+    /// The series of `route` and `cluster`, made on first use.
+    pub fn get(route: &str, cluster: &str) -> Arc<RequestSeries> {
+        let mut all = SERIES.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all
+            .iter()
+            .find(|s| s.route == route && s.cluster == cluster)
+        {
+            return s.clone();
+        }
+        // One cell per core: workers are one per core by default. More workers than cores
+        // share cells, which stays exact (the adds are atomic), only not contention-free.
+        let cells = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let s = Arc::new(RequestSeries {
+            route: route.to_string(),
+            cluster: cluster.to_string(),
+            cells: (0..cells).map(|_| RequestCell::default()).collect(),
+        });
+        all.push(s.clone());
+        s
+    }
+
+    fn record(&self, worker: usize, status: u16, elapsed: Duration) {
+        let cell = &self.cells[worker % self.cells.len()];
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKET_NANOS
+            .iter()
+            .position(|b| nanos <= *b)
+            .unwrap_or(BUCKET_NANOS.len());
+        cell.classes[class].fetch_add(1, Ordering::Relaxed);
+        cell.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        cell.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The counts summed over workers: by status class, by bucket, and the sum of durations.
+    fn totals(&self) -> ([u64; 5], [u64; SECONDS_BUCKETS.len() + 1], u64) {
+        let mut classes = [0u64; 5];
+        let mut buckets = [0u64; SECONDS_BUCKETS.len() + 1];
+        let mut sum = 0u64;
+        for c in self.cells.iter() {
+            for (t, v) in classes.iter_mut().zip(&c.classes) {
+                *t += v.load(Ordering::Relaxed);
+            }
+            for (t, v) in buckets.iter_mut().zip(&c.buckets) {
+                *t += v.load(Ordering::Relaxed);
+            }
+            sum = sum.wrapping_add(c.sum_nanos.load(Ordering::Relaxed));
+        }
+        (classes, buckets, sum)
+    }
+}
+
+/// Appends every request series in Prometheus text format.
+fn render_requests(out: &mut String) {
+    use std::fmt::Write;
+    let all: Vec<Arc<RequestSeries>> = SERIES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let totals: Vec<_> = all.iter().map(|s| s.totals()).collect();
+    let labels = |s: &RequestSeries| {
+        format!(
+            "route=\"{}\",cluster=\"{}\"",
+            escape_label(&s.route),
+            escape_label(&s.cluster)
+        )
+    };
+    let _ = writeln!(out, "# TYPE {REQUESTS_TOTAL} counter");
+    for (s, (classes, _, _)) in all.iter().zip(&totals) {
+        let l = labels(s);
+        for (class, n) in CLASSES.iter().zip(classes) {
+            let _ = writeln!(out, "{REQUESTS_TOTAL}{{{l},status_class=\"{class}\"}} {n}");
+        }
+    }
+    out.push('\n');
+    let name = REQUEST_DURATION_SECONDS;
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (s, (_, buckets, sum)) in all.iter().zip(&totals) {
+        let l = labels(s);
+        let mut seen = 0u64;
+        for (le, n) in SECONDS_BUCKETS.iter().zip(buckets) {
+            seen += n;
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {seen}");
+        }
+        seen += buckets[SECONDS_BUCKETS.len()];
+        let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {seen}");
+        let _ = writeln!(out, "{name}_sum{{{l}}} {}", *sum as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{{{l}}} {seen}");
+    }
+    out.push('\n');
+}
+
+/// A label value as the text format wants it: backslash, quote and newline escaped.
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
+    }
+    let mut out = String::with_capacity(v.len() + 2);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// The limits a request can be refused by, as metric labels.
@@ -228,5 +375,61 @@ fn sample(snap: &Snapshot) {
             gauge!(ENDPOINT_EJECTED, &labels).set(if s.is_ejected(now) { 1.0 } else { 0.0 });
             gauge!(ENDPOINT_BREAKER_STATE, &labels).set(s.breaker.state() as u8 as f64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(text: &str, series: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains(series))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn request_series_sum_workers_and_fill_buckets_cumulatively() {
+        let m = RouteMetrics::new("series-test", "c1");
+        let ms = Duration::from_millis;
+        m.record(0, 200, ms(0)); // first bucket (0.5 ms)
+        m.record(1, 204, ms(3)); // 5 ms bucket, another worker
+        m.record(7, 503, ms(20)); // 25 ms bucket, a worker past the cells shares one
+        m.record(0, 404, Duration::from_secs(60)); // past the last bound
+                                                   // The same pair later (a reload) continues the same series.
+        RouteMetrics::new("series-test", "c1").record(0, 200, ms(1));
+        let mut text = String::new();
+        render_requests(&mut text);
+        let l = "route=\"series-test\",cluster=\"c1\"";
+        let requests = lines_of(&text, &format!("lb_requests_total{{{l}"));
+        assert!(requests.contains(&format!("lb_requests_total{{{l},status_class=\"2xx\"}} 3")));
+        assert!(requests.contains(&format!("lb_requests_total{{{l},status_class=\"4xx\"}} 1")));
+        assert!(requests.contains(&format!("lb_requests_total{{{l},status_class=\"5xx\"}} 1")));
+        assert!(requests.contains(&format!("lb_requests_total{{{l},status_class=\"1xx\"}} 0")));
+        let bucket = |le: &str| format!("lb_request_duration_seconds_bucket{{{l},le=\"{le}\"}}");
+        for (le, n) in [
+            ("0.0005", 1),
+            ("0.001", 2),
+            ("0.0025", 2),
+            ("0.005", 3),
+            ("0.025", 4),
+            ("10", 4),
+            ("+Inf", 5),
+        ] {
+            assert!(
+                text.contains(&format!("{} {n}\n", bucket(le))),
+                "{le}: {text}"
+            );
+        }
+        assert!(text.contains(&format!("lb_request_duration_seconds_count{{{l}}} 5\n")));
+        assert!(text.contains(&format!("lb_request_duration_seconds_sum{{{l}}} 60.024\n")));
+        assert_eq!(text.matches("# TYPE lb_requests_total counter").count(), 1);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("plain"), "plain");
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -148,12 +148,12 @@ impl Worker {
             }
         };
         let snap = &view.snap;
-        let elapsed = rec.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let took = rec.started.map_or(Duration::ZERO, |s| s.elapsed());
         let metrics = rec
             .route
             .and_then(|r| snap.route_metrics.get(r))
             .unwrap_or(&snap.unrouted_metrics);
-        metrics.record(rec.status, elapsed);
+        metrics.record(self.id, rec.status, took);
         if let Some((si, t, _)) = rec.variant {
             if let Some(split) = snap.splits.get(si) {
                 let window = split
@@ -162,12 +162,7 @@ impl Worker {
                     .as_ref()
                     .map_or(Duration::from_secs(60), |a| a.window);
                 if let Some(stats) = split.state.stats.get(t) {
-                    stats.record(
-                        crate::clock::now_ms(),
-                        window,
-                        rec.status >= 500,
-                        Duration::from_secs_f64(elapsed),
-                    );
+                    stats.record(crate::clock::now_ms(), window, rec.status >= 500, took);
                 }
             }
         }
@@ -193,7 +188,7 @@ impl Worker {
                     .map(|s| s.config.targets[t].name.as_str())
             }),
             bytes: rec.bytes,
-            duration_ms: elapsed * 1000.0,
+            duration_ms: took.as_secs_f64() * 1000.0,
             upstream_ms: rec.upstream.map(|d| d.as_secs_f64() * 1000.0),
         };
         let mut buf = self.access.borrow_mut();
