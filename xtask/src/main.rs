@@ -359,6 +359,10 @@ fn bench(extra: &[String]) -> Result<()> {
     }
     if load {
         ensure_packages(&BENCH_TOOLS)?;
+        // perf lets the report say where lb's time goes; the benchmark runs without it.
+        if let Err(e) = ensure_packages(&[("perf", "linux-perf")]) {
+            eprintln!("xtask: no perf ({e:#}); the report will have no profile");
+        }
         build()?;
         let mut b = cargo();
         b.args(["build", "--release", "-p", "lb-bench"]);

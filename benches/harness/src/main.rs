@@ -6,6 +6,7 @@
 //!                 [--scenario NAME]... [--proxy NAME]... [--base-port P] [--idle N]
 
 mod procs;
+mod profile;
 mod report;
 mod scenarios;
 
@@ -27,6 +28,8 @@ pub struct Opts {
     /// Idle keep-alive connections for the memory scenario. 9,500 by default: HAProxy
     /// reserves two descriptors per connection and the hard limit here is 20,000.
     pub idle: usize,
+    /// Profile lb with `perf` during an extra small keep-alive run (when perf is installed).
+    pub profile: bool,
 }
 
 pub const ALL_SCENARIOS: [&str; 5] = [
@@ -49,6 +52,7 @@ fn parse_args() -> Result<Opts> {
         proxies: Vec::new(),
         base_port: 18180,
         idle: 9_500,
+        profile: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -63,6 +67,7 @@ fn parse_args() -> Result<Opts> {
             "--proxy" => o.proxies.push(val()?),
             "--base-port" => o.base_port = val()?.parse()?,
             "--idle" => o.idle = val()?.parse()?,
+            "--no-profile" => o.profile = false,
             _ => bail!("unknown argument {a}; see the top of benches/harness/src/main.rs"),
         }
     }
@@ -92,8 +97,8 @@ fn main() -> Result<()> {
     let opts = parse_args()?;
     procs::raise_fd_limit();
     std::fs::create_dir_all(&opts.out)?;
-    let results = scenarios::run_all(&opts)?;
-    let report = report::build(&opts, &results);
+    let (results, profile) = scenarios::run_all(&opts)?;
+    let report = report::build(&opts, &results, profile);
     let (json, md) = report::write(&opts.out, &report)?;
     println!("{}", report::markdown(&report));
     println!("report: {} and {}", json.display(), md.display());

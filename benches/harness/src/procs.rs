@@ -121,6 +121,31 @@ pub fn cpu_us(pid: u32) -> Result<u64> {
     Ok((utime + stime) * 1_000_000 / hz)
 }
 
+/// Busy and total clock ticks of one core so far, from `/proc/stat` (busy: user, nice,
+/// system, irq, softirq and steal; total adds idle and iowait).
+pub fn core_ticks(core: usize) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    Ok((busy, busy + at(3) + at(4)))
+}
+
+/// The share of the time `core` was busy between two [`core_ticks`] readings.
+pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let total = after.1.checked_sub(before.1)?;
+    (total > 0).then(|| after.0.saturating_sub(before.0) as f64 / total as f64)
+}
+
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
 pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

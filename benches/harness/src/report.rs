@@ -8,6 +8,9 @@ use crate::procs::version_of;
 use crate::scenarios::{Results, Sample};
 use crate::Opts;
 
+/// A core this busy (share of its time) is saturated.
+const LOAD_SATURATED: f64 = 0.95;
+
 pub fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
     if v.is_empty() {
@@ -30,6 +33,17 @@ fn medians(samples: &[Sample]) -> Value {
     });
     if samples.iter().any(|s| s.kib_per_conn.is_some()) {
         v["kib_per_idle_connection"] = json!(median(samples.iter().filter_map(|s| s.kib_per_conn)));
+    }
+    for (key, f) in [
+        (
+            "proxy_busy",
+            (|s: &Sample| s.proxy_busy) as fn(&Sample) -> Option<f64>,
+        ),
+        ("load_busy", |s: &Sample| s.load_busy),
+    ] {
+        if samples.iter().any(|s| f(s).is_some()) {
+            v[key] = json!(median(samples.iter().filter_map(f)));
+        }
     }
     if let Some((rate, _, _)) = samples.iter().find_map(|s| s.fixed_rate) {
         let p50 = median(samples.iter().filter_map(|s| s.fixed_rate.map(|f| f.1)));
@@ -57,7 +71,7 @@ fn machine() -> Value {
 }
 
 /// The whole report as JSON.
-pub fn build(opts: &Opts, results: &Results) -> Value {
+pub fn build(opts: &Opts, results: &Results, profile: Option<Value>) -> Value {
     let mut scenarios = Vec::new();
     let mut targets = Vec::new();
     for (name, per_proxy) in results {
@@ -87,24 +101,45 @@ pub fn build(opts: &Opts, results: &Results) -> Value {
         }
         if name == "small_keepalive" {
             let t = |label: &str, got: Option<f64>, want: &str, ok: fn(f64) -> bool| json!({ "target": label, "value": got, "want": want, "met": got.map(ok) });
-            targets.push(t(
-                "requests/s vs nginx",
-                ratio("nginx", "rps"),
-                ">= 1.2",
-                |x| x >= 1.2,
-            ));
-            targets.push(t(
-                "requests/s vs HAProxy",
-                ratio("haproxy", "rps"),
-                ">= 1.3",
-                |x| x >= 1.3,
-            ));
-            targets.push(t(
+            // Rounds run the proxies back to back, so a round's ratio is the least disturbed
+            // by the host drifting; the spread of those says how settled the median is.
+            let by_round = |other: &str, f: fn(&Sample) -> f64| -> Vec<f64> {
+                let of = |p: &str| per_proxy.iter().find(|(n, _)| n == p).map(|(_, s)| s);
+                match (of("lb"), of(other)) {
+                    (Some(a), Some(b)) => a
+                        .iter()
+                        .zip(b)
+                        .filter(|(_, y)| f(y) > 0.0)
+                        .map(|(x, y)| f(x) / f(y))
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            };
+            let lb_load = proxies
+                .get("lb")
+                .and_then(|m| m.get("load_busy"))
+                .and_then(Value::as_f64);
+            let mut rps_target = |label: &str, other: &str, want: &str, ok: fn(f64) -> bool| {
+                let mut v = t(label, ratio(other, "rps"), want, ok);
+                v["rounds"] = json!(by_round(other, |s| s.rps));
+                if let Some(busy) = lb_load.filter(|b| *b >= LOAD_SATURATED) {
+                    v["note"] = json!(format!(
+                        "the load core (wrk and the backend) was {:.0}% busy during lb's runs: lb's req/s was set by the load side, so this ratio is a lower bound",
+                        busy * 100.0
+                    ));
+                }
+                targets.push(v);
+            };
+            rps_target("requests/s vs nginx", "nginx", ">= 1.2", |x| x >= 1.2);
+            rps_target("requests/s vs HAProxy", "haproxy", ">= 1.3", |x| x >= 1.3);
+            let mut cpu = t(
                 "CPU per request vs nginx",
                 ratio("nginx", "cpu_us_per_req"),
                 "<= 0.8",
                 |x| x <= 0.8,
-            ));
+            );
+            cpu["rounds"] = json!(by_round("nginx", |s| s.cpu_us_per_req));
+            targets.push(cpu);
             let fixed = |p: &str| proxies.get(p)?.get("fixed_rate")?.get("p99_ms")?.as_f64();
             let p99 = match (fixed("lb"), fixed("nginx")) {
                 (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -120,7 +155,7 @@ pub fn build(opts: &Opts, results: &Results) -> Value {
         }
         scenarios.push(json!({ "name": name, "proxies": proxies, "ratios": ratios }));
     }
-    json!({
+    let mut report = json!({
         "date": humantime_now(),
         "machine": machine(),
         "versions": {
@@ -137,7 +172,11 @@ pub fn build(opts: &Opts, results: &Results) -> Value {
         },
         "scenarios": scenarios,
         "targets": targets,
-    })
+    });
+    if let Some(p) = profile {
+        report["profile"] = p;
+    }
+    report
 }
 
 fn humantime_now() -> String {
@@ -170,7 +209,7 @@ pub fn markdown(r: &Value) -> String {
         r["versions"]["haproxy"].as_str().unwrap_or(""),
         r["versions"]["wrk"].as_str().unwrap_or(""),
     );
-    s.push_str("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS KiB | KiB/idle conn | fixed-rate p50/p99 ms |\n|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | busy % proxy / load core | peak RSS KiB | KiB/idle conn | fixed-rate p50/p99 ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for sc in r["scenarios"].as_array().into_iter().flatten() {
         for (proxy, m) in sc["proxies"].as_object().into_iter().flatten() {
             let fixed = m
@@ -184,13 +223,20 @@ pub fn markdown(r: &Value) -> String {
                     )
                 })
                 .unwrap_or_else(|| "-".into());
+            let pct = |k: &str| {
+                m.get(k)
+                    .and_then(Value::as_f64)
+                    .map_or("-".into(), |x| format!("{:.0}", x * 100.0))
+            };
             s.push_str(&format!(
-                "| {} | {proxy} | {} | {} | {} | {} | {} | {} | {fixed} |\n",
+                "| {} | {proxy} | {} | {} | {} | {} | {} / {} | {} | {} | {fixed} |\n",
                 sc["name"].as_str().unwrap_or(""),
                 num(&m["rps"]),
                 num(&m["p50_ms"]),
                 num(&m["p99_ms"]),
                 num(&m["cpu_us_per_req"]),
+                pct("proxy_busy"),
+                pct("load_busy"),
                 num(&m["peak_rss_kib"]),
                 m.get("kib_per_idle_connection").map_or("-".into(), num),
             ));
@@ -204,19 +250,33 @@ pub fn markdown(r: &Value) -> String {
                 .collect();
             if !parts.is_empty() {
                 s.push_str(&format!(
-                    "| {} | {k} | {} |||||||\n",
+                    "| {} | {k} | {} ||||||||\n",
                     sc["name"].as_str().unwrap_or(""),
                     parts.join(", ")
                 ));
             }
         }
     }
-    s.push_str("\n## Targets\n\n| target | value | want | met |\n|---|---|---|---|\n");
+    s.push_str(
+        "\n## Targets\n\n| target | median | each round | want | met |\n|---|---|---|---|---|\n",
+    );
+    let mut notes = Vec::new();
     for t in r["targets"].as_array().into_iter().flatten() {
+        let rounds: Vec<String> = t["rounds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(num)
+            .collect();
         s.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |\n",
             t["target"].as_str().unwrap_or(""),
             num(&t["value"]),
+            if rounds.is_empty() {
+                "-".to_string()
+            } else {
+                rounds.join(", ")
+            },
             t["want"].as_str().unwrap_or(""),
             match t["met"].as_bool() {
                 Some(true) => "yes",
@@ -224,6 +284,17 @@ pub fn markdown(r: &Value) -> String {
                 None => "not measured",
             }
         ));
+        if let Some(n) = t["note"].as_str() {
+            if !notes.contains(&n) {
+                notes.push(n);
+            }
+        }
+    }
+    for n in notes {
+        s.push_str(&format!("\nNote: {n}.\n"));
+    }
+    if let Some(p) = r.get("profile") {
+        s.push_str(&crate::profile::markdown(p));
     }
     s
 }

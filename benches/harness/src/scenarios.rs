@@ -23,6 +23,11 @@ pub struct Sample {
     pub kib_per_conn: Option<f64>,
     /// Fixed-rate latency (small keep-alive scenario only).
     pub fixed_rate: Option<(f64, f64, f64)>,
+    /// Share of the measured run the proxy's process was on a CPU (1.0: its core was full).
+    pub proxy_busy: Option<f64>,
+    /// Share of the measured run the load core (wrk and the backend) was busy. Near 1.0 the
+    /// load side, not the proxy, set the pace, and the proxy's req/s is a lower bound.
+    pub load_busy: Option<f64>,
 }
 
 /// All samples: scenario -> proxy -> rounds.
@@ -121,6 +126,9 @@ fn proxy_pid(proc: &Proc) -> u32 {
     // taskset execs the program, so the PID is the proxy's.
     proc.pid()
 }
+
+/// The core of the backend and the load generator (the proxy has core 0).
+const LOAD_CORE: usize = 1;
 
 /// Runs wrk on core 1 and parses its report.
 fn wrk(
@@ -302,8 +310,24 @@ fn settled_rss(pid: u32) -> Result<u64> {
     Ok(last)
 }
 
+/// Records where lb's time goes while wrk drives the small keep-alive load.
+fn profile_lb(opts: &Opts, dir: &Path, p: &Ports) -> Result<serde_json::Value> {
+    let (proc, addr) = start_proxy("lb", opts, dir, p)?;
+    let pid = proxy_pid(&proc);
+    let _ = wrk(addr, "/", 8, 1, &[], dir);
+    let seconds = opts.seconds.max(2);
+    let load_dir = dir.to_path_buf();
+    // wrk runs a second longer than perf on both ends, so the samples are all under load.
+    let load = std::thread::spawn(move || wrk(addr, "/", 64, seconds + 2, &[], &load_dir));
+    std::thread::sleep(Duration::from_secs(1));
+    let profile = crate::profile::record(pid, seconds, dir);
+    let _ = load.join();
+    drop(proc);
+    profile
+}
+
 /// Runs every selected scenario, rounds interleaved across proxies.
-pub fn run_all(opts: &Opts) -> Result<Results> {
+pub fn run_all(opts: &Opts) -> Result<(Results, Option<serde_json::Value>)> {
     let dir = opts.out.join("run");
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
@@ -354,8 +378,24 @@ pub fn run_all(opts: &Opts) -> Result<Results> {
             }
         }
     }
+    let profile = if opts.profile
+        && opts.proxies.iter().any(|p| p == "lb")
+        && opts.scenarios.iter().any(|s| s == "small_keepalive")
+        && crate::profile::available()
+    {
+        eprintln!("bench: profiling lb (small keep-alive)");
+        match profile_lb(opts, &dir, &p) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("bench: no profile: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     drop(backend);
-    Ok(results)
+    Ok((results, profile))
 }
 
 fn run_one(scenario: &str, addr: SocketAddr, pid: u32, opts: &Opts, dir: &Path) -> Result<Sample> {
@@ -370,6 +410,8 @@ fn run_one(scenario: &str, addr: SocketAddr, pid: u32, opts: &Opts, dir: &Path) 
     // Warm up: connections, pools, caches.
     let _ = wrk(addr, "/", 8, 1, &[], dir);
     let cpu_before = procs::cpu_us(pid)?;
+    let load_before = procs::core_ticks(LOAD_CORE).ok();
+    let started = std::time::Instant::now();
     let (rps, p50, p99, requests) = match scenario {
         "small_keepalive" => wrk(addr, "/", 64, opts.seconds, &[], dir)?,
         "response_16k" => wrk(addr, "/16k", 64, opts.seconds, &[], dir)?,
@@ -392,6 +434,11 @@ fn run_one(scenario: &str, addr: SocketAddr, pid: u32, opts: &Opts, dir: &Path) 
         other => bail!("unknown scenario {other}"),
     };
     let cpu = procs::cpu_us(pid)?.saturating_sub(cpu_before);
+    let wall_us = started.elapsed().as_micros().max(1) as f64;
+    let load_busy = match (load_before, procs::core_ticks(LOAD_CORE).ok()) {
+        (Some(a), Some(b)) => procs::busy_share(a, b),
+        _ => None,
+    };
     Ok(Sample {
         rps,
         p50_ms: p50,
@@ -405,6 +452,8 @@ fn run_one(scenario: &str, addr: SocketAddr, pid: u32, opts: &Opts, dir: &Path) 
         requests,
         kib_per_conn: None,
         fixed_rate: None,
+        proxy_busy: Some(cpu as f64 / wall_us),
+        load_busy,
     })
 }
 

@@ -49,7 +49,13 @@ fn short_run_writes_a_report() {
     assert!(lb_result["rps"].as_f64().unwrap() > 0.0, "{report}");
     assert!(lb_result["cpu_us_per_req"].as_f64().unwrap() > 0.0);
     assert!(lb_result["fixed_rate"]["p99_ms"].as_f64().is_some());
+    assert!(lb_result["proxy_busy"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+    // With perf installed, the report says where lb's time went.
+    if let Some(p) = report.get("profile") {
+        assert!(p["kernel_pct"].as_f64().is_some(), "{p}");
+        assert!(!p["top"].as_array().unwrap().is_empty(), "{p}");
+    }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| small_keepalive | lb |"), "{md}");
     let _ = std::fs::remove_dir_all(&out);
