@@ -5,6 +5,7 @@
 //! Usage: lb-bench --lb PATH --hello PATH --out DIR [--seconds N] [--rounds N]
 //!                 [--scenario NAME]... [--proxy NAME]... [--base-port P] [--idle N]
 
+mod openloop;
 mod procs;
 mod profile;
 mod report;

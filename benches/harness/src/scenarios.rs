@@ -198,58 +198,17 @@ pub fn parse_wrk(text: &str) -> Option<(f64, f64, f64, u64)> {
     Some((rps, pct("50%")?, pct("99%")?, requests))
 }
 
-/// Open-loop load at `rate` requests/s for `seconds` over `conns` keep-alive connections;
-/// latency counts from when each request was due, so a stall is not hidden.
+/// Open-loop load at `rate` requests/s for `seconds` over `conns` keep-alive connections,
+/// from one thread on the load core (see `openloop.rs`); (p50, p99) in milliseconds,
+/// counted from when each request was due.
 fn fixed_rate(addr: SocketAddr, rate: f64, seconds: u64, conns: usize) -> Result<(f64, f64)> {
-    let per_conn = rate / conns as f64;
-    let interval = Duration::from_secs_f64(1.0 / per_conn);
-    let count = (per_conn * seconds as f64) as usize;
-    let threads: Vec<_> = (0..conns)
-        .map(|i| {
-            std::thread::spawn(move || -> Result<Vec<f64>> {
-                procs::pin_current_thread(1);
-                let mut s = TcpStream::connect(addr)?;
-                s.set_nodelay(true)?;
-                s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                let mut lat = Vec::with_capacity(count);
-                let start = Instant::now() + interval.mul_f64(i as f64 / conns as f64);
-                let mut buf = [0u8; 4096];
-                for k in 0..count {
-                    let due = start + interval * k as u32;
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-                        .with_context(|| format!("send on connection {i}, request {k}"))?;
-                    let mut got = 0;
-                    // The hello answer is 12 bytes of body; read until the whole response is in.
-                    loop {
-                        let n = s.read(&mut buf[got..]).with_context(|| {
-                            format!("connection {i}, request {k} of {count}, {got} bytes in")
-                        })?;
-                        if n == 0 {
-                            bail!("connection {i} closed at request {k}");
-                        }
-                        got += n;
-                        if let Some(h) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
-                            if got >= h + 4 + 12 {
-                                break;
-                            }
-                        }
-                    }
-                    lat.push(due.elapsed().as_secs_f64() * 1000.0);
-                }
-                Ok(lat)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in threads {
-        all.extend(
-            t.join()
-                .map_err(|_| anyhow::anyhow!("load thread panicked"))??,
-        );
-    }
+    let load = std::thread::spawn(move || {
+        procs::pin_current_thread(LOAD_CORE);
+        crate::openloop::run(addr, rate, seconds, conns)
+    });
+    let mut all = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
     all.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
