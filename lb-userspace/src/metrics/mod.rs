@@ -4,6 +4,7 @@
 
 pub mod names;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -122,27 +123,29 @@ pub struct RequestSeries {
     cells: Box<[RequestCell]>,
 }
 
-static SERIES: Mutex<Vec<Arc<RequestSeries>>> = Mutex::new(Vec::new());
+/// Every series by (route, cluster): a reload looks its routes up here (in log time, so
+/// reloading thousands of routes stays quick), and a scrape renders them in this order.
+type SeriesMap = BTreeMap<(String, String), Arc<RequestSeries>>;
+
+static SERIES: Mutex<SeriesMap> = Mutex::new(BTreeMap::new());
 
 impl RequestSeries {
     /// The series of `route` and `cluster`, made on first use.
     pub fn get(route: &str, cluster: &str) -> Arc<RequestSeries> {
         let mut all = SERIES.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = all
-            .iter()
-            .find(|s| s.route == route && s.cluster == cluster)
-        {
+        let key = (route.to_string(), cluster.to_string());
+        if let Some(s) = all.get(&key) {
             return s.clone();
         }
         // One cell per core: workers are one per core by default. More workers than cores
         // share cells, which stays exact (the adds are atomic), only not contention-free.
         let cells = std::thread::available_parallelism().map_or(1, |n| n.get());
         let s = Arc::new(RequestSeries {
-            route: route.to_string(),
-            cluster: cluster.to_string(),
+            route: key.0.clone(),
+            cluster: key.1.clone(),
             cells: (0..cells).map(|_| RequestCell::default()).collect(),
         });
-        all.push(s.clone());
+        all.insert(key, s.clone());
         s
     }
 
@@ -180,7 +183,12 @@ impl RequestSeries {
 /// Appends every request series in Prometheus text format.
 fn render_requests(out: &mut String) {
     use std::fmt::Write;
-    let all: Vec<Arc<RequestSeries>> = SERIES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let all: Vec<Arc<RequestSeries>> = SERIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
     let totals: Vec<_> = all.iter().map(|s| s.totals()).collect();
     let labels = |s: &RequestSeries| {
         format!(
