@@ -118,6 +118,32 @@ fn counters_move_by_exactly_the_traffic_sent() {
 }
 
 #[test]
+fn request_counts_carry_on_across_a_reload() {
+    let (lb, _orders) = setup("");
+    let labels = [
+        ("route", "orders"),
+        ("cluster", "orders"),
+        ("status_class", "2xx"),
+    ];
+    let before = metric(&lb.scrape(), "lb_requests_total", &labels);
+    for _ in 0..3 {
+        assert_eq!(get(lb.addr, "/orders/1").status, 200);
+    }
+    assert_eq!(lb.admin("POST", "/reload").0, 200);
+    for _ in 0..2 {
+        assert_eq!(get(lb.addr, "/orders/1").status, 200);
+    }
+    let after = lb.scrape();
+    assert_eq!(metric(&after, "lb_requests_total", &labels) - before, 5.0);
+    let count = metric(
+        &after,
+        "lb_request_duration_seconds_count",
+        &[("route", "orders")],
+    );
+    assert!(count >= 5.0, "{count}");
+}
+
+#[test]
 fn histograms_have_the_expected_buckets() {
     let (lb, _orders) = setup("");
     get(lb.addr, "/orders/1");
