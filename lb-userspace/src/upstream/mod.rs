@@ -4,7 +4,6 @@
 pub mod health;
 pub mod state;
 
-use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -12,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
+use rustc_hash::FxHashMap;
 
 use crate::net::{peer_closed, BufConn, BufPool};
 use state::{ClusterState, EndpointState};
