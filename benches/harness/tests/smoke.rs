@@ -19,6 +19,8 @@ fn short_run_writes_a_report() {
     let lb = root.join("target/debug/lb");
     assert!(lb.is_file(), "build the lb binary first: {}", lb.display());
     let out = std::env::temp_dir().join(format!("lb-bench-smoke-{}", std::process::id()));
+    // Removed however the test ends, failed assertions included.
+    let _cleanup = RemoveOnDrop(out.clone());
     // Below the ephemeral range, and different per process, so parallel runs do not collide.
     let base = 20_000 + (std::process::id() % 1000) as u16 * 10;
     let status = Command::new(env!("CARGO_BIN_EXE_lb-bench"))
@@ -58,5 +60,12 @@ fn short_run_writes_a_report() {
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| small_keepalive | lb |"), "{md}");
-    let _ = std::fs::remove_dir_all(&out);
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
