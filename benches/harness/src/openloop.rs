@@ -121,6 +121,14 @@ pub fn run(addr: SocketAddr, rate: f64, seconds: u64, conns: usize) -> Result<Ve
                 .position(|w| w == b"\r\n\r\n")
                 .is_some_and(|h| c.got >= h + 4 + BODY);
             if complete {
+                if !c.buf.starts_with(b"HTTP/1.1 200 ") {
+                    let line = c.buf[..c.got].split(|b| *b == b'\r').next().unwrap_or(&[]);
+                    bail!(
+                        "connection {i}, request {}: answered {:?}, not 200",
+                        c.done,
+                        String::from_utf8_lossy(line)
+                    );
+                }
                 lat.push(was_due.elapsed().as_secs_f64() * 1000.0);
                 c.in_flight = None;
                 c.done += 1;
