@@ -242,13 +242,15 @@ fn demo(extra: &[String]) -> Result<()> {
     run(c)
 }
 
-/// Runs every test, echoing cargo's output, and closes with one summed-up line.
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 4] = [
+const TEST_TOOLS: [(&str, &str); 6] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
     ("curl", "curl"),
+    // The bench's same-work check runs against the proxies it compares with.
+    ("nginx", "nginx-light"),
+    ("haproxy", "haproxy"),
 ];
 
 fn have(bin: &str) -> bool {

@@ -4,11 +4,16 @@
 //!
 //! Usage: lb-bench --lb PATH --hello PATH --out DIR [--seconds N] [--rounds N]
 //!                 [--scenario NAME]... [--proxy NAME]... [--base-port P] [--idle N]
+//!                 [--no-profile] [--check-only]
+//!
+//! Before any load, `samework` checks on the wire that every proxy forwards the same
+//! headers; `--check-only` runs just that check and prints what it saw.
 
 mod openloop;
 mod procs;
 mod profile;
 mod report;
+mod samework;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -31,6 +36,8 @@ pub struct Opts {
     pub idle: usize,
     /// Profile lb with `perf` during an extra small keep-alive run (when perf is installed).
     pub profile: bool,
+    /// Only check that the proxies do the same work; measure nothing.
+    pub check_only: bool,
 }
 
 pub const ALL_SCENARIOS: [&str; 5] = [
@@ -54,6 +61,7 @@ fn parse_args() -> Result<Opts> {
         base_port: 18180,
         idle: 9_500,
         profile: true,
+        check_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -69,6 +77,7 @@ fn parse_args() -> Result<Opts> {
             "--base-port" => o.base_port = val()?.parse()?,
             "--idle" => o.idle = val()?.parse()?,
             "--no-profile" => o.profile = false,
+            "--check-only" => o.check_only = true,
             _ => bail!("unknown argument {a}; see the top of benches/harness/src/main.rs"),
         }
     }
@@ -98,8 +107,17 @@ fn main() -> Result<()> {
     let opts = parse_args()?;
     procs::raise_fd_limit();
     std::fs::create_dir_all(&opts.out)?;
-    let (results, profile) = scenarios::run_all(&opts)?;
-    let report = report::build(&opts, &results, profile);
+    if opts.check_only {
+        let seen = scenarios::check_same_work(&opts)?;
+        println!("{}", samework::markdown(&seen));
+        std::fs::write(
+            opts.out.join("same-work.json"),
+            serde_json::to_string_pretty(&seen)? + "\n",
+        )?;
+        return Ok(());
+    }
+    let run = scenarios::run_all(&opts)?;
+    let report = report::build(&opts, &run);
     let (json, md) = report::write(&opts.out, &report)?;
     println!("{}", report::markdown(&report));
     println!("report: {} and {}", json.display(), md.display());

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::procs::version_of;
-use crate::scenarios::{Results, Sample};
+use crate::scenarios::{Run, Sample};
 use crate::Opts;
 
 /// A core this busy (share of its time) is saturated.
@@ -71,7 +71,8 @@ fn machine() -> Value {
 }
 
 /// The whole report as JSON.
-pub fn build(opts: &Opts, results: &Results, profile: Option<Value>) -> Value {
+pub fn build(opts: &Opts, run: &Run) -> Value {
+    let results = &run.results;
     let mut scenarios = Vec::new();
     let mut targets = Vec::new();
     for (name, per_proxy) in results {
@@ -177,9 +178,10 @@ pub fn build(opts: &Opts, results: &Results, profile: Option<Value>) -> Value {
         },
         "scenarios": scenarios,
         "targets": targets,
+        "same_work": run.same_work,
     });
-    if let Some(p) = profile {
-        report["profile"] = p;
+    if let Some(p) = &run.profile {
+        report["profile"] = p.clone();
     }
     report
 }
@@ -302,6 +304,9 @@ pub fn markdown(r: &Value) -> String {
     }
     for n in notes {
         s.push_str(&format!("\nNote: {n}.\n"));
+    }
+    if let Some(w) = r.get("same_work") {
+        s.push_str(&crate::samework::markdown(w));
     }
     if let Some(p) = r.get("profile") {
         s.push_str(&crate::profile::markdown(p));

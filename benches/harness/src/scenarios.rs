@@ -50,6 +50,13 @@ fn ports(base: u16) -> Ports {
     }
 }
 
+/// Writes the three proxies' configurations so that they do the same work.
+///
+/// `lb` runs with its production defaults: it passes the client's Host, adds
+/// X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host, and adds Via to the
+/// request and the response. nginx and HAProxy are told to do the same, so no
+/// proxy wins by skipping header work or by sending the backend a shorter head.
+/// `samework::check` verifies this on the wire before any load runs.
 fn write_configs(dir: &Path, p: &Ports) -> Result<()> {
     std::fs::write(
         dir.join("lb.toml"),
@@ -66,7 +73,10 @@ fn write_configs(dir: &Path, p: &Ports) -> Result<()> {
              events {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_max_body_size 4m;\n\
                client_body_temp_path {dir}/nginx-body;\n  proxy_temp_path {dir}/nginx-proxy;\n\
                upstream hello {{ server {}; keepalive 64; }}\n  server {{\n    listen {};\n    location / {{\n      proxy_pass http://hello;\n\
-                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_request_buffering off;\n    }}\n  }}\n}}\n",
+                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_request_buffering off;\n\
+                   proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                   proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $http_host;\n\
+                   proxy_set_header Via \"1.1 nginx\";\n      add_header Via \"1.1 nginx\";\n    }}\n  }}\n}}\n",
             p.backend,
             p.nginx,
             dir = dir.display()
@@ -77,7 +87,9 @@ fn write_configs(dir: &Path, p: &Ports) -> Result<()> {
         format!(
             "global\n  nbthread 1\n  maxconn 9950\n  ulimit-n 20000\n\ndefaults\n  mode http\n  option http-keep-alive\n  http-reuse always\n\
                timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n\n\
-             frontend fe\n  bind {}\n  default_backend be\n\nbackend be\n  server hello {}\n",
+             frontend fe\n  bind {}\n  option forwardfor\n  http-request set-header X-Forwarded-Proto http\n\
+               http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request add-header Via \"1.1 haproxy\"\n\
+               http-response add-header Via \"1.1 haproxy\"\n  default_backend be\n\nbackend be\n  server hello {}\n",
             p.haproxy, p.backend
         ),
     )?;
@@ -285,13 +297,34 @@ fn profile_lb(opts: &Opts, dir: &Path, p: &Ports) -> Result<serde_json::Value> {
     profile
 }
 
-/// Runs every selected scenario, rounds interleaved across proxies.
-pub fn run_all(opts: &Opts) -> Result<(Results, Option<serde_json::Value>)> {
+/// What a whole run found.
+pub struct Run {
+    pub results: Results,
+    pub profile: Option<serde_json::Value>,
+    /// What each proxy forwarded in the same-work check.
+    pub same_work: serde_json::Value,
+}
+
+/// Writes the configs and checks on the wire that the proxies do the same work.
+pub fn check_same_work(opts: &Opts) -> Result<serde_json::Value> {
     let dir = opts.out.join("run");
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
     let p = ports(opts.base_port);
     write_configs(&dir, &p)?;
+    let seen = crate::samework::check(&opts.proxies, p.backend, |name| {
+        start_proxy(name, opts, &dir, &p)
+    })?;
+    Ok(crate::samework::to_json(&seen))
+}
+
+/// Checks that the proxies do the same work, then runs every selected scenario, rounds
+/// interleaved across proxies.
+pub fn run_all(opts: &Opts) -> Result<Run> {
+    // Before the hello backend takes the port the check's capturing backend uses.
+    let same_work = check_same_work(opts)?;
+    let dir = opts.out.join("run").canonicalize()?;
+    let p = ports(opts.base_port);
     let mut backend_cmd = procs::pinned(1, &opts.hello);
     backend_cmd.arg(p.backend.to_string());
     let mut backend = Proc::spawn("hello", backend_cmd, &dir.join("hello.log"))?;
@@ -354,7 +387,11 @@ pub fn run_all(opts: &Opts) -> Result<(Results, Option<serde_json::Value>)> {
         None
     };
     drop(backend);
-    Ok((results, profile))
+    Ok(Run {
+        results,
+        profile,
+        same_work,
+    })
 }
 
 fn run_one(scenario: &str, addr: SocketAddr, pid: u32, opts: &Opts, dir: &Path) -> Result<Sample> {
