@@ -31,13 +31,15 @@ pub struct Opts {
     pub scenarios: Vec<String>,
     pub proxies: Vec<String>,
     pub base_port: u16,
-    /// Idle keep-alive connections for the memory scenario. 9,500 by default: HAProxy
-    /// reserves two descriptors per connection and the hard limit here is 20,000.
+    /// Idle keep-alive connections for the memory scenario (10,000 by default). The proxies
+    /// need up to two descriptors each (HAProxy reserves a server-side one per connection).
     pub idle: usize,
     /// Profile lb with `perf` during an extra small keep-alive run (when perf is installed).
     pub profile: bool,
     /// Only check that the proxies do the same work; measure nothing.
     pub check_only: bool,
+    /// Open files each proxy may use (this process's limit, which they inherit).
+    pub fd_limit: u64,
 }
 
 pub const ALL_SCENARIOS: [&str; 5] = [
@@ -59,9 +61,10 @@ fn parse_args() -> Result<Opts> {
         scenarios: Vec::new(),
         proxies: Vec::new(),
         base_port: 18180,
-        idle: 9_500,
+        idle: 10_000,
         profile: true,
         check_only: false,
+        fd_limit: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -103,9 +106,28 @@ fn parse_args() -> Result<Opts> {
     Ok(o)
 }
 
+/// Open files a proxy may want with `idle` connections held: HAProxy counts two per
+/// connection (a client and a server side), though idle ones hold only the first.
+pub fn fds_for(idle: usize) -> u64 {
+    idle as u64 * 2 + 4096
+}
+
 fn main() -> Result<()> {
     let opts = parse_args()?;
-    procs::raise_fd_limit();
+    // The idle scenario's connections with room for the rest; more when the system allows.
+    let limit = procs::raise_fd_limit(fds_for(opts.idle));
+    if opts.scenarios.iter().any(|s| s == "idle_connections") && limit < opts.idle as u64 + 4096 {
+        bail!(
+            "{} idle connections need at least {} open files and the limit here is {limit}; \
+             raise the hard limit (`ulimit -Hn`, as root) or pass a smaller --idle",
+            opts.idle,
+            opts.idle + 4096
+        );
+    }
+    let opts = Opts {
+        fd_limit: limit,
+        ..opts
+    };
     std::fs::create_dir_all(&opts.out)?;
     if opts.check_only {
         let seen = scenarios::check_same_work(&opts)?;

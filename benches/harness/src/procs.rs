@@ -7,17 +7,34 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// Raises this process's open-file limit to the hard limit (the idle scenario needs it).
-pub fn raise_fd_limit() {
+/// Raises this process's open-file limit (inherited by the proxies it starts) to `want`, or
+/// to the hard limit when `want` is above it and the hard limit can't be raised (raising it
+/// takes root). Returns the limit in force.
+pub fn raise_fd_limit(want: u64) -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid, initialised struct on the stack.
     unsafe {
         let mut r = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_max < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return want;
+            }
+        }
+        r.rlim_cur = r.rlim_max.min(want.max(r.rlim_cur));
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) == 0 {
+            r.rlim_cur
+        } else {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+            r.rlim_cur
         }
     }
 }

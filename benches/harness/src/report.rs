@@ -100,22 +100,22 @@ pub fn build(opts: &Opts, run: &Run) -> Value {
                 .collect();
             ratios.insert(format!("lb_vs_{other}"), Value::Object(r));
         }
+        let t = |label: &str, got: Option<f64>, want: &str, ok: fn(f64) -> bool| json!({ "target": label, "value": got, "want": want, "met": got.map(ok) });
+        // Rounds run the proxies back to back, so a round's ratio is the least disturbed
+        // by the host drifting; the spread of those says how settled the median is.
+        let by_round = |other: &str, f: fn(&Sample) -> f64| -> Vec<f64> {
+            let of = |p: &str| per_proxy.iter().find(|(n, _)| n == p).map(|(_, s)| s);
+            match (of("lb"), of(other)) {
+                (Some(a), Some(b)) => a
+                    .iter()
+                    .zip(b)
+                    .filter(|(_, y)| f(y) > 0.0)
+                    .map(|(x, y)| f(x) / f(y))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
         if name == "small_keepalive" {
-            let t = |label: &str, got: Option<f64>, want: &str, ok: fn(f64) -> bool| json!({ "target": label, "value": got, "want": want, "met": got.map(ok) });
-            // Rounds run the proxies back to back, so a round's ratio is the least disturbed
-            // by the host drifting; the spread of those says how settled the median is.
-            let by_round = |other: &str, f: fn(&Sample) -> f64| -> Vec<f64> {
-                let of = |p: &str| per_proxy.iter().find(|(n, _)| n == p).map(|(_, s)| s);
-                match (of("lb"), of(other)) {
-                    (Some(a), Some(b)) => a
-                        .iter()
-                        .zip(b)
-                        .filter(|(_, y)| f(y) > 0.0)
-                        .map(|(x, y)| f(x) / f(y))
-                        .collect(),
-                    _ => Vec::new(),
-                }
-            };
             let lb_share = |k: &str| {
                 proxies
                     .get("lb")
@@ -156,8 +156,14 @@ pub fn build(opts: &Opts, run: &Run) -> Value {
             targets.push(tail);
         }
         if name == "idle_connections" {
-            let r = ratio("nginx", "kib_per_idle_connection");
-            targets.push(json!({ "target": "memory per idle connection vs nginx", "value": r, "want": "<= 1.0", "met": r.map(|x| x <= 1.0) }));
+            let mut mem = t(
+                "memory per idle connection vs nginx",
+                ratio("nginx", "kib_per_idle_connection"),
+                "<= 1.0",
+                |x| x <= 1.0,
+            );
+            mem["rounds"] = json!(by_round("nginx", |s| s.kib_per_conn.unwrap_or(0.0)));
+            targets.push(mem);
         }
         scenarios.push(json!({ "name": name, "proxies": proxies, "ratios": ratios }));
     }
