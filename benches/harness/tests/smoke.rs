@@ -1,35 +1,18 @@
 //! The harness itself: a short run of one scenario completes and writes a well-formed report.
 //! No timing is asserted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[test]
 fn short_run_writes_a_report() {
-    let have_wrk = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("wrk").is_file()));
-    if !have_wrk {
-        if std::env::var_os("LB_REQUIRE_TOOLS").is_some() {
-            panic!("wrk is required here (`cargo xtask test` installs it)");
-        }
-        eprintln!("SKIPPED: wrk not installed; `cargo xtask test` installs it");
+    if !tools_present(&["wrk"]) {
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let lb = root.join("target/debug/lb");
-    assert!(lb.is_file(), "build the lb binary first: {}", lb.display());
-    let out = std::env::temp_dir().join(format!("lb-bench-smoke-{}", std::process::id()));
-    // Removed however the test ends, failed assertions included.
-    let _cleanup = RemoveOnDrop(out.clone());
+    let out = Scratch::new("smoke");
     // Below the ephemeral range, and different per process, so parallel runs do not collide.
     let base = 20_000 + (std::process::id() % 1000) as u16 * 10;
-    let status = Command::new(env!("CARGO_BIN_EXE_lb-bench"))
-        .arg("--lb")
-        .arg(&lb)
-        .arg("--hello")
-        .arg(env!("CARGO_BIN_EXE_lb-hello"))
-        .arg("--out")
-        .arg(&out)
+    let status = lb_bench(&out.0, base)
         .args([
             "--seconds",
             "1",
@@ -40,12 +23,11 @@ fn short_run_writes_a_report() {
             "--proxy",
             "lb",
         ])
-        .args(["--base-port", &base.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("report.json")).unwrap()).unwrap();
     let lb_result = &report["scenarios"][0]["proxies"]["lb"];
     assert_eq!(report["scenarios"][0]["name"], "small_keepalive");
     assert!(lb_result["rps"].as_f64().unwrap() > 0.0, "{report}");
@@ -66,7 +48,7 @@ fn short_run_writes_a_report() {
         assert!(p["kernel_pct"].as_f64().is_some(), "{p}");
         assert!(!p["top"].as_array().unwrap().is_empty(), "{p}");
     }
-    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let md = std::fs::read_to_string(out.0.join("report.md")).unwrap();
     assert!(md.contains("| small_keepalive | lb |"), "{md}");
 }
 
@@ -74,38 +56,16 @@ fn short_run_writes_a_report() {
 /// backend the same headers. (That it fails on differing configs is unit-tested.)
 #[test]
 fn the_three_proxies_forward_the_same_headers() {
-    let have = |bin: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-    };
-    if !have("nginx") || !have("haproxy") {
-        if std::env::var_os("LB_REQUIRE_TOOLS").is_some() {
-            panic!("nginx and haproxy are required here (`cargo xtask test` installs them)");
-        }
-        eprintln!("SKIPPED: nginx or haproxy not installed; `cargo xtask test` installs them");
+    if !tools_present(&["nginx", "haproxy"]) {
         return;
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let lb = root.join("target/debug/lb");
-    assert!(lb.is_file(), "build the lb binary first: {}", lb.display());
-    let out = std::env::temp_dir().join(format!("lb-bench-samework-{}", std::process::id()));
-    let _cleanup = RemoveOnDrop(out.clone());
+    let out = Scratch::new("samework");
     // Offset from the smoke run's ports so the two tests can run at once.
     let base = 20_005 + (std::process::id() % 1000) as u16 * 10;
-    let status = Command::new(env!("CARGO_BIN_EXE_lb-bench"))
-        .arg("--lb")
-        .arg(&lb)
-        .arg("--hello")
-        .arg(env!("CARGO_BIN_EXE_lb-hello"))
-        .arg("--out")
-        .arg(&out)
-        .arg("--check-only")
-        .args(["--base-port", &base.to_string()])
-        .status()
-        .unwrap();
+    let status = lb_bench(&out.0, base).arg("--check-only").status().unwrap();
     assert!(status.success());
     let seen: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("same-work.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("same-work.json")).unwrap())
             .unwrap();
     for proxy in ["lb", "nginx", "haproxy"] {
         let names = seen[proxy]["request_headers"].as_array().unwrap();
@@ -117,9 +77,50 @@ fn the_three_proxies_forward_the_same_headers() {
     }
 }
 
-struct RemoveOnDrop(PathBuf);
+/// Whether the tools are installed; if not, says the test is skipped (or fails it where
+/// `LB_REQUIRE_TOOLS` says they must be there).
+fn tools_present(bins: &[&str]) -> bool {
+    let have = |bin: &&str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    };
+    if bins.iter().all(have) {
+        return true;
+    }
+    if std::env::var_os("LB_REQUIRE_TOOLS").is_some() {
+        panic!("{bins:?} are required here (`cargo xtask test` installs them)");
+    }
+    eprintln!("SKIPPED: one of {bins:?} is not installed; `cargo xtask test` installs them");
+    false
+}
 
-impl Drop for RemoveOnDrop {
+/// `lb-bench` with the debug lb, the hello backend, `out` and ports from `base`.
+fn lb_bench(out: &Path, base: u16) -> Command {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let lb = root.join("target/debug/lb");
+    assert!(lb.is_file(), "build the lb binary first: {}", lb.display());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lb-bench"));
+    c.arg("--lb")
+        .arg(&lb)
+        .arg("--hello")
+        .arg(env!("CARGO_BIN_EXE_lb-hello"))
+        .arg("--out")
+        .arg(out)
+        .args(["--base-port", &base.to_string()]);
+    c
+}
+
+/// A directory for one test's output, removed however the test ends, failed assertions
+/// included.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        Scratch(std::env::temp_dir().join(format!("lb-bench-{name}-{}", std::process::id())))
+    }
+}
+
+impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
