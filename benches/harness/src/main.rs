@@ -116,10 +116,13 @@ fn main() -> Result<()> {
     let opts = parse_args()?;
     // The idle scenario's connections with room for the rest; more when the system allows.
     let limit = procs::raise_fd_limit(fds_for(opts.idle));
+    if limit == 0 {
+        bail!("could not read this process's open-file limit");
+    }
     if opts.scenarios.iter().any(|s| s == "idle_connections") && limit < opts.idle as u64 + 4096 {
         bail!(
             "{} idle connections need at least {} open files and the limit here is {limit}; \
-             raise the hard limit (`ulimit -Hn`, as root) or pass a smaller --idle",
+             raise the hard limit (which takes CAP_SYS_RESOURCE) or pass a smaller --idle",
             opts.idle,
             opts.idle + 4096
         );
