@@ -49,6 +49,11 @@ fn each_bad_config_names_its_key_path() {
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\", wieght = 2 }]\n", "clusters[0].endpoints[0].wieght"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[surprise]\n", "surprise"),
         ("[[listeners]]\naddr = 8080\n", "listeners[0].addr"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[admin]\naddr = \"0.0.0.0:9901\"\n", "admin.addr"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[admin]\nhosts = [\"evil example\"]\n", "admin.hosts[0]"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\nescaped_slashes = \"decode\"\n", "http.escaped_slashes"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\ntrailers = \"all\"\n", "http.trailers"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\nclient_address_headers = \"keep\"\n", "http.client_address_headers"),
         ("", "listeners"),
     ];
     for (text, path) in cases {
@@ -59,6 +64,17 @@ fn each_bad_config_names_its_key_path() {
             "error for {path} not reported as `file: path: message`:\n{out}"
         );
     }
+}
+
+#[test]
+fn an_exposed_admin_api_needs_a_token() {
+    let exposed = format!("{BASE}[admin]\naddr = \"0.0.0.0:9901\"\n");
+    let (ok, out) = check(&exposed);
+    assert!(!ok, "{out}");
+    assert!(out.contains("admin.token is not set"), "{out}");
+    let with_token = format!("{exposed}token = \"0123456789abcdef-secret\"\n");
+    let (ok, out) = check(&with_token);
+    assert!(ok, "{out}");
 }
 
 #[test]

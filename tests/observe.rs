@@ -208,10 +208,10 @@ fn admin_token_is_required_when_set() {
     assert_eq!(status, 401);
     assert_eq!(body["error"], "unauthorized");
     let mut c = Client::connect(lb.admin.unwrap());
-    c.send(b"GET /clusters HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef-secret\r\n\r\n");
+    c.send(b"GET /clusters HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer 0123456789abcdef-secret\r\n\r\n");
     assert_eq!(c.response().status, 200);
     let mut c = Client::connect(lb.admin.unwrap());
-    c.send(b"GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer 0123456789abcdef-wrong!\r\n\r\n");
+    c.send(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer 0123456789abcdef-wrong!\r\n\r\n");
     assert_eq!(c.response().status, 401);
 }
 

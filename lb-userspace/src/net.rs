@@ -231,7 +231,8 @@ impl BufConn {
     /// Like [`BufConn::fill`], but while nothing is buffered the connection holds no buffer:
     /// it goes back to `pool`, the wait is a readiness poll, and a pooled buffer is taken only
     /// once the peer has sent something. (Connections idle between requests do not wait here:
-    /// they park, see `worker::idle`.)
+    /// they park, see `worker::idle`.) A timeout keeps what was read before it, so the caller
+    /// can still answer (a 408 for a head that did not finish in time).
     pub async fn fill_idle(&mut self, pool: &BufPool, timeout: Duration) -> Result<usize, IoFail> {
         if self.pos == self.buf.len() {
             pool.give(self.take_buf());
@@ -242,13 +243,22 @@ impl BufConn {
             }
             self.buf = pool.take();
         }
-        self.fill(timeout).await
+        match self.read_within(timeout).await? {
+            Some(n) => Ok(n),
+            None => Err(IoFail::Timeout),
+        }
     }
 
     /// Waits up to `grace` for more bytes, holding the buffer. `Ok(None)`: nothing came; the
     /// read was cancelled cleanly (bytes that raced the cancel are kept, not lost), and the
     /// caller can park the connection without a buffer.
     pub async fn fill_or_park(&mut self, grace: Duration) -> Result<Option<usize>, IoFail> {
+        self.read_within(grace).await
+    }
+
+    /// Reads more bytes within `wait`. `Ok(None)`: nothing came in time; the read was
+    /// cancelled and the buffer (with everything read before) is back in place.
+    async fn read_within(&mut self, wait: Duration) -> Result<Option<usize>, IoFail> {
         use monoio::io::{CancelableAsyncReadRent, Canceller};
         self.prepare_read()?;
         let buf = std::mem::take(&mut self.buf);
@@ -258,7 +268,7 @@ impl BufConn {
         futures::pin_mut!(read);
         let done = monoio::select! {
             r = &mut read => Some(r),
-            _ = crate::timer::sleep(grace) => None,
+            _ = crate::timer::sleep(wait) => None,
         };
         let (res, slice) = match done {
             Some(r) => r,
@@ -315,8 +325,10 @@ pub async fn write_buf(
     res.map(|_| ()).map_err(IoFail::Io)
 }
 
-/// Asks the kernel whether the peer has closed or reset an idle connection, without blocking.
-pub fn peer_closed(stream: &TcpStream) -> bool {
+/// Asks the kernel, without blocking, whether an idle connection is still clean: open, with
+/// nothing to read. A peer that closed or reset it, or that sent bytes nobody asked for (a
+/// late body after a 204, a second response), makes it unusable.
+pub fn idle_and_clean(stream: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
     let fd = stream.as_raw_fd();
     let mut byte = [0u8; 1];
@@ -330,15 +342,7 @@ pub fn peer_closed(stream: &TcpStream) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    if n == 0 {
-        return true;
-    }
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        return err.kind() != io::ErrorKind::WouldBlock;
-    }
-    // Unsolicited bytes on an idle upstream connection: it is not in a state we can reuse.
-    true
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
 #[cfg(test)]

@@ -143,7 +143,7 @@ impl Lb {
         let addr = self.admin.expect("admin listener configured");
         let mut c = Client::connect(addr);
         c.send(
-            format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n")
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n")
                 .as_bytes(),
         );
         let r = c.response();
@@ -400,7 +400,7 @@ impl Lb {
     pub fn scrape(&self) -> Vec<Sample> {
         let addr = self.admin.expect("admin listener configured");
         let mut c = Client::connect(addr);
-        c.send(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n");
+        c.send(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes());
         let r = c.response();
         assert_eq!(r.status, 200);
         parse_prometheus(&String::from_utf8_lossy(&r.body))
@@ -419,7 +419,7 @@ impl Lb {
         let text = body.to_string();
         let mut c = Client::connect(addr);
         c.send(
-            format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}", text.len())
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}", text.len())
                 .as_bytes(),
         );
         let r = c.response();

@@ -73,7 +73,7 @@ fn soak(extra: &[String]) -> Result<()> {
 }
 
 /// The cargo-fuzz targets in `fuzz/`.
-const FUZZ_TARGETS: [&str; 3] = ["request", "response", "config"];
+const FUZZ_TARGETS: [&str; 4] = ["request", "response", "config", "path"];
 
 /// Runs every fuzz target for a bounded time with libFuzzer and AddressSanitizer. Needs a
 /// rustup nightly; installs cargo-fuzz when missing. Inputs that crash are left in

@@ -1,55 +1,20 @@
 //! The admin API: JSON over HTTP/1.1 on its own listener (127.0.0.1 by default), never on the
-//! traffic port. Off the request path: plain threads, one per admin connection.
+//! traffic port. Off the request path: one thread reads requests, two answer them
+//! (`listener`); `guard` decides who may call what.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+mod guard;
+mod listener;
+
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde_json::{json, Value};
 
 use crate::server::{Control, SteeringState};
-
-/// An admin client that sends nothing for this long is dropped.
-const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest admin request (head and body) accepted.
-const ADMIN_MAX_REQUEST: usize = 64 * 1024;
-
-/// Binds the admin listener and serves it on a background thread; returns the bound address.
-pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "admin API listening");
-    std::thread::Builder::new()
-        .name("lb-admin".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => {
-                        let control = control.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("lb-admin-conn".into())
-                            .spawn(move || serve(stream, &control));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-            }
-        })?;
-    Ok(local)
-}
-
-/// A parsed admin request.
-struct AdminRequest {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-    /// The `Authorization` header, if any.
-    authorization: Option<String>,
-}
+use listener::AdminRequest;
+pub use listener::{start, ADMIN_IO_TIMEOUT, ADMIN_MAX_CONNECTIONS};
 
 /// An admin response body.
 enum Body {
@@ -58,14 +23,17 @@ enum Body {
     Metrics(String),
 }
 
-fn serve(mut stream: TcpStream, control: &Control) {
-    let _ = stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT));
+/// Answers one complete request (or says why it was invalid) and closes the connection.
+fn serve(mut stream: TcpStream, req: Result<AdminRequest, String>, control: &Control) {
     let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
-    let (status, body) = match read_request(&mut stream) {
-        Ok(req) => match authorize(&req, control) {
-            Ok(()) => handle(&req, control),
-            Err(reply) => reply,
-        },
+    let (status, body) = match req {
+        Ok(req) => {
+            let snap = control.cell.load();
+            match guard::check(&req, snap.config.admin.as_ref()) {
+                Ok(()) => handle(&req, control),
+                Err((status, value)) => (status, Body::Json(value)),
+            }
+        }
         Err(reason) => (
             400,
             Body::Json(json!({ "error": "bad_request", "reason": reason })),
@@ -82,89 +50,6 @@ fn serve(mut stream: TcpStream, control: &Control) {
     );
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(body.as_bytes());
-}
-
-fn read_request(stream: &mut TcpStream) -> Result<AdminRequest, String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let method = req.method.unwrap_or("").to_string();
-                let path = req.path.unwrap_or("/").to_string();
-                let authorization = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
-                let body_len = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| crate::http::parse_content_length(h.value))
-                    .unwrap_or(0) as usize;
-                if head_len + body_len > ADMIN_MAX_REQUEST {
-                    return Err("request too large".into());
-                }
-                while buf.len() < head_len + body_len {
-                    let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let end = (head_len + body_len).min(buf.len());
-                return Ok(AdminRequest {
-                    method,
-                    path,
-                    body: buf[head_len..end].to_vec(),
-                    authorization,
-                });
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(format!("invalid request: {e}")),
-        }
-        if buf.len() > ADMIN_MAX_REQUEST {
-            return Err("request head too large".into());
-        }
-        let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed before the request was complete".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// With an admin token configured, every request must carry it as a bearer token.
-fn authorize(req: &AdminRequest, control: &Control) -> Result<(), (u16, Body)> {
-    let snap = control.cell.load();
-    let Some(token) = snap.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
-        return Ok(());
-    };
-    let given = req
-        .authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer "));
-    // Compare without an early exit, so timing does not reveal a matching prefix.
-    let matches = given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if matches {
-        Ok(())
-    } else {
-        Err((
-            401,
-            Body::Json(
-                json!({ "error": "unauthorized", "reason": "a valid bearer token is required" }),
-            ),
-        ))
-    }
 }
 
 fn handle(req: &AdminRequest, control: &Control) -> (u16, Body) {

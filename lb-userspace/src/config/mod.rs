@@ -115,6 +115,8 @@ pub struct ListenerConfig {
 pub struct AdminConfig {
     pub addr: SocketAddr,
     pub token: Option<String>,
+    /// Names besides IP literals and `localhost` accepted in the admin `Host` header.
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +142,26 @@ pub struct HttpConfig {
     pub websocket_idle_timeout: Duration,
     /// `None` leaves `Via` untouched.
     pub via: Option<String>,
+    /// How request paths are normalised before routing and forwarding.
+    pub path: crate::http::path::PathOptions,
+    /// Which trailer fields are forwarded, both ways.
+    pub trailers: crate::http::chunked::TrailerPolicy,
+    /// What happens to client-sent address headers (X-Forwarded-For, X-Real-IP, Forwarded).
+    pub client_address_headers: ClientAddressHeaders,
+}
+
+/// What `lb` does with the client-address headers a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAddressHeaders {
+    /// Removes `X-Forwarded-For`, `X-Real-IP`, `Forwarded` and the other client-address
+    /// headers a client sends, and (with `x_forwarded`) writes `X-Forwarded-For: <peer>`: what
+    /// a backend reads is only what lb saw. The default: lb is the edge.
+    #[default]
+    Replace,
+    /// Keeps the client's `X-Forwarded-For` and appends the peer's address as the last entry
+    /// (for lb behind another proxy; only the last entry is lb's word). The other
+    /// client-address headers are still removed.
+    Append,
 }
 
 /// One problem found in a config: where, and what was expected.
@@ -301,10 +323,35 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 "expected at least 16 visible ASCII characters",
             );
         }
+        let hosts = a.hosts.clone().unwrap_or_default();
+        for (i, h) in hosts.iter().enumerate() {
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                errs.push(
+                    format!("admin.hosts[{i}]"),
+                    format!("expected a DNS name such as \"lb1.example.net\", got {h:?}"),
+                );
+            }
+        }
         let addr = a.addr.as_deref().unwrap_or(DEFAULT_ADMIN_ADDR);
-        errs.addr("admin.addr", addr).map(|addr| AdminConfig {
+        let addr = errs.addr("admin.addr", addr)?;
+        if !addr.ip().is_loopback() && a.token.is_none() {
+            // Anyone who can reach it could reload config or move traffic.
+            errs.push(
+                "admin.addr",
+                format!(
+                    "{addr} is reachable from outside this host and admin.token is not set: \
+                     set a token (16+ characters) or bind the admin API to 127.0.0.1"
+                ),
+            );
+        }
+        Some(AdminConfig {
             addr,
             token: a.token.clone(),
+            hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         })
     });
     let access_log = raw.access_log.as_ref().and_then(|l| {
@@ -623,7 +670,41 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
             None
         }
     };
+    let mut choice = |key: &str, value: &Option<String>, allowed: &[&str]| -> usize {
+        match value.as_deref() {
+            None => 0,
+            Some(v) => allowed.iter().position(|a| *a == v).unwrap_or_else(|| {
+                errs.push(
+                    format!("http.{key}"),
+                    format!("expected one of {allowed:?}, got {v:?}"),
+                );
+                0
+            }),
+        }
+    };
+    let path = crate::http::path::PathOptions {
+        merge_slashes: h.merge_slashes.unwrap_or(true),
+        escaped_slashes: match choice("escaped_slashes", &h.escaped_slashes, &["reject", "keep"]) {
+            1 => crate::http::path::EscapedSlashes::Keep,
+            _ => crate::http::path::EscapedSlashes::Reject,
+        },
+    };
+    let trailers = match choice("trailers", &h.trailers, &["filter", "drop"]) {
+        1 => crate::http::chunked::TrailerPolicy::Drop,
+        _ => crate::http::chunked::TrailerPolicy::Filter,
+    };
+    let client_address_headers = match choice(
+        "client_address_headers",
+        &h.client_address_headers,
+        &["replace", "append"],
+    ) {
+        1 => ClientAddressHeaders::Append,
+        _ => ClientAddressHeaders::Replace,
+    };
     HttpConfig {
+        path,
+        trailers,
+        client_address_headers,
         max_header_bytes: max_header_bytes.min(1 << 20) as usize,
         max_uri_bytes: max_uri_bytes.min(1 << 20) as usize,
         max_headers: max_headers.min(MAX_HEADERS_LIMIT),

@@ -111,6 +111,9 @@ pub struct RawAdmin {
     pub addr: Option<String>,
     /// If set, every admin request needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Host names (besides IP literals and `localhost`) that admin requests may name in
+    /// `Host`; anything else is refused, which defeats DNS rebinding.
+    pub hosts: Option<Vec<String>>,
 }
 
 /// `[http]`: limits and timeouts on the client side, and the headers `lb` adds.
@@ -139,6 +142,16 @@ pub struct RawHttp {
     pub websocket_idle_timeout: Option<String>,
     /// The pseudonym in the `Via` header; an empty string leaves `Via` alone.
     pub via: Option<String>,
+    /// Merge runs of `/` in request paths into one (default true).
+    pub merge_slashes: Option<bool>,
+    /// `"reject"` (default) or `"keep"`: what to do with `%2F`, `%5C` and `\` in a path.
+    pub escaped_slashes: Option<String>,
+    /// `"filter"` (default: drop the fields RFC 9110 forbids in trailers) or `"drop"` (no
+    /// trailers forwarded either way).
+    pub trailers: Option<String>,
+    /// `"replace"` (default: client-sent address headers are removed and lb writes its own
+    /// X-Forwarded-For) or `"append"` (the client's X-Forwarded-For is kept, lb's entry last).
+    pub client_address_headers: Option<String>,
 }
 
 /// `[[clusters]]`: a named group of backends.

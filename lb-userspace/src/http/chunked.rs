@@ -226,6 +226,72 @@ fn validate_trailer(line: &[u8]) -> Result<(), ChunkError> {
     Ok(())
 }
 
+/// Which trailer fields go on to the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrailerPolicy {
+    /// Every field except those RFC 9110 §6.5.1 forbids in trailers: framing, routing,
+    /// request modifiers, authentication, response control and content description. A
+    /// trailer `Content-Length` or `Host` would otherwise reach a peer that may merge it
+    /// into the head.
+    #[default]
+    Filter,
+    /// No trailer field is forwarded.
+    Drop,
+}
+
+/// Fields that must not be sent (and are not believed) in a trailer section.
+const FORBIDDEN_IN_TRAILERS: [&[u8]; 30] = [
+    b"transfer-encoding",
+    b"content-length",
+    b"host",
+    b"cache-control",
+    b"expect",
+    b"max-forwards",
+    b"pragma",
+    b"range",
+    b"te",
+    b"trailer",
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+    b"if-range",
+    b"authorization",
+    b"proxy-authorization",
+    b"www-authenticate",
+    b"proxy-authenticate",
+    b"cookie",
+    b"set-cookie",
+    b"age",
+    b"expires",
+    b"date",
+    b"location",
+    b"retry-after",
+    b"vary",
+    b"content-encoding",
+    b"content-type",
+    b"content-range",
+];
+
+impl TrailerPolicy {
+    /// True if the trailer field line `line` (`name: value\r\n`, already validated) goes on.
+    pub fn forwards(self, line: &[u8]) -> bool {
+        match self {
+            TrailerPolicy::Drop => false,
+            TrailerPolicy::Filter => {
+                let name = line.split(|&b| b == b':').next().unwrap_or(line);
+                !FORBIDDEN_IN_TRAILERS
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(name))
+                    && !name.eq_ignore_ascii_case(b"connection")
+                    && !name.eq_ignore_ascii_case(b"keep-alive")
+                    && !name.eq_ignore_ascii_case(b"upgrade")
+                    && !name.eq_ignore_ascii_case(b"proxy-connection")
+            }
+        }
+    }
+}
+
 /// RFC 9110 `tchar`: the characters allowed in a header field name.
 pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
@@ -233,6 +299,25 @@ pub fn is_tchar(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn trailer_policy_drops_forbidden_fields() {
+        use super::TrailerPolicy;
+        let f = TrailerPolicy::Filter;
+        assert!(f.forwards(b"X-Checksum: 1\r\n"));
+        assert!(f.forwards(b"grpc-status: 0\r\n"));
+        for bad in [
+            &b"Content-Length: 5\r\n"[..],
+            b"host: evil\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"Set-Cookie: a=b\r\n",
+            b"Authorization: x\r\n",
+            b"Connection: close\r\n",
+        ] {
+            assert!(!f.forwards(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(!TrailerPolicy::Drop.forwards(b"X-Checksum: 1\r\n"));
+    }
+
     use super::*;
 
     /// Runs the decoder over `input` fed in pieces of `piece` bytes; returns the data and trailers.

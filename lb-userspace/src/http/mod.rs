@@ -2,6 +2,7 @@
 //! decoder. Parsing is `httparse` over a caller-owned buffer; nothing here allocates.
 
 pub mod chunked;
+pub mod path;
 pub mod request;
 pub mod response;
 pub mod write;
@@ -92,6 +93,13 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
+/// Headers that belong to the message, not the connection, whatever `Connection` says.
+fn is_message_essential(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"host")
+        || name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"transfer-encoding")
+}
+
 /// Iterates the comma-separated, trimmed, non-empty elements of a header value.
 pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
@@ -121,6 +129,10 @@ impl<'a> ConnectionOptions<'a> {
                 self.keep_alive = true;
             } else if item.eq_ignore_ascii_case(b"upgrade") {
                 self.upgrade = true;
+            } else if is_message_essential(item) {
+                // `Connection: Host` must not make lb drop the Host (and route the backend
+                // to the cluster's name), nor the framing that lb recomputes anyway.
+                continue;
             } else if self.named_len < self.named.len() {
                 self.named[self.named_len] = item;
                 self.named_len += 1;
@@ -146,35 +158,47 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
     })
 }
 
-/// Why a Transfer-Encoding value is not acceptable.
+/// What a Transfer-Encoding list amounts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TeVerdict {
-    /// Ends in exactly one `chunked`.
+    /// Exactly `chunked`: the only transfer coding `lb` implements.
     Chunked,
-    /// Does not end in `chunked`.
+    /// Names no `chunked` at all.
     NotChunkedLast,
-    /// Names `chunked` more than once, or before another coding.
+    /// Names `chunked` more than once.
     ChunkedTwice,
+    /// `chunked` is followed by another coding (`chunked, identity`).
+    ChunkedNotLast,
+    /// Ends in `chunked` but also applies a coding `lb` does not implement (`gzip, chunked`):
+    /// passing the body on as plain chunked would hand the peer gzip bytes as data.
+    Unsupported,
 }
 
-/// Judges the combined Transfer-Encoding list of a message.
+/// Judges the combined Transfer-Encoding list of a message (every field line, in order).
 pub fn judge_transfer_encoding<'a>(values: impl Iterator<Item = &'a [u8]>) -> TeVerdict {
     let mut chunked_seen = 0;
     let mut last_is_chunked = false;
+    let mut other = false;
     for v in values {
         for item in list_items(v) {
             last_is_chunked = item.eq_ignore_ascii_case(b"chunked");
             if last_is_chunked {
                 chunked_seen += 1;
+            } else {
+                other = true;
             }
         }
     }
-    if chunked_seen > 1 || (chunked_seen == 1 && !last_is_chunked) {
+    if chunked_seen > 1 {
         TeVerdict::ChunkedTwice
-    } else if last_is_chunked {
-        TeVerdict::Chunked
-    } else {
+    } else if chunked_seen == 1 && !last_is_chunked {
+        TeVerdict::ChunkedNotLast
+    } else if chunked_seen == 0 {
         TeVerdict::NotChunkedLast
+    } else if other {
+        TeVerdict::Unsupported
+    } else {
+        TeVerdict::Chunked
     }
 }
 
@@ -200,9 +224,12 @@ mod tests {
     fn transfer_encoding_verdicts() {
         let v = |s: &[&'static [u8]]| judge_transfer_encoding(s.iter().copied());
         assert_eq!(v(&[b"chunked"]), TeVerdict::Chunked);
-        assert_eq!(v(&[b"gzip, Chunked"]), TeVerdict::Chunked);
-        assert_eq!(v(&[b"gzip", b"chunked"]), TeVerdict::Chunked);
-        assert_eq!(v(&[b"chunked, gzip"]), TeVerdict::ChunkedTwice);
+        assert_eq!(v(&[b"Chunked"]), TeVerdict::Chunked);
+        assert_eq!(v(&[b"gzip, Chunked"]), TeVerdict::Unsupported);
+        assert_eq!(v(&[b"gzip", b"chunked"]), TeVerdict::Unsupported);
+        assert_eq!(v(&[b"identity, chunked"]), TeVerdict::Unsupported);
+        assert_eq!(v(&[b"chunked, gzip"]), TeVerdict::ChunkedNotLast);
+        assert_eq!(v(&[b"chunked, identity"]), TeVerdict::ChunkedNotLast);
         assert_eq!(v(&[b"chunked", b"chunked"]), TeVerdict::ChunkedTwice);
         assert_eq!(v(&[b"gzip"]), TeVerdict::NotChunkedLast);
         assert_eq!(v(&[b"identity"]), TeVerdict::NotChunkedLast);
@@ -215,5 +242,8 @@ mod tests {
         assert!(c.close && c.keep_alive && !c.upgrade);
         assert!(c.names(b"x-secret"));
         assert!(!c.names(b"x-other"));
+        c.add(b"Host, content-length, Transfer-Encoding");
+        assert!(!c.names(b"host") && !c.names(b"Content-Length"));
+        assert!(!c.names(b"transfer-encoding"));
     }
 }

@@ -47,6 +47,9 @@ pub enum RequestError {
     /// CONNECT: a proxy for HTTP, not a tunnel to arbitrary hosts.
     #[error("CONNECT is not supported")]
     Connect,
+    /// A transfer coding other than chunked (`gzip, chunked`): 501, as nginx answers.
+    #[error("transfer coding not implemented")]
+    UnsupportedCoding,
 }
 
 impl RequestError {
@@ -55,7 +58,7 @@ impl RequestError {
             RequestError::Malformed(_) => 400,
             RequestError::TooManyHeaders => 431,
             RequestError::Expectation => 417,
-            RequestError::Connect => 501,
+            RequestError::Connect | RequestError::UnsupportedCoding => 501,
         }
     }
 }
@@ -154,6 +157,12 @@ pub fn parse<'h, 'b>(
             TeVerdict::ChunkedTwice => {
                 return Err(RequestError::Malformed("chunked applied more than once"))
             }
+            TeVerdict::ChunkedNotLast => {
+                return Err(RequestError::Malformed(
+                    "chunked is not the last transfer coding",
+                ))
+            }
+            TeVerdict::Unsupported => return Err(RequestError::UnsupportedCoding),
         }
     } else {
         match content_length {

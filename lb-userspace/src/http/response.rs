@@ -105,6 +105,17 @@ pub fn parse<'h, 'b>(
             TeVerdict::ChunkedTwice => {
                 return Err(ResponseError::Ambiguous("chunked applied twice"))
             }
+            TeVerdict::ChunkedNotLast => {
+                return Err(ResponseError::Ambiguous(
+                    "chunked is not the last transfer coding",
+                ))
+            }
+            // The body would reach the client as data it cannot decode.
+            TeVerdict::Unsupported => {
+                return Err(ResponseError::Ambiguous(
+                    "a transfer coding other than chunked",
+                ))
+            }
         }
     } else {
         match content_length {

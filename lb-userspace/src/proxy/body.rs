@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::http::chunked::{ChunkError, ChunkedDecoder, Step};
+use crate::http::chunked::{ChunkError, ChunkedDecoder, Step, TrailerPolicy};
 use crate::http::write::push_hex;
 use crate::http::Framing;
 use crate::net::{write_buf, BufConn, IoFail};
@@ -36,6 +36,13 @@ pub enum PumpFail {
     TooLarge,
     /// The source fell below the minimum rate.
     TooSlow,
+}
+
+/// How a body goes out: its encoding, and which trailer fields a chunked body keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Out {
+    pub encode: Encode,
+    pub trailers: TrailerPolicy,
 }
 
 /// How long reads of a body may wait: `idle` for any one read, and optionally a minimum
@@ -101,12 +108,13 @@ pub async fn pump(
     src: &mut BufConn,
     dst: &mut TcpStream,
     framing: Framing,
-    encode: Encode,
+    out: Out,
     scratch: &mut Vec<u8>,
     pace: Pace,
     max: u64,
 ) -> Result<u64, PumpFail> {
     let idle = pace.idle;
+    let encode = out.encode;
     scratch.clear();
     match framing {
         Framing::None => Ok(0),
@@ -125,7 +133,7 @@ pub async fn pump(
             }
             Ok(n)
         }
-        Framing::Chunked => pump_chunked(src, dst, encode, scratch, pace, max).await,
+        Framing::Chunked => pump_chunked(src, dst, out, scratch, pace, max).await,
         Framing::UntilClose => {
             let mut total = 0u64;
             loop {
@@ -162,12 +170,13 @@ pub async fn pump(
 async fn pump_chunked(
     src: &mut BufConn,
     dst: &mut TcpStream,
-    encode: Encode,
+    out: Out,
     scratch: &mut Vec<u8>,
     pace: Pace,
     max: u64,
 ) -> Result<u64, PumpFail> {
     let idle = pace.idle;
+    let encode = out.encode;
     let mut decoder = ChunkedDecoder::new();
     let mut total = 0u64;
     loop {
@@ -200,7 +209,7 @@ async fn pump_chunked(
                 }
             }
             Step::Trailer(k) => {
-                if encode == Encode::Chunked {
+                if encode == Encode::Chunked && out.trailers.forwards(&src.data()[..k]) {
                     scratch.extend_from_slice(&src.data()[..k]);
                 }
                 src.consume(k);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
-use super::body::{pump, Encode, Pace, PumpFail};
+use super::body::{pump, Encode, Out, Pace, PumpFail};
 use super::{head, send_error, Flow, Plan, Record};
 use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
 use crate::http::response::{self, ResponseError};
@@ -357,16 +357,7 @@ pub async fn proxy(
 
         let mut force_fresh = false;
         let failure = loop {
-            let mut up = match get_connection(
-                w,
-                cluster,
-                idx,
-                body != Framing::None,
-                force_fresh,
-                timeouts,
-            )
-            .await
-            {
+            let mut up = match get_connection(w, cluster, idx, force_fresh, timeouts).await {
                 Ok(u) => u,
                 Err(GetFailed::Limit(limit)) => {
                     release_probe(true);
@@ -572,7 +563,6 @@ async fn get_connection(
     w: &Worker,
     cluster: &Cluster,
     idx: usize,
-    has_body: bool,
     force_fresh: bool,
     timeouts: Timeouts,
 ) -> Result<Upstream, GetFailed> {
@@ -588,7 +578,7 @@ async fn get_connection(
     let mut pending: Option<(Held<'_>, Held<'_>, Instant)> = None;
     loop {
         if !force_fresh {
-            if let Some(u) = w.pool.checkout(ep.addr, has_body, &w.up_bufs) {
+            if let Some(u) = w.pool.checkout(ep.addr, &w.up_bufs) {
                 return Ok(u);
             }
         }
@@ -667,7 +657,10 @@ async fn exchange(
             client,
             &mut up.conn.stream,
             body,
-            Encode::Chunked,
+            Out {
+                encode: Encode::Chunked,
+                trailers: http.trailers,
+            },
             &mut scratch,
             Pace::with_min_rate(
                 http.client_body_timeout,
@@ -856,7 +849,10 @@ async fn exchange(
             &mut up.conn,
             &mut client.stream,
             rest,
-            encode,
+            Out {
+                encode,
+                trailers: http.trailers,
+            },
             &mut scratch,
             Pace::idle(timeouts.idle),
             0,

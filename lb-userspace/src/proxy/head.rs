@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::HttpConfig;
+use crate::config::{ClientAddressHeaders, HttpConfig};
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
 use crate::http::write::{push_dec, push_header, push_status_line};
@@ -10,10 +10,36 @@ use crate::http::{is_hop_by_hop, Framing};
 use crate::routing::template::Vars;
 use crate::routing::Route;
 
-/// Writes the request head for the backend into `out`: origin-form target, hop-by-hop headers
-/// removed, framing recomputed, `X-Forwarded-*` and `Via` added as configured.
-/// `default_host` is sent as `Host` when the client gave none (HTTP/1.0). The route's
-/// rewrite and request header edits apply.
+/// Client-sent headers that claim to say who the client is. A backend cannot tell them from
+/// lb's own, so they are removed (`X-Forwarded-For` is kept only in append mode).
+const CLIENT_ADDRESS_HEADERS: [&[u8]; 9] = [
+    b"x-real-ip",
+    b"forwarded",
+    b"x-client-ip",
+    b"true-client-ip",
+    b"x-cluster-client-ip",
+    b"cf-connecting-ip",
+    b"fastly-client-ip",
+    b"x-original-forwarded-for",
+    b"x-forwarded",
+];
+
+/// True if a client-sent header of this name is removed under `http`'s policy.
+fn is_untrusted_client_address(name: &[u8], http: &HttpConfig) -> bool {
+    if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+        return http.client_address_headers == ClientAddressHeaders::Replace;
+    }
+    CLIENT_ADDRESS_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Writes the request head for the backend into `out`: origin-form target (the normalised
+/// path that routing saw, or the route's rewrite of it), hop-by-hop headers removed, framing
+/// recomputed, client-address headers handled as configured, `X-Forwarded-*` and `Via` added
+/// as configured. `default_host` is sent as `Host` when the client gave none (HTTP/1.0).
+/// The route's request header edits apply. Fails if a rewrite produced a dot segment, which
+/// a backend would resolve outside the rewrite's prefix.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     req: &RequestHead<'_, '_>,
@@ -22,17 +48,29 @@ pub fn write_request_head(
     default_host: &str,
     route: &Route,
     vars: &Vars<'_>,
-) {
+) -> Result<(), &'static str> {
     out.clear();
     out.extend_from_slice(req.method_bytes);
     out.push(b' ');
     match &route.rewrite {
-        Some(rw) => rw.write_target(out, vars),
-        None => {
-            if req.path.first() == Some(&b'?') {
-                out.push(b'/');
+        Some(rw) => {
+            let start = out.len();
+            rw.write_target(out, vars);
+            let target = &out[start..];
+            let path_end = target
+                .iter()
+                .position(|&b| b == b'?')
+                .unwrap_or(target.len());
+            if crate::http::path::has_dot_segment(&target[..path_end]) {
+                return Err("the rewritten path has a dot segment");
             }
-            out.extend_from_slice(req.path);
+        }
+        None => {
+            out.extend_from_slice(vars.path);
+            if let Some(q) = vars.query {
+                out.push(b'?');
+                out.extend_from_slice(q);
+            }
         }
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -40,7 +78,11 @@ pub fn write_request_head(
     let mut has_host = false;
     for h in req.headers {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name) || req.conn.names(name) || ops.drops(name) {
+        if is_hop_by_hop(name)
+            || req.conn.names(name)
+            || ops.drops(name)
+            || is_untrusted_client_address(name, http)
+        {
             continue;
         }
         if name.eq_ignore_ascii_case(b"host") {
@@ -86,6 +128,7 @@ pub fn write_request_head(
         Framing::None | Framing::UntilClose => {}
     }
     out.extend_from_slice(b"\r\n");
+    Ok(())
 }
 
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
@@ -319,9 +362,10 @@ mod tests {
         let mut storage = crate::http::header_slots::<32>();
         let req = request::parse(raw, &mut storage).unwrap().unwrap();
         let mut out = Vec::new();
+        let (path, query) = crate::routing::RouteRequest::split_target(req.path);
         let vars = Vars {
-            path: req.path,
-            query: None,
+            path,
+            query,
             host: None,
             captures: &[],
         };
@@ -333,7 +377,8 @@ mod tests {
             "orders",
             &plain_route(),
             &vars,
-        );
+        )
+        .unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -345,9 +390,56 @@ mod tests {
         );
         assert_eq!(
             head,
-            "POST /x HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 1.1.1.1\r\nX-Keep: y\r\n\
+            "POST /x HTTP/1.1\r\nHost: shop\r\nX-Keep: y\r\n\
              X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: shop\r\nVia: 1.1 lb\r\n\
              Transfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn client_address_headers_are_replaced_or_appended_to() {
+        let raw =
+            b"GET /x HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 1.1.1.1\r\nX-Real-IP: 1.1.1.1\r\n\
+                    Forwarded: for=1.1.1.1\r\nTrue-Client-IP: 1.1.1.1\r\nConnection: Host\r\n\r\n";
+        let head = upstream_head(raw);
+        assert!(!head.contains("1.1.1.1"), "{head}");
+        assert!(
+            head.contains("Host: shop\r\n"),
+            "Connection: Host dropped it: {head}"
+        );
+        let mut storage = crate::http::header_slots::<32>();
+        let req = request::parse(raw, &mut storage).unwrap().unwrap();
+        let mut http = http();
+        http.client_address_headers = ClientAddressHeaders::Append;
+        let vars = Vars {
+            path: b"/x",
+            query: None,
+            host: None,
+            captures: &[],
+        };
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            &req,
+            "10.1.2.3".parse().unwrap(),
+            &http,
+            "orders",
+            &plain_route(),
+            &vars,
+        )
+        .unwrap();
+        let head = String::from_utf8(out).unwrap();
+        let xff: Vec<_> = head
+            .lines()
+            .filter(|l| l.starts_with("X-Forwarded-For"))
+            .collect();
+        assert_eq!(
+            xff,
+            ["X-Forwarded-For: 1.1.1.1", "X-Forwarded-For: 10.1.2.3"]
+        );
+        assert!(
+            !head.contains("X-Real-IP") && !head.contains("Forwarded: for"),
+            "{head}"
         );
     }
 

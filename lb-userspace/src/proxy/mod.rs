@@ -120,6 +120,10 @@ impl Reject {
                 "not_implemented",
                 "CONNECT is not supported: this is a reverse proxy",
             ),
+            RequestError::UnsupportedCoding => (
+                "not_implemented",
+                "only the chunked transfer coding is implemented",
+            ),
         };
         Reject {
             status: e.status(),
@@ -145,7 +149,8 @@ enum Step {
 }
 
 /// Serves one client connection until it closes, fails, parks, or the worker drains.
-/// `first`: no request has been served on it yet.
+/// `head_deadline`: no request has been served on it yet, and its first head must be whole
+/// by then (counted from accept, so parking does not extend it).
 ///
 /// While busy, a connection is this task, with the request machinery ([`step`]) inline: no
 /// allocation per request. When no bytes come within the grace period, the connection parks
@@ -155,7 +160,7 @@ pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     conn: crate::worker::ConnGuard,
-    first: bool,
+    head_deadline: Option<u64>,
 ) -> impl std::future::Future<Output = ()> {
     // TCP_NODELAY comes from the listening socket (accepted sockets inherit it on Linux):
     // no setsockopt per connection.
@@ -163,25 +168,18 @@ pub fn serve(
     let mut client = BufConn::new(stream, Vec::new());
     async move {
         let w = conn.worker.clone();
-        let mut first = first;
+        let mut head_deadline = head_deadline;
         loop {
-            match step(&w, &mut client, peer, first).await {
-                Step::Next => first = false,
+            match step(&w, &mut client, peer, head_deadline).await {
+                Step::Next => head_deadline = None,
                 Step::Park => {
                     let (stream, buf) = client.into_parts();
                     w.bufs.give(buf);
                     if w.draining() {
                         return;
                     }
-                    let wait = {
-                        let view = w.view();
-                        if first {
-                            view.snap.http.client_header_timeout
-                        } else {
-                            view.snap.http.client_idle_timeout
-                        }
-                    };
-                    w.park(stream, peer, conn, first, wait);
+                    let idle = w.view().snap.http.client_idle_timeout;
+                    w.park(stream, peer, conn, head_deadline, idle);
                     return;
                 }
                 Step::Close => break,
@@ -195,7 +193,12 @@ pub fn serve(
 /// Reads and handles one request. A busy connection sends its next request at once, so the
 /// read waits a moment ([`KEEPALIVE_GRACE`]) holding a buffer; only a connection that goes
 /// quiet parks without one.
-async fn step(w: &Rc<Worker>, client: &mut BufConn, peer: SocketAddr, first: bool) -> Step {
+async fn step(
+    w: &Rc<Worker>,
+    client: &mut BufConn,
+    peer: SocketAddr,
+    head_deadline: Option<u64>,
+) -> Step {
     if client.data().is_empty() {
         if client.buf_capacity() == 0 {
             client.set_buf(w.bufs.take());
@@ -211,7 +214,7 @@ async fn step(w: &Rc<Worker>, client: &mut BufConn, peer: SocketAddr, first: boo
     }
     let view = w.view();
     let mut out = Vec::new();
-    let flow = next_request(w, &view, client, &mut out, peer, first).await;
+    let flow = next_request(w, &view, client, &mut out, peer, head_deadline).await;
     w.out_bufs.give(out);
     // A large body borrowed a large buffer; the next request goes back to a small one.
     if client.buf_capacity() > w.bufs.size() && client.data().len() <= w.bufs.size() {
@@ -231,10 +234,10 @@ async fn next_request(
     client: &mut BufConn,
     out: &mut Vec<u8>,
     peer: SocketAddr,
-    first: bool,
+    head_deadline: Option<u64>,
 ) -> Flow {
     let mut rec = Record::default();
-    let flow = handle_request(w, view, client, out, peer, first, &mut rec).await;
+    let flow = handle_request(w, view, client, out, peer, head_deadline, &mut rec).await;
     if rec.status != 0 {
         w.finish(&rec, peer);
     }
@@ -248,11 +251,13 @@ async fn handle_request(
     client: &mut BufConn,
     out: &mut Vec<u8>,
     peer: SocketAddr,
-    first: bool,
+    head_deadline: Option<u64>,
     rec: &mut Record,
 ) -> Flow {
     let http = &view.snap.http;
-    let mut deadline: Option<u64> = None;
+    // The first request's head is due by a deadline counted from accept; later ones from
+    // their first byte.
+    let mut deadline: Option<u64> = head_deadline;
     let decision = loop {
         if !client.data().is_empty() {
             if out.capacity() == 0 {
@@ -281,7 +286,7 @@ async fn handle_request(
             }
         }
         let waiting_idle = client.data().is_empty() && deadline.is_none();
-        let res = if waiting_idle && !first {
+        let res = if waiting_idle {
             // Between requests (the serve loop saw the socket readable): the idle timeout.
             client.fill_idle(&w.bufs, http.client_idle_timeout).await
         } else {
@@ -371,15 +376,21 @@ fn plan_request(
             close: true,
         });
     }
-    if req.method == Method::Connect {
-        return Err(refuse(
-            405,
-            "method_not_allowed",
-            "CONNECT is not supported",
-        ));
-    }
     let host = req.host();
-    let (path, query) = RouteRequest::split_target(req.path);
+    let (raw_path, query) = RouteRequest::split_target(req.path);
+    // Routing, rewriting and the backend all see the normalised path (see `http::path`).
+    let mut scratch = Vec::new();
+    let normal = crate::http::path::check_target(req.path).and_then(|()| {
+        if raw_path == b"*" {
+            Ok(raw_path)
+        } else {
+            crate::http::path::normalize(raw_path, snap.http.path, &mut scratch)
+        }
+    });
+    let path = match normal {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(400, "bad_request", e.message())),
+    };
     let identity = if snap.needs_identity {
         snap.consumers.identify(req.headers, query)
     } else {
@@ -490,7 +501,12 @@ fn plan_request(
                 .hash_key
                 .as_ref()
                 .and_then(|k| request_key_hash(k, req.headers, path, query, peer.ip()));
-            head::write_request_head(out, &req, peer.ip(), &snap.http, &c.name, route, &vars);
+            if let Err(message) =
+                head::write_request_head(out, &req, peer.ip(), &snap.http, &c.name, route, &vars)
+            {
+                out.clear();
+                return Err(refuse(400, "bad_request", message));
+            }
             // Upgrade and Connection are hop-by-hop; a WebSocket upgrade is passed on on
             // purpose. Other upgrades are not performed: the request goes on as plain HTTP.
             let websocket = snap.http.websocket

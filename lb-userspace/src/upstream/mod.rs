@@ -13,7 +13,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use rustc_hash::FxHashMap;
 
-use crate::net::{peer_closed, BufConn, BufPool};
+use crate::net::{idle_and_clean, BufConn, BufPool};
 use state::{ClusterState, EndpointState};
 
 /// One upstream connection and whether it came from the pool. While it exists it counts
@@ -88,15 +88,17 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The most recently used live idle connection to `addr`, if any. With `check_peer`, each
-    /// candidate is first asked (one non-blocking syscall) whether the backend closed it.
-    pub fn checkout(&self, addr: SocketAddr, check_peer: bool, bufs: &BufPool) -> Option<Upstream> {
+    /// The most recently used clean idle connection to `addr`, if any. Each candidate is first
+    /// asked (one non-blocking peek) whether the backend closed it or wrote anything while it
+    /// sat idle: a connection with unsolicited bytes would hand them to the next request as
+    /// its response, so it is closed, never reused.
+    pub fn checkout(&self, addr: SocketAddr, bufs: &BufPool) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let now = crate::timer::now_ms();
         while let Some(c) = list.pop() {
             if now.saturating_sub(c.since) >= c.idle_timeout.as_millis() as u64
-                || (check_peer && peer_closed(&c.up.conn.stream))
+                || !idle_and_clean(&c.up.conn.stream)
             {
                 c.up.close(bufs);
                 continue;

@@ -224,13 +224,18 @@ fn resume(p: Parked, w: &Rc<Worker>) {
         peer,
         guard,
         first,
-        ..
+        deadline,
     } = p;
     // SAFETY: `fd` is the connection's socket, owned by the record until now.
     let std = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
     match monoio::net::TcpStream::from_std(std) {
         Ok(stream) => {
-            monoio::spawn(crate::proxy::serve(stream, peer, guard, first));
+            monoio::spawn(crate::proxy::serve(
+                stream,
+                peer,
+                guard,
+                first.then_some(deadline),
+            ));
         }
         Err(e) => {
             tracing::debug!(worker = w.id, error = %e, "could not resume an idle connection");

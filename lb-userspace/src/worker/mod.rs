@@ -100,19 +100,22 @@ impl Worker {
         self.draining.get()
     }
 
-    /// Parks a connection until its next request arrives or `wait` passes (enforced within
-    /// [`idle::SWEEP_EVERY`]); see [`idle`]. The connection's task can end: another starts
-    /// when bytes arrive. If the socket cannot be parked, the connection is closed.
+    /// Parks a connection until its next request arrives, or until `head_deadline` (a
+    /// connection that has not sent its first request yet) or `idle` from now passes
+    /// (enforced within [`idle::SWEEP_EVERY`]); see [`idle`]. The connection's task can end:
+    /// another starts when bytes arrive. If the socket cannot be parked, it is closed.
     pub fn park(
         &self,
         stream: monoio::net::TcpStream,
         peer: SocketAddr,
         guard: ConnGuard,
-        first: bool,
-        wait: Duration,
+        head_deadline: Option<u64>,
+        idle: Duration,
     ) {
         use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
-        let deadline = crate::clock::now_ms().saturating_add(wait.as_millis() as u64);
+        let first = head_deadline.is_some();
+        let deadline = head_deadline
+            .unwrap_or_else(|| crate::timer::now_ms().saturating_add(idle.as_millis() as u64));
         // SAFETY: no operation is in flight on the stream, so it hands over its descriptor,
         // which the record then owns.
         let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
@@ -428,6 +431,8 @@ fn serve_connection(
     admitted: crate::connlimit::Admitted,
     w: Rc<Worker>,
 ) {
+    // The first request head is due this long after accept, however the wait is spent.
+    let head_deadline = crate::timer::deadline_after(w.view().snap.http.client_header_timeout);
     w.active.set(w.active.get() + 1);
     w.connections_gauge.increment(1.0);
     if let Some(s) = w.stats.get(w.id) {
@@ -442,7 +447,7 @@ fn serve_connection(
             worker: w,
             _admitted: admitted,
         },
-        true,
+        Some(head_deadline),
     ));
 }
 

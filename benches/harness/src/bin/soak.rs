@@ -262,7 +262,8 @@ fn malformed(addr: SocketAddr, sh: &Shared) {
 fn admin(addr: SocketAddr, method: &str, path: &str) -> Result<u16> {
     let mut s = connect(addr)?;
     s.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
     )?;
     let mut buf = Vec::new();
     Ok(read_response(&mut s, &mut buf)?.0)
