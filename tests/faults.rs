@@ -49,6 +49,19 @@ fn faulty_backend() -> Backend {
                 );
                 res.close_after();
             }
+            "/gzip-chunked" => {
+                // A coding lb does not implement: never passed on as plain chunked data.
+                let _ = res.raw(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n\x1f\x8b\r\n0\r\n\r\n",
+                );
+                res.close_after();
+            }
+            "/trailer-smuggle" => {
+                // Framing fields in a trailer: dropped, the response itself is fine.
+                let _ = res.raw(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nContent-Length: 50\r\n\r\n",
+                );
+            }
             "/half-close" => {
                 // No answer, only our FIN; then wait for the proxy to close its side.
                 let _ = res.stream().shutdown(std::net::Shutdown::Write);
@@ -98,7 +111,9 @@ fn no_leak(lb: &Lb, baseline: usize, case: &str) {
     );
 }
 
-const MATRIX: [(&str, Outcome); 7] = [
+const MATRIX: [(&str, Outcome); 9] = [
+    ("/gzip-chunked", Outcome::Status(502)),
+    ("/trailer-smuggle", Outcome::Status(200)),
     ("/truncated-length", Outcome::Truncated),
     ("/truncated-chunked", Outcome::Truncated),
     ("/reset", Outcome::Status(502)),

@@ -380,6 +380,32 @@ fn explain_agrees_with_the_proxy() {
             || printed.contains("matches, but a more specific route wins"),
         "{printed}"
     );
+    // It explains the normal form, which is what routing and the backend see.
+    let out = std::process::Command::new(lb_bin())
+        .args(["explain", "--config"])
+        .arg(&s.lb.config_path)
+        .args(["GET", "http://api.example.com/x/%2e%2e//api/./orders/7"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("path: /api/orders/7 (normalised from /x/%2e%2e//api/./orders/7)"),
+        "{printed}"
+    );
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.contains(" orders ") && l.contains("MATCHED")),
+        "{printed}"
+    );
+    let out = std::process::Command::new(lb_bin())
+        .args(["explain", "--config"])
+        .arg(&s.lb.config_path)
+        .args(["GET", "http://api.example.com/api/../../etc"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("refused: 400"), "{printed}");
 }
 
 #[test]

@@ -82,8 +82,29 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
 
     // Why each route did or did not match.
     let mut storage = crate::http::header_slots::<64>();
+    let mut scratch = Vec::new();
     if let Ok(Some(parsed)) = request::parse(&raw, &mut storage) {
-        let (path, query) = RouteRequest::split_target(parsed.path);
+        let (raw_path, query) = RouteRequest::split_target(parsed.path);
+        // Routing sees the normal form; say so when it differs from what was sent.
+        let path = match crate::http::path::normalize(raw_path, snap.http.path, &mut scratch) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = writeln!(
+                    text,
+                    "path: {} is refused: {e}",
+                    String::from_utf8_lossy(raw_path)
+                );
+                raw_path
+            }
+        };
+        if path != raw_path {
+            let _ = writeln!(
+                text,
+                "path: {} (normalised from {})",
+                String::from_utf8_lossy(path),
+                String::from_utf8_lossy(raw_path)
+            );
+        }
         let identity = snap.consumers.identify(parsed.headers, query);
         let rreq = RouteRequest {
             host: parsed.host(),
