@@ -220,10 +220,13 @@ fn build_ebpf() -> Result<()> {
     run(c)?;
     let out = root().join("target/ebpf");
     std::fs::create_dir_all(&out)?;
-    std::fs::copy(
-        build_dir.join("bpfel-unknown-none/release/lb-xdp"),
-        out.join("lb-xdp.o"),
-    )?;
+    // Copied only when it changed: a new mtime makes lb's build script ask for a rebuild,
+    // and a fat-LTO relink of lb takes minutes for nothing.
+    let built = std::fs::read(build_dir.join("bpfel-unknown-none/release/lb-xdp"))?;
+    let dest = out.join("lb-xdp.o");
+    if std::fs::read(&dest).ok().as_deref() != Some(&built[..]) {
+        std::fs::write(&dest, &built)?;
+    }
     eprintln!("xtask: eBPF object at {}", out.join("lb-xdp.o").display());
     Ok(())
 }
