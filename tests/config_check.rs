@@ -49,6 +49,8 @@ fn each_bad_config_names_its_key_path() {
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\", wieght = 2 }]\n", "clusters[0].endpoints[0].wieght"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[surprise]\n", "surprise"),
         ("[[listeners]]\naddr = 8080\n", "listeners[0].addr"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\npath_prefix = \"/%61dmin\"\ncluster = \"a\"\n", "routes[0].path_prefix"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\npath = \"/a/../b\"\ncluster = \"a\"\n", "routes[0].path"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[admin]\naddr = \"0.0.0.0:9901\"\n", "admin.addr"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[admin]\nhosts = [\"evil example\"]\n", "admin.hosts[0]"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\nescaped_slashes = \"decode\"\n", "http.escaped_slashes"),

@@ -322,6 +322,25 @@ fn validate_path(r: &RawRoute, at: &dyn Fn(&str) -> String, errs: &mut Errors) -
                 at(key),
                 format!("expected a path starting with '/' without spaces, '?' or '#', got {p:?}"),
             );
+            return;
+        }
+        // Requests are routed on their normal form (see `http::path`), so a path that
+        // normalisation changes could never match.
+        let lenient = crate::http::path::PathOptions {
+            merge_slashes: false,
+            escaped_slashes: crate::http::path::EscapedSlashes::Keep,
+        };
+        let mut scratch = Vec::new();
+        match crate::http::path::normalize(p.as_bytes(), lenient, &mut scratch) {
+            Ok(n) if n == p.as_bytes() => {}
+            Ok(n) => errs.push(
+                at(key),
+                format!(
+                    "requests are routed on their normalised path, so {p:?} could never match; write {:?}",
+                    String::from_utf8_lossy(n)
+                ),
+            ),
+            Err(e) => errs.push(at(key), format!("{p:?} can never match: {e}")),
         }
     };
     if let Some(p) = &r.path {
