@@ -433,3 +433,51 @@ fn connect_failures_go_elsewhere_for_any_method_and_outside_the_budget() {
         "the dead endpoint was never tried ({retries} retries)"
     );
 }
+
+/// `endpoint_limits.max_retries`: retries in flight to one endpoint stay under its limit; a
+/// retry that would pass it is not made, and the client gets the first failure.
+#[test]
+fn endpoint_max_retries_bounds_retries_to_one_endpoint() {
+    let release = Arc::new(AtomicBool::new(false));
+    let r = release.clone();
+    let held = Backend::start(Arc::new(move |_req, res| {
+        let until = std::time::Instant::now() + BOUND;
+        while !r.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        res.send(200, &[], b"held");
+    }))
+    .unwrap();
+    let dead = dead_addr();
+    // Nearly every first pick goes to the dead endpoint, so every request needs a retry on
+    // the held one.
+    let lb = Lb::start(
+        &config(&format!(
+            "[[clusters]]\nname = \"app\"\nbalancer = \"weighted_round_robin\"\n\
+             endpoints = [{{ addr = \"{dead}\", weight = 100 }}, {{ addr = \"{}\", weight = 1 }}]\n\
+             endpoint_limits = {{ max_retries = 1 }}\n\n[[routes]]\ncluster = \"app\"\n",
+            held.addr
+        ))
+        .replace("workers = 2", "workers = 1"),
+    );
+    let mut first = Client::connect(lb.addr);
+    first.send(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until(
+        "the first request's retry to reach the held endpoint",
+        || held.requests() == 1,
+    );
+    // A second retry to the same endpoint would be the second in flight: refused.
+    let second = get(lb.addr, "/b");
+    assert_eq!(second.status, 502);
+    assert_eq!(second.json()["error"], "connect_failed");
+    assert_eq!(held.requests(), 1, "the second retry was made anyway");
+    let s = lb.scrape();
+    assert_eq!(
+        metric(&s, "lb_limit_rejections_total", &[("limit", "max_retries")]),
+        1.0
+    );
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(first.response().status, 200);
+    // With the retry finished, the next one may go again.
+    assert_eq!(get(lb.addr, "/c").status, 200);
+}

@@ -28,6 +28,9 @@ pub struct Line<'a> {
     pub bytes: u64,
     pub duration_ms: f64,
     pub upstream_ms: Option<f64>,
+    /// The error code when the request failed past planning (as in the error body).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
 }
 
 impl Line<'_> {

@@ -229,7 +229,11 @@ impl Snapshot {
                 pool_max_idle_per_endpoint: c.pool_max_idle_per_endpoint,
                 state: registry.cluster(&c.name),
                 config: c.clone(),
-                metrics: ClusterMetrics::new(&c.name, &addrs),
+                metrics: ClusterMetrics::new(
+                    &c.name,
+                    &addrs,
+                    &crate::upstream::Limit::ALL.map(crate::upstream::Limit::label),
+                ),
             });
         }
         if !errors.is_empty() {

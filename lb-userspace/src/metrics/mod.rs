@@ -239,28 +239,24 @@ fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// The limits a request can be refused by, as metric labels.
-pub const LIMITS: [&str; 6] = [
-    "cluster_max_requests",
-    "endpoint_max_requests",
-    "max_pending",
-    "pending_timeout",
-    "breaker_open",
-    "max_retries",
-];
-
 /// Handles for one cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterMetrics {
     pub connect: Histogram,
     pub retries: Counter,
-    pub limits: [Counter; 6],
+    /// Refusals by limit, in the order of the labels the cluster was built with.
+    pub limits: Vec<Counter>,
     /// Upstream failures by endpoint index.
     pub failures: Vec<Counter>,
 }
 
 impl ClusterMetrics {
-    pub fn new(cluster: &str, endpoints: &[std::net::SocketAddr]) -> ClusterMetrics {
+    /// Handles for `cluster`: failures per endpoint, refusals per limit label.
+    pub fn new(
+        cluster: &str,
+        endpoints: &[std::net::SocketAddr],
+        limit_labels: &[&'static str],
+    ) -> ClusterMetrics {
         ClusterMetrics {
             failures: endpoints
                 .iter()
@@ -268,13 +264,17 @@ impl ClusterMetrics {
                 .collect(),
             connect: histogram!(UPSTREAM_CONNECT_SECONDS, "cluster" => cluster.to_string()),
             retries: counter!(RETRIES_TOTAL, "cluster" => cluster.to_string()),
-            limits: LIMITS.map(|l| counter!(LIMIT_REJECTIONS_TOTAL, "cluster" => cluster.to_string(), "limit" => l)),
+            limits: limit_labels
+                .iter()
+                .map(|l| counter!(LIMIT_REJECTIONS_TOTAL, "cluster" => cluster.to_string(), "limit" => *l))
+                .collect(),
         }
     }
 
-    pub fn limit(&self, name: &str) {
-        if let Some(i) = LIMITS.iter().position(|l| *l == name) {
-            self.limits[i].increment(1);
+    /// Counts one refusal by the limit at `index` of the labels.
+    pub fn limit(&self, index: usize) {
+        if let Some(c) = self.limits.get(index) {
+            c.increment(1);
         }
     }
 }

@@ -7,7 +7,8 @@ pub const REQUESTS_TOTAL: &str = "lb_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "lb_request_duration_seconds";
 /// Time to open an upstream connection, by `cluster`.
 pub const UPSTREAM_CONNECT_SECONDS: &str = "lb_upstream_connect_duration_seconds";
-/// Connect failures, resets and bad responses from endpoints, by `cluster` and `endpoint`.
+/// Failed attempts at endpoints, by `cluster` and `endpoint`: connect failures, resets,
+/// timeouts, bad or cut responses, and 5xx answers.
 pub const UPSTREAM_FAILURES_TOTAL: &str = "lb_upstream_failures_total";
 /// Client connections open now, by `worker`.
 pub const DOWNSTREAM_CONNECTIONS: &str = "lb_downstream_connections";

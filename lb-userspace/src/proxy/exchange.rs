@@ -1,6 +1,7 @@
 //! One request to a cluster: pick an endpoint (health, ejection and breakers permitting),
 //! enforce limits, get a pooled or fresh connection, exchange, record the outcome, and retry
-//! on another endpoint where the policy and the budget allow.
+//! on another endpoint where the policy and the budget allow. Every failure is a typed
+//! [`ProxyError`]; retry decisions match on it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use smallvec::SmallVec;
 
 use super::body::{pump, Encode, Out, Pace, PumpFail};
+use super::error::{BodyFault, ErrorKind, ProxyError, RetryClass};
 use super::{head, send_error, Flow, Plan, Record};
 use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
 use crate::http::response::{self, ResponseError};
@@ -17,7 +19,7 @@ use crate::net::{write_buf, BufConn, IoFail};
 use crate::snapshot::Cluster;
 use crate::timer::now_ms;
 use crate::upstream::state::{Admission, Outcome};
-use crate::upstream::{self, ConnectError, Upstream};
+use crate::upstream::{self, ConnectError, Limit, Upstream};
 use crate::worker::{View, Worker};
 
 /// Request bodies up to this size that are already read travel in the same write as their
@@ -27,25 +29,6 @@ const INLINE_BODY_MAX: usize = 8 * 1024;
 const INLINE_RESPONSE_MAX: usize = 32 * 1024;
 /// How often a request waiting for a connection slot looks again.
 const PENDING_POLL: Duration = Duration::from_millis(2);
-
-/// How an exchange failed, and so what the client is told.
-enum Failed {
-    /// Nothing of a response arrived and the backend closed or reset: on a pooled connection
-    /// this is a keep-alive race and the request may go again.
-    NoResponse,
-    /// The backend did not answer (or take the request) in time.
-    Timeout(&'static str),
-    /// The backend answered something unusable: 502.
-    BadResponse(&'static str),
-    /// The response status is one the retry policy retries; nothing was sent to the client.
-    RetryStatus(u16),
-    /// The client's side failed (slow or invalid body): answer this and close.
-    Client(u16, &'static str, &'static str),
-    /// The response was cut by the backend after its head went out: close the client.
-    Cut,
-    /// The client is gone.
-    ClientGone,
-}
 
 /// A finished exchange.
 struct Done {
@@ -87,45 +70,103 @@ impl Drop for Held<'_> {
     }
 }
 
-/// Answers with an error and says whether the connection carries on.
-async fn answer_error(
-    client: &mut BufConn,
-    out: &mut Vec<u8>,
-    (status, code, message): (u16, &'static str, &'static str),
-    close: bool,
-    view: &View,
-    rec: &mut Record,
-) -> Flow {
-    send_error(client, out, status, code, message, close, view, rec).await;
-    if close {
-        Flow::Close
-    } else {
-        Flow::Continue
+/// What one request carries through its attempts: the decisions made before the first,
+/// and where its body starts, so a retry can replay it.
+struct Ctx<'a> {
+    w: &'a Worker,
+    view: &'a View,
+    cluster: &'a Cluster,
+    plan: Plan,
+    timeouts: Timeouts,
+    /// The body still to send after the head in `out` (`None` once it went inline).
+    body: Framing,
+    body_start: usize,
+    reads_at_start: u64,
+    /// Idempotent, or the policy retries any method.
+    may_repeat: bool,
+    /// An error answer closes the connection (a body may be unread, or the client asked).
+    close_on_error: bool,
+    /// `100 Continue` went to the client already (on an earlier attempt).
+    sent_continue: std::cell::Cell<bool>,
+}
+
+/// The endpoint an attempt goes to, what its breaker said, and which attempt it is.
+#[derive(Clone, Copy)]
+struct Pick {
+    idx: usize,
+    admission: Admission,
+    attempt: u32,
+}
+
+impl Ctx<'_> {
+    fn retry(&self) -> &RetryConfig {
+        &self.cluster.config.retry
+    }
+
+    /// The request can be sent again: no body, or one whose bytes are all still buffered.
+    fn replayable(&self, client: &BufConn) -> bool {
+        self.body == Framing::None || client.reads == self.reads_at_start
+    }
+
+    /// Retries in flight stay under both the budget (a share of requests in flight, with a
+    /// floor) and the cluster's `max_retries`, so retries cannot amplify an outage.
+    fn budget_ok(&self) -> bool {
+        let cstate = &self.cluster.state;
+        let retry = self.retry();
+        let max = self.cluster.config.limits.max_retries;
+        let active = cstate.in_flight.load(Ordering::Relaxed);
+        let retrying = cstate.retries_in_flight.load(Ordering::Relaxed);
+        let allowed =
+            (active * retry.budget_percent as u64 / 100).max(retry.min_retry_concurrency as u64);
+        retrying < allowed && (max == 0 || retrying < max as u64)
+    }
+
+    /// Reserves a retry slot at the moment a retryable status is seen, so that concurrent
+    /// failures cannot all commit to retries the budget does not have.
+    fn reserve(&self) -> bool {
+        let ok = self.budget_ok();
+        if ok {
+            self.cluster
+                .state
+                .retries_in_flight
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        ok
     }
 }
 
-/// A refusal by a limit: 503 at once, with the limit named in `X-LB-Limit`.
-async fn limit_reached(
+/// Answers a refusal or failure: its status, code and message from the error, and the limit
+/// in `X-LB-Limit` if a limit refused. Says whether the connection carries on.
+async fn answer(
+    ctx: &Ctx<'_>,
     client: &mut BufConn,
     out: &mut Vec<u8>,
-    view: &View,
-    cluster: &Cluster,
-    limit: &'static str,
-    close: bool,
+    e: ProxyError,
     rec: &mut Record,
 ) -> Flow {
-    tracing::debug!(cluster = %cluster.name, limit, "request refused by a limit");
-    cluster.metrics.limit(limit);
-    rec.status = 503;
-    error_response(out, 503, "limit_reached", limit, close);
-    // The header goes in front of the blank line of the error response.
-    let header = format!("X-LB-Limit: {limit}\r\n");
-    if let Some(pos) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-        out.splice(pos + 2..pos + 2, header.bytes());
-    }
-    let ok = write_buf(&mut client.stream, out, view.snap.http.client_body_timeout)
-        .await
-        .is_ok();
+    let close = ctx.close_on_error || e.closes_client();
+    rec.error = Some(e);
+    let Some(limit) = e.limit() else {
+        send_error(
+            client,
+            out,
+            e.status(),
+            e.code(),
+            e.message(),
+            close,
+            ctx.view,
+            rec,
+        )
+        .await;
+        return if close { Flow::Close } else { Flow::Continue };
+    };
+    tracing::debug!(cluster = %ctx.cluster.name, limit = limit.label(), "request refused by a limit");
+    ctx.cluster.metrics.limit(limit as usize);
+    rec.status = e.status();
+    error_response(out, e.status(), e.code(), e.message(), close);
+    head::insert_headers(out, &[("X-LB-Limit", limit.label())]);
+    let timeout = ctx.view.snap.http.client_body_timeout;
+    let ok = write_buf(&mut client.stream, out, timeout).await.is_ok();
     if close || !ok {
         Flow::Close
     } else {
@@ -142,35 +183,92 @@ pub async fn proxy(
     plan: Plan,
     rec: &mut Record,
 ) -> Flow {
+    let Some(ctx) = prepare(w, view, client, out, plan) else {
+        let e = ProxyError::downstream(ErrorKind::Body(BodyFault::TooLarge));
+        rec.error = Some(e);
+        send_error(
+            client,
+            out,
+            e.status(),
+            e.code(),
+            e.message(),
+            true,
+            view,
+            rec,
+        )
+        .await;
+        return Flow::Close;
+    };
+    let cstate = &ctx.cluster.state;
+    let max_requests = ctx.cluster.config.limits.max_requests;
+    if max_requests > 0 && cstate.in_flight.load(Ordering::Relaxed) >= max_requests as u64 {
+        let e = ProxyError::internal(ErrorKind::Limit(Limit::ClusterMaxRequests));
+        return answer(&ctx, client, out, e, rec).await;
+    }
+    let _cluster_request = Held::take(&cstate.in_flight);
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+    let mut last_failure: Option<ProxyError> = None;
+    let mut retry_slot: Option<Held<'_>> = None;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let (idx, admission) = match choose_endpoint(&ctx, &tried, attempt > 1) {
+            Ok(p) => p,
+            Err(e) => {
+                if e.limit() == Some(Limit::MaxRetries) {
+                    ctx.cluster.metrics.limit(Limit::MaxRetries as usize);
+                }
+                return answer(&ctx, client, out, last_failure.unwrap_or(e), rec).await;
+            }
+        };
+        let pick = Pick {
+            idx,
+            admission,
+            attempt,
+        };
+        let e = match try_endpoint(&ctx, client, out, rec, pick).await {
+            Attempt::Finished(flow) => return flow,
+            Attempt::Failed(e) => e,
+        };
+        last_failure = Some(e);
+        tried.push(idx);
+        drop(retry_slot.take());
+        match retry_verdict(&ctx, client, e, attempt) {
+            Some(slot) => retry_slot = Some(slot),
+            None => return answer(&ctx, client, out, e, rec).await,
+        }
+        ctx.cluster.metrics.retries.increment(1);
+        client.rewind(ctx.body_start);
+        let backoff = backoff(ctx.retry(), attempt);
+        if !backoff.is_zero() {
+            crate::timer::sleep(backoff).await;
+        }
+    }
+}
+
+/// Sets up the request's context: timeouts, a small body moved inline after its head, a
+/// large one given a large buffer. `None`: the declared body is over the cap.
+fn prepare<'a>(
+    w: &'a Worker,
+    view: &'a View,
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    plan: Plan,
+) -> Option<Ctx<'a>> {
     let snap = &view.snap;
     let http = &snap.http;
     let cluster = &snap.clusters[plan.cluster];
     let route = &snap.routes.routes()[plan.route];
-    let policy = &cluster.config;
-    let retry = &policy.retry;
     let timeouts = Timeouts {
         connect: route.timeouts.connect.unwrap_or(cluster.connect_timeout),
         response: route.timeouts.response.unwrap_or(cluster.response_timeout),
         idle: route.timeouts.idle.unwrap_or(cluster.idle_timeout),
     };
     client.consume(plan.head_len);
-    let close_on_error = plan.framing != Framing::None || !plan.keep_alive;
-
     let mut body = plan.framing;
     if let Framing::Length(n) = plan.framing {
         if http.max_request_body > 0 && n > http.max_request_body {
-            send_error(
-                client,
-                out,
-                413,
-                "body_too_large",
-                "request body exceeds the configured limit",
-                true,
-                view,
-                rec,
-            )
-            .await;
-            return Flow::Close;
+            return None;
         }
         if n as usize <= INLINE_BODY_MAX && client.data().len() as u64 >= n {
             out.extend_from_slice(&client.data()[..n as usize]);
@@ -189,355 +287,298 @@ pub async fn proxy(
         let small = client.swap_buf(w.up_bufs.take());
         w.bufs.give(small);
     }
-    let body_start = client.position();
-    let reads_at_start = client.reads;
-    let replayable = |c: &BufConn| body == Framing::None || c.reads == reads_at_start;
-    let may_repeat = plan.method.is_idempotent() || retry.non_idempotent;
+    Some(Ctx {
+        w,
+        view,
+        cluster,
+        plan,
+        timeouts,
+        body,
+        body_start: client.position(),
+        reads_at_start: client.reads,
+        may_repeat: plan.method.is_idempotent() || cluster.config.retry.non_idempotent,
+        close_on_error: plan.framing != Framing::None || !plan.keep_alive,
+        sent_continue: std::cell::Cell::new(false),
+    })
+}
 
-    let cstate = &cluster.state;
-    if policy.limits.max_requests > 0
-        && cstate.in_flight.load(Ordering::Relaxed) >= policy.limits.max_requests as u64
-    {
-        return limit_reached(
-            client,
-            out,
-            view,
-            cluster,
-            "cluster_max_requests",
-            close_on_error,
-            rec,
-        )
-        .await;
-    }
-    let _cluster_request = Held::take(&cstate.in_flight);
-
-    // Retries in flight stay under both the budget (a share of requests in flight, with a
-    // floor) and the cluster's max_retries limit, so retries cannot amplify an outage.
-    let budget_ok = || {
-        let active = cstate.in_flight.load(Ordering::Relaxed);
-        let retrying = cstate.retries_in_flight.load(Ordering::Relaxed);
-        let allowed =
-            (active * retry.budget_percent as u64 / 100).max(retry.min_retry_concurrency as u64);
-        let under_limit =
-            policy.limits.max_retries == 0 || retrying < policy.limits.max_retries as u64;
-        retrying < allowed && under_limit
-    };
-    // Reserves a retry slot at the moment a retryable status is seen, so that concurrent
-    // failures cannot all commit to retries the budget does not have.
-    let reserve = || {
-        let ok = budget_ok();
-        if ok {
-            cstate.retries_in_flight.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
-    };
-    let balancer = &view.balancers[plan.cluster];
-    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
-    let mut sent_continue = false;
-    let mut last_failure: Option<(u16, &'static str, &'static str)> = None;
-    let mut retry_slot: Option<Held<'_>> = None;
-    let mut attempt = 0u32;
-    'attempts: loop {
-        attempt += 1;
-        let now = now_ms();
-        let n = cluster.endpoints.len();
-        let available = cluster
-            .endpoints
-            .iter()
-            .filter(|e| e.state.is_available(now))
-            .count();
-        // Panic mode: too few usable endpoints means health data is suspect; use them all.
-        let panic = available * 100 < policy.panic_threshold as usize * n;
-        let mut blocked: SmallVec<[usize; 4]> = SmallVec::new();
-        let picked = loop {
-            let usable = |i: usize| {
-                !tried.contains(&i)
-                    && !blocked.contains(&i)
-                    && (panic || cluster.endpoints[i].state.is_available(now))
-            };
-            let Some(i) = balancer.pick(cluster, plan.key_hash, usable) else {
-                break None;
-            };
-            let admission = match &policy.breaker {
-                Some(b) => cluster.endpoints[i].state.breaker.admit(b, now),
-                None => Admission::Allowed,
-            };
-            if admission == Admission::Rejected {
-                blocked.push(i);
-                continue;
-            }
-            break Some((i, admission));
-        };
-        let Some((idx, admission)) = picked else {
-            if let Some((status, code, message)) = last_failure {
-                return answer_error(
-                    client,
-                    out,
-                    (status, code, message),
-                    close_on_error,
-                    view,
-                    rec,
-                )
-                .await;
-            }
-            if !blocked.is_empty() {
-                return limit_reached(
-                    client,
-                    out,
-                    view,
-                    cluster,
-                    "breaker_open",
-                    close_on_error,
-                    rec,
-                )
-                .await;
-            }
-            return answer_error(
-                client,
-                out,
-                (
-                    503,
-                    "no_endpoint",
-                    "no endpoint is available for this route",
-                ),
-                close_on_error,
-                view,
-                rec,
-            )
-            .await;
-        };
-        let ep = &cluster.endpoints[idx];
-        let estate = &ep.state;
-        rec.endpoint = Some(ep.addr);
-        let release_probe = |ok: bool| {
-            if let Some(b) = &policy.breaker {
-                estate.breaker.record(b, admission, ok, now_ms());
-            }
-        };
-        if policy.endpoint_limits.max_requests > 0
-            && estate.in_flight.load(Ordering::Relaxed)
-                >= policy.endpoint_limits.max_requests as u64
-        {
-            release_probe(true);
-            return limit_reached(
-                client,
-                out,
-                view,
-                cluster,
-                "endpoint_max_requests",
-                close_on_error,
-                rec,
-            )
-            .await;
-        }
-        let _endpoint_request = Held::take(&estate.in_flight);
-        estate.requests_total.fetch_add(1, Ordering::Relaxed);
-        let record = |outcome: Outcome| {
-            let now = now_ms();
-            if !outcome.ok() {
-                estate.failures_total.fetch_add(1, Ordering::Relaxed);
-                if let Some(c) = cluster.metrics.failures.get(idx) {
-                    c.increment(1);
-                }
-            }
-            if let Some(b) = &policy.breaker {
-                estate.breaker.record(b, admission, outcome.ok(), now);
-            }
-            if let Some(o) = &policy.outlier {
-                let ejected = cluster
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.state.is_ejected(now))
-                    .count();
-                if estate.record_outlier(o, outcome, now, ejected, cluster.endpoints.len()) {
-                    tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, ?outcome, "outlier detection ejected endpoint");
-                }
-            }
-        };
-
-        let mut force_fresh = false;
-        let failure = loop {
-            let mut up = match get_connection(w, cluster, idx, force_fresh, timeouts).await {
-                Ok(u) => u,
-                Err(GetFailed::Limit(limit)) => {
-                    release_probe(true);
-                    return limit_reached(client, out, view, cluster, limit, close_on_error, rec)
-                        .await;
-                }
-                Err(GetFailed::Connect(e)) => {
-                    tracing::debug!(endpoint = %ep.addr, error = ?e, "connect failed");
-                    record(Outcome::ConnectFailure);
-                    break match e {
-                        ConnectError::Timeout => (
-                            retry.on_connect_failure,
-                            (
-                                504,
-                                "connect_timeout",
-                                "connecting to the backend timed out",
-                            ),
-                        ),
-                        ConnectError::Io(_) => (
-                            retry.on_connect_failure,
-                            (502, "connect_failed", "the backend refused the connection"),
-                        ),
-                    };
-                }
-            };
-            if plan.expect_continue && !sent_continue && body != Framing::None {
-                sent_continue = true;
-                let (r, _) = monoio::io::AsyncWriteRentExt::write_all(
-                    &mut client.stream,
-                    &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
-                )
-                .await;
-                if r.is_err() {
-                    release_probe(true);
-                    return Flow::Close;
-                }
-            }
-            // A retryable status is only held back from the client if a retry can follow.
-            let retry_status: Option<(&RetryConfig, &dyn Fn() -> bool)> =
-                (attempt < retry.attempts && may_repeat && replayable(client))
-                    .then_some((retry, &reserve));
-            let result = exchange(
-                w,
-                view,
-                cluster,
-                client,
-                out,
-                &mut up,
-                plan,
-                body,
-                timeouts,
-                retry_status,
-            )
-            .await;
-            match result {
-                Ok(done) => {
-                    rec.status = done.status;
-                    rec.upstream = done.upstream;
-                    rec.bytes = done.bytes;
-                    record(if done.status >= 500 {
-                        Outcome::ServerError
-                    } else {
-                        Outcome::Success
-                    });
-                    if done.reusable && !w.draining() {
-                        w.pool.checkin(
-                            up,
-                            cluster.pool_idle_timeout,
-                            cluster.pool_max_idle_per_endpoint,
-                            &w.up_bufs,
-                        );
-                    } else {
-                        up.close(&w.up_bufs);
-                    }
-                    return done.flow;
-                }
-                Err(Failed::NoResponse) if up.reused && replayable(client) => {
-                    // A keep-alive race, not the endpoint's fault: once more on a fresh connection.
-                    up.close(&w.up_bufs);
-                    client.rewind(body_start);
-                    force_fresh = true;
-                    continue;
-                }
-                Err(Failed::NoResponse) => {
-                    up.close(&w.up_bufs);
-                    record(Outcome::Failure);
-                    break (
-                        retry.on_reset,
-                        (
-                            502,
-                            "upstream_reset",
-                            "the backend closed the connection without answering",
-                        ),
-                    );
-                }
-                Err(Failed::Timeout(message)) => {
-                    record(Outcome::Failure);
-                    break (retry.on_timeout, (504, "upstream_timeout", message));
-                }
-                Err(Failed::RetryStatus(status)) => {
-                    record(if status >= 500 {
-                        Outcome::ServerError
-                    } else {
-                        Outcome::Success
-                    });
-                    break (
-                        true,
-                        (
-                            502,
-                            "upstream_error",
-                            "the backend kept answering with a retryable status",
-                        ),
-                    );
-                }
-                Err(Failed::BadResponse(message)) => {
-                    record(Outcome::Failure);
-                    break (false, (502, "bad_gateway", message));
-                }
-                Err(Failed::Client(status, code, message)) => {
-                    release_probe(true);
-                    send_error(client, out, status, code, message, true, view, rec).await;
-                    return Flow::Close;
-                }
-                Err(Failed::Cut) => {
-                    record(Outcome::Failure);
-                    return Flow::Close;
-                }
-                Err(Failed::ClientGone) => {
-                    release_probe(true);
-                    return Flow::Close;
-                }
-            }
-        };
-        let (retryable, answer) = failure;
-        last_failure = Some(answer);
-        tried.push(idx);
-        drop(retry_slot.take());
-        // A held-back status reserved its retry slot already. A connection that never opened
-        // carried nothing: trying another endpoint is safe for any method and adds no load to
-        // the failed one, so it needs neither idempotence nor the budget (only `attempts`
-        // bounds it), as with nginx's next upstream on connect errors.
-        let reserved = answer.1 == "upstream_error";
-        let never_sent = matches!(answer.1, "connect_failed" | "connect_timeout");
-        let budget = reserved || never_sent || budget_ok();
-        let again = retryable
-            && attempt < retry.attempts
-            && (may_repeat || never_sent)
-            && replayable(client)
-            && budget;
-        if !again {
-            if reserved {
-                cstate.retries_in_flight.fetch_sub(1, Ordering::Relaxed);
-            }
-            if retryable && attempt < retry.attempts && !budget {
-                tracing::debug!(cluster = %cluster.name, "retry budget exhausted");
-            }
-            let (status, code, message) = answer;
-            return answer_error(
-                client,
-                out,
-                (status, code, message),
-                close_on_error,
-                view,
-                rec,
-            )
-            .await;
-        }
-        cluster.metrics.retries.increment(1);
-        retry_slot = Some(if reserved {
+/// Decides whether a failed attempt goes again, and takes its retry slot if so.
+fn retry_verdict<'a>(
+    ctx: &'a Ctx<'_>,
+    client: &BufConn,
+    e: ProxyError,
+    attempt: u32,
+) -> Option<Held<'a>> {
+    let retry = ctx.retry();
+    let cstate = &ctx.cluster.state;
+    // A held-back status reserved its slot already. A connection that never opened carried
+    // nothing: trying another endpoint is safe for any method and adds no load to the failed
+    // one, so it needs neither idempotence nor the budget (only `attempts` bounds it), as
+    // with nginx's next upstream on connect errors.
+    let reserved = matches!(e.kind, ErrorKind::RetryableStatus(_));
+    let class = e.retry_class();
+    let never_sent = class == RetryClass::Always;
+    let wanted = e.policy_retries(retry)
+        && class != RetryClass::Never
+        && attempt < retry.attempts
+        && (ctx.may_repeat || never_sent)
+        && ctx.replayable(client);
+    let budget = reserved || never_sent || ctx.budget_ok();
+    if wanted && budget {
+        return Some(if reserved {
             Held::adopt(&cstate.retries_in_flight)
         } else {
             Held::take(&cstate.retries_in_flight)
         });
-        client.rewind(body_start);
-        let backoff = backoff(retry, attempt);
-        if !backoff.is_zero() {
-            crate::timer::sleep(backoff).await;
-        }
-        continue 'attempts;
     }
+    if reserved {
+        cstate.retries_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+    if wanted {
+        tracing::debug!(cluster = %ctx.cluster.name, "retry budget exhausted");
+        ctx.cluster.metrics.limit(Limit::MaxRetries as usize);
+    }
+    None
+}
+
+/// Picks an endpoint this request has not tried, among the usable ones (all of them in
+/// panic mode) whose breaker admits it. On a retry, endpoints at their `max_retries` are
+/// passed over.
+fn choose_endpoint(
+    ctx: &Ctx<'_>,
+    tried: &[usize],
+    is_retry: bool,
+) -> Result<(usize, Admission), ProxyError> {
+    let cluster = ctx.cluster;
+    let policy = &cluster.config;
+    let now = now_ms();
+    let n = cluster.endpoints.len();
+    let available = cluster
+        .endpoints
+        .iter()
+        .filter(|e| e.state.is_available(now))
+        .count();
+    // Panic mode: too few usable endpoints means health data is suspect; use them all.
+    let panic = available * 100 < policy.panic_threshold as usize * n;
+    let max_retries = policy.endpoint_limits.max_retries as u64;
+    let mut blocked: SmallVec<[usize; 4]> = SmallVec::new();
+    let mut retries_full = false;
+    let balancer = &ctx.view.balancers[ctx.plan.cluster];
+    loop {
+        let usable = |i: usize| {
+            !tried.contains(&i)
+                && !blocked.contains(&i)
+                && (panic || cluster.endpoints[i].state.is_available(now))
+        };
+        let Some(i) = balancer.pick(cluster, ctx.plan.key_hash, usable) else {
+            let limit = if retries_full {
+                Limit::MaxRetries
+            } else if !blocked.is_empty() {
+                Limit::BreakerOpen
+            } else {
+                return Err(ProxyError::internal(ErrorKind::NoEndpoint));
+            };
+            return Err(ProxyError::internal(ErrorKind::Limit(limit)));
+        };
+        let state = &cluster.endpoints[i].state;
+        if is_retry
+            && max_retries > 0
+            && state.retries_in_flight.load(Ordering::Relaxed) >= max_retries
+        {
+            retries_full = true;
+            blocked.push(i);
+            continue;
+        }
+        let admission = match &policy.breaker {
+            Some(b) => state.breaker.admit(b, now),
+            None => Admission::Allowed,
+        };
+        if admission == Admission::Rejected {
+            blocked.push(i);
+            continue;
+        }
+        return Ok((i, admission));
+    }
+}
+
+/// How one endpoint's attempt ended.
+enum Attempt {
+    /// The client got its answer (or is gone): the request is over.
+    Finished(Flow),
+    /// This endpoint failed; another may be tried.
+    Failed(ProxyError),
+}
+
+/// Records one attempt's outcome in the endpoint's shared state: counters, breaker, outlier
+/// detection.
+fn record_outcome(ctx: &Ctx<'_>, pick: Pick, outcome: Outcome) {
+    let Pick { idx, admission, .. } = pick;
+    let cluster = ctx.cluster;
+    let policy = &cluster.config;
+    let ep = &cluster.endpoints[idx];
+    let estate = &ep.state;
+    let now = now_ms();
+    if !outcome.ok() {
+        estate.failures_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = cluster.metrics.failures.get(idx) {
+            c.increment(1);
+        }
+    }
+    if let Some(b) = &policy.breaker {
+        estate.breaker.record(b, admission, outcome.ok(), now);
+    }
+    if let Some(o) = &policy.outlier {
+        let ejected = cluster
+            .endpoints
+            .iter()
+            .filter(|e| e.state.is_ejected(now))
+            .count();
+        if estate.record_outlier(o, outcome, now, ejected, cluster.endpoints.len()) {
+            tracing::warn!(cluster = %cluster.name, endpoint = %ep.addr, ?outcome, "outlier detection ejected endpoint");
+        }
+    }
+}
+
+/// Gives a breaker probe back unjudged: the endpoint was not at fault.
+fn release_probe(ctx: &Ctx<'_>, pick: Pick) {
+    if let Some(b) = &ctx.cluster.config.breaker {
+        ctx.cluster.endpoints[pick.idx]
+            .state
+            .breaker
+            .record(b, pick.admission, true, now_ms());
+    }
+}
+
+/// One attempt on endpoint `idx`: its limits, a connection (a fresh one again if a pooled
+/// one turns out dead), the exchange, and its outcome.
+async fn try_endpoint(
+    ctx: &Ctx<'_>,
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+    pick: Pick,
+) -> Attempt {
+    let Pick { idx, attempt, .. } = pick;
+    let cluster = ctx.cluster;
+    let ep = &cluster.endpoints[idx];
+    let estate = &ep.state;
+    rec.endpoint = Some(ep.addr);
+    let max_requests = cluster.config.endpoint_limits.max_requests;
+    if max_requests > 0 && estate.in_flight.load(Ordering::Relaxed) >= max_requests as u64 {
+        release_probe(ctx, pick);
+        let e = ProxyError::internal(ErrorKind::Limit(Limit::EndpointMaxRequests));
+        return Attempt::Finished(answer(ctx, client, out, e, rec).await);
+    }
+    let _endpoint_request = Held::take(&estate.in_flight);
+    let _endpoint_retry = (attempt > 1).then(|| Held::take(&estate.retries_in_flight));
+    estate.requests_total.fetch_add(1, Ordering::Relaxed);
+    let mut force_fresh = false;
+    loop {
+        let mut up = match get_connection(ctx, idx, force_fresh).await {
+            Ok(u) => u,
+            Err(e) if e.limit().is_some() => {
+                release_probe(ctx, pick);
+                return Attempt::Finished(answer(ctx, client, out, e, rec).await);
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %ep.addr, error = e.code(), "connect failed");
+                record_outcome(ctx, pick, Outcome::ConnectFailure);
+                return Attempt::Failed(e);
+            }
+        };
+        if ctx.plan.expect_continue && !ctx.sent_continue.get() && ctx.body != Framing::None {
+            ctx.sent_continue.set(true);
+            let (r, _) = monoio::io::AsyncWriteRentExt::write_all(
+                &mut client.stream,
+                &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
+            )
+            .await;
+            if r.is_err() {
+                release_probe(ctx, pick);
+                return Attempt::Finished(Flow::Close);
+            }
+        }
+        // A retryable status is only held back from the client if a retry can follow.
+        let hold_back = attempt < ctx.retry().attempts && ctx.may_repeat && ctx.replayable(client);
+        let result = exchange(ctx, client, out, &mut up, hold_back).await;
+        match result {
+            Ok(done) => {
+                finish(ctx, pick, up, &done, rec);
+                return Attempt::Finished(done.flow);
+            }
+            Err(e)
+                if e.kind == ErrorKind::ResetBeforeResponse
+                    && up.reused
+                    && ctx.replayable(client) =>
+            {
+                // A keep-alive race, not the endpoint's fault: once more on a fresh connection.
+                up.close(&ctx.w.up_bufs);
+                client.rewind(ctx.body_start);
+                force_fresh = true;
+            }
+            Err(e) => return failed(ctx, client, out, rec, pick, up, e).await,
+        }
+    }
+}
+
+/// Records a successful exchange and pools its connection if it stays reusable.
+fn finish(ctx: &Ctx<'_>, pick: Pick, up: Upstream, done: &Done, rec: &mut Record) {
+    rec.status = done.status;
+    rec.upstream = done.upstream;
+    rec.bytes = done.bytes;
+    let outcome = if done.status >= 500 {
+        Outcome::ServerError
+    } else {
+        Outcome::Success
+    };
+    record_outcome(ctx, pick, outcome);
+    let w = ctx.w;
+    if done.reusable && !w.draining() {
+        w.pool.checkin(
+            up,
+            ctx.cluster.pool_idle_timeout,
+            ctx.cluster.pool_max_idle_per_endpoint,
+            &w.up_bufs,
+        );
+    } else {
+        up.close(&w.up_bufs);
+    }
+}
+
+/// Records a failed exchange; the client's own faults end the request here.
+async fn failed(
+    ctx: &Ctx<'_>,
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+    pick: Pick,
+    up: Upstream,
+    e: ProxyError,
+) -> Attempt {
+    up.close(&ctx.w.up_bufs);
+    match e.kind {
+        ErrorKind::Body(_) => {
+            release_probe(ctx, pick);
+            return Attempt::Finished(answer(ctx, client, out, e, rec).await);
+        }
+        ErrorKind::ClientGone => {
+            release_probe(ctx, pick);
+            rec.error = Some(e);
+            return Attempt::Finished(Flow::Close);
+        }
+        ErrorKind::CutMidBody => {
+            // Headers are gone already: closing is the only way to tell the client.
+            record_outcome(ctx, pick, Outcome::Failure);
+            rec.error = Some(e);
+            return Attempt::Finished(Flow::Close);
+        }
+        ErrorKind::RetryableStatus(status) if status < 500 => {
+            record_outcome(ctx, pick, Outcome::Success)
+        }
+        ErrorKind::RetryableStatus(_) => record_outcome(ctx, pick, Outcome::ServerError),
+        _ => record_outcome(ctx, pick, Outcome::Failure),
+    }
+    Attempt::Failed(e)
 }
 
 /// Exponential backoff with full jitter: random in [0, min(max, base * 2^(attempt-1))].
@@ -552,20 +593,14 @@ fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     Duration::from_micros(fastrand::u64(0..=cap.as_micros() as u64))
 }
 
-enum GetFailed {
-    Limit(&'static str),
-    Connect(ConnectError),
-}
-
 /// A pooled connection, or a fresh one if the connection limits allow; past a limit the
 /// request waits (bounded by `max_pending` and `pending_timeout`) for a slot.
 async fn get_connection(
-    w: &Worker,
-    cluster: &Cluster,
+    ctx: &Ctx<'_>,
     idx: usize,
     force_fresh: bool,
-    timeouts: Timeouts,
-) -> Result<Upstream, GetFailed> {
+) -> Result<Upstream, ProxyError> {
+    let (w, cluster) = (ctx.w, ctx.cluster);
     let ep = &cluster.endpoints[idx];
     let limits = &cluster.config.limits;
     let ep_limits = &cluster.config.endpoint_limits;
@@ -575,6 +610,7 @@ async fn get_connection(
             || (ep_limits.max_connections > 0
                 && ep.state.connections.load(Ordering::Relaxed) >= ep_limits.max_connections as u64)
     };
+    let limit = |l| ProxyError::internal(ErrorKind::Limit(l));
     let mut pending: Option<(Held<'_>, Held<'_>, Instant)> = None;
     loop {
         if !force_fresh {
@@ -584,15 +620,19 @@ async fn get_connection(
         }
         if !full() {
             let started = Instant::now();
-            let up = upstream::connect(
+            let connect = upstream::connect(
                 ep.addr,
-                timeouts.connect,
+                ctx.timeouts.connect,
                 &w.up_bufs,
                 &ep.state,
                 &cluster.state,
-            )
-            .await
-            .map_err(GetFailed::Connect)?;
+            );
+            let up = connect.await.map_err(|e| {
+                ProxyError::upstream(match e {
+                    ConnectError::Timeout => ErrorKind::ConnectTimeout,
+                    ConnectError::Io(_) => ErrorKind::ConnectRefused,
+                })
+            })?;
             cluster
                 .metrics
                 .connect
@@ -604,7 +644,7 @@ async fn get_connection(
             None => {
                 let max_pending = limits.max_pending.max(ep_limits.max_pending) as u64;
                 if cluster.state.pending.load(Ordering::Relaxed) >= max_pending {
-                    return Err(GetFailed::Limit("max_pending"));
+                    return Err(limit(Limit::MaxPending));
                 }
                 let now = Instant::now();
                 pending = Some((
@@ -617,168 +657,150 @@ async fn get_connection(
         };
         let timeout = limits.pending_timeout.max(ep_limits.pending_timeout);
         if since.elapsed() >= timeout {
-            return Err(GetFailed::Limit("pending_timeout"));
+            return Err(limit(Limit::PendingTimeout));
         }
         crate::timer::sleep(PENDING_POLL).await;
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn exchange(
-    w: &Worker,
-    view: &View,
-    cluster: &Cluster,
+/// What a pump failure means for this exchange.
+fn body_error(e: PumpFail) -> ProxyError {
+    match e {
+        PumpFail::Src(IoFail::Timeout) => {
+            ProxyError::downstream(ErrorKind::Body(BodyFault::Stalled))
+        }
+        PumpFail::TooSlow => ProxyError::downstream(ErrorKind::Body(BodyFault::TooSlow)),
+        PumpFail::Src(_) => ProxyError::downstream(ErrorKind::ClientGone),
+        PumpFail::Chunk(e) => {
+            tracing::debug!(error = %e, "invalid chunked request body");
+            ProxyError::downstream(ErrorKind::Body(BodyFault::BadChunked))
+        }
+        PumpFail::TooLarge => ProxyError::downstream(ErrorKind::Body(BodyFault::TooLarge)),
+        PumpFail::Dst(IoFail::Timeout) => {
+            ProxyError::upstream(ErrorKind::Timeout("sending to the backend timed out"))
+        }
+        PumpFail::Dst(_) => ProxyError::upstream(ErrorKind::ResetBeforeResponse),
+    }
+}
+
+/// Sends the head in `out` and the request body.
+async fn send_request(
+    ctx: &Ctx<'_>,
     client: &mut BufConn,
     out: &mut Vec<u8>,
     up: &mut Upstream,
-    plan: Plan,
-    body: Framing,
-    timeouts: Timeouts,
-    retry_status: Option<(&RetryConfig, &dyn Fn() -> bool)>,
-) -> Result<Done, Failed> {
-    let http = &view.snap.http;
-    // Upstream time is reported only in the access log; without one, no stamps are taken.
-    let sent_at = w.access_log_on().then(crate::clock::stamp);
-
+) -> Result<(), ProxyError> {
+    let (w, http) = (ctx.w, &ctx.view.snap.http);
     // The head (and a small body with it). A failed write means nothing reached the backend.
-    match write_buf(&mut up.conn.stream, out, timeouts.idle).await {
+    match write_buf(&mut up.conn.stream, out, ctx.timeouts.idle).await {
         Ok(()) => {}
-        Err(IoFail::Timeout) => return Err(Failed::Timeout("sending to the backend timed out")),
-        Err(_) => return Err(Failed::NoResponse),
-    }
-
-    if body != Framing::None {
-        let mut scratch = if body == Framing::Chunked {
-            w.out_bufs.take()
-        } else {
-            Vec::new()
-        };
-        let r = pump(
-            client,
-            &mut up.conn.stream,
-            body,
-            Out {
-                encode: Encode::Chunked,
-                trailers: http.trailers,
-            },
-            &mut scratch,
-            Pace::with_min_rate(
-                http.client_body_timeout,
-                http.min_body_rate,
-                http.client_body_timeout,
-            ),
-            http.max_request_body,
-        )
-        .await;
-        w.out_bufs.give(scratch);
-        match r {
-            Ok(_) => {}
-            Err(PumpFail::Src(IoFail::Timeout)) => {
-                return Err(Failed::Client(
-                    408,
-                    "request_timeout",
-                    "the request body stalled",
-                ))
-            }
-            Err(PumpFail::TooSlow) => {
-                return Err(Failed::Client(
-                    408,
-                    "request_timeout",
-                    "the request body arrived below the minimum rate",
-                ));
-            }
-            Err(PumpFail::Src(_)) => return Err(Failed::ClientGone),
-            Err(PumpFail::Chunk(e)) => {
-                tracing::debug!(error = %e, "invalid chunked request body");
-                return Err(Failed::Client(
-                    400,
-                    "bad_request",
-                    "invalid chunked request body",
-                ));
-            }
-            Err(PumpFail::TooLarge) => {
-                return Err(Failed::Client(
-                    413,
-                    "body_too_large",
-                    "request body exceeds the configured limit",
-                ))
-            }
-            Err(PumpFail::Dst(IoFail::Timeout)) => {
-                return Err(Failed::Timeout("sending to the backend timed out"))
-            }
-            Err(PumpFail::Dst(_)) => return Err(Failed::NoResponse),
+        Err(IoFail::Timeout) => {
+            return Err(ProxyError::upstream(ErrorKind::Timeout(
+                "sending to the backend timed out",
+            )))
         }
+        Err(_) => return Err(ProxyError::upstream(ErrorKind::ResetBeforeResponse)),
     }
+    if ctx.body == Framing::None {
+        return Ok(());
+    }
+    let mut scratch = if ctx.body == Framing::Chunked {
+        w.out_bufs.take()
+    } else {
+        Vec::new()
+    };
+    let r = pump(
+        client,
+        &mut up.conn.stream,
+        ctx.body,
+        Out {
+            encode: Encode::Chunked,
+            trailers: http.trailers,
+        },
+        &mut scratch,
+        Pace::with_min_rate(
+            http.client_body_timeout,
+            http.min_body_rate,
+            http.client_body_timeout,
+        ),
+        http.max_request_body,
+    )
+    .await;
+    w.out_bufs.give(scratch);
+    r.map(|_| ()).map_err(body_error)
+}
 
-    // The response head; interim 1xx responses are consumed (lb answers Expect itself).
-    let deadline = crate::timer::deadline_after(timeouts.response);
+/// The exchange on one connection: the request out, the response head in (interim answers
+/// consumed, a retryable status held back when `hold_back`), then the answer to the client.
+async fn exchange(
+    ctx: &Ctx<'_>,
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    up: &mut Upstream,
+    hold_back: bool,
+) -> Result<Done, ProxyError> {
+    // Upstream time is reported only in the access log; without one, no stamps are taken.
+    let sent_at = ctx.w.access_log_on().then(crate::clock::stamp);
+    send_request(ctx, client, out, up).await?;
+    let (status, framing, reusable, plan_out) =
+        match read_response_head(ctx, client, out, up, hold_back).await? {
+            Head::Final(status, framing, reusable, plan_out) => {
+                (status, framing, reusable, plan_out)
+            }
+            Head::Upgraded(bytes) => {
+                return Ok(Done {
+                    flow: Flow::Close,
+                    reusable: false,
+                    status: 101,
+                    upstream: sent_at.map(|s| s.elapsed()),
+                    bytes,
+                })
+            }
+        };
+    let upstream_time = sent_at.map(|s| s.elapsed());
+    let bytes = send_response(ctx, client, out, up, framing, plan_out).await?;
+    Ok(Done {
+        flow: if plan_out.client_keep_alive {
+            Flow::Continue
+        } else {
+            Flow::Close
+        },
+        reusable,
+        status,
+        upstream: upstream_time,
+        bytes,
+    })
+}
+
+/// The response head, final or a WebSocket upgrade already tunnelled to its end.
+enum Head {
+    Final(u16, Framing, bool, head::ResponsePlan),
+    /// The tunnel ran; the bytes it moved.
+    Upgraded(u64),
+}
+
+/// Reads the response head; the head for the client is written into `out`.
+async fn read_response_head(
+    ctx: &Ctx<'_>,
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    up: &mut Upstream,
+    hold_back: bool,
+) -> Result<Head, ProxyError> {
+    let http = &ctx.view.snap.http;
+    let deadline = crate::timer::deadline_after(ctx.timeouts.response);
     let mut got_bytes = !up.conn.data().is_empty();
-    let route = &view.snap.routes.routes()[plan.route];
-    let (status, framing, reusable, plan_out) = loop {
+    loop {
         if !up.conn.data().is_empty() {
             got_bytes = true;
-            // The parsed head borrows `storage` (8 KiB); the block ends both before any await,
-            // so they are not kept in this future's state.
-            let step = {
-                let mut storage = crate::http::header_slots::<MAX_HEADERS_LIMIT>();
-                let parsed =
-                    response::parse(up.conn.data(), &mut storage, plan.method == Method::Head);
-                match parsed {
-                    Ok(Some(res)) if res.status == 101 && plan.websocket => {
-                        head::write_switching_protocols(out, &res, http);
-                        HeadStep::Upgrade(res.head_len)
-                    }
-                    Ok(Some(res)) if res.status == 101 => {
-                        return Err(Failed::BadResponse(
-                            "the backend switched protocols, which this route does not allow",
-                        ))
-                    }
-                    Ok(Some(res)) if res.status < 200 => HeadStep::Interim(res.head_len),
-                    Ok(Some(res))
-                        if retry_status.is_some_and(|(r, reserve)| {
-                            r.retries_status(res.status) && reserve()
-                        }) =>
-                    {
-                        return Err(Failed::RetryStatus(res.status))
-                    }
-                    Ok(Some(res)) => {
-                        let keep = plan.keep_alive && !w.draining();
-                        let p = head::write_response_head(out, &res, plan.minor, keep, http, route);
-                        if let Some((si, t)) = plan.variant {
-                            let split = &view.snap.splits[si].config;
-                            if let Some(ab) = &split.ab_test {
-                                head::insert_headers(
-                                    out,
-                                    &[("X-AB-Test", ab), ("X-AB-Variant", &split.targets[t].name)],
-                                );
-                            }
-                        }
-                        HeadStep::Final(res.status, res.head_len, res.framing, res.reusable, p)
-                    }
-                    Ok(None) if up.conn.is_full() => {
-                        return Err(Failed::BadResponse(
-                            "the backend's response head is too large",
-                        ))
-                    }
-                    Ok(None) => HeadStep::NeedMore,
-                    Err(ResponseError::TooManyHeaders) => {
-                        return Err(Failed::BadResponse(
-                            "the backend's response has too many headers",
-                        ))
-                    }
-                    Err(_) => {
-                        return Err(Failed::BadResponse("the backend sent an invalid response"))
-                    }
-                }
-            };
-            match step {
+            match parse_head(ctx, out, up, hold_back)? {
                 HeadStep::Interim(n) => {
                     up.conn.consume(n);
                     continue;
                 }
                 HeadStep::Final(status, n, framing, reusable, p) => {
                     up.conn.consume(n);
-                    break (status, framing, reusable, p);
+                    return Ok(Head::Final(status, framing, reusable, p));
                 }
                 HeadStep::Upgrade(n) => {
                     up.conn.consume(n);
@@ -786,18 +808,11 @@ async fn exchange(
                         .await
                         .is_err()
                     {
-                        return Err(Failed::ClientGone);
+                        return Err(ProxyError::downstream(ErrorKind::ClientGone));
                     }
-                    let upstream_time = sent_at.map(|s| s.elapsed());
-                    let bytes =
-                        super::tunnel::run(client, &mut up.conn, http.websocket_idle_timeout).await;
-                    return Ok(Done {
-                        flow: Flow::Close,
-                        reusable: false,
-                        status: 101,
-                        upstream: upstream_time,
-                        bytes,
-                    });
+                    let idle = http.websocket_idle_timeout;
+                    let bytes = super::tunnel::run(client, &mut up.conn, idle).await;
+                    return Ok(Head::Upgraded(bytes));
                 }
                 HeadStep::NeedMore => {}
             }
@@ -805,18 +820,88 @@ async fn exchange(
         match up.conn.fill(crate::timer::until(deadline)).await {
             Ok(_) => {}
             Err(IoFail::Timeout) => {
-                return Err(Failed::Timeout("the backend did not answer in time"))
+                return Err(ProxyError::upstream(ErrorKind::Timeout(
+                    "the backend did not answer in time",
+                )))
             }
-            Err(_) if !got_bytes => return Err(Failed::NoResponse),
+            Err(_) if !got_bytes => {
+                return Err(ProxyError::upstream(ErrorKind::ResetBeforeResponse))
+            }
             Err(_) => {
-                return Err(Failed::BadResponse(
+                return Err(ProxyError::upstream(ErrorKind::BadResponse(
                     "the backend closed the connection mid-response",
-                ))
+                )))
             }
         }
-    };
+    }
+}
 
-    let upstream_time = sent_at.map(|s| s.elapsed());
+/// One look at the buffered response bytes. The parsed head borrows 8 KiB of header slots;
+/// this function returns before any await, so they are not kept in the request's future.
+fn parse_head(
+    ctx: &Ctx<'_>,
+    out: &mut Vec<u8>,
+    up: &Upstream,
+    hold_back: bool,
+) -> Result<HeadStep, ProxyError> {
+    let (view, plan) = (ctx.view, &ctx.plan);
+    let http = &view.snap.http;
+    let bad = |m| Err(ProxyError::upstream(ErrorKind::BadResponse(m)));
+    let mut storage = crate::http::header_slots::<MAX_HEADERS_LIMIT>();
+    let parsed = response::parse(up.conn.data(), &mut storage, plan.method == Method::Head);
+    let res = match parsed {
+        Ok(Some(res)) => res,
+        Ok(None) if up.conn.is_full() => return bad("the backend's response head is too large"),
+        Ok(None) => return Ok(HeadStep::NeedMore),
+        Err(ResponseError::TooManyHeaders) => {
+            return bad("the backend's response has too many headers")
+        }
+        Err(_) => return bad("the backend sent an invalid response"),
+    };
+    if res.status == 101 {
+        if !plan.websocket {
+            return bad("the backend switched protocols, which this route does not allow");
+        }
+        head::write_switching_protocols(out, &res, http);
+        return Ok(HeadStep::Upgrade(res.head_len));
+    }
+    if res.status < 200 {
+        return Ok(HeadStep::Interim(res.head_len));
+    }
+    if hold_back && ctx.retry().retries_status(res.status) && ctx.reserve() {
+        return Err(ProxyError::upstream(ErrorKind::RetryableStatus(res.status)));
+    }
+    let route = &view.snap.routes.routes()[plan.route];
+    let keep = plan.keep_alive && !ctx.w.draining();
+    let p = head::write_response_head(out, &res, plan.minor, keep, http, route);
+    if let Some((si, t)) = plan.variant {
+        let split = &view.snap.splits[si].config;
+        if let Some(ab) = &split.ab_test {
+            head::insert_headers(
+                out,
+                &[("X-AB-Test", ab), ("X-AB-Variant", &split.targets[t].name)],
+            );
+        }
+    }
+    Ok(HeadStep::Final(
+        res.status,
+        res.head_len,
+        res.framing,
+        res.reusable,
+        p,
+    ))
+}
+
+/// Sends the response head in `out` and streams the body; returns the body bytes sent.
+async fn send_response(
+    ctx: &Ctx<'_>,
+    client: &mut BufConn,
+    out: &mut Vec<u8>,
+    up: &mut Upstream,
+    framing: Framing,
+    plan_out: head::ResponsePlan,
+) -> Result<u64, ProxyError> {
+    let (w, http) = (ctx.w, &ctx.view.snap.http);
     // The head goes out with as much of a small body as is already here.
     let mut rest = framing;
     let mut bytes = 0;
@@ -832,55 +917,45 @@ async fn exchange(
         .await
         .is_err()
     {
-        return Err(Failed::ClientGone);
+        return Err(ProxyError::downstream(ErrorKind::ClientGone));
     }
-    if rest != Framing::None {
-        let encode = if plan_out.chunked_out {
-            Encode::Chunked
-        } else {
-            Encode::Plain
-        };
-        let mut scratch = if encode == Encode::Chunked || rest == Framing::Chunked {
-            w.out_bufs.take()
-        } else {
-            Vec::new()
-        };
-        let r = pump(
-            &mut up.conn,
-            &mut client.stream,
-            rest,
-            Out {
-                encode,
-                trailers: http.trailers,
-            },
-            &mut scratch,
-            Pace::idle(timeouts.idle),
-            0,
-        )
-        .await;
-        w.out_bufs.give(scratch);
-        match r {
-            Ok(n) => bytes = n,
-            Err(PumpFail::Dst(_)) => return Err(Failed::ClientGone),
-            Err(e) => {
-                // Headers are gone already: closing is the only way to tell the client the
-                // body is incomplete.
-                tracing::debug!(error = ?e, endpoint = %up.addr, cluster = %cluster.name, "response body cut");
-                return Err(Failed::Cut);
-            }
+    if rest == Framing::None {
+        return Ok(bytes);
+    }
+    let encode = if plan_out.chunked_out {
+        Encode::Chunked
+    } else {
+        Encode::Plain
+    };
+    let mut scratch = if encode == Encode::Chunked || rest == Framing::Chunked {
+        w.out_bufs.take()
+    } else {
+        Vec::new()
+    };
+    let out_plan = Out {
+        encode,
+        trailers: http.trailers,
+    };
+    let idle = Pace::idle(ctx.timeouts.idle);
+    let r = pump(
+        &mut up.conn,
+        &mut client.stream,
+        rest,
+        out_plan,
+        &mut scratch,
+        idle,
+        0,
+    )
+    .await;
+    w.out_bufs.give(scratch);
+    match r {
+        Ok(n) => Ok(n),
+        Err(PumpFail::Dst(_)) => Err(ProxyError::downstream(ErrorKind::ClientGone)),
+        Err(e) => {
+            tracing::debug!(error = ?e, endpoint = %up.addr, cluster = %ctx.cluster.name, "response body cut");
+            Err(ProxyError::upstream(ErrorKind::CutMidBody))
         }
     }
-    Ok(Done {
-        flow: if plan_out.client_keep_alive {
-            Flow::Continue
-        } else {
-            Flow::Close
-        },
-        reusable,
-        status,
-        upstream: upstream_time,
-        bytes,
-    })
 }
 
 enum HeadStep {

@@ -252,16 +252,19 @@ pub fn write_switching_protocols(out: &mut Vec<u8>, res: &ResponseHead<'_, '_>, 
     out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
 }
 
-/// Inserts header lines before the blank line that ends the head in `out`.
+/// Inserts header lines before the blank line that ends the head in `out`, without a
+/// temporary buffer: appended at the end, then rotated into place.
 pub fn insert_headers(out: &mut Vec<u8>, headers: &[(&str, &str)]) {
     let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
         return;
     };
-    let mut lines = Vec::new();
+    let at = end + 2;
+    let before = out.len();
     for (n, v) in headers {
-        push_header(&mut lines, n.as_bytes(), v.as_bytes());
+        push_header(out, n.as_bytes(), v.as_bytes());
     }
-    out.splice(end + 2..end + 2, lines);
+    let added = out.len() - before;
+    out[at..].rotate_right(added);
 }
 
 /// The route's response header additions and deprecation headers.

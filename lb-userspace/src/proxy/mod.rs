@@ -2,6 +2,7 @@
 //! connection stays open.
 
 mod body;
+pub mod error;
 mod exchange;
 pub mod explain;
 pub mod head;
@@ -94,6 +95,8 @@ pub struct Record {
     pub variant: Option<(usize, usize, Reason)>,
     /// A copy of the request for the split's mirror, to send once planning is done.
     pub mirror: Option<(usize, Vec<u8>)>,
+    /// Why the request failed, if it did past planning.
+    pub error: Option<error::ProxyError>,
 }
 
 /// A request refused before it reaches a backend.

@@ -42,6 +42,41 @@ impl Upstream {
     }
 }
 
+/// The limits a request can be refused by (see `docs/upstream.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    ClusterMaxRequests,
+    EndpointMaxRequests,
+    MaxPending,
+    PendingTimeout,
+    BreakerOpen,
+    MaxRetries,
+}
+
+impl Limit {
+    /// Every limit, in the order of their metric series.
+    pub const ALL: [Limit; 6] = [
+        Limit::ClusterMaxRequests,
+        Limit::EndpointMaxRequests,
+        Limit::MaxPending,
+        Limit::PendingTimeout,
+        Limit::BreakerOpen,
+        Limit::MaxRetries,
+    ];
+
+    /// The name in `X-LB-Limit` and in the `limit` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::ClusterMaxRequests => "cluster_max_requests",
+            Limit::EndpointMaxRequests => "endpoint_max_requests",
+            Limit::MaxPending => "max_pending",
+            Limit::PendingTimeout => "pending_timeout",
+            Limit::BreakerOpen => "breaker_open",
+            Limit::MaxRetries => "max_retries",
+        }
+    }
+}
+
 /// Why connecting failed.
 #[derive(Debug)]
 pub enum ConnectError {

@@ -240,6 +240,8 @@ pub struct EndpointState {
     pub connections: AtomicU64,
     /// Requests waiting for a connection.
     pub pending: AtomicU64,
+    /// Retries in flight to this endpoint (for `endpoint_limits.max_retries`).
+    pub retries_in_flight: AtomicU64,
     /// Verdict of active health checks; true until a check says otherwise.
     pub healthy: AtomicBool,
     pub check_successes: AtomicU32,
@@ -262,6 +264,7 @@ impl EndpointState {
             in_flight: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            retries_in_flight: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             check_successes: AtomicU32::new(0),
             check_failures: AtomicU32::new(0),

@@ -193,6 +193,7 @@ impl Worker {
             bytes: rec.bytes,
             duration_ms: took.as_secs_f64() * 1000.0,
             upstream_ms: rec.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            error: rec.error.map(|e| e.code()),
         };
         let mut buf = self.access.borrow_mut();
         line.write(&mut buf);

@@ -1,0 +1,236 @@
+//! One typed error for everything that can go wrong with a proxied request: where it came
+//! from, what happened, and whether trying again is safe. The status code, the JSON error
+//! code and message, the `X-LB-Limit` header, the access log field and the metric label all
+//! derive from it; retry decisions match on it, never on strings.
+
+use crate::config::RetryConfig;
+use crate::upstream::Limit;
+
+/// Which side of the proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: a slow, broken or vanished request.
+    Downstream,
+    /// A backend: connect, reset, timeout, bad response.
+    Upstream,
+    /// `lb` itself refused: a limit, no endpoint.
+    Internal,
+}
+
+/// What the client's side did wrong while its body was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// The body stalled past `client_body_timeout`.
+    Stalled,
+    /// The body arrived below `min_body_rate`.
+    TooSlow,
+    /// Invalid chunked framing.
+    BadChunked,
+    /// More than `max_request_body`.
+    TooLarge,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The backend refused the connection (or connecting failed otherwise).
+    ConnectRefused,
+    ConnectTimeout,
+    /// The connection closed or reset before any byte of the response.
+    ResetBeforeResponse,
+    /// Sending the request or waiting for the response head took too long.
+    Timeout(&'static str),
+    /// The backend answered something unusable (the reason says what).
+    BadResponse(&'static str),
+    /// The backend kept answering with a status the retry policy retries.
+    RetryableStatus(u16),
+    /// The response was cut after its head went to the client.
+    CutMidBody,
+    /// A limit refused the request.
+    Limit(Limit),
+    /// No endpoint of the cluster is usable.
+    NoEndpoint,
+    /// The client's request body was at fault.
+    Body(BodyFault),
+    /// The client went away.
+    ClientGone,
+}
+
+/// Whether a failed attempt may be tried again (the retry policy and budget still decide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryClass {
+    /// Nothing reached the backend: safe for any method.
+    Always,
+    /// The request may have been seen: only idempotent (or explicitly allowed) requests.
+    Idempotent,
+    /// Never: the client is at fault, or the answer already started.
+    Never,
+}
+
+/// A failed request, typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyError {
+    pub side: Side,
+    pub kind: ErrorKind,
+}
+
+impl ProxyError {
+    pub fn upstream(kind: ErrorKind) -> ProxyError {
+        ProxyError {
+            side: Side::Upstream,
+            kind,
+        }
+    }
+
+    pub fn internal(kind: ErrorKind) -> ProxyError {
+        ProxyError {
+            side: Side::Internal,
+            kind,
+        }
+    }
+
+    pub fn downstream(kind: ErrorKind) -> ProxyError {
+        ProxyError {
+            side: Side::Downstream,
+            kind,
+        }
+    }
+
+    /// The status the client gets (when it can still get one).
+    pub fn status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::ConnectRefused
+            | ErrorKind::ResetBeforeResponse
+            | ErrorKind::BadResponse(_)
+            | ErrorKind::RetryableStatus(_)
+            | ErrorKind::CutMidBody => 502,
+            ErrorKind::ConnectTimeout | ErrorKind::Timeout(_) => 504,
+            ErrorKind::Limit(_) | ErrorKind::NoEndpoint => 503,
+            ErrorKind::Body(BodyFault::Stalled | BodyFault::TooSlow) => 408,
+            ErrorKind::Body(BodyFault::BadChunked) => 400,
+            ErrorKind::Body(BodyFault::TooLarge) => 413,
+            ErrorKind::ClientGone => 499,
+        }
+    }
+
+    /// The `error` field of the JSON body, the access log's `error` and the metric label.
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::ConnectRefused => "connect_failed",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::ResetBeforeResponse => "upstream_reset",
+            ErrorKind::Timeout(_) => "upstream_timeout",
+            ErrorKind::BadResponse(_) => "bad_gateway",
+            ErrorKind::RetryableStatus(_) => "upstream_error",
+            ErrorKind::CutMidBody => "upstream_cut",
+            ErrorKind::Limit(_) => "limit_reached",
+            ErrorKind::NoEndpoint => "no_endpoint",
+            ErrorKind::Body(BodyFault::Stalled | BodyFault::TooSlow) => "request_timeout",
+            ErrorKind::Body(BodyFault::BadChunked) => "bad_request",
+            ErrorKind::Body(BodyFault::TooLarge) => "body_too_large",
+            ErrorKind::ClientGone => "client_gone",
+        }
+    }
+
+    /// The `message` field of the JSON body.
+    pub fn message(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::ConnectRefused => "the backend refused the connection",
+            ErrorKind::ConnectTimeout => "connecting to the backend timed out",
+            ErrorKind::ResetBeforeResponse => "the backend closed the connection without answering",
+            ErrorKind::Timeout(m) | ErrorKind::BadResponse(m) => m,
+            ErrorKind::RetryableStatus(_) => "the backend kept answering with a retryable status",
+            ErrorKind::CutMidBody => "the backend cut the response short",
+            ErrorKind::Limit(l) => l.label(),
+            ErrorKind::NoEndpoint => "no endpoint is available for this route",
+            ErrorKind::Body(BodyFault::Stalled) => "the request body stalled",
+            ErrorKind::Body(BodyFault::TooSlow) => {
+                "the request body arrived below the minimum rate"
+            }
+            ErrorKind::Body(BodyFault::BadChunked) => "invalid chunked request body",
+            ErrorKind::Body(BodyFault::TooLarge) => "request body exceeds the configured limit",
+            ErrorKind::ClientGone => "the client went away",
+        }
+    }
+
+    /// The limit to name in `X-LB-Limit`, if a limit refused the request.
+    pub fn limit(&self) -> Option<Limit> {
+        match self.kind {
+            ErrorKind::Limit(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Whether another attempt could be made at all, before policy and budget.
+    pub fn retry_class(&self) -> RetryClass {
+        match self.kind {
+            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => RetryClass::Always,
+            ErrorKind::ResetBeforeResponse
+            | ErrorKind::Timeout(_)
+            | ErrorKind::RetryableStatus(_) => RetryClass::Idempotent,
+            _ => RetryClass::Never,
+        }
+    }
+
+    /// Whether the cluster's retry policy retries this failure.
+    pub fn policy_retries(&self, retry: &RetryConfig) -> bool {
+        match self.kind {
+            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => retry.on_connect_failure,
+            ErrorKind::ResetBeforeResponse => retry.on_reset,
+            ErrorKind::Timeout(_) => retry.on_timeout,
+            // The status was held back only because the policy retries it.
+            ErrorKind::RetryableStatus(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the client connection must close after the answer (nothing more can be read
+    /// from it reliably, or nothing more can be written).
+    pub fn closes_client(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Body(_) | ErrorKind::ClientGone | ErrorKind::CutMidBody
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_one_answer() {
+        let kinds = [
+            (ErrorKind::ConnectRefused, 502, RetryClass::Always),
+            (ErrorKind::ConnectTimeout, 504, RetryClass::Always),
+            (ErrorKind::ResetBeforeResponse, 502, RetryClass::Idempotent),
+            (ErrorKind::Timeout("t"), 504, RetryClass::Idempotent),
+            (ErrorKind::BadResponse("b"), 502, RetryClass::Never),
+            (ErrorKind::RetryableStatus(503), 502, RetryClass::Idempotent),
+            (ErrorKind::Limit(Limit::MaxPending), 503, RetryClass::Never),
+            (ErrorKind::NoEndpoint, 503, RetryClass::Never),
+            (ErrorKind::Body(BodyFault::TooLarge), 413, RetryClass::Never),
+        ];
+        for (kind, status, class) in kinds {
+            let e = ProxyError::upstream(kind);
+            assert_eq!(e.status(), status, "{kind:?}");
+            assert_eq!(e.retry_class(), class, "{kind:?}");
+            assert!(!e.code().is_empty() && !e.message().is_empty());
+        }
+        let limit = ProxyError::internal(ErrorKind::Limit(Limit::BreakerOpen));
+        assert_eq!(limit.limit(), Some(Limit::BreakerOpen));
+        assert_eq!(limit.message(), "breaker_open");
+    }
+
+    #[test]
+    fn the_policy_decides_per_kind() {
+        let retry = RetryConfig {
+            on_timeout: false,
+            ..RetryConfig::default()
+        };
+        assert!(ProxyError::upstream(ErrorKind::ConnectRefused).policy_retries(&retry));
+        assert!(ProxyError::upstream(ErrorKind::ResetBeforeResponse).policy_retries(&retry));
+        assert!(!ProxyError::upstream(ErrorKind::Timeout("t")).policy_retries(&retry));
+        assert!(!ProxyError::upstream(ErrorKind::BadResponse("b")).policy_retries(&retry));
+    }
+}
