@@ -117,6 +117,30 @@ fn counters_move_by_exactly_the_traffic_sent() {
     );
 }
 
+/// The counters dashboards graph exist from the first scrape, at 0: a fresh install's panels
+/// show 0, not "no data".
+#[test]
+fn dashboard_counters_start_at_zero() {
+    let (lb, _orders) = setup("");
+    let s = lb.scrape();
+    for (name, labels) in [
+        ("lb_config_reloads_total", [("result", "ok")]),
+        ("lb_config_reloads_total", [("result", "error")]),
+        ("lb_connections_refused_total", [("reason", "per_ip")]),
+        ("lb_limit_rejections_total", [("limit", "max_retries")]),
+        ("lb_retries_total", [("cluster", "orders")]),
+    ] {
+        assert!(
+            s.iter().any(|x| x.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| x.labels.get(*k).map(String::as_str) == Some(*v))
+                && x.value == 0.0),
+            "{name} {labels:?} is missing or not 0"
+        );
+    }
+}
+
 #[test]
 fn request_counts_carry_on_across_a_reload() {
     let (lb, _orders) = setup("");

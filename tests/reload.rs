@@ -168,3 +168,120 @@ fn admin_errors_are_json() {
     );
     assert_eq!(lb.admin("GET", "/readyz").0, 200);
 }
+
+/// Keys that a running lb cannot change make the reload fail, naming the key and saying it
+/// needs a restart; nothing else in that file is applied.
+#[test]
+fn reload_refuses_what_needs_a_restart() {
+    let a = Backend::start(echo("A")).unwrap();
+    let b = Backend::start(echo("B")).unwrap();
+    let base = version_config(a.addr, "");
+    let lb = Lb::start(&base);
+    let version = lb.admin("GET", "/config").1["version"].clone();
+    let other = dead_addr().to_string();
+    let cases: Vec<(String, &str)> = vec![
+        (base.replace("workers = 2", "workers = 1"), "server.workers"),
+        (
+            base.replace("[server]\n", "[server]\npin_workers = false\n"),
+            "server.pin_workers",
+        ),
+        (
+            base.replace("[server]\n", "[server]\nio = \"epoll\"\n"),
+            "server.io",
+        ),
+        (
+            base.replace("[server]\n", "[server]\nio_uring_entries = 256\n"),
+            "server.io_uring_entries",
+        ),
+        (
+            base.replace("[server]\n", "[server]\nwatch_config = \"1s\"\n"),
+            "server.watch_config",
+        ),
+        (
+            base.replace("name = \"http\"", "name = \"web\""),
+            "listeners",
+        ),
+        (
+            base.replace(
+                "[admin]\naddr = \"127.0.0.1:0\"",
+                &format!("[admin]\naddr = \"{other}\""),
+            ),
+            "admin.addr",
+        ),
+        (
+            format!("{base}\n[access_log]\npath = \"stdout\"\n"),
+            "access_log",
+        ),
+        (
+            format!("{base}\n[steering]\nmode = \"reuseport\"\n"),
+            "steering",
+        ),
+        (
+            format!("{base}\n[http]\nmax_header_bytes = \"64KiB\"\n"),
+            "http.max_header_bytes",
+        ),
+    ];
+    for (text, key) in cases {
+        // Every case also moves the route to B: none of it may take effect.
+        write_config(&lb, &text.replace(&a.addr.to_string(), &b.addr.to_string()));
+        let (status, body) = lb.admin("POST", "/reload");
+        assert_eq!(status, 400, "{key}: {body}");
+        let errors = body["errors"].as_array().cloned().unwrap_or_default();
+        assert!(
+            errors.iter().any(
+                |e| e["path"] == key && e["message"].as_str().unwrap_or("").contains("restart")
+            ),
+            "{key}: {body}"
+        );
+        assert_eq!(served_by(lb.addr), "A", "{key}");
+        assert_eq!(lb.admin("GET", "/config").1["version"], version, "{key}");
+    }
+}
+
+/// What a reload can apply, it applies: a smaller head limit, the admin token, and the drain
+/// timeout.
+#[test]
+fn reload_applies_limits_token_and_drain_timeout() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let a = Backend::start(Arc::new(move |req, res| {
+        if req.path == "/stuck" {
+            // Never answers within the test: only the drain timeout can end it.
+            s.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(BOUND * 2);
+        }
+        res.send(200, &[], b"ok");
+    }))
+    .unwrap();
+    let base =
+        version_config(a.addr, "").replace("drain_timeout = \"10s\"", "drain_timeout = \"60s\"");
+    let mut lb = Lb::start(&base);
+    let big = "x".repeat(6000);
+    assert_eq!(get_with(lb.addr, "/", &[("X-Big", &big)]).status, 200);
+    write_config(
+        &lb,
+        &format!("{base}\n[http]\nmax_header_bytes = \"4KiB\"\n")
+            .replace("drain_timeout = \"60s\"", "drain_timeout = \"200ms\"")
+            .replace(
+                "[admin]\naddr = \"127.0.0.1:0\"",
+                "[admin]\naddr = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-token\"",
+            ),
+    );
+    assert_eq!(lb.admin("POST", "/reload").0, 200);
+    assert_eq!(get_with(lb.addr, "/", &[("X-Big", &big)]).status, 431);
+    assert_eq!(
+        lb.admin("GET", "/config").0,
+        401,
+        "the new token is required"
+    );
+    // A request that never finishes: with the old 60 s drain timeout the exit would take a
+    // minute; the reloaded 200 ms lets lb go at once.
+    let mut stuck = Client::connect(lb.addr);
+    stuck.send(b"GET /stuck HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until("the stuck request to reach the backend", || {
+        started.load(Ordering::SeqCst) == 1
+    });
+    lb.signal(libc::SIGTERM);
+    let status = lb.wait_exit();
+    assert!(status.success(), "{status}");
+}

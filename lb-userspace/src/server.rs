@@ -31,6 +31,13 @@ pub struct Control {
     pub steering: Mutex<SteeringState>,
     /// Per-worker connection accounting.
     pub worker_stats: Mutex<Arc<Vec<WorkerStats>>>,
+    /// The workers' read buffer size, fixed at start: the most `http.max_header_bytes` can be.
+    buf_size: usize,
+}
+
+/// Each worker's read buffer: room for the largest request head allowed.
+fn read_buffer_size(config: &crate::config::Config) -> usize {
+    config.http.max_header_bytes.max(4096)
 }
 
 /// Whether the eBPF programs run.
@@ -113,19 +120,12 @@ impl Control {
             tracing::warn!("{w}");
         }
         let current = self.cell.load();
-        let old: Vec<_> = current
-            .config
-            .listeners
-            .iter()
-            .map(|l| (l.name.clone(), l.addr))
-            .collect();
-        let new: Vec<_> = config
-            .listeners
-            .iter()
-            .map(|l| (l.name.clone(), l.addr))
-            .collect();
-        if old != new {
-            tracing::warn!("listener changes take effect only after a restart");
+        let refused = crate::config::restart_only_changes(&current.config, &config, self.buf_size);
+        if !refused.is_empty() {
+            return Err(ConfigErrors {
+                file: PathBuf::from(self.source.describe()),
+                errors: refused,
+            });
         }
         let snap =
             Snapshot::build(config, &text, &self.registry).map_err(|errors| ConfigErrors {
@@ -212,6 +212,12 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     })?;
     let mut health = HealthChecks::default();
     health.reconcile(&snapshot);
+    crate::metrics::register_at_zero(&[
+        crate::connlimit::Refusal::Worker.label(),
+        crate::connlimit::Refusal::Total.label(),
+        crate::connlimit::Refusal::PerIp.label(),
+        "accept_error",
+    ]);
     crate::metrics::config_active(&snapshot.version, None, unix_seconds(snapshot.loaded_at));
     tracing::info!(config = %source.describe(), version = %snapshot.version, "config loaded");
     let cell = Arc::new(SnapshotCell::new(snapshot));
@@ -223,6 +229,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         draining: AtomicBool::new(false),
         steering: Mutex::new(SteeringState::Off),
         worker_stats: Mutex::new(Arc::new(Vec::new())),
+        buf_size: read_buffer_size(&config),
     });
     spawn_resolver(control.clone())?;
     spawn_release_control(control.clone())?;
@@ -317,8 +324,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
             listeners,
             io: config.server.io,
             io_uring_entries: config.server.io_uring_entries,
-            buf_size: config.http.max_header_bytes.max(4096),
-            drain_timeout: config.server.drain_timeout,
+            buf_size: read_buffer_size(&config),
             access_log: access_log.clone(),
             loads: loads.clone(),
             stats: worker_stats.clone(),

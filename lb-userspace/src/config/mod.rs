@@ -93,7 +93,7 @@ pub enum IoDriver {
     Epoll,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub workers: Workers,
     pub pin_workers: bool,
@@ -104,7 +104,7 @@ pub struct ServerConfig {
     pub watch_config: Option<Duration>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub name: String,
     pub addr: SocketAddr,
@@ -241,6 +241,68 @@ impl Config {
         })?;
         validate(raw).map_err(wrap)
     }
+}
+
+/// What changed between the running config and `new` that a reload cannot apply: each with
+/// the key and why it needs a restart. `buf_size` is the workers' read buffer, fixed at start.
+/// Everything else (routes, clusters, splits, `[http]` limits and timeouts, the admin token
+/// and hosts, steering deny lists and SYN limits, `server.drain_timeout`) applies at reload.
+pub fn restart_only_changes(old: &Config, new: &Config, buf_size: usize) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    let mut need = |key: &str, what: &str| {
+        out.push(ConfigError {
+            path: key.to_string(),
+            message: format!("{what} cannot change while lb runs: restart lb to apply it"),
+        })
+    };
+    let (o, n) = (&old.server, &new.server);
+    if o.workers != n.workers {
+        need("server.workers", "the number of workers");
+    }
+    if o.pin_workers != n.pin_workers {
+        need("server.pin_workers", "worker pinning");
+    }
+    if o.io != n.io {
+        need("server.io", "the IO driver");
+    }
+    if o.io_uring_entries != n.io_uring_entries {
+        need("server.io_uring_entries", "the io_uring size");
+    }
+    if o.watch_config != n.watch_config {
+        need("server.watch_config", "the config file watch");
+    }
+    if old.listeners != new.listeners {
+        need("listeners", "the listening sockets");
+    }
+    if old.admin.as_ref().map(|a| a.addr) != new.admin.as_ref().map(|a| a.addr) {
+        need("admin.addr", "the admin listener");
+    }
+    if old.access_log != new.access_log {
+        need("access_log", "the access log destination");
+    }
+    let (o, n) = (&old.steering, &new.steering);
+    if o.mode != n.mode
+        || o.policy != n.policy
+        || o.interfaces != n.interfaces
+        || o.xdp_mode != n.xdp_mode
+        || o.cpu_steering != n.cpu_steering
+    {
+        need(
+            "steering",
+            "how eBPF programs are attached (mode, policy, interfaces, xdp_mode, cpu_steering)",
+        );
+    }
+    if new.http.max_header_bytes > buf_size {
+        out.push(ConfigError {
+            path: "http.max_header_bytes".into(),
+            message: format!(
+                "{} bytes is more than the {buf_size}-byte read buffers lb started with: \
+                 restart lb to raise it",
+                new.http.max_header_bytes
+            ),
+        });
+    }
+    out
 }
 
 struct Errors(Vec<ConfigError>);

@@ -337,6 +337,17 @@ pub fn reload(ok: bool) {
     counter!(CONFIG_RELOADS_TOTAL, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
+/// Registers the process-wide counters that dashboards graph, at 0, so a fresh install's
+/// panels show 0 rather than "no data". `refusal_reasons` are the connection refusal labels.
+pub fn register_at_zero(refusal_reasons: &[&'static str]) {
+    for result in ["ok", "error"] {
+        counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(0);
+    }
+    for reason in refusal_reasons {
+        counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => *reason).increment(0);
+    }
+}
+
 /// Marks `version` active and `previous` (if any) inactive.
 pub fn config_active(version: &str, previous: Option<&str>, loaded_unix: f64) {
     if let Some(p) = previous.filter(|p| *p != version) {

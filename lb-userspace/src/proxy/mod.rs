@@ -370,6 +370,17 @@ fn plan_request(
         head_len: req.head_len,
         close: close_after_error,
     };
+    // A head that arrived whole in one read is held to the limit too (the buffer can be
+    // larger than the limit after a reload lowered it).
+    if req.head_len > snap.http.max_header_bytes {
+        return Err(Reject {
+            status: 431,
+            code: "header_too_large",
+            message: "request head exceeds the configured limit",
+            head_len: 0,
+            close: true,
+        });
+    }
     if req.path.len() > snap.http.max_uri_bytes {
         return Err(Reject {
             status: 414,

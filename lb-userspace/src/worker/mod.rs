@@ -242,7 +242,6 @@ pub struct WorkerSpec {
     pub io: IoDriver,
     pub io_uring_entries: u32,
     pub buf_size: usize,
-    pub drain_timeout: Duration,
     pub access_log: Option<mpsc::SyncSender<Vec<u8>>>,
     /// The kernel's per-worker load table, for the `least_loaded` steering policy.
     pub loads: Option<Arc<crate::steering::load::WorkerLoads>>,
@@ -385,7 +384,8 @@ async fn worker_main(
         t.await;
     }
     worker.pool.clear();
-    let deadline = Instant::now() + spec.drain_timeout;
+    // The current config's, so a reload can change it.
+    let deadline = Instant::now() + worker.view().snap.config.server.drain_timeout;
     // Connection tasks end on their own once their request finishes; poll their count.
     while worker.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
