@@ -1,6 +1,8 @@
 //! The XDP program on packet fixtures through BPF_PROG_TEST_RUN: deny lists (v4, v6, VLAN),
 //! truncated packets, the SYN limit, and counters. Needs root and the embedded eBPF object;
-//! skips with a message where either is missing.
+//! reported as skipped where either is missing (a failure under `LB_REQUIRE_TOOLS`).
+
+mod common;
 
 use std::net::IpAddr;
 
@@ -13,14 +15,14 @@ const XDP_PASS: u32 = 2;
 fn filter() -> Option<XdpFilter> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: eBPF tests need root");
+        common::skip("ebpf", "eBPF tests need root");
         return None;
     }
     if XDP_OBJECT.is_empty() {
-        if std::env::var_os("LB_REQUIRE_TOOLS").is_some() {
-            panic!("the eBPF object is missing: `cargo xtask test` builds it first");
-        }
-        eprintln!("SKIPPED: lb was built without its eBPF object (`cargo xtask build-ebpf`)");
+        common::skip(
+            "ebpf",
+            "lb was built without its eBPF object (`cargo xtask build-ebpf`)",
+        );
         return None;
     }
     Some(XdpFilter::load().expect("the XDP program loads and passes the verifier"))

@@ -12,14 +12,11 @@ use common::*;
 fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: steering tests need root");
+        skip("steering", "steering tests need root");
         return false;
     }
     if lb::steering::XDP_OBJECT.is_empty() {
-        if std::env::var_os("LB_REQUIRE_TOOLS").is_some() {
-            panic!("the eBPF object is missing: `cargo xtask test` builds it first");
-        }
-        eprintln!("SKIPPED: lb was built without its eBPF object");
+        skip("steering", "lb was built without its eBPF object");
         return false;
     }
     true
@@ -231,7 +228,7 @@ impl Netns {
             && ip(&["netns", "exec", &n.name, "ip", "link", "set", &ns_if, "up"])
             && ip(&["netns", "exec", &n.name, "ip", "link", "set", "lo", "up"]);
         if !ok {
-            eprintln!("SKIPPED: cannot create a network namespace here");
+            skip("steering", "cannot create a network namespace here");
             return None;
         }
         Some(n)
@@ -351,8 +348,9 @@ fn cpu_steering_hands_flows_to_worker_cpus_and_tcp_still_works() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !tx_off {
-        eprintln!(
-            "SKIPPED: ethtool is needed to turn TX offload off (`cargo xtask test` installs it)"
+        skip(
+            "steering",
+            "ethtool is needed to turn TX offload off (`cargo xtask test` installs it)",
         );
         return;
     }

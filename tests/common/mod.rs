@@ -27,6 +27,28 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Reports a test that cannot run here as skipped: with `LB_REQUIRE_TOOLS` set (as
+/// `cargo xtask test` sets it, unless given `LB_REQUIRE_TOOLS=0`) it fails instead, so CI never
+/// passes a test that did not run. The caller returns right after. The skip is written to
+/// stderr and appended to the file `LB_SKIP_LOG` names, which `cargo xtask test` counts.
+pub fn skip(test: &str, reason: &str) {
+    let required = std::env::var("LB_REQUIRE_TOOLS").is_ok_and(|v| v != "0");
+    assert!(
+        !required,
+        "{test} cannot run: {reason} (LB_REQUIRE_TOOLS is set)"
+    );
+    eprintln!("SKIPPED: {test}: {reason}");
+    if let Some(path) = std::env::var_os("LB_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
+}
+
 /// A running `lb` process; killed on drop if still running.
 pub struct Lb {
     pub child: Child,
