@@ -16,7 +16,9 @@ const QUEUE: usize = 256;
 /// One access log line.
 #[derive(Serialize)]
 pub struct Line<'a> {
-    pub time: String,
+    /// Written as RFC 3339 with milliseconds, straight into the line (no string per line).
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: SystemTime,
     pub client: SocketAddr,
     pub method: &'a str,
     pub path: &'a str,
@@ -42,9 +44,8 @@ impl Line<'_> {
     }
 }
 
-/// Formats the current time as RFC 3339 with milliseconds.
-pub fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
 /// Starts the writer thread for `path` (`"stdout"` or a file, appended to).

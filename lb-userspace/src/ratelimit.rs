@@ -103,7 +103,7 @@ impl Table {
     /// The slot for `key`, claiming a free or expired one if needed.
     fn slot(&self, key: u64, now_us: u64) -> Option<&Slot> {
         let n = self.slots.len();
-        let start = (crate::balancing::maglev::mix(key) as usize) % n;
+        let start = (crate::hash::mix(key) as usize) % n;
         for i in 0..PROBES {
             let slot = &self.slots[(start + i) % n];
             let owner = slot.key.load(Ordering::Acquire);

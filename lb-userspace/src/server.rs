@@ -260,7 +260,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     // The kernel half, before any worker accepts: sockets go into the steering map first.
-    let conns = Arc::new(crate::connlimit::Connections::default());
+    let conns = crate::connlimit::Connections::leak();
     let worker_stats: Arc<Vec<WorkerStats>> =
         Arc::new((0..n_workers).map(|_| WorkerStats::default()).collect());
     *control
@@ -328,7 +328,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
             access_log: access_log.clone(),
             loads: loads.clone(),
             stats: worker_stats.clone(),
-            conns: conns.clone(),
+            conns,
         };
         handles.push(worker::spawn(spec, cell.clone(), rx, started_tx.clone())?);
     }

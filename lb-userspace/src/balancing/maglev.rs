@@ -12,19 +12,10 @@
 //! weights: every `lb` host with the same config builds the same table. It is built when the
 //! snapshot is built, never on the request path.
 
-use crate::hash::fnv1a_of;
+use crate::hash::{fnv1a_of, mix};
 
 /// Smallest table size: a prime, as in Maglev, so that key hashes spread evenly over slots.
 pub const MIN_TABLE_SIZE: usize = 65_537;
-
-/// Finalizer of splitmix64: spreads FNV output over all 64 bits.
-pub fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
 
 /// Hash of a request key, the same on every host.
 pub fn key_hash(key: &[u8]) -> u64 {

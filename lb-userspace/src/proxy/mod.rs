@@ -88,9 +88,11 @@ pub struct Record {
     pub bytes: u64,
     /// When the request head was complete.
     pub started: Option<crate::clock::Stamp>,
-    /// Method and target, kept only when the access log is on.
-    pub method: String,
-    pub target: String,
+    /// Method, a space and the target, kept only when the access log is on (inline up to
+    /// 128 bytes: no allocation for most requests).
+    text: smallvec::SmallVec<[u8; 128]>,
+    /// Where the target starts in `text`.
+    target_at: usize,
     /// Split index, target index and why that target.
     pub variant: Option<(usize, usize, Reason)>,
     /// A copy of the request for the split's mirror, to send once planning is done.
@@ -108,6 +110,28 @@ pub struct Reject {
     /// Bytes of the head to consume if the connection stays open; 0 means it must close.
     pub head_len: usize,
     pub close: bool,
+}
+
+impl Record {
+    /// Keeps the method and target for the access log.
+    fn keep_text(&mut self, method: &[u8], target: &[u8]) {
+        self.text.clear();
+        self.text.extend_from_slice(method);
+        self.text.push(b' ');
+        self.target_at = self.text.len();
+        self.text.extend_from_slice(target);
+    }
+
+    /// The request method, if kept.
+    pub fn method(&self) -> &str {
+        let end = self.target_at.saturating_sub(1);
+        std::str::from_utf8(&self.text[..end]).unwrap_or("")
+    }
+
+    /// The request target as sent, if kept.
+    pub fn target(&self) -> &str {
+        std::str::from_utf8(&self.text[self.target_at..]).unwrap_or("")
+    }
 }
 
 impl Reject {
@@ -359,8 +383,7 @@ fn plan_request(
     };
     rec.started = Some(crate::clock::stamp());
     if keep_text {
-        rec.method = String::from_utf8_lossy(req.method_bytes).into_owned();
-        rec.target = String::from_utf8_lossy(req.path).into_owned();
+        rec.keep_text(req.method_bytes, req.path);
     }
     let close_after_error = req.framing != Framing::None || !req.keep_alive;
     let refuse = |status, code, message| Reject {
@@ -611,7 +634,7 @@ fn rate_limit(
         },
     };
     Some(crate::ratelimit::table().check(
-        crate::balancing::maglev::mix(h),
+        crate::hash::mix(h),
         rule.rate,
         crate::ratelimit::now_us(),
     ))

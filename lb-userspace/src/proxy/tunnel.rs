@@ -25,19 +25,24 @@ fn dup_stream(stream: &TcpStream) -> std::io::Result<TcpStream> {
 }
 
 /// Reads into `buf` for at most `wait`. A read that times out is cancelled and awaited to its
-/// end, so bytes the kernel handed over in the meantime are returned, never dropped.
+/// end, so bytes the kernel handed over in the meantime are returned, never dropped. The
+/// canceller is kept across reads (a new one costs two allocations) and replaced only after
+/// it was used.
 async fn read_within(
     from: &mut TcpStream,
     buf: Vec<u8>,
     wait: Duration,
+    canceller: &mut Option<Canceller>,
 ) -> monoio::BufResult<usize, Vec<u8>> {
-    let canceller = Canceller::new();
-    let read = from.cancelable_read(buf, canceller.handle());
+    let handle = canceller.get_or_insert_with(Canceller::new).handle();
+    let read = from.cancelable_read(buf, handle);
     let mut read = std::pin::pin!(read);
     monoio::select! {
         done = &mut read => done,
         _ = crate::timer::sleep(wait) => {
-            let _ = canceller.cancel();
+            if let Some(c) = canceller.take() {
+                let _ = c.cancel();
+            }
             let (res, buf) = read.await;
             match res {
                 Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
@@ -59,6 +64,7 @@ async fn pump(
     active: &Cell<Instant>,
 ) -> u64 {
     let mut total = 0;
+    let mut canceller = None;
     loop {
         buf.clear();
         // A direction may be quiet while the other is busy (a server pushing events); the
@@ -66,7 +72,7 @@ async fn pump(
         let wait = idle
             .saturating_sub(active.get().elapsed())
             .max(Duration::from_millis(1));
-        let (res, b) = read_within(from, buf, wait).await;
+        let (res, b) = read_within(from, buf, wait, &mut canceller).await;
         if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
             buf = b;
             if active.get().elapsed() < idle {

@@ -186,7 +186,7 @@ impl SplitRequest<'_> {
 /// The bucket (0..PPM) a sticky key falls in for `salt`: the same on every host.
 pub fn bucket(salt: &str, key: &[u8]) -> u32 {
     let h = fnv1a(crate::hash::fnv1a_of(salt.as_bytes()) ^ 0x5bd1_e995, key);
-    (crate::balancing::maglev::mix(h) % PPM as u64) as u32
+    (crate::hash::mix(h) % PPM as u64) as u32
 }
 
 /// The target for `bucket` under `weights` (ppm). Non-default targets take the low ranges
@@ -237,18 +237,17 @@ impl SplitConfig {
         if !included || excluded {
             return (self.default_target, Reason::NotTargeted);
         }
-        let weights = state.weights();
-        match self
+        let bucket = self
             .sticky
             .as_ref()
-            .and_then(|k| req.sticky_bucket(k, &self.salt))
-        {
-            Some(b) => (target_for(b, &weights, self.default_target), Reason::Sticky),
+            .and_then(|k| req.sticky_bucket(k, &self.salt));
+        state.with_weights(|weights| match bucket {
+            Some(b) => (target_for(b, weights, self.default_target), Reason::Sticky),
             None => (
-                target_for(random() % PPM, &weights, self.default_target),
+                target_for(random() % PPM, weights, self.default_target),
                 Reason::Random,
             ),
-        }
+        })
     }
 }
 

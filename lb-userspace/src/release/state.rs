@@ -41,10 +41,27 @@ impl Default for Slot {
     }
 }
 
-/// Requests, 5xx responses and latencies of one target over a sliding window.
+/// One worker's window of one target, on cache lines of its own.
 #[derive(Default)]
-pub struct TargetStats {
+#[repr(align(128))]
+struct Cell {
     slots: [Slot; BUCKETS],
+}
+
+/// Requests, 5xx responses and latencies of one target over a sliding window. Each worker
+/// records into a cell of its own (one per core; more workers than cores share, which stays
+/// exact), so the request path writes no cache line another core writes; readers sum cells.
+pub struct TargetStats {
+    cells: Vec<Cell>,
+}
+
+impl Default for TargetStats {
+    fn default() -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        TargetStats {
+            cells: (0..n).map(|_| Cell::default()).collect(),
+        }
+    }
 }
 
 /// A window's totals.
@@ -66,10 +83,19 @@ impl WindowStats {
 }
 
 impl TargetStats {
-    pub fn record(&self, now_ms: u64, window: Duration, error: bool, latency: Duration) {
+    /// Records one request of `worker`.
+    pub fn record(
+        &self,
+        worker: usize,
+        now_ms: u64,
+        window: Duration,
+        error: bool,
+        latency: Duration,
+    ) {
         let width = (window.as_millis() as u64 / BUCKETS as u64).max(1);
         let epoch = now_ms / width;
-        let slot = &self.slots[(epoch % BUCKETS as u64) as usize];
+        let cell = &self.cells[worker % self.cells.len()];
+        let slot = &cell.slots[(epoch % BUCKETS as u64) as usize];
         if slot.epoch.swap(epoch, Ordering::AcqRel) != epoch {
             slot.requests.store(0, Ordering::Relaxed);
             slot.errors.store(0, Ordering::Relaxed);
@@ -84,12 +110,13 @@ impl TargetStats {
         slot.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The window's totals, summed over every worker's cell.
     pub fn window(&self, now_ms: u64, window: Duration) -> WindowStats {
         let width = (window.as_millis() as u64 / BUCKETS as u64).max(1);
         let epoch = now_ms / width;
         let mut s = WindowStats::default();
         let mut hist = [0u64; LATENCY_BUCKETS];
-        for slot in &self.slots {
+        for slot in self.cells.iter().flat_map(|c| &c.slots) {
             if epoch.saturating_sub(slot.epoch.load(Ordering::Acquire)) >= BUCKETS as u64 {
                 continue;
             }
@@ -115,7 +142,7 @@ impl TargetStats {
     }
 
     pub fn reset(&self) {
-        for slot in &self.slots {
+        for slot in self.cells.iter().flat_map(|c| &c.slots) {
             slot.epoch.store(0, Ordering::Relaxed);
             slot.requests.store(0, Ordering::Relaxed);
             slot.errors.store(0, Ordering::Relaxed);
@@ -173,9 +200,15 @@ impl SplitState {
         }
     }
 
-    /// The weights in force (ppm per target).
+    /// The weights in force (ppm per target), as an owned handle (off the request path).
     pub fn weights(&self) -> Arc<Vec<u32>> {
         self.weights.load_full()
+    }
+
+    /// Runs `f` on the weights in force without touching their shared reference count
+    /// (the request path: no cache line written that other cores read).
+    pub fn with_weights<R>(&self, f: impl FnOnce(&[u32]) -> R) -> R {
+        f(&self.weights.load())
     }
 
     /// Replaces every weight at once: a request sees the old set or the new one, never a mix.

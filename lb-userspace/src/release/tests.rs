@@ -122,7 +122,7 @@ fn window_statistics_and_p99() {
         } else {
             Duration::from_millis(500)
         };
-        s.stats[0].record(1_000, w, i % 10 == 0, latency);
+        s.stats[0].record(i as usize, 1_000, w, i % 10 == 0, latency);
     }
     let st = s.stats[0].window(1_000, w);
     assert_eq!((st.requests, st.errors), (100, 10));

@@ -73,7 +73,7 @@ pub struct Worker {
     idle: RefCell<idle::IdleSet>,
     loads: Option<Arc<crate::steering::load::WorkerLoads>>,
     stats: Arc<Vec<crate::server::WorkerStats>>,
-    conns: Arc<crate::connlimit::Connections>,
+    conns: &'static crate::connlimit::Connections,
     /// Refused connections still being answered.
     refusing: Cell<usize>,
     /// When a refusal was last logged, in `clock::now_ms` milliseconds.
@@ -165,7 +165,13 @@ impl Worker {
                     .as_ref()
                     .map_or(Duration::from_secs(60), |a| a.window);
                 if let Some(stats) = split.state.stats.get(t) {
-                    stats.record(crate::clock::now_ms(), window, rec.status >= 500, took);
+                    stats.record(
+                        self.id,
+                        crate::timer::now_ms(),
+                        window,
+                        rec.status >= 500,
+                        took,
+                    );
                 }
             }
         }
@@ -174,10 +180,10 @@ impl Worker {
         }
         let route = rec.route.and_then(|r| snap.routes.routes().get(r));
         let line = accesslog::Line {
-            time: accesslog::now(),
+            time: std::time::SystemTime::now(),
             client: peer,
-            method: &rec.method,
-            path: &rec.target,
+            method: rec.method(),
+            path: rec.target(),
             status: rec.status,
             route: route.map(|r| r.name.as_str()),
             cluster: rec
@@ -247,7 +253,7 @@ pub struct WorkerSpec {
     pub loads: Option<Arc<crate::steering::load::WorkerLoads>>,
     pub stats: Arc<Vec<crate::server::WorkerStats>>,
     /// Open client connections across workers, for the connection limits.
-    pub conns: Arc<crate::connlimit::Connections>,
+    pub conns: &'static crate::connlimit::Connections,
 }
 
 /// Starts a worker thread. It reports on `started` once its runtime is up and it accepts.
@@ -363,7 +369,7 @@ async fn worker_main(
         idle: RefCell::new(idle::IdleSet::new()?),
         loads: spec.loads.clone(),
         stats: spec.stats.clone(),
-        conns: spec.conns.clone(),
+        conns: spec.conns,
         refusing: Cell::new(0),
         refusal_logged: Cell::new(0),
     });
