@@ -755,3 +755,42 @@ async fn linger(client: &mut BufConn) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<F, A, B, C, D, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// The sizes `docs/architecture.md` states: a busy connection's task, and the request
+    /// machinery inline in it. Growing past them costs memory on every busy connection.
+    #[test]
+    fn futures_stay_within_their_documented_sizes() {
+        let task = future_size::<_, TcpStream, SocketAddr, crate::worker::ConnGuard, Option<u64>, _>(
+            serve,
+        );
+        let request = future_size::<
+            _,
+            &'static Rc<Worker>,
+            &'static mut BufConn,
+            SocketAddr,
+            Option<u64>,
+            _,
+        >(step);
+        eprintln!("connection task {task} B, request machinery {request} B");
+        assert!(
+            task <= 4096,
+            "a connection task's future grew to {task} bytes"
+        );
+        assert!(
+            request <= 3840,
+            "the request future grew to {request} bytes"
+        );
+    }
+}
