@@ -248,3 +248,212 @@ async fn flush(dst: &mut TcpStream, scratch: &mut Vec<u8>, idle: Duration) -> Re
     scratch.clear();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testio::{buf_pair, collect, pair, rt, send};
+    use super::*;
+
+    const FILTER: Out = Out {
+        encode: Encode::Chunked,
+        trailers: TrailerPolicy::Filter,
+    };
+    const PLAIN: Out = Out {
+        encode: Encode::Plain,
+        trailers: TrailerPolicy::Filter,
+    };
+
+    /// Pumps `input` (sent in `piece`-byte writes, then closed or reset) framed as `framing`
+    /// to a peer; returns the pump's result and what the peer received.
+    fn run(
+        input: &[u8],
+        piece: usize,
+        reset: bool,
+        framing: Framing,
+        out: Out,
+        max: u64,
+    ) -> (Result<u64, PumpFail>, Vec<u8>) {
+        rt().block_on(async {
+            let (mut src, src_peer) = buf_pair();
+            let (mut dst, dst_peer) = pair();
+            let sender = send(src_peer, input.to_vec(), piece, reset);
+            let got = collect(dst_peer);
+            let mut scratch = Vec::new();
+            let pace = Pace::idle(Duration::from_secs(5));
+            let r = pump(&mut src, &mut dst, framing, out, &mut scratch, pace, max).await;
+            drop(dst);
+            let _ = sender.join();
+            (r, got.join().expect("collector"))
+        })
+    }
+
+    #[test]
+    fn a_length_body_moves_whole_in_any_pieces() {
+        for piece in [1, 3, 4096] {
+            let (r, got) = run(b"hello world", piece, false, Framing::Length(11), PLAIN, 0);
+            assert_eq!(r.ok(), Some(11));
+            assert_eq!(got, b"hello world");
+        }
+    }
+
+    #[test]
+    fn a_truncated_or_reset_body_is_a_source_failure() {
+        let (r, got) = run(b"only part", 4, false, Framing::Length(100), PLAIN, 0);
+        assert!(matches!(r, Err(PumpFail::Src(IoFail::Eof))), "{r:?}");
+        assert_eq!(got, b"only part", "what came is passed on, nothing more");
+        let (r, _) = run(b"only part", 4, true, Framing::Length(100), PLAIN, 0);
+        assert!(matches!(r, Err(PumpFail::Src(_))), "{r:?}");
+        let (r, _) = run(b"5\r\nhel", 2, false, Framing::Chunked, FILTER, 0);
+        assert!(matches!(r, Err(PumpFail::Src(IoFail::Eof))), "{r:?}");
+    }
+
+    #[test]
+    fn chunked_bodies_are_reframed_with_safe_trailers() {
+        let input = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\nHost: evil\r\nContent-Length: 3\r\n\r\n";
+        for piece in [1, 7, 4096] {
+            let (r, got) = run(input, piece, false, Framing::Chunked, FILTER, 0);
+            assert_eq!(r.ok(), Some(11));
+            let text = String::from_utf8(got).expect("utf8");
+            assert!(text.ends_with("0\r\nX-Sum: 1\r\n\r\n"), "{text:?}");
+            let mut d = crate::http::chunked::ChunkedDecoder::new();
+            let mut data = Vec::new();
+            let mut rest = text.as_bytes();
+            loop {
+                match d.step(rest).expect("valid chunked output") {
+                    crate::http::chunked::Step::Data(n) => {
+                        data.extend_from_slice(&rest[..n]);
+                        rest = &rest[n..];
+                    }
+                    crate::http::chunked::Step::End(_) => break,
+                    crate::http::chunked::Step::NeedMore => panic!("incomplete: {text:?}"),
+                    step => rest = &rest[step_len(step)..],
+                }
+            }
+            assert_eq!(data, b"hello world");
+        }
+        // Decoded to plain bytes, trailers have nowhere to go.
+        let (r, got) = run(input, 5, false, Framing::Chunked, PLAIN, 0);
+        assert_eq!(r.ok(), Some(11));
+        assert_eq!(got, b"hello world");
+    }
+
+    fn step_len(step: crate::http::chunked::Step) -> usize {
+        use crate::http::chunked::Step;
+        match step {
+            Step::Data(n)
+            | Step::Skip(n)
+            | Step::LastChunk(n)
+            | Step::Trailer(n)
+            | Step::End(n) => n,
+            Step::NeedMore => 0,
+        }
+    }
+
+    #[test]
+    fn broken_chunks_and_oversized_bodies_are_refused() {
+        let (r, _) = run(
+            b"zz\r\nhello\r\n0\r\n\r\n",
+            64,
+            false,
+            Framing::Chunked,
+            FILTER,
+            0,
+        );
+        assert!(matches!(r, Err(PumpFail::Chunk(_))), "{r:?}");
+        let (r, _) = run(
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            64,
+            false,
+            Framing::Chunked,
+            FILTER,
+            0,
+        );
+        assert!(matches!(r, Err(PumpFail::Chunk(_))), "{r:?}");
+        let (r, _) = run(
+            b"6\r\nhello \r\n6\r\nworld!\r\n0\r\n\r\n",
+            64,
+            false,
+            Framing::Chunked,
+            FILTER,
+            8,
+        );
+        assert!(matches!(r, Err(PumpFail::TooLarge)), "{r:?}");
+        let (r, got) = run(b"0123456789", 64, false, Framing::Length(10), PLAIN, 5);
+        assert!(matches!(r, Err(PumpFail::TooLarge)), "{r:?}");
+        assert!(got.is_empty(), "nothing of an oversized body is sent");
+    }
+
+    #[test]
+    fn a_destination_that_stops_reading_times_out_and_one_that_closes_fails() {
+        rt().block_on(async {
+            let (mut src, src_peer) = buf_pair();
+            let (mut dst, dst_peer) = pair();
+            let big = vec![b'x'; 16 << 20];
+            let sender = send(src_peer, big, 64 * 1024, false);
+            let mut scratch = Vec::new();
+            // The peer never reads: the write stalls, and the idle timeout cancels it.
+            let pace = Pace::idle(Duration::from_millis(200));
+            let r = pump(
+                &mut src,
+                &mut dst,
+                Framing::Length(16 << 20),
+                PLAIN,
+                &mut scratch,
+                pace,
+                0,
+            )
+            .await;
+            assert!(matches!(r, Err(PumpFail::Dst(IoFail::Timeout))), "{r:?}");
+            drop((src, dst_peer));
+            let _ = sender.join();
+        });
+        rt().block_on(async {
+            let (mut src, src_peer) = buf_pair();
+            let (mut dst, dst_peer) = pair();
+            drop(dst_peer);
+            let sender = send(src_peer, vec![b'y'; 4 << 20], 64 * 1024, false);
+            let mut scratch = Vec::new();
+            let pace = Pace::idle(Duration::from_secs(5));
+            let r = pump(
+                &mut src,
+                &mut dst,
+                Framing::Length(4 << 20),
+                PLAIN,
+                &mut scratch,
+                pace,
+                0,
+            )
+            .await;
+            assert!(matches!(r, Err(PumpFail::Dst(IoFail::Io(_)))), "{r:?}");
+            drop(src);
+            let _ = sender.join();
+        });
+    }
+
+    #[test]
+    fn a_body_below_the_minimum_rate_is_cut() {
+        rt().block_on(async {
+            let (mut src, mut src_peer) = buf_pair();
+            let (mut dst, dst_peer) = pair();
+            let got = collect(dst_peer);
+            // One byte, then silence: after the 100 ms grace, 1 KiB/s wants more than that.
+            std::io::Write::write_all(&mut src_peer, b"a").expect("write");
+            let pace =
+                Pace::with_min_rate(Duration::from_secs(5), 1024, Duration::from_millis(100));
+            let mut scratch = Vec::new();
+            let r = pump(
+                &mut src,
+                &mut dst,
+                Framing::Length(1000),
+                PLAIN,
+                &mut scratch,
+                pace,
+                0,
+            )
+            .await;
+            assert!(matches!(r, Err(PumpFail::TooSlow)), "{r:?}");
+            drop((dst, src_peer));
+            assert_eq!(got.join().expect("collector"), b"a");
+        });
+    }
+}

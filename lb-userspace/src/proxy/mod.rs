@@ -6,6 +6,8 @@ pub mod error;
 mod exchange;
 pub mod explain;
 pub mod head;
+#[cfg(test)]
+mod testio;
 mod tunnel;
 
 use std::net::SocketAddr;

@@ -143,3 +143,75 @@ pub async fn run(client: &mut BufConn, upstream: &mut BufConn, idle: Duration) -
     );
     down
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testio::{buf_pair, rt};
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn bytes_flow_both_ways_and_a_close_ends_the_tunnel() {
+        rt().block_on(async {
+            let (mut client, mut client_peer) = buf_pair();
+            let (mut upstream, mut upstream_peer) = buf_pair();
+            // Bytes each side sent before the tunnel started go first.
+            client_peer.write_all(b"early-up").expect("write");
+            upstream_peer.write_all(b"early-down").expect("write");
+            client
+                .fill(Duration::from_secs(5))
+                .await
+                .expect("client bytes");
+            upstream
+                .fill(Duration::from_secs(5))
+                .await
+                .expect("upstream bytes");
+            let script = std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                let mut got_down = Vec::new();
+                while got_down.len() < b"early-down".len() {
+                    let n = client_peer.read(&mut buf).expect("read");
+                    got_down.extend_from_slice(&buf[..n]);
+                }
+                let mut got_up = Vec::new();
+                while got_up.len() < b"early-up".len() {
+                    let n = upstream_peer.read(&mut buf).expect("read");
+                    got_up.extend_from_slice(&buf[..n]);
+                }
+                upstream_peer.write_all(b"pong").expect("write");
+                let n = client_peer.read(&mut buf).expect("read");
+                let pong = buf[..n].to_vec();
+                // The client leaves: the upstream sees its half-close, then leaves too.
+                client_peer
+                    .shutdown(std::net::Shutdown::Write)
+                    .expect("shutdown");
+                let n = upstream_peer.read(&mut buf).expect("read");
+                drop(upstream_peer);
+                let mut rest = Vec::new();
+                let _ = client_peer.read_to_end(&mut rest);
+                (got_down, got_up, pong, n, rest)
+            });
+            let down = run(&mut client, &mut upstream, Duration::from_secs(10)).await;
+            let (got_down, got_up, pong, eof, rest) = script.join().expect("script");
+            assert_eq!(got_down, b"early-down");
+            assert_eq!(got_up, b"early-up");
+            assert_eq!(pong, b"pong");
+            assert_eq!(eof, 0, "the client's half-close reached the upstream");
+            assert!(rest.is_empty());
+            assert_eq!(down, 4, "bytes moved toward the client inside the tunnel");
+        });
+    }
+
+    #[test]
+    fn an_idle_tunnel_closes() {
+        rt().block_on(async {
+            let (mut client, client_peer) = buf_pair();
+            let (mut upstream, upstream_peer) = buf_pair();
+            let started = Instant::now();
+            let down = run(&mut client, &mut upstream, Duration::from_millis(150)).await;
+            assert_eq!(down, 0);
+            assert!(started.elapsed() >= Duration::from_millis(150));
+            drop((client_peer, upstream_peer));
+        });
+    }
+}
