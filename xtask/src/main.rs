@@ -73,7 +73,7 @@ fn soak(extra: &[String]) -> Result<()> {
 }
 
 /// The cargo-fuzz targets in `fuzz/`.
-const FUZZ_TARGETS: [&str; 4] = ["request", "response", "config", "path"];
+const FUZZ_TARGETS: [&str; 5] = ["request", "response", "config", "path", "forward"];
 
 /// Runs every fuzz target for a bounded time with libFuzzer and AddressSanitizer. Needs a
 /// rustup nightly; installs cargo-fuzz when missing. Inputs that crash are left in

@@ -177,6 +177,19 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
     })
 }
 
+/// The head a worker would send upstream for the raw request head `raw`, if it would forward
+/// it: the same planning code, for tests and the differential fuzz target.
+pub fn forwarded_head(snap: Arc<Snapshot>, raw: &[u8]) -> Option<Vec<u8>> {
+    let view = make_view(snap, 0);
+    let mut out = Vec::new();
+    let mut rec = Record::default();
+    let client = SocketAddr::from(([127, 0, 0, 1], 40000));
+    match plan_request(&view, raw, client, &mut out, &mut rec, false) {
+        Ok(Some(Decision::Forward(_))) => Some(out),
+        _ => None,
+    }
+}
+
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
 }
