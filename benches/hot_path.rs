@@ -66,7 +66,11 @@ fn balancers(c: &mut Criterion) {
         group.bench_function(kind, |b| {
             b.iter(|| {
                 n += 1;
-                black_box(wb.pick(cluster, Some(key_hash(&n.to_le_bytes())), |i| i != 3))
+                black_box(
+                    wb.pick(&cluster.choice(), Some(key_hash(&n.to_le_bytes())), |i| {
+                        i != 3
+                    }),
+                )
             })
         });
     }

@@ -83,7 +83,7 @@ impl Consumers {
             .map(|h| h.value)
             .or_else(|| {
                 let q = self.config.query.as_ref()?;
-                crate::routing::template::query_param(query?, q.as_bytes())
+                crate::http::query_param(query?, q.as_bytes())
             });
         let Some(key) = key.filter(|k| !k.is_empty()) else {
             return Identity::Anonymous;

@@ -3,7 +3,7 @@
 //! A request's way through, by module: `worker` (accept on a pinned core) → `proxy` (read the
 //! head, plan, exchange) using `http` (codec) → `routing` (which cluster) → `balancing` (which
 //! endpoint) → `upstream` (pooled connection) → back out. `config` and `snapshot` hold what the
-//! workers decide from; `server` and `admin` are the control side.
+//! workers decide from; `control`, `server` and `admin` are the control side.
 
 pub mod accesslog;
 pub mod admin;
@@ -11,6 +11,7 @@ pub mod balancing;
 pub mod clock;
 pub mod config;
 pub mod connlimit;
+pub mod control;
 pub mod demo;
 pub mod hash;
 pub mod http;

@@ -3,57 +3,23 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::channel::oneshot;
 
-use crate::config::{Config, ConfigErrors, SteeringMode, Workers};
+use crate::config::{ConfigErrors, SteeringMode, Workers};
+use crate::control::health::HealthChecks;
+use crate::control::{read_buffer_size, unix_seconds};
+pub use crate::control::{ConfigSource, Control, SteeringState, WorkerStats};
 use crate::snapshot::{Snapshot, SnapshotCell, StateRegistry};
 use crate::steering::XdpFilter;
-use crate::upstream::health::HealthChecks;
 use crate::worker::{self, WorkerSpec};
 
 /// How long workers get to come up before start-up is declared failed.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where the running config comes from, and how to reload it.
-pub struct Control {
-    pub cell: Arc<SnapshotCell>,
-    registry: StateRegistry,
-    source: ConfigSource,
-    /// Serialises reloads; also owns the health checks, which follow each published snapshot.
-    health: Mutex<HealthChecks>,
-    pub draining: AtomicBool,
-    /// The kernel half, if configured.
-    pub steering: Mutex<SteeringState>,
-    /// Per-worker connection accounting.
-    pub worker_stats: Mutex<Arc<Vec<WorkerStats>>>,
-    /// The workers' read buffer size, fixed at start: the most `http.max_header_bytes` can be.
-    buf_size: usize,
-}
-
-/// Each worker's read buffer: room for the largest request head allowed.
-fn read_buffer_size(config: &crate::config::Config) -> usize {
-    config.http.max_header_bytes.max(4096)
-}
-
-/// Whether the eBPF programs run.
-pub enum SteeringState {
-    Off,
-    On(XdpFilter),
-    /// Configured, but they could not load; the reason.
-    Unavailable(String),
-}
-
-/// Connections one worker accepted, and how many it holds now.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    pub accepted: std::sync::atomic::AtomicU64,
-    pub active: std::sync::atomic::AtomicU64,
-}
 
 /// Loads the programs, steers the workers' sockets, attaches XDP and fills the maps.
 fn start_steering(
@@ -74,113 +40,6 @@ fn start_steering(
         per_worker.iter().map(|l| l.iter().collect()).collect();
     let loads = kernel.steer(&sockets, cfg.policy, cfg.cpu_steering)?;
     Ok((kernel, loads))
-}
-
-/// A config file on disk, or the embedded demo config.
-#[derive(Debug, Clone)]
-pub enum ConfigSource {
-    File(PathBuf),
-    Embedded {
-        name: &'static str,
-        text: &'static str,
-    },
-}
-
-impl ConfigSource {
-    /// Reads and validates the config; returns it with its text.
-    pub fn load(&self) -> Result<(Config, String), ConfigErrors> {
-        match self {
-            ConfigSource::File(p) => Config::load(p),
-            ConfigSource::Embedded { name, text } => {
-                Config::parse(text, Path::new(name)).map(|c| (c, text.to_string()))
-            }
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            ConfigSource::File(p) => p.display().to_string(),
-            ConfigSource::Embedded { name, .. } => format!("{name} (embedded)"),
-        }
-    }
-}
-
-impl Control {
-    /// Validates the source again and publishes it. An invalid config changes nothing.
-    pub fn reload(&self) -> Result<String, ConfigErrors> {
-        let result = self.try_reload();
-        crate::metrics::reload(result.is_ok());
-        result
-    }
-
-    fn try_reload(&self) -> Result<String, ConfigErrors> {
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let (config, text) = self.source.load()?;
-        for w in config.warnings() {
-            tracing::warn!("{w}");
-        }
-        let current = self.cell.load();
-        let refused = crate::config::restart_only_changes(&current.config, &config, self.buf_size);
-        if !refused.is_empty() {
-            return Err(ConfigErrors {
-                file: PathBuf::from(self.source.describe()),
-                errors: refused,
-            });
-        }
-        let snap =
-            Snapshot::build(config, &text, &self.registry).map_err(|errors| ConfigErrors {
-                file: PathBuf::from(self.source.describe()),
-                errors,
-            })?;
-        let version = snap.version.clone();
-        if let SteeringState::On(kernel) =
-            &mut *self.steering.lock().unwrap_or_else(|p| p.into_inner())
-        {
-            let st = &snap.config.steering;
-            if let Err(e) = kernel
-                .set_deny(&st.deny)
-                .and_then(|_| kernel.set_syn_limit(st.syn_rate, st.syn_burst))
-            {
-                tracing::error!("updating the eBPF deny list failed: {e}");
-            }
-        }
-        health.reconcile(&snap);
-        crate::metrics::config_active(
-            &version,
-            Some(&current.version),
-            unix_seconds(snap.loaded_at),
-        );
-        self.cell.publish(snap);
-        tracing::info!(version = %version, "config reloaded");
-        Ok(version)
-    }
-
-    /// Resolves host-name endpoints again; publishes a new snapshot if any address changed.
-    pub fn re_resolve(&self) {
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.cell.load();
-        match Snapshot::build(current.config.clone(), &current.text, &self.registry) {
-            Ok(snap) => {
-                let (mut old, mut new) = (current.endpoint_addrs(), snap.endpoint_addrs());
-                old.sort();
-                new.sort();
-                if old != new {
-                    tracing::info!(before = ?old, after = ?new, "endpoint addresses changed");
-                    health.reconcile(&snap);
-                    self.cell.publish(snap);
-                }
-            }
-            // Keep serving the addresses we have; DNS may be back next time.
-            Err(errors) => tracing::warn!(
-                ?errors,
-                "re-resolving endpoints failed; keeping the current addresses"
-            ),
-        }
-    }
-
-    pub fn source(&self) -> &ConfigSource {
-        &self.source
-    }
 }
 
 /// Options of `lb run` that are not in the config file.
@@ -221,16 +80,13 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     crate::metrics::config_active(&snapshot.version, None, unix_seconds(snapshot.loaded_at));
     tracing::info!(config = %source.describe(), version = %snapshot.version, "config loaded");
     let cell = Arc::new(SnapshotCell::new(snapshot));
-    let control = Arc::new(Control {
-        cell: cell.clone(),
+    let control = Arc::new(Control::new(
+        cell.clone(),
         registry,
         source,
-        health: Mutex::new(health),
-        draining: AtomicBool::new(false),
-        steering: Mutex::new(SteeringState::Off),
-        worker_stats: Mutex::new(Arc::new(Vec::new())),
-        buf_size: read_buffer_size(&config),
-    });
+        health,
+        read_buffer_size(&config),
+    ));
     spawn_resolver(control.clone())?;
     spawn_release_control(control.clone())?;
 
@@ -320,6 +176,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         };
         let spec = WorkerSpec {
             id,
+            handler: crate::proxy::start,
             core,
             listeners,
             io: config.server.io,
@@ -390,11 +247,6 @@ fn raise_fd_limit() {
             }
         }
     }
-}
-
-fn unix_seconds(t: std::time::SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Re-resolves host-name endpoints on the shortest interval any cluster of the running
@@ -501,12 +353,7 @@ fn wait_for_signals(
                 tracing::info!(
                     "draining: no new connections; open requests get the drain timeout to finish"
                 );
-                control.draining.store(true, Ordering::SeqCst);
-                control
-                    .health
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .stop_all();
+                control.start_drain();
                 for d in drains {
                     let _ = d.send(());
                 }

@@ -14,9 +14,8 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::balancing::maglev::MaglevTable;
-use crate::config::{
-    BalancerKind, ClusterConfig, Config, ConfigError, HashKey, HttpConfig, Target,
-};
+use crate::balancing::{BalancerKind, HashKey};
+use crate::config::{ClusterConfig, Config, ConfigError, HttpConfig, Target};
 use crate::metrics::{ClusterMetrics, RouteMetrics, SplitMetrics};
 use crate::release::state::SplitState;
 use crate::release::SplitConfig;
@@ -31,6 +30,18 @@ pub struct Endpoint {
     /// The configured target (`IP:port` or `host:port`), for logs and the admin API.
     pub target: String,
     pub state: Arc<EndpointState>,
+}
+
+impl crate::balancing::Candidate for Endpoint {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    fn load(&self) -> u64 {
+        self.state
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A cluster with everything a worker needs to proxy to it.
@@ -50,6 +61,17 @@ pub struct Cluster {
     /// The validated cluster config: health, outlier, limits, breaker and retry policies.
     pub config: ClusterConfig,
     pub metrics: ClusterMetrics,
+}
+
+impl Cluster {
+    /// The endpoints as the balancer sees them.
+    pub fn choice(&self) -> crate::balancing::Choice<'_, Endpoint> {
+        crate::balancing::Choice {
+            kind: self.balancer,
+            endpoints: &self.endpoints,
+            maglev: self.maglev.as_deref(),
+        }
+    }
 }
 
 /// Everything a worker reads to decide what to do with a request.

@@ -11,7 +11,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::server::Control;
+use crate::control::Control;
 
 /// An admin client that has not sent its whole request this long after connecting is
 /// dropped; also the write timeout of an answer.

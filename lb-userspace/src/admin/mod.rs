@@ -4,6 +4,7 @@
 
 mod guard;
 mod listener;
+mod metrics;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -12,7 +13,7 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::{json, Value};
 
-use crate::server::{Control, SteeringState};
+use crate::control::{Control, SteeringState};
 use listener::AdminRequest;
 pub use listener::{start, ADMIN_IO_TIMEOUT, ADMIN_MAX_CONNECTIONS};
 
@@ -57,11 +58,14 @@ fn handle(req: &AdminRequest, control: &Control) -> (u16, Body) {
         if let SteeringState::On(kernel) =
             &*control.steering.lock().unwrap_or_else(|p| p.into_inner())
         {
-            crate::metrics::xdp(kernel);
+            metrics::xdp(kernel);
         }
         return (
             200,
-            Body::Metrics(crate::metrics::render(&control.cell.load())),
+            Body::Metrics({
+                metrics::sample(&control.cell.load());
+                crate::metrics::render()
+            }),
         );
     }
     let (status, value) = handle_json(req, control);

@@ -9,12 +9,45 @@
 pub mod maglev;
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::Ordering;
 
 use std::net::IpAddr;
 
-use crate::config::{BalancerKind, HashKey};
-use crate::snapshot::Cluster;
+/// Balancing algorithm of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancerKind {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    PowerOfTwo,
+    Random,
+    Maglev,
+}
+
+/// What a consistent hash is computed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+    Path,
+}
+
+/// What a balancer needs to know of an endpoint.
+pub trait Candidate {
+    /// Its configured weight (at least 1).
+    fn weight(&self) -> u32;
+    /// Requests in flight to it now, across workers.
+    fn load(&self) -> u64;
+}
+
+/// The endpoints of one cluster as a balancer sees them.
+pub struct Choice<'a, E> {
+    pub kind: BalancerKind,
+    pub endpoints: &'a [E],
+    pub maglev: Option<&'a maglev::MaglevTable>,
+}
 
 /// Per-worker, per-cluster balancing state.
 pub struct WorkerBalancer {
@@ -33,27 +66,28 @@ impl WorkerBalancer {
         }
     }
 
-    /// Picks an endpoint of `cluster` among those `usable` accepts. `key_hash` is the hashed
-    /// request key for `maglev` (a missing key picks at random).
-    pub fn pick(
+    /// Picks one of `choice`'s endpoints among those `usable` accepts. `key_hash` is the
+    /// hashed request key for `maglev` (a missing key picks at random).
+    pub fn pick<E: Candidate>(
         &self,
-        cluster: &Cluster,
+        choice: &Choice<'_, E>,
         key_hash: Option<u64>,
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        let n = cluster.endpoints.len();
+        let eps = choice.endpoints;
+        let n = eps.len();
         if n == 0 {
             return None;
         }
-        match cluster.balancer {
+        match choice.kind {
             BalancerKind::RoundRobin => self.round_robin(n, usable),
-            BalancerKind::WeightedRoundRobin => self.smooth_weighted(cluster, usable),
-            BalancerKind::LeastConnections => self.least_connections(cluster, usable),
-            BalancerKind::PowerOfTwo => self.power_of_two(cluster, usable),
-            BalancerKind::Random => self.weighted_random(cluster, usable),
-            BalancerKind::Maglev => match (key_hash, &cluster.maglev) {
+            BalancerKind::WeightedRoundRobin => self.smooth_weighted(eps, usable),
+            BalancerKind::LeastConnections => self.least_connections(eps, usable),
+            BalancerKind::PowerOfTwo => self.power_of_two(eps, usable),
+            BalancerKind::Random => self.weighted_random(eps, usable),
+            BalancerKind::Maglev => match (key_hash, choice.maglev) {
                 (Some(h), Some(table)) => table.lookup(h, usable),
-                _ => self.weighted_random(cluster, usable),
+                _ => self.weighted_random(eps, usable),
             },
         }
     }
@@ -70,16 +104,20 @@ impl WorkerBalancer {
     }
 
     /// nginx's smooth weighted round robin: weights 5:1:1 give a a b a c a a, interleaved.
-    fn smooth_weighted(&self, cluster: &Cluster, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    fn smooth_weighted<E: Candidate>(
+        &self,
+        eps: &[E],
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let mut current = self.current.borrow_mut();
-        current.resize(cluster.endpoints.len(), 0);
+        current.resize(eps.len(), 0);
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for (i, ep) in cluster.endpoints.iter().enumerate() {
+        for (i, ep) in eps.iter().enumerate() {
             if !usable(i) {
                 continue;
             }
-            let w = ep.weight as i64;
+            let w = ep.weight() as i64;
             current[i] += w;
             total += w;
             if best.is_none_or(|b| current[i] > current[b]) {
@@ -92,20 +130,20 @@ impl WorkerBalancer {
     }
 
     /// Fewest in-flight requests per unit of weight, across all workers; ties at random.
-    fn least_connections(
+    fn least_connections<E: Candidate>(
         &self,
-        cluster: &Cluster,
+        eps: &[E],
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let mut rng = self.rng.borrow_mut();
         let mut best: Option<(u64, u64, usize)> = None; // (load, weight, index)
         let mut ties = 0u32;
-        for (i, ep) in cluster.endpoints.iter().enumerate() {
+        for (i, ep) in eps.iter().enumerate() {
             if !usable(i) {
                 continue;
             }
-            let load = ep.state.in_flight.load(Ordering::Relaxed);
-            let w = ep.weight as u64;
+            let load = ep.load();
+            let w = ep.weight() as u64;
             match best {
                 None => {
                     best = Some((load, w, i));
@@ -130,8 +168,12 @@ impl WorkerBalancer {
     }
 
     /// Two random usable endpoints; the one with less load per weight.
-    fn power_of_two(&self, cluster: &Cluster, usable: impl Fn(usize) -> bool) -> Option<usize> {
-        let n = cluster.endpoints.len();
+    fn power_of_two<E: Candidate>(
+        &self,
+        eps: &[E],
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let n = eps.len();
         let mut rng = self.rng.borrow_mut();
         let mut draw = || {
             let start = rng.usize(0..n);
@@ -140,33 +182,36 @@ impl WorkerBalancer {
         let a = draw()?;
         let b = draw().unwrap_or(a);
         let load = |i: usize| {
-            let ep = &cluster.endpoints[i];
-            (ep.state.in_flight.load(Ordering::Relaxed), ep.weight as u64)
+            let ep = &eps[i];
+            (ep.load(), ep.weight() as u64)
         };
         let ((la, wa), (lb, wb)) = (load(a), load(b));
         Some(if lb * wa < la * wb { b } else { a })
     }
 
-    fn weighted_random(&self, cluster: &Cluster, usable: impl Fn(usize) -> bool) -> Option<usize> {
-        let total: u64 = cluster
-            .endpoints
+    fn weighted_random<E: Candidate>(
+        &self,
+        eps: &[E],
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let total: u64 = eps
             .iter()
             .enumerate()
             .filter(|(i, _)| usable(*i))
-            .map(|(_, e)| e.weight as u64)
+            .map(|(_, e)| e.weight() as u64)
             .sum();
         if total == 0 {
             return None;
         }
         let mut r = self.rng.borrow_mut().u64(0..total);
-        for (i, ep) in cluster.endpoints.iter().enumerate() {
+        for (i, ep) in eps.iter().enumerate() {
             if !usable(i) {
                 continue;
             }
-            if r < ep.weight as u64 {
+            if r < ep.weight() as u64 {
                 return Some(i);
             }
-            r -= ep.weight as u64;
+            r -= ep.weight() as u64;
         }
         None
     }
@@ -190,8 +235,8 @@ pub fn request_key_hash(
         HashKey::Cookie(name) => headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-            .find_map(|h| cookie_value(h.value, name.as_bytes()))?,
-        HashKey::Query(name) => crate::routing::template::query_param(query?, name.as_bytes())?,
+            .find_map(|h| crate::http::cookie_value(h.value, name.as_bytes()))?,
+        HashKey::Query(name) => crate::http::query_param(query?, name.as_bytes())?,
         HashKey::Path => path,
         HashKey::ClientIp => {
             return Some(match client {
@@ -201,15 +246,6 @@ pub fn request_key_hash(
         }
     };
     Some(maglev::key_hash(value))
-}
-
-/// The value of cookie `name` in a `Cookie` header value (`a=1; b=2`).
-pub fn cookie_value<'v>(header: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
-    })
 }
 
 #[cfg(test)]

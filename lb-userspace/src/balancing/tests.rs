@@ -30,7 +30,7 @@ fn counts(
 ) -> Vec<usize> {
     let mut counts = vec![0; c.endpoints.len()];
     for _ in 0..n {
-        counts[b.pick(c, None, usable).unwrap()] += 1;
+        counts[b.pick(&c.choice(), None, usable).unwrap()] += 1;
     }
     counts
 }
@@ -51,11 +51,11 @@ fn round_robin_is_exact_and_skips_unusable() {
     let c = cluster("round_robin", &[1, 1, 1]);
     let b = WorkerBalancer::new(3, 0);
     let picks: Vec<_> = (0..6)
-        .map(|_| b.pick(&c, None, |_| true).unwrap())
+        .map(|_| b.pick(&c.choice(), None, |_| true).unwrap())
         .collect();
     assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     assert_eq!(counts(&c, &b, 300, |i| i != 1), [150, 0, 150]);
-    assert_eq!(b.pick(&c, None, |_| false), None);
+    assert_eq!(b.pick(&c.choice(), None, |_| false), None);
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn smooth_weighted_interleaves() {
     let c = cluster("weighted_round_robin", &[5, 1, 1]);
     let b = WorkerBalancer::new(3, 0);
     let picks: Vec<_> = (0..7)
-        .map(|_| b.pick(&c, None, |_| true).unwrap())
+        .map(|_| b.pick(&c.choice(), None, |_| true).unwrap())
         .collect();
     assert_eq!(
         picks,
@@ -94,7 +94,7 @@ fn least_connections_prefers_the_idle_and_breaks_ties_randomly() {
     let w = cluster("least_connections", &[4, 1]);
     w.endpoints[0].state.in_flight.store(4, Ordering::Relaxed);
     w.endpoints[1].state.in_flight.store(2, Ordering::Relaxed);
-    assert_eq!(b.pick(&w, None, |_| true), Some(0));
+    assert_eq!(b.pick(&w.choice(), None, |_| true), Some(0));
 }
 
 #[test]
@@ -113,9 +113,9 @@ fn maglev_is_sticky_per_key() {
     let c = cluster("maglev", &[1, 1, 1]);
     let b = WorkerBalancer::new(3, 0);
     let h = super::maglev::key_hash(b"user-42");
-    let first = b.pick(&c, Some(h), |_| true).unwrap();
+    let first = b.pick(&c.choice(), Some(h), |_| true).unwrap();
     for _ in 0..100 {
-        assert_eq!(b.pick(&c, Some(h), |_| true), Some(first));
+        assert_eq!(b.pick(&c.choice(), Some(h), |_| true), Some(first));
     }
     let table = c.maglev.as_ref().unwrap();
     assert!(table.size() >= super::maglev::MIN_TABLE_SIZE);

@@ -466,29 +466,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
 }
 
 /// How the kernel half runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SteeringMode {
-    Off,
-    /// SK_REUSEPORT steering only.
-    Reuseport,
-    /// XDP filtering and SK_REUSEPORT steering.
-    Xdp,
-}
-
-/// The SK_REUSEPORT policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SteeringPolicy {
-    Cpu,
-    Hash,
-    LeastLoaded,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdpMode {
-    Auto,
-    Native,
-    Generic,
-}
+pub use crate::steering::{SteeringMode, SteeringPolicy, XdpMode};
 
 #[derive(Debug, Clone)]
 pub struct SteeringConfig {

@@ -148,6 +148,26 @@ impl<'a> ConnectionOptions<'a> {
     }
 }
 
+/// The raw value of the first `name` parameter in a query string (`Some(b"")` for `?flag`).
+pub fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Option<&'q [u8]> {
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        (k == name).then_some(v)
+    })
+}
+
+/// The value of cookie `name` in a `Cookie` header value (`a=1; b=2`).
+pub fn cookie_value<'v>(header: &'v [u8], name: &[u8]) -> Option<&'v [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+    })
+}
+
 /// Parses a Content-Length value strictly: ASCII digits only, no sign, no overflow.
 pub fn parse_content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
@@ -233,6 +253,16 @@ mod tests {
         assert_eq!(v(&[b"chunked", b"chunked"]), TeVerdict::ChunkedTwice);
         assert_eq!(v(&[b"gzip"]), TeVerdict::NotChunkedLast);
         assert_eq!(v(&[b"identity"]), TeVerdict::NotChunkedLast);
+    }
+
+    #[test]
+    fn query_params_and_cookies() {
+        assert_eq!(query_param(b"a=1&b=2", b"b"), Some(&b"2"[..]));
+        assert_eq!(query_param(b"a=1&flag", b"flag"), Some(&b""[..]));
+        assert_eq!(query_param(b"a=1", b"c"), None);
+        assert_eq!(query_param(b"aa=1", b"a"), None);
+        assert_eq!(cookie_value(b"a=1; b = 2", b"b"), Some(&b"2"[..]));
+        assert_eq!(cookie_value(b"a=1", b"b"), None);
     }
 
     #[test]

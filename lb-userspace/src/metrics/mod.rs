@@ -12,7 +12,6 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::snapshot::Snapshot;
 use names::*;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -49,11 +48,11 @@ pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE.get()
 }
 
-/// Renders the Prometheus text, after sampling gauges from `snap`'s shared state.
-pub fn render(snap: &Snapshot) -> String {
+/// Renders the Prometheus text. Gauges sampled from shared state are set by the caller
+/// first (the admin API samples the snapshot; see `admin::metrics`).
+pub fn render() -> String {
     let mut out = match HANDLE.get() {
         Some(handle) => {
-            sample(snap);
             handle.run_upkeep();
             handle.render()
         }
@@ -305,23 +304,6 @@ impl SplitMetrics {
     }
 }
 
-/// Copies the XDP program's per-CPU counters (summed) into the exported counters.
-pub fn xdp(kernel: &crate::steering::XdpFilter) {
-    use lb_common::Counter;
-    for (c, action, reason) in [
-        (Counter::Pass, "pass", "none"),
-        (Counter::PassUnparsed, "pass", "unparsed"),
-        (Counter::DropDenied, "drop", "denied"),
-        (Counter::DropSynFlood, "drop", "syn_flood"),
-        (Counter::Redirect, "redirect", "cpu_steering"),
-    ] {
-        if let Ok(v) = kernel.counter(c) {
-            counter!(XDP_PACKETS_TOTAL, "action" => action, "reason" => reason).absolute(v.packets);
-            counter!(XDP_BYTES_TOTAL, "action" => action, "reason" => reason).absolute(v.bytes);
-        }
-    }
-}
-
 /// Counts an automatic rollback.
 pub fn canary_rolled_back(split: &str) {
     counter!(CANARY_ROLLBACKS_TOTAL, "split" => split.to_string()).increment(1);
@@ -365,36 +347,6 @@ pub fn downstream_connections(worker: usize) -> metrics::Gauge {
 /// Counts a client connection refused for `reason`.
 pub fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
-}
-
-fn sample(snap: &Snapshot) {
-    let now = crate::clock::now_ms();
-    for s in &snap.splits {
-        let weights = s.state.weights();
-        for (t, w) in s.config.targets.iter().zip(weights.iter()) {
-            gauge!(SPLIT_WEIGHT_RATIO, "split" => s.config.name.clone(), "variant" => t.name.clone())
-                .set(*w as f64 / crate::release::PPM as f64);
-        }
-    }
-    for c in &snap.clusters {
-        gauge!(CLUSTER_CONNECTIONS, "cluster" => c.name.clone())
-            .set(c.state.connections.load(Ordering::Relaxed) as f64);
-        for e in &c.endpoints {
-            let labels = [
-                ("cluster", c.name.clone()),
-                ("endpoint", e.addr.to_string()),
-            ];
-            let s = &e.state;
-            gauge!(ENDPOINT_IN_FLIGHT, &labels).set(s.in_flight.load(Ordering::Relaxed) as f64);
-            gauge!(ENDPOINT_HEALTHY, &labels).set(if s.healthy.load(Ordering::Relaxed) {
-                1.0
-            } else {
-                0.0
-            });
-            gauge!(ENDPOINT_EJECTED, &labels).set(if s.is_ejected(now) { 1.0 } else { 0.0 });
-            gauge!(ENDPOINT_BREAKER_STATE, &labels).set(s.breaker.state() as u8 as f64);
-        }
-    }
 }
 
 #[cfg(test)]

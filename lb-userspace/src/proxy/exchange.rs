@@ -364,13 +364,14 @@ fn choose_endpoint(
     let mut blocked: SmallVec<[usize; 4]> = SmallVec::new();
     let mut retries_full = false;
     let balancer = &ctx.view.balancers[ctx.plan.cluster];
+    let choice = cluster.choice();
     loop {
         let usable = |i: usize| {
             !tried.contains(&i)
                 && !blocked.contains(&i)
                 && (panic || cluster.endpoints[i].state.is_available(now))
         };
-        let Some(i) = balancer.pick(cluster, ctx.plan.key_hash, usable) else {
+        let Some(i) = balancer.pick(&choice, ctx.plan.key_hash, usable) else {
             let limit = if retries_full {
                 Limit::MaxRetries
             } else if !blocked.is_empty() {

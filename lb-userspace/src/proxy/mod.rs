@@ -6,6 +6,8 @@ pub mod error;
 mod exchange;
 pub mod explain;
 pub mod head;
+mod log;
+mod mirror;
 #[cfg(test)]
 mod testio;
 mod tunnel;
@@ -177,6 +179,17 @@ enum Step {
     Close,
 }
 
+/// Starts serving an accepted or resumed HTTP/1.1 connection on this worker (the worker's
+/// [`crate::worker::Handler`]).
+pub fn start(
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: crate::worker::ConnGuard,
+    head_deadline: Option<u64>,
+) {
+    monoio::spawn(serve(stream, peer, conn, head_deadline));
+}
+
 /// Serves one client connection until it closes, fails, parks, or the worker drains.
 /// `head_deadline`: no request has been served on it yet, and its first head must be whole
 /// by then (counted from accept, so parking does not extend it).
@@ -268,7 +281,7 @@ async fn next_request(
     let mut rec = Record::default();
     let flow = handle_request(w, view, client, out, peer, head_deadline, &mut rec).await;
     if rec.status != 0 {
-        w.finish(&rec, peer);
+        log::finish(w, &rec, peer);
     }
     flow
 }
@@ -345,7 +358,7 @@ async fn handle_request(
     let (decision, view) = decision;
     if let Some((split, copy)) = rec.mirror.take() {
         let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
-        crate::release::mirror::send(w, &view.snap, split, copy, in_flight);
+        mirror::send(w, &view.snap, split, copy, in_flight);
     }
     match decision {
         Decision::Forward(plan) => exchange::proxy(w, &view, client, out, plan, rec).await,

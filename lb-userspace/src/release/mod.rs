@@ -7,16 +7,14 @@
 //! reloads by split name, as long as the split's configuration does not change.
 
 pub mod analysis;
-pub mod mirror;
 pub mod state;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::balancing::cookie_value;
-use crate::config::HashKey;
+use crate::balancing::HashKey;
 use crate::hash::fnv1a;
-use crate::routing::template::query_param;
+use crate::http::{cookie_value, query_param};
 use state::SplitState;
 
 /// Weights are parts per million: 0.1% is 1,000.

@@ -2,7 +2,7 @@
 
 use regex::bytes::Regex;
 
-use super::template::query_param;
+use crate::http::query_param;
 
 /// Most captures one path matcher may define.
 pub const MAX_CAPTURES: usize = 8;

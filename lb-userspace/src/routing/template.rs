@@ -105,7 +105,7 @@ impl Template {
                     }
                 }
                 Part::Query(name) => {
-                    if let Some(v) = vars.query.and_then(|q| query_param(q, name)) {
+                    if let Some(v) = vars.query.and_then(|q| crate::http::query_param(q, name)) {
                         out.extend_from_slice(v);
                     }
                 }
@@ -115,17 +115,6 @@ impl Template {
             }
         }
     }
-}
-
-/// The raw value of the first `name` parameter in a query string (`Some(b"")` for `?flag`).
-pub fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Option<&'q [u8]> {
-    query.split(|&b| b == b'&').find_map(|pair| {
-        let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-            None => (pair, &pair[pair.len()..]),
-        };
-        (k == name).then_some(v)
-    })
 }
 
 #[cfg(test)]
@@ -187,13 +176,5 @@ mod tests {
         assert!(Template::parse("/x/${path", &[])
             .unwrap_err()
             .contains("unclosed"));
-    }
-
-    #[test]
-    fn query_params() {
-        assert_eq!(query_param(b"a=1&b=2", b"b"), Some(&b"2"[..]));
-        assert_eq!(query_param(b"a=1&flag", b"flag"), Some(&b""[..]));
-        assert_eq!(query_param(b"a=1", b"c"), None);
-        assert_eq!(query_param(b"aa=1", b"a"), None);
     }
 }

@@ -16,6 +16,32 @@ use std::os::fd::AsFd;
 use lb_common::{Counter, PacketCount, SynConfig};
 use thiserror::Error;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringMode {
+    Off,
+    /// SK_REUSEPORT steering only.
+    Reuseport,
+    /// XDP filtering and SK_REUSEPORT steering.
+    Xdp,
+}
+
+/// The SK_REUSEPORT policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringPolicy {
+    Cpu,
+    Hash,
+    LeastLoaded,
+}
+
+/// How the XDP program attaches: native driver mode, generic (skb) mode, or native when the
+/// driver supports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Auto,
+    Native,
+    Generic,
+}
+
 /// The XDP program, as built by `cargo xtask build-ebpf` (empty if it was not built).
 pub const XDP_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lb-xdp.o"));
 
@@ -70,7 +96,7 @@ impl XdpFilter {
     pub fn steer(
         &mut self,
         sockets: &[Vec<&std::net::TcpListener>],
-        policy: crate::config::SteeringPolicy,
+        policy: SteeringPolicy,
         cpu_redirect: bool,
     ) -> Result<load::WorkerLoads, SteeringError> {
         use aya::maps::ReusePortSockArray;
@@ -95,9 +121,9 @@ impl XdpFilter {
             }
         }
         let policy = match policy {
-            crate::config::SteeringPolicy::Cpu => lb_common::POLICY_CPU,
-            crate::config::SteeringPolicy::Hash => lb_common::POLICY_HASH,
-            crate::config::SteeringPolicy::LeastLoaded => lb_common::POLICY_LEAST_LOADED,
+            SteeringPolicy::Cpu => lb_common::POLICY_CPU,
+            SteeringPolicy::Hash => lb_common::POLICY_HASH,
+            SteeringPolicy::LeastLoaded => lb_common::POLICY_LEAST_LOADED,
         };
         {
             let mut cfg: Array<_, SteerConfig> = Array::try_from(self.map("LB_STEER")?)
@@ -158,16 +184,12 @@ impl XdpFilter {
     }
 
     /// Attaches the XDP program to `iface`.
-    pub fn attach_xdp(
-        &mut self,
-        iface: &str,
-        mode: crate::config::XdpMode,
-    ) -> Result<(), SteeringError> {
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), SteeringError> {
         use aya::programs::xdp::XdpMode as AyaMode;
         let flags = match mode {
-            crate::config::XdpMode::Auto => AyaMode::Default,
-            crate::config::XdpMode::Native => AyaMode::Driver,
-            crate::config::XdpMode::Generic => AyaMode::Skb,
+            XdpMode::Auto => AyaMode::Default,
+            XdpMode::Native => AyaMode::Driver,
+            XdpMode::Generic => AyaMode::Skb,
         };
         let prog: &mut Xdp = self
             .ebpf

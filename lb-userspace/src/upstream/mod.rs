@@ -1,7 +1,7 @@
 //! Upstream connections: connecting with a deadline, a worker-local pool of idle keep-alive
 //! connections per endpoint, the shared endpoint state, and active health checks.
 
-pub mod health;
+pub mod policy;
 pub mod state;
 
 use std::cell::RefCell;

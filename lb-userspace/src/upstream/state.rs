@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use crate::config::{BreakerConfig, OutlierConfig};
+use crate::upstream::policy::{BreakerConfig, OutlierConfig};
 
 /// Buckets in a sliding window.
 const BUCKETS: u64 = 10;

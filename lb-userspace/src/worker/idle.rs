@@ -230,12 +230,7 @@ fn resume(p: Parked, w: &Rc<Worker>) {
     let std = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
     match monoio::net::TcpStream::from_std(std) {
         Ok(stream) => {
-            monoio::spawn(crate::proxy::serve(
-                stream,
-                peer,
-                guard,
-                first.then_some(deadline),
-            ));
+            w.resume(stream, peer, guard, first.then_some(deadline));
         }
         Err(e) => {
             tracing::debug!(worker = w.id, error = %e, "could not resume an idle connection");

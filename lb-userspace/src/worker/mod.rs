@@ -19,7 +19,6 @@ use crate::balancing::WorkerBalancer;
 use crate::config::IoDriver;
 use crate::connlimit::Refusal;
 use crate::net::BufPool;
-use crate::proxy::Record;
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::upstream::Pool;
 
@@ -51,9 +50,16 @@ pub struct View {
     pub balancers: Vec<WorkerBalancer>,
 }
 
+/// What serves an accepted (or resumed) client connection: the protocol side of the request
+/// path (`proxy::start` for HTTP/1.1), given to the worker so that the worker knows nothing
+/// of protocols. `head_deadline` is set while no request has been served on it yet.
+pub type Handler = fn(monoio::net::TcpStream, SocketAddr, ConnGuard, Option<u64>);
+
 /// Per-worker state shared by all of the worker's connection tasks.
 pub struct Worker {
     pub id: usize,
+    /// Serves connections.
+    handler: Handler,
     cell: Arc<SnapshotCell>,
     view: RefCell<Rc<View>>,
     generation: Cell<u64>,
@@ -72,7 +78,7 @@ pub struct Worker {
     /// Connections waiting for their next request, with their deadlines.
     idle: RefCell<idle::IdleSet>,
     loads: Option<Arc<crate::steering::load::WorkerLoads>>,
-    stats: Arc<Vec<crate::server::WorkerStats>>,
+    stats: Arc<Vec<crate::control::WorkerStats>>,
     conns: &'static crate::connlimit::Connections,
     /// Refused connections still being answered.
     refusing: Cell<usize>,
@@ -94,6 +100,17 @@ impl Worker {
             *self.view.borrow_mut() = Rc::new(make_view(snap, self.id));
         }
         self.view.borrow().clone()
+    }
+
+    /// Hands a connection to the handler (a parked one that turned readable).
+    pub fn resume(
+        &self,
+        stream: monoio::net::TcpStream,
+        peer: SocketAddr,
+        guard: ConnGuard,
+        head_deadline: Option<u64>,
+    ) {
+        (self.handler)(stream, peer, guard, head_deadline);
     }
 
     pub fn draining(&self) -> bool {
@@ -140,69 +157,14 @@ impl Worker {
         self.access_tx.is_some()
     }
 
-    /// Records a finished request: metrics, and the access log line if it is on.
-    pub fn finish(&self, rec: &Record, peer: SocketAddr) {
-        let current;
-        let view = match &rec.view {
-            Some(v) => v,
-            None => {
-                current = self.view();
-                &current
-            }
-        };
-        let snap = &view.snap;
-        let took = rec.started.map_or(Duration::ZERO, |s| s.elapsed());
-        let metrics = rec
-            .route
-            .and_then(|r| snap.route_metrics.get(r))
-            .unwrap_or(&snap.unrouted_metrics);
-        metrics.record(self.id, rec.status, took);
-        if let Some((si, t, _)) = rec.variant {
-            if let Some(split) = snap.splits.get(si) {
-                let window = split
-                    .config
-                    .analysis
-                    .as_ref()
-                    .map_or(Duration::from_secs(60), |a| a.window);
-                if let Some(stats) = split.state.stats.get(t) {
-                    stats.record(
-                        self.id,
-                        crate::timer::now_ms(),
-                        window,
-                        rec.status >= 500,
-                        took,
-                    );
-                }
-            }
-        }
+    /// Appends one access log line (written by `write`) to this worker's buffer, and hands
+    /// the buffer to the writer thread once it is full. Nothing happens with the log off.
+    pub fn log_access(&self, write: impl FnOnce(&mut Vec<u8>)) {
         if self.access_tx.is_none() {
             return;
         }
-        let route = rec.route.and_then(|r| snap.routes.routes().get(r));
-        let line = accesslog::Line {
-            time: std::time::SystemTime::now(),
-            client: peer,
-            method: rec.method(),
-            path: rec.target(),
-            status: rec.status,
-            route: route.map(|r| r.name.as_str()),
-            cluster: rec
-                .cluster
-                .and_then(|c| snap.clusters.get(c))
-                .map(|c| c.name.as_str()),
-            endpoint: rec.endpoint,
-            variant: rec.variant.and_then(|(si, t, _)| {
-                snap.splits
-                    .get(si)
-                    .map(|s| s.config.targets[t].name.as_str())
-            }),
-            bytes: rec.bytes,
-            duration_ms: took.as_secs_f64() * 1000.0,
-            upstream_ms: rec.upstream.map(|d| d.as_secs_f64() * 1000.0),
-            error: rec.error.map(|e| e.code()),
-        };
         let mut buf = self.access.borrow_mut();
-        line.write(&mut buf);
+        write(&mut buf);
         if buf.len() >= accesslog::FLUSH_AT {
             drop(buf);
             self.flush_access_log();
@@ -243,6 +205,8 @@ pub fn make_view(snap: Arc<Snapshot>, worker_id: usize) -> View {
 /// What the main thread needs to start one worker.
 pub struct WorkerSpec {
     pub id: usize,
+    /// Serves each connection.
+    pub handler: Handler,
     pub core: Option<core_affinity::CoreId>,
     pub listeners: Vec<std::net::TcpListener>,
     pub io: IoDriver,
@@ -251,7 +215,7 @@ pub struct WorkerSpec {
     pub access_log: Option<mpsc::SyncSender<Vec<u8>>>,
     /// The kernel's per-worker load table, for the `least_loaded` steering policy.
     pub loads: Option<Arc<crate::steering::load::WorkerLoads>>,
-    pub stats: Arc<Vec<crate::server::WorkerStats>>,
+    pub stats: Arc<Vec<crate::control::WorkerStats>>,
     /// Open client connections across workers, for the connection limits.
     pub conns: &'static crate::connlimit::Connections,
 }
@@ -353,6 +317,7 @@ async fn worker_main(
     let snap = cell.load();
     let worker = Rc::new(Worker {
         id: spec.id,
+        handler: spec.handler,
         generation: Cell::new(cell.generation()),
         view: RefCell::new(Rc::new(make_view(snap, spec.id))),
         cell,
@@ -447,7 +412,8 @@ fn serve_connection(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         s.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    monoio::spawn(crate::proxy::serve(
+    let handler = w.handler;
+    handler(
         stream,
         peer,
         ConnGuard {
@@ -455,7 +421,7 @@ fn serve_connection(
             _admitted: admitted,
         },
         Some(head_deadline),
-    ));
+    );
 }
 
 /// A client connection's place in its worker's accounting, given back when the connection

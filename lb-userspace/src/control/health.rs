@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::HealthCheckConfig;
 use crate::snapshot::Snapshot;
+use crate::upstream::policy::HealthCheckConfig;
 use crate::upstream::state::EndpointState;
 
 /// Largest health check response head read.

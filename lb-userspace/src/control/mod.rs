@@ -1,0 +1,196 @@
+//! Control-plane state shared by the main thread, the admin API and the control threads:
+//! where the config comes from and how it is reloaded, whether the eBPF half runs, and what
+//! the workers report. Workers read the snapshots it publishes; nothing here is on the
+//! request path.
+
+pub mod health;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, ConfigErrors};
+use crate::snapshot::{Snapshot, SnapshotCell, StateRegistry};
+use crate::steering::XdpFilter;
+use health::HealthChecks;
+
+/// Where the running config comes from, and how to reload it.
+pub struct Control {
+    pub cell: Arc<SnapshotCell>,
+    registry: StateRegistry,
+    source: ConfigSource,
+    /// Serialises reloads; also owns the health checks, which follow each published snapshot.
+    health: Mutex<HealthChecks>,
+    pub draining: AtomicBool,
+    /// The kernel half, if configured.
+    pub steering: Mutex<SteeringState>,
+    /// Per-worker connection accounting.
+    pub worker_stats: Mutex<Arc<Vec<WorkerStats>>>,
+    /// The workers' read buffer size, fixed at start: the most `http.max_header_bytes` can be.
+    buf_size: usize,
+}
+
+/// Each worker's read buffer: room for the largest request head allowed.
+pub fn read_buffer_size(config: &crate::config::Config) -> usize {
+    config.http.max_header_bytes.max(4096)
+}
+
+/// Whether the eBPF programs run.
+pub enum SteeringState {
+    Off,
+    On(XdpFilter),
+    /// Configured, but they could not load; the reason.
+    Unavailable(String),
+}
+
+/// Connections one worker accepted, and how many it holds now.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub accepted: std::sync::atomic::AtomicU64,
+    pub active: std::sync::atomic::AtomicU64,
+}
+
+impl Control {
+    /// The control state for a config loaded from `source` and published in `cell`.
+    pub fn new(
+        cell: Arc<SnapshotCell>,
+        registry: StateRegistry,
+        source: ConfigSource,
+        health: HealthChecks,
+        buf_size: usize,
+    ) -> Control {
+        Control {
+            cell,
+            registry,
+            source,
+            health: Mutex::new(health),
+            draining: AtomicBool::new(false),
+            steering: Mutex::new(SteeringState::Off),
+            worker_stats: Mutex::new(Arc::new(Vec::new())),
+            buf_size,
+        }
+    }
+}
+
+/// A config file on disk, or the embedded demo config.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Embedded {
+        name: &'static str,
+        text: &'static str,
+    },
+}
+
+impl ConfigSource {
+    /// Reads and validates the config; returns it with its text.
+    pub fn load(&self) -> Result<(Config, String), ConfigErrors> {
+        match self {
+            ConfigSource::File(p) => Config::load(p),
+            ConfigSource::Embedded { name, text } => {
+                Config::parse(text, Path::new(name)).map(|c| (c, text.to_string()))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ConfigSource::File(p) => p.display().to_string(),
+            ConfigSource::Embedded { name, .. } => format!("{name} (embedded)"),
+        }
+    }
+}
+
+impl Control {
+    /// Validates the source again and publishes it. An invalid config changes nothing.
+    pub fn reload(&self) -> Result<String, ConfigErrors> {
+        let result = self.try_reload();
+        crate::metrics::reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self) -> Result<String, ConfigErrors> {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let (config, text) = self.source.load()?;
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
+        let current = self.cell.load();
+        let refused = crate::config::restart_only_changes(&current.config, &config, self.buf_size);
+        if !refused.is_empty() {
+            return Err(ConfigErrors {
+                file: PathBuf::from(self.source.describe()),
+                errors: refused,
+            });
+        }
+        let snap =
+            Snapshot::build(config, &text, &self.registry).map_err(|errors| ConfigErrors {
+                file: PathBuf::from(self.source.describe()),
+                errors,
+            })?;
+        let version = snap.version.clone();
+        if let SteeringState::On(kernel) =
+            &mut *self.steering.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            let st = &snap.config.steering;
+            if let Err(e) = kernel
+                .set_deny(&st.deny)
+                .and_then(|_| kernel.set_syn_limit(st.syn_rate, st.syn_burst))
+            {
+                tracing::error!("updating the eBPF deny list failed: {e}");
+            }
+        }
+        health.reconcile(&snap);
+        crate::metrics::config_active(
+            &version,
+            Some(&current.version),
+            unix_seconds(snap.loaded_at),
+        );
+        self.cell.publish(snap);
+        tracing::info!(version = %version, "config reloaded");
+        Ok(version)
+    }
+
+    /// Resolves host-name endpoints again; publishes a new snapshot if any address changed.
+    pub fn re_resolve(&self) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.cell.load();
+        match Snapshot::build(current.config.clone(), &current.text, &self.registry) {
+            Ok(snap) => {
+                let (mut old, mut new) = (current.endpoint_addrs(), snap.endpoint_addrs());
+                old.sort();
+                new.sort();
+                if old != new {
+                    tracing::info!(before = ?old, after = ?new, "endpoint addresses changed");
+                    health.reconcile(&snap);
+                    self.cell.publish(snap);
+                }
+            }
+            // Keep serving the addresses we have; DNS may be back next time.
+            Err(errors) => tracing::warn!(
+                ?errors,
+                "re-resolving endpoints failed; keeping the current addresses"
+            ),
+        }
+    }
+
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// Marks the appliance draining and stops the health checks.
+    pub fn start_drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop_all();
+    }
+}
+
+/// Seconds since the Unix epoch, for gauges.
+pub fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,73 @@
+//! The log phase: what one finished request leaves behind: its request series, its split
+//! target's window statistics, and its access log line.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::Record;
+use crate::accesslog;
+use crate::worker::Worker;
+
+/// Records a finished request: metrics, and the access log line if it is on.
+pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
+    let current;
+    let view = match &rec.view {
+        Some(v) => v,
+        None => {
+            current = w.view();
+            &current
+        }
+    };
+    let snap = &view.snap;
+    let took = rec.started.map_or(Duration::ZERO, |s| s.elapsed());
+    let metrics = rec
+        .route
+        .and_then(|r| snap.route_metrics.get(r))
+        .unwrap_or(&snap.unrouted_metrics);
+    metrics.record(w.id, rec.status, took);
+    if let Some((si, t, _)) = rec.variant {
+        if let Some(split) = snap.splits.get(si) {
+            let window = split
+                .config
+                .analysis
+                .as_ref()
+                .map_or(Duration::from_secs(60), |a| a.window);
+            if let Some(stats) = split.state.stats.get(t) {
+                stats.record(
+                    w.id,
+                    crate::timer::now_ms(),
+                    window,
+                    rec.status >= 500,
+                    took,
+                );
+            }
+        }
+    }
+    if !w.access_log_on() {
+        return;
+    }
+    let route = rec.route.and_then(|r| snap.routes.routes().get(r));
+    let line = accesslog::Line {
+        time: std::time::SystemTime::now(),
+        client: peer,
+        method: rec.method(),
+        path: rec.target(),
+        status: rec.status,
+        route: route.map(|r| r.name.as_str()),
+        cluster: rec
+            .cluster
+            .and_then(|c| snap.clusters.get(c))
+            .map(|c| c.name.as_str()),
+        endpoint: rec.endpoint,
+        variant: rec.variant.and_then(|(si, t, _)| {
+            snap.splits
+                .get(si)
+                .map(|s| s.config.targets[t].name.as_str())
+        }),
+        bytes: rec.bytes,
+        duration_ms: took.as_secs_f64() * 1000.0,
+        upstream_ms: rec.upstream.map(|d| d.as_secs_f64() * 1000.0),
+        error: rec.error.map(|e| e.code()),
+    };
+    w.log_access(|buf| line.write(buf));
+}
