@@ -86,7 +86,9 @@ fn module_imports_have_no_cycle() {
     // The bottom stays at the bottom.
     for leaf in ["http", "hash", "metrics", "steering", "clock"] {
         assert!(
-            graph[leaf].iter().all(|d| !graph.contains_key(d) || d == "clock"),
+            graph[leaf]
+                .iter()
+                .all(|d| !graph.contains_key(d) || d == "clock"),
             "{leaf} imports {:?}",
             graph[leaf]
         );

@@ -135,6 +135,17 @@ impl Ctx<'_> {
     }
 }
 
+/// The answer to a failed request, in the form the connection's error writer takes.
+fn refusal(e: ProxyError, close: bool) -> super::Reject {
+    super::Reject {
+        status: e.status(),
+        code: e.code(),
+        message: e.message(),
+        head_len: 0,
+        close,
+    }
+}
+
 /// Answers a refusal or failure: its status, code and message from the error, and the limit
 /// in `X-LB-Limit` if a limit refused. Says whether the connection carries on.
 async fn answer(
@@ -147,17 +158,7 @@ async fn answer(
     let close = ctx.close_on_error || e.closes_client();
     rec.error = Some(e);
     let Some(limit) = e.limit() else {
-        send_error(
-            client,
-            out,
-            e.status(),
-            e.code(),
-            e.message(),
-            close,
-            ctx.view,
-            rec,
-        )
-        .await;
+        send_error(client, out, &refusal(e, close), ctx.view, rec).await;
         return if close { Flow::Close } else { Flow::Continue };
     };
     tracing::debug!(cluster = %ctx.cluster.name, limit = limit.label(), "request refused by a limit");
@@ -186,17 +187,7 @@ pub async fn proxy(
     let Some(ctx) = prepare(w, view, client, out, plan) else {
         let e = ProxyError::downstream(ErrorKind::Body(BodyFault::TooLarge));
         rec.error = Some(e);
-        send_error(
-            client,
-            out,
-            e.status(),
-            e.code(),
-            e.message(),
-            true,
-            view,
-            rec,
-        )
-        .await;
+        send_error(client, out, &refusal(e, true), view, rec).await;
         return Flow::Close;
     };
     let cstate = &ctx.cluster.state;

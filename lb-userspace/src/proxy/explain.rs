@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{plan_request, Decision, Record};
+use super::plan::plan_request;
+use super::{Decision, Record};
 use crate::http::request;
 use crate::routing::RouteRequest;
 use crate::snapshot::Snapshot;
@@ -80,54 +81,7 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
     let mut rec = Record::default();
     let decision = plan_request(&view, &raw, req.client, &mut out, &mut rec, true);
 
-    // Why each route did or did not match.
-    let mut storage = crate::http::header_slots::<64>();
-    let mut scratch = Vec::new();
-    if let Ok(Some(parsed)) = request::parse(&raw, &mut storage) {
-        let (raw_path, query) = RouteRequest::split_target(parsed.path);
-        // Routing sees the normal form; say so when it differs from what was sent.
-        let path = match crate::http::path::normalize(raw_path, snap.http.path, &mut scratch) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = writeln!(
-                    text,
-                    "path: {} is refused: {e}",
-                    String::from_utf8_lossy(raw_path)
-                );
-                raw_path
-            }
-        };
-        if path != raw_path {
-            let _ = writeln!(
-                text,
-                "path: {} (normalised from {})",
-                String::from_utf8_lossy(path),
-                String::from_utf8_lossy(raw_path)
-            );
-        }
-        let identity = snap.consumers.identify(parsed.headers, query);
-        let rreq = RouteRequest {
-            host: parsed.host(),
-            path,
-            query,
-            method: parsed.method_bytes,
-            headers: parsed.headers,
-            consumer: snap.consumers.metadata(identity),
-        };
-        if let crate::identity::Identity::Known(c) = identity {
-            let _ = writeln!(text, "consumer: {}", snap.consumers.list[c].name);
-        }
-        let _ = writeln!(text, "routes (in declaration order):");
-        for r in snap.routes.routes() {
-            let chosen = rec.route == Some(r.index);
-            let verdict = match (chosen, r.mismatch(&rreq)) {
-                (true, _) => "MATCHED (most specific)".to_string(),
-                (false, None) => "matches, but a more specific route wins".to_string(),
-                (false, Some(why)) => format!("no: {why}"),
-            };
-            let _ = writeln!(text, "  [{}] {:<24} {verdict}", r.index, r.name);
-        }
-    }
+    route_verdicts(&snap, &raw, rec.route, &mut text);
 
     let route = rec
         .route
@@ -175,6 +129,58 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
         output,
         status,
     })
+}
+
+/// Why each route did or did not match `raw`, for people: the normal path, the consumer, then
+/// a line per route.
+fn route_verdicts(snap: &Snapshot, raw: &[u8], chosen: Option<usize>, text: &mut String) {
+    let mut storage = crate::http::header_slots::<64>();
+    let mut scratch = Vec::new();
+    if let Ok(Some(parsed)) = request::parse(raw, &mut storage) {
+        let (raw_path, query) = RouteRequest::split_target(parsed.path);
+        // Routing sees the normal form; say so when it differs from what was sent.
+        let path = match crate::http::path::normalize(raw_path, snap.http.path, &mut scratch) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = writeln!(
+                    text,
+                    "path: {} is refused: {e}",
+                    String::from_utf8_lossy(raw_path)
+                );
+                raw_path
+            }
+        };
+        if path != raw_path {
+            let _ = writeln!(
+                text,
+                "path: {} (normalised from {})",
+                String::from_utf8_lossy(path),
+                String::from_utf8_lossy(raw_path)
+            );
+        }
+        let identity = snap.consumers.identify(parsed.headers, query);
+        let rreq = RouteRequest {
+            host: parsed.host(),
+            path,
+            query,
+            method: parsed.method_bytes,
+            headers: parsed.headers,
+            consumer: snap.consumers.metadata(identity),
+        };
+        if let crate::identity::Identity::Known(c) = identity {
+            let _ = writeln!(text, "consumer: {}", snap.consumers.list[c].name);
+        }
+        let _ = writeln!(text, "routes (in declaration order):");
+        for r in snap.routes.routes() {
+            let chosen = chosen == Some(r.index);
+            let verdict = match (chosen, r.mismatch(&rreq)) {
+                (true, _) => "MATCHED (most specific)".to_string(),
+                (false, None) => "matches, but a more specific route wins".to_string(),
+                (false, Some(why)) => format!("no: {why}"),
+            };
+            let _ = writeln!(text, "  [{}] {:<24} {verdict}", r.index, r.name);
+        }
+    }
 }
 
 /// The head a worker would send upstream for the raw request head `raw`, if it would forward

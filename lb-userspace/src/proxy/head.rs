@@ -10,6 +10,30 @@ use crate::http::{is_hop_by_hop, Framing};
 use crate::routing::template::Vars;
 use crate::routing::Route;
 
+/// The origin-form target: the normalised path and query, or the route's rewrite of them
+/// (refused if it produced a dot segment).
+fn write_target(out: &mut Vec<u8>, route: &Route, vars: &Vars<'_>) -> Result<(), &'static str> {
+    let Some(rw) = &route.rewrite else {
+        out.extend_from_slice(vars.path);
+        if let Some(q) = vars.query {
+            out.push(b'?');
+            out.extend_from_slice(q);
+        }
+        return Ok(());
+    };
+    let start = out.len();
+    rw.write_target(out, vars);
+    let target = &out[start..];
+    let path_end = target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len());
+    if crate::http::path::has_dot_segment(&target[..path_end]) {
+        return Err("the rewritten path has a dot segment");
+    }
+    Ok(())
+}
+
 /// Client-sent headers that claim to say who the client is. A backend cannot tell them from
 /// lb's own, so they are removed (`X-Forwarded-For` is kept only in append mode).
 const CLIENT_ADDRESS_HEADERS: [&[u8]; 9] = [
@@ -52,27 +76,7 @@ pub fn write_request_head(
     out.clear();
     out.extend_from_slice(req.method_bytes);
     out.push(b' ');
-    match &route.rewrite {
-        Some(rw) => {
-            let start = out.len();
-            rw.write_target(out, vars);
-            let target = &out[start..];
-            let path_end = target
-                .iter()
-                .position(|&b| b == b'?')
-                .unwrap_or(target.len());
-            if crate::http::path::has_dot_segment(&target[..path_end]) {
-                return Err("the rewritten path has a dot segment");
-            }
-        }
-        None => {
-            out.extend_from_slice(vars.path);
-            if let Some(q) = vars.query {
-                out.push(b'?');
-                out.extend_from_slice(q);
-            }
-        }
-    }
+    write_target(out, route, vars)?;
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let ops = &route.request_headers;
     let mut has_host = false;
@@ -275,20 +279,31 @@ fn write_route_extras(out: &mut Vec<u8>, route: &Route) {
     }
 }
 
+/// A response `lb` makes itself: its status, and the body with its type, or a redirect's
+/// location.
+pub struct LocalResponse<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    pub location: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
 /// Writes a complete response produced by `lb` itself (redirect, direct response, 410).
 /// `body` is left out for HEAD requests; its length is still announced.
-#[allow(clippy::too_many_arguments)]
 pub fn write_local_response(
     out: &mut Vec<u8>,
-    status: u16,
-    content_type: &str,
-    location: Option<&[u8]>,
-    body: &[u8],
+    what: &LocalResponse<'_>,
     route: &Route,
     head_request: bool,
     keep_alive: bool,
     client_minor: u8,
 ) {
+    let LocalResponse {
+        status,
+        content_type,
+        location,
+        body,
+    } = *what;
     out.clear();
     push_status_line(out, status);
     if let Some(l) = location {

@@ -8,6 +8,7 @@ pub mod explain;
 pub mod head;
 mod log;
 mod mirror;
+mod plan;
 #[cfg(test)]
 mod testio;
 mod tunnel;
@@ -19,21 +20,11 @@ use std::time::Instant;
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
-use std::time::SystemTime;
-
-use crate::balancing::request_key_hash;
-use crate::config::MAX_HEADERS_LIMIT;
-use crate::http::request::{self, RequestError};
+use crate::http::request::RequestError;
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
-use crate::identity::{Consumers, Identity};
 use crate::net::{write_buf, BufConn, IoFail};
-use crate::ratelimit::{RateKey, RateLimitConfig};
-use crate::release::{Reason, SplitRequest};
-use crate::routing::actions::Action;
-use crate::routing::matchers::{Captures, MAX_CAPTURES};
-use crate::routing::template::Vars;
-use crate::routing::{Route, RouteRequest};
+use crate::release::Reason;
 use crate::worker::{View, Worker};
 
 /// What the connection loop does after a request.
@@ -254,9 +245,8 @@ async fn step(
             Err(_) => return Step::Close,
         }
     }
-    let view = w.view();
     let mut out = Vec::new();
-    let flow = next_request(w, &view, client, &mut out, peer, head_deadline).await;
+    let flow = next_request(w, client, &mut out, peer, head_deadline).await;
     w.out_bufs.give(out);
     // A large body borrowed a large buffer; the next request goes back to a small one.
     if client.buf_capacity() > w.bufs.size() && client.data().len() <= w.bufs.size() {
@@ -272,90 +262,31 @@ async fn step(
 
 async fn next_request(
     w: &Rc<Worker>,
-    view: &View,
     client: &mut BufConn,
     out: &mut Vec<u8>,
     peer: SocketAddr,
     head_deadline: Option<u64>,
 ) -> Flow {
     let mut rec = Record::default();
-    let flow = handle_request(w, view, client, out, peer, head_deadline, &mut rec).await;
+    let flow = handle_request(w, client, out, peer, head_deadline, &mut rec).await;
     if rec.status != 0 {
         log::finish(w, &rec, peer);
     }
     flow
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn handle_request(
     w: &Rc<Worker>,
-    view: &View,
     client: &mut BufConn,
     out: &mut Vec<u8>,
     peer: SocketAddr,
     head_deadline: Option<u64>,
     rec: &mut Record,
 ) -> Flow {
-    let http = &view.snap.http;
-    // The first request's head is due by a deadline counted from accept; later ones from
-    // their first byte.
-    let mut deadline: Option<u64> = head_deadline;
-    let decision = loop {
-        if !client.data().is_empty() {
-            if out.capacity() == 0 {
-                *out = w.out_bufs.take();
-            }
-            // The snapshot is taken when the head is complete, so a request that arrives after
-            // a reload follows the new config even on an old keep-alive connection.
-            let current = w.view();
-            match plan_request(&current, client.data(), peer, out, rec, w.access_log_on()) {
-                Ok(Some(d)) => {
-                    rec.view = Some(current.clone());
-                    break (d, current);
-                }
-                Ok(None) => {}
-                Err(r) => return reject(client, out, r, view, rec).await,
-            }
-            if client.is_full() || client.data().len() >= http.max_header_bytes {
-                let r = Reject {
-                    status: 431,
-                    code: "header_too_large",
-                    message: "request head exceeds the configured limit",
-                    head_len: 0,
-                    close: true,
-                };
-                return reject(client, out, r, view, rec).await;
-            }
-        }
-        let waiting_idle = client.data().is_empty() && deadline.is_none();
-        let res = if waiting_idle {
-            // Between requests (the serve loop saw the socket readable): the idle timeout.
-            client.fill_idle(&w.bufs, http.client_idle_timeout).await
-        } else {
-            let d = *deadline
-                .get_or_insert_with(|| crate::timer::deadline_after(http.client_header_timeout));
-            client.fill_idle(&w.bufs, crate::timer::until(d)).await
-        };
-        match res {
-            Ok(_) => {
-                deadline.get_or_insert_with(|| {
-                    crate::timer::deadline_after(http.client_header_timeout)
-                });
-            }
-            Err(IoFail::Timeout) if !client.data().is_empty() => {
-                let r = Reject {
-                    status: 408,
-                    code: "request_timeout",
-                    message: "the request head did not arrive in time",
-                    head_len: 0,
-                    close: true,
-                };
-                return reject(client, out, r, view, rec).await;
-            }
-            Err(_) => return Flow::Close,
-        }
+    let (decision, view) = match read_head(w, client, out, peer, head_deadline, rec).await {
+        Ok(d) => d,
+        Err(flow) => return flow,
     };
-    let (decision, view) = decision;
     if let Some((split, copy)) = rec.mirror.take() {
         let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
         mirror::send(w, &view.snap, split, copy, in_flight);
@@ -378,336 +309,78 @@ async fn handle_request(
     }
 }
 
-/// Parses and routes the head at the front of `data`, and writes into `out` either the
-/// upstream head or a complete local response. `Ok(None)`: the head is incomplete.
-fn plan_request(
-    view: &View,
-    data: &[u8],
-    peer: SocketAddr,
+/// Reads until a whole head is buffered and planned; returns the decision with the snapshot
+/// view it was planned with. `Err`: the request was refused (answered) or the client left.
+async fn read_head(
+    w: &Rc<Worker>,
+    client: &mut BufConn,
     out: &mut Vec<u8>,
+    peer: SocketAddr,
+    head_deadline: Option<u64>,
     rec: &mut Record,
-    keep_text: bool,
-) -> Result<Option<Decision>, Reject> {
-    let snap = &view.snap;
-    let mut storage = crate::http::header_slots::<MAX_HEADERS_LIMIT>();
-    let max_headers = snap.http.max_headers.min(MAX_HEADERS_LIMIT);
-    let Some(req) =
-        request::parse(data, &mut storage[..max_headers]).map_err(Reject::from_request_error)?
-    else {
-        return Ok(None);
-    };
-    rec.started = Some(crate::clock::stamp());
-    if keep_text {
-        rec.keep_text(req.method_bytes, req.path);
-    }
-    let close_after_error = req.framing != Framing::None || !req.keep_alive;
+) -> Result<(Decision, Rc<View>), Flow> {
+    let view = w.view();
+    let http = &view.snap.http;
+    // The first request's head is due by a deadline counted from accept; later ones from
+    // their first byte.
+    let mut deadline: Option<u64> = head_deadline;
     let refuse = |status, code, message| Reject {
         status,
         code,
         message,
-        head_len: req.head_len,
-        close: close_after_error,
+        head_len: 0,
+        close: true,
     };
-    // A head that arrived whole in one read is held to the limit too (the buffer can be
-    // larger than the limit after a reload lowered it).
-    if req.head_len > snap.http.max_header_bytes {
-        return Err(Reject {
-            status: 431,
-            code: "header_too_large",
-            message: "request head exceeds the configured limit",
-            head_len: 0,
-            close: true,
-        });
-    }
-    if req.path.len() > snap.http.max_uri_bytes {
-        return Err(Reject {
-            status: 414,
-            code: "uri_too_long",
-            message: "the request target exceeds the configured limit",
-            head_len: 0,
-            close: true,
-        });
-    }
-    let host = req.host();
-    let (raw_path, query) = RouteRequest::split_target(req.path);
-    // Routing, rewriting and the backend all see the normalised path (see `http::path`).
-    let mut scratch = Vec::new();
-    let normal = crate::http::path::check_target(req.path).and_then(|()| {
-        if raw_path == b"*" {
-            Ok(raw_path)
+    loop {
+        if !client.data().is_empty() {
+            if out.capacity() == 0 {
+                *out = w.out_bufs.take();
+            }
+            // The snapshot is taken when the head is complete, so a request that arrives after
+            // a reload follows the new config even on an old keep-alive connection.
+            let current = w.view();
+            match plan::plan_request(&current, client.data(), peer, out, rec, w.access_log_on()) {
+                Ok(Some(d)) => {
+                    rec.view = Some(current.clone());
+                    return Ok((d, current));
+                }
+                Ok(None) => {}
+                Err(r) => return Err(reject(client, out, r, &view, rec).await),
+            }
+            if client.is_full() || client.data().len() >= http.max_header_bytes {
+                let r = refuse(
+                    431,
+                    "header_too_large",
+                    "request head exceeds the configured limit",
+                );
+                return Err(reject(client, out, r, &view, rec).await);
+            }
+        }
+        let res = if client.data().is_empty() && deadline.is_none() {
+            // Between requests (the serve loop saw the socket readable): the idle timeout.
+            client.fill_idle(&w.bufs, http.client_idle_timeout).await
         } else {
-            crate::http::path::normalize(raw_path, snap.http.path, &mut scratch)
-        }
-    });
-    let path = match normal {
-        Ok(p) => p,
-        Err(e) => return Err(refuse(400, "bad_request", e.message())),
-    };
-    let identity = if snap.needs_identity {
-        snap.consumers.identify(req.headers, query)
-    } else {
-        Identity::Anonymous
-    };
-    let consumer = snap.consumers.metadata(identity);
-    let rreq = RouteRequest {
-        host,
-        path,
-        query,
-        method: req.method_bytes,
-        headers: req.headers,
-        consumer,
-    };
-    let mut caps = Captures::default();
-    let Some(route) = snap.routes.find(&rreq, &mut caps) else {
-        return Err(refuse(404, "no_route", "no route matches this request"));
-    };
-    rec.route = Some(route.index);
-    if route.auth_required && consumer.is_none() {
-        let message = if identity == Identity::Anonymous {
-            "this route needs an API key"
-        } else {
-            "the API key is not known"
+            let d = *deadline
+                .get_or_insert_with(|| crate::timer::deadline_after(http.client_header_timeout));
+            client.fill_idle(&w.bufs, crate::timer::until(d)).await
         };
-        return Err(refuse(401, "unauthorized", message));
-    }
-    if let Some(rl) = &route.rate_limit {
-        if let Some(v) = rate_limit(
-            rl,
-            route,
-            &snap.consumers,
-            identity,
-            consumer,
-            req.headers,
-            peer,
-        ) {
-            if !v.allowed {
-                snap.route_metrics[route.index].rate_limited.increment(1);
-                rec.status = 429;
-                write_rate_limited(out, &v, close_after_error);
-                return Ok(Some(Decision::Local {
-                    head_len: req.head_len,
-                    keep_alive: !close_after_error,
-                    status: 429,
-                }));
-            }
-        }
-    }
-    let mut values = [&b""[..]; MAX_CAPTURES];
-    let n = caps.values(path, &mut values);
-    let vars = Vars {
-        path,
-        query,
-        host,
-        captures: &values[..n],
-    };
-    let is_head = req.method == Method::Head;
-    // A local answer leaves any request body unread, so the connection cannot carry on.
-    let local_keep = !close_after_error;
-    let local =
-        |out: &mut Vec<u8>, status, content_type: &str, location: Option<&[u8]>, body: &[u8]| {
-            head::write_local_response(
-                out,
-                status,
-                content_type,
-                location,
-                body,
-                route,
-                is_head,
-                local_keep,
-                req.minor,
-            );
-            Ok(Some(Decision::Local {
-                head_len: req.head_len,
-                keep_alive: local_keep,
-                status,
-            }))
-        };
-    if let Some(d) = &route.deprecation {
-        if d.is_gone(SystemTime::now()) {
-            return local(out, 410, "application/json", None, &d.gone_body());
-        }
-    }
-    match &route.action {
-        Action::Forward(default_cluster) => {
-            let mut cluster = default_cluster;
-            let mut variant = None;
-            if let Some(si) = snap.route_split[route.index] {
-                let split = &snap.splits[si];
-                let sreq = SplitRequest {
-                    headers: req.headers,
-                    query,
-                    client: peer.ip(),
-                    consumer,
-                };
-                let (t, reason) = split
-                    .config
-                    .choose(&split.state, &sreq, || fastrand::u32(..));
-                split.metrics.decisions[t].increment(1);
-                cluster = &split.config.targets[t].cluster;
-                variant = Some((si, t));
-                rec.variant = Some((si, t, reason));
-            }
-            rec.cluster = Some(*cluster);
-            let c = &snap.clusters[*cluster];
-            let key_hash = c
-                .hash_key
-                .as_ref()
-                .and_then(|k| request_key_hash(k, req.headers, path, query, peer.ip()));
-            if let Err(message) =
-                head::write_request_head(out, &req, peer.ip(), &snap.http, &c.name, route, &vars)
-            {
-                out.clear();
-                return Err(refuse(400, "bad_request", message));
-            }
-            // Upgrade and Connection are hop-by-hop; a WebSocket upgrade is passed on on
-            // purpose. Other upgrades are not performed: the request goes on as plain HTTP.
-            let websocket = snap.http.websocket
-                && req.conn.upgrade
-                && req.method == Method::Get
-                && req.minor == 1
-                && req.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("upgrade")
-                        && h.value.eq_ignore_ascii_case(b"websocket")
+        match res {
+            Ok(_) => {
+                deadline.get_or_insert_with(|| {
+                    crate::timer::deadline_after(http.client_header_timeout)
                 });
-            if websocket {
-                head::insert_headers(out, &[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
             }
-            if let Some((si, t)) = variant {
-                let split = &snap.splits[si];
-                if let Some(ab) = &split.config.ab_test {
-                    head::insert_headers(
-                        out,
-                        &[
-                            ("X-AB-Test", ab),
-                            ("X-AB-Variant", &split.config.targets[t].name),
-                        ],
-                    );
-                }
-                if let Some(m) = &split.config.mirror {
-                    rec.mirror = mirror_copy(m, si, split, out, data, req.head_len, req.framing);
-                }
+            Err(IoFail::Timeout) if !client.data().is_empty() => {
+                let r = refuse(
+                    408,
+                    "request_timeout",
+                    "the request head did not arrive in time",
+                );
+                return Err(reject(client, out, r, &view, rec).await);
             }
-            Ok(Some(Decision::Forward(Plan {
-                head_len: req.head_len,
-                method: req.method,
-                minor: req.minor,
-                framing: req.framing,
-                keep_alive: req.keep_alive,
-                expect_continue: req.expect_continue,
-                cluster: *cluster,
-                route: route.index,
-                key_hash,
-                variant,
-                websocket,
-            })))
+            Err(_) => return Err(Flow::Close),
         }
-        Action::Redirect { status, location } => {
-            let mut target = Vec::with_capacity(64);
-            location.render(&mut target, &vars);
-            local(out, *status, "", Some(&target), b"")
-        }
-        Action::Respond {
-            status,
-            content_type,
-            body,
-        } => local(out, *status, content_type, None, body),
     }
-}
-
-/// Looks the request up in its route's rate limit; `None` if no rule applies.
-fn rate_limit(
-    rl: &RateLimitConfig,
-    route: &Route,
-    consumers: &Consumers,
-    identity: Identity,
-    metadata: Option<&[(String, String)]>,
-    headers: &[httparse::Header<'_>],
-    peer: SocketAddr,
-) -> Option<crate::ratelimit::Verdict> {
-    let (i, rule) = rl
-        .rules
-        .iter()
-        .enumerate()
-        .find(|(_, r)| crate::identity::metadata_matches(metadata, &r.when))?;
-    let mut h = crate::hash::fnv1a_of(route.name.as_bytes());
-    h = crate::hash::fnv1a(h, &(i as u32).to_le_bytes());
-    h = match &rl.key {
-        RateKey::ClientIp => match peer.ip() {
-            std::net::IpAddr::V4(a) => crate::hash::fnv1a(h, &a.octets()),
-            std::net::IpAddr::V6(a) => crate::hash::fnv1a(h, &a.octets()),
-        },
-        RateKey::Header(name) => {
-            let v = headers
-                .iter()
-                .find(|x| x.name.eq_ignore_ascii_case(name))
-                .map_or(&b""[..], |x| x.value);
-            crate::hash::fnv1a(h, v)
-        }
-        RateKey::Consumer => match identity {
-            Identity::Known(c) => crate::hash::fnv1a(h, consumers.list[c].name.as_bytes()),
-            _ => crate::hash::fnv1a(h, b"\0anonymous"),
-        },
-    };
-    Some(crate::ratelimit::table().check(
-        crate::hash::mix(h),
-        rule.rate,
-        crate::ratelimit::now_us(),
-    ))
-}
-
-/// A 429 answer with `Retry-After` and the RateLimit headers.
-fn write_rate_limited(out: &mut Vec<u8>, v: &crate::ratelimit::Verdict, close: bool) {
-    error_response(
-        out,
-        429,
-        "rate_limited",
-        "too many requests; see Retry-After",
-        close,
-    );
-    let lines = format!(
-        "Retry-After: {}\r\nRateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
-        v.retry_after, v.limit, v.remaining, v.retry_after.max(v.reset)
-    );
-    if let Some(pos) = out.windows(4).position(|x| x == b"\r\n\r\n") {
-        out.splice(pos + 2..pos + 2, lines.bytes());
-    }
-}
-
-/// A copy of the planned request for the mirror, if this request is sampled, its body is
-/// whole in the buffer and small enough, and the mirror has room; otherwise it is shed.
-fn mirror_copy(
-    m: &crate::release::MirrorConfig,
-    si: usize,
-    split: &crate::snapshot::SplitRuntime,
-    upstream_head: &[u8],
-    data: &[u8],
-    head_len: usize,
-    framing: Framing,
-) -> Option<(usize, Vec<u8>)> {
-    if fastrand::u32(..crate::release::PPM) >= m.ppm {
-        return None;
-    }
-    let body = match framing {
-        Framing::None => &[][..],
-        Framing::Length(n) if n <= m.max_body && data.len() - head_len >= n as usize => {
-            &data[head_len..head_len + n as usize]
-        }
-        _ => {
-            split.metrics.mirror_shed.increment(1);
-            return None;
-        }
-    };
-    let in_flight = &split.state.mirror_in_flight;
-    if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= m.max_in_flight as u64 {
-        split.metrics.mirror_shed.increment(1);
-        return None;
-    }
-    in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    split.metrics.mirror_sent.increment(1);
-    let mut copy = Vec::with_capacity(upstream_head.len() + body.len());
-    copy.extend_from_slice(upstream_head);
-    copy.extend_from_slice(body);
-    Some((si, copy))
 }
 
 /// Answers a refused request and decides whether the connection survives.
@@ -720,7 +393,7 @@ async fn reject(
 ) -> Flow {
     let close = r.close || r.head_len == 0;
     rec.started.get_or_insert_with(crate::clock::stamp);
-    send_error(client, out, r.status, r.code, r.message, close, view, rec).await;
+    send_error(client, out, &Reject { close, ..r }, view, rec).await;
     if close {
         return Flow::Close;
     }
@@ -728,20 +401,18 @@ async fn reject(
     Flow::Continue
 }
 
-/// Writes a short JSON error response. Returns false if the client is gone.
-#[allow(clippy::too_many_arguments)]
+/// Writes a short JSON error response (`r`'s status, code and message; closing after it if
+/// `r.close`). Returns false if the client is gone.
 pub(crate) async fn send_error(
     client: &mut BufConn,
     out: &mut Vec<u8>,
-    status: u16,
-    code: &str,
-    message: &str,
-    close: bool,
+    r: &Reject,
     view: &View,
     rec: &mut Record,
 ) -> bool {
-    rec.status = status;
-    error_response(out, status, code, message, close);
+    let close = r.close;
+    rec.status = r.status;
+    error_response(out, r.status, r.code, r.message, close);
     let ok = write_buf(&mut client.stream, out, view.snap.http.client_body_timeout)
         .await
         .is_ok();

@@ -1,0 +1,470 @@
+//! The planning phases of a request, from a complete head to a decision: **admit** (head and
+//! target limits, then the route's rate limit), **route** (normalise the path, identify the
+//! consumer, match a route, check its auth), and **plan** (deprecation, the route's action:
+//! a split, the endpoint hash key, the upstream head with its rewrite and edits, mirroring;
+//! or a local answer). Nothing here does IO: it reads the head and writes into `out`.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use super::{head, Decision, Plan, Record, Reject};
+use crate::balancing::request_key_hash;
+use crate::config::MAX_HEADERS_LIMIT;
+use crate::http::request::{self, RequestHead};
+use crate::http::write::error_response;
+use crate::http::{Framing, Method};
+use crate::identity::Identity;
+use crate::ratelimit::RateKey;
+use crate::release::SplitRequest;
+use crate::routing::actions::Action;
+use crate::routing::matchers::{Captures, MAX_CAPTURES};
+use crate::routing::template::Vars;
+use crate::routing::{Route, RouteRequest};
+use crate::snapshot::Snapshot;
+use crate::worker::View;
+
+/// A parsed head and what follows from it for every phase.
+struct Head<'r, 'h, 'b> {
+    req: &'r RequestHead<'h, 'b>,
+    /// The whole request as buffered (for a mirror copy of a small body).
+    data: &'b [u8],
+    peer: SocketAddr,
+    /// An error answer must close: a body may be unread, or the client asked to close.
+    close_after_error: bool,
+}
+
+impl Head<'_, '_, '_> {
+    /// A refusal of this request that keeps the connection if its framing allows.
+    fn refuse(&self, status: u16, code: &'static str, message: &'static str) -> Reject {
+        Reject {
+            status,
+            code,
+            message,
+            head_len: self.req.head_len,
+            close: self.close_after_error,
+        }
+    }
+
+    /// A refusal after which the connection must close (the head itself is at fault).
+    fn refuse_and_close(status: u16, code: &'static str, message: &'static str) -> Reject {
+        Reject {
+            status,
+            code,
+            message,
+            head_len: 0,
+            close: true,
+        }
+    }
+}
+
+/// What the route phase found.
+struct Routed<'s, 'p> {
+    route: &'s Route,
+    identity: Identity,
+    consumer: Option<&'s [(String, String)]>,
+    vars: Vars<'p>,
+}
+
+/// Parses and routes the head at the front of `data`, and writes into `out` either the
+/// upstream head or a complete local response. `Ok(None)`: the head is incomplete.
+pub(super) fn plan_request(
+    view: &View,
+    data: &[u8],
+    peer: SocketAddr,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+    keep_text: bool,
+) -> Result<Option<Decision>, Reject> {
+    let snap = &view.snap;
+    let mut storage = crate::http::header_slots::<MAX_HEADERS_LIMIT>();
+    let max_headers = snap.http.max_headers.min(MAX_HEADERS_LIMIT);
+    let Some(req) =
+        request::parse(data, &mut storage[..max_headers]).map_err(Reject::from_request_error)?
+    else {
+        return Ok(None);
+    };
+    rec.started = Some(crate::clock::stamp());
+    if keep_text {
+        rec.keep_text(req.method_bytes, req.path);
+    }
+    let h = Head {
+        req: &req,
+        data,
+        peer,
+        close_after_error: req.framing != Framing::None || !req.keep_alive,
+    };
+    admit_head(snap, &h)?;
+    let (raw_path, query) = RouteRequest::split_target(req.path);
+    let mut scratch = Vec::new();
+    let path = normalised_path(snap, &h, raw_path, &mut scratch)?;
+    let mut values = [&b""[..]; MAX_CAPTURES];
+    let r = route(snap, &h, path, query, &mut values, rec)?;
+    if let Some(d) = admit_rate(snap, &h, &r, out, rec) {
+        return Ok(Some(d));
+    }
+    plan(snap, &h, &r, out, rec).map(Some)
+}
+
+/// Admit: the head's size and its target's length.
+fn admit_head(snap: &Snapshot, h: &Head<'_, '_, '_>) -> Result<(), Reject> {
+    // A head that arrived whole in one read is held to the limit too (the buffer can be
+    // larger than the limit after a reload lowered it).
+    if h.req.head_len > snap.http.max_header_bytes {
+        return Err(Head::refuse_and_close(
+            431,
+            "header_too_large",
+            "request head exceeds the configured limit",
+        ));
+    }
+    if h.req.path.len() > snap.http.max_uri_bytes {
+        return Err(Head::refuse_and_close(
+            414,
+            "uri_too_long",
+            "the request target exceeds the configured limit",
+        ));
+    }
+    Ok(())
+}
+
+/// The path routing, rewriting and the backend all see (see `http::path`).
+fn normalised_path<'a>(
+    snap: &Snapshot,
+    h: &Head<'_, '_, 'a>,
+    raw_path: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8], Reject> {
+    let normal = crate::http::path::check_target(h.req.path).and_then(|()| {
+        if raw_path == b"*" {
+            Ok(raw_path)
+        } else {
+            crate::http::path::normalize(raw_path, snap.http.path, scratch)
+        }
+    });
+    normal.map_err(|e| h.refuse(400, "bad_request", e.message()))
+}
+
+/// Route: the consumer, the most specific matching route, its auth, and the template
+/// variables a rewrite or redirect may use.
+fn route<'s, 'p>(
+    snap: &'s Snapshot,
+    h: &Head<'_, '_, 'p>,
+    path: &'p [u8],
+    query: Option<&'p [u8]>,
+    values: &'p mut [&'p [u8]; MAX_CAPTURES],
+    rec: &mut Record,
+) -> Result<Routed<'s, 'p>, Reject> {
+    let req = h.req;
+    let identity = if snap.needs_identity {
+        snap.consumers.identify(req.headers, query)
+    } else {
+        Identity::Anonymous
+    };
+    let consumer = snap.consumers.metadata(identity);
+    let host = req.host();
+    let rreq = RouteRequest {
+        host,
+        path,
+        query,
+        method: req.method_bytes,
+        headers: req.headers,
+        consumer,
+    };
+    let mut caps = Captures::default();
+    let Some(route) = snap.routes.find(&rreq, &mut caps) else {
+        return Err(h.refuse(404, "no_route", "no route matches this request"));
+    };
+    rec.route = Some(route.index);
+    if route.auth_required && consumer.is_none() {
+        let message = if identity == Identity::Anonymous {
+            "this route needs an API key"
+        } else {
+            "the API key is not known"
+        };
+        return Err(h.refuse(401, "unauthorized", message));
+    }
+    let n = caps.values(path, values);
+    Ok(Routed {
+        route,
+        identity,
+        consumer,
+        vars: Vars {
+            path,
+            query,
+            host,
+            captures: &values[..n],
+        },
+    })
+}
+
+/// Admit: the route's rate limit. `Some`: refused, with the 429 in `out`.
+fn admit_rate(
+    snap: &Snapshot,
+    h: &Head<'_, '_, '_>,
+    r: &Routed<'_, '_>,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+) -> Option<Decision> {
+    let v = rate_limit(snap, h, r)?;
+    if v.allowed {
+        return None;
+    }
+    snap.route_metrics[r.route.index].rate_limited.increment(1);
+    rec.status = 429;
+    write_rate_limited(out, &v, h.close_after_error);
+    Some(Decision::Local {
+        head_len: h.req.head_len,
+        keep_alive: !h.close_after_error,
+        status: 429,
+    })
+}
+
+/// Looks the request up in its route's rate limit; `None` if no rule applies.
+fn rate_limit(
+    snap: &Snapshot,
+    h: &Head<'_, '_, '_>,
+    r: &Routed<'_, '_>,
+) -> Option<crate::ratelimit::Verdict> {
+    let rl = r.route.rate_limit.as_ref()?;
+    let (i, rule) = rl
+        .rules
+        .iter()
+        .enumerate()
+        .find(|(_, x)| crate::identity::metadata_matches(r.consumer, &x.when))?;
+    let mut k = crate::hash::fnv1a_of(r.route.name.as_bytes());
+    k = crate::hash::fnv1a(k, &(i as u32).to_le_bytes());
+    k = match &rl.key {
+        RateKey::ClientIp => match h.peer.ip() {
+            std::net::IpAddr::V4(a) => crate::hash::fnv1a(k, &a.octets()),
+            std::net::IpAddr::V6(a) => crate::hash::fnv1a(k, &a.octets()),
+        },
+        RateKey::Header(name) => {
+            let v = h
+                .req
+                .headers
+                .iter()
+                .find(|x| x.name.eq_ignore_ascii_case(name))
+                .map_or(&b""[..], |x| x.value);
+            crate::hash::fnv1a(k, v)
+        }
+        RateKey::Consumer => match r.identity {
+            Identity::Known(c) => crate::hash::fnv1a(k, snap.consumers.list[c].name.as_bytes()),
+            _ => crate::hash::fnv1a(k, b"\0anonymous"),
+        },
+    };
+    Some(crate::ratelimit::table().check(
+        crate::hash::mix(k),
+        rule.rate,
+        crate::ratelimit::now_us(),
+    ))
+}
+
+/// A 429 answer with `Retry-After` and the RateLimit headers.
+fn write_rate_limited(out: &mut Vec<u8>, v: &crate::ratelimit::Verdict, close: bool) {
+    error_response(
+        out,
+        429,
+        "rate_limited",
+        "too many requests; see Retry-After",
+        close,
+    );
+    let lines = format!(
+        "Retry-After: {}\r\nRateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}\r\n",
+        v.retry_after, v.limit, v.remaining, v.retry_after.max(v.reset)
+    );
+    if let Some(pos) = out.windows(4).position(|x| x == b"\r\n\r\n") {
+        out.splice(pos + 2..pos + 2, lines.bytes());
+    }
+}
+
+/// Plan: a route past its sunset answers 410; otherwise its action decides.
+fn plan(
+    snap: &Snapshot,
+    h: &Head<'_, '_, '_>,
+    r: &Routed<'_, '_>,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+) -> Result<Decision, Reject> {
+    if let Some(d) = &r.route.deprecation {
+        if d.is_gone(SystemTime::now()) {
+            return Ok(local(
+                h,
+                r.route,
+                out,
+                410,
+                "application/json",
+                None,
+                &d.gone_body(),
+            ));
+        }
+    }
+    match &r.route.action {
+        Action::Forward(cluster) => forward(snap, h, r, *cluster, out, rec),
+        Action::Redirect { status, location } => {
+            let mut target = Vec::with_capacity(64);
+            location.render(&mut target, &r.vars);
+            Ok(local(h, r.route, out, *status, "", Some(&target), b""))
+        }
+        Action::Respond {
+            status,
+            content_type,
+            body,
+        } => Ok(local(h, r.route, out, *status, content_type, None, body)),
+    }
+}
+
+/// A complete answer from `lb` itself. It leaves any request body unread, so the connection
+/// carries on only if there is none.
+fn local(
+    h: &Head<'_, '_, '_>,
+    route: &Route,
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    location: Option<&[u8]>,
+    body: &[u8],
+) -> Decision {
+    let keep = !h.close_after_error;
+    let req = h.req;
+    let what = head::LocalResponse {
+        status,
+        content_type,
+        location,
+        body,
+    };
+    head::write_local_response(
+        out,
+        &what,
+        route,
+        req.method == Method::Head,
+        keep,
+        req.minor,
+    );
+    Decision::Local {
+        head_len: req.head_len,
+        keep_alive: keep,
+        status,
+    }
+}
+
+/// Plan a forwarded request: the split's choice of cluster, the hash key, the upstream head
+/// (rewrite, edits, WebSocket upgrade, A/B headers) and a mirror copy if sampled.
+fn forward(
+    snap: &Snapshot,
+    h: &Head<'_, '_, '_>,
+    r: &Routed<'_, '_>,
+    default_cluster: usize,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+) -> Result<Decision, Reject> {
+    let req = h.req;
+    let (cluster, variant) = choose_cluster(snap, h, r, default_cluster, rec);
+    rec.cluster = Some(cluster);
+    let c = &snap.clusters[cluster];
+    let key_hash = c
+        .hash_key
+        .as_ref()
+        .and_then(|k| request_key_hash(k, req.headers, r.vars.path, r.vars.query, h.peer.ip()));
+    if let Err(message) =
+        head::write_request_head(out, req, h.peer.ip(), &snap.http, &c.name, r.route, &r.vars)
+    {
+        out.clear();
+        return Err(h.refuse(400, "bad_request", message));
+    }
+    // Upgrade and Connection are hop-by-hop; a WebSocket upgrade is passed on on purpose.
+    // Other upgrades are not performed: the request goes on as plain HTTP.
+    let websocket = snap.http.websocket
+        && req.conn.upgrade
+        && req.method == Method::Get
+        && req.minor == 1
+        && req.headers.iter().any(|x| {
+            x.name.eq_ignore_ascii_case("upgrade") && x.value.eq_ignore_ascii_case(b"websocket")
+        });
+    if websocket {
+        head::insert_headers(out, &[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
+    }
+    if let Some((si, t)) = variant {
+        let split = &snap.splits[si];
+        if let Some(ab) = &split.config.ab_test {
+            let name = &split.config.targets[t].name;
+            head::insert_headers(out, &[("X-AB-Test", ab), ("X-AB-Variant", name)]);
+        }
+        if let Some(m) = &split.config.mirror {
+            rec.mirror = mirror_copy(m, si, split, out, h);
+        }
+    }
+    Ok(Decision::Forward(Plan {
+        head_len: req.head_len,
+        method: req.method,
+        minor: req.minor,
+        framing: req.framing,
+        keep_alive: req.keep_alive,
+        expect_continue: req.expect_continue,
+        cluster,
+        route: r.route.index,
+        key_hash,
+        variant,
+        websocket,
+    }))
+}
+
+/// The cluster a request goes to: its route's, or the target its split chooses.
+fn choose_cluster(
+    snap: &Snapshot,
+    h: &Head<'_, '_, '_>,
+    r: &Routed<'_, '_>,
+    default_cluster: usize,
+    rec: &mut Record,
+) -> (usize, Option<(usize, usize)>) {
+    let Some(si) = snap.route_split[r.route.index] else {
+        return (default_cluster, None);
+    };
+    let split = &snap.splits[si];
+    let sreq = SplitRequest {
+        headers: h.req.headers,
+        query: r.vars.query,
+        client: h.peer.ip(),
+        consumer: r.consumer,
+    };
+    let (t, reason) = split
+        .config
+        .choose(&split.state, &sreq, || fastrand::u32(..));
+    split.metrics.decisions[t].increment(1);
+    rec.variant = Some((si, t, reason));
+    (split.config.targets[t].cluster, Some((si, t)))
+}
+
+/// A copy of the planned request for the mirror, if this request is sampled, its body is
+/// whole in the buffer and small enough, and the mirror has room; otherwise it is shed.
+fn mirror_copy(
+    m: &crate::release::MirrorConfig,
+    si: usize,
+    split: &crate::snapshot::SplitRuntime,
+    upstream_head: &[u8],
+    h: &Head<'_, '_, '_>,
+) -> Option<(usize, Vec<u8>)> {
+    if fastrand::u32(..crate::release::PPM) >= m.ppm {
+        return None;
+    }
+    let (data, head_len) = (h.data, h.req.head_len);
+    let body = match h.req.framing {
+        Framing::None => &[][..],
+        Framing::Length(n) if n <= m.max_body && data.len() - head_len >= n as usize => {
+            &data[head_len..head_len + n as usize]
+        }
+        _ => {
+            split.metrics.mirror_shed.increment(1);
+            return None;
+        }
+    };
+    let in_flight = &split.state.mirror_in_flight;
+    if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= m.max_in_flight as u64 {
+        split.metrics.mirror_shed.increment(1);
+        return None;
+    }
+    in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    split.metrics.mirror_sent.increment(1);
+    let mut copy = Vec::with_capacity(upstream_head.len() + body.len());
+    copy.extend_from_slice(upstream_head);
+    copy.extend_from_slice(body);
+    Some((si, copy))
+}
