@@ -61,7 +61,12 @@ pub fn check(raw: &[u8], forwarded: &[u8]) -> Result<(), String> {
         if is_hop_by_hop(name.as_bytes()) && !framing_header {
             return Err(format!("hop-by-hop header {name} forwarded"));
         }
-        let essential = framing_header || name == "host";
+        // lb writes these itself for its own hop (the client's copies are removed).
+        let lbs_own = matches!(
+            name.as_str(),
+            "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "via"
+        );
+        let essential = framing_header || name == "host" || lbs_own;
         if sent.conn.names(name.as_bytes()) && !essential {
             return Err(format!(
                 "{name} was named in Connection and still forwarded"

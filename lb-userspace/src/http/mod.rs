@@ -114,10 +114,12 @@ pub struct ConnectionOptions<'a> {
     pub close: bool,
     pub keep_alive: bool,
     pub upgrade: bool,
-    /// Other header names listed in `Connection`, to strip (at most 8 are tracked; a request
-    /// naming more has every listed header beyond the eighth forwarded).
-    pub named: [&'a [u8]; 8],
+    /// Other header names listed in `Connection`, to strip.
+    pub named: [&'a [u8]; 16],
     pub named_len: usize,
+    /// More names were listed than `named` holds: the message is refused rather than passed
+    /// on with some of its hop-by-hop headers.
+    pub overflow: bool,
 }
 
 impl<'a> ConnectionOptions<'a> {
@@ -136,6 +138,8 @@ impl<'a> ConnectionOptions<'a> {
             } else if self.named_len < self.named.len() {
                 self.named[self.named_len] = item;
                 self.named_len += 1;
+            } else {
+                self.overflow = true;
             }
         }
     }

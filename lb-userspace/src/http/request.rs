@@ -123,6 +123,11 @@ pub fn parse<'h, 'b>(
             }
         }
     }
+    if conn.overflow {
+        return Err(RequestError::Malformed(
+            "Connection names more headers than lb tracks (16)",
+        ));
+    }
     if minor == 1 && host_header.is_none() {
         return Err(RequestError::Malformed("HTTP/1.1 request without Host"));
     }
@@ -394,6 +399,25 @@ mod tests {
                 )
             });
         }
+    }
+
+    #[test]
+    fn connection_naming_too_many_headers_is_refused() {
+        let names: Vec<String> = (0..17).map(|i| format!("X-{i}")).collect();
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: {}\r\n\r\n",
+            names.join(", ")
+        );
+        with(raw.as_bytes(), |r| {
+            assert!(matches!(r, Err(RequestError::Malformed(_))))
+        });
+        let raw = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: {}\r\n\r\n",
+            names[..16].join(", ")
+        );
+        with(raw.as_bytes(), |r| {
+            assert!(r.unwrap().unwrap().conn.names(b"x-15"))
+        });
     }
 
     #[test]

@@ -79,6 +79,11 @@ pub fn parse<'h, 'b>(
             conn.add(h.value);
         }
     }
+    if conn.overflow {
+        return Err(ResponseError::Ambiguous(
+            "Connection names more headers than lb tracks",
+        ));
+    }
 
     let bodiless =
         request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
