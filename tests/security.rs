@@ -46,6 +46,8 @@ struct LateBackend {
     addr: SocketAddr,
     go: Sender<()>,
     written: Receiver<()>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn read_head(r: &mut BufReader<TcpStream>) -> Option<(String, String)> {
@@ -74,9 +76,12 @@ impl LateBackend {
         let (go_tx, go_rx) = channel::<()>();
         let (written_tx, written_rx) = channel::<()>();
         let go_rx = Arc::new(Mutex::new(go_rx));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let go = go_rx.clone();
                 let written = written_tx.clone();
                 std::thread::spawn(move || serve_late(stream, &go, &written));
@@ -86,6 +91,7 @@ impl LateBackend {
             addr,
             go: go_tx,
             written: written_rx,
+            accepted,
         }
     }
 
@@ -99,6 +105,10 @@ impl LateBackend {
 }
 
 fn serve_late(stream: TcpStream, go: &Mutex<Receiver<()>>, written: &Sender<()>) {
+    // Without it, Nagle's algorithm may hold the late bytes back until lb acknowledges the
+    // response (up to a delayed-ACK interval), and they would arrive after lb's next request
+    // went out: indistinguishable from its answer for any HTTP/1.1 proxy.
+    let _ = stream.set_nodelay(true);
     let mut w = stream.try_clone().expect("clone");
     let mut r = BufReader::new(stream);
     while let Some((method, path)) = read_head(&mut r) {
@@ -172,6 +182,16 @@ fn late_upstream_bytes_never_reach_the_next_request() {
         let backend = LateBackend::start();
         let lb = Lb::start(&pooled_config(backend.addr, ""));
         let mut c = Client::connect(lb.addr);
+        // The pool is in play: two clean exchanges share one upstream connection.
+        for p in ["/warm-1", "/warm-2"] {
+            c.send(format!("GET {p} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            assert_eq!(String::from_utf8_lossy(&c.response().body), p);
+        }
+        assert_eq!(
+            backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the upstream connection is reused"
+        );
         let method = if matches!(mode, Late::HeadBody) {
             "HEAD"
         } else {
@@ -331,6 +351,52 @@ fn rewrites_cannot_escape_their_prefix() {
     );
     let seen = seen.lock().expect("seen");
     assert_eq!(*seen, ["/internal/v1/orders/7"]);
+}
+
+/// Finding 2: a template rewrite that inserts raw query values cannot make a path that a
+/// normalising backend resolves outside the template's prefix.
+#[test]
+fn template_rewrites_cannot_smuggle_dot_segments() {
+    let (backend, seen) = recording_backend();
+    let lb = Lb::start(&config(&format!(
+        "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n\n\
+         [[routes]]\nname = \"tpl\"\npath = \"/tpl\"\ncluster = \"app\"\n\
+         rewrite = {{ path = \"/internal/${{query.p}}\" }}\n",
+        backend.addr
+    )));
+    for p in ["%2e%2e/%2e%2e/admin", "../admin", "..", "a%2fb", "x//y"] {
+        let r = raw_get(&lb, &format!("/tpl?p={p}"));
+        assert_eq!(
+            r.status,
+            400,
+            "?p={p}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert!(seen.lock().expect("seen").is_empty());
+    let r = raw_get(&lb, "/tpl?p=orders");
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "backend:/internal/orders?p=orders"
+    );
+}
+
+/// Finding 2: a host with a trailing dot is the same host for routing.
+#[test]
+fn a_trailing_dot_in_host_does_not_escape_host_rules() {
+    let (backend, seen) = recording_backend();
+    let lb = Lb::start(&config(&format!(
+        "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n\n\
+         [[routes]]\nname = \"deny\"\nhost = \"admin.example\"\nrespond = {{ status = 403, body = \"denied\" }}\n\n\
+         [[routes]]\nname = \"rest\"\ncluster = \"app\"\n",
+        backend.addr
+    )));
+    for host in ["admin.example", "admin.example.", "ADMIN.example.:8080"] {
+        let mut c = Client::connect(lb.addr);
+        c.send(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        assert_eq!(c.response().status, 403, "{host}");
+    }
+    assert!(seen.lock().expect("seen").is_empty());
 }
 
 /// Finding 2: the options that loosen normalisation do what they say.
@@ -591,7 +657,8 @@ fn forbidden_trailer_fields_are_dropped_both_ways() {
     let mut c = Client::connect(lb.addr);
     c.send(
         b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\
-          X-Sum: 1\r\nContent-Length: 5\r\nHost: evil\r\nTransfer-Encoding: gzip\r\nAuthorization: x\r\n\r\n",
+          X-Sum: 1\r\nContent-Length: 5\r\nHost: evil\r\nTransfer-Encoding: gzip\r\nAuthorization: x\r\n\
+          X-Forwarded-For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\n\r\n",
     );
     let r = c.response();
     assert_eq!(r.status, 200);
@@ -659,13 +726,15 @@ fn connection_cannot_strip_host_or_framing() {
 #[test]
 fn client_address_headers_are_not_believed() {
     let backend = RawBackend::start(OK_REPLY);
-    let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\n";
+    let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\n\
+                 X_Real_IP: 6.6.6.6\r\nX-Forwarded-Port: 6\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\n";
     let lb = Lb::start(&pooled_config(backend.addr, ""));
     let mut c = Client::connect(lb.addr);
     c.send(format!("GET / HTTP/1.1\r\nHost: t\r\n{spoof}\r\n").as_bytes());
     assert_eq!(c.response().status, 200);
     let req = backend.seen().pop().expect("request");
-    assert!(!req.contains("6.6.6.6"), "{req}");
+    assert!(!req.contains("6.6.6.6") && !req.contains("/admin"), "{req}");
+    assert!(!req.contains("X-Forwarded-Port"), "{req}");
     assert!(req.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{req}");
 
     let lb = Lb::start(&pooled_config(

@@ -240,7 +240,17 @@ pub enum TrailerPolicy {
 }
 
 /// Fields that must not be sent (and are not believed) in a trailer section.
-const FORBIDDEN_IN_TRAILERS: [&[u8]; 30] = [
+const FORBIDDEN_IN_TRAILERS: [&[u8]; 38] = [
+    // Who the client is, and path overrides: a trailer must not smuggle what lb removed
+    // from the head.
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-real-ip",
+    b"forwarded",
+    b"true-client-ip",
+    b"x-original-url",
+    b"x-rewrite-url",
     b"transfer-encoding",
     b"content-length",
     b"host",
@@ -280,9 +290,18 @@ impl TrailerPolicy {
             TrailerPolicy::Drop => false,
             TrailerPolicy::Filter => {
                 let name = line.split(|&b| b == b':').next().unwrap_or(line);
-                !FORBIDDEN_IN_TRAILERS
-                    .iter()
-                    .any(|f| f.eq_ignore_ascii_case(name))
+                // `_` read as `-`: CGI-style servers map both spellings to one variable.
+                let same = |f: &[u8]| {
+                    f.len() == name.len()
+                        && f.iter().zip(name).all(|(&a, &b)| {
+                            a == if b == b'_' {
+                                b'-'
+                            } else {
+                                b.to_ascii_lowercase()
+                            }
+                        })
+                };
+                !FORBIDDEN_IN_TRAILERS.iter().any(|f| same(f))
                     && !name.eq_ignore_ascii_case(b"connection")
                     && !name.eq_ignore_ascii_case(b"keep-alive")
                     && !name.eq_ignore_ascii_case(b"upgrade")
@@ -312,6 +331,8 @@ mod tests {
             b"Set-Cookie: a=b\r\n",
             b"Authorization: x\r\n",
             b"Connection: close\r\n",
+            b"X-Forwarded-For: 6.6.6.6\r\n",
+            b"X_Real_IP: 6.6.6.6\r\n",
         ] {
             assert!(!f.forwards(bad), "{:?}", String::from_utf8_lossy(bad));
         }

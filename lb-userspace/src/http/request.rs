@@ -29,9 +29,16 @@ pub struct RequestHead<'h, 'b> {
 }
 
 impl<'h, 'b> RequestHead<'h, 'b> {
-    /// The host to route on: authority or Host header, without port.
+    /// The host to route on: authority or Host header, without port or a trailing dot
+    /// (`example.com.` is `example.com`, as DNS and nginx read it).
     pub fn host(&self) -> Option<&'b [u8]> {
-        self.authority.or(self.host_header).map(strip_port)
+        self.authority
+            .or(self.host_header)
+            .map(strip_port)
+            .map(|h| match h.strip_suffix(b".") {
+                Some(rest) if !rest.is_empty() => rest,
+                _ => h,
+            })
     }
 }
 

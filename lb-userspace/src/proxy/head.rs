@@ -10,9 +10,15 @@ use crate::http::{is_hop_by_hop, Framing};
 use crate::routing::template::Vars;
 use crate::routing::Route;
 
-/// The origin-form target: the normalised path and query, or the route's rewrite of them
-/// (refused if it produced a dot segment).
-fn write_target(out: &mut Vec<u8>, route: &Route, vars: &Vars<'_>) -> Result<(), &'static str> {
+/// The origin-form target: the normalised path and query, or the route's rewrite of them.
+/// A rewrite may insert raw query values or the host, so its path is refused unless it is in
+/// normal form itself: a backend that normalises must not climb out of the rewrite's prefix.
+fn write_target(
+    out: &mut Vec<u8>,
+    route: &Route,
+    vars: &Vars<'_>,
+    http: &HttpConfig,
+) -> Result<(), &'static str> {
     let Some(rw) = &route.rewrite else {
         out.extend_from_slice(vars.path);
         if let Some(q) = vars.query {
@@ -28,15 +34,19 @@ fn write_target(out: &mut Vec<u8>, route: &Route, vars: &Vars<'_>) -> Result<(),
         .iter()
         .position(|&b| b == b'?')
         .unwrap_or(target.len());
-    if crate::http::path::has_dot_segment(&target[..path_end]) {
-        return Err("the rewritten path has a dot segment");
+    let path = &target[..path_end];
+    let mut scratch = Vec::new();
+    match crate::http::path::normalize(path, http.path, &mut scratch) {
+        Ok(n) if n == path => Ok(()),
+        _ => Err("the rewritten path is not in normal form (it would resolve elsewhere)"),
     }
-    Ok(())
 }
 
-/// Client-sent headers that claim to say who the client is. A backend cannot tell them from
-/// lb's own, so they are removed (`X-Forwarded-For` is kept only in append mode).
-const CLIENT_ADDRESS_HEADERS: [&[u8]; 9] = [
+/// Client-sent headers that claim to say who the client is or how it connected. A backend
+/// cannot tell them from lb's own, so they are removed (`X-Forwarded-For` is kept only in
+/// append mode). Names are compared with `_` read as `-`: CGI and WSGI servers map both
+/// spellings to the same variable.
+const CLIENT_ADDRESS_HEADERS: [&[u8]; 14] = [
     b"x-real-ip",
     b"forwarded",
     b"x-client-ip",
@@ -46,16 +56,39 @@ const CLIENT_ADDRESS_HEADERS: [&[u8]; 9] = [
     b"fastly-client-ip",
     b"x-original-forwarded-for",
     b"x-forwarded",
+    b"x-forwarded-port",
+    b"x-forwarded-server",
+    b"x-forwarded-prefix",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
 ];
+
+/// Headers some frameworks (Symfony, IIS) let override the request path: a client must not
+/// pick the path the backend serves after lb routed another. Always removed.
+const PATH_OVERRIDE_HEADERS: [&[u8]; 2] = [b"x-original-url", b"x-rewrite-url"];
+
+/// `name` equals `want` (lower case, with `-`) ignoring case and reading `_` as `-`.
+fn same_header(name: &[u8], want: &[u8]) -> bool {
+    name.len() == want.len()
+        && name.iter().zip(want).all(|(&a, &b)| {
+            let a = if a == b'_' {
+                b'-'
+            } else {
+                a.to_ascii_lowercase()
+            };
+            a == b
+        })
+}
 
 /// True if a client-sent header of this name is removed under `http`'s policy.
 fn is_untrusted_client_address(name: &[u8], http: &HttpConfig) -> bool {
-    if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+    if same_header(name, b"x-forwarded-for") {
         return http.client_address_headers == ClientAddressHeaders::Replace;
     }
     CLIENT_ADDRESS_HEADERS
         .iter()
-        .any(|h| h.eq_ignore_ascii_case(name))
+        .chain(PATH_OVERRIDE_HEADERS.iter())
+        .any(|h| same_header(name, h))
 }
 
 /// Writes the request head for the backend into `out`: origin-form target (the normalised
@@ -76,7 +109,7 @@ pub fn write_request_head(
     out.clear();
     out.extend_from_slice(req.method_bytes);
     out.push(b' ');
-    write_target(out, route, vars)?;
+    write_target(out, route, vars, http)?;
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let ops = &route.request_headers;
     let mut has_host = false;
@@ -94,12 +127,6 @@ pub fn write_request_head(
                 continue;
             }
             has_host = true;
-        }
-        if http.x_forwarded
-            && (name.eq_ignore_ascii_case(b"x-forwarded-proto")
-                || name.eq_ignore_ascii_case(b"x-forwarded-host"))
-        {
-            continue;
         }
         push_header(out, name, h.value);
     }
