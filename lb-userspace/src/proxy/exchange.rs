@@ -957,3 +957,229 @@ enum HeadStep {
     Final(u16, usize, Framing, bool, head::ResponsePlan),
     NeedMore,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream as StdStream};
+    use std::rc::Rc;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use super::super::testio::{buf_pair, rt};
+    use super::super::{plan, Decision};
+    use super::*;
+    use crate::snapshot::{Snapshot, SnapshotCell, StateRegistry};
+    use crate::worker::WorkerSpec;
+
+    /// A worker on `config`'s snapshot, as a worker thread would build it.
+    fn worker(config: &str) -> Rc<Worker> {
+        let cfg = crate::config::Config::parse(config, std::path::Path::new("t")).expect("config");
+        let snap = Snapshot::build(cfg, config, &StateRegistry::default()).expect("snapshot");
+        let (tx, rx) = futures::channel::oneshot::channel();
+        // Never told to drain.
+        std::mem::forget(tx);
+        let spec = WorkerSpec {
+            id: 0,
+            handler: |_, _, _, _| {},
+            core: None,
+            listeners: Vec::new(),
+            io: crate::config::IoDriver::Epoll,
+            io_uring_entries: 256,
+            buf_size: 16 * 1024,
+            access_log: None,
+            loads: None,
+            stats: Arc::new(Vec::new()),
+            conns: crate::connlimit::Connections::leak(),
+        };
+        let cell = Arc::new(SnapshotCell::new(snap));
+        Rc::new(Worker::new(&spec, cell, rx).expect("worker"))
+    }
+
+    fn config(endpoints: &[SocketAddr], cluster_extra: &str) -> String {
+        let eps: Vec<String> = endpoints
+            .iter()
+            .map(|a| format!("{{ addr = \"{a}\" }}"))
+            .collect();
+        format!(
+            "[[listeners]]\naddr = \"127.0.0.1:0\"\n[[clusters]]\nname = \"app\"\n\
+             endpoints = [{}]\n{cluster_extra}\n[[routes]]\ncluster = \"app\"\n",
+            eps.join(", ")
+        )
+    }
+
+    /// A backend whose `n`th connection (from 0) is handled by `script`; returns its address
+    /// and the count of connections it accepted.
+    fn backend(
+        script: impl Fn(usize, StdStream) + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        let script = Arc::new(script);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { return };
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                let script = script.clone();
+                std::thread::spawn(move || script(n, s));
+            }
+        });
+        (addr, count)
+    }
+
+    /// Reads one request head (no body) from a backend socket; false at EOF.
+    fn read_request(s: &mut StdStream) -> bool {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Sends `GET /` from one client `times` times, runs each request through planning and
+    /// [`proxy`], and returns each flow and error; the last entry also has every byte the
+    /// client received.
+    fn one_request(w: &Rc<Worker>, times: usize) -> Vec<(Flow, Option<ProxyError>, Vec<u8>)> {
+        rt().block_on(async {
+            let (mut client, mut peer) = buf_pair();
+            let mut results = Vec::new();
+            for _ in 0..times {
+                peer.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                    .expect("send");
+                client.fill(Duration::from_secs(5)).await.expect("head");
+                let view = w.view();
+                let mut out = Vec::new();
+                let mut rec = Record::default();
+                let peer_addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+                let d =
+                    plan::plan_request(&view, client.data(), peer_addr, &mut out, &mut rec, false);
+                let Ok(Some(Decision::Forward(plan))) = d else {
+                    panic!("not forwarded")
+                };
+                let flow = proxy(w, &view, &mut client, &mut out, plan, &mut rec).await;
+                results.push((flow, rec.error, Vec::new()));
+                if flow == Flow::Close {
+                    break;
+                }
+            }
+            drop(client);
+            let mut got = Vec::new();
+            let _ = peer.read_to_end(&mut got);
+            if let Some(last) = results.last_mut() {
+                last.2 = got;
+            }
+            results
+        })
+    }
+
+    #[test]
+    fn a_reused_connection_reset_before_the_answer_goes_again_fresh() {
+        let (addr, count) = backend(|n, mut s| {
+            if n == 0 {
+                // Answers once, then takes the next request and resets without an answer.
+                if read_request(&mut s) {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none");
+                }
+                if read_request(&mut s) {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                }
+                return;
+            }
+            while read_request(&mut s) {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo");
+            }
+        });
+        let w = worker(&config(&[addr], ""));
+        let results = one_request(&w, 2);
+        assert_eq!(results.len(), 2);
+        assert!(results
+            .iter()
+            .all(|(f, e, _)| *f == Flow::Continue && e.is_none()));
+        let text = String::from_utf8_lossy(&results[1].2).into_owned();
+        assert!(
+            text.ends_with("two"),
+            "the second answer came from a fresh connection: {text}"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_response_cut_mid_body_closes_the_client() {
+        let (addr, _) = backend(|_, mut s| {
+            if read_request(&mut s) {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart");
+            }
+        });
+        let w = worker(&config(&[addr], ""));
+        let results = one_request(&w, 1);
+        let (flow, error, got) = &results[0];
+        assert_eq!(*flow, Flow::Close);
+        assert_eq!(error.map(|e| e.kind), Some(ErrorKind::CutMidBody));
+        let text = String::from_utf8_lossy(got);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK") && text.ends_with("part"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_answer_in_time_is_a_504_and_a_refused_endpoint_is_skipped() {
+        let (silent, _) = backend(|_, mut s| {
+            let _ = read_request(&mut s);
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        });
+        let w = worker(&config(&[silent], "response_timeout = \"200ms\""));
+        let results = one_request(&w, 1);
+        let (_, error, got) = &results[0];
+        assert_eq!(error.map(|e| e.status()), Some(504));
+        assert!(String::from_utf8_lossy(got).starts_with("HTTP/1.1 504"));
+
+        let dead = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("addr");
+        let (live, _) = backend(|_, mut s| {
+            while read_request(&mut s) {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        });
+        let w = worker(&config(&[dead, live], "balancer = \"round_robin\""));
+        for (flow, error, _) in one_request(&w, 4) {
+            assert_eq!(flow, Flow::Continue);
+            assert!(error.is_none(), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_retryable_status_is_held_back_and_tried_elsewhere() {
+        let (busy, _) = backend(|_, mut s| {
+            while read_request(&mut s) {
+                let _ = s.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+                );
+            }
+        });
+        let (fine, _) = backend(|_, mut s| {
+            while read_request(&mut s) {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine");
+            }
+        });
+        let w = worker(&config(
+            &[busy, fine],
+            "retry = { attempts = 2, retry_on = [\"503\"] }",
+        ));
+        let results = one_request(&w, 4);
+        let text = String::from_utf8_lossy(&results[3].2).into_owned();
+        assert!(
+            !text.contains("busy"),
+            "a held-back 503 reached the client: {text}"
+        );
+        assert_eq!(text.matches("fine").count(), 4, "{text}");
+    }
+}

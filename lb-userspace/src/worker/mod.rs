@@ -87,6 +87,39 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// The state of worker `spec.id`, following the snapshots published in `cell`, told to
+    /// drain through `drain`.
+    pub fn new(
+        spec: &WorkerSpec,
+        cell: Arc<SnapshotCell>,
+        drain: oneshot::Receiver<()>,
+    ) -> std::io::Result<Worker> {
+        let snap = cell.load();
+        Ok(Worker {
+            id: spec.id,
+            handler: spec.handler,
+            generation: Cell::new(cell.generation()),
+            view: RefCell::new(Rc::new(make_view(snap, spec.id))),
+            cell,
+            bufs: BufPool::new(spec.buf_size, MAX_FREE_BUFFERS),
+            out_bufs: BufPool::new(OUT_BUF_SIZE, MAX_FREE_BUFFERS),
+            up_bufs: BufPool::new(UPSTREAM_BUF_SIZE, MAX_FREE_UPSTREAM_BUFFERS),
+            pool: Pool::default(),
+            draining: Cell::new(false),
+            drain: drain.shared(),
+            active: Cell::new(0),
+            connections_gauge: crate::metrics::downstream_connections(spec.id),
+            access: RefCell::new(Vec::new()),
+            access_tx: spec.access_log.clone(),
+            idle: RefCell::new(idle::IdleSet::new()?),
+            loads: spec.loads.clone(),
+            stats: spec.stats.clone(),
+            conns: spec.conns,
+            refusing: Cell::new(0),
+            refusal_logged: Cell::new(0),
+        })
+    }
+
     /// The current snapshot; refreshed when a reload has published a new one.
     pub fn view(&self) -> Rc<View> {
         let g = self.cell.generation();
@@ -314,30 +347,7 @@ async fn worker_main(
     started: mpsc::Sender<Result<(usize, &'static str), String>>,
     driver: &'static str,
 ) -> std::io::Result<()> {
-    let snap = cell.load();
-    let worker = Rc::new(Worker {
-        id: spec.id,
-        handler: spec.handler,
-        generation: Cell::new(cell.generation()),
-        view: RefCell::new(Rc::new(make_view(snap, spec.id))),
-        cell,
-        bufs: BufPool::new(spec.buf_size, MAX_FREE_BUFFERS),
-        out_bufs: BufPool::new(OUT_BUF_SIZE, MAX_FREE_BUFFERS),
-        up_bufs: BufPool::new(UPSTREAM_BUF_SIZE, MAX_FREE_UPSTREAM_BUFFERS),
-        pool: Pool::default(),
-        draining: Cell::new(false),
-        drain: drain.shared(),
-        active: Cell::new(0),
-        connections_gauge: crate::metrics::downstream_connections(spec.id),
-        access: RefCell::new(Vec::new()),
-        access_tx: spec.access_log.clone(),
-        idle: RefCell::new(idle::IdleSet::new()?),
-        loads: spec.loads.clone(),
-        stats: spec.stats.clone(),
-        conns: spec.conns,
-        refusing: Cell::new(0),
-        refusal_logged: Cell::new(0),
-    });
+    let worker = Rc::new(Worker::new(&spec, cell, drain)?);
     let mut accept_tasks = Vec::new();
     for std_listener in spec.listeners {
         let listener = TcpListener::from_std(std_listener)?;
