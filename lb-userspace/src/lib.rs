@@ -26,5 +26,6 @@ pub mod server;
 pub mod snapshot;
 pub mod steering;
 pub mod timer;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

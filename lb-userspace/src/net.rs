@@ -113,7 +113,20 @@ pub struct BufConn {
     /// Kept across the grace reads of a busy connection (a new one costs two allocations);
     /// dropped when the connection parks.
     canceller: Option<monoio::io::Canceller>,
+    /// A TLS session on this connection: reads decrypt into `buf`, writes encrypt.
+    tls: Option<Box<TlsSession>>,
 }
+
+/// The TLS state of a connection: the rustls session and its ciphertext buffers. Plaintext
+/// lands in the connection's own buffer, so the request path reads it as it reads plain TCP.
+pub struct TlsSession {
+    conn: rustls::ServerConnection,
+    cipher_in: Vec<u8>,
+    cipher_out: Vec<u8>,
+}
+
+/// Ciphertext read at once: a full TLS record and a bit.
+const CIPHER_READ: usize = 17 * 1024;
 
 impl BufConn {
     pub fn new(stream: TcpStream, buf: Vec<u8>) -> BufConn {
@@ -123,7 +136,30 @@ impl BufConn {
             pos: 0,
             reads: 0,
             canceller: None,
+            tls: None,
         }
+    }
+
+    /// A connection that terminates TLS with `conn` (the handshake runs as the first reads
+    /// and writes go).
+    pub fn new_tls(stream: TcpStream, buf: Vec<u8>, conn: rustls::ServerConnection) -> BufConn {
+        let mut c = BufConn::new(stream, buf);
+        c.tls = Some(Box::new(TlsSession {
+            conn,
+            cipher_in: Vec::new(),
+            cipher_out: Vec::new(),
+        }));
+        c
+    }
+
+    /// True if the connection runs TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The SNI name the client sent, on a TLS connection.
+    pub fn sni(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.conn.server_name())
     }
 
     /// Unconsumed bytes.
@@ -211,6 +247,10 @@ impl BufConn {
 
     /// Reads more bytes after the unconsumed ones; fails with `Eof` if the peer closed.
     pub async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail> {
+        if self.tls.is_some() {
+            let deadline = crate::timer::deadline_after(timeout);
+            return self.fill_tls(deadline, false).await?.ok_or(IoFail::Timeout);
+        }
         self.prepare_read()?;
         let buf = std::mem::take(&mut self.buf);
         let start = buf.len();
@@ -234,6 +274,14 @@ impl BufConn {
     /// they park, see `worker::idle`.) A timeout keeps what was read before it, so the caller
     /// can still answer (a 408 for a head that did not finish in time).
     pub async fn fill_idle(&mut self, pool: &BufPool, timeout: Duration) -> Result<usize, IoFail> {
+        if self.tls.is_some() {
+            // Decrypted bytes may already wait inside the session: no readiness wait.
+            if self.buf.capacity() == 0 {
+                self.buf = pool.take();
+            }
+            let deadline = crate::timer::deadline_after(timeout);
+            return self.fill_tls(deadline, true).await?.ok_or(IoFail::Timeout);
+        }
         if self.pos == self.buf.len() {
             pool.give(self.take_buf());
             match crate::timer::timeout(timeout, self.stream.readable(false)).await {
@@ -260,6 +308,10 @@ impl BufConn {
     /// cancelled and the buffer (with everything read before) is back in place.
     async fn read_within(&mut self, wait: Duration) -> Result<Option<usize>, IoFail> {
         use monoio::io::{CancelableAsyncReadRent, Canceller};
+        if self.tls.is_some() {
+            let deadline = crate::timer::deadline_after(wait);
+            return self.fill_tls(deadline, true).await;
+        }
         self.prepare_read()?;
         let buf = std::mem::take(&mut self.buf);
         let start = buf.len();
@@ -289,16 +341,23 @@ impl BufConn {
         }
     }
 
-    /// Writes `n` unconsumed bytes of this connection's buffer to `dst` and consumes them.
+    /// Writes `n` unconsumed bytes of this connection's buffer to `dst` (encrypted if `dst`
+    /// runs TLS) and consumes them.
     pub async fn forward_to(
         &mut self,
-        dst: &mut TcpStream,
+        dst: &mut BufConn,
         n: usize,
         timeout: Duration,
     ) -> Result<(), IoFail> {
+        if dst.tls.is_some() {
+            dst.send_tls(&self.buf[self.pos..self.pos + n], timeout)
+                .await?;
+            self.pos += n;
+            return Ok(());
+        }
         let buf = std::mem::take(&mut self.buf);
         let range = self.pos..self.pos + n;
-        let write = dst.write_all(buf.slice(range));
+        let write = dst.stream.write_all(buf.slice(range));
         let (res, slice) = match crate::timer::timeout(timeout, write).await {
             Ok(r) => r,
             Err(_) => return Err(IoFail::Timeout),
@@ -307,6 +366,172 @@ impl BufConn {
         res?;
         self.pos += n;
         Ok(())
+    }
+
+    /// Writes the whole of `buf` to the peer (encrypted on a TLS connection) and gives the
+    /// buffer back.
+    pub async fn write_all(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), IoFail> {
+        if self.tls.is_none() {
+            return write_buf(&mut self.stream, buf, timeout).await;
+        }
+        let plain = std::mem::take(buf);
+        let r = self.send_tls(&plain, timeout).await;
+        *buf = plain;
+        r
+    }
+
+    /// Ends the sending side: a TLS `close_notify` first, then the TCP FIN.
+    pub async fn shutdown_write(&mut self) {
+        use monoio::io::AsyncWriteRent;
+        if let Some(t) = self.tls.as_mut() {
+            t.conn.send_close_notify();
+            let _ = self.flush_tls(Duration::from_secs(1)).await;
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Encrypts `data` and writes it, in pieces as the session's buffer allows.
+    async fn send_tls(&mut self, data: &[u8], timeout: Duration) -> Result<(), IoFail> {
+        use std::io::Write;
+        let mut off = 0;
+        while off < data.len() {
+            let t = self.tls.as_mut().ok_or(IoFail::Eof)?;
+            let k = t.conn.writer().write(&data[off..])?;
+            off += k;
+            self.flush_tls(timeout).await?;
+            if k == 0 && off < data.len() {
+                return Err(IoFail::Io(io::Error::other(
+                    "TLS session refused more data",
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what the TLS session has to send (handshake, records, alerts).
+    async fn flush_tls(&mut self, timeout: Duration) -> Result<(), IoFail> {
+        loop {
+            let Some(t) = self.tls.as_mut() else {
+                return Ok(());
+            };
+            if !t.conn.wants_write() {
+                return Ok(());
+            }
+            let mut out = std::mem::take(&mut t.cipher_out);
+            out.clear();
+            t.conn.write_tls(&mut out)?;
+            let r = write_buf(&mut self.stream, &mut out, timeout).await;
+            if let Some(t) = self.tls.as_mut() {
+                t.cipher_out = out;
+            }
+            r?;
+        }
+    }
+
+    /// Moves decrypted bytes from the session into the buffer; `Ok(0)`: none yet.
+    fn take_plaintext(&mut self) -> Result<usize, IoFail> {
+        use std::io::Read;
+        let Some(t) = self.tls.as_mut() else {
+            return Ok(0);
+        };
+        let start = self.buf.len();
+        let cap = self.buf.capacity();
+        self.buf.resize(cap, 0);
+        let r = t.conn.reader().read(&mut self.buf[start..]);
+        match r {
+            Ok(0) => {
+                self.buf.truncate(start);
+                // `close_notify`: a clean end.
+                Err(IoFail::Eof)
+            }
+            Ok(n) => {
+                self.buf.truncate(start + n);
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.buf.truncate(start);
+                Ok(0)
+            }
+            Err(_) => {
+                self.buf.truncate(start);
+                Err(IoFail::Eof)
+            }
+        }
+    }
+
+    /// Reads until the session yields plaintext, running the handshake on the way.
+    /// `Ok(None)`: `deadline` passed first (with `cancelable`, the pending read was cancelled
+    /// and nothing read is lost; without, the connection is not usable afterwards).
+    async fn fill_tls(&mut self, deadline: u64, cancelable: bool) -> Result<Option<usize>, IoFail> {
+        loop {
+            self.prepare_read()?;
+            let n = self.take_plaintext()?;
+            if n > 0 {
+                self.reads += 1;
+                return Ok(Some(n));
+            }
+            self.flush_tls(crate::timer::until(deadline).max(Duration::from_millis(1)))
+                .await?;
+            let Some(got) = self.read_cipher(deadline, cancelable).await? else {
+                return Ok(None);
+            };
+            let t = self.tls.as_mut().ok_or(IoFail::Eof)?;
+            let mut rd = &t.cipher_in[..got];
+            while !rd.is_empty() {
+                t.conn.read_tls(&mut rd)?;
+                if let Err(e) = t.conn.process_new_packets() {
+                    // The alert rustls queued goes out before the close.
+                    let _ = self.flush_tls(Duration::from_millis(100)).await;
+                    return Err(IoFail::Io(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            }
+        }
+    }
+
+    /// One read of ciphertext into the session's input buffer; `Ok(None)` at the deadline.
+    async fn read_cipher(
+        &mut self,
+        deadline: u64,
+        cancelable: bool,
+    ) -> Result<Option<usize>, IoFail> {
+        use monoio::io::{CancelableAsyncReadRent, Canceller};
+        let t = self.tls.as_mut().ok_or(IoFail::Eof)?;
+        let mut cbuf = std::mem::take(&mut t.cipher_in);
+        cbuf.clear();
+        cbuf.reserve(CIPHER_READ);
+        let wait = crate::timer::until(deadline);
+        let (res, slice) = if cancelable {
+            let handle = self.canceller.get_or_insert_with(Canceller::new).handle();
+            let read = self.stream.cancelable_read(cbuf, handle);
+            futures::pin_mut!(read);
+            let done = monoio::select! {
+                r = &mut read => Some(r),
+                _ = crate::timer::sleep(wait) => None,
+            };
+            match done {
+                Some(r) => r,
+                None => {
+                    if let Some(c) = self.canceller.take() {
+                        drop(c.cancel());
+                    }
+                    read.await
+                }
+            }
+        } else {
+            match crate::timer::timeout(wait, self.stream.read(cbuf)).await {
+                Ok(r) => r,
+                Err(_) => return Ok(None),
+            }
+        };
+        if let Some(t) = self.tls.as_mut() {
+            t.cipher_in = slice;
+        }
+        match res {
+            Ok(0) => Err(IoFail::Eof),
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Ok(None),
+            Err(e) => Err(IoFail::Io(e)),
+        }
     }
 }
 

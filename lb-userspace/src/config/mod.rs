@@ -66,6 +66,9 @@ pub const MAX_HEADERS_LIMIT: usize = 256;
 pub struct Config {
     pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
+    /// The TLS server configuration of each listener (by index), built from its
+    /// certificate files when the config was loaded.
+    pub listener_tls: Vec<Option<std::sync::Arc<rustls::ServerConfig>>>,
     pub admin: Option<AdminConfig>,
     pub http: HttpConfig,
     pub clusters: Vec<ClusterConfig>,
@@ -109,6 +112,8 @@ pub struct ListenerConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub backlog: u32,
+    /// TLS termination, if configured.
+    pub tls: Option<crate::tls::ListenerTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -239,7 +244,8 @@ impl Config {
             }
             wrap(vec![ConfigError { path, message }])
         })?;
-        validate(raw).map_err(wrap)
+        let base = file.parent().unwrap_or(Path::new("."));
+        validate(raw, base).map_err(wrap)
     }
 }
 
@@ -271,7 +277,14 @@ pub fn restart_only_changes(old: &Config, new: &Config, buf_size: usize) -> Vec<
     if o.watch_config != n.watch_config {
         need("server.watch_config", "the config file watch");
     }
-    if old.listeners != new.listeners {
+    // Certificates and whether a listener terminates TLS apply at reload; its socket does not.
+    let sockets = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.addr, l.backlog))
+            .collect::<Vec<_>>()
+    };
+    if sockets(old) != sockets(new) {
         need("listeners", "the listening sockets");
     }
     if old.admin.as_ref().map(|a| a.addr) != new.admin.as_ref().map(|a| a.addr) {
@@ -303,6 +316,44 @@ pub fn restart_only_changes(old: &Config, new: &Config, buf_size: usize) -> Vec<
         });
     }
     out
+}
+
+/// Validates a listener's `tls` table (the files are read afterwards).
+fn validate_listener_tls(
+    t: &raw::RawListenerTls,
+    at: &str,
+    errs: &mut Errors,
+) -> Option<crate::tls::ListenerTls> {
+    if t.certificates.is_empty() {
+        errs.push(
+            format!("{at}.certificates"),
+            "expected at least one { cert = \"...\", key = \"...\" }",
+        );
+        return None;
+    }
+    let tls13_only = match t.min_version.as_deref() {
+        None | Some("1.2") => false,
+        Some("1.3") => true,
+        Some(v) => {
+            errs.push(
+                format!("{at}.min_version"),
+                format!("expected \"1.2\" or \"1.3\", got {v:?}"),
+            );
+            false
+        }
+    };
+    Some(crate::tls::ListenerTls {
+        certificates: t
+            .certificates
+            .iter()
+            .map(|c| crate::tls::CertFiles {
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            })
+            .collect(),
+        require_sni: t.require_sni.unwrap_or(false),
+        tls13_only,
+    })
 }
 
 struct Errors(Vec<ConfigError>);
@@ -341,7 +392,8 @@ impl Errors {
     }
 }
 
-fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
+/// `base`: where relative file paths in the config (certificates) are found.
+fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors(Vec::new());
     let server = validate_server(&raw.server, &mut errs);
     let http = validate_http(&raw.http, &mut errs);
@@ -350,6 +402,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
         errs.push("listeners", "at least one [[listeners]] entry is required");
     }
     let mut listeners = Vec::new();
+    let mut listener_tls = Vec::new();
     let mut listener_names = HashSet::new();
     for (i, l) in raw.listeners.iter().enumerate() {
         let name = l.name.clone().unwrap_or_else(|| format!("listener{i}"));
@@ -366,12 +419,23 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
                 "expected a backlog of at least 1",
             );
         }
+        let tls = l
+            .tls
+            .as_ref()
+            .and_then(|t| validate_listener_tls(t, &format!("listeners[{i}].tls"), &mut errs));
+        let built = tls.as_ref().and_then(|t| {
+            crate::tls::server_config(t, base)
+                .map_err(|e| errs.push(format!("listeners[{i}].tls.certificates"), e))
+                .ok()
+        });
         if let Some(addr) = errs.addr(&format!("listeners[{i}].addr"), &l.addr) {
             listeners.push(ListenerConfig {
                 name,
                 addr,
                 backlog,
+                tls,
             });
+            listener_tls.push(built);
         }
     }
 
@@ -450,6 +514,7 @@ fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigError>> {
 
     if errs.0.is_empty() {
         Ok(Config {
+            listener_tls,
             server,
             listeners,
             admin,

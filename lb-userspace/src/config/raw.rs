@@ -101,6 +101,27 @@ pub struct RawListener {
     pub name: Option<String>,
     pub addr: String,
     pub backlog: Option<u32>,
+    /// Terminate TLS on this listener.
+    pub tls: Option<RawListenerTls>,
+}
+
+/// `[[listeners]] tls = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub certificates: Vec<RawCertFiles>,
+    /// Refuse handshakes without SNI (default false: they get the first certificate).
+    pub require_sni: Option<bool>,
+    /// `"1.2"` (default) or `"1.3"`.
+    pub min_version: Option<String>,
+}
+
+/// One certificate chain (PEM) and its private key (PEM), relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertFiles {
+    pub cert: String,
+    pub key: String,
 }
 
 /// `[admin]`: the operator's HTTP API.

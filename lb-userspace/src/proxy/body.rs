@@ -4,12 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
-
 use crate::http::chunked::{ChunkError, ChunkedDecoder, Step, TrailerPolicy};
 use crate::http::write::push_hex;
 use crate::http::Framing;
-use crate::net::{write_buf, BufConn, IoFail};
+use crate::net::{BufConn, IoFail};
 
 /// Scratch bytes gathered before a write when re-encoding chunks.
 const FLUSH_AT: usize = 32 * 1024;
@@ -106,7 +104,7 @@ async fn fill(src: &mut BufConn, pace: &Pace, done: u64) -> Result<usize, PumpFa
 /// `max` of 0 means no cap.
 pub async fn pump(
     src: &mut BufConn,
-    dst: &mut TcpStream,
+    dst: &mut BufConn,
     framing: Framing,
     out: Out,
     scratch: &mut Vec<u8>,
@@ -169,7 +167,7 @@ pub async fn pump(
 
 async fn pump_chunked(
     src: &mut BufConn,
-    dst: &mut TcpStream,
+    dst: &mut BufConn,
     out: Out,
     scratch: &mut Vec<u8>,
     pace: Pace,
@@ -240,18 +238,18 @@ fn push_chunk(scratch: &mut Vec<u8>, data: &[u8]) {
     scratch.extend_from_slice(b"\r\n");
 }
 
-async fn flush(dst: &mut TcpStream, scratch: &mut Vec<u8>, idle: Duration) -> Result<(), PumpFail> {
+async fn flush(dst: &mut BufConn, scratch: &mut Vec<u8>, idle: Duration) -> Result<(), PumpFail> {
     if scratch.is_empty() {
         return Ok(());
     }
-    write_buf(dst, scratch, idle).await.map_err(PumpFail::Dst)?;
+    dst.write_all(scratch, idle).await.map_err(PumpFail::Dst)?;
     scratch.clear();
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testio::{buf_pair, collect, pair, rt, send};
+    use super::super::testio::{buf_pair, collect, rt, send};
     use super::*;
 
     const FILTER: Out = Out {
@@ -275,7 +273,7 @@ mod tests {
     ) -> (Result<u64, PumpFail>, Vec<u8>) {
         rt().block_on(async {
             let (mut src, src_peer) = buf_pair();
-            let (mut dst, dst_peer) = pair();
+            let (mut dst, dst_peer) = buf_pair();
             let sender = send(src_peer, input.to_vec(), piece, reset);
             let got = collect(dst_peer);
             let mut scratch = Vec::new();
@@ -387,7 +385,7 @@ mod tests {
     fn a_destination_that_stops_reading_times_out_and_one_that_closes_fails() {
         rt().block_on(async {
             let (mut src, src_peer) = buf_pair();
-            let (mut dst, dst_peer) = pair();
+            let (mut dst, dst_peer) = buf_pair();
             let big = vec![b'x'; 16 << 20];
             let sender = send(src_peer, big, 64 * 1024, false);
             let mut scratch = Vec::new();
@@ -409,7 +407,7 @@ mod tests {
         });
         rt().block_on(async {
             let (mut src, src_peer) = buf_pair();
-            let (mut dst, dst_peer) = pair();
+            let (mut dst, dst_peer) = buf_pair();
             drop(dst_peer);
             let sender = send(src_peer, vec![b'y'; 4 << 20], 64 * 1024, false);
             let mut scratch = Vec::new();
@@ -434,7 +432,7 @@ mod tests {
     fn a_body_below_the_minimum_rate_is_cut() {
         rt().block_on(async {
             let (mut src, mut src_peer) = buf_pair();
-            let (mut dst, dst_peer) = pair();
+            let (mut dst, dst_peer) = buf_pair();
             let got = collect(dst_peer);
             // One byte, then silence: after the 100 ms grace, 1 KiB/s wants more than that.
             std::io::Write::write_all(&mut src_peer, b"a").expect("write");

@@ -167,7 +167,7 @@ async fn answer(
     error_response(out, e.status(), e.code(), e.message(), close);
     head::insert_headers(out, &[("X-LB-Limit", limit.label())]);
     let timeout = ctx.view.snap.http.client_body_timeout;
-    let ok = write_buf(&mut client.stream, out, timeout).await.is_ok();
+    let ok = client.write_all(out, timeout).await.is_ok();
     if close || !ok {
         Flow::Close
     } else {
@@ -480,11 +480,10 @@ async fn try_endpoint(
         };
         if ctx.plan.expect_continue && !ctx.sent_continue.get() && ctx.body != Framing::None {
             ctx.sent_continue.set(true);
-            let (r, _) = monoio::io::AsyncWriteRentExt::write_all(
-                &mut client.stream,
-                &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
-            )
-            .await;
+            let mut interim = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+            let r = client
+                .write_all(&mut interim, ctx.view.snap.http.client_body_timeout)
+                .await;
             if r.is_err() {
                 release_probe(ctx, pick);
                 return Attempt::Finished(Flow::Close);
@@ -703,7 +702,7 @@ async fn send_request(
     };
     let r = pump(
         client,
-        &mut up.conn.stream,
+        &mut up.conn,
         ctx.body,
         Out {
             encode: Encode::Chunked,
@@ -796,7 +795,8 @@ async fn read_response_head(
                 }
                 HeadStep::Upgrade(n) => {
                     up.conn.consume(n);
-                    if write_buf(&mut client.stream, out, http.client_body_timeout)
+                    if client
+                        .write_all(out, http.client_body_timeout)
                         .await
                         .is_err()
                     {
@@ -905,7 +905,8 @@ async fn send_response(
             bytes = n;
         }
     }
-    if write_buf(&mut client.stream, out, http.client_body_timeout)
+    if client
+        .write_all(out, http.client_body_timeout)
         .await
         .is_err()
     {
@@ -929,16 +930,7 @@ async fn send_response(
         trailers: http.trailers,
     };
     let idle = Pace::idle(ctx.timeouts.idle);
-    let r = pump(
-        &mut up.conn,
-        &mut client.stream,
-        rest,
-        out_plan,
-        &mut scratch,
-        idle,
-        0,
-    )
-    .await;
+    let r = pump(&mut up.conn, client, rest, out_plan, &mut scratch, idle, 0).await;
     w.out_bufs.give(scratch);
     match r {
         Ok(n) => Ok(n),
@@ -981,7 +973,7 @@ mod tests {
         std::mem::forget(tx);
         let spec = WorkerSpec {
             id: 0,
-            handler: |_, _, _, _| {},
+            handler: |_, _, _, _, _| {},
             core: None,
             listeners: Vec::new(),
             io: crate::config::IoDriver::Epoll,

@@ -10,6 +10,14 @@ use crate::http::{is_hop_by_hop, Framing};
 use crate::routing::template::Vars;
 use crate::routing::Route;
 
+/// What lb knows of the client it tells the backend: its address and whether it came over
+/// TLS (`X-Forwarded-Proto`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+    pub tls: bool,
+}
+
 /// The origin-form target: the normalised path and query, or the route's rewrite of them.
 /// A rewrite may insert raw query values or the host, so its path is refused unless it is in
 /// normal form itself: a backend that normalises must not climb out of the rewrite's prefix.
@@ -100,7 +108,7 @@ fn is_untrusted_client_address(name: &[u8], http: &HttpConfig) -> bool {
 pub fn write_request_head(
     out: &mut Vec<u8>,
     req: &RequestHead<'_, '_>,
-    client_ip: IpAddr,
+    client: ClientInfo,
     http: &HttpConfig,
     default_host: &str,
     route: &Route,
@@ -141,8 +149,12 @@ pub fn write_request_head(
     if http.x_forwarded {
         // Appended as its own field line: list semantics make it the last hop in the chain.
         out.extend_from_slice(b"X-Forwarded-For: ");
-        push_ip(out, client_ip);
-        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+        push_ip(out, client.ip);
+        out.extend_from_slice(if client.tls {
+            &b"\r\nX-Forwarded-Proto: https\r\n"[..]
+        } else {
+            &b"\r\nX-Forwarded-Proto: http\r\n"[..]
+        });
         if let Some(host) = req.authority.or(req.host_header) {
             push_header(out, b"X-Forwarded-Host", host);
         }
@@ -417,7 +429,10 @@ mod tests {
         write_request_head(
             &mut out,
             &req,
-            "10.1.2.3".parse().unwrap(),
+            ClientInfo {
+                ip: "10.1.2.3".parse().unwrap(),
+                tls: false,
+            },
             &http(),
             "orders",
             &plain_route(),
@@ -466,7 +481,10 @@ mod tests {
         write_request_head(
             &mut out,
             &req,
-            "10.1.2.3".parse().unwrap(),
+            ClientInfo {
+                ip: "10.1.2.3".parse().unwrap(),
+                tls: false,
+            },
             &http,
             "orders",
             &plain_route(),

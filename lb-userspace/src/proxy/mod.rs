@@ -17,13 +17,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 
 use crate::http::request::RequestError;
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
-use crate::net::{write_buf, BufConn, IoFail};
+use crate::net::{BufConn, IoFail};
 use crate::release::Reason;
 use crate::worker::{View, Worker};
 
@@ -94,6 +93,8 @@ pub struct Record {
     pub mirror: Option<(usize, Vec<u8>)>,
     /// Why the request failed, if it did past planning.
     pub error: Option<error::ProxyError>,
+    /// It came over TLS.
+    pub tls: bool,
 }
 
 /// A request refused before it reaches a backend.
@@ -177,8 +178,19 @@ pub fn start(
     peer: SocketAddr,
     conn: crate::worker::ConnGuard,
     head_deadline: Option<u64>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) {
-    monoio::spawn(serve(stream, peer, conn, head_deadline));
+    let client = match tls {
+        None => BufConn::new(stream, Vec::new()),
+        Some(config) => match rustls::ServerConnection::new(config) {
+            Ok(session) => BufConn::new_tls(stream, Vec::new(), session),
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS session could not start");
+                return;
+            }
+        },
+    };
+    monoio::spawn(serve(client, peer, conn, head_deadline));
 }
 
 /// Serves one client connection until it closes, fails, parks, or the worker drains.
@@ -190,7 +202,7 @@ pub fn start(
 /// (see `worker::idle`) and this task ends, so an idle connection keeps none of it; the next
 /// request starts another task.
 pub fn serve(
-    stream: TcpStream,
+    client: BufConn,
     peer: SocketAddr,
     conn: crate::worker::ConnGuard,
     head_deadline: Option<u64>,
@@ -198,7 +210,7 @@ pub fn serve(
     // TCP_NODELAY comes from the listening socket (accepted sockets inherit it on Linux):
     // no setsockopt per connection.
     // Buffers are taken when bytes arrive and given back while the connection idles.
-    let mut client = BufConn::new(stream, Vec::new());
+    let mut client = client;
     async move {
         let w = conn.worker.clone();
         let mut head_deadline = head_deadline;
@@ -232,6 +244,18 @@ async fn step(
     peer: SocketAddr,
     head_deadline: Option<u64>,
 ) -> Step {
+    if client.data().is_empty() && client.is_tls() {
+        // A TLS session does not park (its state would have to move with the socket): it
+        // waits for its next request holding the session, up to the header or idle timeout.
+        let http = &w.view().snap.http;
+        let wait = match head_deadline {
+            Some(d) => crate::timer::until(d),
+            None => http.client_idle_timeout,
+        };
+        if client.fill_idle(&w.bufs, wait).await.is_err() {
+            return Step::Close;
+        }
+    }
     if client.data().is_empty() {
         if client.buf_capacity() == 0 {
             client.set_buf(w.bufs.take());
@@ -301,7 +325,7 @@ async fn handle_request(
             client.consume(head_len);
             rec.status = status;
             let timeout = view.snap.http.client_body_timeout;
-            if write_buf(&mut client.stream, out, timeout).await.is_err() || !keep_alive {
+            if client.write_all(out, timeout).await.is_err() || !keep_alive {
                 return Flow::Close;
             }
             Flow::Continue
@@ -339,6 +363,7 @@ async fn read_head(
             // The snapshot is taken when the head is complete, so a request that arrives after
             // a reload follows the new config even on an old keep-alive connection.
             let current = w.view();
+            rec.tls = client.is_tls();
             match plan::plan_request(&current, client.data(), peer, out, rec, w.access_log_on()) {
                 Ok(Some(d)) => {
                     rec.view = Some(current.clone());
@@ -413,7 +438,8 @@ pub(crate) async fn send_error(
     let close = r.close;
     rec.status = r.status;
     error_response(out, r.status, r.code, r.message, close);
-    let ok = write_buf(&mut client.stream, out, view.snap.http.client_body_timeout)
+    let ok = client
+        .write_all(out, view.snap.http.client_body_timeout)
         .await
         .is_ok();
     if close && ok {
@@ -429,7 +455,7 @@ async fn linger(client: &mut BufConn) {
     const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
     const LINGER_READ: std::time::Duration = std::time::Duration::from_millis(500);
     const LINGER_BYTES: usize = 4 << 20;
-    let _ = client.stream.shutdown().await;
+    client.shutdown_write().await;
     let until = Instant::now() + LINGER_TIME;
     let mut discarded = 0;
     while discarded < LINGER_BYTES && Instant::now() < until {
@@ -458,9 +484,8 @@ mod tests {
     /// machinery inline in it. Growing past them costs memory on every busy connection.
     #[test]
     fn futures_stay_within_their_documented_sizes() {
-        let task = future_size::<_, TcpStream, SocketAddr, crate::worker::ConnGuard, Option<u64>, _>(
-            serve,
-        );
+        let task =
+            future_size::<_, BufConn, SocketAddr, crate::worker::ConnGuard, Option<u64>, _>(serve);
         let request = future_size::<
             _,
             &'static Rc<Worker>,

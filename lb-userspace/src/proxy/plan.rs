@@ -364,15 +364,21 @@ fn forward(
         .hash_key
         .as_ref()
         .and_then(|k| request_key_hash(k, req.headers, r.vars.path, r.vars.query, h.peer.ip()));
+    let client = head::ClientInfo {
+        ip: h.peer.ip(),
+        tls: rec.tls,
+    };
     if let Err(message) =
-        head::write_request_head(out, req, h.peer.ip(), &snap.http, &c.name, r.route, &r.vars)
+        head::write_request_head(out, req, client, &snap.http, &c.name, r.route, &r.vars)
     {
         out.clear();
         return Err(h.refuse(400, "bad_request", message));
     }
     // Upgrade and Connection are hop-by-hop; a WebSocket upgrade is passed on on purpose.
-    // Other upgrades are not performed: the request goes on as plain HTTP.
+    // Other upgrades are not performed: the request goes on as plain HTTP. (Not yet over
+    // TLS: the tunnel moves raw socket bytes.)
     let websocket = snap.http.websocket
+        && !rec.tls
         && req.conn.upgrade
         && req.method == Method::Get
         && req.minor == 1

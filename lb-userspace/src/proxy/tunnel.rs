@@ -101,21 +101,13 @@ async fn pump(
 pub async fn run(client: &mut BufConn, upstream: &mut BufConn, idle: Duration) -> u64 {
     if !upstream.data().is_empty() {
         let n = upstream.data().len();
-        if upstream
-            .forward_to(&mut client.stream, n, idle)
-            .await
-            .is_err()
-        {
+        if upstream.forward_to(client, n, idle).await.is_err() {
             return 0;
         }
     }
     if !client.data().is_empty() {
         let n = client.data().len();
-        if client
-            .forward_to(&mut upstream.stream, n, idle)
-            .await
-            .is_err()
-        {
+        if client.forward_to(upstream, n, idle).await.is_err() {
             return 0;
         }
     }

@@ -52,8 +52,15 @@ pub struct View {
 
 /// What serves an accepted (or resumed) client connection: the protocol side of the request
 /// path (`proxy::start` for HTTP/1.1), given to the worker so that the worker knows nothing
-/// of protocols. `head_deadline` is set while no request has been served on it yet.
-pub type Handler = fn(monoio::net::TcpStream, SocketAddr, ConnGuard, Option<u64>);
+/// of protocols. `head_deadline` is set while no request has been served on it yet; `tls`
+/// when its listener terminates TLS.
+pub type Handler = fn(
+    monoio::net::TcpStream,
+    SocketAddr,
+    ConnGuard,
+    Option<u64>,
+    Option<Arc<rustls::ServerConfig>>,
+);
 
 /// Per-worker state shared by all of the worker's connection tasks.
 pub struct Worker {
@@ -143,7 +150,7 @@ impl Worker {
         guard: ConnGuard,
         head_deadline: Option<u64>,
     ) {
-        (self.handler)(stream, peer, guard, head_deadline);
+        (self.handler)(stream, peer, guard, head_deadline, None);
     }
 
     pub fn draining(&self) -> bool {
@@ -349,9 +356,10 @@ async fn worker_main(
 ) -> std::io::Result<()> {
     let worker = Rc::new(Worker::new(&spec, cell, drain)?);
     let mut accept_tasks = Vec::new();
-    for std_listener in spec.listeners {
+    // One socket per config listener, in the config's order.
+    for (index, std_listener) in spec.listeners.into_iter().enumerate() {
         let listener = TcpListener::from_std(std_listener)?;
-        accept_tasks.push(monoio::spawn(accept_loop(listener, worker.clone())));
+        accept_tasks.push(monoio::spawn(accept_loop(listener, index, worker.clone())));
     }
     monoio::spawn(sweep_pool(worker.clone()));
     monoio::spawn(sweep_idle(worker.clone()));
@@ -381,7 +389,8 @@ async fn worker_main(
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
+/// Accepts on the worker's socket of listener `index` until the drain.
+async fn accept_loop(listener: TcpListener, index: usize, worker: Rc<Worker>) {
     let drain = worker.drain_signal();
     loop {
         let accepted = monoio::select! {
@@ -393,7 +402,7 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
             Some(Ok((stream, peer))) => {
                 let limits = worker.view().snap.http.conn_limits;
                 match worker.conns.admit(peer.ip(), worker.active.get(), &limits) {
-                    Ok(admitted) => serve_connection(stream, peer, admitted, worker.clone()),
+                    Ok(admitted) => serve_connection(stream, peer, index, admitted, worker.clone()),
                     Err(why) => refuse(stream, peer, why, &worker),
                 }
             }
@@ -410,11 +419,22 @@ async fn accept_loop(listener: TcpListener, worker: Rc<Worker>) {
 fn serve_connection(
     stream: monoio::net::TcpStream,
     peer: SocketAddr,
+    listener: usize,
     admitted: crate::connlimit::Admitted,
     w: Rc<Worker>,
 ) {
+    let view = w.view();
     // The first request head is due this long after accept, however the wait is spent.
-    let head_deadline = crate::timer::deadline_after(w.view().snap.http.client_header_timeout);
+    let head_deadline = crate::timer::deadline_after(view.snap.http.client_header_timeout);
+    // The listener's certificates as of now: a reload that renewed them applies to new
+    // connections.
+    let tls = view
+        .snap
+        .config
+        .listener_tls
+        .get(listener)
+        .cloned()
+        .flatten();
     w.active.set(w.active.get() + 1);
     w.connections_gauge.increment(1.0);
     if let Some(s) = w.stats.get(w.id) {
@@ -431,6 +451,7 @@ fn serve_connection(
             _admitted: admitted,
         },
         Some(head_deadline),
+        tls,
     );
 }
 

@@ -1,0 +1,167 @@
+//! TLS termination: the certificates of a listener, chosen per handshake by SNI, and the
+//! rustls server configuration built from them. The session itself is driven over lb's own
+//! owned buffers in `net.rs`.
+//!
+//! Certificates are read when a config is loaded (start, reload), so a reload picks up
+//! renewed files; a file that cannot be used fails the load, naming it, and the running
+//! certificates stay.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// One certificate file and its key file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: String,
+    pub key: String,
+}
+
+/// The validated `tls` table of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertFiles>,
+    /// Refuse clients that send no SNI (otherwise they get the first certificate).
+    pub require_sni: bool,
+    /// The lowest version accepted: `true` for TLS 1.3 only.
+    pub tls13_only: bool,
+}
+
+/// A loaded certificate: its chain and key, and whether the key is ECDSA.
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    ecdsa: bool,
+}
+
+/// Picks the certificate for a handshake: among those valid for the SNI name (exact or
+/// wildcard, per the certificates' own names), an ECDSA one if the client can verify it,
+/// else another; without SNI, the first certificate (unless SNI is required).
+#[derive(Debug)]
+pub struct SniResolver {
+    certs: Vec<Loaded>,
+    require_sni: bool,
+}
+
+impl SniResolver {
+    fn usable(l: &Loaded, schemes: &[SignatureScheme]) -> bool {
+        l.key.key.choose_scheme(schemes).is_some()
+    }
+
+    fn valid_for(l: &Loaded, name: &str) -> bool {
+        let Ok(server_name) = ServerName::try_from(name) else {
+            return false;
+        };
+        let Some(der) = l.key.cert.first() else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(der)
+            .and_then(|c| c.verify_is_valid_for_subject_name(&server_name))
+            .is_ok()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let schemes = hello.signature_schemes();
+        let candidates: Vec<&Loaded> = match hello.server_name() {
+            Some(name) => self
+                .certs
+                .iter()
+                .filter(|l| Self::valid_for(l, name))
+                .collect(),
+            None if self.require_sni => return None,
+            None => self.certs.iter().take(1).collect(),
+        };
+        // A name no certificate covers still gets the first one: the client sees the
+        // mismatch itself, as with nginx's default server.
+        let candidates = if candidates.is_empty() {
+            self.certs.iter().take(1).collect()
+        } else {
+            candidates
+        };
+        candidates
+            .iter()
+            .find(|l| l.ecdsa && Self::usable(l, schemes))
+            .or_else(|| candidates.iter().find(|l| Self::usable(l, schemes)))
+            .map(|l| l.key.clone())
+    }
+}
+
+/// The process's crypto provider (aws-lc-rs).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reads one certificate chain and its key, and checks that they belong together.
+fn load(files: &CertFiles, base: &Path, provider: &CryptoProvider) -> Result<Loaded, String> {
+    let cert_path = base.join(&files.cert);
+    let key_path = base.join(&files.key);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| format!("{}: {e}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no certificate in the file",
+            cert_path.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let ecdsa = matches!(&key, PrivateKeyDer::Sec1(_))
+        || provider
+            .key_provider
+            .load_private_key(key.clone_key())
+            .is_ok_and(|k| k.algorithm() == rustls::SignatureAlgorithm::ECDSA);
+    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        format!(
+            "{} and {}: the key does not fit the certificate ({e})",
+            cert_path.display(),
+            key_path.display()
+        )
+    })?;
+    Ok(Loaded {
+        key: Arc::new(key),
+        ecdsa,
+    })
+}
+
+/// Builds the server configuration of a TLS listener: its certificates read from disk
+/// (relative paths from `base`), ALPN `http/1.1`, TLS 1.2 and 1.3 (or 1.3 only), tickets
+/// from one ticketer shared by every worker, a bounded session cache, no 0-RTT.
+pub fn server_config(t: &ListenerTls, base: &Path) -> Result<Arc<ServerConfig>, String> {
+    let provider = provider();
+    let certs = t
+        .certificates
+        .iter()
+        .map(|f| load(f, base, &provider))
+        .collect::<Result<Vec<_>, _>>()?;
+    let versions: &[&rustls::SupportedProtocolVersion] = if t.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver {
+            certs,
+            require_sni: t.require_sni,
+        }));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ticketer =
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    Ok(Arc::new(config))
+}
+
+/// Sessions kept for resumption by ID (clients that do not use tickets).
+const SESSION_CACHE: usize = 10_000;

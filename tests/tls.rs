@@ -1,0 +1,201 @@
+//! TLS termination with real clients: curl over HTTPS, and a rustls client that checks which
+//! certificate SNI selected. Certificates come from a test CA made at the start (rcgen).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+/// A CA and leaf certificates for `names` (one certificate per entry, each with its SANs),
+/// written as PEM files into `dir`: `ca.pem`, `leafN.pem`, `leafN.key`.
+fn make_certs(dir: &Path, names: &[&[&str]]) -> Vec<CertificateDer<'static>> {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "lb test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca");
+    let mut leaves = Vec::new();
+    for (i, sans) in names.iter().enumerate() {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, sans[0]);
+        let cert = params.signed_by(&key, &ca).expect("leaf");
+        std::fs::write(dir.join(format!("leaf{i}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(dir.join(format!("leaf{i}.key")), key.serialize_pem()).expect("write key");
+        leaves.push(cert.der().clone());
+    }
+    leaves
+}
+
+fn tls_config(dir: &Path, backend: std::net::SocketAddr, certs: usize) -> String {
+    let entries: Vec<String> = (0..certs)
+        .map(|i| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                dir.join(format!("leaf{i}.pem")).display(),
+                dir.join(format!("leaf{i}.key")).display()
+            )
+        })
+        .collect();
+    config(&format!(
+        "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{backend}\" }}]\n[[routes]]\ncluster = \"app\"\n"
+    ))
+    .replace(
+        "name = \"http\"\naddr = \"127.0.0.1:0\"",
+        &format!(
+            "name = \"https\"\naddr = \"127.0.0.1:0\"\ntls = {{ certificates = [{}] }}",
+            entries.join(", ")
+        ),
+    )
+}
+
+fn curl() -> bool {
+    let ok = Command::new("curl").arg("--version").output().is_ok();
+    if !ok {
+        skip(
+            "tls curl",
+            "curl is not installed; `cargo xtask test` installs it",
+        );
+    }
+    ok
+}
+
+/// HTTPS end to end with curl: the backend learns the request came over TLS, a body goes
+/// both ways intact, and one TLS connection carries several requests.
+#[test]
+fn curl_gets_https_through_lb() {
+    if !curl() {
+        return;
+    }
+    let dir = scratch_dir("tls");
+    make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(Arc::new(|req, res| {
+        let proto = req.header("x-forwarded-proto").unwrap_or("").to_string();
+        let body = format!(
+            "{} {} {} {:x}",
+            req.path, proto, req.body_len, req.body_hash
+        );
+        res.send(200, &[], body.as_bytes());
+    }))
+    .expect("backend");
+    let lb = Lb::start(&tls_config(&dir, backend.addr, 1));
+    let port = lb.addr.port();
+    let upload = dir.join("upload.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&upload, &data).expect("upload file");
+    let out = Command::new("curl")
+        .args(["-sS", "--http1.1", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+        .arg(format!("https://a.test:{port}/one"))
+        .arg(format!("https://a.test:{port}/two"))
+        .args(["--data-binary"])
+        .arg(format!("@{}", upload.display()))
+        .args(["-w", "\n%{num_connects}\n"])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = {
+        let mut h = lb::hash::FNV_OFFSET;
+        h = lb::hash::fnv1a(h, &data);
+        format!("{h:x}")
+    };
+    assert!(
+        text.contains(&format!("/one https 300000 {hash}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("/two https 300000 {hash}")),
+        "{text}"
+    );
+    // The second request reused the first one's TLS connection.
+    let connects: Vec<&str> = text.lines().filter(|l| l.len() == 1).collect();
+    assert_eq!(connects, ["1", "0"], "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The certificate a client gets follows its SNI name; without SNI it gets the first.
+#[test]
+fn sni_picks_the_certificate() {
+    let dir = scratch_dir("sni");
+    let leaves = make_certs(&dir, &[&["a.test"], &["b.test", "*.wild.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&tls_config(&dir, backend.addr, 2));
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca pem");
+    roots.add(ca).expect("root");
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    for (name, want) in [("a.test", 0), ("b.test", 1), ("x.wild.test", 1)] {
+        let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
+        let conn = rustls::ClientConnection::new(client.clone(), server_name).expect("client");
+        let sock = TcpStream::connect(lb.addr).expect("connect");
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .expect("request over TLS");
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+            "{name}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        let got = tls.conn.peer_certificates().expect("server certificate")[0].clone();
+        assert_eq!(got, leaves[want], "{name} got the wrong certificate");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A key that does not belong to its certificate fails the check, naming both files.
+#[test]
+fn a_mismatched_key_is_refused_naming_the_files() {
+    let dir = scratch_dir("badkey");
+    make_certs(&dir, &[&["a.test"], &["b.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let text = tls_config(&dir, backend.addr, 1).replace("leaf0.key", "leaf1.key");
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, text).expect("config");
+    let out = Command::new(lb_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("lb check");
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("listeners[0].tls.certificates")
+            && err.contains("leaf1.key")
+            && err.contains("does not fit"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
