@@ -65,7 +65,45 @@ pub fn flaky_echo(name: &str) -> Handler {
     })
 }
 
-/// Runs the demo: echo backends on every endpoint of the demo config, then `lb` itself.
+/// Where the demo serves HTTPS.
+const DEMO_HTTPS: &str = "127.0.0.1:8443";
+
+/// Makes a throwaway CA and a certificate for `localhost` and 127.0.0.1 signed by it, in
+/// `dir`; returns the listener table that serves HTTPS with them.
+fn demo_tls(dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "lb demo CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &ca)?;
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("localhost.pem"),
+        dir.join("localhost.key"),
+    );
+    std::fs::write(&ca_path, ca.pem())?;
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok(format!(
+        "\n[[listeners]]\nname = \"https\"\naddr = \"{DEMO_HTTPS}\"\n\
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n",
+        cert_path.display(),
+        key_path.display()
+    ))
+}
+
+/// Runs the demo: echo backends on every endpoint of the demo config, then `lb` itself, on
+/// plain HTTP and on HTTPS with a certificate made at start.
 pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
     let config = Config::parse(DEMO_CONFIG, Path::new("conf/demo.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -85,14 +123,19 @@ pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
-    print_banner(&config);
+    let tls_dir = std::env::temp_dir().join(format!("lb-demo-{}", std::process::id()));
+    let text = format!("{DEMO_CONFIG}{}", demo_tls(&tls_dir)?);
+    print_banner(&config, &tls_dir.join("ca.pem"));
+    // The process serves this config until it exits.
+    let text: &'static str = Box::leak(text.into_boxed_str());
     let result = server::run(
         ConfigSource::Embedded {
             name: "conf/demo.toml",
-            text: DEMO_CONFIG,
+            text,
         },
         opts,
     );
+    let _ = std::fs::remove_dir_all(&tls_dir);
     drop(backends);
     result
 }
@@ -104,7 +147,7 @@ fn start_backend(addr: SocketAddr, name: &str, handler: Handler) -> anyhow::Resu
     Ok(b)
 }
 
-fn print_banner(config: &Config) {
+fn print_banner(config: &Config, ca: &Path) {
     let Some(listener) = config.listeners.first() else {
         return;
     };
@@ -120,6 +163,11 @@ fn print_banner(config: &Config) {
     println!("  curl -s {base}/api/orders/42          # alternates between orders-1 and orders-2");
     println!("  curl -s {base}/api/users/7            # served by users-1");
     println!("  curl -s -X POST --data 'hello' {base}/api/orders");
+    let port = DEMO_HTTPS.rsplit(':').next().unwrap_or("8443");
+    println!(
+        "  curl -s --cacert {} https://localhost:{port}/api/orders/42   # HTTPS, certificate made at start",
+        ca.display()
+    );
     println!("  curl -s {base}/api/v1/products/42?ref=mail   # rewritten for the catalog backend");
     println!(
         "  curl -s -i {base}/api/v0/products/1    # deprecated: Deprecation, Sunset, Link headers"
