@@ -319,10 +319,34 @@ fn dashboard_and_alerts_use_only_metrics_that_exist() {
     let v: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
     assert!(v["panels"].as_array().is_some_and(|p| p.len() >= 6));
 
-    let (lb, _orders) = setup("");
+    // A TLS listener too, so that the certificate and handshake series exist.
+    let dir = scratch_dir("dash-tls");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("c.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("c.key"), key.serialize_pem()).unwrap();
+    let tls = format!(
+        "\n[[listeners]]\nname = \"https\"\naddr = \"127.0.0.1:0\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n",
+        dir.join("c.pem").display(),
+        dir.join("c.key").display()
+    );
+    let (lb, _orders) = setup(&tls);
     for p in ["/orders/1", "/orders/fail", "/nowhere"] {
         get(lb.addr, p);
     }
+    // One TLS handshake (the certificate is self-signed: the client does not verify it; the
+    // handshake completes all the same).
+    let ready: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lb.dir.join("ready.json")).unwrap()).unwrap();
+    let https = ready["listeners"]["https"].as_str().unwrap().to_string();
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", &format!("https://{https}/orders/1")])
+        .status()
+        .expect("curl");
+    assert!(out.success());
     assert_eq!(lb.admin("POST", "/reload").0, 200);
     let scraped: BTreeSet<String> = lb
         .scrape()

@@ -199,3 +199,130 @@ fn a_mismatched_key_is_refused_naming_the_files() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The admin API lists the certificates in service; the metrics count handshakes (a second
+/// connection resumes with a ticket) and tell how long each certificate has left.
+#[test]
+fn certificates_handshakes_and_resumption_are_visible() {
+    let dir = scratch_dir("tls-observe");
+    let leaves = make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&tls_config(&dir, backend.addr, 1));
+    let (status, body) = lb.admin("GET", "/certificates");
+    assert_eq!(status, 200);
+    let certs = body["certificates"].as_array().cloned().unwrap_or_default();
+    assert_eq!(certs.len(), 1, "{body}");
+    assert_eq!(certs[0]["names"], serde_json::json!(["a.test"]));
+    assert_eq!(certs[0]["key_type"], "ECDSA");
+    assert!(
+        certs[0]["issuer"]
+            .as_str()
+            .unwrap_or("")
+            .contains("lb test CA"),
+        "{body}"
+    );
+    let sha = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(leaves[0].as_ref());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert_eq!(certs[0]["sha256"], sha.as_str());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca pem"))
+        .expect("root");
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+        let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
+        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(lb.addr).expect("tcp"));
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        kinds.push(tls.conn.handshake_kind());
+    }
+    assert_eq!(
+        kinds,
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ],
+        "the second connection resumes"
+    );
+    wait_until("both handshakes to be counted", || {
+        let s = lb.scrape();
+        metric(
+            &s,
+            "lb_tls_handshakes_total",
+            &[("result", "ok"), ("version", "1.3"), ("resumed", "false")],
+        ) == 1.0
+            && metric(
+                &s,
+                "lb_tls_handshakes_total",
+                &[("result", "ok"), ("resumed", "true")],
+            ) == 1.0
+    });
+    let s = lb.scrape();
+    let left = metric(
+        &s,
+        "lb_tls_certificate_expiry_seconds",
+        &[("certificate", "a.test")],
+    );
+    assert!(left > 86_400.0 * 365.0, "{left}");
+    assert!(metric(&s, "lb_tls_handshake_duration_seconds_count", &[]) >= 2.0);
+    // A plain-text client on the TLS port is a failed handshake, counted as such.
+    let mut raw = TcpStream::connect(lb.addr).expect("tcp");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .expect("plain");
+    let mut rest = Vec::new();
+    let _ = raw.read_to_end(&mut rest);
+    wait_until("the failed handshake to be counted", || {
+        metric(
+            &lb.scrape(),
+            "lb_tls_handshakes_total",
+            &[("result", "error")],
+        ) == 1.0
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `lb check` warns about a certificate that has expired (or expires within 14 days).
+#[test]
+fn lb_check_warns_about_expiring_certificates() {
+    let dir = scratch_dir("tls-expired");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["old.test".to_string()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let cert = params.self_signed(&key).expect("cert");
+    std::fs::write(dir.join("leaf0.pem"), cert.pem()).expect("cert file");
+    std::fs::write(dir.join("leaf0.key"), key.serialize_pem()).expect("key file");
+    let backend = Backend::start(echo("b")).expect("backend");
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, tls_config(&dir, backend.addr, 1)).expect("config");
+    let out = Command::new(lb_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("lb check");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "a warning, not an error: {text}");
+    assert!(
+        text.contains("warning") && text.contains("old.test") && text.contains("has expired"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

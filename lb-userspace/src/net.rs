@@ -123,6 +123,44 @@ pub struct TlsSession {
     conn: rustls::ServerConnection,
     cipher_in: Vec<u8>,
     cipher_out: Vec<u8>,
+    /// When the session started, until its handshake is counted.
+    handshake_started: Option<std::time::Instant>,
+}
+
+impl TlsSession {
+    /// Counts the handshake once it has finished.
+    fn note_handshake(&mut self) {
+        if self.conn.is_handshaking() {
+            return;
+        }
+        let Some(started) = self.handshake_started.take() else {
+            return;
+        };
+        let version = match self.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+            _ => "other",
+        };
+        let resumed = matches!(
+            self.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        crate::metrics::tls_handshake("ok", version, resumed, Some(started.elapsed()));
+    }
+
+    /// Counts a handshake that did not finish: `result` says how it ended.
+    fn note_failure(&mut self, result: &'static str) {
+        if self.handshake_started.take().is_some() {
+            crate::metrics::tls_handshake(result, "none", false, None);
+        }
+    }
+}
+
+impl Drop for TlsSession {
+    fn drop(&mut self) {
+        // A client that left mid-handshake.
+        self.note_failure("eof");
+    }
 }
 
 /// Ciphertext read at once: a full TLS record and a bit.
@@ -148,6 +186,7 @@ impl BufConn {
             conn,
             cipher_in: Vec::new(),
             cipher_out: Vec::new(),
+            handshake_started: Some(std::time::Instant::now()),
         }));
         c
     }
@@ -472,19 +511,34 @@ impl BufConn {
             }
             self.flush_tls(crate::timer::until(deadline).max(Duration::from_millis(1)))
                 .await?;
-            let Some(got) = self.read_cipher(deadline, cancelable).await? else {
-                return Ok(None);
+            let got = match self.read_cipher(deadline, cancelable).await {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    if let Some(t) = self.tls.as_mut() {
+                        t.note_failure("timeout");
+                    }
+                    return Ok(None);
+                }
+                Err(e) => {
+                    if let (Some(t), IoFail::Timeout) = (self.tls.as_mut(), &e) {
+                        t.note_failure("timeout");
+                    }
+                    return Err(e);
+                }
             };
             let t = self.tls.as_mut().ok_or(IoFail::Eof)?;
             let mut rd = &t.cipher_in[..got];
             while !rd.is_empty() {
                 t.conn.read_tls(&mut rd)?;
                 if let Err(e) = t.conn.process_new_packets() {
+                    t.note_failure("error");
+                    tracing::debug!(error = %e, "TLS error");
                     // The alert rustls queued goes out before the close.
                     let _ = self.flush_tls(Duration::from_millis(100)).await;
                     return Err(IoFail::Io(io::Error::new(io::ErrorKind::InvalidData, e)));
                 }
             }
+            t.note_handshake();
         }
     }
 

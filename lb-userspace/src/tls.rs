@@ -40,6 +40,84 @@ struct Loaded {
     ecdsa: bool,
 }
 
+/// What an operator wants to know about a certificate in service (admin API, metrics,
+/// `lb check`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertInfo {
+    /// DNS names from the subject alternative names (the subject's CN if there are none).
+    pub names: Vec<String>,
+    pub subject: String,
+    pub issuer: String,
+    /// Seconds since the Unix epoch.
+    pub not_after_unix: i64,
+    /// `"ECDSA"`, `"RSA"`, `"Ed25519"`, ...
+    pub key_type: String,
+    /// SHA-256 of the leaf certificate (DER), hex.
+    pub sha256: String,
+    /// Where it came from: `file:PATH`.
+    pub source: String,
+}
+
+/// A TLS listener's server configuration and the certificates it serves.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    pub config: Arc<ServerConfig>,
+    pub certs: Vec<CertInfo>,
+}
+
+/// Reads the facts of a leaf certificate.
+fn describe(der: &CertificateDer<'_>, source: String) -> Result<CertInfo, String> {
+    use sha2::Digest;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("{source}: not a readable X.509 certificate ({e})"))?;
+    let mut names: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                        4 => <[u8; 4]>::try_from(*ip)
+                            .ok()
+                            .map(|a| std::net::Ipv4Addr::from(a).to_string()),
+                        16 => <[u8; 16]>::try_from(*ip)
+                            .ok()
+                            .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok().map(str::to_string)),
+        );
+    }
+    let key_type = match cert.public_key().parsed() {
+        Ok(x509_parser::public_key::PublicKey::RSA(_)) => "RSA",
+        Ok(x509_parser::public_key::PublicKey::EC(_)) => "ECDSA",
+        _ => "other",
+    };
+    let digest = sha2::Sha256::digest(der.as_ref());
+    Ok(CertInfo {
+        names,
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_after_unix: cert.validity().not_after.timestamp(),
+        key_type: key_type.to_string(),
+        sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        source,
+    })
+}
+
 /// Picks the certificate for a handshake: among those valid for the SNI name (exact or
 /// wildcard, per the certificates' own names), an ECDSA one if the client can verify it,
 /// else another; without SNI, the first certificate (unless SNI is required).
@@ -100,7 +178,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Reads one certificate chain and its key, and checks that they belong together.
-fn load(files: &CertFiles, base: &Path, provider: &CryptoProvider) -> Result<Loaded, String> {
+fn load(
+    files: &CertFiles,
+    base: &Path,
+    provider: &CryptoProvider,
+) -> Result<(Loaded, CertInfo), String> {
     let cert_path = base.join(&files.cert);
     let key_path = base.join(&files.key);
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
@@ -120,6 +202,7 @@ fn load(files: &CertFiles, base: &Path, provider: &CryptoProvider) -> Result<Loa
             .key_provider
             .load_private_key(key.clone_key())
             .is_ok_and(|k| k.algorithm() == rustls::SignatureAlgorithm::ECDSA);
+    let info = describe(&chain[0], format!("file:{}", cert_path.display()))?;
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         format!(
             "{} and {}: the key does not fit the certificate ({e})",
@@ -127,22 +210,27 @@ fn load(files: &CertFiles, base: &Path, provider: &CryptoProvider) -> Result<Loa
             key_path.display()
         )
     })?;
-    Ok(Loaded {
-        key: Arc::new(key),
-        ecdsa,
-    })
+    Ok((
+        Loaded {
+            key: Arc::new(key),
+            ecdsa,
+        },
+        info,
+    ))
 }
 
 /// Builds the server configuration of a TLS listener: its certificates read from disk
 /// (relative paths from `base`), ALPN `http/1.1`, TLS 1.2 and 1.3 (or 1.3 only), tickets
 /// from one ticketer shared by every worker, a bounded session cache, no 0-RTT.
-pub fn server_config(t: &ListenerTls, base: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, String> {
     let provider = provider();
-    let certs = t
+    let (certs, infos): (Vec<Loaded>, Vec<CertInfo>) = t
         .certificates
         .iter()
         .map(|f| load(f, base, &provider))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
     let versions: &[&rustls::SupportedProtocolVersion] = if t.tls13_only {
         &[&rustls::version::TLS13]
     } else {
@@ -160,7 +248,10 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<Arc<ServerConfig>, 
     config.ticketer =
         rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-    Ok(Arc::new(config))
+    Ok(ListenerRuntime {
+        config: Arc::new(config),
+        certs: infos,
+    })
 }
 
 /// Sessions kept for resumption by ID (clients that do not use tickets).

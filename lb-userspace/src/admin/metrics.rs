@@ -13,6 +13,16 @@ use crate::steering::XdpFilter;
 /// Sets the gauges that mirror `snap`'s shared state: split weights, cluster connections,
 /// endpoint in-flight, health, ejection and breaker state.
 pub fn sample(snap: &Snapshot) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for (l, tls) in snap.config.listeners.iter().zip(&snap.config.listener_tls) {
+        for cert in tls.iter().flat_map(|t| &t.certs) {
+            let name = cert.names.first().cloned().unwrap_or_default();
+            gauge!(TLS_CERT_EXPIRY_SECONDS, "listener" => l.name.clone(), "certificate" => name)
+                .set((cert.not_after_unix - now) as f64);
+        }
+    }
     let now = crate::clock::now_ms();
     for s in &snap.splits {
         let weights = s.state.weights();

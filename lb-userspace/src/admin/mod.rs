@@ -107,6 +107,7 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
         ("POST", "/steering/allow") => steering_edit(control, &req.body, false),
         (method, p) if p.starts_with("/splits/") => split_control(method, p, &req.body, control),
         ("GET", "/routes") => (200, routes(control)),
+        ("GET", "/certificates") => (200, certificates(control)),
         ("POST", "/reload") => match control.reload() {
             Ok(version) => (200, json!({ "result": "reloaded", "version": version })),
             Err(errors) => (
@@ -176,6 +177,33 @@ fn clusters(control: &Control) -> Value {
 }
 
 /// Routes in declaration order, with what they match and do.
+/// Every certificate in service, by listener: names, issuer, expiry, key type, fingerprint
+/// and where it came from.
+fn certificates(control: &Control) -> Value {
+    let snap = control.cell.load();
+    let list: Vec<Value> = snap
+        .config
+        .listeners
+        .iter()
+        .zip(&snap.config.listener_tls)
+        .flat_map(|(l, tls)| {
+            tls.iter().flat_map(|t| &t.certs).map(move |c| {
+                json!({
+                    "listener": l.name,
+                    "names": c.names,
+                    "subject": c.subject,
+                    "issuer": c.issuer,
+                    "not_after_unix": c.not_after_unix,
+                    "key_type": c.key_type,
+                    "sha256": c.sha256,
+                    "source": c.source,
+                })
+            })
+        })
+        .collect();
+    json!({ "certificates": list })
+}
+
 fn routes(control: &Control) -> Value {
     let snap = control.cell.load();
     let list: Vec<Value> = snap

@@ -68,7 +68,7 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// The TLS server configuration of each listener (by index), built from its
     /// certificate files when the config was loaded.
-    pub listener_tls: Vec<Option<std::sync::Arc<rustls::ServerConfig>>>,
+    pub listener_tls: Vec<Option<std::sync::Arc<crate::tls::ListenerRuntime>>>,
     pub admin: Option<AdminConfig>,
     pub http: HttpConfig,
     pub clusters: Vec<ClusterConfig>,
@@ -214,6 +214,39 @@ impl Config {
     /// Things that are valid but almost certainly not what was meant: routes that can never
     /// match because an earlier route takes all their requests.
     pub fn warnings(&self) -> Vec<String> {
+        let mut out = self.certificate_warnings();
+        out.extend(self.route_warnings());
+        out
+    }
+
+    /// Certificates that expire within 14 days (or have).
+    fn certificate_warnings(&self) -> Vec<String> {
+        const SOON: i64 = 14 * 86_400;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut out = Vec::new();
+        for (i, tls) in self.listener_tls.iter().enumerate() {
+            for c in tls.iter().flat_map(|t| &t.certs) {
+                let left = c.not_after_unix - now;
+                if left < SOON {
+                    out.push(format!(
+                        "listeners[{i}].tls: the certificate for {} ({}) {}",
+                        c.names.join(", "),
+                        c.source,
+                        if left < 0 {
+                            "has expired".to_string()
+                        } else {
+                            format!("expires in {} days", left / 86_400)
+                        }
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn route_warnings(&self) -> Vec<String> {
         RouteTable::build(&self.routes)
             .never_matching()
             .into_iter()
@@ -425,6 +458,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             .and_then(|t| validate_listener_tls(t, &format!("listeners[{i}].tls"), &mut errs));
         let built = tls.as_ref().and_then(|t| {
             crate::tls::server_config(t, base)
+                .map(std::sync::Arc::new)
                 .map_err(|e| errs.push(format!("listeners[{i}].tls.certificates"), e))
                 .ok()
         });

@@ -328,6 +328,25 @@ pub fn register_at_zero(refusal_reasons: &[&'static str]) {
     for reason in refusal_reasons {
         counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => *reason).increment(0);
     }
+    for result in ["ok", "error"] {
+        counter!(TLS_HANDSHAKES_TOTAL, "result" => result, "version" => "none", "resumed" => "false")
+            .increment(0);
+    }
+}
+
+/// Counts a finished (or failed) TLS handshake; `took` only for finished ones.
+pub fn tls_handshake(
+    result: &'static str,
+    version: &'static str,
+    resumed: bool,
+    took: Option<Duration>,
+) {
+    let resumed = if resumed { "true" } else { "false" };
+    counter!(TLS_HANDSHAKES_TOTAL, "result" => result, "version" => version, "resumed" => resumed)
+        .increment(1);
+    if let Some(d) = took {
+        histogram!(TLS_HANDSHAKE_SECONDS).record(d.as_secs_f64());
+    }
 }
 
 /// Marks `version` active and `previous` (if any) inactive.

@@ -52,6 +52,15 @@ pub const CONFIG_INFO: &str = "lb_config_info";
 /// Unix time the active config was loaded.
 pub const CONFIG_LOADED_SECONDS: &str = "lb_config_loaded_timestamp_seconds";
 
+/// TLS handshakes, by `result` (`ok`, `error`, `eof`, `timeout`), `version` (`1.2`, `1.3`,
+/// or `none` when it failed) and `resumed` (`true`, `false`).
+pub const TLS_HANDSHAKES_TOTAL: &str = "lb_tls_handshakes_total";
+/// Time from the first TLS byte to a finished handshake.
+pub const TLS_HANDSHAKE_SECONDS: &str = "lb_tls_handshake_duration_seconds";
+/// Seconds until each certificate in service expires (negative once expired), by
+/// `listener` and `certificate` (its first name).
+pub const TLS_CERT_EXPIRY_SECONDS: &str = "lb_tls_certificate_expiry_seconds";
+
 /// Buckets of every `_seconds` histogram: 0.5 ms to 10 s.
 pub const SECONDS_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

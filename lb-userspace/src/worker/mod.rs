@@ -433,8 +433,8 @@ fn serve_connection(
         .config
         .listener_tls
         .get(listener)
-        .cloned()
-        .flatten();
+        .and_then(|t| t.as_ref())
+        .map(|t| t.config.clone());
     w.active.set(w.active.get() + 1);
     w.connections_gauge.increment(1.0);
     if let Some(s) = w.stats.get(w.id) {
