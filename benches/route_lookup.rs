@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let req = RouteRequest {
+                    sni: None,
                     host: host.map(str::as_bytes),
                     path: black_box(path),
                     query,

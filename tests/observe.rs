@@ -343,7 +343,12 @@ fn dashboard_and_alerts_use_only_metrics_that_exist() {
         serde_json::from_str(&std::fs::read_to_string(lb.dir.join("ready.json")).unwrap()).unwrap();
     let https = ready["listeners"]["https"].as_str().unwrap().to_string();
     let out = std::process::Command::new("curl")
-        .args(["-sk", "-o", "/dev/null", &format!("https://{https}/orders/1")])
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            &format!("https://{https}/orders/1"),
+        ])
         .status()
         .expect("curl");
     assert!(out.success());

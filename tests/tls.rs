@@ -326,3 +326,82 @@ fn lb_check_warns_about_expiring_certificates() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TLS request over `client` with SNI `name` and `Host: host`; returns the answer.
+fn tls_get(
+    client: &Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    name: &str,
+    host: &str,
+) -> String {
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let conn = rustls::ClientConnection::new(client.clone(), server_name).expect("client");
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).expect("tcp"));
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("request");
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn client_trusting(dir: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca pem"))
+        .expect("root");
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// Routes can match on the SNI name; a route with `sni` never matches plain-text requests.
+#[test]
+fn routes_match_on_sni() {
+    let dir = scratch_dir("sni-route");
+    make_certs(&dir, &[&["a.test", "b.test"]]);
+    let a = Backend::start(echo("A")).expect("backend");
+    let b = Backend::start(echo("B")).expect("backend");
+    let text = tls_config(&dir, a.addr, 1).replace(
+        "[[routes]]\ncluster = \"app\"\n",
+        &format!(
+            "[[clusters]]\nname = \"bee\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+             [[routes]]\nname = \"by-sni\"\nsni = \"b.test\"\ncluster = \"bee\"\n\
+             [[routes]]\nname = \"rest\"\ncluster = \"app\"\n",
+            b.addr
+        ),
+    );
+    let lb = Lb::start(&text);
+    let client = client_trusting(&dir);
+    // The Host header says a.test; the SNI name decides.
+    assert!(tls_get(&client, lb.addr, "b.test", "a.test").contains("\"backend\": \"B\""));
+    assert!(tls_get(&client, lb.addr, "a.test", "b.test").contains("\"backend\": \"A\""));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A plain-text listener can send everything to HTTPS with one setting.
+#[test]
+fn a_plain_listener_redirects_to_https() {
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(
+        &config(&format!(
+            "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n[[routes]]\ncluster = \"app\"\n",
+            backend.addr
+        ))
+        .replace(
+            "name = \"http\"\naddr = \"127.0.0.1:0\"",
+            "name = \"http\"\naddr = \"127.0.0.1:0\"\nredirect_to_https = 8443",
+        ),
+    );
+    let r = get_with(lb.addr, "/x/../y?q=1", &[]);
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("https://test:8443/x/../y?q=1"));
+    assert_eq!(backend.requests(), 0);
+}

@@ -114,6 +114,8 @@ pub struct ListenerConfig {
     pub backlog: u32,
     /// TLS termination, if configured.
     pub tls: Option<crate::tls::ListenerTls>,
+    /// Answer every plain-text request with a 308 to HTTPS on this port.
+    pub redirect_to_https: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -463,11 +465,18 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
                 .ok()
         });
         if let Some(addr) = errs.addr(&format!("listeners[{i}].addr"), &l.addr) {
+            if l.redirect_to_https == Some(0) {
+                errs.push(
+                    format!("listeners[{i}].redirect_to_https"),
+                    "expected the HTTPS port to send clients to, such as 443",
+                );
+            }
             listeners.push(ListenerConfig {
                 name,
                 addr,
                 backlog,
                 tls,
+                redirect_to_https: l.redirect_to_https,
             });
             listener_tls.push(built);
         }

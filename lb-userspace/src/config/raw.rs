@@ -103,6 +103,8 @@ pub struct RawListener {
     pub backlog: Option<u32>,
     /// Terminate TLS on this listener.
     pub tls: Option<RawListenerTls>,
+    /// Answer every plain-text request with a 308 redirect to HTTPS on this port.
+    pub redirect_to_https: Option<u16>,
 }
 
 /// `[[listeners]] tls = { ... }`.
@@ -286,6 +288,8 @@ pub struct RawEndpoint {
 pub struct RawRoute {
     pub name: Option<String>,
     pub host: Option<String>,
+    /// The TLS SNI name the client sent (exact or `*.` wildcard); only TLS requests match.
+    pub sni: Option<String>,
     /// Exactly one of the four path matchers, or none (matches every path).
     pub path: Option<String>,
     pub path_prefix: Option<String>,

@@ -34,27 +34,11 @@ pub(super) fn validate_route(
     let at = |key: &str| format!("routes[{i}].{key}");
     let before = errs.0.len();
 
-    let host = match r.host.as_deref() {
-        None | Some("*") => HostMatch::Any,
-        Some(h) => {
-            let h = h.to_ascii_lowercase();
-            let wildcard = h.strip_prefix("*.");
-            let bare = wildcard.unwrap_or(&h);
-            let valid = !bare.is_empty()
-                && bare
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                && !bare.starts_with('.')
-                && !bare.ends_with('.');
-            if !valid {
-                errs.push(at("host"), format!("expected a host name such as \"api.example.com\" or \"*.example.com\", got {h:?}"));
-            }
-            match wildcard {
-                Some(suffix) => HostMatch::Suffix(format!(".{suffix}").into_bytes()),
-                None => HostMatch::Exact(h.into_bytes()),
-            }
-        }
-    };
+    let host = host_match(r.host.as_deref(), &at("host"), errs);
+    let sni = r
+        .sni
+        .as_deref()
+        .map(|n| host_match(Some(n), &at("sni"), errs));
 
     let path = validate_path(r, &at, errs);
 
@@ -277,6 +261,7 @@ pub(super) fn validate_route(
         return None;
     }
     Some(Route {
+        sni,
         name: route_name,
         index: i,
         host,
@@ -295,6 +280,34 @@ pub(super) fn validate_route(
         split: split.map(std::sync::Arc::new),
         rate_limit,
     })
+}
+
+/// An exact (`api.example.com`) or wildcard (`*.example.com`) name, lower-cased.
+fn host_match(text: Option<&str>, at: &str, errs: &mut Errors) -> HostMatch {
+    let Some(h) = text.filter(|h| *h != "*") else {
+        return HostMatch::Any;
+    };
+    let h = h.to_ascii_lowercase();
+    let wildcard = h.strip_prefix("*.");
+    let bare = wildcard.unwrap_or(&h);
+    let valid = !bare.is_empty()
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !bare.starts_with('.')
+        && !bare.ends_with('.');
+    if !valid {
+        errs.push(
+            at,
+            format!(
+                "expected a host name such as \"api.example.com\" or \"*.example.com\", got {h:?}"
+            ),
+        );
+    }
+    match wildcard {
+        Some(suffix) => HostMatch::Suffix(format!(".{suffix}").into_bytes()),
+        None => HostMatch::Exact(h.into_bytes()),
+    }
 }
 
 fn valid_path(p: &str) -> bool {

@@ -1049,8 +1049,14 @@ mod tests {
                 let mut out = Vec::new();
                 let mut rec = Record::default();
                 let peer_addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-                let d =
-                    plan::plan_request(&view, client.data(), peer_addr, &mut out, &mut rec, false);
+                let d = plan::plan_request(
+                    &view,
+                    client.data(),
+                    &super::super::ClientSide::plain(peer_addr),
+                    &mut out,
+                    &mut rec,
+                    false,
+                );
                 let Ok(Some(Decision::Forward(plan))) = d else {
                     panic!("not forwarded")
                 };

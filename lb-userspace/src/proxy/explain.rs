@@ -79,7 +79,14 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
     let mut text = String::new();
     let mut out = Vec::new();
     let mut rec = Record::default();
-    let decision = plan_request(&view, &raw, req.client, &mut out, &mut rec, true);
+    let decision = plan_request(
+        &view,
+        &raw,
+        &super::ClientSide::plain(req.client),
+        &mut out,
+        &mut rec,
+        true,
+    );
 
     route_verdicts(&snap, &raw, rec.route, &mut text);
 
@@ -166,6 +173,7 @@ fn route_verdicts(snap: &Snapshot, raw: &[u8], chosen: Option<usize>, text: &mut
             method: parsed.method_bytes,
             headers: parsed.headers,
             consumer: snap.consumers.metadata(identity),
+            sni: None,
         };
         if let crate::identity::Identity::Known(c) = identity {
             let _ = writeln!(text, "consumer: {}", snap.consumers.list[c].name);
@@ -190,7 +198,14 @@ pub fn forwarded_head(snap: Arc<Snapshot>, raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut rec = Record::default();
     let client = SocketAddr::from(([127, 0, 0, 1], 40000));
-    match plan_request(&view, raw, client, &mut out, &mut rec, false) {
+    match plan_request(
+        &view,
+        raw,
+        &super::ClientSide::plain(client),
+        &mut out,
+        &mut rec,
+        false,
+    ) {
         Ok(Some(Decision::Forward(_))) => Some(out),
         _ => None,
     }

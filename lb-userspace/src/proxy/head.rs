@@ -337,6 +337,36 @@ pub fn write_local_response(
     keep_alive: bool,
     client_minor: u8,
 ) {
+    write_local(
+        out,
+        what,
+        Some(route),
+        head_request,
+        keep_alive,
+        client_minor,
+    );
+}
+
+/// Like [`write_local_response`], for an answer given before any route matched (the
+/// HTTPS redirect of a plain listener).
+pub fn write_bare_response(
+    out: &mut Vec<u8>,
+    what: &LocalResponse<'_>,
+    head_request: bool,
+    keep_alive: bool,
+    client_minor: u8,
+) {
+    write_local(out, what, None, head_request, keep_alive, client_minor);
+}
+
+fn write_local(
+    out: &mut Vec<u8>,
+    what: &LocalResponse<'_>,
+    route: Option<&Route>,
+    head_request: bool,
+    keep_alive: bool,
+    client_minor: u8,
+) {
     let LocalResponse {
         status,
         content_type,
@@ -351,7 +381,9 @@ pub fn write_local_response(
     if !body.is_empty() {
         push_header(out, b"Content-Type", content_type.as_bytes());
     }
-    write_route_extras(out, route);
+    if let Some(route) = route {
+        write_route_extras(out, route);
+    }
     out.extend_from_slice(b"Content-Length: ");
     push_dec(out, body.len() as u64);
     out.extend_from_slice(b"\r\n");
@@ -388,6 +420,7 @@ mod tests {
     /// A route with no edits.
     fn plain_route() -> Route {
         Route {
+            sni: None,
             name: String::new(),
             index: 0,
             host: crate::routing::matchers::HostMatch::Any,

@@ -26,6 +26,35 @@ use crate::net::{BufConn, IoFail};
 use crate::release::Reason;
 use crate::worker::{View, Worker};
 
+/// Where a connection came from: the client's address and the listener it arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub peer: SocketAddr,
+    pub listener: usize,
+}
+
+/// What the planning phases know of the client side of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide<'a> {
+    pub peer: SocketAddr,
+    pub listener: usize,
+    pub tls: bool,
+    /// The SNI name of a TLS connection.
+    pub sni: Option<&'a str>,
+}
+
+impl ClientSide<'_> {
+    /// A plain-text client on the first listener (for `lb explain` and tests).
+    pub fn plain(peer: SocketAddr) -> ClientSide<'static> {
+        ClientSide {
+            peer,
+            listener: 0,
+            tls: false,
+            sni: None,
+        }
+    }
+}
+
 /// What the connection loop does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -214,8 +243,12 @@ pub fn serve(
     async move {
         let w = conn.worker.clone();
         let mut head_deadline = head_deadline;
+        let at = Arrival {
+            peer,
+            listener: conn.listener,
+        };
         loop {
-            match step(&w, &mut client, peer, head_deadline).await {
+            match step(&w, &mut client, at, head_deadline).await {
                 Step::Next => head_deadline = None,
                 Step::Park => {
                     let (stream, buf) = client.into_parts();
@@ -241,7 +274,7 @@ pub fn serve(
 async fn step(
     w: &Rc<Worker>,
     client: &mut BufConn,
-    peer: SocketAddr,
+    at: Arrival,
     head_deadline: Option<u64>,
 ) -> Step {
     if client.data().is_empty() && client.is_tls() {
@@ -270,7 +303,7 @@ async fn step(
         }
     }
     let mut out = Vec::new();
-    let flow = next_request(w, client, &mut out, peer, head_deadline).await;
+    let flow = next_request(w, client, &mut out, at, head_deadline).await;
     w.out_bufs.give(out);
     // A large body borrowed a large buffer; the next request goes back to a small one.
     if client.buf_capacity() > w.bufs.size() && client.data().len() <= w.bufs.size() {
@@ -288,13 +321,13 @@ async fn next_request(
     w: &Rc<Worker>,
     client: &mut BufConn,
     out: &mut Vec<u8>,
-    peer: SocketAddr,
+    at: Arrival,
     head_deadline: Option<u64>,
 ) -> Flow {
     let mut rec = Record::default();
-    let flow = handle_request(w, client, out, peer, head_deadline, &mut rec).await;
+    let flow = handle_request(w, client, out, at, head_deadline, &mut rec).await;
     if rec.status != 0 {
-        log::finish(w, &rec, peer);
+        log::finish(w, &rec, at.peer);
     }
     flow
 }
@@ -303,11 +336,11 @@ async fn handle_request(
     w: &Rc<Worker>,
     client: &mut BufConn,
     out: &mut Vec<u8>,
-    peer: SocketAddr,
+    at: Arrival,
     head_deadline: Option<u64>,
     rec: &mut Record,
 ) -> Flow {
-    let (decision, view) = match read_head(w, client, out, peer, head_deadline, rec).await {
+    let (decision, view) = match read_head(w, client, out, at, head_deadline, rec).await {
         Ok(d) => d,
         Err(flow) => return flow,
     };
@@ -339,7 +372,7 @@ async fn read_head(
     w: &Rc<Worker>,
     client: &mut BufConn,
     out: &mut Vec<u8>,
-    peer: SocketAddr,
+    at: Arrival,
     head_deadline: Option<u64>,
     rec: &mut Record,
 ) -> Result<(Decision, Rc<View>), Flow> {
@@ -364,7 +397,13 @@ async fn read_head(
             // a reload follows the new config even on an old keep-alive connection.
             let current = w.view();
             rec.tls = client.is_tls();
-            match plan::plan_request(&current, client.data(), peer, out, rec, w.access_log_on()) {
+            let side = ClientSide {
+                peer: at.peer,
+                listener: at.listener,
+                tls: client.is_tls(),
+                sni: client.sni(),
+            };
+            match plan::plan_request(&current, client.data(), &side, out, rec, w.access_log_on()) {
                 Ok(Some(d)) => {
                     rec.view = Some(current.clone());
                     return Ok((d, current));
@@ -486,14 +525,10 @@ mod tests {
     fn futures_stay_within_their_documented_sizes() {
         let task =
             future_size::<_, BufConn, SocketAddr, crate::worker::ConnGuard, Option<u64>, _>(serve);
-        let request = future_size::<
-            _,
-            &'static Rc<Worker>,
-            &'static mut BufConn,
-            SocketAddr,
-            Option<u64>,
-            _,
-        >(step);
+        let request =
+            future_size::<_, &'static Rc<Worker>, &'static mut BufConn, Arrival, Option<u64>, _>(
+                step,
+            );
         eprintln!("connection task {task} B, request machinery {request} B");
         assert!(
             task <= 4096,

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use super::{head, Decision, Plan, Record, Reject};
+use super::{head, ClientSide, Decision, Plan, Record, Reject};
 use crate::balancing::request_key_hash;
 use crate::config::MAX_HEADERS_LIMIT;
 use crate::http::request::{self, RequestHead};
@@ -29,6 +29,8 @@ struct Head<'r, 'h, 'b> {
     /// The whole request as buffered (for a mirror copy of a small body).
     data: &'b [u8],
     peer: SocketAddr,
+    /// The SNI name of a TLS request.
+    sni: Option<&'r str>,
     /// An error answer must close: a body may be unread, or the client asked to close.
     close_after_error: bool,
 }
@@ -70,7 +72,7 @@ struct Routed<'s, 'p> {
 pub(super) fn plan_request(
     view: &View,
     data: &[u8],
-    peer: SocketAddr,
+    client: &ClientSide<'_>,
     out: &mut Vec<u8>,
     rec: &mut Record,
     keep_text: bool,
@@ -90,10 +92,14 @@ pub(super) fn plan_request(
     let h = Head {
         req: &req,
         data,
-        peer,
+        peer: client.peer,
+        sni: client.sni,
         close_after_error: req.framing != Framing::None || !req.keep_alive,
     };
     admit_head(snap, &h)?;
+    if let Some(d) = redirect_to_https(snap, &h, client, out) {
+        return Ok(Some(d));
+    }
     let (raw_path, query) = RouteRequest::split_target(req.path);
     let mut scratch = Vec::new();
     let path = normalised_path(snap, &h, raw_path, &mut scratch)?;
@@ -124,6 +130,52 @@ fn admit_head(snap: &Snapshot, h: &Head<'_, '_, '_>) -> Result<(), Reject> {
         ));
     }
     Ok(())
+}
+
+/// A plain-text listener that sends everything to HTTPS answers 308 with the same host and
+/// target on the HTTPS port.
+fn redirect_to_https(
+    snap: &Snapshot,
+    h: &Head<'_, '_, '_>,
+    client: &ClientSide<'_>,
+    out: &mut Vec<u8>,
+) -> Option<Decision> {
+    let port = snap
+        .config
+        .listeners
+        .get(client.listener)?
+        .redirect_to_https?;
+    if client.tls {
+        return None;
+    }
+    let req = h.req;
+    let host = req.host().unwrap_or(b"localhost");
+    let mut location = Vec::with_capacity(host.len() + req.path.len() + 16);
+    location.extend_from_slice(b"https://");
+    location.extend_from_slice(host);
+    if port != 443 {
+        location.push(b':');
+        location.extend_from_slice(port.to_string().as_bytes());
+    }
+    if req.path.first() != Some(&b'/') {
+        location.push(b'/');
+    }
+    if req.path != b"*" {
+        location.extend_from_slice(req.path);
+    }
+    let keep = !h.close_after_error;
+    let what = head::LocalResponse {
+        status: 308,
+        content_type: "",
+        location: Some(&location),
+        body: b"",
+    };
+    head::write_bare_response(out, &what, req.method == Method::Head, keep, req.minor);
+    Some(Decision::Local {
+        head_len: req.head_len,
+        keep_alive: keep,
+        status: 308,
+    })
 }
 
 /// The path routing, rewriting and the backend all see (see `http::path`).
@@ -168,6 +220,7 @@ fn route<'s, 'p>(
         method: req.method_bytes,
         headers: req.headers,
         consumer,
+        sni: h.sni.map(str::as_bytes),
     };
     let mut caps = Captures::default();
     let Some(route) = snap.routes.find(&rreq, &mut caps) else {

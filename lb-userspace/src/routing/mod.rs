@@ -29,6 +29,8 @@ pub struct Route {
     /// Position in the config file.
     pub index: usize,
     pub host: HostMatch,
+    /// The SNI name a TLS client sent; `None` matches any request, TLS or not.
+    pub sni: Option<HostMatch>,
     pub path: PathMatch,
     /// Upper-case method names; empty means any.
     pub methods: Vec<String>,
@@ -69,6 +71,8 @@ pub struct RouteRequest<'a> {
     pub headers: &'a [httparse::Header<'a>],
     /// Metadata of the consumer whose API key came with the request, if known.
     pub consumer: Option<&'a [(String, String)]>,
+    /// The SNI name of a TLS request (lower-cased by rustls).
+    pub sni: Option<&'a [u8]>,
 }
 
 impl<'a> RouteRequest<'a> {
@@ -85,6 +89,7 @@ impl<'a> RouteRequest<'a> {
 impl Route {
     fn condition_count(&self) -> usize {
         usize::from(!self.methods.is_empty())
+            + usize::from(self.sni.is_some())
             + self.headers.len()
             + self.query.len()
             + self.consumer.len()
@@ -93,6 +98,10 @@ impl Route {
     /// Methods, headers and query: everything but host and path.
     pub fn conditions_match(&self, req: &RouteRequest<'_>) -> bool {
         (self.methods.is_empty() || self.methods.iter().any(|m| m.as_bytes() == req.method))
+            && self
+                .sni
+                .as_ref()
+                .is_none_or(|s| req.sni.is_some() && s.matches(req.sni))
             && self.headers.iter().all(|h| h.matches(req.headers))
             && self.query.iter().all(|q| q.matches(req.query))
             // Without a known consumer the route still matches, and answers 401: a consumer
@@ -133,6 +142,14 @@ impl Route {
                 String::from_utf8_lossy(req.method),
                 self.methods
             ));
+        }
+        if let Some(s) = &self.sni {
+            if req.sni.is_none() || !s.matches(req.sni) {
+                return Some(format!(
+                    "SNI {} is not {s}",
+                    req.sni.map_or("(none)".into(), String::from_utf8_lossy)
+                ));
+            }
         }
         if let Some(h) = self.headers.iter().find(|h| !h.matches(req.headers)) {
             return Some(format!("header {} is not {}", h.name, h.test));

@@ -31,6 +31,7 @@ fn pick(
         .collect();
     let (path, query) = RouteRequest::split_target(target.as_bytes());
     let req = RouteRequest {
+        sni: None,
         host: host.map(str::as_bytes),
         path,
         query,

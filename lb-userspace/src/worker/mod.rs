@@ -448,6 +448,7 @@ fn serve_connection(
         peer,
         ConnGuard {
             worker: w,
+            listener,
             _admitted: admitted,
         },
         Some(head_deadline),
@@ -459,6 +460,8 @@ fn serve_connection(
 /// ends, however it ends.
 pub struct ConnGuard {
     pub worker: Rc<Worker>,
+    /// The config listener (by index) the connection arrived on.
+    pub listener: usize,
     _admitted: crate::connlimit::Admitted,
 }
 
