@@ -405,3 +405,69 @@ fn a_plain_listener_redirects_to_https() {
     assert_eq!(r.header("location"), Some("https://test:8443/x/../y?q=1"));
     assert_eq!(backend.requests(), 0);
 }
+
+/// The certificate a client gets, over a fresh TLS connection with SNI `name`.
+fn served_cert(
+    client: &Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> Option<CertificateDer<'static>> {
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).ok()?;
+    let conn = rustls::ClientConnection::new(client.clone(), server_name).ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).ok()?);
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    tls.conn
+        .peer_certificates()
+        .map(|c| c[0].clone().into_owned())
+}
+
+/// Renewed certificate files are picked up without a signal; a broken file is refused and
+/// the running certificate stays in service.
+#[test]
+fn renewed_files_are_picked_up_and_broken_ones_refused() {
+    let dir = scratch_dir("tls-renew");
+    let v1 = make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&tls_config(&dir, backend.addr, 1));
+    let client = client_trusting(&dir);
+    assert_eq!(served_cert(&client, lb.addr, "a.test"), Some(v1[0].clone()));
+    // Renewal: a new CA too, so the client must trust both for the check below.
+    let renewed = scratch_dir("tls-renew-new");
+    let v2 = make_certs(&renewed, &[&["a.test"]]);
+    let both = {
+        let mut roots = rustls::RootCertStore::empty();
+        for d in [&dir, &renewed] {
+            roots
+                .add(CertificateDer::from_pem_file(d.join("ca.pem")).expect("ca"))
+                .expect("root");
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    };
+    for f in ["leaf0.key", "leaf0.pem"] {
+        std::fs::copy(renewed.join(f), dir.join(format!("{f}.new"))).expect("copy");
+        std::fs::rename(dir.join(format!("{f}.new")), dir.join(f)).expect("rename");
+    }
+    wait_until("the renewed certificate to be served", || {
+        served_cert(&both, lb.addr, "a.test") == Some(v2[0].clone())
+    });
+    std::fs::write(dir.join("leaf0.pem"), "not a certificate").expect("break");
+    wait_until("the broken file to be refused", || {
+        lb.log().contains("the running certificates stay")
+    });
+    assert_eq!(served_cert(&both, lb.addr, "a.test"), Some(v2[0].clone()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&renewed);
+}

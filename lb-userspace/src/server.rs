@@ -88,6 +88,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         read_buffer_size(&config),
     ));
     spawn_resolver(control.clone())?;
+    spawn_cert_watch(control.clone())?;
     spawn_release_control(control.clone())?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -287,6 +288,57 @@ fn spawn_resolver(control: Arc<Control>) -> std::io::Result<()> {
 
 /// Polls the config file and reloads when its content changes. An invalid new version is
 /// logged once and the running config stays.
+/// How often certificate and key files are checked for changes.
+const CERT_WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// The certificate and key files of the running config's TLS listeners.
+fn cert_files(control: &Control) -> Vec<PathBuf> {
+    let snap = control.cell.load();
+    snap.config
+        .listener_tls
+        .iter()
+        .flatten()
+        .flat_map(|t| t.files.iter().cloned())
+        .collect()
+}
+
+/// Reloads when a certificate or key file in service changes on disk (renewed by certbot,
+/// an operator, a secret manager), whether or not the config file is watched. A reload that
+/// fails (a half-written file) keeps the running certificates and is tried again at the
+/// next change.
+fn spawn_cert_watch(control: Arc<Control>) -> std::io::Result<()> {
+    let mut files = cert_files(&control);
+    let mut last = crate::tls::files_fingerprint(files.iter());
+    std::thread::Builder::new()
+        .name("lb-cert-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(CERT_WATCH_EVERY);
+            if control.draining.load(Ordering::SeqCst) {
+                return;
+            }
+            let now = cert_files(&control);
+            if now != files {
+                // A reload by other means changed the set of files.
+                files = now;
+                last = crate::tls::files_fingerprint(files.iter());
+                continue;
+            }
+            let seen = crate::tls::files_fingerprint(files.iter());
+            if seen == last {
+                continue;
+            }
+            last = seen;
+            tracing::info!("a certificate or key file changed; reloading");
+            if let Err(e) = control.reload() {
+                tracing::error!(
+                    "reload refused, the running certificates stay:
+{e}"
+                );
+            }
+        })?;
+    Ok(())
+}
+
 fn spawn_watch(path: PathBuf, every: Duration, control: Arc<Control>) -> std::io::Result<()> {
     let mut last = std::fs::read(&path).map(|b| crate::hash::fnv1a_of(&b)).ok();
     std::thread::Builder::new()

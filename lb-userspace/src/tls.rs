@@ -63,6 +63,18 @@ pub struct CertInfo {
 pub struct ListenerRuntime {
     pub config: Arc<ServerConfig>,
     pub certs: Vec<CertInfo>,
+    /// Every file read for it (certificates and keys), to notice when they change on disk.
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// A fingerprint of the contents of `files` (unreadable files count as empty).
+pub fn files_fingerprint<'a>(files: impl Iterator<Item = &'a std::path::PathBuf>) -> u64 {
+    let mut h = crate::hash::FNV_OFFSET;
+    for f in files {
+        h = crate::hash::fnv1a(h, f.as_os_str().as_encoded_bytes());
+        h = crate::hash::fnv1a(h, &std::fs::read(f).unwrap_or_default());
+    }
+    h
 }
 
 /// Reads the facts of a leaf certificate.
@@ -248,9 +260,15 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
     config.ticketer =
         rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    let files = t
+        .certificates
+        .iter()
+        .flat_map(|f| [base.join(&f.cert), base.join(&f.key)])
+        .collect();
     Ok(ListenerRuntime {
         config: Arc::new(config),
         certs: infos,
+        files,
     })
 }
 
