@@ -88,6 +88,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let req = RouteRequest {
                     sni: None,
+                    client_cert: None,
                     host: host.map(str::as_bytes),
                     path: black_box(path),
                     query,

@@ -471,3 +471,118 @@ fn renewed_files_are_picked_up_and_broken_ones_refused() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&renewed);
 }
+
+/// A client CA and one client certificate issued by it, as rustls client auth material.
+fn client_identity(
+    dir: &Path,
+    cn: &str,
+) -> (
+    Vec<CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "clients CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    std::fs::write(dir.join("clients-ca.pem"), ca.pem()).expect("write");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec![format!("{cn}.clients.test")]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let cert = params.signed_by(&key, &ca).expect("cert");
+    let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    (vec![cert.der().clone()], der)
+}
+
+/// mTLS: a verified client certificate reaches the backend in a header a client cannot
+/// forge, routes can require it or match its subject, and `required` refuses clients
+/// without one.
+#[test]
+fn client_certificates_are_verified_routed_on_and_passed_on() {
+    let dir = scratch_dir("mtls");
+    make_certs(&dir, &[&["a.test"]]);
+    let (chain, key) = client_identity(&dir, "client-1");
+    let a = Backend::start(echo("A")).expect("backend");
+    let b = Backend::start(echo("B")).expect("backend");
+    let base = tls_config(&dir, a.addr, 1);
+    let text = base
+        .replace(
+            "] }",
+            &format!(
+                "], client_auth = {{ ca = \"{}\", mode = \"optional\" }} }}",
+                dir.join("clients-ca.pem").display()
+            ),
+        )
+        .replace(
+            "[[routes]]\ncluster = \"app\"\n",
+            &format!(
+                "[[clusters]]\nname = \"bee\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+                 [[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nclient_cert_subject = \"CN=client-1\"\ncluster = \"bee\"\n\
+                 [[routes]]\nname = \"admin-deny\"\npath_prefix = \"/admin\"\nrespond = {{ status = 403, body = \"no\" }}\n\
+                 [[routes]]\nname = \"rest\"\ncluster = \"app\"\n",
+                b.addr
+            ),
+        );
+    let lb = Lb::start(&text);
+    let anonymous = client_trusting(&dir);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca"))
+        .expect("root");
+    let with_cert = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth"),
+    );
+    let get = |client: &Arc<rustls::ClientConfig>, path: &str| {
+        let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+        let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
+        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(lb.addr).expect("tcp"));
+        tls.write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-Client-Cert: Subject=\"CN=forged\"\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("request");
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let r = get(&anonymous, "/admin/x");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = get(&anonymous, "/other");
+    assert!(
+        r.contains("\"backend\": \"A\"") && !r.contains("forged"),
+        "{r}"
+    );
+    assert!(!r.contains("x-forwarded-client-cert"), "{r}");
+    let r = get(&with_cert, "/admin/x");
+    assert!(r.contains("\"backend\": \"B\""), "{r}");
+    assert!(
+        r.contains("Subject=\\\"CN=client-1\\\"") && !r.contains("forged"),
+        "{r}"
+    );
+    assert!(
+        r.contains("DNS=client-1.clients.test") && r.contains("Hash="),
+        "{r}"
+    );
+
+    // Required: a client without a certificate does not get through the handshake.
+    let required = text.replace("mode = \"optional\"", "mode = \"required\"");
+    std::fs::write(&lb.config_path, required).expect("config");
+    assert_eq!(lb.admin("POST", "/reload").0, 200);
+    assert!(!get(&anonymous, "/other").starts_with("HTTP/1.1 200"));
+    assert!(get(&with_cert, "/other").starts_with("HTTP/1.1 200"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

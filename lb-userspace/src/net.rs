@@ -125,6 +125,8 @@ pub struct TlsSession {
     cipher_out: Vec<u8>,
     /// When the session started, until its handshake is counted.
     handshake_started: Option<std::time::Instant>,
+    /// The verified certificate the client presented (mTLS), read once the handshake ends.
+    client_cert: Option<crate::tls::ClientCert>,
 }
 
 impl TlsSession {
@@ -146,6 +148,11 @@ impl TlsSession {
             Some(rustls::HandshakeKind::Resumed)
         );
         crate::metrics::tls_handshake("ok", version, resumed, Some(started.elapsed()));
+        self.client_cert = self
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(crate::tls::client_cert);
     }
 
     /// Counts a handshake that did not finish: `result` says how it ended.
@@ -187,6 +194,7 @@ impl BufConn {
             cipher_in: Vec::new(),
             cipher_out: Vec::new(),
             handshake_started: Some(std::time::Instant::now()),
+            client_cert: None,
         }));
         c
     }
@@ -194,6 +202,11 @@ impl BufConn {
     /// True if the connection runs TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// The verified certificate the client presented, on a TLS connection with mTLS.
+    pub fn client_cert(&self) -> Option<&crate::tls::ClientCert> {
+        self.tls.as_ref().and_then(|t| t.client_cert.as_ref())
     }
 
     /// The SNI name the client sent, on a TLS connection.

@@ -31,6 +31,43 @@ pub struct ListenerTls {
     pub require_sni: bool,
     /// The lowest version accepted: `true` for TLS 1.3 only.
     pub tls13_only: bool,
+    /// Client certificates (mTLS): the CA file that issues them, and whether one is required.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `client_auth = { ca = "...", mode = "required" | "optional" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub ca: String,
+    pub required: bool,
+}
+
+/// A verified client certificate, as routes and backends see it.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// The subject's distinguished name (`CN=client,O=Example`).
+    pub subject: String,
+    /// The `X-Forwarded-Client-Cert` value lb sends (Envoy's XFCC syntax:
+    /// `Hash=...;Subject="...";DNS=...`).
+    pub xfcc: String,
+}
+
+/// Describes the verified leaf certificate a client presented.
+pub fn client_cert(der: &CertificateDer<'_>) -> Option<ClientCert> {
+    let info = describe(der, String::new()).ok()?;
+    let mut xfcc = format!(
+        "Hash={};Subject=\"{}\"",
+        info.sha256,
+        info.subject.replace('"', "'")
+    );
+    for n in &info.names {
+        xfcc.push_str(";DNS=");
+        xfcc.push_str(n);
+    }
+    Some(ClientCert {
+        subject: info.subject,
+        xfcc,
+    })
 }
 
 /// A loaded certificate: its chain and key, and whether the key is ECDSA.
@@ -248,14 +285,47 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| format!("TLS versions: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            certs,
-            require_sni: t.require_sni,
-        }));
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = match &t.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let ca_path = base.join(&auth.ca);
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(&ca_path)
+                .map_err(|e| format!("{}: {e}", ca_path.display()))?
+            {
+                let ca = ca.map_err(|e| format!("{}: {e}", ca_path.display()))?;
+                roots
+                    .add(ca)
+                    .map_err(|e| format!("{}: {e}", ca_path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "{}: no CA certificate in the file",
+                    ca_path.display()
+                ));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("{}: {e}", ca_path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver {
+        certs,
+        require_sni: t.require_sni,
+    }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ticketer =
         rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
@@ -264,6 +334,7 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
         .certificates
         .iter()
         .flat_map(|f| [base.join(&f.cert), base.join(&f.key)])
+        .chain(t.client_auth.iter().map(|a| base.join(&a.ca)))
         .collect();
     Ok(ListenerRuntime {
         config: Arc::new(config),

@@ -388,6 +388,20 @@ fn validate_listener_tls(
             .collect(),
         require_sni: t.require_sni.unwrap_or(false),
         tls13_only,
+        client_auth: t.client_auth.as_ref().map(|c| crate::tls::ClientAuth {
+            ca: c.ca.clone(),
+            required: match c.mode.as_deref() {
+                None | Some("required") => true,
+                Some("optional") => false,
+                Some(m) => {
+                    errs.push(
+                        format!("{at}.client_auth.mode"),
+                        format!("expected \"required\" or \"optional\", got {m:?}"),
+                    );
+                    true
+                }
+            },
+        }),
     })
 }
 

@@ -116,6 +116,17 @@ pub struct RawListenerTls {
     pub require_sni: Option<bool>,
     /// `"1.2"` (default) or `"1.3"`.
     pub min_version: Option<String>,
+    /// Client certificates (mTLS).
+    pub client_auth: Option<RawClientAuth>,
+}
+
+/// `client_auth = { ca = "clients-ca.pem", mode = "required" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    pub ca: String,
+    /// `"required"` (default) or `"optional"`.
+    pub mode: Option<String>,
 }
 
 /// One certificate chain (PEM) and its private key (PEM), relative to the config file.
@@ -290,6 +301,10 @@ pub struct RawRoute {
     pub host: Option<String>,
     /// The TLS SNI name the client sent (exact or `*.` wildcard); only TLS requests match.
     pub sni: Option<String>,
+    /// A verified client certificate must (true) or must not (false) be present.
+    pub client_cert: Option<bool>,
+    /// The verified client certificate's subject must be exactly this (`CN=client,O=Org`).
+    pub client_cert_subject: Option<String>,
     /// Exactly one of the four path matchers, or none (matches every path).
     pub path: Option<String>,
     pub path_prefix: Option<String>,

@@ -262,6 +262,8 @@ pub(super) fn validate_route(
     }
     Some(Route {
         sni,
+        client_cert: r.client_cert,
+        client_cert_subject: r.client_cert_subject.clone(),
         name: route_name,
         index: i,
         host,

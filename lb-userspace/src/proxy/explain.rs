@@ -174,6 +174,7 @@ fn route_verdicts(snap: &Snapshot, raw: &[u8], chosen: Option<usize>, text: &mut
             headers: parsed.headers,
             consumer: snap.consumers.metadata(identity),
             sni: None,
+            client_cert: None,
         };
         if let crate::identity::Identity::Known(c) = identity {
             let _ = writeln!(text, "consumer: {}", snap.consumers.list[c].name);

@@ -13,9 +13,11 @@ use crate::routing::Route;
 /// What lb knows of the client it tells the backend: its address and whether it came over
 /// TLS (`X-Forwarded-Proto`).
 #[derive(Debug, Clone, Copy)]
-pub struct ClientInfo {
+pub struct ClientInfo<'a> {
     pub ip: IpAddr,
     pub tls: bool,
+    /// `X-Forwarded-Client-Cert` for a verified client certificate (mTLS).
+    pub client_cert: Option<&'a str>,
 }
 
 /// The origin-form target: the normalised path and query, or the route's rewrite of them.
@@ -73,7 +75,12 @@ const CLIENT_ADDRESS_HEADERS: [&[u8]; 14] = [
 
 /// Headers some frameworks (Symfony, IIS) let override the request path: a client must not
 /// pick the path the backend serves after lb routed another. Always removed.
-const PATH_OVERRIDE_HEADERS: [&[u8]; 2] = [b"x-original-url", b"x-rewrite-url"];
+const PATH_OVERRIDE_HEADERS: [&[u8]; 3] = [
+    b"x-original-url",
+    b"x-rewrite-url",
+    // Only lb says which client certificate was verified.
+    b"x-forwarded-client-cert",
+];
 
 /// `name` equals `want` (lower case, with `-`) ignoring case and reading `_` as `-`.
 fn same_header(name: &[u8], want: &[u8]) -> bool {
@@ -108,7 +115,7 @@ fn is_untrusted_client_address(name: &[u8], http: &HttpConfig) -> bool {
 pub fn write_request_head(
     out: &mut Vec<u8>,
     req: &RequestHead<'_, '_>,
-    client: ClientInfo,
+    client: ClientInfo<'_>,
     http: &HttpConfig,
     default_host: &str,
     route: &Route,
@@ -158,6 +165,9 @@ pub fn write_request_head(
         if let Some(host) = req.authority.or(req.host_header) {
             push_header(out, b"X-Forwarded-Host", host);
         }
+    }
+    if let Some(xfcc) = client.client_cert {
+        push_header(out, b"X-Forwarded-Client-Cert", xfcc.as_bytes());
     }
     push_via(out, req.minor, http);
     ops.write_added(out);
@@ -421,6 +431,8 @@ mod tests {
     fn plain_route() -> Route {
         Route {
             sni: None,
+            client_cert: None,
+            client_cert_subject: None,
             name: String::new(),
             index: 0,
             host: crate::routing::matchers::HostMatch::Any,
@@ -465,6 +477,7 @@ mod tests {
             ClientInfo {
                 ip: "10.1.2.3".parse().unwrap(),
                 tls: false,
+                client_cert: None,
             },
             &http(),
             "orders",
@@ -517,6 +530,7 @@ mod tests {
             ClientInfo {
                 ip: "10.1.2.3".parse().unwrap(),
                 tls: false,
+                client_cert: None,
             },
             &http,
             "orders",

@@ -41,6 +41,8 @@ pub struct ClientSide<'a> {
     pub tls: bool,
     /// The SNI name of a TLS connection.
     pub sni: Option<&'a str>,
+    /// The verified client certificate (mTLS).
+    pub client_cert: Option<&'a crate::tls::ClientCert>,
 }
 
 impl ClientSide<'_> {
@@ -51,6 +53,7 @@ impl ClientSide<'_> {
             listener: 0,
             tls: false,
             sni: None,
+            client_cert: None,
         }
     }
 }
@@ -402,6 +405,7 @@ async fn read_head(
                 listener: at.listener,
                 tls: client.is_tls(),
                 sni: client.sni(),
+                client_cert: client.client_cert(),
             };
             match plan::plan_request(&current, client.data(), &side, out, rec, w.access_log_on()) {
                 Ok(Some(d)) => {

@@ -31,6 +31,8 @@ struct Head<'r, 'h, 'b> {
     peer: SocketAddr,
     /// The SNI name of a TLS request.
     sni: Option<&'r str>,
+    /// The verified client certificate (mTLS).
+    client_cert: Option<&'r crate::tls::ClientCert>,
     /// An error answer must close: a body may be unread, or the client asked to close.
     close_after_error: bool,
 }
@@ -94,6 +96,7 @@ pub(super) fn plan_request(
         data,
         peer: client.peer,
         sni: client.sni,
+        client_cert: client.client_cert,
         close_after_error: req.framing != Framing::None || !req.keep_alive,
     };
     admit_head(snap, &h)?;
@@ -221,6 +224,7 @@ fn route<'s, 'p>(
         headers: req.headers,
         consumer,
         sni: h.sni.map(str::as_bytes),
+        client_cert: h.client_cert.map(|c| c.subject.as_bytes()),
     };
     let mut caps = Captures::default();
     let Some(route) = snap.routes.find(&rreq, &mut caps) else {
@@ -420,6 +424,7 @@ fn forward(
     let client = head::ClientInfo {
         ip: h.peer.ip(),
         tls: rec.tls,
+        client_cert: h.client_cert.map(|c| c.xfcc.as_str()),
     };
     if let Err(message) =
         head::write_request_head(out, req, client, &snap.http, &c.name, r.route, &r.vars)

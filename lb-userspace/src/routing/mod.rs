@@ -31,6 +31,10 @@ pub struct Route {
     pub host: HostMatch,
     /// The SNI name a TLS client sent; `None` matches any request, TLS or not.
     pub sni: Option<HostMatch>,
+    /// A verified client certificate must (`true`) or must not (`false`) be present.
+    pub client_cert: Option<bool>,
+    /// The verified client certificate's subject must be exactly this.
+    pub client_cert_subject: Option<String>,
     pub path: PathMatch,
     /// Upper-case method names; empty means any.
     pub methods: Vec<String>,
@@ -73,6 +77,8 @@ pub struct RouteRequest<'a> {
     pub consumer: Option<&'a [(String, String)]>,
     /// The SNI name of a TLS request (lower-cased by rustls).
     pub sni: Option<&'a [u8]>,
+    /// The subject of the verified client certificate (mTLS).
+    pub client_cert: Option<&'a [u8]>,
 }
 
 impl<'a> RouteRequest<'a> {
@@ -87,9 +93,21 @@ impl<'a> RouteRequest<'a> {
 }
 
 impl Route {
+    /// The mTLS conditions: presence of a verified client certificate, and its subject.
+    fn client_cert_matches(&self, req: &RouteRequest<'_>) -> bool {
+        self.client_cert
+            .is_none_or(|want| want == req.client_cert.is_some())
+            && self
+                .client_cert_subject
+                .as_ref()
+                .is_none_or(|s| req.client_cert == Some(s.as_bytes()))
+    }
+
     fn condition_count(&self) -> usize {
         usize::from(!self.methods.is_empty())
             + usize::from(self.sni.is_some())
+            + usize::from(self.client_cert.is_some())
+            + usize::from(self.client_cert_subject.is_some())
             + self.headers.len()
             + self.query.len()
             + self.consumer.len()
@@ -102,6 +120,7 @@ impl Route {
                 .sni
                 .as_ref()
                 .is_none_or(|s| req.sni.is_some() && s.matches(req.sni))
+            && self.client_cert_matches(req)
             && self.headers.iter().all(|h| h.matches(req.headers))
             && self.query.iter().all(|q| q.matches(req.query))
             // Without a known consumer the route still matches, and answers 401: a consumer
@@ -150,6 +169,9 @@ impl Route {
                     req.sni.map_or("(none)".into(), String::from_utf8_lossy)
                 ));
             }
+        }
+        if !self.client_cert_matches(req) {
+            return Some("the client certificate condition does not hold".into());
         }
         if let Some(h) = self.headers.iter().find(|h| !h.matches(req.headers)) {
             return Some(format!("header {} is not {}", h.name, h.test));

@@ -32,6 +32,7 @@ fn pick(
     let (path, query) = RouteRequest::split_target(target.as_bytes());
     let req = RouteRequest {
         sni: None,
+        client_cert: None,
         host: host.map(str::as_bytes),
         path,
         query,
