@@ -586,3 +586,29 @@ fn client_certificates_are_verified_routed_on_and_passed_on() {
     assert!(get(&with_cert, "/other").starts_with("HTTP/1.1 200"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With tickets and the session cache turned off, nothing resumes.
+#[test]
+fn resumption_can_be_turned_off() {
+    let dir = scratch_dir("tls-noresume");
+    make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let text =
+        tls_config(&dir, backend.addr, 1).replace("] }", "], tickets = false, session_cache = 0 }");
+    let lb = Lb::start(&text);
+    let client = client_trusting(&dir);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+        let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
+        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(lb.addr).expect("tcp"));
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        kinds.push(tls.conn.handshake_kind());
+    }
+    assert_eq!(kinds, [Some(rustls::HandshakeKind::Full); 2]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

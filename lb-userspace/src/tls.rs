@@ -33,6 +33,10 @@ pub struct ListenerTls {
     pub tls13_only: bool,
     /// Client certificates (mTLS): the CA file that issues them, and whether one is required.
     pub client_auth: Option<ClientAuth>,
+    /// Resumption by session tickets (keys shared by every worker, rotated every 6 hours).
+    pub tickets: bool,
+    /// Sessions kept for resumption by ID; 0 turns the cache off.
+    pub session_cache: usize,
 }
 
 /// `client_auth = { ca = "...", mode = "required" | "optional" }`.
@@ -327,9 +331,17 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
         require_sni: t.require_sni,
     }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.ticketer =
-        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    if t.tickets {
+        // rustls rotates the ticket keys every 6 hours, keeping the previous key for the
+        // tickets it issued.
+        config.ticketer =
+            rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+    }
+    config.session_storage = if t.session_cache == 0 {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    } else {
+        rustls::server::ServerSessionMemoryCache::new(t.session_cache)
+    };
     let files = t
         .certificates
         .iter()
@@ -343,5 +355,5 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
     })
 }
 
-/// Sessions kept for resumption by ID (clients that do not use tickets).
-const SESSION_CACHE: usize = 10_000;
+/// Sessions kept for resumption by ID (clients that do not use tickets), by default.
+pub const DEFAULT_SESSION_CACHE: usize = 10_000;

@@ -388,6 +388,8 @@ fn validate_listener_tls(
             .collect(),
         require_sni: t.require_sni.unwrap_or(false),
         tls13_only,
+        tickets: t.tickets.unwrap_or(true),
+        session_cache: t.session_cache.unwrap_or(crate::tls::DEFAULT_SESSION_CACHE),
         client_auth: t.client_auth.as_ref().map(|c| crate::tls::ClientAuth {
             ca: c.ca.clone(),
             required: match c.mode.as_deref() {

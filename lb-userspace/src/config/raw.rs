@@ -118,6 +118,10 @@ pub struct RawListenerTls {
     pub min_version: Option<String>,
     /// Client certificates (mTLS).
     pub client_auth: Option<RawClientAuth>,
+    /// Resumption by session tickets (default true).
+    pub tickets: Option<bool>,
+    /// Sessions kept for resumption by ID (default 10000; 0 turns the cache off).
+    pub session_cache: Option<usize>,
 }
 
 /// `client_auth = { ca = "clients-ca.pem", mode = "required" }`.
