@@ -612,3 +612,33 @@ fn resumption_can_be_turned_off() {
     assert_eq!(kinds, [Some(rustls::HandshakeKind::Full); 2]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An idle TLS keep-alive connection parks (its task ends, the session waits with the
+/// socket) and resumes with its session when the next request comes.
+#[test]
+fn idle_tls_connections_park_and_resume() {
+    let dir = scratch_dir("tls-park");
+    make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&tls_config(&dir, backend.addr, 1));
+    let client = client_trusting(&dir);
+    let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+    let conn = rustls::ClientConnection::new(client, name).expect("client");
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(lb.addr).expect("tcp"));
+    for round in 0..4 {
+        tls.write_all(format!("GET /r{round} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+            .expect("request");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !(buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.ends_with(b"}\n")) {
+            let n = tls.read(&mut chunk).expect("read");
+            assert!(n > 0, "lb closed the connection in round {round}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        assert!(String::from_utf8_lossy(&buf).contains(&format!("/r{round}")));
+        // Quiet for far longer than the 10 ms grace: the connection parks.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(backend.requests(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -256,6 +256,22 @@ impl BufConn {
         (self.stream, self.buf)
     }
 
+    /// Takes the TLS session out (to park the connection), with its ciphertext buffers
+    /// released: a parked session holds only what rustls keeps.
+    pub fn take_tls(&mut self) -> Option<Box<TlsSession>> {
+        let mut t = self.tls.take()?;
+        t.cipher_in = Vec::new();
+        t.cipher_out = Vec::new();
+        Some(t)
+    }
+
+    /// A connection resuming a TLS session that was parked.
+    pub fn with_tls(stream: TcpStream, buf: Vec<u8>, tls: Box<TlsSession>) -> BufConn {
+        let mut c = BufConn::new(stream, buf);
+        c.tls = Some(tls);
+        c
+    }
+
     /// Capacity of the read buffer (0 while parked without one).
     pub fn buf_capacity(&self) -> usize {
         self.buf.capacity()

@@ -208,10 +208,20 @@ enum Step {
 pub fn start(
     stream: TcpStream,
     peer: SocketAddr,
-    conn: crate::worker::ConnGuard,
+    mut conn: crate::worker::ConnGuard,
     head_deadline: Option<u64>,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) {
+    if let Some(session) = conn.tls.take() {
+        // A parked TLS connection resumes its session.
+        monoio::spawn(serve(
+            BufConn::with_tls(stream, Vec::new(), session),
+            peer,
+            conn,
+            head_deadline,
+        ));
+        return;
+    }
     let client = match tls {
         None => BufConn::new(stream, Vec::new()),
         Some(config) => match rustls::ServerConnection::new(config) {
@@ -254,6 +264,9 @@ pub fn serve(
             match step(&w, &mut client, at, head_deadline).await {
                 Step::Next => head_deadline = None,
                 Step::Park => {
+                    // A TLS session parks with the socket, its buffers released.
+                    let mut conn = conn;
+                    conn.tls = client.take_tls();
                     let (stream, buf) = client.into_parts();
                     w.bufs.give(buf);
                     if w.draining() {
@@ -280,18 +293,6 @@ async fn step(
     at: Arrival,
     head_deadline: Option<u64>,
 ) -> Step {
-    if client.data().is_empty() && client.is_tls() {
-        // A TLS session does not park (its state would have to move with the socket): it
-        // waits for its next request holding the session, up to the header or idle timeout.
-        let http = &w.view().snap.http;
-        let wait = match head_deadline {
-            Some(d) => crate::timer::until(d),
-            None => http.client_idle_timeout,
-        };
-        if client.fill_idle(&w.bufs, wait).await.is_err() {
-            return Step::Close;
-        }
-    }
     if client.data().is_empty() {
         if client.buf_capacity() == 0 {
             client.set_buf(w.bufs.take());

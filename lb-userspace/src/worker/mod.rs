@@ -449,6 +449,7 @@ fn serve_connection(
         ConnGuard {
             worker: w,
             listener,
+            tls: None,
             _admitted: admitted,
         },
         Some(head_deadline),
@@ -462,6 +463,8 @@ pub struct ConnGuard {
     pub worker: Rc<Worker>,
     /// The config listener (by index) the connection arrived on.
     pub listener: usize,
+    /// A parked TLS connection's session, handed back when it resumes.
+    pub tls: Option<Box<crate::net::TlsSession>>,
     _admitted: crate::connlimit::Admitted,
 }
 
