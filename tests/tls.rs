@@ -140,36 +140,15 @@ fn sni_picks_the_certificate() {
     let leaves = make_certs(&dir, &[&["a.test"], &["b.test", "*.wild.test"]]);
     let backend = Backend::start(echo("b")).expect("backend");
     let lb = Lb::start(&tls_config(&dir, backend.addr, 2));
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca pem");
-    roots.add(ca).expect("root");
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
+    let client = client_trusting(&dir);
     for (name, want) in [("a.test", 0), ("b.test", 1), ("x.wild.test", 1)] {
-        let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
-        let conn = rustls::ClientConnection::new(client.clone(), server_name).expect("client");
-        let sock = TcpStream::connect(lb.addr).expect("connect");
-        let mut tls = rustls::StreamOwned::new(conn, sock);
-        tls.write_all(
-            format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .expect("request over TLS");
-        let mut answer = Vec::new();
-        let _ = tls.read_to_end(&mut answer);
-        assert!(
-            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
-            "{name}: {}",
-            String::from_utf8_lossy(&answer)
+        let (answer, _, cert) = tls_request(&client, lb.addr, name, "/", "");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+        assert_eq!(
+            cert.as_ref(),
+            Some(&leaves[want]),
+            "{name} got the wrong certificate"
         );
-        let got = tls.conn.peer_certificates().expect("server certificate")[0].clone();
-        assert_eq!(got, leaves[want], "{name} got the wrong certificate");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -228,30 +207,12 @@ fn certificates_handshakes_and_resumption_are_visible() {
     };
     assert_eq!(certs[0]["sha256"], sha.as_str());
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca pem"))
-        .expect("root");
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
+    let client = client_trusting(&dir);
     let mut kinds = Vec::new();
     for _ in 0..2 {
-        let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
-        let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
-        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(lb.addr).expect("tcp"));
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            .expect("request");
-        let mut answer = Vec::new();
-        let _ = tls.read_to_end(&mut answer);
-        assert!(answer.starts_with(b"HTTP/1.1 200"));
-        kinds.push(tls.conn.handshake_kind());
+        let (answer, kind, _) = tls_request(&client, lb.addr, "a.test", "/", "");
+        assert!(answer.starts_with("HTTP/1.1 200"));
+        kinds.push(kind);
     }
     assert_eq!(
         kinds,
@@ -337,28 +298,76 @@ fn tls_get(
     let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
     let conn = rustls::ClientConnection::new(client.clone(), server_name).expect("client");
     let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).expect("tcp"));
-    tls.write_all(
+    let _ = tls.write_all(
         format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .expect("request");
+    );
     let mut answer = Vec::new();
     let _ = tls.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
 }
 
 fn client_trusting(dir: &Path) -> Arc<rustls::ClientConfig> {
+    client_config(&[dir], None)
+}
+
+/// A rustls client trusting the `ca.pem` of each of `dirs`, presenting `identity` if given.
+fn client_config(
+    dirs: &[&Path],
+    identity: Option<(
+        Vec<CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca pem"))
-        .expect("root");
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
+    for d in dirs {
+        roots
+            .add(CertificateDer::from_pem_file(d.join("ca.pem")).expect("ca pem"))
+            .expect("root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    Arc::new(match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// One `GET path` over a fresh TLS connection with SNI `name` (and `extra` header lines);
+/// returns the answer and how the handshake went.
+fn tls_request(
+    client: &Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    name: &str,
+    path: &str,
+    extra: &str,
+) -> (
+    String,
+    Option<rustls::HandshakeKind>,
+    Option<CertificateDer<'static>>,
+) {
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let conn = rustls::ClientConnection::new(client.clone(), server_name).expect("client");
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).expect("tcp"));
+    let _ = tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {name}\r\n{extra}Connection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let cert = tls
+        .conn
+        .peer_certificates()
+        .map(|c| c[0].clone().into_owned());
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        tls.conn.handshake_kind(),
+        cert,
     )
 }
 
@@ -412,18 +421,7 @@ fn served_cert(
     addr: std::net::SocketAddr,
     name: &str,
 ) -> Option<CertificateDer<'static>> {
-    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).ok()?;
-    let conn = rustls::ClientConnection::new(client.clone(), server_name).ok()?;
-    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).ok()?);
-    tls.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .ok()?;
-    let mut answer = Vec::new();
-    let _ = tls.read_to_end(&mut answer);
-    tls.conn
-        .peer_certificates()
-        .map(|c| c[0].clone().into_owned())
+    tls_request(client, addr, name, "/", "").2
 }
 
 /// Renewed certificate files are picked up without a signal; a broken file is refused and
@@ -439,23 +437,7 @@ fn renewed_files_are_picked_up_and_broken_ones_refused() {
     // Renewal: a new CA too, so the client must trust both for the check below.
     let renewed = scratch_dir("tls-renew-new");
     let v2 = make_certs(&renewed, &[&["a.test"]]);
-    let both = {
-        let mut roots = rustls::RootCertStore::empty();
-        for d in [&dir, &renewed] {
-            roots
-                .add(CertificateDer::from_pem_file(d.join("ca.pem")).expect("ca"))
-                .expect("root");
-        }
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-        )
-    };
+    let both = client_config(&[&dir, &renewed], None);
     for f in ["leaf0.key", "leaf0.pem"] {
         std::fs::copy(renewed.join(f), dir.join(format!("{f}.new"))).expect("copy");
         std::fs::rename(dir.join(format!("{f}.new")), dir.join(f)).expect("rename");
@@ -530,34 +512,10 @@ fn client_certificates_are_verified_routed_on_and_passed_on() {
         );
     let lb = Lb::start(&text);
     let anonymous = client_trusting(&dir);
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca"))
-        .expect("root");
-    let with_cert = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .expect("client auth"),
-    );
+    let with_cert = client_config(&[&dir], Some((chain, key)));
+    let forged = "X-Forwarded-Client-Cert: Subject=\"CN=forged\"\r\n";
     let get = |client: &Arc<rustls::ClientConfig>, path: &str| {
-        let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
-        let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
-        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(lb.addr).expect("tcp"));
-        tls.write_all(
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-Client-Cert: Subject=\"CN=forged\"\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .expect("request");
-        let mut answer = Vec::new();
-        let _ = tls.read_to_end(&mut answer);
-        String::from_utf8_lossy(&answer).into_owned()
+        tls_request(client, lb.addr, "a.test", path, forged).0
     };
     let r = get(&anonymous, "/admin/x");
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
@@ -599,15 +557,9 @@ fn resumption_can_be_turned_off() {
     let client = client_trusting(&dir);
     let mut kinds = Vec::new();
     for _ in 0..2 {
-        let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
-        let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
-        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(lb.addr).expect("tcp"));
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            .expect("request");
-        let mut answer = Vec::new();
-        let _ = tls.read_to_end(&mut answer);
-        assert!(answer.starts_with(b"HTTP/1.1 200"));
-        kinds.push(tls.conn.handshake_kind());
+        let (answer, kind, _) = tls_request(&client, lb.addr, "a.test", "/", "");
+        assert!(answer.starts_with("HTTP/1.1 200"));
+        kinds.push(kind);
     }
     assert_eq!(kinds, [Some(rustls::HandshakeKind::Full); 2]);
     let _ = std::fs::remove_dir_all(&dir);
