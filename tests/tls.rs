@@ -285,6 +285,26 @@ fn lb_check_warns_about_expiring_certificates() {
         text.contains("warning") && text.contains("old.test") && text.contains("has expired"),
         "{text}"
     );
+    // A route host that no certificate covers is worth a warning too.
+    let with_host = tls_config(&dir, backend.addr, 1).replace(
+        "[[routes]]\ncluster = \"app\"\n",
+        "[[routes]]\nname = \"shop\"\nhost = \"shop.test\"\ncluster = \"app\"\n\
+         [[routes]]\nname = \"old\"\nhost = \"old.test\"\ncluster = \"app\"\n",
+    );
+    std::fs::write(&path, with_host).expect("config");
+    let out = Command::new(lb_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("lb check");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("host shop.test is covered by no certificate"),
+        "{text}"
+    );
+    assert!(!text.contains("host old.test is covered"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

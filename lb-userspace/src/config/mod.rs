@@ -217,8 +217,50 @@ impl Config {
     /// match because an earlier route takes all their requests.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = self.certificate_warnings();
+        out.extend(self.uncovered_host_warnings());
         out.extend(self.route_warnings());
         out
+    }
+
+    /// Route hosts that no certificate of any TLS listener covers: TLS clients asking for
+    /// them would get a certificate for another name.
+    fn uncovered_host_warnings(&self) -> Vec<String> {
+        let names: Vec<&str> = self
+            .listener_tls
+            .iter()
+            .flatten()
+            .flat_map(|t| &t.certs)
+            .flat_map(|c| c.names.iter().map(String::as_str))
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let covered = |host: &str| {
+            names.iter().any(|n| {
+                n.eq_ignore_ascii_case(host)
+                    || n.strip_prefix("*.").is_some_and(|suffix| {
+                        host.len() > suffix.len() + 1
+                            && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                            && !host[..host.len() - suffix.len() - 1].contains('.')
+                    })
+            })
+        };
+        self.routes
+            .iter()
+            .filter_map(|r| match &r.host {
+                crate::routing::matchers::HostMatch::Exact(h) => {
+                    let h = String::from_utf8_lossy(h);
+                    (!covered(&h)).then(|| {
+                        format!(
+                            "routes[{}] ({}): host {h} is covered by no certificate of a TLS listener",
+                            r.index, r.name
+                        )
+                    })
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Certificates that expire within 14 days (or have).
