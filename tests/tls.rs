@@ -614,3 +614,67 @@ fn idle_tls_connections_park_and_resume() {
     assert_eq!(backend.requests(), 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A WebSocket upgrade over a TLS listener becomes a tunnel: bytes both ways, encrypted on
+/// the client side, plain to the backend.
+#[test]
+fn websocket_over_tls() {
+    let dir = scratch_dir("tls-ws");
+    make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(Arc::new(|req, res| {
+        if req.header("upgrade").map(str::to_ascii_lowercase).as_deref() != Some("websocket") {
+            res.send(426, &[], b"upgrade required");
+            return;
+        }
+        let _ = res.raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello");
+        let s = res.stream();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        res.close_after();
+    }))
+    .expect("backend");
+    let lb = Lb::start(&tls_config(&dir, backend.addr, 1));
+    let client = client_trusting(&dir);
+    let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+    let conn = rustls::ClientConnection::new(client, name).expect("client");
+    let sock = TcpStream::connect(lb.addr).expect("tcp");
+    sock.set_read_timeout(Some(BOUND)).expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET /chat HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .expect("upgrade");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"hello") {
+        let n = tls.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    for msg in [&b"frame-1"[..], b"frame-2 longer", &[b'z'; 40_000][..]] {
+        tls.write_all(msg).expect("send");
+        let mut echoed = vec![0u8; msg.len()];
+        tls.read_exact(&mut echoed).expect("echo");
+        assert_eq!(echoed, msg);
+    }
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest);
+    wait_until("the backend side of the tunnel to close", || {
+        backend.open_connections() == 0
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

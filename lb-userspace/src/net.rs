@@ -204,6 +204,22 @@ impl BufConn {
         self.tls.is_some()
     }
 
+    /// Waits until a read would not wait: decrypted bytes are buffered in the TLS session,
+    /// or the socket is readable. Cancel-safe: nothing is read.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        if let Some(t) = self.tls.as_mut() {
+            // Plaintext the session already holds, or its end: no need to wait.
+            match t.conn.process_new_packets() {
+                Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
+                    return Ok(())
+                }
+                Ok(_) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        self.stream.readable(false).await
+    }
+
     /// The verified certificate the client presented, on a TLS connection with mTLS.
     pub fn client_cert(&self) -> Option<&crate::tls::ClientCert> {
         self.tls.as_ref().and_then(|t| t.client_cert.as_ref())

@@ -433,10 +433,8 @@ fn forward(
         return Err(h.refuse(400, "bad_request", message));
     }
     // Upgrade and Connection are hop-by-hop; a WebSocket upgrade is passed on on purpose.
-    // Other upgrades are not performed: the request goes on as plain HTTP. (Not yet over
-    // TLS: the tunnel moves raw socket bytes.)
+    // Other upgrades are not performed: the request goes on as plain HTTP.
     let websocket = snap.http.websocket
-        && !rec.tls
         && req.conn.upgrade
         && req.method == Method::Get
         && req.minor == 1

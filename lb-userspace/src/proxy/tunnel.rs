@@ -96,9 +96,64 @@ async fn pump(
     total
 }
 
+/// The tunnel for connections that run TLS: one task waits for either side to be readable
+/// (cancel-safe), then reads what is there and writes it, encrypted as each side needs.
+/// Returns the bytes moved toward the client.
+async fn run_buffered(client: &mut BufConn, upstream: &mut BufConn, idle: Duration) -> u64 {
+    let mut down = 0u64;
+    let mut last = Instant::now();
+    loop {
+        // Bytes already buffered on either side go first.
+        if !upstream.data().is_empty() {
+            let n = upstream.data().len();
+            down += n as u64;
+            if upstream.forward_to(client, n, idle).await.is_err() {
+                break;
+            }
+            last = Instant::now();
+        }
+        if !client.data().is_empty() {
+            let n = client.data().len();
+            if client.forward_to(upstream, n, idle).await.is_err() {
+                break;
+            }
+            last = Instant::now();
+        }
+        let wait = idle
+            .saturating_sub(last.elapsed())
+            .max(Duration::from_millis(1));
+        let ready = monoio::select! {
+            r = client.readable() => Some((true, r.is_ok())),
+            r = upstream.readable() => Some((false, r.is_ok())),
+            _ = crate::timer::sleep(wait) => None,
+        };
+        let Some((from_client, ok)) = ready else {
+            if last.elapsed() >= idle {
+                break;
+            }
+            continue;
+        };
+        let side = if from_client {
+            &mut *client
+        } else {
+            &mut *upstream
+        };
+        // Readable: this read returns at once (bytes, or the end of the stream).
+        if !ok || side.fill(idle).await.is_err() {
+            break;
+        }
+    }
+    client.shutdown_write().await;
+    upstream.shutdown_write().await;
+    down
+}
+
 /// Runs the tunnel between `client` and `upstream`, first delivering bytes each side sent
 /// early (already in the read buffers). Returns the bytes moved toward the client.
 pub async fn run(client: &mut BufConn, upstream: &mut BufConn, idle: Duration) -> u64 {
+    if client.is_tls() || upstream.is_tls() {
+        return run_buffered(client, upstream, idle).await;
+    }
     if !upstream.data().is_empty() {
         let n = upstream.data().len();
         if upstream.forward_to(client, n, idle).await.is_err() {
