@@ -441,7 +441,10 @@ fn served_cert(
     addr: std::net::SocketAddr,
     name: &str,
 ) -> Option<CertificateDer<'static>> {
-    tls_request(client, addr, name, "/", "").2
+    // A full handshake every time: a resumed session shows the certificate it began with.
+    let mut fresh = (**client).clone();
+    fresh.resumption = rustls::client::Resumption::disabled();
+    tls_request(&Arc::new(fresh), addr, name, "/", "").2
 }
 
 /// Renewed certificate files are picked up without a signal; a broken file is refused and
@@ -552,7 +555,7 @@ fn client_certificates_are_verified_routed_on_and_passed_on() {
         "{r}"
     );
     assert!(
-        r.contains("DNS=client-1.clients.test") && r.contains("Hash="),
+        r.contains("DNS=\\\"client-1.clients.test\\\"") && r.contains("Hash="),
         "{r}"
     );
 
@@ -676,5 +679,63 @@ fn websocket_over_tls() {
     wait_until("the backend side of the tunnel to close", || {
         backend.open_connections() == 0
     });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bytes after a client's close_notify are dropped without stalling the worker, and bodies
+/// sent in many small TLS records arrive whole.
+#[test]
+fn close_notify_with_trailing_bytes_and_small_records() {
+    let dir = scratch_dir("tls-edge");
+    make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(Arc::new(|req, res| {
+        let body = format!("{} {:x}", req.body_len, req.body_hash);
+        res.send(200, &[], body.as_bytes());
+    }))
+    .expect("backend");
+    let lb = Lb::start(&tls_config(&dir, backend.addr, 1).replace("workers = 2", "workers = 1"));
+    let client = client_trusting(&dir);
+    let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+    let conn = rustls::ClientConnection::new(client.clone(), name).expect("client");
+    let sock = TcpStream::connect(lb.addr).expect("tcp");
+    sock.set_read_timeout(Some(BOUND)).expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .expect("request");
+    let mut buf = [0u8; 4096];
+    let n = tls.read(&mut buf).expect("answer");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    let _ = tls.sock.write_all(&vec![0x17u8; 5000]);
+    // The only worker still serves.
+    assert!(tls_request(&client, lb.addr, "a.test", "/", "")
+        .0
+        .starts_with("HTTP/1.1 200"));
+
+    // 300 kB in 512-byte records.
+    let mut small = (*client).clone();
+    small.max_fragment_size = Some(512);
+    let small = Arc::new(small);
+    let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+    let conn = rustls::ClientConnection::new(small, name).expect("client");
+    let sock = TcpStream::connect(lb.addr).expect("tcp");
+    sock.set_read_timeout(Some(BOUND)).expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    tls.write_all(
+        format!(
+            "POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("head");
+    tls.write_all(&body).expect("body");
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let want = format!("300000 {:x}", lb::hash::fnv1a(lb::hash::FNV_OFFSET, &body));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.ends_with(&want), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

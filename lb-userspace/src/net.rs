@@ -121,7 +121,10 @@ pub struct BufConn {
 /// lands in the connection's own buffer, so the request path reads it as it reads plain TCP.
 pub struct TlsSession {
     conn: rustls::ServerConnection,
+    /// Ciphertext read from the socket; `cipher_pos..cipher_len` is not yet given to rustls.
     cipher_in: Vec<u8>,
+    cipher_pos: usize,
+    cipher_len: usize,
     cipher_out: Vec<u8>,
     /// When the session started, until its handshake is counted.
     handshake_started: Option<std::time::Instant>,
@@ -165,8 +168,8 @@ impl TlsSession {
 
 impl Drop for TlsSession {
     fn drop(&mut self) {
-        // A client that left mid-handshake.
-        self.note_failure("eof");
+        // A client that left, or timed out, mid-handshake.
+        self.note_failure("incomplete");
     }
 }
 
@@ -192,6 +195,8 @@ impl BufConn {
         c.tls = Some(Box::new(TlsSession {
             conn,
             cipher_in: Vec::new(),
+            cipher_pos: 0,
+            cipher_len: 0,
             cipher_out: Vec::new(),
             handshake_started: Some(std::time::Instant::now()),
             client_cert: None,
@@ -208,6 +213,9 @@ impl BufConn {
     /// or the socket is readable. Cancel-safe: nothing is read.
     pub async fn readable(&mut self) -> io::Result<()> {
         if let Some(t) = self.tls.as_mut() {
+            if t.cipher_pos < t.cipher_len {
+                return Ok(());
+            }
             // Plaintext the session already holds, or its end: no need to wait.
             match t.conn.process_new_packets() {
                 Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
@@ -276,7 +284,11 @@ impl BufConn {
     /// released: a parked session holds only what rustls keeps.
     pub fn take_tls(&mut self) -> Option<Box<TlsSession>> {
         let mut t = self.tls.take()?;
-        t.cipher_in = Vec::new();
+        if t.cipher_pos >= t.cipher_len {
+            t.cipher_in = Vec::new();
+            t.cipher_pos = 0;
+            t.cipher_len = 0;
+        }
         t.cipher_out = Vec::new();
         Some(t)
     }
@@ -554,37 +566,61 @@ impl BufConn {
                 self.reads += 1;
                 return Ok(Some(n));
             }
+            // Ciphertext left from an earlier read goes in first, a step at a time, so rustls
+            // never holds more plaintext than its limit.
+            if self.feed_tls().await? {
+                continue;
+            }
             self.flush_tls(crate::timer::until(deadline).max(Duration::from_millis(1)))
                 .await?;
-            let got = match self.read_cipher(deadline, cancelable).await {
-                Ok(Some(n)) => n,
-                Ok(None) => {
-                    if let Some(t) = self.tls.as_mut() {
-                        t.note_failure("timeout");
-                    }
-                    return Ok(None);
-                }
-                Err(e) => {
-                    if let (Some(t), IoFail::Timeout) = (self.tls.as_mut(), &e) {
-                        t.note_failure("timeout");
-                    }
-                    return Err(e);
-                }
+            let Some(got) = self.read_cipher(deadline, cancelable).await? else {
+                return Ok(None);
             };
-            let t = self.tls.as_mut().ok_or(IoFail::Eof)?;
-            let mut rd = &t.cipher_in[..got];
-            while !rd.is_empty() {
-                t.conn.read_tls(&mut rd)?;
-                if let Err(e) = t.conn.process_new_packets() {
-                    t.note_failure("error");
-                    tracing::debug!(error = %e, "TLS error");
-                    // The alert rustls queued goes out before the close.
-                    let _ = self.flush_tls(Duration::from_millis(100)).await;
-                    return Err(IoFail::Io(io::Error::new(io::ErrorKind::InvalidData, e)));
-                }
+            if let Some(t) = self.tls.as_mut() {
+                t.cipher_pos = 0;
+                t.cipher_len = got;
             }
-            t.note_handshake();
         }
+    }
+
+    /// Hands rustls one piece of the buffered ciphertext and processes it. `Ok(false)`:
+    /// nothing was left to feed.
+    async fn feed_tls(&mut self) -> Result<bool, IoFail> {
+        let Some(t) = self.tls.as_mut() else {
+            return Ok(false);
+        };
+        if t.cipher_pos >= t.cipher_len {
+            return Ok(false);
+        }
+        let mut rd = &t.cipher_in[t.cipher_pos..t.cipher_len];
+        let before = rd.len();
+        match t.conn.read_tls(&mut rd) {
+            // After close_notify rustls takes nothing more: what follows is dropped.
+            Ok(0) => t.cipher_pos = t.cipher_len,
+            Ok(_) => t.cipher_pos += before - rd.len(),
+            Err(e) => {
+                // Its plaintext buffer is full: the caller drains it before more goes in.
+                let waiting = t
+                    .conn
+                    .process_new_packets()
+                    .map_or(0, |s| s.plaintext_bytes_to_read());
+                return if waiting > 0 {
+                    Ok(true)
+                } else {
+                    Err(IoFail::Io(e))
+                };
+            }
+        }
+        if let Err(e) = t.conn.process_new_packets() {
+            tracing::debug!(error = %e, "TLS error");
+            t.note_failure("error");
+            t.cipher_pos = t.cipher_len;
+            // The alert rustls queued goes out before the close.
+            let _ = self.flush_tls(Duration::from_millis(100)).await;
+            return Err(IoFail::Io(io::Error::new(io::ErrorKind::InvalidData, e)));
+        }
+        t.note_handshake();
+        Ok(true)
     }
 
     /// One read of ciphertext into the session's input buffer; `Ok(None)` at the deadline.

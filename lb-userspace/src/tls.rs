@@ -59,19 +59,30 @@ pub struct ClientCert {
 /// Describes the verified leaf certificate a client presented.
 pub fn client_cert(der: &CertificateDer<'_>) -> Option<ClientCert> {
     let info = describe(der, String::new()).ok()?;
-    let mut xfcc = format!(
-        "Hash={};Subject=\"{}\"",
-        info.sha256,
-        info.subject.replace('"', "'")
-    );
+    let mut xfcc = format!("Hash={};Subject={}", info.sha256, xfcc_quote(&info.subject));
     for n in &info.names {
         xfcc.push_str(";DNS=");
-        xfcc.push_str(n);
+        xfcc.push_str(&xfcc_quote(n));
     }
     Some(ClientCert {
         subject: info.subject,
         xfcc,
     })
+}
+
+/// An XFCC value in double quotes: `"` and `\` escaped, control characters dropped, so a
+/// certificate's names cannot break the header or add fields to it.
+fn xfcc_quote(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 /// A loaded certificate: its chain and key, and whether the key is ECDSA.
@@ -332,10 +343,7 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
     }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     if t.tickets {
-        // rustls rotates the ticket keys every 6 hours, keeping the previous key for the
-        // tickets it issued.
-        config.ticketer =
-            rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+        config.ticketer = ticketer(&t.client_auth, base)?;
     }
     config.session_storage = if t.session_cache == 0 {
         Arc::new(rustls::server::NoServerSessionStorage {})
@@ -353,6 +361,36 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
         certs: infos,
         files,
     })
+}
+
+/// The ticketer for listeners with client-authentication settings `auth`: made once per
+/// distinct setting and kept for the process, so a reload (or a renewed certificate) does
+/// not invalidate the tickets clients hold, while a ticket issued under one client-auth
+/// policy never resumes under another (a session begun without a client certificate must
+/// not skip a policy that now requires one). rustls rotates the keys every 6 hours, keeping
+/// the previous key for the tickets it issued.
+fn ticketer(
+    auth: &Option<ClientAuth>,
+    base: &Path,
+) -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
+    type Ticketers = std::collections::HashMap<u64, Arc<dyn rustls::server::ProducesTickets>>;
+    static TICKETERS: std::sync::Mutex<Option<Ticketers>> = std::sync::Mutex::new(None);
+    let key = match auth {
+        None => 0,
+        Some(a) => {
+            let ca = std::fs::read(base.join(&a.ca)).unwrap_or_default();
+            let h = crate::hash::fnv1a(crate::hash::FNV_OFFSET, &ca);
+            crate::hash::fnv1a(h, &[u8::from(a.required) + 1])
+        }
+    };
+    let mut all = TICKETERS.lock().unwrap_or_else(|p| p.into_inner());
+    let all = all.get_or_insert_with(Default::default);
+    if let Some(t) = all.get(&key) {
+        return Ok(t.clone());
+    }
+    let t = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+    all.insert(key, t.clone());
+    Ok(t)
 }
 
 /// Sessions kept for resumption by ID (clients that do not use tickets), by default.

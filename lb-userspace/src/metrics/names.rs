@@ -52,7 +52,8 @@ pub const CONFIG_INFO: &str = "lb_config_info";
 /// Unix time the active config was loaded.
 pub const CONFIG_LOADED_SECONDS: &str = "lb_config_loaded_timestamp_seconds";
 
-/// TLS handshakes, by `result` (`ok`, `error`, `eof`, `timeout`), `version` (`1.2`, `1.3`,
+/// TLS handshakes, by `result` (`ok`, `error`, `incomplete`: the client left or timed out),
+/// `version` (`1.2`, `1.3`,
 /// or `none` when it failed) and `resumed` (`true`, `false`).
 pub const TLS_HANDSHAKES_TOTAL: &str = "lb_tls_handshakes_total";
 /// Time from the first TLS byte to a finished handshake.
