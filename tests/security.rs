@@ -470,7 +470,7 @@ impl Nginx {
         let dir = scratch_dir("nginx");
         let port = dead_addr().port();
         let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
              events {{ worker_connections 64; }}\n\
              http {{\n access_log off;\n client_body_temp_path {dir};\n proxy_temp_path {dir};\n\
               fastcgi_temp_path {dir};\n uwsgi_temp_path {dir};\n scgi_temp_path {dir};\n\
