@@ -98,6 +98,9 @@ struct Loaded {
 pub struct CertInfo {
     /// DNS names from the subject alternative names (the subject's CN if there are none).
     pub names: Vec<String>,
+    /// The names come from the subject alternative names: SNI can select the certificate
+    /// for them (a CN alone never matches: webpki, like browsers, ignores it).
+    pub names_from_san: bool,
     pub subject: String,
     pub issuer: String,
     /// Seconds since the Unix epoch.
@@ -158,6 +161,7 @@ fn describe(der: &CertificateDer<'_>, source: String) -> Result<CertInfo, String
                 .collect()
         })
         .unwrap_or_default();
+    let names_from_san = !names.is_empty();
     if names.is_empty() {
         names.extend(
             cert.subject()
@@ -173,6 +177,7 @@ fn describe(der: &CertificateDer<'_>, source: String) -> Result<CertInfo, String
     let digest = sha2::Sha256::digest(der.as_ref());
     Ok(CertInfo {
         names,
+        names_from_san,
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         not_after_unix: cert.validity().not_after.timestamp(),

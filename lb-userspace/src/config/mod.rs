@@ -230,9 +230,10 @@ impl Config {
             .iter()
             .flatten()
             .flat_map(|t| &t.certs)
+            .filter(|c| c.names_from_san)
             .flat_map(|c| c.names.iter().map(String::as_str))
             .collect();
-        if names.is_empty() {
+        if self.listener_tls.iter().all(Option::is_none) {
             return Vec::new();
         }
         let covered = |host: &str| {
