@@ -422,7 +422,16 @@ fn slash_options_keep_what_they_are_told_to() {
 /// served, whatever the spelling.
 #[test]
 fn a_normalising_nginx_origin_never_serves_its_admin_page_through_lb() {
-    let Some(nginx) = Nginx::start() else { return };
+    let Some(nginx) = Nginx::start(1, |ports| {
+        format!(
+            "server {{\n listen 127.0.0.1:{};\n\
+             location /admin {{ return 200 \"ADMIN PAGE\"; }}\n\
+             location / {{ return 200 \"public:$uri\"; }}\n}}\n",
+            ports[0]
+        )
+    }) else {
+        return;
+    };
     let lb = Lb::start(&deny_config(nginx.addr, ""));
     for target in [
         "/admin/",
@@ -445,71 +454,6 @@ fn a_normalising_nginx_origin_never_serves_its_admin_page_through_lb() {
     let r = raw_get(&lb, "/public/./index");
     assert_eq!(r.status, 200);
     assert_eq!(String::from_utf8_lossy(&r.body), "public:/public/index");
-}
-
-/// nginx on a loopback port, as an origin that normalises paths; stopped on drop.
-struct Nginx {
-    child: std::process::Child,
-    addr: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    /// `None` (a skip) where nginx is not installed, unless the tools are required.
-    fn start() -> Option<Nginx> {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists());
-        let Some(bin) = bin else {
-            skip(
-                "nginx origin",
-                "nginx not found; `cargo xtask test` installs it",
-            );
-            return None;
-        };
-        let dir = scratch_dir("nginx");
-        let port = dead_addr().port();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {dir};\n proxy_temp_path {dir};\n\
-              fastcgi_temp_path {dir};\n uwsgi_temp_path {dir};\n scgi_temp_path {dir};\n\
-              server {{\n  listen 127.0.0.1:{port};\n\
-               location /admin {{ return 200 \"ADMIN PAGE\"; }}\n\
-               location / {{ return 200 \"public:$uri\"; }}\n }}\n}}\n",
-            dir = dir.display()
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx conf");
-        let child = std::process::Command::new(bin)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let mut n = Nginx { child, addr, dir };
-        wait_until("nginx to listen", || {
-            if let Ok(Some(status)) = n.child.try_wait() {
-                panic!(
-                    "nginx exited with {status}: {}",
-                    std::fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
-                );
-            }
-            TcpStream::connect(addr).is_ok()
-        });
-        Some(n)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A backend that keeps each request's raw bytes (head, body and trailers) and answers

@@ -19,9 +19,10 @@ fn make_certs(dir: &Path, names: &[&[&str]]) -> Vec<CertificateDer<'static>> {
     let ca_key = rcgen::KeyPair::generate().expect("ca key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "lb test CA");
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("lb test CA {}", dir.display()),
+    );
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
     std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca");
     let mut leaves = Vec::new();
@@ -737,5 +738,132 @@ fn close_notify_with_trailing_bytes_and_small_records() {
     let want = format!("300000 {:x}", lb::hash::fnv1a(lb::hash::FNV_OFFSET, &body));
     let text = String::from_utf8_lossy(&answer);
     assert!(text.ends_with(&want), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// nginx as a TLS origin on two ports: the first with a certificate for `backend.test` that
+/// asks for (and reports) a client certificate, the second for `wrong.test`. Each answer
+/// names the TLS connection and its request count, so reuse is visible.
+fn tls_origins(dir: &Path) -> Option<Nginx> {
+    let d = dir.display();
+    Nginx::start(2, |p| {
+        format!(
+            "server {{\n listen 127.0.0.1:{} ssl;\n ssl_certificate {d}/leaf0.pem;\n ssl_certificate_key {d}/leaf0.key;\n\
+              ssl_client_certificate {d}/ca.pem;\n ssl_verify_client optional;\n keepalive_requests 1000;\n\
+              location / {{ return 200 \"conn=$connection req=$connection_requests sni=$ssl_server_name client=$ssl_client_s_dn\\n\"; }}\n}}\n\
+             server {{\n listen 127.0.0.1:{} ssl;\n ssl_certificate {d}/leaf1.pem;\n ssl_certificate_key {d}/leaf1.key;\n\
+              location / {{ return 200 \"wrong-name origin\\n\"; }}\n}}\n",
+            p[0], p[1]
+        )
+    })
+}
+
+/// A field of an nginx answer line (`conn=7 req=2 ...`).
+fn field<'a>(body: &'a str, name: &str) -> &'a str {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or("")
+}
+
+/// TLS to the backends: verified against the configured CA and name, a client certificate
+/// presented, connections pooled and reused; a wrong name or an unknown CA is a 502 that
+/// names the reason (also in the access log) and, with another endpoint, a retry there;
+/// health checks run over TLS and fail on a certificate that does not verify.
+#[test]
+fn upstream_tls_verifies_pools_and_names_failures() {
+    let dir = scratch_dir("up-tls");
+    make_certs(&dir, &[&["backend.test"], &["wrong.test"], &["lb-client"]]);
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    make_certs(&other, &[&["backend.test"]]);
+    let Some(nginx) = tls_origins(&dir) else {
+        return;
+    };
+    let (good, wrong) = (nginx.addr_of(0), nginx.addr_of(1));
+    let d = dir.display();
+    let verified = format!("{{ ca = \"{d}/ca.pem\", server_name = \"backend.test\" }}");
+    let log = dir.join("access.log");
+    let text = config(&format!(
+        "[access_log]\npath = \"{}\"\n\
+         [[clusters]]\nname = \"good\"\nendpoints = [{{ addr = \"{good}\" }}]\n\
+         tls = {{ ca = \"{d}/ca.pem\", server_name = \"backend.test\", certificate = \"{d}/leaf2.pem\", key = \"{d}/leaf2.key\" }}\n\
+         [[clusters]]\nname = \"mixed\"\nendpoints = [{{ addr = \"{wrong}\" }}, {{ addr = \"{good}\" }}]\ntls = {verified}\n\
+         [[clusters]]\nname = \"wrong\"\nendpoints = [{{ addr = \"{wrong}\" }}]\ntls = {verified}\n\
+         [[clusters]]\nname = \"unknown\"\nendpoints = [{{ addr = \"{good}\" }}]\n\
+         tls = {{ ca = \"{}/ca.pem\", server_name = \"backend.test\" }}\n\
+         [[clusters]]\nname = \"insecure\"\nendpoints = [{{ addr = \"{wrong}\" }}]\ntls = {{ insecure_skip_verify = true }}\n\
+         [[clusters]]\nname = \"hc-good\"\nendpoints = [{{ addr = \"{good}\" }}]\ntls = {verified}\n\
+         health_check = {{ path = \"/\", interval = \"100ms\", unhealthy_threshold = 1 }}\n\
+         [[clusters]]\nname = \"hc-wrong\"\nendpoints = [{{ addr = \"{wrong}\" }}]\ntls = {verified}\n\
+         health_check = {{ path = \"/\", interval = \"100ms\", unhealthy_threshold = 1 }}\n\
+         [[routes]]\npath_prefix = \"/good\"\ncluster = \"good\"\n\
+         [[routes]]\npath_prefix = \"/mixed\"\ncluster = \"mixed\"\n\
+         [[routes]]\npath_prefix = \"/wrong\"\ncluster = \"wrong\"\n\
+         [[routes]]\npath_prefix = \"/unknown\"\ncluster = \"unknown\"\n\
+         [[routes]]\npath_prefix = \"/insecure\"\ncluster = \"insecure\"\n",
+        log.display(),
+        other.display()
+    ));
+    let lb = Lb::start(&text);
+
+    // Verified, with lb's client certificate, and one pooled TLS connection for all.
+    let mut c = Client::connect(lb.addr);
+    let mut conns = Vec::new();
+    for i in 1..=5 {
+        c.send(b"GET /good HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c.response();
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, 200, "{body}");
+        assert_eq!(field(&body, "sni"), "backend.test", "{body}");
+        assert_eq!(field(&body, "client"), "CN=lb-client", "{body}");
+        assert_eq!(field(&body, "req"), i.to_string(), "request {i}: {body}");
+        conns.push(field(&body, "conn").to_string());
+    }
+    conns.dedup();
+    assert_eq!(conns.len(), 1, "one pooled TLS connection: {conns:?}");
+
+    // A failed handshake is a connect failure: the retry goes to the other endpoint.
+    for _ in 0..4 {
+        let r = get(lb.addr, "/mixed");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            field(&String::from_utf8_lossy(&r.body), "sni"),
+            "backend.test"
+        );
+    }
+    // With nowhere else to go, the answer names the reason.
+    for (path, code) in [
+        ("/wrong", "upstream_tls_name_mismatch"),
+        ("/unknown", "upstream_tls_unknown_ca"),
+    ] {
+        let r = get(lb.addr, path);
+        assert_eq!(r.status, 502, "{path}");
+        assert_eq!(r.json()["error"], code, "{path}");
+    }
+    // Verification off: the wrong name is accepted.
+    let r = get(lb.addr, "/insecure");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"wrong-name origin\n");
+    wait_until("access log lines naming the TLS failures", || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        t.contains("\"upstream_tls_name_mismatch\"") && t.contains("\"upstream_tls_unknown_ca\"")
+    });
+
+    // Health checks speak TLS: the endpoint whose name does not verify goes unhealthy, the
+    // one that verifies stays healthy.
+    let health = |cluster: &str| {
+        let (_, v) = lb.admin("GET", "/clusters");
+        v["clusters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == cluster).cloned())
+            .map(|c| c["endpoints"][0]["healthy"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    wait_until("the wrong-name endpoint to fail its checks", || {
+        health("hc-wrong") == false
+    });
+    let (_, all) = lb.admin("GET", "/clusters");
+    assert_eq!(health("hc-good"), true, "{all}\n{}", lb.log());
+    drop(nginx);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -120,7 +120,8 @@ pub struct BufConn {
 /// The TLS state of a connection: the rustls session and its ciphertext buffers. Plaintext
 /// lands in the connection's own buffer, so the request path reads it as it reads plain TCP.
 pub struct TlsSession {
-    conn: rustls::ServerConnection,
+    /// A server session (a client of lb) or a client session (to a backend).
+    conn: rustls::Connection,
     /// Ciphertext read from the socket; `cipher_pos..cipher_len` is not yet given to rustls.
     cipher_in: Vec<u8>,
     cipher_pos: usize,
@@ -191,6 +192,24 @@ impl BufConn {
     /// A connection that terminates TLS with `conn` (the handshake runs as the first reads
     /// and writes go).
     pub fn new_tls(stream: TcpStream, buf: Vec<u8>, conn: rustls::ServerConnection) -> BufConn {
+        BufConn::with_session(stream, buf, rustls::Connection::Server(conn))
+    }
+
+    /// A connection that originates TLS with `conn` (to a backend); [`BufConn::handshake`]
+    /// runs the handshake. Its handshakes are not counted in the listener metrics.
+    pub fn new_tls_client(
+        stream: TcpStream,
+        buf: Vec<u8>,
+        conn: rustls::ClientConnection,
+    ) -> BufConn {
+        let mut c = BufConn::with_session(stream, buf, rustls::Connection::Client(conn));
+        if let Some(t) = c.tls.as_mut() {
+            t.handshake_started = None;
+        }
+        c
+    }
+
+    fn with_session(stream: TcpStream, buf: Vec<u8>, conn: rustls::Connection) -> BufConn {
         let mut c = BufConn::new(stream, buf);
         c.tls = Some(Box::new(TlsSession {
             conn,
@@ -202,6 +221,34 @@ impl BufConn {
             client_cert: None,
         }));
         c
+    }
+
+    /// Runs the TLS handshake to its end within `timeout` (a client session's first flight
+    /// goes out here). Errors from rustls come back as `InvalidData` IO errors that carry the
+    /// `rustls::Error`.
+    pub async fn handshake(&mut self, timeout: Duration) -> Result<(), IoFail> {
+        let deadline = crate::timer::now_ms() + timeout.as_millis() as u64;
+        loop {
+            let Some(t) = self.tls.as_ref() else {
+                return Ok(());
+            };
+            let handshaking = t.conn.is_handshaking();
+            self.flush_tls(crate::timer::until(deadline).max(Duration::from_millis(1)))
+                .await?;
+            if !handshaking {
+                return Ok(());
+            }
+            if self.feed_tls().await? {
+                continue;
+            }
+            let Some(got) = self.read_cipher(deadline, false).await? else {
+                return Err(IoFail::Timeout);
+            };
+            if let Some(t) = self.tls.as_mut() {
+                t.cipher_pos = 0;
+                t.cipher_len = got;
+            }
+        }
     }
 
     /// True if the connection runs TLS.
@@ -235,7 +282,10 @@ impl BufConn {
 
     /// The SNI name the client sent, on a TLS connection.
     pub fn sni(&self) -> Option<&str> {
-        self.tls.as_ref().and_then(|t| t.conn.server_name())
+        match &self.tls.as_ref()?.conn {
+            rustls::Connection::Server(s) => s.server_name(),
+            rustls::Connection::Client(_) => None,
+        }
     }
 
     /// Unconsumed bytes.
@@ -291,6 +341,30 @@ impl BufConn {
         }
         t.cipher_out = Vec::new();
         Some(t)
+    }
+
+    /// True if the TLS session holds input not yet read: ciphertext not given to rustls, or
+    /// plaintext not taken. Such a connection is not idle.
+    pub fn tls_input_pending(&mut self) -> bool {
+        let Some(t) = self.tls.as_mut() else {
+            return false;
+        };
+        t.cipher_pos < t.cipher_len
+            || t.conn.process_new_packets().map_or(true, |s| {
+                s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
+            })
+    }
+
+    /// Frees the TLS session's ciphertext buffers while the connection sits idle.
+    pub fn shed_tls_buffers(&mut self) {
+        if let Some(t) = self.tls.as_mut() {
+            if t.cipher_pos >= t.cipher_len {
+                t.cipher_in = Vec::new();
+                t.cipher_pos = 0;
+                t.cipher_len = 0;
+            }
+            t.cipher_out = Vec::new();
+        }
     }
 
     /// A connection resuming a TLS session that was parked.

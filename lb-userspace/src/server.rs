@@ -299,6 +299,13 @@ fn cert_files(control: &Control) -> Vec<PathBuf> {
         .iter()
         .flatten()
         .flat_map(|t| t.files.iter().cloned())
+        .chain(
+            snap.config
+                .clusters
+                .iter()
+                .filter_map(|c| c.tls.as_ref())
+                .flat_map(|t| t.files.iter().cloned()),
+        )
         .collect()
 }
 

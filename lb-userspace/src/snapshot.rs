@@ -30,6 +30,8 @@ pub struct Endpoint {
     /// The configured target (`IP:port` or `host:port`), for logs and the admin API.
     pub target: String,
     pub state: Arc<EndpointState>,
+    /// With cluster TLS: the name its certificate is verified against (and the SNI).
+    pub tls_name: Option<rustls_pki_types::ServerName<'static>>,
 }
 
 impl crate::balancing::Candidate for Endpoint {
@@ -70,6 +72,16 @@ impl Cluster {
             kind: self.balancer,
             endpoints: &self.endpoints,
             maglev: self.maglev.as_deref(),
+        }
+    }
+
+    /// How to connect to `ep`, one of this cluster's endpoints.
+    pub fn dial<'a>(&'a self, ep: &'a Endpoint) -> crate::upstream::Dial<'a> {
+        crate::upstream::Dial {
+            addr: ep.addr,
+            endpoint: &ep.state,
+            cluster: &self.state,
+            tls: self.config.tls.as_ref().zip(ep.tls_name.as_ref()),
         }
     }
 }
@@ -218,10 +230,12 @@ impl Snapshot {
                             if endpoints.iter().any(|x| x.addr == addr) {
                                 continue;
                             }
+                            let target = target_text(&e.target);
                             endpoints.push(Endpoint {
                                 addr,
                                 weight: e.weight,
-                                target: target_text(&e.target),
+                                tls_name: c.tls.as_ref().and_then(|t| t.server_name(&target)),
+                                target,
                                 state: registry.endpoint(addr),
                             });
                         }

@@ -472,3 +472,83 @@ pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Respo
     c.send(req.as_bytes());
     c.response()
 }
+
+/// nginx on loopback ports, as a real origin (plaintext or TLS); stopped on drop. It runs
+/// without a master process, so stopping it leaves nothing behind.
+pub struct Nginx {
+    child: Child,
+    /// The first port's address.
+    pub addr: SocketAddr,
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx with the `server { ... }` blocks `servers` writes for `ports` free
+    /// loopback ports. `None` (a skip) where nginx is not installed, unless the tools are
+    /// required.
+    pub fn start(ports: usize, servers: impl Fn(&[u16]) -> String) -> Option<Nginx> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(bin) = bin else {
+            skip(
+                "nginx origin",
+                "nginx not found; `cargo xtask test` installs it",
+            );
+            return None;
+        };
+        let dir = scratch_dir("nginx");
+        let ports: Vec<u16> = (0..ports).map(|_| dead_addr().port()).collect();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {dir};\n proxy_temp_path {dir};\n\
+              fastcgi_temp_path {dir};\n uwsgi_temp_path {dir};\n scgi_temp_path {dir};\n{}\n}}\n",
+            servers(&ports),
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx conf");
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().expect("addr");
+        let mut n = Nginx {
+            child,
+            addr,
+            ports,
+            dir,
+        };
+        for port in n.ports.clone() {
+            wait_until("nginx to listen", || {
+                if let Ok(Some(status)) = n.child.try_wait() {
+                    panic!(
+                        "nginx exited with {status}: {}",
+                        std::fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
+                    );
+                }
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+        }
+        Some(n)
+    }
+
+    /// The address of port `i`.
+    pub fn addr_of(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

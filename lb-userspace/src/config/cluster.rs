@@ -55,9 +55,65 @@ pub struct ClusterConfig {
     pub endpoint_limits: Limits,
     pub breaker: Option<BreakerConfig>,
     pub retry: RetryConfig,
+    /// TLS to the endpoints, built (files read) at load.
+    pub tls: Option<crate::upstream::tls::ClusterTls>,
 }
 
-pub(super) fn validate_cluster(i: usize, c: &RawCluster, errs: &mut Errors) -> ClusterConfig {
+/// Validates a cluster's `tls` table and reads its files (relative to `base`).
+fn cluster_tls(
+    at: &str,
+    t: &super::raw::RawClusterTls,
+    base: &std::path::Path,
+    errs: &mut Errors,
+) -> Option<crate::upstream::tls::ClusterTls> {
+    let client_cert = match (&t.certificate, &t.key) {
+        (Some(cert), Some(key)) => Some(crate::tls::CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None) => None,
+        _ => {
+            errs.push(
+                format!("{at}.certificate"),
+                "a client certificate needs both `certificate` and `key`",
+            );
+            return None;
+        }
+    };
+    let verify = !t.insecure_skip_verify.unwrap_or(false);
+    if !verify && t.ca.is_some() {
+        errs.push(
+            format!("{at}.insecure_skip_verify"),
+            "`ca` has no effect when verification is off; remove one of them",
+        );
+        return None;
+    }
+    if let Some(name) = &t.server_name {
+        if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+            errs.push(
+                format!("{at}.server_name"),
+                format!("expected a DNS name or IP address, got {name:?}"),
+            );
+            return None;
+        }
+    }
+    let settings = crate::upstream::tls::UpstreamTls {
+        ca: t.ca.clone(),
+        server_name: t.server_name.clone(),
+        client_cert,
+        verify,
+    };
+    crate::upstream::tls::client_config(&settings, base)
+        .map_err(|e| errs.push(at, e))
+        .ok()
+}
+
+pub(super) fn validate_cluster(
+    i: usize,
+    c: &RawCluster,
+    base: &std::path::Path,
+    errs: &mut Errors,
+) -> ClusterConfig {
     let at = |key: &str| format!("clusters[{i}].{key}");
     if c.name.is_empty() {
         errs.push(at("name"), "expected a non-empty cluster name");
@@ -201,6 +257,10 @@ pub(super) fn validate_cluster(i: usize, c: &RawCluster, errs: &mut Errors) -> C
             .retry
             .as_ref()
             .map_or_else(RetryConfig::default, |r| retry(&at("retry"), r, errs)),
+        tls: c
+            .tls
+            .as_ref()
+            .and_then(|t| cluster_tls(&at("tls"), t, base, errs)),
     }
 }
 

@@ -219,6 +219,14 @@ impl Config {
         let mut out = self.certificate_warnings();
         out.extend(self.uncovered_host_warnings());
         out.extend(self.route_warnings());
+        out.extend(self.clusters.iter().enumerate().filter_map(|(i, c)| {
+            c.tls.as_ref().filter(|t| !t.settings.verify).map(|_| {
+                format!(
+                    "clusters[{i}].tls ({}): insecure_skip_verify is on: any certificate is accepted, so anyone on the path to the backends can read and change the traffic",
+                    c.name
+                )
+            })
+        }));
         out
     }
 
@@ -602,7 +610,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
                 format!("duplicate cluster name {:?}", c.name),
             );
         }
-        clusters.push(cluster::validate_cluster(i, c, &mut errs));
+        clusters.push(cluster::validate_cluster(i, c, base, &mut errs));
     }
 
     let steering = validate_steering(raw.steering.as_ref(), &mut errs);
@@ -1019,6 +1027,43 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("test.toml: server.workers: expected"));
+    }
+
+    #[test]
+    fn cluster_tls_mistakes_are_named() {
+        let base = "[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:2\" }]\n";
+        for (tls, path, says) in [
+            (
+                "{ certificate = \"c.pem\" }",
+                "clusters[0].tls.certificate",
+                "both",
+            ),
+            (
+                "{ ca = \"ca.pem\", insecure_skip_verify = true }",
+                "clusters[0].tls.insecure_skip_verify",
+                "no effect",
+            ),
+            (
+                "{ server_name = \"not a name\" }",
+                "clusters[0].tls.server_name",
+                "DNS name",
+            ),
+            (
+                "{ ca = \"/nonexistent/ca.pem\" }",
+                "clusters[0].tls",
+                "/nonexistent/ca.pem",
+            ),
+        ] {
+            let e = parse(&format!("{base}tls = {tls}\n")).expect_err(tls);
+            assert_eq!(e.errors[0].path, path, "{tls}");
+            assert!(e.errors[0].message.contains(says), "{tls}: {e}");
+        }
+        let ok = parse(&format!("{base}tls = {{ insecure_skip_verify = true }}\n"))
+            .expect("verification off is allowed");
+        assert!(ok
+            .warnings()
+            .iter()
+            .any(|w| w.contains("insecure_skip_verify is on")));
     }
 
     #[test]

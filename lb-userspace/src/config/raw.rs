@@ -218,6 +218,23 @@ pub struct RawCluster {
     pub endpoint_limits: Option<RawLimits>,
     pub breaker: Option<RawBreaker>,
     pub retry: Option<RawRetry>,
+    /// TLS to the endpoints.
+    pub tls: Option<RawClusterTls>,
+}
+
+/// `[[clusters]] tls = { ca = "...", server_name = "...", certificate = "...", key = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClusterTls {
+    /// CAs that issue the backends' certificates (PEM); default: the system's.
+    pub ca: Option<String>,
+    /// The name sent as SNI and verified; default: the endpoint's host name, or its IP.
+    pub server_name: Option<String>,
+    /// A client certificate chain to present (PEM), with `key`.
+    pub certificate: Option<String>,
+    pub key: Option<String>,
+    /// Accept any certificate (no verification at all). Only for tests and broken backends.
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// Active HTTP health checks.

@@ -37,29 +37,43 @@ impl HealthChecks {
                 continue;
             };
             for e in &c.endpoints {
-                wanted.insert((c.name.clone(), e.addr), (hc.clone(), e.state.clone()));
+                let tls = c
+                    .config
+                    .tls
+                    .as_ref()
+                    .zip(e.tls_name.clone())
+                    .map(|(t, name)| CheckTls {
+                        config: t.config.clone(),
+                        name,
+                        key: t.key,
+                    });
+                wanted.insert((c.name.clone(), e.addr), (hc.clone(), tls, e.state.clone()));
             }
         }
+        let signature = |hc: &HealthCheckConfig, tls: &Option<CheckTls>| {
+            format!("{hc:?} {:?}", tls.as_ref().map(|t| t.key))
+        };
         self.tasks.retain(|key, task| {
             let keep = wanted
                 .get(key)
-                .is_some_and(|(hc, _)| format!("{hc:?}") == task.signature);
+                .is_some_and(|(hc, tls, _)| signature(hc, tls) == task.signature);
             if !keep {
                 task.stop.store(true, Ordering::SeqCst);
             }
             keep
         });
-        for (key, (hc, state)) in wanted {
+        for (key, (hc, tls, state)) in wanted {
             if self.tasks.contains_key(&key) {
                 continue;
             }
             let stop = Arc::new(AtomicBool::new(false));
-            let signature = format!("{hc:?}");
+            let signature = signature(&hc, &tls);
             let (cluster, addr) = key.clone();
             let s = stop.clone();
+            let target = Target { addr, tls };
             let spawned = std::thread::Builder::new()
                 .name(format!("lb-health-{addr}"))
-                .spawn(move || run(cluster, addr, hc, state, s));
+                .spawn(move || run(cluster, target, hc, state, s));
             match spawned {
                 Ok(_) => {
                     self.tasks.insert(key, Task { stop, signature });
@@ -80,13 +94,28 @@ impl HealthChecks {
     }
 }
 
+/// TLS for the checks of a TLS cluster's endpoint.
+#[derive(Clone)]
+pub struct CheckTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls_pki_types::ServerName<'static>,
+    key: u64,
+}
+
+/// What a check connects to.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: Option<CheckTls>,
+}
+
 fn run(
     cluster: String,
-    addr: SocketAddr,
+    target: Target,
     hc: HealthCheckConfig,
     state: Arc<EndpointState>,
     stop: Arc<AtomicBool>,
 ) {
+    let addr = target.addr;
     let mut rng = fastrand::Rng::with_seed(crate::hash::fnv1a_of(addr.to_string().as_bytes()));
     while !stop.load(Ordering::SeqCst) {
         let jitter = if hc.jitter.is_zero() {
@@ -104,7 +133,7 @@ fn run(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let result = check(addr, &hc);
+        let result = check(&target, &hc);
         let ok = matches!(result, Ok(status) if hc.accepts(status));
         if let Some(now_healthy) =
             state.record_check(ok, hc.healthy_threshold, hc.unhealthy_threshold)
@@ -118,14 +147,30 @@ fn run(
     }
 }
 
-/// One check: the status of `GET path`, or why there was none.
-pub fn check(addr: SocketAddr, hc: &HealthCheckConfig) -> Result<u16, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, hc.timeout).map_err(|e| format!("connect: {e}"))?;
+/// One check: the status of `GET path`, or why there was none. Over TLS when the cluster
+/// uses it, verified the same way requests are.
+pub fn check(target: &Target, hc: &HealthCheckConfig) -> Result<u16, String> {
+    let addr = target.addr;
+    let s = TcpStream::connect_timeout(&addr, hc.timeout).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(hc.timeout))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(hc.timeout))
         .map_err(|e| e.to_string())?;
+    match &target.tls {
+        None => exchange(s, addr, hc),
+        Some(t) => {
+            let session = rustls::ClientConnection::new(t.config.clone(), t.name.clone())
+                .map_err(|e| format!("tls: {e}"))?;
+            exchange(rustls::StreamOwned::new(session, s), addr, hc)
+        }
+    }
+}
+
+fn exchange(
+    mut s: impl Read + Write,
+    addr: SocketAddr,
+    hc: &HealthCheckConfig,
+) -> Result<u16, String> {
     let host = hc.host.clone().unwrap_or_else(|| addr.to_string());
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n",

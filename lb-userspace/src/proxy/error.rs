@@ -4,6 +4,7 @@
 //! derive from it; retry decisions match on it, never on strings.
 
 use crate::config::RetryConfig;
+use crate::upstream::tls::TlsFailure;
 use crate::upstream::Limit;
 
 /// Which side of the proxy failed.
@@ -36,6 +37,8 @@ pub enum ErrorKind {
     /// The backend refused the connection (or connecting failed otherwise).
     ConnectRefused,
     ConnectTimeout,
+    /// The TLS handshake with the backend failed (a connect failure: nothing was sent).
+    Tls(TlsFailure),
     /// The connection closed or reset before any byte of the response.
     ResetBeforeResponse,
     /// Sending the request or waiting for the response head took too long.
@@ -100,6 +103,7 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self.kind {
             ErrorKind::ConnectRefused
+            | ErrorKind::Tls(_)
             | ErrorKind::ResetBeforeResponse
             | ErrorKind::BadResponse(_)
             | ErrorKind::RetryableStatus(_)
@@ -118,6 +122,7 @@ impl ProxyError {
         match self.kind {
             ErrorKind::ConnectRefused => "connect_failed",
             ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::Tls(f) => f.code(),
             ErrorKind::ResetBeforeResponse => "upstream_reset",
             ErrorKind::Timeout(_) => "upstream_timeout",
             ErrorKind::BadResponse(_) => "bad_gateway",
@@ -137,6 +142,7 @@ impl ProxyError {
         match self.kind {
             ErrorKind::ConnectRefused => "the backend refused the connection",
             ErrorKind::ConnectTimeout => "connecting to the backend timed out",
+            ErrorKind::Tls(f) => f.message(),
             ErrorKind::ResetBeforeResponse => "the backend closed the connection without answering",
             ErrorKind::Timeout(m) | ErrorKind::BadResponse(m) => m,
             ErrorKind::RetryableStatus(_) => "the backend kept answering with a retryable status",
@@ -164,7 +170,9 @@ impl ProxyError {
     /// Whether another attempt could be made at all, before policy and budget.
     pub fn retry_class(&self) -> RetryClass {
         match self.kind {
-            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => RetryClass::Always,
+            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::Tls(_) => {
+                RetryClass::Always
+            }
             ErrorKind::ResetBeforeResponse
             | ErrorKind::Timeout(_)
             | ErrorKind::RetryableStatus(_) => RetryClass::Idempotent,
@@ -175,7 +183,9 @@ impl ProxyError {
     /// Whether the cluster's retry policy retries this failure.
     pub fn policy_retries(&self, retry: &RetryConfig) -> bool {
         match self.kind {
-            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => retry.on_connect_failure,
+            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::Tls(_) => {
+                retry.on_connect_failure
+            }
             ErrorKind::ResetBeforeResponse => retry.on_reset,
             ErrorKind::Timeout(_) => retry.on_timeout,
             // The status was held back only because the policy retries it.
@@ -203,6 +213,11 @@ mod tests {
         let kinds = [
             (ErrorKind::ConnectRefused, 502, RetryClass::Always),
             (ErrorKind::ConnectTimeout, 504, RetryClass::Always),
+            (
+                ErrorKind::Tls(TlsFailure::UnknownCa),
+                502,
+                RetryClass::Always,
+            ),
             (ErrorKind::ResetBeforeResponse, 502, RetryClass::Idempotent),
             (ErrorKind::Timeout("t"), 504, RetryClass::Idempotent),
             (ErrorKind::BadResponse("b"), 502, RetryClass::Never),

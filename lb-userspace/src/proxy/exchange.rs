@@ -15,7 +15,7 @@ use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
 use crate::http::response::{self, ResponseError};
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
-use crate::net::{write_buf, BufConn, IoFail};
+use crate::net::{BufConn, IoFail};
 use crate::snapshot::Cluster;
 use crate::timer::now_ms;
 use crate::upstream::state::{Admission, Outcome};
@@ -593,6 +593,7 @@ async fn get_connection(
 ) -> Result<Upstream, ProxyError> {
     let (w, cluster) = (ctx.w, ctx.cluster);
     let ep = &cluster.endpoints[idx];
+    let dial = cluster.dial(ep);
     let limits = &cluster.config.limits;
     let ep_limits = &cluster.config.endpoint_limits;
     let full = || {
@@ -605,23 +606,18 @@ async fn get_connection(
     let mut pending: Option<(Held<'_>, Held<'_>, Instant)> = None;
     loop {
         if !force_fresh {
-            if let Some(u) = w.pool.checkout(ep.addr, &w.up_bufs) {
+            if let Some(u) = w.pool.checkout(ep.addr, dial.pool_key(), &w.up_bufs) {
                 return Ok(u);
             }
         }
         if !full() {
             let started = Instant::now();
-            let connect = upstream::connect(
-                ep.addr,
-                ctx.timeouts.connect,
-                &w.up_bufs,
-                &ep.state,
-                &cluster.state,
-            );
+            let connect = upstream::connect(&dial, ctx.timeouts.connect, &w.up_bufs);
             let up = connect.await.map_err(|e| {
                 ProxyError::upstream(match e {
                     ConnectError::Timeout => ErrorKind::ConnectTimeout,
                     ConnectError::Io(_) => ErrorKind::ConnectRefused,
+                    ConnectError::Tls(f) => ErrorKind::Tls(f),
                 })
             })?;
             cluster
@@ -683,7 +679,7 @@ async fn send_request(
 ) -> Result<(), ProxyError> {
     let (w, http) = (ctx.w, &ctx.view.snap.http);
     // The head (and a small body with it). A failed write means nothing reached the backend.
-    match write_buf(&mut up.conn.stream, out, ctx.timeouts.idle).await {
+    match up.conn.write_all(out, ctx.timeouts.idle).await {
         Ok(()) => {}
         Err(IoFail::Timeout) => {
             return Err(ProxyError::upstream(ErrorKind::Timeout(

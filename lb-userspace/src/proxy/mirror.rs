@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::net::write_buf;
 use crate::snapshot::Snapshot;
 use crate::upstream;
 use crate::worker::Worker;
@@ -54,10 +53,11 @@ async fn copy(
         return Err("mirror cluster has no endpoints");
     };
     let deadline = m.timeout;
-    let mut up = upstream::connect(ep.addr, deadline, &w.up_bufs, &ep.state, &cluster.state)
+    let mut up = upstream::connect(&cluster.dial(ep), deadline, &w.up_bufs)
         .await
         .map_err(|_| "connect")?;
-    write_buf(&mut up.conn.stream, &mut head, deadline)
+    up.conn
+        .write_all(&mut head, deadline)
         .await
         .map_err(|_| "send")?;
     // Read until the shadow closes or the deadline: the answer is discarded.

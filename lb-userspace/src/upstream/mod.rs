@@ -3,6 +3,7 @@
 
 pub mod policy;
 pub mod state;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use rustc_hash::FxHashMap;
 
-use crate::net::{idle_and_clean, BufConn, BufPool};
+use crate::net::{idle_and_clean, BufConn, BufPool, IoFail};
 use state::{ClusterState, EndpointState};
 
 /// One upstream connection and whether it came from the pool. While it exists it counts
@@ -24,6 +25,8 @@ pub struct Upstream {
     /// It served an earlier request; a failure before any response byte may mean the backend
     /// closed it while idle, and the request can go again on a fresh connection.
     pub reused: bool,
+    /// What it may be reused for: 0 for plaintext, else the cluster's [`tls::ClusterTls::key`].
+    pub pool_key: u64,
     endpoint: Arc<EndpointState>,
     cluster: Arc<ClusterState>,
 }
@@ -82,31 +85,77 @@ impl Limit {
 pub enum ConnectError {
     Timeout,
     Io(std::io::Error),
+    /// The TLS handshake failed.
+    Tls(tls::TlsFailure),
 }
 
-/// Opens a connection to `addr` within `timeout`.
+/// Where to connect: an endpoint, its shared state, and the TLS to run on the connection.
+pub struct Dial<'a> {
+    pub addr: SocketAddr,
+    pub endpoint: &'a Arc<EndpointState>,
+    pub cluster: &'a Arc<ClusterState>,
+    /// The cluster's TLS and the name this endpoint is verified against.
+    pub tls: Option<(
+        &'a tls::ClusterTls,
+        &'a rustls_pki_types::ServerName<'static>,
+    )>,
+}
+
+impl Dial<'_> {
+    /// What a connection made this way may be pooled for.
+    pub fn pool_key(&self) -> u64 {
+        self.tls.map_or(0, |(t, _)| t.key)
+    }
+}
+
+/// Opens a connection within `timeout`, including its TLS handshake.
 pub async fn connect(
-    addr: SocketAddr,
+    dial: &Dial<'_>,
     timeout: Duration,
     bufs: &BufPool,
-    endpoint: &Arc<EndpointState>,
-    cluster: &Arc<ClusterState>,
 ) -> Result<Upstream, ConnectError> {
-    let stream = match crate::timer::timeout(timeout, TcpStream::connect_addr(addr)).await {
+    let started = crate::timer::now_ms();
+    let stream = match crate::timer::timeout(timeout, TcpStream::connect_addr(dial.addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(ConnectError::Io(e)),
         Err(_) => return Err(ConnectError::Timeout),
     };
     let _ = stream.set_nodelay(true);
-    endpoint.connections.fetch_add(1, Ordering::Relaxed);
-    cluster.connections.fetch_add(1, Ordering::Relaxed);
-    Ok(Upstream {
-        conn: BufConn::new(stream, bufs.take()),
-        addr,
+    let conn = match dial.tls {
+        None => BufConn::new(stream, bufs.take()),
+        Some((t, name)) => {
+            let session = rustls::ClientConnection::new(t.config.clone(), name.clone())
+                .map_err(|e| ConnectError::Tls(tls::TlsFailure::of(&e)))?;
+            BufConn::new_tls_client(stream, bufs.take(), session)
+        }
+    };
+    dial.endpoint.connections.fetch_add(1, Ordering::Relaxed);
+    dial.cluster.connections.fetch_add(1, Ordering::Relaxed);
+    let mut up = Upstream {
+        conn,
+        addr: dial.addr,
         reused: false,
-        endpoint: endpoint.clone(),
-        cluster: cluster.clone(),
-    })
+        pool_key: dial.pool_key(),
+        endpoint: dial.endpoint.clone(),
+        cluster: dial.cluster.clone(),
+    };
+    if dial.tls.is_some() {
+        let left = timeout.saturating_sub(Duration::from_millis(
+            crate::timer::now_ms().saturating_sub(started),
+        ));
+        let failure = match up.conn.handshake(left).await {
+            Ok(()) => return Ok(up),
+            Err(IoFail::Timeout) => ConnectError::Timeout,
+            Err(IoFail::Io(e)) => match tls::TlsFailure::of_io(&e) {
+                Some(f) => ConnectError::Tls(f),
+                None => ConnectError::Io(e),
+            },
+            Err(IoFail::Eof) => ConnectError::Tls(tls::TlsFailure::Protocol),
+        };
+        up.close(bufs);
+        return Err(failure);
+    }
+    Ok(up)
 }
 
 struct Idle {
@@ -116,10 +165,11 @@ struct Idle {
     idle_timeout: Duration,
 }
 
-/// Idle connections of one worker, by endpoint address. `!Sync` by design: never shared.
+/// Idle connections of one worker, by endpoint address and pool key (plaintext, or which
+/// TLS settings). `!Sync` by design: never shared.
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<FxHashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<FxHashMap<(SocketAddr, u64), Vec<Idle>>>,
 }
 
 impl Pool {
@@ -127,9 +177,9 @@ impl Pool {
     /// asked (one non-blocking peek) whether the backend closed it or wrote anything while it
     /// sat idle: a connection with unsolicited bytes would hand them to the next request as
     /// its response, so it is closed, never reused.
-    pub fn checkout(&self, addr: SocketAddr, bufs: &BufPool) -> Option<Upstream> {
+    pub fn checkout(&self, addr: SocketAddr, key: u64, bufs: &BufPool) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&(addr, key))?;
         let now = crate::timer::now_ms();
         while let Some(c) = list.pop() {
             if now.saturating_sub(c.since) >= c.idle_timeout.as_millis() as u64
@@ -155,14 +205,15 @@ impl Pool {
         max_idle: usize,
         bufs: &BufPool,
     ) {
-        if !up.conn.data().is_empty() {
+        if !up.conn.data().is_empty() || up.conn.tls_input_pending() {
             // Bytes after the response: the backend is confused; never reuse.
             up.close(bufs);
             return;
         }
         bufs.give(up.conn.take_buf());
+        up.conn.shed_tls_buffers();
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(up.addr).or_default();
+        let list = idle.entry((up.addr, up.pool_key)).or_default();
         if list.len() >= max_idle {
             up.close(bufs);
             return;
@@ -197,7 +248,7 @@ impl Pool {
     /// Closes idle connections to endpoints not in `keep` (after a reload removed them).
     pub fn retain_endpoints(&self, keep: &[SocketAddr], bufs: &BufPool) {
         let mut idle = self.idle.borrow_mut();
-        idle.retain(|addr, list| {
+        idle.retain(|(addr, _), list| {
             if keep.contains(addr) {
                 return true;
             }
@@ -215,6 +266,11 @@ impl Pool {
 
     /// Idle connections held for `addr`.
     pub fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.idle.borrow().get(&addr).map_or(0, Vec::len)
+        self.idle
+            .borrow()
+            .iter()
+            .filter(|((a, _), _)| *a == addr)
+            .map(|(_, l)| l.len())
+            .sum()
     }
 }
