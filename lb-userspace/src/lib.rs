@@ -6,6 +6,7 @@
 //! workers decide from; `control`, `server` and `admin` are the control side.
 
 pub mod accesslog;
+pub mod acme;
 pub mod admin;
 pub mod balancing;
 pub mod clock;

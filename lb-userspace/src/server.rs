@@ -89,6 +89,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     ));
     spawn_resolver(control.clone())?;
     spawn_cert_watch(control.clone())?;
+    crate::control::acme::spawn(control.clone())?;
     spawn_release_control(control.clone())?;
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();

@@ -6,7 +6,7 @@
 //! renewed files; a file that cannot be used fails the load, naming it, and the running
 //! certificates stay.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -37,6 +37,40 @@ pub struct ListenerTls {
     pub tickets: bool,
     /// Sessions kept for resumption by ID; 0 turns the cache off.
     pub session_cache: usize,
+    /// A certificate obtained and renewed from an ACME server, served beside the files.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// The validated `acme` table of a TLS listener (ordering lives in the `acme` module).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AcmeConfig {
+    /// The directory URL of the ACME server.
+    pub directory: String,
+    pub email: Option<String>,
+    /// The names on the certificate (the first one names its files).
+    pub hosts: Vec<String>,
+    /// A PEM file of CAs to trust for the ACME server's own HTTPS (default: the system's);
+    /// an absolute path.
+    pub ca: Option<String>,
+    pub state_dir: PathBuf,
+    pub renew_before: std::time::Duration,
+}
+
+impl AcmeConfig {
+    /// The issued chain (PEM).
+    pub fn cert_path(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.crt.pem", self.hosts[0]))
+    }
+
+    /// The certificate's private key (PEM).
+    pub fn key_path(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.key.pem", self.hosts[0]))
+    }
+
+    /// Where this certificate came from, for `GET /certificates`.
+    pub fn source(&self) -> String {
+        format!("acme:{}", self.directory)
+    }
 }
 
 /// `client_auth = { ca = "...", mode = "required" | "optional" }`.
@@ -251,6 +285,7 @@ fn load(
     files: &CertFiles,
     base: &Path,
     provider: &CryptoProvider,
+    source: Option<String>,
 ) -> Result<(Loaded, CertInfo), String> {
     let cert_path = base.join(&files.cert);
     let key_path = base.join(&files.key);
@@ -271,7 +306,8 @@ fn load(
             .key_provider
             .load_private_key(key.clone_key())
             .is_ok_and(|k| k.algorithm() == rustls::SignatureAlgorithm::ECDSA);
-    let info = describe(&chain[0], format!("file:{}", cert_path.display()))?;
+    let source = source.unwrap_or_else(|| format!("file:{}", cert_path.display()));
+    let info = describe(&chain[0], source)?;
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         format!(
             "{} and {}: the key does not fit the certificate ({e})",
@@ -293,13 +329,22 @@ fn load(
 /// from one ticketer shared by every worker, a bounded session cache, no 0-RTT.
 pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, String> {
     let provider = provider();
-    let (certs, infos): (Vec<Loaded>, Vec<CertInfo>) = t
+    let mut loaded = t
         .certificates
         .iter()
-        .map(|f| load(f, base, &provider))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .unzip();
+        .map(|f| load(f, base, &provider, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The ACME certificate once there is one (until then, the files serve, or nothing).
+    let acme_files = t.acme.as_ref().and_then(|a| {
+        a.cert_path().is_file().then(|| CertFiles {
+            cert: a.cert_path().to_string_lossy().into_owned(),
+            key: a.key_path().to_string_lossy().into_owned(),
+        })
+    });
+    if let (Some(a), Some(f)) = (&t.acme, &acme_files) {
+        loaded.push(load(f, base, &provider, Some(a.source()))?);
+    }
+    let (certs, infos): (Vec<Loaded>, Vec<CertInfo>) = loaded.into_iter().unzip();
     let versions: &[&rustls::SupportedProtocolVersion] = if t.tls13_only {
         &[&rustls::version::TLS13]
     } else {
@@ -358,6 +403,7 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
     let files = t
         .certificates
         .iter()
+        .chain(acme_files.iter())
         .flat_map(|f| [base.join(&f.cert), base.join(&f.key)])
         .chain(t.client_auth.iter().map(|a| base.join(&a.ca)))
         .collect();

@@ -246,11 +246,13 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 6] = [
+const TEST_TOOLS: [(&str, &str); 7] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
     ("curl", "curl"),
+    // The ACME test server and its mock DNS (pebble-challtestsrv), for the ACME tests.
+    ("pebble", "pebble"),
     // The bench's same-work check runs against the proxies it compares with.
     ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),

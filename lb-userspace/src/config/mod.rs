@@ -404,19 +404,90 @@ pub fn restart_only_changes(old: &Config, new: &Config, buf_size: usize) -> Vec<
     out
 }
 
+/// Validates a listener's `acme` table.
+fn validate_acme(
+    a: &raw::RawAcme,
+    at: &str,
+    base: &Path,
+    errs: &mut Errors,
+) -> Option<crate::acme::AcmeConfig> {
+    let before = errs.0.len();
+    if !a.directory.starts_with("https://") || a.directory.len() <= "https://".len() {
+        errs.push(
+            format!("{at}.directory"),
+            format!(
+                "expected the ACME server's https:// directory URL, got {:?}",
+                a.directory
+            ),
+        );
+    }
+    if a.hosts.is_empty() {
+        errs.push(format!("{at}.hosts"), "expected at least one host name");
+    }
+    for (j, h) in a.hosts.iter().enumerate() {
+        let valid = matches!(
+            rustls_pki_types::ServerName::try_from(h.as_str()),
+            Ok(rustls_pki_types::ServerName::DnsName(_))
+        ) && !h.starts_with("*.")
+            && h.contains('.');
+        if !valid {
+            errs.push(
+                format!("{at}.hosts[{j}]"),
+                format!("expected a host name such as \"www.example.com\" (no wildcards: HTTP-01 cannot validate them), got {h:?}"),
+            );
+        }
+    }
+    if let Some(e) = &a.email {
+        if !e.contains('@') || e.contains(char::is_whitespace) {
+            errs.push(
+                format!("{at}.email"),
+                format!("expected an email address, got {e:?}"),
+            );
+        }
+    }
+    let renew_before = errs.duration(
+        &format!("{at}.renew_before"),
+        &a.renew_before,
+        crate::acme::DEFAULT_RENEW_BEFORE,
+    );
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(crate::acme::AcmeConfig {
+        directory: a.directory.clone(),
+        email: a.email.clone(),
+        hosts: a.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        ca: a
+            .ca
+            .as_ref()
+            .map(|c| base.join(c).to_string_lossy().into_owned()),
+        state_dir: base.join(
+            a.state_dir
+                .as_deref()
+                .unwrap_or(crate::acme::DEFAULT_STATE_DIR),
+        ),
+        renew_before,
+    })
+}
+
 /// Validates a listener's `tls` table (the files are read afterwards).
 fn validate_listener_tls(
     t: &raw::RawListenerTls,
     at: &str,
+    base: &Path,
     errs: &mut Errors,
 ) -> Option<crate::tls::ListenerTls> {
-    if t.certificates.is_empty() {
+    if t.certificates.is_empty() && t.acme.is_none() {
         errs.push(
             format!("{at}.certificates"),
-            "expected at least one { cert = \"...\", key = \"...\" }",
+            "expected at least one { cert = \"...\", key = \"...\" }, or an acme table",
         );
         return None;
     }
+    let acme = t
+        .acme
+        .as_ref()
+        .and_then(|a| validate_acme(a, &format!("{at}.acme"), base, errs));
     let tls13_only = match t.min_version.as_deref() {
         None | Some("1.2") => false,
         Some("1.3") => true,
@@ -441,6 +512,7 @@ fn validate_listener_tls(
         tls13_only,
         tickets: t.tickets.unwrap_or(true),
         session_cache: t.session_cache.unwrap_or(crate::tls::DEFAULT_SESSION_CACHE),
+        acme,
         client_auth: t.client_auth.as_ref().map(|c| crate::tls::ClientAuth {
             ca: c.ca.clone(),
             required: match c.mode.as_deref() {
@@ -521,10 +593,9 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
                 "expected a backlog of at least 1",
             );
         }
-        let tls = l
-            .tls
-            .as_ref()
-            .and_then(|t| validate_listener_tls(t, &format!("listeners[{i}].tls"), &mut errs));
+        let tls = l.tls.as_ref().and_then(|t| {
+            validate_listener_tls(t, &format!("listeners[{i}].tls"), base, &mut errs)
+        });
         let built = tls.as_ref().and_then(|t| {
             crate::tls::server_config(t, base)
                 .map(std::sync::Arc::new)

@@ -111,7 +111,10 @@ pub struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTls {
+    #[serde(default)]
     pub certificates: Vec<RawCertFiles>,
+    /// Certificates obtained and renewed from an ACME server.
+    pub acme: Option<RawAcme>,
     /// Refuse handshakes without SNI (default false: they get the first certificate).
     pub require_sni: Option<bool>,
     /// `"1.2"` (default) or `"1.3"`.
@@ -122,6 +125,21 @@ pub struct RawListenerTls {
     pub tickets: Option<bool>,
     /// Sessions kept for resumption by ID (default 10000; 0 turns the cache off).
     pub session_cache: Option<usize>,
+}
+
+/// `acme = { directory = "https://...", email = "...", hosts = ["www.example.com"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: String,
+    pub email: Option<String>,
+    pub hosts: Vec<String>,
+    /// CAs to trust for the ACME server's HTTPS (default: the system's).
+    pub ca: Option<String>,
+    /// Where the account key and certificates are kept (default /var/lib/lb/acme).
+    pub state_dir: Option<String>,
+    /// Renew this long before expiry (default 30 days).
+    pub renew_before: Option<String>,
 }
 
 /// `client_auth = { ca = "clients-ca.pem", mode = "required" }`.

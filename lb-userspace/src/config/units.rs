@@ -23,9 +23,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
-                "unknown duration unit {unit:?} in {text:?}: expected ms, s, m or h"
+                "unknown duration unit {unit:?} in {text:?}: expected ms, s, m, h or d"
             ))
         }
     };

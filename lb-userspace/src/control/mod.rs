@@ -3,6 +3,7 @@
 //! the workers report. Workers read the snapshots it publishes; nothing here is on the
 //! request path.
 
+pub mod acme;
 pub mod health;
 
 use std::path::{Path, PathBuf};

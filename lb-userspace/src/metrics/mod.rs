@@ -328,10 +328,18 @@ pub fn register_at_zero(refusal_reasons: &[&'static str]) {
     for reason in refusal_reasons {
         counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => *reason).increment(0);
     }
+    for result in ["issued", "failed"] {
+        counter!(ACME_ORDERS_TOTAL, "result" => result).increment(0);
+    }
     for result in ["ok", "error"] {
         counter!(TLS_HANDSHAKES_TOTAL, "result" => result, "version" => "none", "resumed" => "false")
             .increment(0);
     }
+}
+
+/// Counts an ACME order that ended with a certificate, or failed.
+pub fn acme_order(issued: bool) {
+    counter!(ACME_ORDERS_TOTAL, "result" => if issued { "issued" } else { "failed" }).increment(1);
 }
 
 /// Counts a finished (or failed) TLS handshake; `took` only for finished ones.

@@ -61,6 +61,8 @@ pub const TLS_HANDSHAKE_SECONDS: &str = "lb_tls_handshake_duration_seconds";
 /// Seconds until each certificate in service expires (negative once expired), by
 /// `listener` and `certificate` (its first name).
 pub const TLS_CERT_EXPIRY_SECONDS: &str = "lb_tls_certificate_expiry_seconds";
+/// Certificates ordered from ACME servers, by `result` (`issued`, `failed`).
+pub const ACME_ORDERS_TOTAL: &str = "lb_acme_orders_total";
 
 /// Buckets of every `_seconds` histogram: 0.5 ms to 10 s.
 pub const SECONDS_BUCKETS: [f64; 14] = [

@@ -100,6 +100,9 @@ pub(super) fn plan_request(
         close_after_error: req.framing != Framing::None || !req.keep_alive,
     };
     admit_head(snap, &h)?;
+    if let Some(d) = acme_challenge(&h, out) {
+        return Ok(Some(d));
+    }
     if let Some(d) = redirect_to_https(snap, &h, client, out) {
         return Ok(Some(d));
     }
@@ -133,6 +136,31 @@ fn admit_head(snap: &Snapshot, h: &Head<'_, '_, '_>) -> Result<(), Reject> {
         ));
     }
     Ok(())
+}
+
+/// An ACME server checking an HTTP-01 challenge of an order lb has in progress gets the key
+/// authorization, on any listener and before any route or redirect. Other requests for the
+/// path go on as usual.
+fn acme_challenge(h: &Head<'_, '_, '_>, out: &mut Vec<u8>) -> Option<Decision> {
+    let req = h.req;
+    let token = req.path.strip_prefix(crate::acme::CHALLENGE_PREFIX)?;
+    if req.method != Method::Get && req.method != Method::Head {
+        return None;
+    }
+    let answer = crate::acme::challenge_answer(token)?;
+    let keep = !h.close_after_error;
+    let what = head::LocalResponse {
+        status: 200,
+        content_type: "application/octet-stream",
+        location: None,
+        body: answer.as_bytes(),
+    };
+    head::write_bare_response(out, &what, req.method == Method::Head, keep, req.minor);
+    Some(Decision::Local {
+        head_len: req.head_len,
+        keep_alive: keep,
+        status: 200,
+    })
 }
 
 /// A plain-text listener that sends everything to HTTPS answers 308 with the same host and

@@ -1,0 +1,204 @@
+//! Certificates that manage themselves: `[[listeners]] tls = { acme = { ... } }` obtains a
+//! certificate for the configured hosts from an ACME server (RFC 8555) with the HTTP-01
+//! challenge, answered by lb's own listeners, and renews it before it expires.
+//!
+//! The account key and the issued certificate and key live under a state directory, so a
+//! restart serves the stored certificate instead of ordering a new one. Issuance runs on a
+//! control thread (`control::acme`); a new certificate is written to disk, then a reload
+//! puts it in service. A failed order keeps the old certificate.
+
+pub mod client;
+mod jws;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Renew this long before the certificate expires, by default.
+pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+/// Where the account key and certificates are kept, by default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lb/acme";
+/// The path prefix of HTTP-01 challenge requests.
+pub const CHALLENGE_PREFIX: &[u8] = b"/.well-known/acme-challenge/";
+
+pub use crate::tls::AcmeConfig;
+
+/// The account key for `a`'s directory (one account per ACME server).
+fn account_key_path(a: &AcmeConfig) -> PathBuf {
+    a.state_dir.join(format!(
+        "account-{:016x}.key.der",
+        crate::hash::fnv1a_of(a.directory.as_bytes())
+    ))
+}
+
+/// HTTP-01 key authorizations being published, by token.
+static CHALLENGES: RwLock<Option<HashMap<String, String>>> = RwLock::new(None);
+
+/// The key authorization to answer `GET /.well-known/acme-challenge/<token>` with, if an
+/// order in progress published one.
+pub fn challenge_answer(token: &[u8]) -> Option<String> {
+    let map = CHALLENGES.read().unwrap_or_else(|p| p.into_inner());
+    let token = std::str::from_utf8(token).ok()?;
+    map.as_ref()?.get(token).cloned()
+}
+
+/// Publishes challenge answers through the process-wide map the listeners read.
+struct Published;
+
+impl client::Challenges for Published {
+    fn publish(&self, token: &str, key_authorization: &str) {
+        let mut map = CHALLENGES.write().unwrap_or_else(|p| p.into_inner());
+        map.get_or_insert_with(HashMap::new)
+            .insert(token.to_string(), key_authorization.to_string());
+    }
+
+    fn withdraw(&self, token: &str) {
+        let mut map = CHALLENGES.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = map.as_mut() {
+            m.remove(token);
+        }
+    }
+}
+
+/// Why the certificate for `a` needs ordering now, or `None` if the stored one is good
+/// for longer than `renew_before`.
+pub fn due(a: &AcmeConfig) -> Option<String> {
+    let pem = match std::fs::read(a.cert_path()) {
+        Ok(p) => p,
+        Err(_) => return Some("no certificate yet".into()),
+    };
+    let Some(not_after) = not_after(&pem) else {
+        return Some(format!(
+            "{} is not a readable certificate",
+            a.cert_path().display()
+        ));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = not_after - now;
+    (left < a.renew_before.as_secs() as i64).then(|| {
+        format!(
+            "the certificate expires in {} days, within renew_before",
+            left.max(0) / 86_400
+        )
+    })
+}
+
+/// The leaf's not-after, in Unix seconds.
+fn not_after(pem: &[u8]) -> Option<i64> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Orders a certificate for `a` and stores it with its key.
+pub fn issue(a: &AcmeConfig) -> Result<(), String> {
+    std::fs::create_dir_all(&a.state_dir).map_err(|e| format!("{}: {e}", a.state_dir.display()))?;
+    let tls = crate::upstream::tls::client_config(
+        &crate::upstream::tls::UpstreamTls {
+            ca: a.ca.clone(),
+            server_name: None,
+            client_cert: None,
+            verify: true,
+        },
+        Path::new("/"),
+    )?;
+    let key = account_key(a)?;
+    let mut session = client::Acme::connect(client::Http::new(tls.config), &a.directory, &key)?;
+    session.account(a.email.as_deref())?;
+    let cert_key = rcgen::KeyPair::generate().map_err(|e| format!("certificate key: {e}"))?;
+    let csr = rcgen::CertificateParams::new(a.hosts.clone())
+        .and_then(|p| p.serialize_request(&cert_key))
+        .map_err(|e| format!("certificate request: {e}"))?;
+    let chain = session.order(&a.hosts, csr.der(), &Published)?;
+    if not_after(chain.as_bytes()).is_none() {
+        return Err("the CA returned no readable certificate".into());
+    }
+    // The key first: a reader that sees the new chain finds its key in place.
+    write_private(&a.key_path(), cert_key.serialize_pem().as_bytes())?;
+    write_atomic(&a.cert_path(), chain.as_bytes(), 0o644)
+}
+
+/// The stored account key for the directory, or a new one (stored).
+fn account_key(a: &AcmeConfig) -> Result<jws::AccountKey, String> {
+    let path = account_key_path(a);
+    match std::fs::read(&path) {
+        Ok(der) => {
+            jws::AccountKey::from_pkcs8(&der).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (key, der) = jws::AccountKey::generate()?;
+            write_private(&path, &der)?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
+    write_atomic(path, data, 0o600)
+}
+
+/// Writes `data` to a temporary file beside `path` and renames it over `path`, so a
+/// reader sees the old file or the new one, never half of one.
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_expiring_certificate_is_due() {
+        let dir = std::env::temp_dir().join(format!("lb-acme-due-{}", std::process::id()));
+        let mut a = AcmeConfig {
+            directory: "https://ca/dir".into(),
+            email: None,
+            hosts: vec!["site.test".into()],
+            ca: None,
+            state_dir: dir.clone(),
+            renew_before: DEFAULT_RENEW_BEFORE,
+        };
+        assert_eq!(due(&a).as_deref(), Some("no certificate yet"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["site.test".to_string()]).expect("p");
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let cert = params.self_signed(&key).expect("cert");
+        write_atomic(&a.cert_path(), cert.pem().as_bytes(), 0o644).expect("write");
+        assert_eq!(due(&a), None, "good for decades");
+        a.renew_before = Duration::from_secs(200 * 365 * 86_400);
+        assert!(due(&a).is_some_and(|r| r.contains("within renew_before")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn published_answers_are_served_until_withdrawn() {
+        use client::Challenges;
+        Published.publish("tok-1", "tok-1.thumb");
+        assert_eq!(challenge_answer(b"tok-1").as_deref(), Some("tok-1.thumb"));
+        assert_eq!(challenge_answer(b"tok-2"), None);
+        Published.withdraw("tok-1");
+        assert_eq!(challenge_answer(b"tok-1"), None);
+    }
+}
