@@ -6,6 +6,8 @@
 //! renewed files; a file that cannot be used fails the load, naming it, and the running
 //! certificates stay.
 
+pub mod tickets;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,8 +35,10 @@ pub struct ListenerTls {
     pub tls13_only: bool,
     /// Client certificates (mTLS): the CA file that issues them, and whether one is required.
     pub client_auth: Option<ClientAuth>,
-    /// Resumption by session tickets (keys shared by every worker, rotated every 6 hours).
+    /// Resumption by session tickets (keys shared by every worker).
     pub tickets: bool,
+    /// How often the ticket key changes; a ticket opens for up to twice this.
+    pub ticket_rotation: std::time::Duration,
     /// Sessions kept for resumption by ID; 0 turns the cache off.
     pub session_cache: usize,
     /// A certificate obtained and renewed from an ACME server, served beside the files.
@@ -393,7 +397,7 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
     }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     if t.tickets {
-        config.ticketer = ticketer(&t.client_auth, base)?;
+        config.ticketer = ticketer(&t.client_auth, t.ticket_rotation, base)?;
     }
     config.session_storage = if t.session_cache == 0 {
         Arc::new(rustls::server::NoServerSessionStorage {})
@@ -418,10 +422,11 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
 /// distinct setting and kept for the process, so a reload (or a renewed certificate) does
 /// not invalidate the tickets clients hold, while a ticket issued under one client-auth
 /// policy never resumes under another (a session begun without a client certificate must
-/// not skip a policy that now requires one). rustls rotates the keys every 6 hours, keeping
-/// the previous key for the tickets it issued.
+/// not skip a policy that now requires one). The keys rotate every `rotation`
+/// ([`tickets::RotatingTickets`]); a changed period makes a new ticketer.
 fn ticketer(
     auth: &Option<ClientAuth>,
+    rotation: std::time::Duration,
     base: &Path,
 ) -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
     type Ticketers = std::collections::HashMap<u64, Arc<dyn rustls::server::ProducesTickets>>;
@@ -434,15 +439,20 @@ fn ticketer(
             crate::hash::fnv1a(h, &[u8::from(a.required) + 1])
         }
     };
+    let key = crate::hash::fnv1a(key, &rotation.as_secs().to_le_bytes());
     let mut all = TICKETERS.lock().unwrap_or_else(|p| p.into_inner());
     let all = all.get_or_insert_with(Default::default);
     if let Some(t) = all.get(&key) {
         return Ok(t.clone());
     }
-    let t = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+    let t: Arc<dyn rustls::server::ProducesTickets> =
+        Arc::new(tickets::RotatingTickets::new(rotation)?);
     all.insert(key, t.clone());
     Ok(t)
 }
+
+/// How often ticket keys rotate, by default.
+pub const DEFAULT_TICKET_ROTATION: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 /// Sessions kept for resumption by ID (clients that do not use tickets), by default.
 pub const DEFAULT_SESSION_CACHE: usize = 10_000;

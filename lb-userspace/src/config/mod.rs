@@ -488,6 +488,17 @@ fn validate_listener_tls(
         .acme
         .as_ref()
         .and_then(|a| validate_acme(a, &format!("{at}.acme"), base, errs));
+    let ticket_rotation = errs.duration(
+        &format!("{at}.ticket_rotation"),
+        &t.ticket_rotation,
+        crate::tls::DEFAULT_TICKET_ROTATION,
+    );
+    if !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400)).contains(&ticket_rotation) {
+        errs.push(
+            format!("{at}.ticket_rotation"),
+            "expected a period from \"1m\" to \"7d\"",
+        );
+    }
     let tls13_only = match t.min_version.as_deref() {
         None | Some("1.2") => false,
         Some("1.3") => true,
@@ -511,6 +522,7 @@ fn validate_listener_tls(
         require_sni: t.require_sni.unwrap_or(false),
         tls13_only,
         tickets: t.tickets.unwrap_or(true),
+        ticket_rotation,
         session_cache: t.session_cache.unwrap_or(crate::tls::DEFAULT_SESSION_CACHE),
         acme,
         client_auth: t.client_auth.as_ref().map(|c| crate::tls::ClientAuth {

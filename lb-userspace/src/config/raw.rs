@@ -123,6 +123,8 @@ pub struct RawListenerTls {
     pub client_auth: Option<RawClientAuth>,
     /// Resumption by session tickets (default true).
     pub tickets: Option<bool>,
+    /// How often the ticket key rotates (default "6h"; from "1m" to "7d").
+    pub ticket_rotation: Option<String>,
     /// Sessions kept for resumption by ID (default 10000; 0 turns the cache off).
     pub session_cache: Option<usize>,
 }
