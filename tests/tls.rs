@@ -469,6 +469,58 @@ fn renewed_files_are_picked_up_and_broken_ones_refused() {
     wait_until("the renewed certificate to be served", || {
         served_cert(&both, lb.addr, "a.test") == Some(v2[0].clone())
     });
+    // Rotation under load: clients making new connections throughout, none fails; once
+    // the new certificate is in service every new connection gets it.
+    let rotated = scratch_dir("tls-renew-3");
+    let v3 = make_certs(&rotated, &[&["a.test"]]);
+    let all = client_config(&[&dir, &renewed, &rotated], None);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, client, addr) = (stop.clone(), all.clone(), lb.addr);
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && ok < 20_000 {
+                    let (answer, _, _) = tls_request(&client, addr, "a.test", "/", "");
+                    if answer.starts_with("HTTP/1.1 200") {
+                        ok += 1;
+                    } else {
+                        failed.push(answer);
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    wait_until("load to start", || {
+        metric(&lb.scrape(), "lb_tls_handshakes_total", &[("result", "ok")]) > 20.0
+    });
+    for f in ["leaf0.key", "leaf0.pem"] {
+        std::fs::copy(rotated.join(f), dir.join(format!("{f}.new"))).expect("copy");
+        std::fs::rename(dir.join(format!("{f}.new")), dir.join(f)).expect("rename");
+    }
+    wait_until("the third certificate under load", || {
+        served_cert(&all, lb.addr, "a.test") == Some(v3[0].clone())
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for t in load {
+        let (ok, failed) = t.join().expect("load thread");
+        total += ok;
+        assert!(
+            failed.is_empty(),
+            "requests failed during rotation: {failed:?}"
+        );
+    }
+    assert!(total > 20, "the load ran: {total}");
+    // Back to the renewed certificate for the broken-file check below.
+    for f in ["leaf0.key", "leaf0.pem"] {
+        std::fs::copy(renewed.join(f), dir.join(format!("{f}.new"))).expect("copy");
+        std::fs::rename(dir.join(format!("{f}.new")), dir.join(f)).expect("rename");
+    }
+    wait_until("the renewed certificate again", || {
+        served_cert(&both, lb.addr, "a.test") == Some(v2[0].clone())
+    });
     std::fs::write(dir.join("leaf0.pem"), "not a certificate").expect("break");
     wait_until("the broken file to be refused", || {
         lb.log().contains("the running certificates stay")
@@ -476,6 +528,7 @@ fn renewed_files_are_picked_up_and_broken_ones_refused() {
     assert_eq!(served_cert(&both, lb.addr, "a.test"), Some(v2[0].clone()));
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&renewed);
+    let _ = std::fs::remove_dir_all(&rotated);
 }
 
 /// A client CA and one client certificate issued by it, as rustls client auth material.
@@ -865,5 +918,414 @@ fn upstream_tls_verifies_pools_and_names_failures() {
     let (_, all) = lb.admin("GET", "/clusters");
     assert_eq!(health("hc-good"), true, "{all}\n{}", lb.log());
     drop(nginx);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `openssl s_client` against `addr` with `args`, sends `input`, and returns what it
+/// printed (stdout and stderr). Bounded: a client still running after 10 s is killed.
+fn s_client(addr: std::net::SocketAddr, args: &[&str], input: &str) -> String {
+    use std::process::Stdio;
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .args(["-connect", &addr.to_string(), "-ign_eof"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("output");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn request_for(host: &str) -> String {
+    format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+}
+
+/// Python's `ssl` module as a client: prints the version, ALPN, the certificate's CN and
+/// the status line, as JSON.
+fn python_tls(addr: std::net::SocketAddr, ca: &Path, sni: &str, extra: &str) -> serde_json::Value {
+    let script = format!(
+        "import json, socket, ssl\n\
+         ctx = ssl.create_default_context(cafile={ca:?})\n\
+         ctx.set_alpn_protocols(['http/1.1'])\n\
+         hdr = b''\n\
+         {extra}\n\
+         with socket.create_connection(('127.0.0.1', {port})) as raw:\n\
+         \x20   with ctx.wrap_socket(raw, server_hostname={sni:?}) as s:\n\
+         \x20       cn = [v for rdn in s.getpeercert()['subject'] for (k, v) in rdn if k == 'commonName']\n\
+         \x20       seen = {{'version': s.version(), 'alpn': s.selected_alpn_protocol(), 'cn': cn[0]}}\n\
+         \x20       s.sendall(b'GET / HTTP/1.1\\r\\nHost: {sni}\\r\\n' + hdr + b'Connection: close\\r\\n\\r\\n')\n\
+         \x20       data = b''\n\
+         \x20       while True:\n\
+         \x20           chunk = s.recv(65536)\n\
+         \x20           if not chunk: break\n\
+         \x20           data += chunk\n\
+         \x20       print(json.dumps({{**seen, 'status': data.split(b'\\r\\n')[0].decode(), 'body': data.decode(errors='replace')}}))\n",
+        ca = ca.display().to_string(),
+        port = addr.port(),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(
+        |_| serde_json::json!({ "error": String::from_utf8_lossy(&out.stderr).into_owned() }),
+    )
+}
+
+/// openssl and Python's ssl against a two-certificate listener: SNI picks the certificate,
+/// a client without SNI gets the first one (or nothing with `require_sni`), ALPN says
+/// http/1.1, and TLS 1.2 and 1.3 both work.
+#[test]
+fn openssl_and_python_see_sni_alpn_and_both_versions() {
+    let dir = scratch_dir("tls-clients");
+    make_certs(&dir, &[&["a.test"], &["b.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let text = tls_config(&dir, backend.addr, 2);
+    let lb = Lb::start(&text);
+    let ca = dir.join("ca.pem");
+    let ca_arg = ca.display().to_string();
+    for (name, version, flag) in [
+        ("b.test", "TLSv1.2", "-tls1_2"),
+        ("a.test", "TLSv1.3", "-tls1_3"),
+    ] {
+        let out = s_client(
+            lb.addr,
+            &[
+                "-servername",
+                name,
+                flag,
+                "-alpn",
+                "http/1.1",
+                "-CAfile",
+                &ca_arg,
+            ],
+            &request_for(name),
+        );
+        assert!(out.contains(&format!("subject=CN = {name}")), "{out}");
+        assert!(out.contains(&format!("Protocol  : {version}")), "{out}");
+        assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+        assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+        assert!(out.contains("HTTP/1.1 200 OK"), "{out}");
+    }
+    let out = s_client(
+        lb.addr,
+        &["-noservername", "-CAfile", &ca_arg],
+        &request_for("x"),
+    );
+    assert!(
+        out.contains("subject=CN = a.test"),
+        "no SNI: the first certificate\n{out}"
+    );
+
+    for (sni, extra, version) in [
+        (
+            "b.test",
+            "ctx.maximum_version = ssl.TLSVersion.TLSv1_2",
+            "TLSv1.2",
+        ),
+        ("a.test", "", "TLSv1.3"),
+    ] {
+        let v = python_tls(lb.addr, &ca, sni, extra);
+        assert_eq!(v["version"], version, "{v}");
+        assert_eq!(v["alpn"], "http/1.1", "{v}");
+        assert_eq!(v["cn"], sni, "{v}");
+        assert_eq!(v["status"], "HTTP/1.1 200 OK", "{v}");
+    }
+    drop(lb);
+
+    let strict = Lb::start(&text.replace(
+        "tls = { certificates",
+        "tls = { require_sni = true, certificates",
+    ));
+    let out = s_client(
+        strict.addr,
+        &["-noservername", "-CAfile", &ca_arg],
+        &request_for("x"),
+    );
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("alert"), "refused with an alert: {out}");
+    let out = s_client(
+        strict.addr,
+        &["-servername", "b.test", "-CAfile", &ca_arg],
+        &request_for("b.test"),
+    );
+    assert!(out.contains("HTTP/1.1 200 OK"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Connections accepted so far by each worker (`GET /steering`).
+fn accepted_by_worker(lb: &Lb) -> Vec<u64> {
+    let (_, v) = lb.admin("GET", "/steering");
+    v["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| w["accepted"].as_u64().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The worker that accepted the connection `f` made (the one whose count went up by one).
+fn on_worker(lb: &Lb, f: impl FnOnce() -> String) -> (usize, String) {
+    let before = accepted_by_worker(lb);
+    let out = f();
+    let mut after = accepted_by_worker(lb);
+    // The admin connection itself is not a listener connection; wait for the count.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while after.iter().sum::<u64>() == before.iter().sum::<u64>()
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        after = accepted_by_worker(lb);
+    }
+    let w = (0..after.len())
+        .find(|&i| after[i] > before.get(i).copied().unwrap_or(0))
+        .unwrap_or_else(|| panic!("a worker accepted the connection: {before:?} {after:?} {out}"));
+    (w, out)
+}
+
+/// A ticket from one worker resumes on another: the ticket keys are shared. Checked with
+/// `openssl s_client -sess_out/-sess_in` and the per-worker accept counters.
+#[test]
+fn a_session_resumes_on_another_worker() {
+    let dir = scratch_dir("tls-resume-workers");
+    make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&tls_config(&dir, backend.addr, 1));
+    let sess = dir.join("session.pem");
+    let ca = dir.join("ca.pem").display().to_string();
+    let sess_arg = sess.display().to_string();
+    let (first, out) = on_worker(&lb, || {
+        s_client(
+            lb.addr,
+            &[
+                "-servername",
+                "a.test",
+                "-CAfile",
+                &ca,
+                "-sess_out",
+                &sess_arg,
+            ],
+            &request_for("a.test"),
+        )
+    });
+    assert!(out.contains("New, TLSv1.3"), "{out}");
+    let mut elsewhere = None;
+    for _ in 0..40 {
+        let (w, out) = on_worker(&lb, || {
+            s_client(
+                lb.addr,
+                &[
+                    "-servername",
+                    "a.test",
+                    "-CAfile",
+                    &ca,
+                    "-sess_in",
+                    &sess_arg,
+                ],
+                &request_for("a.test"),
+            )
+        });
+        assert!(
+            out.contains("Reused, TLSv1.3"),
+            "resumed on worker {w}: {out}"
+        );
+        assert!(out.contains("HTTP/1.1 200 OK"), "{out}");
+        if w != first {
+            elsewhere = Some(w);
+            break;
+        }
+    }
+    assert!(
+        elsewhere.is_some(),
+        "40 resumptions all landed on worker {first}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// mTLS with Python's ssl: required refuses a client without a certificate, optional lets it
+/// in, and a forged client-certificate header never reaches the backend.
+#[test]
+fn python_mtls_required_optional_and_forged() {
+    let dir = scratch_dir("tls-py-mtls");
+    make_certs(&dir, &[&["a.test"]]);
+    let (chain, key) = client_identity(&dir, "py-client");
+    let pem = |der: &[u8], label: &str| {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or(""))
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    };
+    std::fs::write(
+        dir.join("client.pem"),
+        pem(chain[0].as_ref(), "CERTIFICATE"),
+    )
+    .expect("write");
+    std::fs::write(dir.join("client.key"), pem(key.secret_der(), "PRIVATE KEY")).expect("write");
+    let backend = Backend::start(echo("b")).expect("backend");
+    let ca = dir.join("ca.pem");
+    let forged = "hdr = b'X-Forwarded-Client-Cert: Hash=forged;Subject=\\\"CN=admin\\\"\\r\\n'";
+    let with_cert = format!(
+        "{forged}\nctx.load_cert_chain({:?}, {:?})",
+        dir.join("client.pem").display().to_string(),
+        dir.join("client.key").display().to_string()
+    );
+    for mode in ["required", "optional"] {
+        let text = tls_config(&dir, backend.addr, 1).replace(
+            "tls = { certificates",
+            &format!(
+                "tls = {{ client_auth = {{ ca = \"{}\", mode = \"{mode}\" }}, certificates",
+                dir.join("clients-ca.pem").display()
+            ),
+        );
+        let lb = Lb::start(&text);
+        let v = python_tls(lb.addr, &ca, "a.test", &with_cert);
+        assert_eq!(v["status"], "HTTP/1.1 200 OK", "{mode}: {v}");
+        let body = v["body"].as_str().unwrap_or("");
+        assert!(
+            body.contains("Subject=\\\"CN=py-client\\\""),
+            "{mode}: {body}"
+        );
+        assert!(
+            !body.contains("forged"),
+            "{mode}: the client's copy is dropped: {body}"
+        );
+        let v = python_tls(lb.addr, &ca, "a.test", forged);
+        if mode == "required" {
+            let error = v["error"].as_str().unwrap_or("").to_ascii_lowercase();
+            assert!(error.contains("certificate required"), "required: {v}");
+        } else {
+            assert_eq!(v["status"], "HTTP/1.1 200 OK", "optional: {v}");
+            let body = v["body"].as_str().unwrap_or("");
+            assert!(
+                !body.contains("forged") && !body.contains("CN=admin"),
+                "{v}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The first flight of a TLS client (its ClientHello), as bytes.
+fn client_hello(dir: &Path) -> Vec<u8> {
+    let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+    let mut conn = rustls::ClientConnection::new(client_trusting(dir), name).expect("client");
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).expect("hello");
+    out
+}
+
+/// True if lb closes `s` (EOF or reset, after any alert) within `bound`.
+fn closed_within(s: &mut TcpStream, bound: std::time::Duration) -> bool {
+    s.set_read_timeout(Some(bound)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Hostile handshakes: garbage before the ClientHello and a truncated handshake are
+/// closed; a client that stalls mid-handshake is closed by the handshake (header) timeout;
+/// 1,000 half-open handshakes later lb still serves, and they are all closed in time.
+#[test]
+fn hostile_handshakes_are_closed_and_lb_keeps_serving() {
+    let dir = scratch_dir("tls-hostile");
+    make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let text = tls_config(&dir, backend.addr, 1).replace(
+        "[[clusters]]",
+        "[http]\nclient_header_timeout = \"1s\"\n\n[[clusters]]",
+    );
+    let lb = Lb::start(&text);
+    let client = client_trusting(&dir);
+    let hello = client_hello(&dir);
+    let serves = || {
+        tls_request(&client, lb.addr, "a.test", "/", "")
+            .0
+            .starts_with("HTTP/1.1 200")
+    };
+    let bound = std::time::Duration::from_secs(5);
+
+    let mut garbage = TcpStream::connect(lb.addr).expect("tcp");
+    garbage
+        .write_all(b"\x00\x01\x02garbage\xff\xfe")
+        .expect("write");
+    garbage.write_all(&hello).expect("write");
+    assert!(closed_within(&mut garbage, bound), "garbage first: closed");
+
+    let mut truncated = TcpStream::connect(lb.addr).expect("tcp");
+    truncated
+        .write_all(&hello[..hello.len() / 2])
+        .expect("write");
+    truncated
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    assert!(closed_within(&mut truncated, bound), "truncated: closed");
+
+    let started = std::time::Instant::now();
+    let mut stalled = TcpStream::connect(lb.addr).expect("tcp");
+    stalled.write_all(&hello[..hello.len() / 2]).expect("write");
+    assert!(
+        closed_within(&mut stalled, bound),
+        "stalled: closed by the timeout"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "not before the timeout"
+    );
+    assert!(serves());
+
+    let mut half_open = Vec::new();
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(lb.addr).expect("tcp");
+        s.write_all(&hello[..hello.len() / 2]).expect("write");
+        half_open.push(s);
+    }
+    assert!(serves(), "lb serves beside 1,000 half-open handshakes");
+    for s in &mut half_open {
+        assert!(
+            closed_within(s, bound),
+            "every half-open handshake is closed in time"
+        );
+    }
+    assert!(serves());
+    wait_until("the failed handshakes to be counted", || {
+        let s = lb.scrape();
+        metric(&s, "lb_tls_handshakes_total", &[("result", "error")]) >= 1.0
+            && metric(&s, "lb_tls_handshakes_total", &[("result", "incomplete")]) >= 1002.0
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }

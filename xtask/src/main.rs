@@ -246,11 +246,14 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 7] = [
+const TEST_TOOLS: [(&str, &str); 9] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
     ("curl", "curl"),
+    // TLS clients the tests drive besides curl.
+    ("openssl", "openssl"),
+    ("python3", "python3"),
     // The ACME test server and its mock DNS (pebble-challtestsrv), for the ACME tests.
     ("pebble", "pebble"),
     // The bench's same-work check runs against the proxies it compares with.
