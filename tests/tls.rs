@@ -1329,3 +1329,28 @@ fn hostile_handshakes_are_closed_and_lb_keeps_serving() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A connection lb closes (the client asked for `Connection: close`) ends with a TLS
+/// `close_notify`, not a bare TCP close: clients can tell a complete answer from a cut one,
+/// and OpenSSL clients keep the session for resumption.
+#[test]
+fn a_closed_connection_ends_with_close_notify() {
+    let dir = scratch_dir("tls-close-notify");
+    make_certs(&dir, &[&["a.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&tls_config(&dir, backend.addr, 1));
+    let name = rustls_pki_types::ServerName::try_from("a.test").expect("name");
+    let conn = rustls::ClientConnection::new(client_trusting(&dir), name).expect("client");
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(lb.addr).expect("tcp"));
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = Vec::new();
+    let end = tls.read_to_end(&mut answer);
+    assert!(
+        end.is_ok(),
+        "the session ended cleanly: {end:?} after {} bytes",
+        answer.len()
+    );
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

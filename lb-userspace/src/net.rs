@@ -560,6 +560,21 @@ impl BufConn {
         let _ = self.stream.shutdown().await;
     }
 
+    /// Ends a TLS session cleanly before the connection closes: a `close_notify` alert,
+    /// written within `timeout`. Without it clients see a truncated connection, and OpenSSL
+    /// clients then refuse to resume the session. A no-op for plain connections and for
+    /// sessions still in their handshake.
+    pub async fn close_notify(&mut self, timeout: Duration) {
+        let Some(t) = self.tls.as_mut() else {
+            return;
+        };
+        if t.conn.is_handshaking() {
+            return;
+        }
+        t.conn.send_close_notify();
+        let _ = self.flush_tls(timeout).await;
+    }
+
     /// Encrypts `data` and writes it, in pieces as the session's buffer allows.
     async fn send_tls(&mut self, data: &[u8], timeout: Duration) -> Result<(), IoFail> {
         use std::io::Write;

@@ -2,6 +2,10 @@
 //! pinning (proxy on core 0; backend and load generator on core 1), each scenario in
 //! interleaved rounds, medians reported with ratios. Writes JSON and Markdown reports.
 //!
+//! The TLS scenarios (`tls_*`) run the same proxies on a second listener each, with one
+//! ECDSA P-256 certificate made at start, TLS 1.3 negotiated by the clients (wrk and
+//! `openssl s_time`, both on Debian's OpenSSL).
+//!
 //! Usage: lb-bench --lb PATH --hello PATH --out DIR [--seconds N] [--rounds N]
 //!                 [--scenario NAME]... [--proxy NAME]... [--base-port P] [--idle N]
 //!                 [--no-profile] [--check-only]
@@ -42,12 +46,17 @@ pub struct Opts {
     pub fd_limit: u64,
 }
 
-pub const ALL_SCENARIOS: [&str; 5] = [
+pub const ALL_SCENARIOS: [&str; 10] = [
     "small_keepalive",
     "response_16k",
     "upload_1m",
     "new_connection",
     "idle_connections",
+    "tls_handshake",
+    "tls_resumed",
+    "tls_keepalive",
+    "tls_16k",
+    "tls_idle",
 ];
 pub const ALL_PROXIES: [&str; 3] = ["lb", "nginx", "haproxy"];
 

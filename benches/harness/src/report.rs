@@ -155,6 +155,76 @@ pub fn build(opts: &Opts, run: &Run) -> Value {
             tail["rounds"] = json!(by_round("nginx", |s| s.fixed_rate.map_or(0.0, |f| f.2)));
             targets.push(tail);
         }
+        if name == "tls_handshake" {
+            // Handshakes per CPU-second: the inverse ratio of CPU per handshake, which the
+            // load side (sharing a core with the backend) cannot cap.
+            for (other, label, want, ok) in [
+                (
+                    "nginx",
+                    "full TLS handshakes per core vs nginx",
+                    ">= 1.5",
+                    (|x| x >= 1.5) as fn(f64) -> bool,
+                ),
+                (
+                    "haproxy",
+                    "full TLS handshakes per core vs HAProxy",
+                    ">= 1.3",
+                    |x| x >= 1.3,
+                ),
+            ] {
+                let per_core = ratio(other, "cpu_us_per_req")
+                    .filter(|r| *r > 0.0)
+                    .map(|r| 1.0 / r);
+                let mut v = t(label, per_core, want, ok);
+                v["rounds"] = json!(by_round(other, |s| s.cpu_us_per_req)
+                    .into_iter()
+                    .filter(|r| *r > 0.0)
+                    .map(|r| 1.0 / r)
+                    .collect::<Vec<_>>());
+                targets.push(v);
+            }
+        }
+        if name == "tls_keepalive" {
+            // Against the better of the two: the higher req/s, the lower CPU per request.
+            let of = |p: &str, f: &str| proxies.get(p)?.get(f)?.as_f64();
+            let lb_rps = of("lb", "rps");
+            let best_rps = ["nginx", "haproxy"]
+                .iter()
+                .filter_map(|p| of(p, "rps"))
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+            let lb_cpu = of("lb", "cpu_us_per_req");
+            let best_cpu = ["nginx", "haproxy"]
+                .iter()
+                .filter_map(|p| of(p, "cpu_us_per_req"))
+                .filter(|x| *x > 0.0)
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
+            let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            targets.push(t(
+                "TLS keep-alive requests/s vs the better of nginx and HAProxy",
+                div(lb_rps, best_rps),
+                ">= 1.2",
+                |x| x >= 1.2,
+            ));
+            targets.push(t(
+                "TLS keep-alive CPU per request vs the better of nginx and HAProxy",
+                div(lb_cpu, best_cpu),
+                "<= 0.8",
+                |x| x <= 0.8,
+            ));
+        }
+        if name == "tls_idle" {
+            let mut mem = t(
+                "memory per idle TLS connection vs nginx",
+                ratio("nginx", "kib_per_idle_connection"),
+                "<= 1.0",
+                |x| x <= 1.0,
+            );
+            mem["rounds"] = json!(by_round("nginx", |s| s.kib_per_conn.unwrap_or(0.0)));
+            targets.push(mem);
+        }
         if name == "idle_connections" {
             let mut mem = t(
                 "memory per idle connection vs nginx",

@@ -38,6 +38,9 @@ struct Ports {
     lb: SocketAddr,
     nginx: SocketAddr,
     haproxy: SocketAddr,
+    lb_tls: SocketAddr,
+    nginx_tls: SocketAddr,
+    haproxy_tls: SocketAddr,
 }
 
 fn ports(base: u16) -> Ports {
@@ -47,8 +50,48 @@ fn ports(base: u16) -> Ports {
         lb: a(2),
         nginx: a(3),
         haproxy: a(4),
+        lb_tls: a(5),
+        nginx_tls: a(6),
+        haproxy_tls: a(7),
     }
 }
+
+impl Ports {
+    /// The TLS listener of proxy `name`.
+    fn tls(&self, name: &str) -> SocketAddr {
+        match name {
+            "lb" => self.lb_tls,
+            "nginx" => self.nginx_tls,
+            _ => self.haproxy_tls,
+        }
+    }
+}
+
+/// The certificate every proxy serves on its TLS listener: an ECDSA P-256 leaf for
+/// `bench.test` from a CA made here (`tls-ca.pem`), as `tls.crt`/`tls.key`, and both in one
+/// file for HAProxy (`tls.pem`).
+fn write_certificate(dir: &Path) -> Result<()> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "lb bench CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(vec![TLS_NAME.to_string()])?.signed_by(&key, &ca)?;
+    std::fs::write(dir.join("tls-ca.pem"), ca.pem())?;
+    std::fs::write(dir.join("tls.crt"), leaf.pem())?;
+    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    std::fs::write(
+        dir.join("tls.pem"),
+        format!("{}{}", leaf.pem(), key.serialize_pem()),
+    )?;
+    Ok(())
+}
+
+/// The name on the benchmark certificate.
+const TLS_NAME: &str = "bench.test";
 
 /// Writes the three proxies' configurations so that they do the same work.
 ///
@@ -60,27 +103,37 @@ fn ports(base: u16) -> Ports {
 fn write_configs(dir: &Path, p: &Ports, opts: &Opts) -> Result<()> {
     let fds = opts.fd_limit;
     let maxconn = opts.idle + 100;
+    write_certificate(dir)?;
+    let d = dir.display();
     std::fs::write(
         dir.join("lb.toml"),
         format!(
-            "[server]\nworkers = 1\npin_workers = false\n\n[[listeners]]\naddr = \"{}\"\n\n[http]\nmax_request_body = \"4MiB\"\n\n\
+            "[server]\nworkers = 1\npin_workers = false\n\n[[listeners]]\naddr = \"{}\"\n\n\
+             [[listeners]]\nname = \"tls\"\naddr = \"{}\"\ntls = {{ certificates = [{{ cert = \"{d}/tls.crt\", key = \"{d}/tls.key\" }}] }}\n\n\
+             [http]\nmax_request_body = \"4MiB\"\n\n\
              [[clusters]]\nname = \"hello\"\nendpoints = [{{ addr = \"{}\" }}]\n\n[[routes]]\ncluster = \"hello\"\n",
-            p.lb, p.backend
+            p.lb, p.lb_tls, p.backend
         ),
     )?;
+    // The same proxying for nginx's plain and TLS servers.
+    let nginx_location = "location / {\n      proxy_pass http://hello;\n\
+                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_request_buffering off;\n\
+                   proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                   proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $http_host;\n\
+                   proxy_set_header Via \"1.1 nginx\";\n      add_header Via \"1.1 nginx\";\n    }";
     std::fs::write(
         dir.join("nginx.conf"),
         format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {fds};\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
              events {{ worker_connections {fds}; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_max_body_size 4m;\n\
                client_body_temp_path {dir}/nginx-body;\n  proxy_temp_path {dir}/nginx-proxy;\n\
-               upstream hello {{ server {}; keepalive 64; }}\n  server {{\n    listen {};\n    location / {{\n      proxy_pass http://hello;\n\
-                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_request_buffering off;\n\
-                   proxy_set_header Host $http_host;\n      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-                   proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $http_host;\n\
-                   proxy_set_header Via \"1.1 nginx\";\n      add_header Via \"1.1 nginx\";\n    }}\n  }}\n}}\n",
+               upstream hello {{ server {}; keepalive 64; }}\n  server {{\n    listen {};\n    {nginx_location}\n  }}\n\
+               server {{\n    listen {} ssl;\n    ssl_certificate {d}/tls.crt;\n    ssl_certificate_key {d}/tls.key;\n\
+                   ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;\n    ssl_session_tickets on;\n\
+                   {nginx_location}\n  }}\n}}\n",
             p.backend,
             p.nginx,
+            p.nginx_tls,
             dir = dir.display()
         ),
     )?;
@@ -91,8 +144,12 @@ fn write_configs(dir: &Path, p: &Ports, opts: &Opts) -> Result<()> {
                timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout http-keep-alive 60s\n\n\
              frontend fe\n  bind {}\n  option forwardfor\n  http-request set-header X-Forwarded-Proto http\n\
                http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request add-header Via \"1.1 haproxy\"\n\
+               http-response add-header Via \"1.1 haproxy\"\n  default_backend be\n\n\
+             frontend fe_tls\n  bind {} ssl crt {d}/tls.pem alpn http/1.1 ssl-min-ver TLSv1.2\n  option forwardfor\n\
+               http-request set-header X-Forwarded-Proto https\n\
+               http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request add-header Via \"1.1 haproxy\"\n\
                http-response add-header Via \"1.1 haproxy\"\n  default_backend be\n\nbackend be\n  server hello {}\n",
-            p.haproxy, p.backend
+            p.haproxy, p.haproxy_tls, p.backend
         ),
     )?;
     std::fs::write(
@@ -144,9 +201,10 @@ fn proxy_pid(proc: &Proc) -> u32 {
 /// The core of the backend and the load generator (the proxy has core 0).
 const LOAD_CORE: usize = 1;
 
-/// Runs wrk on core 1 and parses its report.
+/// Runs wrk on core 1 against `http://addr/path` (`https://` for a TLS listener) and
+/// parses its report.
 fn wrk(
-    addr: SocketAddr,
+    addr: Target,
     path: &str,
     connections: usize,
     seconds: u64,
@@ -163,7 +221,10 @@ fn wrk(
         "10s",
     ]);
     c.args(extra);
-    c.arg(format!("http://{addr}{path}"));
+    c.arg(match addr {
+        Target::Plain(a) => format!("http://{a}{path}"),
+        Target::Tls(a) => format!("https://{a}{path}"),
+    });
     c.current_dir(dir);
     let out = c.output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -295,11 +356,12 @@ const SETTLE_MAX: Duration = Duration::from_secs(10);
 fn profile_lb(opts: &Opts, dir: &Path, p: &Ports) -> Result<serde_json::Value> {
     let (proc, addr) = start_proxy("lb", opts, dir, p)?;
     let pid = proxy_pid(&proc);
-    let _ = wrk(addr, "/", 8, 1, &[], dir);
+    let _ = wrk(Target::Plain(addr), "/", 8, 1, &[], dir);
     let seconds = opts.seconds.max(2);
     let load_dir = dir.to_path_buf();
     // wrk runs a second longer than perf on both ends, so the samples are all under load.
-    let load = std::thread::spawn(move || wrk(addr, "/", 64, seconds + 2, &[], &load_dir));
+    let load =
+        std::thread::spawn(move || wrk(Target::Plain(addr), "/", 64, seconds + 2, &[], &load_dir));
     std::thread::sleep(Duration::from_secs(1));
     let profile = crate::profile::record(pid, seconds, dir);
     let _ = load.join();
@@ -352,7 +414,7 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
                 eprintln!("bench: {scenario}, round {}, {name}", round + 1);
                 let (proc, addr) = start_proxy(name, opts, &dir, &p)?;
                 let pid = proxy_pid(&proc);
-                let sample = run_one(scenario, addr, pid, opts, &dir)?;
+                let sample = run_one(scenario, addr, p.tls(name), pid, opts, &dir)?;
                 samples.push(sample);
                 drop(proc);
             }
@@ -404,39 +466,59 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
     })
 }
 
-fn run_one(scenario: &str, addr: SocketAddr, pid: u32, opts: &Opts, dir: &Path) -> Result<Sample> {
-    if scenario == "idle_connections" {
-        let kib = idle_connections(addr, pid, opts.idle)?;
+/// Where a scenario's load goes: a proxy's plain or TLS listener.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Plain(SocketAddr),
+    Tls(SocketAddr),
+}
+
+fn run_one(
+    scenario: &str,
+    addr: SocketAddr,
+    tls: SocketAddr,
+    pid: u32,
+    opts: &Opts,
+    dir: &Path,
+) -> Result<Sample> {
+    if scenario == "idle_connections" || scenario == "tls_idle" {
+        let kib = if scenario == "tls_idle" {
+            idle_tls_connections(tls, pid, opts.idle.min(TLS_IDLE), dir)?
+        } else {
+            idle_connections(addr, pid, opts.idle)?
+        };
         return Ok(Sample {
             kib_per_conn: Some(kib),
             peak_rss_kib: procs::status_kib(pid, "VmHWM")?,
             ..Sample::default()
         });
     }
-    // Warm up: connections, pools, caches.
-    let _ = wrk(addr, "/", 8, 1, &[], dir);
+    let target = if scenario.starts_with("tls_") {
+        Target::Tls(tls)
+    } else {
+        Target::Plain(addr)
+    };
+    // Warm up: connections, pools, caches (and the TLS session cache).
+    let _ = wrk(target, "/", 8, 1, &[], dir);
     let cpu_before = procs::cpu_us(pid)?;
     let load_before = procs::core_ticks(LOAD_CORE).ok();
     let started = std::time::Instant::now();
+    let close = ["-H", "Connection: close"];
     let (rps, p50, p99, requests) = match scenario {
-        "small_keepalive" => wrk(addr, "/", 64, opts.seconds, &[], dir)?,
-        "response_16k" => wrk(addr, "/16k", 64, opts.seconds, &[], dir)?,
+        "small_keepalive" | "tls_keepalive" => wrk(target, "/", 64, opts.seconds, &[], dir)?,
+        "response_16k" | "tls_16k" => wrk(target, "/16k", 64, opts.seconds, &[], dir)?,
         "upload_1m" => wrk(
-            addr,
+            target,
             "/upload",
             16,
             opts.seconds,
             &["-s", "upload.lua"],
             dir,
         )?,
-        "new_connection" => wrk(
-            addr,
-            "/",
-            16,
-            opts.seconds,
-            &["-H", "Connection: close"],
-            dir,
-        )?,
+        // A new connection per request; over TLS each is a full handshake (wrk keeps no
+        // sessions).
+        "new_connection" | "tls_handshake" => wrk(target, "/", 16, opts.seconds, &close, dir)?,
+        "tls_resumed" => s_time_resumed(tls, opts.seconds)?,
         other => bail!("unknown scenario {other}"),
     };
     let cpu = procs::cpu_us(pid)?.saturating_sub(cpu_before);
@@ -461,6 +543,100 @@ fn run_one(scenario: &str, addr: SocketAddr, pid: u32, opts: &Opts, dir: &Path) 
         proxy_busy: Some(cpu as f64 / wall_us),
         load_busy,
     })
+}
+
+/// Idle TLS connections held in the TLS memory scenario (at most `--idle`).
+const TLS_IDLE: usize = 2_000;
+/// `openssl s_time` clients run at once in the resumed-handshake scenario.
+const S_TIME_CLIENTS: usize = 4;
+
+/// Resumed handshakes: [`S_TIME_CLIENTS`] `openssl s_time -reuse` clients on the load core,
+/// each resuming its session for every new connection (and fetching `/` on it, which also
+/// delivers TLS 1.3 tickets). Counts only connections s_time marks as reused ('r'), so a
+/// proxy that fails to resume does no work that counts. (handshakes/s, 0, 0, handshakes).
+fn s_time_resumed(tls: SocketAddr, seconds: u64) -> Result<(f64, f64, f64, u64)> {
+    let started = Instant::now();
+    let clients: Vec<_> = (0..S_TIME_CLIENTS)
+        .map(|_| {
+            let mut c = procs::pinned(LOAD_CORE, Path::new("/usr/bin/openssl"));
+            c.args([
+                "s_time",
+                "-connect",
+                &tls.to_string(),
+                "-reuse",
+                "-www",
+                "/",
+            ])
+            .args(["-time", &seconds.to_string()]);
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null());
+            c.spawn().context("openssl s_time")
+        })
+        .collect::<Result<_>>()?;
+    let mut reused = 0u64;
+    for c in clients {
+        let out = c.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // After "Now timing with session id reuse." each connection prints 'r' if resumed.
+        let timed = text.split("session id reuse").nth(1).unwrap_or("");
+        reused += timed
+            .lines()
+            .take_while(|l| !l.contains("connections in"))
+            .map(|l| l.chars().filter(|&ch| ch == 'r').count() as u64)
+            .sum::<u64>();
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    if reused == 0 {
+        bail!("s_time resumed no session");
+    }
+    Ok((reused as f64 / secs, 0.0, 0.0, reused))
+}
+
+/// Opens `n` TLS connections that each complete one request and stay open, then reports
+/// the proxy's resident memory growth per connection.
+fn idle_tls_connections(addr: SocketAddr, pid: u32, n: usize, dir: &Path) -> Result<f64> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_file(
+        dir.join("tls-ca.pem"),
+    )?)?;
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let open = || -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+        let name = rustls_pki_types::ServerName::try_from(TLS_NAME)?;
+        let conn = rustls::ClientConnection::new(config.clone(), name)?;
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") || got.len() < 50 {
+            let r = s.read(&mut buf)?;
+            if r == 0 {
+                bail!("closed");
+            }
+            got.extend_from_slice(&buf[..r]);
+        }
+        Ok(s)
+    };
+    let warm = open()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let before = procs::status_kib(pid, "VmRSS")?;
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        held.push(open().with_context(|| format!("TLS connection {i}"))?);
+    }
+    let after = settled_rss(pid)?;
+    drop(held);
+    drop(warm);
+    Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
 #[cfg(test)]

@@ -203,6 +203,9 @@ enum Step {
     Close,
 }
 
+/// How long a closing TLS connection may take to write its `close_notify`.
+const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Starts serving an accepted or resumed HTTP/1.1 connection on this worker (the worker's
 /// [`crate::worker::Handler`]).
 pub fn start(
@@ -279,6 +282,7 @@ pub fn serve(
                 Step::Close => break,
             }
         }
+        client.close_notify(CLOSE_NOTIFY_TIMEOUT).await;
         let (_stream, buf) = client.into_parts();
         w.bufs.give(buf);
     }
