@@ -1354,3 +1354,65 @@ fn a_closed_connection_ends_with_close_notify() {
     assert!(answer.starts_with(b"HTTP/1.1 200"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// ECDSA and RSA certificates for one host: a client that can verify ECDSA gets the ECDSA
+/// one, a client that offers only RSA signatures gets the RSA one.
+#[test]
+fn a_host_with_ecdsa_and_rsa_serves_each_client_what_it_can_verify() {
+    let dir = scratch_dir("tls-rsa");
+    make_certs(&dir, &[&["a.test"]]);
+    let rsa = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+        ])
+        .args([
+            "-subj",
+            "/CN=a.test",
+            "-addext",
+            "subjectAltName=DNS:a.test",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("rsa.key"))
+        .arg("-out")
+        .arg(dir.join("rsa.pem"))
+        .output()
+        .expect("openssl req");
+    assert!(
+        rsa.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rsa.stderr)
+    );
+    let backend = Backend::start(echo("b")).expect("backend");
+    // RSA listed first: the ECDSA certificate is still preferred for clients that take it.
+    let text = tls_config(&dir, backend.addr, 1).replace(
+        "tls = { certificates = [",
+        &format!(
+            "tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}, ",
+            dir.join("rsa.pem").display(),
+            dir.join("rsa.key").display()
+        ),
+    );
+    let lb = Lb::start(&text);
+    let any = s_client(lb.addr, &["-servername", "a.test"], &request_for("a.test"));
+    assert!(
+        any.contains("Server public key is 256 bit"),
+        "ECDSA P-256: {any}"
+    );
+    assert!(any.contains("HTTP/1.1 200 OK"), "{any}");
+    let rsa_only = s_client(
+        lb.addr,
+        &[
+            "-servername",
+            "a.test",
+            "-sigalgs",
+            "RSA-PSS+SHA256:RSA+SHA256",
+        ],
+        &request_for("a.test"),
+    );
+    assert!(
+        rsa_only.contains("Server public key is 2048 bit"),
+        "RSA: {rsa_only}"
+    );
+    assert!(rsa_only.contains("HTTP/1.1 200 OK"), "{rsa_only}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
