@@ -1416,3 +1416,199 @@ fn a_host_with_ecdsa_and_rsa_serves_each_client_what_it_can_verify() {
     assert!(rsa_only.contains("HTTP/1.1 200 OK"), "{rsa_only}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Names configured on a certificate replace its SANs for SNI selection.
+#[test]
+fn configured_names_override_the_sans() {
+    let dir = scratch_dir("tls-names");
+    let leaves = make_certs(&dir, &[&["a.test"], &["b.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let text = tls_config(&dir, backend.addr, 2).replace(
+        &format!("key = \"{}\" }}]", dir.join("leaf1.key").display()),
+        &format!(
+            "key = \"{}\", names = [\"c.test\"] }}]",
+            dir.join("leaf1.key").display()
+        ),
+    );
+    assert!(text.contains("names = [\"c.test\"]"), "{text}");
+    let lb = Lb::start(&text);
+    let fresh = |name: &str| {
+        let mut c = (*client_trusting(&dir)).clone();
+        c.resumption = rustls::client::Resumption::disabled();
+        // The client does not verify the name here: the test looks at which certificate
+        // came back.
+        c.dangerous().set_certificate_verifier(Arc::new(AnyCert(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        )));
+        tls_request(&Arc::new(c), lb.addr, name, "/", "").2
+    };
+    assert_eq!(
+        fresh("c.test").as_ref(),
+        Some(&leaves[1]),
+        "by its configured name"
+    );
+    assert_eq!(
+        fresh("b.test").as_ref(),
+        Some(&leaves[0]),
+        "its SAN no longer selects it: the default (first) certificate answers"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A verifier that accepts any certificate (tests that look at which one was served).
+#[derive(Debug)]
+struct AnyCert(rustls::crypto::CryptoProvider);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS backend on one port that answers one request with a close-delimited body, then
+/// ends the session with `close_notify` or just drops the TCP connection (`cut`).
+fn close_delimited_tls_backend(dir: &Path, cut: bool) -> std::net::SocketAddr {
+    let chain = vec![CertificateDer::from_pem_file(dir.join("leaf0.pem")).expect("cert")];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join("leaf0.key")).expect("key");
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config"),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().take(4) {
+            let Ok(tcp) = tcp else { return };
+            let conn = rustls::ServerConnection::new(config.clone()).expect("session");
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match tls.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe whole body");
+            if !cut {
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+            // Dropped: the TCP connection closes.
+        }
+    });
+    addr
+}
+
+/// A close-delimited body from a TLS backend is complete only if the session ended with
+/// `close_notify`; a bare TCP close may be a truncation, and the client is told so (its
+/// chunked body never gets its last chunk).
+#[test]
+fn a_tls_backend_that_closes_without_close_notify_is_a_cut_body() {
+    let dir = scratch_dir("tls-cut");
+    make_certs(&dir, &[&["backend.test"]]);
+    for (cut, complete) in [(false, true), (true, false)] {
+        let backend = close_delimited_tls_backend(&dir, cut);
+        let text = config(&format!(
+            "[[clusters]]\nname = \"b\"\nendpoints = [{{ addr = \"{backend}\" }}]\n\
+             tls = {{ ca = \"{}\", server_name = \"backend.test\" }}\n[[routes]]\ncluster = \"b\"\n",
+            dir.join("ca.pem").display()
+        ));
+        let lb = Lb::start(&text);
+        let mut c = TcpStream::connect(lb.addr).expect("tcp");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("the whole body"), "{text}");
+        assert_eq!(text.ends_with("0\r\n\r\n"), complete, "cut={cut}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `lb check` on certificate chains: certificates that are not a chain fail, naming the
+/// file; a leaf whose issuer is neither in the file nor a system root is a warning; the
+/// leaf followed by its issuer is neither.
+#[test]
+fn lb_check_checks_the_chain() {
+    let dir = scratch_dir("tls-chain");
+    make_certs(&dir, &[&["a.test"], &["b.test"]]);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, tls_config(&dir, backend.addr, 1)).expect("config");
+    let check = || {
+        let out = Command::new(lb_bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("lb check");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status.success(), text)
+    };
+    let (ok, text) = check();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("clients will likely miss the intermediate"),
+        "{text}"
+    );
+
+    let leaf = std::fs::read_to_string(dir.join("leaf0.pem")).expect("leaf");
+    let ca = std::fs::read_to_string(dir.join("ca.pem")).expect("ca");
+    std::fs::write(dir.join("leaf0.pem"), format!("{leaf}{ca}")).expect("write");
+    let (ok, text) = check();
+    assert!(ok, "{text}");
+    assert!(
+        !text.contains("miss the intermediate"),
+        "a complete chain: {text}"
+    );
+
+    let other = std::fs::read_to_string(dir.join("leaf1.pem")).expect("leaf");
+    std::fs::write(dir.join("leaf0.pem"), format!("{leaf}{other}")).expect("write");
+    let (ok, text) = check();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("leaf0.pem") && text.contains("not a chain"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

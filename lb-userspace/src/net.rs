@@ -174,6 +174,11 @@ impl Drop for TlsSession {
     }
 }
 
+/// The least time a TLS session's own output (handshake flights, alerts) gets to be
+/// written, whatever is left of the read deadline it is sent under: a short keep-alive grace
+/// must not cut a handshake flight in half.
+const TLS_FLUSH_MIN: Duration = Duration::from_secs(1);
+
 /// Ciphertext read at once: a full TLS record and a bit.
 const CIPHER_READ: usize = 17 * 1024;
 
@@ -613,35 +618,33 @@ impl BufConn {
         }
     }
 
-    /// Moves decrypted bytes from the session into the buffer; `Ok(0)`: none yet.
+    /// Moves decrypted bytes from the session into the buffer, as many as fit; `Ok(0)`: none
+    /// yet. Copies straight from rustls' buffers: no zero-filling of the spare capacity.
     fn take_plaintext(&mut self) -> Result<usize, IoFail> {
-        use std::io::Read;
+        use std::io::BufRead;
         let Some(t) = self.tls.as_mut() else {
             return Ok(0);
         };
-        let start = self.buf.len();
-        let cap = self.buf.capacity();
-        self.buf.resize(cap, 0);
-        let r = t.conn.reader().read(&mut self.buf[start..]);
-        match r {
-            Ok(0) => {
-                self.buf.truncate(start);
-                // `close_notify`: a clean end.
-                Err(IoFail::Eof)
-            }
-            Ok(n) => {
-                self.buf.truncate(start + n);
-                Ok(n)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.buf.truncate(start);
-                Ok(0)
-            }
-            Err(_) => {
-                self.buf.truncate(start);
-                Err(IoFail::Eof)
+        let room = self.buf.capacity() - self.buf.len();
+        let mut taken = 0;
+        let mut reader = t.conn.reader();
+        while taken < room {
+            match reader.fill_buf() {
+                // `close_notify`: a clean end, once what came before it is taken.
+                Ok([]) if taken == 0 => return Err(IoFail::Eof),
+                Ok([]) => break,
+                Ok(chunk) => {
+                    let n = chunk.len().min(room - taken);
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    reader.consume(n);
+                    taken += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) if taken > 0 => break,
+                Err(e) => return Err(IoFail::Io(e)),
             }
         }
+        Ok(taken)
     }
 
     /// Reads until the session yields plaintext, running the handshake on the way.
@@ -660,7 +663,7 @@ impl BufConn {
             if self.feed_tls().await? {
                 continue;
             }
-            self.flush_tls(crate::timer::until(deadline).max(Duration::from_millis(1)))
+            self.flush_tls(crate::timer::until(deadline).max(TLS_FLUSH_MIN))
                 .await?;
             let Some(got) = self.read_cipher(deadline, cancelable).await? else {
                 return Ok(None);
@@ -751,7 +754,15 @@ impl BufConn {
             t.cipher_in = slice;
         }
         match res {
-            Ok(0) => Err(IoFail::Eof),
+            // A TCP close after close_notify is a clean end; without one the stream may
+            // have been cut (a close-delimited body would end short), so it is an error.
+            Ok(0) => match self.tls.as_mut().map(|t| t.conn.process_new_packets()) {
+                Some(Ok(state)) if !state.peer_has_closed() => Err(IoFail::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the TLS peer closed the connection without close_notify",
+                ))),
+                _ => Err(IoFail::Eof),
+            },
             Ok(n) => Ok(Some(n)),
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Ok(None),
             Err(e) => Err(IoFail::Io(e)),

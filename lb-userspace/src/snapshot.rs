@@ -32,6 +32,10 @@ pub struct Endpoint {
     pub state: Arc<EndpointState>,
     /// With cluster TLS: the name its certificate is verified against (and the SNI).
     pub tls_name: Option<rustls_pki_types::ServerName<'static>>,
+    /// Which idle pooled connections a request to it may reuse: 0 for plaintext, else the
+    /// cluster's TLS identity and this endpoint's name (a session verified for one name is
+    /// never reused for another, even at the same address).
+    pub pool_key: u64,
 }
 
 impl crate::balancing::Candidate for Endpoint {
@@ -82,6 +86,7 @@ impl Cluster {
             endpoint: &ep.state,
             cluster: &self.state,
             tls: self.config.tls.as_ref().zip(ep.tls_name.as_ref()),
+            pool_key: ep.pool_key,
         }
     }
 }
@@ -231,10 +236,27 @@ impl Snapshot {
                                 continue;
                             }
                             let target = target_text(&e.target);
+                            let tls_name = c.tls.as_ref().and_then(|t| t.server_name(&target));
+                            if c.tls.is_some() && tls_name.is_none() {
+                                // Never plaintext for a TLS cluster: without a name there
+                                // is nothing to verify, so the config is refused.
+                                errors.push(ConfigError {
+                                    path: format!("clusters[{ci}].endpoints[{ei}].addr"),
+                                    message: format!("{target} is not a name a TLS certificate can be verified against; set tls.server_name"),
+                                });
+                                continue;
+                            }
+                            let pool_key = match (&c.tls, &tls_name) {
+                                (Some(t), Some(name)) => {
+                                    crate::hash::fnv1a(t.key, name.to_str().as_bytes()) | 1
+                                }
+                                _ => 0,
+                            };
                             endpoints.push(Endpoint {
                                 addr,
                                 weight: e.weight,
-                                tls_name: c.tls.as_ref().and_then(|t| t.server_name(&target)),
+                                tls_name,
+                                pool_key,
                                 target,
                                 state: registry.endpoint(addr),
                             });

@@ -16,13 +16,15 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// One certificate file and its key file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertFiles {
     pub cert: String,
     pub key: String,
+    /// The names SNI selects it for, if configured (otherwise its SANs).
+    pub names: Option<Vec<String>>,
 }
 
 /// The validated `tls` table of a listener.
@@ -128,6 +130,8 @@ fn xfcc_quote(v: &str) -> String {
 struct Loaded {
     key: Arc<CertifiedKey>,
     ecdsa: bool,
+    /// The names SNI selects it for, lowercase (worked out once, at load).
+    names: Vec<String>,
 }
 
 /// What an operator wants to know about a certificate in service (admin API, metrics,
@@ -149,6 +153,74 @@ pub struct CertInfo {
     pub sha256: String,
     /// Where it came from: `file:PATH`.
     pub source: String,
+    /// The issuer of the last certificate in the file, when it is neither in the file, nor
+    /// self-signed, nor one of the system's roots: clients likely miss an intermediate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_incomplete: Option<String>,
+}
+
+/// Checks that the certificates in a file form a chain, leaf first, each issued by the
+/// next. Returns the issuer the chain still needs, if the last one is not self-signed.
+fn check_chain(chain: &[CertificateDer<'_>]) -> Result<Option<String>, String> {
+    let mut parsed = Vec::with_capacity(chain.len());
+    for (i, der) in chain.iter().enumerate() {
+        let (_, c) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("certificate {} is not readable X.509 ({e})", i + 1))?;
+        parsed.push(c);
+    }
+    for (i, pair) in parsed.windows(2).enumerate() {
+        if pair[0].issuer().as_raw() != pair[1].subject().as_raw() {
+            return Err(format!(
+                "the certificates are not a chain: certificate {} is issued by {}, but the next one is {} (put the leaf first, then each issuer)",
+                i + 1,
+                pair[0].issuer(),
+                pair[1].subject()
+            ));
+        }
+    }
+    Ok(parsed
+        .last()
+        .filter(|last| last.issuer().as_raw() != last.subject().as_raw())
+        .map(|last| last.issuer().to_string()))
+}
+
+/// The subjects of the system's trusted roots (read once), to tell a leaf issued straight
+/// by a root from one whose intermediates are missing.
+fn system_root_subjects() -> &'static [String] {
+    static ROOTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let Some(path) = crate::tls::system_roots_file() else {
+            return Vec::new();
+        };
+        CertificateDer::pem_file_iter(&path)
+            .map(|certs| {
+                certs
+                    .flatten()
+                    .filter_map(|der| {
+                        x509_parser::parse_x509_certificate(&der)
+                            .ok()
+                            .map(|(_, c)| c.subject().to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// Where the system's trusted CAs are, when it has a bundle: `SSL_CERT_FILE`, then the
+/// usual places.
+pub fn system_roots_file() -> Option<PathBuf> {
+    const PLACES: [&str; 4] = [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/ca-bundle.pem",
+        "/etc/ssl/cert.pem",
+    ];
+    std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(PLACES.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
 }
 
 /// A TLS listener's server configuration and the certificates it serves.
@@ -214,6 +286,7 @@ fn describe(der: &CertificateDer<'_>, source: String) -> Result<CertInfo, String
     };
     let digest = sha2::Sha256::digest(der.as_ref());
     Ok(CertInfo {
+        chain_incomplete: None,
         names,
         names_from_san,
         subject: cert.subject().to_string(),
@@ -240,16 +313,24 @@ impl SniResolver {
     }
 
     fn valid_for(l: &Loaded, name: &str) -> bool {
-        let Ok(server_name) = ServerName::try_from(name) else {
-            return false;
-        };
-        let Some(der) = l.key.cert.first() else {
-            return false;
-        };
-        webpki::EndEntityCert::try_from(der)
-            .and_then(|c| c.verify_is_valid_for_subject_name(&server_name))
-            .is_ok()
+        l.names.iter().any(|n| name_matches(n, name))
     }
+}
+
+/// Whether certificate name `pattern` (exact, or `*.example.com` for one more label) covers
+/// `host`, ignoring ASCII case.
+pub fn name_matches(pattern: &str, host: &str) -> bool {
+    if pattern.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    let Some(suffix) = pattern.strip_prefix("*.") else {
+        return false;
+    };
+    let (h, s) = (host.as_bytes(), suffix.as_bytes());
+    h.len() > s.len() + 1
+        && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+        && h[h.len() - s.len() - 1] == b'.'
+        && !h[..h.len() - s.len() - 1].contains(&b'.')
 }
 
 impl ResolvesServerCert for SniResolver {
@@ -303,6 +384,7 @@ fn load(
             cert_path.display()
         ));
     }
+    let chain_issuer = check_chain(&chain).map_err(|e| format!("{}: {e}", cert_path.display()))?;
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| format!("{}: {e}", key_path.display()))?;
     let ecdsa = matches!(&key, PrivateKeyDer::Sec1(_))
@@ -311,7 +393,8 @@ fn load(
             .load_private_key(key.clone_key())
             .is_ok_and(|k| k.algorithm() == rustls::SignatureAlgorithm::ECDSA);
     let source = source.unwrap_or_else(|| format!("file:{}", cert_path.display()));
-    let info = describe(&chain[0], source)?;
+    let mut info = describe(&chain[0], source)?;
+    info.chain_incomplete = chain_issuer.filter(|issuer| !system_root_subjects().contains(issuer));
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         format!(
             "{} and {}: the key does not fit the certificate ({e})",
@@ -323,6 +406,14 @@ fn load(
         Loaded {
             key: Arc::new(key),
             ecdsa,
+            names: match &files.names {
+                Some(n) => n.clone(),
+                // A CN alone never matches: webpki, like browsers, ignores it.
+                None if info.names_from_san => {
+                    info.names.iter().map(|n| n.to_ascii_lowercase()).collect()
+                }
+                None => Vec::new(),
+            },
         },
         info,
     ))
@@ -343,10 +434,23 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
         a.cert_path().is_file().then(|| CertFiles {
             cert: a.cert_path().to_string_lossy().into_owned(),
             key: a.key_path().to_string_lossy().into_owned(),
+            names: None,
         })
     });
+    let mut acme_files = acme_files;
     if let (Some(a), Some(f)) = (&t.acme, &acme_files) {
-        loaded.push(load(f, base, &provider, Some(a.source()))?);
+        // A stored pair that cannot be used (a crash between writing the key and the chain)
+        // is not a config error: it is due, and ordering a new one replaces it.
+        match load(f, base, &provider, Some(a.source())) {
+            Ok(l) => loaded.push(l),
+            Err(e) => {
+                tracing::warn!(
+                    error = e,
+                    "the stored ACME certificate cannot be used; a new one will be ordered"
+                );
+                acme_files = None;
+            }
+        }
     }
     let (certs, infos): (Vec<Loaded>, Vec<CertInfo>) = loaded.into_iter().unzip();
     let versions: &[&rustls::SupportedProtocolVersion] = if t.tls13_only {
@@ -445,14 +549,47 @@ fn ticketer(
     if let Some(t) = all.get(&key) {
         return Ok(t.clone());
     }
+    // Bounded: settings that keep changing drop the oldest ticketers' tickets (clients
+    // then make full handshakes), never memory without end.
+    if all.len() >= MAX_TICKETERS {
+        all.clear();
+    }
     let t: Arc<dyn rustls::server::ProducesTickets> =
         Arc::new(tickets::RotatingTickets::new(rotation)?);
     all.insert(key, t.clone());
     Ok(t)
 }
 
+/// Distinct ticketers kept for the process (one per client-auth policy and rotation period).
+const MAX_TICKETERS: usize = 64;
+
 /// How often ticket keys rotate, by default.
 pub const DEFAULT_TICKET_ROTATION: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 /// Sessions kept for resumption by ID (clients that do not use tickets), by default.
 pub const DEFAULT_SESSION_CACHE: usize = 10_000;
+
+#[cfg(test)]
+mod tests {
+    use super::name_matches;
+
+    #[test]
+    fn names_match_exactly_or_by_one_wildcard_label() {
+        assert!(name_matches("a.test", "A.Test"));
+        assert!(name_matches("*.wild.test", "x.wild.test"));
+        assert!(
+            !name_matches("*.wild.test", "wild.test"),
+            "the wildcard needs a label"
+        );
+        assert!(
+            !name_matches("*.wild.test", "y.x.wild.test"),
+            "one label only"
+        );
+        assert!(!name_matches("*.wild.test", "xwild.test"));
+        assert!(!name_matches("a.test", "b.test"));
+        assert!(
+            !name_matches("*.é.test", "x.é.test.x"),
+            "no panic on multibyte names"
+        );
+    }
+}

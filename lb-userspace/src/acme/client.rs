@@ -126,7 +126,13 @@ impl Http {
             .map_err(|e| format!("{url}: send: {e}"))?;
         let mut raw = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
+        let until = Instant::now() + REQUEST_TIMEOUT;
         loop {
+            if Instant::now() > until {
+                return Err(format!(
+                    "{url}: no complete answer within {REQUEST_TIMEOUT:?}"
+                ));
+            }
             match s.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => raw.extend_from_slice(&chunk[..n]),
@@ -413,6 +419,9 @@ impl<'a> Acme<'a> {
         let mut wait = Duration::from_millis(100);
         loop {
             let r = self.post(url, None)?;
+            if r.status != 200 {
+                return Err(format!("{what}: {}", r.problem()));
+            }
             let v = r.json()?;
             match v["status"].as_str() {
                 Some("valid") => return Ok(v),

@@ -61,23 +61,25 @@ impl client::Challenges for Published {
     }
 }
 
-/// Why the certificate for `a` needs ordering now, or `None` if the stored one is good
-/// for longer than `renew_before`.
+/// Why the certificate for `a` needs ordering now, or `None` if the stored one covers every
+/// host, fits its stored key, and is good for longer than `renew_before`.
 pub fn due(a: &AcmeConfig) -> Option<String> {
-    let pem = match std::fs::read(a.cert_path()) {
-        Ok(p) => p,
-        Err(_) => return Some("no certificate yet".into()),
+    let Ok(pem) = std::fs::read(a.cert_path()) else {
+        return Some("no certificate yet".into());
     };
-    let Some(not_after) = not_after(&pem) else {
+    let Some(leaf) = parse_leaf(&pem) else {
         return Some(format!(
             "{} is not a readable certificate",
             a.cert_path().display()
         ));
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let left = not_after - now;
+    if let Some(missing) = a.hosts.iter().find(|h| !leaf.names.contains(h)) {
+        return Some(format!("the certificate does not name {missing}"));
+    }
+    if !pair_fits(a) {
+        return Some("the stored key does not fit the stored certificate".into());
+    }
+    let left = leaf.not_after - unix_now();
     (left < a.renew_before.as_secs() as i64).then(|| {
         format!(
             "the certificate expires in {} days, within renew_before",
@@ -86,19 +88,72 @@ pub fn due(a: &AcmeConfig) -> Option<String> {
     })
 }
 
-/// The leaf's not-after, in Unix seconds.
-fn not_after(pem: &[u8]) -> Option<i64> {
+/// Seconds the stored certificate has left, if there is one.
+pub fn time_left(a: &AcmeConfig) -> Option<i64> {
+    let pem = std::fs::read(a.cert_path()).ok()?;
+    Some(parse_leaf(&pem)?.not_after - unix_now())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What `due` needs of a leaf certificate.
+struct Leaf {
+    not_after: i64,
+    /// Its DNS names, lowercase.
+    names: Vec<String>,
+}
+
+fn parse_leaf(pem: &[u8]) -> Option<Leaf> {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
         .next()?
         .ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        Some(d.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Leaf {
+        not_after: cert.validity().not_after.timestamp(),
+        names,
+    })
+}
+
+/// Whether the stored key belongs to the stored certificate (a crash between writing the
+/// two leaves a mismatch, which makes the certificate due rather than unusable).
+fn pair_fits(a: &AcmeConfig) -> bool {
+    use rustls_pki_types::pem::PemObject;
+    let Ok(chain) = rustls_pki_types::CertificateDer::pem_file_iter(a.cert_path())
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+    else {
+        return false;
+    };
+    let Ok(key) = rustls_pki_types::PrivateKeyDer::from_pem_file(a.key_path()) else {
+        return false;
+    };
+    rustls::sign::CertifiedKey::from_der(chain, key, &crate::tls::provider()).is_ok()
 }
 
 /// Orders a certificate for `a` and stores it with its key.
 pub fn issue(a: &AcmeConfig) -> Result<(), String> {
-    std::fs::create_dir_all(&a.state_dir).map_err(|e| format!("{}: {e}", a.state_dir.display()))?;
+    create_state_dir(&a.state_dir)?;
     let tls = crate::upstream::tls::client_config(
         &crate::upstream::tls::UpstreamTls {
             ca: a.ca.clone(),
@@ -116,7 +171,7 @@ pub fn issue(a: &AcmeConfig) -> Result<(), String> {
         .and_then(|p| p.serialize_request(&cert_key))
         .map_err(|e| format!("certificate request: {e}"))?;
     let chain = session.order(&a.hosts, csr.der(), &Published)?;
-    if not_after(chain.as_bytes()).is_none() {
+    if parse_leaf(chain.as_bytes()).is_none() {
         return Err("the CA returned no readable certificate".into());
     }
     // The key first: a reader that sees the new chain finds its key in place.
@@ -144,24 +199,43 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
     write_atomic(path, data, 0o600)
 }
 
-/// Writes `data` to a temporary file beside `path` and renames it over `path`, so a
-/// reader sees the old file or the new one, never half of one.
+/// Writes `data` to a new temporary file beside `path` (created with `mode`), syncs it,
+/// renames it over `path` and syncs the directory, so a reader sees the old file or the
+/// new one, never half of one, and the rename survives a crash.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
+        // A leftover from a crash would keep its old mode: start from nothing.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     };
     write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Creates the state directory, readable by lb alone (it holds private keys).
+fn create_state_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 #[cfg(test)]
@@ -186,7 +260,19 @@ mod tests {
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
         let cert = params.self_signed(&key).expect("cert");
         write_atomic(&a.cert_path(), cert.pem().as_bytes(), 0o644).expect("write");
+        assert!(
+            due(&a).is_some_and(|r| r.contains("does not fit")),
+            "no key beside it"
+        );
+        write_private(&a.key_path(), key.serialize_pem().as_bytes()).expect("write");
         assert_eq!(due(&a), None, "good for decades");
+        let other = rcgen::KeyPair::generate().expect("key");
+        write_private(&a.key_path(), other.serialize_pem().as_bytes()).expect("write");
+        assert!(due(&a).is_some_and(|r| r.contains("does not fit")));
+        write_private(&a.key_path(), key.serialize_pem().as_bytes()).expect("write");
+        a.hosts.push("www.site.test".into());
+        assert!(due(&a).is_some_and(|r| r.contains("does not name www.site.test")));
+        a.hosts.pop();
         a.renew_before = Duration::from_secs(200 * 365 * 86_400);
         assert!(due(&a).is_some_and(|r| r.contains("within renew_before")));
         let _ = std::fs::remove_dir_all(&dir);

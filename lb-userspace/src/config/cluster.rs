@@ -70,6 +70,7 @@ fn cluster_tls(
         (Some(cert), Some(key)) => Some(crate::tls::CertFiles {
             cert: cert.clone(),
             key: key.clone(),
+            names: None,
         }),
         (None, None) => None,
         _ => {

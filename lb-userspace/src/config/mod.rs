@@ -244,17 +244,7 @@ impl Config {
         if self.listener_tls.iter().all(Option::is_none) {
             return Vec::new();
         }
-        let covered = |host: &str| {
-            names.iter().any(|n| {
-                n.eq_ignore_ascii_case(host)
-                    || n.strip_prefix("*.").is_some_and(|suffix| {
-                        host.len() > suffix.len() + 1
-                            && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                            && !host[..host.len() - suffix.len() - 1].contains('.')
-                    })
-            })
-        };
+        let covered = |host: &str| names.iter().any(|n| crate::tls::name_matches(n, host));
         self.routes
             .iter()
             .filter_map(|r| match &r.host {
@@ -281,6 +271,13 @@ impl Config {
         let mut out = Vec::new();
         for (i, tls) in self.listener_tls.iter().enumerate() {
             for c in tls.iter().flat_map(|t| &t.certs) {
+                if let Some(issuer) = &c.chain_incomplete {
+                    out.push(format!(
+                        "listeners[{i}].tls: the certificate for {} ({}) is issued by {issuer}, which is neither in the file nor a system root: clients will likely miss the intermediate certificates (append them to the file, after the leaf)",
+                        c.names.join(", "),
+                        c.source
+                    ));
+                }
                 let left = c.not_after_unix - now;
                 if left < SOON {
                     out.push(format!(
@@ -517,6 +514,10 @@ fn validate_listener_tls(
             .map(|c| crate::tls::CertFiles {
                 cert: c.cert.clone(),
                 key: c.key.clone(),
+                names: c
+                    .names
+                    .as_ref()
+                    .map(|n| n.iter().map(|x| x.to_ascii_lowercase()).collect()),
             })
             .collect(),
         require_sni: t.require_sni.unwrap_or(false),

@@ -159,6 +159,8 @@ pub struct RawClientAuth {
 pub struct RawCertFiles {
     pub cert: String,
     pub key: String,
+    /// The names SNI selects it for (exact or `*.example.com`); default: its SANs.
+    pub names: Option<Vec<String>>,
 }
 
 /// `[admin]`: the operator's HTTP API.

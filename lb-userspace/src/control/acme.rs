@@ -67,6 +67,15 @@ fn run(control: &Control) {
                     crate::metrics::acme_order(true);
                     t.failures = 0;
                     t.next = Instant::now() + CHECK_EVERY;
+                    // A certificate due the moment it is issued (renew_before at least its
+                    // lifetime) would be ordered again every check: wait a third of its
+                    // lifetime instead, and say so.
+                    if crate::acme::due(&a).is_some() {
+                        let left = crate::acme::time_left(&a).unwrap_or(0).max(0) as u64;
+                        let wait = Duration::from_secs(left / 3).max(CHECK_EVERY);
+                        t.next = Instant::now() + wait;
+                        tracing::warn!(listener, hosts = ?a.hosts, next_in = ?wait, "the new certificate is already within renew_before (its lifetime is shorter); the next order waits a third of its lifetime");
+                    }
                     tracing::info!(listener, hosts = ?a.hosts, "certificate issued; reloading to serve it");
                     if let Err(e) = control.reload() {
                         tracing::error!("the reload after issuance failed; the new certificate waits on disk for the next one:\n{e}");

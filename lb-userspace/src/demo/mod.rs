@@ -123,7 +123,9 @@ pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let tls_dir = std::env::temp_dir().join(format!("lb-demo-{}", std::process::id()));
+    // A fixed place, so the README's curl line works as written (the demo's ports are fixed
+    // too: one demo runs at a time).
+    let tls_dir = std::env::temp_dir().join("lb-demo");
     let text = format!("{DEMO_CONFIG}{}", demo_tls(&tls_dir)?);
     print_banner(&config, &tls_dir.join("ca.pem"));
     // The process serves this config until it exits.

@@ -606,7 +606,7 @@ async fn get_connection(
     let mut pending: Option<(Held<'_>, Held<'_>, Instant)> = None;
     loop {
         if !force_fresh {
-            if let Some(u) = w.pool.checkout(ep.addr, dial.pool_key(), &w.up_bufs) {
+            if let Some(u) = w.pool.checkout(ep.addr, dial.pool_key, &w.up_bufs) {
                 return Ok(u);
             }
         }

@@ -9,6 +9,9 @@ use std::time::Duration;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
+/// The longest ticket lifetime TLS 1.3 allows (RFC 8446, 4.6.1), in seconds.
+const MAX_TICKET_LIFETIME: u64 = 7 * 86_400;
+
 /// Length of the key name that starts every ticket.
 const NAME_LEN: usize = 16;
 
@@ -155,9 +158,10 @@ impl rustls::server::ProducesTickets for RotatingTickets {
         true
     }
 
-    /// The lifetime hint clients get: a ticket opens for up to two periods.
+    /// The lifetime hint clients get: a ticket opens for up to two periods, and TLS 1.3
+    /// allows at most 7 days.
     fn lifetime(&self) -> u32 {
-        u32::try_from(self.period.saturating_mul(2)).unwrap_or(u32::MAX)
+        u32::try_from(self.period.saturating_mul(2).min(MAX_TICKET_LIFETIME)).unwrap_or(u32::MAX)
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
@@ -206,5 +210,11 @@ mod tests {
         // Nothing for five periods: the key that sealed it ended long ago.
         assert_eq!(t.open(&ticket, t0 + 50), None);
         assert_eq!(rustls::server::ProducesTickets::lifetime(&t), 20);
+        let week = RotatingTickets::new(Duration::from_secs(7 * 86_400)).expect("keys");
+        assert_eq!(
+            rustls::server::ProducesTickets::lifetime(&week),
+            604_800,
+            "never above TLS 1.3's 7 days"
+        );
     }
 }

@@ -99,13 +99,9 @@ pub struct Dial<'a> {
         &'a tls::ClusterTls,
         &'a rustls_pki_types::ServerName<'static>,
     )>,
-}
-
-impl Dial<'_> {
-    /// What a connection made this way may be pooled for.
-    pub fn pool_key(&self) -> u64 {
-        self.tls.map_or(0, |(t, _)| t.key)
-    }
+    /// What a connection made this way may be reused for: 0 for plaintext, else a hash of
+    /// the TLS identity and the server name.
+    pub pool_key: u64,
 }
 
 /// Opens a connection within `timeout`, including its TLS handshake.
@@ -135,7 +131,7 @@ pub async fn connect(
         conn,
         addr: dial.addr,
         reused: false,
-        pool_key: dial.pool_key(),
+        pool_key: dial.pool_key,
         endpoint: dial.endpoint.clone(),
         cluster: dial.cluster.clone(),
     };
@@ -148,6 +144,10 @@ pub async fn connect(
             Err(IoFail::Timeout) => ConnectError::Timeout,
             Err(IoFail::Io(e)) => match tls::TlsFailure::of_io(&e) {
                 Some(f) => ConnectError::Tls(f),
+                // Closed mid-handshake: it does not speak TLS (or gave up on it).
+                None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    ConnectError::Tls(tls::TlsFailure::Protocol)
+                }
                 None => ConnectError::Io(e),
             },
             Err(IoFail::Eof) => ConnectError::Tls(tls::TlsFailure::Protocol),

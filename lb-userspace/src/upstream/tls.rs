@@ -12,15 +12,6 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureSch
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-/// Where the system's trusted CAs are looked for when a cluster names no `ca`, in order
-/// (after `SSL_CERT_FILE`).
-const SYSTEM_ROOTS: [&str; 4] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
 /// The validated `tls` table of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
@@ -139,17 +130,9 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 fn roots(t: &UpstreamTls, base: &Path) -> Result<(rustls::RootCertStore, PathBuf), String> {
     let path = match &t.ca {
         Some(ca) => base.join(ca),
-        None => std::env::var_os("SSL_CERT_FILE")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain(SYSTEM_ROOTS.iter().map(PathBuf::from))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                format!(
-                    "no system CA bundle found (looked for {}); install ca-certificates or set `ca`",
-                    SYSTEM_ROOTS.join(", ")
-                )
-            })?,
+        None => crate::tls::system_roots_file().ok_or(
+            "no system CA bundle found (SSL_CERT_FILE, /etc/ssl/certs/ca-certificates.crt, ...); install ca-certificates or set `ca`",
+        )?,
     };
     let mut store = rustls::RootCertStore::empty();
     let certs = read_certs(&path)?;
