@@ -356,10 +356,12 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the load benchmark compares against and drives.
-const BENCH_TOOLS: [(&str, &str); 3] = [
+const BENCH_TOOLS: [(&str, &str); 4] = [
     ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),
     ("wrk", "wrk"),
+    // `openssl s_time` drives the resumed-handshake scenario.
+    ("openssl", "openssl"),
 ];
 
 /// `cargo xtask bench [--micro | --load] [load options…]`: criterion micro benchmarks, then
