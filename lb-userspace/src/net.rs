@@ -524,23 +524,48 @@ impl BufConn {
         n: usize,
         timeout: Duration,
     ) -> Result<(), IoFail> {
-        if dst.tls.is_some() {
-            dst.send_tls(&self.buf[self.pos..self.pos + n], timeout)
-                .await?;
-            self.pos += n;
-            return Ok(());
+        let (buf, range) = self.lend(n);
+        let (res, buf) = dst.write_owned(buf, range, timeout).await;
+        self.give_back(buf, n, res.is_ok());
+        res
+    }
+
+    /// Lends the read buffer out for writing its next `n` bytes elsewhere (owned-buffer IO);
+    /// [`BufConn::give_back`] returns it.
+    pub fn lend(&mut self, n: usize) -> (Vec<u8>, std::ops::Range<usize>) {
+        let n = n.min(self.buf.len() - self.pos);
+        (std::mem::take(&mut self.buf), self.pos..self.pos + n)
+    }
+
+    /// Takes the lent buffer back; the `n` bytes count as consumed if they were written.
+    pub fn give_back(&mut self, buf: Vec<u8>, n: usize, written: bool) {
+        self.buf = buf;
+        if written {
+            self.pos = (self.pos + n).min(self.buf.len());
         }
-        let buf = std::mem::take(&mut self.buf);
-        let range = self.pos..self.pos + n;
-        let write = dst.stream.write_all(buf.slice(range));
-        let (res, slice) = match crate::timer::timeout(timeout, write).await {
-            Ok(r) => r,
-            Err(_) => return Err(IoFail::Timeout),
-        };
-        self.buf = slice.into_inner();
-        res?;
-        self.pos += n;
-        Ok(())
+    }
+
+    /// Writes `buf[range]` (encrypted on a TLS connection) and gives the buffer back. After
+    /// a timeout the buffer is gone with the cancelled write (an empty one comes back) and
+    /// the connection must not be used again.
+    pub async fn write_owned(
+        &mut self,
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+        timeout: Duration,
+    ) -> (Result<(), IoFail>, Vec<u8>) {
+        if self.tls.is_some() {
+            let r = match buf.get(range) {
+                Some(data) => self.send_tls(data, timeout).await,
+                None => Ok(()),
+            };
+            return (r, buf);
+        }
+        let write = self.stream.write_all(buf.slice(range));
+        match crate::timer::timeout(timeout, write).await {
+            Ok((res, slice)) => (res.map(|_| ()).map_err(IoFail::Io), slice.into_inner()),
+            Err(_) => (Err(IoFail::Timeout), Vec::new()),
+        }
     }
 
     /// Writes the whole of `buf` to the peer (encrypted on a TLS connection) and gives the

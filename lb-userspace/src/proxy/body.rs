@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use crate::http::chunked::{ChunkError, ChunkedDecoder, Step, TrailerPolicy};
 use crate::http::write::push_hex;
 use crate::http::Framing;
-use crate::net::{BufConn, IoFail};
+use super::side::{Sink, Source};
+use crate::net::IoFail;
 
 /// Scratch bytes gathered before a write when re-encoding chunks.
 const FLUSH_AT: usize = 32 * 1024;
@@ -92,7 +93,7 @@ impl Pace {
 }
 
 /// Reads more of a body that has `done` bytes so far.
-async fn fill(src: &mut BufConn, pace: &Pace, done: u64) -> Result<usize, PumpFail> {
+async fn fill<S: Source>(src: &mut S, pace: &Pace, done: u64) -> Result<usize, PumpFail> {
     let (wait, by_rate) = pace.budget(done);
     match src.fill(wait).await {
         Err(IoFail::Timeout) if by_rate => Err(PumpFail::TooSlow),
@@ -102,9 +103,9 @@ async fn fill(src: &mut BufConn, pace: &Pace, done: u64) -> Result<usize, PumpFa
 
 /// Moves one body of `framing` from `src` to `dst`. Returns the body bytes moved.
 /// `max` of 0 means no cap.
-pub async fn pump(
-    src: &mut BufConn,
-    dst: &mut BufConn,
+pub(crate) async fn pump<S: Source, D: Sink>(
+    src: &mut S,
+    dst: &mut D,
     framing: Framing,
     out: Out,
     scratch: &mut Vec<u8>,
@@ -165,9 +166,9 @@ pub async fn pump(
     }
 }
 
-async fn pump_chunked(
-    src: &mut BufConn,
-    dst: &mut BufConn,
+async fn pump_chunked<S: Source, D: Sink>(
+    src: &mut S,
+    dst: &mut D,
     out: Out,
     scratch: &mut Vec<u8>,
     pace: Pace,
@@ -238,7 +239,7 @@ fn push_chunk(scratch: &mut Vec<u8>, data: &[u8]) {
     scratch.extend_from_slice(b"\r\n");
 }
 
-async fn flush(dst: &mut BufConn, scratch: &mut Vec<u8>, idle: Duration) -> Result<(), PumpFail> {
+async fn flush<D: Sink>(dst: &mut D, scratch: &mut Vec<u8>, idle: Duration) -> Result<(), PumpFail> {
     if scratch.is_empty() {
         return Ok(());
     }

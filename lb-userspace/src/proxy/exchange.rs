@@ -10,12 +10,13 @@ use smallvec::SmallVec;
 
 use super::body::{pump, Encode, Out, Pace, PumpFail};
 use super::error::{BodyFault, ErrorKind, ProxyError, RetryClass};
+use super::side::Downstream;
 use super::{head, send_error, Flow, Plan, Record};
 use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
 use crate::http::response::{self, ResponseError};
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
-use crate::net::{BufConn, IoFail};
+use crate::net::IoFail;
 use crate::snapshot::Cluster;
 use crate::timer::now_ms;
 use crate::upstream::state::{Admission, Outcome};
@@ -104,8 +105,8 @@ impl Ctx<'_> {
     }
 
     /// The request can be sent again: no body, or one whose bytes are all still buffered.
-    fn replayable(&self, client: &BufConn) -> bool {
-        self.body == Framing::None || client.reads == self.reads_at_start
+    fn replayable<C: Downstream>(&self, client: &C) -> bool {
+        self.body == Framing::None || client.reads() == self.reads_at_start
     }
 
     /// Retries in flight stay under both the budget (a share of requests in flight, with a
@@ -148,9 +149,9 @@ fn refusal(e: ProxyError, close: bool) -> super::Reject {
 
 /// Answers a refusal or failure: its status, code and message from the error, and the limit
 /// in `X-LB-Limit` if a limit refused. Says whether the connection carries on.
-async fn answer(
+async fn answer<C: Downstream>(
     ctx: &Ctx<'_>,
-    client: &mut BufConn,
+    client: &mut C,
     out: &mut Vec<u8>,
     e: ProxyError,
     rec: &mut Record,
@@ -176,10 +177,10 @@ async fn answer(
 }
 
 /// Proxies one planned request; the head for upstream is already in `out`.
-pub async fn proxy(
+pub(crate) async fn proxy<C: Downstream>(
     w: &Worker,
     view: &View,
-    client: &mut BufConn,
+    client: &mut C,
     out: &mut Vec<u8>,
     plan: Plan,
     rec: &mut Record,
@@ -239,10 +240,10 @@ pub async fn proxy(
 
 /// Sets up the request's context: timeouts, a small body moved inline after its head, a
 /// large one given a large buffer. `None`: the declared body is over the cap.
-fn prepare<'a>(
+fn prepare<'a, C: Downstream>(
     w: &'a Worker,
     view: &'a View,
-    client: &mut BufConn,
+    client: &mut C,
     out: &mut Vec<u8>,
     plan: Plan,
 ) -> Option<Ctx<'a>> {
@@ -286,7 +287,7 @@ fn prepare<'a>(
         timeouts,
         body,
         body_start: client.position(),
-        reads_at_start: client.reads,
+        reads_at_start: client.reads(),
         may_repeat: plan.method.is_idempotent() || cluster.config.retry.non_idempotent,
         close_on_error: plan.framing != Framing::None || !plan.keep_alive,
         sent_continue: std::cell::Cell::new(false),
@@ -294,9 +295,9 @@ fn prepare<'a>(
 }
 
 /// Decides whether a failed attempt goes again, and takes its retry slot if so.
-fn retry_verdict<'a>(
+fn retry_verdict<'a, C: Downstream>(
     ctx: &'a Ctx<'_>,
-    client: &BufConn,
+    client: &C,
     e: ProxyError,
     attempt: u32,
 ) -> Option<Held<'a>> {
@@ -443,9 +444,9 @@ fn release_probe(ctx: &Ctx<'_>, pick: Pick) {
 
 /// One attempt on endpoint `idx`: its limits, a connection (a fresh one again if a pooled
 /// one turns out dead), the exchange, and its outcome.
-async fn try_endpoint(
+async fn try_endpoint<C: Downstream>(
     ctx: &Ctx<'_>,
-    client: &mut BufConn,
+    client: &mut C,
     out: &mut Vec<u8>,
     rec: &mut Record,
     pick: Pick,
@@ -537,9 +538,9 @@ fn finish(ctx: &Ctx<'_>, pick: Pick, up: Upstream, done: &Done, rec: &mut Record
 }
 
 /// Records a failed exchange; the client's own faults end the request here.
-async fn failed(
+async fn failed<C: Downstream>(
     ctx: &Ctx<'_>,
-    client: &mut BufConn,
+    client: &mut C,
     out: &mut Vec<u8>,
     rec: &mut Record,
     pick: Pick,
@@ -671,9 +672,9 @@ fn body_error(e: PumpFail) -> ProxyError {
 }
 
 /// Sends the head in `out` and the request body.
-async fn send_request(
+async fn send_request<C: Downstream>(
     ctx: &Ctx<'_>,
-    client: &mut BufConn,
+    client: &mut C,
     out: &mut Vec<u8>,
     up: &mut Upstream,
 ) -> Result<(), ProxyError> {
@@ -719,9 +720,9 @@ async fn send_request(
 
 /// The exchange on one connection: the request out, the response head in (interim answers
 /// consumed, a retryable status held back when `hold_back`), then the answer to the client.
-async fn exchange(
+async fn exchange<C: Downstream>(
     ctx: &Ctx<'_>,
-    client: &mut BufConn,
+    client: &mut C,
     out: &mut Vec<u8>,
     up: &mut Upstream,
     hold_back: bool,
@@ -767,9 +768,9 @@ enum Head {
 }
 
 /// Reads the response head; the head for the client is written into `out`.
-async fn read_response_head(
+async fn read_response_head<C: Downstream>(
     ctx: &Ctx<'_>,
-    client: &mut BufConn,
+    client: &mut C,
     out: &mut Vec<u8>,
     up: &mut Upstream,
     hold_back: bool,
@@ -799,7 +800,12 @@ async fn read_response_head(
                         return Err(ProxyError::downstream(ErrorKind::ClientGone));
                     }
                     let idle = http.websocket_idle_timeout;
-                    let bytes = super::tunnel::run(client, &mut up.conn, idle).await;
+                    let Some(conn) = client.connection() else {
+                        return Err(ProxyError::upstream(ErrorKind::BadResponse(
+                            "the backend switched protocols on a request that cannot upgrade",
+                        )));
+                    };
+                    let bytes = super::tunnel::run(conn, &mut up.conn, idle).await;
                     return Ok(Head::Upgraded(bytes));
                 }
                 HeadStep::NeedMore => {}
@@ -881,9 +887,9 @@ fn parse_head(
 }
 
 /// Sends the response head in `out` and streams the body; returns the body bytes sent.
-async fn send_response(
+async fn send_response<C: Downstream>(
     ctx: &Ctx<'_>,
-    client: &mut BufConn,
+    client: &mut C,
     out: &mut Vec<u8>,
     up: &mut Upstream,
     framing: Framing,

@@ -9,6 +9,7 @@ pub mod head;
 mod log;
 mod mirror;
 mod plan;
+mod side;
 #[cfg(test)]
 mod testio;
 mod tunnel;
@@ -476,8 +477,8 @@ async fn reject(
 
 /// Writes a short JSON error response (`r`'s status, code and message; closing after it if
 /// `r.close`). Returns false if the client is gone.
-pub(crate) async fn send_error(
-    client: &mut BufConn,
+pub(crate) async fn send_error<C: side::Downstream>(
+    client: &mut C,
     out: &mut Vec<u8>,
     r: &Reject,
     view: &View,
@@ -491,7 +492,9 @@ pub(crate) async fn send_error(
         .await
         .is_ok();
     if close && ok {
-        linger(client).await;
+        if let Some(conn) = client.connection() {
+            linger(conn).await;
+        }
     }
     ok
 }
