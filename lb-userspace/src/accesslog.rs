@@ -22,6 +22,8 @@ pub struct Line<'a> {
     pub client: SocketAddr,
     pub method: &'a str,
     pub path: &'a str,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
     pub status: u16,
     pub route: Option<&'a str>,
     pub cluster: Option<&'a str>,

@@ -103,6 +103,15 @@ impl From<io::Error> for IoFail {
     }
 }
 
+/// A connection handed to another protocol's driver ([`BufConn::into_h2_parts`]).
+pub struct HandOver {
+    pub stream: TcpStream,
+    /// Plaintext read and not consumed.
+    pub pending: Vec<u8>,
+    /// A server TLS session, with the ciphertext it has not processed yet.
+    pub tls: Option<(rustls::ServerConnection, Vec<u8>)>,
+}
+
 /// A TCP stream with one owned read buffer.
 pub struct BufConn {
     pub stream: TcpStream,
@@ -128,7 +137,7 @@ pub struct TlsSession {
     cipher_len: usize,
     cipher_out: Vec<u8>,
     /// When the session started, until its handshake is counted.
-    handshake_started: Option<std::time::Instant>,
+    handshake_started: HandshakeClock,
     /// The verified certificate the client presented (mTLS), read once the handshake ends.
     client_cert: Option<crate::tls::ClientCert>,
 }
@@ -139,7 +148,7 @@ impl TlsSession {
         if self.conn.is_handshaking() {
             return;
         }
-        let Some(started) = self.handshake_started.take() else {
+        let Some(started) = self.handshake_started.0.take() else {
             return;
         };
         let version = match self.conn.protocol_version() {
@@ -161,16 +170,21 @@ impl TlsSession {
 
     /// Counts a handshake that did not finish: `result` says how it ended.
     fn note_failure(&mut self, result: &'static str) {
-        if self.handshake_started.take().is_some() {
+        if self.handshake_started.0.take().is_some() {
             crate::metrics::tls_handshake(result, "none", false, None);
         }
     }
 }
 
-impl Drop for TlsSession {
+/// When a server session started, until its handshake is counted; one dropped before that
+/// (the client left, or timed out, mid-handshake) counts as incomplete.
+struct HandshakeClock(Option<std::time::Instant>);
+
+impl Drop for HandshakeClock {
     fn drop(&mut self) {
-        // A client that left, or timed out, mid-handshake.
-        self.note_failure("incomplete");
+        if self.0.take().is_some() {
+            crate::metrics::tls_handshake("incomplete", "none", false, None);
+        }
     }
 }
 
@@ -209,7 +223,7 @@ impl BufConn {
     ) -> BufConn {
         let mut c = BufConn::with_session(stream, buf, rustls::Connection::Client(conn));
         if let Some(t) = c.tls.as_mut() {
-            t.handshake_started = None;
+            t.handshake_started = HandshakeClock(None);
         }
         c
     }
@@ -222,7 +236,7 @@ impl BufConn {
             cipher_pos: 0,
             cipher_len: 0,
             cipher_out: Vec::new(),
-            handshake_started: Some(std::time::Instant::now()),
+            handshake_started: HandshakeClock(Some(std::time::Instant::now())),
             client_cert: None,
         }));
         c
@@ -283,6 +297,41 @@ impl BufConn {
     /// The verified certificate the client presented, on a TLS connection with mTLS.
     pub fn client_cert(&self) -> Option<&crate::tls::ClientCert> {
         self.tls.as_ref().and_then(|t| t.client_cert.as_ref())
+    }
+
+    /// The protocol ALPN settled on, on a TLS connection.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls.as_ref()?.conn.alpn_protocol()
+    }
+
+    /// Takes the connection apart for another protocol's driver (HTTP/2): the socket, the
+    /// plaintext read and not consumed, and a server TLS session with the ciphertext it
+    /// has not processed yet.
+    pub fn into_h2_parts(mut self) -> HandOver {
+        let pending = self
+            .buf
+            .get(self.pos..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let tls = self.tls.take().and_then(|t| {
+            let TlsSession {
+                conn,
+                cipher_in,
+                cipher_pos,
+                cipher_len,
+                ..
+            } = *t;
+            let leftover = cipher_in.get(cipher_pos..cipher_len).map(<[u8]>::to_vec);
+            match conn {
+                rustls::Connection::Server(s) => Some((s, leftover.unwrap_or_default())),
+                rustls::Connection::Client(_) => None,
+            }
+        });
+        HandOver {
+            stream: self.stream,
+            pending,
+            tls,
+        }
     }
 
     /// The SNI name the client sent, on a TLS connection.

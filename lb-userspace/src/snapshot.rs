@@ -100,6 +100,7 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub clusters: Vec<Cluster>,
     pub http: HttpConfig,
+    pub http2: crate::http::h2::H2Settings,
     pub config: Config,
     /// The config text it was built from, for rebuilding after re-resolution.
     pub text: String,
@@ -337,6 +338,7 @@ impl Snapshot {
             routes: RouteTable::build(&config.routes),
             clusters,
             http: config.http.clone(),
+            http2: config.http2,
             config,
             text: text.to_string(),
         })

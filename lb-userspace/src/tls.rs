@@ -422,7 +422,11 @@ fn load(
 /// Builds the server configuration of a TLS listener: its certificates read from disk
 /// (relative paths from `base`), ALPN `http/1.1`, TLS 1.2 and 1.3 (or 1.3 only), tickets
 /// from one ticketer shared by every worker, a bounded session cache, no 0-RTT.
-pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, String> {
+pub fn server_config(
+    t: &ListenerTls,
+    base: &Path,
+    alpn: Vec<Vec<u8>>,
+) -> Result<ListenerRuntime, String> {
     let provider = provider();
     let mut loaded = t
         .certificates
@@ -499,7 +503,7 @@ pub fn server_config(t: &ListenerTls, base: &Path) -> Result<ListenerRuntime, St
         certs,
         require_sni: t.require_sni,
     }));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn;
     if t.tickets {
         config.ticketer = ticketer(&t.client_auth, t.ticket_rotation, base)?;
     }

@@ -246,7 +246,7 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 9] = [
+const TEST_TOOLS: [(&str, &str); 11] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
@@ -254,6 +254,9 @@ const TEST_TOOLS: [(&str, &str); 9] = [
     // TLS clients the tests drive besides curl.
     ("openssl", "openssl"),
     ("python3", "python3"),
+    // HTTP/2 clients.
+    ("nghttp", "nghttp2-client"),
+    ("h2load", "nghttp2-client"),
     // The ACME test server and its mock DNS (pebble-challtestsrv), for the ACME tests.
     ("pebble", "pebble"),
     // The bench's same-work check runs against the proxies it compares with.

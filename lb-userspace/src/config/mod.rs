@@ -71,6 +71,7 @@ pub struct Config {
     pub listener_tls: Vec<Option<std::sync::Arc<crate::tls::ListenerRuntime>>>,
     pub admin: Option<AdminConfig>,
     pub http: HttpConfig,
+    pub http2: crate::http::h2::H2Settings,
     pub clusters: Vec<ClusterConfig>,
     pub routes: Vec<Route>,
     /// Where access log lines go; `None` means off.
@@ -116,6 +117,10 @@ pub struct ListenerConfig {
     pub tls: Option<crate::tls::ListenerTls>,
     /// Answer every plain-text request with a 308 to HTTPS on this port.
     pub redirect_to_https: Option<u16>,
+    /// HTTP/2 by ALPN (TLS listeners) or by prior knowledge (plain ones).
+    pub h2: bool,
+    /// HTTP/1.1 (always true unless the listener speaks only HTTP/2).
+    pub http1: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -401,6 +406,183 @@ pub fn restart_only_changes(old: &Config, new: &Config, buf_size: usize) -> Vec<
     out
 }
 
+/// Which protocols a listener speaks: (HTTP/1.1, HTTP/2).
+fn validate_protocols(
+    p: Option<&[String]>,
+    tls: bool,
+    at: &str,
+    errs: &mut Errors,
+) -> (bool, bool) {
+    let Some(p) = p else {
+        return (true, false);
+    };
+    let mut http1 = false;
+    let mut h2 = false;
+    for (j, name) in p.iter().enumerate() {
+        match name.as_str() {
+            "http/1.1" => http1 = true,
+            "h2" if tls => h2 = true,
+            "h2c" if !tls => h2 = true,
+            "h2" => errs.push(
+                format!("{at}[{j}]"),
+                "\"h2\" is negotiated by ALPN and needs TLS; a plain listener speaks \"h2c\"",
+            ),
+            "h2c" => errs.push(
+                format!("{at}[{j}]"),
+                "\"h2c\" is HTTP/2 without TLS; a TLS listener speaks \"h2\"",
+            ),
+            other => errs.push(
+                format!("{at}[{j}]"),
+                format!(
+                    "expected \"http/1.1\", \"h2\" (TLS) or \"h2c\" (plain text), got {other:?}"
+                ),
+            ),
+        }
+    }
+    if !http1 && !h2 {
+        errs.push(at, "a listener must speak at least one protocol");
+    }
+    (http1, h2)
+}
+
+/// Validates `[http2]`.
+fn validate_http2(r: &raw::RawHttp2, errs: &mut Errors) -> crate::http::h2::H2Settings {
+    let d = crate::http::h2::H2Settings::default();
+    let size = |errs: &mut Errors,
+                key: &str,
+                v: &Option<toml::Value>,
+                default: u32,
+                min: u32,
+                max: u32| {
+        let Some(v) = v else {
+            return default;
+        };
+        match units::parse_size(v) {
+            Ok(n) if (u64::from(min)..=u64::from(max)).contains(&n) => n as u32,
+            Ok(n) => {
+                errs.push(
+                    format!("http2.{key}"),
+                    format!("expected {min} to {max} bytes, got {n}"),
+                );
+                default
+            }
+            Err(m) => {
+                errs.push(format!("http2.{key}"), m);
+                default
+            }
+        }
+    };
+    let count = |errs: &mut Errors, key: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => {
+            errs.push(format!("http2.{key}"), "expected at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let max_header_list_size = size(
+        errs,
+        "max_header_list_size",
+        &r.max_header_list_size,
+        d.max_header_list_size,
+        1024,
+        16 << 20,
+    );
+    crate::http::h2::H2Settings {
+        max_concurrent_streams: count(
+            errs,
+            "max_concurrent_streams",
+            r.max_concurrent_streams,
+            d.max_concurrent_streams,
+        ),
+        max_header_list_size,
+        // RFC 9113: windows up to 2^31-1, frames from 2^14 to 2^24-1.
+        stream_window: size(
+            errs,
+            "stream_window",
+            &r.stream_window,
+            d.stream_window,
+            1024,
+            (1 << 31) - 1,
+        ),
+        connection_window: size(
+            errs,
+            "connection_window",
+            &r.connection_window,
+            d.connection_window,
+            65_535,
+            (1 << 31) - 1,
+        ),
+        max_frame_size: size(
+            errs,
+            "max_frame_size",
+            &r.max_frame_size,
+            d.max_frame_size,
+            16_384,
+            (1 << 24) - 1,
+        ),
+        max_pending_resets: count(
+            errs,
+            "max_pending_resets",
+            r.max_pending_resets,
+            d.max_pending_resets as u32,
+        ) as usize,
+        max_error_resets: count(
+            errs,
+            "max_error_resets",
+            r.max_error_resets,
+            d.max_error_resets as u32,
+        ) as usize,
+        hpack_table_size: size(
+            errs,
+            "hpack_table_size",
+            &r.hpack_table_size,
+            d.hpack_table_size,
+            0,
+            1 << 20,
+        ),
+        idle_timeout: errs.duration("http2.idle_timeout", &r.idle_timeout, d.idle_timeout),
+        handshake_timeout: errs.duration(
+            "http2.handshake_timeout",
+            &r.handshake_timeout,
+            d.handshake_timeout,
+        ),
+        flood: crate::http::h2::FloodLimits {
+            pings_per_second: count(
+                errs,
+                "max_pings_per_second",
+                r.max_pings_per_second,
+                d.flood.pings_per_second,
+            ),
+            settings_per_second: count(
+                errs,
+                "max_settings_per_second",
+                r.max_settings_per_second,
+                d.flood.settings_per_second,
+            ),
+            resets_per_second: count(
+                errs,
+                "max_resets_per_second",
+                r.max_resets_per_second,
+                d.flood.resets_per_second,
+            ),
+            empty_frames_per_second: count(
+                errs,
+                "max_empty_frames_per_second",
+                r.max_empty_frames_per_second,
+                d.flood.empty_frames_per_second,
+            ),
+            continuation_frames: count(
+                errs,
+                "max_continuation_frames",
+                r.max_continuation_frames,
+                d.flood.continuation_frames,
+            ),
+            header_block_bytes: max_header_list_size,
+        },
+    }
+}
+
 /// Validates a listener's `acme` table.
 fn validate_acme(
     a: &raw::RawAcme,
@@ -584,6 +766,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors(Vec::new());
     let server = validate_server(&raw.server, &mut errs);
     let http = validate_http(&raw.http, &mut errs);
+    let http2 = validate_http2(&raw.http2, &mut errs);
 
     if raw.listeners.is_empty() {
         errs.push("listeners", "at least one [[listeners]] entry is required");
@@ -609,8 +792,16 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
         let tls = l.tls.as_ref().and_then(|t| {
             validate_listener_tls(t, &format!("listeners[{i}].tls"), base, &mut errs)
         });
+        let alpn: Vec<Vec<u8>> = match l.protocols.as_deref() {
+            Some(p) if p.iter().any(|x| x == "h2") => p
+                .iter()
+                .filter(|x| *x == "h2" || *x == "http/1.1")
+                .map(|x| x.as_bytes().to_vec())
+                .collect(),
+            _ => vec![b"http/1.1".to_vec()],
+        };
         let built = tls.as_ref().and_then(|t| {
-            crate::tls::server_config(t, base)
+            crate::tls::server_config(t, base, alpn)
                 .map(std::sync::Arc::new)
                 .map_err(|e| errs.push(format!("listeners[{i}].tls.certificates"), e))
                 .ok()
@@ -622,12 +813,20 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
                     "expected the HTTPS port to send clients to, such as 443",
                 );
             }
+            let (http1, h2) = validate_protocols(
+                l.protocols.as_deref(),
+                tls.is_some(),
+                &format!("listeners[{i}].protocols"),
+                &mut errs,
+            );
             listeners.push(ListenerConfig {
                 name,
                 addr,
                 backlog,
                 tls,
                 redirect_to_https: l.redirect_to_https,
+                h2,
+                http1,
             });
             listener_tls.push(built);
         }
@@ -713,6 +912,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             listeners,
             admin,
             http,
+            http2,
             clusters,
             routes,
             access_log,

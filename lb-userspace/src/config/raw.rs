@@ -15,6 +15,9 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub http: RawHttp,
+    /// HTTP/2 limits, for listeners that speak it.
+    #[serde(default)]
+    pub http2: RawHttp2,
     #[serde(default)]
     pub clusters: Vec<RawCluster>,
     #[serde(default)]
@@ -105,6 +108,30 @@ pub struct RawListener {
     pub tls: Option<RawListenerTls>,
     /// Answer every plain-text request with a 308 redirect to HTTPS on this port.
     pub redirect_to_https: Option<u16>,
+    /// What the listener speaks: `"http/1.1"`, `"h2"` (TLS, by ALPN) and `"h2c"` (plain
+    /// text, by prior knowledge). Default `["http/1.1"]`.
+    pub protocols: Option<Vec<String>>,
+}
+
+/// `[http2]`: HTTP/2 limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    pub max_concurrent_streams: Option<u32>,
+    pub max_header_list_size: Option<toml::Value>,
+    pub stream_window: Option<toml::Value>,
+    pub connection_window: Option<toml::Value>,
+    pub max_frame_size: Option<toml::Value>,
+    pub max_pending_resets: Option<u32>,
+    pub max_error_resets: Option<u32>,
+    pub hpack_table_size: Option<toml::Value>,
+    pub idle_timeout: Option<String>,
+    pub handshake_timeout: Option<String>,
+    pub max_pings_per_second: Option<u32>,
+    pub max_settings_per_second: Option<u32>,
+    pub max_resets_per_second: Option<u32>,
+    pub max_empty_frames_per_second: Option<u32>,
+    pub max_continuation_frames: Option<u32>,
 }
 
 /// `[[listeners]] tls = { ... }`.

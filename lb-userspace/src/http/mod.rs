@@ -2,6 +2,7 @@
 //! decoder. Parsing is `httparse` over a caller-owned buffer; nothing here allocates.
 
 pub mod chunked;
+pub mod h2;
 pub mod path;
 pub mod request;
 pub mod response;

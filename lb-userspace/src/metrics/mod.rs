@@ -337,6 +337,11 @@ pub fn register_at_zero(refusal_reasons: &[&'static str]) {
     }
 }
 
+/// Counts an HTTP/2 connection lb ended, by why.
+pub fn h2_goaway(reason: &'static str) {
+    counter!(H2_GOAWAYS_TOTAL, "reason" => reason).increment(1);
+}
+
 /// Counts an ACME order that ended with a certificate, or failed.
 pub fn acme_order(issued: bool) {
     counter!(ACME_ORDERS_TOTAL, "result" => if issued { "issued" } else { "failed" }).increment(1);

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use super::side::{Sink, Source};
 use crate::http::chunked::{ChunkError, ChunkedDecoder, Step, TrailerPolicy};
 use crate::http::write::push_hex;
 use crate::http::Framing;
-use super::side::{Sink, Source};
 use crate::net::IoFail;
 
 /// Scratch bytes gathered before a write when re-encoding chunks.
@@ -239,7 +239,11 @@ fn push_chunk(scratch: &mut Vec<u8>, data: &[u8]) {
     scratch.extend_from_slice(b"\r\n");
 }
 
-async fn flush<D: Sink>(dst: &mut D, scratch: &mut Vec<u8>, idle: Duration) -> Result<(), PumpFail> {
+async fn flush<D: Sink>(
+    dst: &mut D,
+    scratch: &mut Vec<u8>,
+    idle: Duration,
+) -> Result<(), PumpFail> {
     if scratch.is_empty() {
         return Ok(());
     }

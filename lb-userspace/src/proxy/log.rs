@@ -52,6 +52,7 @@ pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
         client: peer,
         method: rec.method(),
         path: rec.target(),
+        protocol: rec.protocol.label(),
         status: rec.status,
         route: route.map(|r| r.name.as_str()),
         cluster: rec

@@ -5,6 +5,7 @@ mod body;
 pub mod error;
 mod exchange;
 pub mod explain;
+mod h2;
 pub mod head;
 mod log;
 mod mirror;
@@ -128,6 +129,26 @@ pub struct Record {
     pub error: Option<error::ProxyError>,
     /// It came over TLS.
     pub tls: bool,
+    /// The client's protocol.
+    pub protocol: Protocol,
+}
+
+/// The protocol a request came in with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    H2,
+}
+
+impl Protocol {
+    /// As the access log writes it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::H2 => "HTTP/2",
+        }
+    }
 }
 
 /// A request refused before it reaches a backend.
@@ -202,6 +223,8 @@ enum Step {
     /// No bytes came within the grace period: wait for the next request without a buffer.
     Park,
     Close,
+    /// The client speaks HTTP/2 (ALPN `h2`, or the preface on an `h2c` listener).
+    H2,
 }
 
 /// How long a closing TLS connection may take to write its `close_notify`.
@@ -281,12 +304,38 @@ pub fn serve(
                     return;
                 }
                 Step::Close => break,
+                Step::H2 => {
+                    // Its own task: the HTTP/2 state never weighs on HTTP/1.1 connections.
+                    monoio::spawn(h2::serve(client, peer, conn));
+                    return;
+                }
             }
         }
         client.close_notify(CLOSE_NOTIFY_TIMEOUT).await;
         let (_stream, buf) = client.into_parts();
         w.bufs.give(buf);
     }
+}
+
+/// Whether a new connection's first bytes are HTTP/2 on a listener that speaks it: ALPN
+/// chose `h2`, or a plain-text client opened with the HTTP/2 preface (`h2c`).
+fn speaks_h2(w: &Worker, client: &BufConn, listener: usize) -> bool {
+    let view = w.view();
+    if !view
+        .snap
+        .config
+        .listeners
+        .get(listener)
+        .is_some_and(|l| l.h2)
+    {
+        return false;
+    }
+    if client.is_tls() {
+        return client.alpn() == Some(b"h2");
+    }
+    let data = client.data();
+    let n = data.len().min(h2::PREFACE.len());
+    n >= 3 && h2::PREFACE.starts_with(&data[..n])
 }
 
 /// Reads and handles one request. A busy connection sends its next request at once, so the
@@ -310,6 +359,9 @@ async fn step(
             }
             Err(_) => return Step::Close,
         }
+    }
+    if head_deadline.is_some() && speaks_h2(w, client, at.listener) {
+        return Step::H2;
     }
     let mut out = Vec::new();
     let flow = next_request(w, client, &mut out, at, head_deadline).await;

@@ -1,0 +1,235 @@
+//! The byte stream under an HTTP/2 connection: the client's socket in monoio's poll mode
+//! (readiness through the same io_uring or epoll driver), with the connection's rustls
+//! session on top when it came over TLS, presented to the `h2` crate as tokio's
+//! `AsyncRead`/`AsyncWrite`. What the HTTP/1.1 side had already read (the connection
+//! preface, the first frames) is delivered first.
+//!
+//! On the way in, every frame header is looked at ([`FrameWatch`]) so that floods the
+//! `h2` crate does not bound itself (PING, SETTINGS, empty frames, resets, CONTINUATION)
+//! trip a limit and end the connection with GOAWAY.
+//!
+//! Cost against HTTP/1.1: plaintext is copied once from rustls into h2's read buffer (the
+//! HTTP/1.1 path copies it into the connection's buffer the same way); on plaintext
+//! connections the socket reads straight into h2's buffer.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::http::h2::FrameWatch;
+
+/// Ciphertext read at once.
+const CIPHER_READ: usize = 17 * 1024;
+
+pub struct H2Io {
+    tcp: TcpStreamPoll,
+    tls: Option<rustls::ServerConnection>,
+    /// Plaintext the HTTP/1.1 side read before the hand-over.
+    pending: Vec<u8>,
+    pending_pos: usize,
+    /// Ciphertext read and not yet given to rustls.
+    cin: Vec<u8>,
+    cin_pos: usize,
+    cin_len: usize,
+    /// Ciphertext to write, from `cout_pos`.
+    cout: Vec<u8>,
+    cout_pos: usize,
+    /// The socket reached its end.
+    eof: bool,
+    pub watch: FrameWatch,
+}
+
+impl H2Io {
+    pub fn new(
+        tcp: TcpStreamPoll,
+        tls: Option<(rustls::ServerConnection, Vec<u8>)>,
+        pending: Vec<u8>,
+        watch: FrameWatch,
+    ) -> H2Io {
+        let (tls, cin) = match tls {
+            Some((session, leftover)) => (Some(session), leftover),
+            None => (None, Vec::new()),
+        };
+        let cin_len = cin.len();
+        H2Io {
+            tcp,
+            tls,
+            pending,
+            pending_pos: 0,
+            cin,
+            cin_pos: 0,
+            cin_len,
+            cout: Vec::new(),
+            cout_pos: 0,
+            eof: false,
+            watch,
+        }
+    }
+
+    /// Writes what the TLS session has to send.
+    fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.cout_pos < self.cout.len() {
+                let n =
+                    ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.cout[self.cout_pos..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.cout_pos += n;
+                continue;
+            }
+            self.cout.clear();
+            self.cout_pos = 0;
+            let Some(tls) = self.tls.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            if !tls.wants_write() {
+                return Poll::Ready(Ok(()));
+            }
+            tls.write_tls(&mut self.cout)?;
+        }
+    }
+
+    /// Reads into `buf` through the TLS session.
+    fn poll_read_tls(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let Some(tls) = self.tls.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match tls.reader().read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    // 0: close_notify, the end.
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The peer closed without close_notify: the end all the same for h2.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if self.cin_pos < self.cin_len {
+                let mut rd = &self.cin[self.cin_pos..self.cin_len];
+                let before = rd.len();
+                tls.read_tls(&mut rd)?;
+                self.cin_pos += before - rd.len();
+                if let Err(e) = tls.process_new_packets() {
+                    // The alert rustls queued goes out if it can.
+                    let _ = self.poll_flush_tls(cx);
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+                // Anything rustls answers on its own (a key update) goes out.
+                if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                continue;
+            }
+            if self.eof {
+                // Tell rustls the stream ended; its reader then says how.
+                let _ = tls.read_tls(&mut &[][..]);
+                return match tls.reader().read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(Ok(())),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+                    Err(e) => Poll::Ready(Err(e)),
+                };
+            }
+            if self.cin.len() < CIPHER_READ {
+                self.cin.resize(CIPHER_READ, 0);
+            }
+            let mut rb = ReadBuf::new(&mut self.cin[..]);
+            ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                self.eof = true;
+            }
+            self.cin_pos = 0;
+            self.cin_len = n;
+        }
+    }
+}
+
+impl AsyncRead for H2Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.watch.tripped() {
+            // A flood was seen: nothing more goes to h2 (the connection task ends it).
+            return Poll::Pending;
+        }
+        let start = buf.filled().len();
+        if this.pending_pos < this.pending.len() {
+            let n = (this.pending.len() - this.pending_pos).min(buf.remaining());
+            buf.put_slice(&this.pending[this.pending_pos..this.pending_pos + n]);
+            this.pending_pos += n;
+            if this.pending_pos == this.pending.len() {
+                this.pending = Vec::new();
+                this.pending_pos = 0;
+            }
+        } else if this.tls.is_some() {
+            ready!(this.poll_read_tls(cx, buf))?;
+        } else {
+            ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
+        }
+        this.watch
+            .saw(&buf.filled()[start..], crate::timer::now_ms());
+        if this.watch.tripped() {
+            // The connection task is woken and ends the connection with GOAWAY.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.tls.is_none() {
+            return Pin::new(&mut this.tcp).poll_write(cx, data);
+        }
+        loop {
+            let n = match this.tls.as_mut() {
+                Some(tls) => tls.writer().write(data)?,
+                None => 0,
+            };
+            let flushed = this.poll_flush_tls(cx)?;
+            if n > 0 || data.is_empty() {
+                return Poll::Ready(Ok(n));
+            }
+            // rustls' buffer is full: wait for the socket to take some.
+            ready!(flushed);
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_flush_tls(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(tls) = this.tls.as_mut() {
+            tls.send_close_notify();
+        }
+        ready!(this.poll_flush_tls(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}

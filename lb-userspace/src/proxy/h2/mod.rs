@@ -1,0 +1,280 @@
+//! HTTP/2 from clients: a connection negotiated by ALPN `h2` on a TLS listener, or opened
+//! with the HTTP/2 preface on a plain listener that allows `h2c`. The `h2` crate runs the
+//! protocol over [`io::H2Io`]; each stream runs the same pipeline as an HTTP/1.1 request
+//! through [`stream::H2Stream`], as its own task on the worker.
+//!
+//! Limits (`[http2]`): concurrent streams, header list size, flow-control windows, frame
+//! size, HPACK table, resets (h2's own guards), and the floods [`crate::http::h2`] counts; a
+//! connection that breaks one gets GOAWAY and is counted in `lb_h2_goaways_total`. A drain
+//! or an idle connection gets a graceful GOAWAY: streams in flight finish.
+
+mod io;
+mod stream;
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use monoio::net::TcpStream;
+
+use super::{log, mirror, plan, send_error, side::Sink, ClientSide, Decision, Record, Reject};
+use crate::http::h2::{Flood, FrameWatch};
+use crate::net::BufConn;
+use crate::worker::{ConnGuard, Worker};
+
+pub use crate::http::h2::PREFACE;
+
+/// What every stream of a connection knows of its client.
+struct Client {
+    peer: SocketAddr,
+    listener: usize,
+    tls: bool,
+    sni: Option<String>,
+    client_cert: Option<crate::tls::ClientCert>,
+}
+
+/// Serves `client` as an HTTP/2 connection until it ends. What the HTTP/1.1 side read is
+/// handed over with it.
+pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
+    let w = guard.worker.clone();
+    let settings = w.view().snap.http2;
+    let info = Rc::new(Client {
+        peer,
+        listener: guard.listener,
+        tls: client.is_tls(),
+        sni: client.sni().map(str::to_string),
+        client_cert: client.client_cert().cloned(),
+    });
+    let parts = client.into_h2_parts();
+    let Some(tcp) = poll_mode(parts.stream) else {
+        return;
+    };
+    let (tls, pending) = (parts.tls, parts.pending);
+    let tripped = Rc::new(Cell::new(None));
+    let watch = FrameWatch::new(settings.flood, tripped.clone());
+    let io = io::H2Io::new(tcp, tls, pending, watch);
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_size)
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.max_frame_size)
+        .max_pending_accept_reset_streams(settings.max_pending_resets)
+        .max_local_error_reset_streams(Some(settings.max_error_resets));
+    let handshake = builder.handshake::<_, bytes::Bytes>(io);
+    let mut conn = match crate::timer::timeout(settings.handshake_timeout, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            crate::metrics::h2_goaway("handshake_timeout");
+            return;
+        }
+    };
+    let open = Rc::new(Cell::new(0usize));
+    let mut drain = w.drain_signal();
+    let mut draining = false;
+    loop {
+        let idle = settings.idle_timeout;
+        let accepted = monoio::select! {
+            a = conn.accept() => Some(a),
+            _ = &mut drain, if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+            _ = poll_fn(|cx| flood_tripped(&tripped, cx)) => {
+                if let Some(f) = tripped.get() {
+                    goaway_for(&mut conn, f);
+                }
+                None
+            }
+            _ = crate::timer::sleep(idle) => {
+                if open.get() == 0 && !draining {
+                    draining = true;
+                    crate::metrics::h2_goaway("idle");
+                    conn.graceful_shutdown();
+                }
+                continue;
+            }
+        };
+        match accepted {
+            Some(Some(Ok((req, respond)))) => {
+                open.set(open.get() + 1);
+                let (w, info, open) = (w.clone(), info.clone(), open.clone());
+                monoio::spawn(async move {
+                    serve_stream(&w, &info, req, respond).await;
+                    open.set(open.get() - 1);
+                });
+            }
+            Some(Some(Err(e))) => {
+                tracing::debug!(error = %e, "HTTP/2 connection error");
+                if let Some(reason) = e.reason() {
+                    crate::metrics::h2_goaway(reason_label(reason));
+                }
+                break;
+            }
+            Some(None) | None => break,
+        }
+    }
+    // Streams in flight finish; the connection's frames keep moving until they have.
+    let _ = poll_fn(|cx| conn.poll_closed(cx)).await;
+    drop(guard);
+}
+
+/// The socket in poll mode, for the h2 crate's readiness-driven IO.
+fn poll_mode(stream: TcpStream) -> Option<monoio::net::tcp::stream_poll::TcpStreamPoll> {
+    match stream.try_into_poll_io() {
+        Ok(s) => Some(s),
+        Err((e, _)) => {
+            tracing::debug!(error = %e, "HTTP/2 connection could not switch to poll IO");
+            None
+        }
+    }
+}
+
+/// Ready once a flood limit tripped.
+fn flood_tripped(
+    tripped: &Cell<Option<Flood>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<()> {
+    if tripped.get().is_some() {
+        return std::task::Poll::Ready(());
+    }
+    // The read side wakes this task when it trips a limit.
+    let _ = cx;
+    std::task::Poll::Pending
+}
+
+/// Ends a connection that broke a flood limit: GOAWAY with ENHANCE_YOUR_CALM, counted.
+fn goaway_for<T, B>(conn: &mut h2::server::Connection<T, B>, f: Flood)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: bytes::Buf,
+{
+    tracing::info!(
+        limit = f.label(),
+        "HTTP/2 client broke a flood limit; GOAWAY"
+    );
+    crate::metrics::h2_goaway(f.label());
+    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+}
+
+fn reason_label(r: h2::Reason) -> &'static str {
+    match r {
+        h2::Reason::PROTOCOL_ERROR => "protocol_error",
+        h2::Reason::FLOW_CONTROL_ERROR => "flow_control_error",
+        h2::Reason::FRAME_SIZE_ERROR => "frame_size_error",
+        h2::Reason::COMPRESSION_ERROR => "compression_error",
+        h2::Reason::ENHANCE_YOUR_CALM => "enhance_your_calm",
+        _ => "other",
+    }
+}
+
+/// One stream through the pipeline: plan, answer locally or proxy, log.
+async fn serve_stream(
+    w: &Rc<Worker>,
+    info: &Client,
+    req: http::Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<bytes::Bytes>,
+) {
+    let (parts, body) = req.into_parts();
+    let end_stream = body.is_end_stream();
+    let head_request = parts.method == http::Method::HEAD;
+    let mut head = w.bufs.take();
+    let built = stream::request_head(&parts, end_stream, &mut head);
+    let chunked = *built.as_ref().unwrap_or(&false);
+    let mut s = stream::H2Stream::new(
+        head,
+        chunked,
+        (!end_stream).then_some(body),
+        respond,
+        head_request,
+    );
+    let mut rec = Record {
+        protocol: super::Protocol::H2,
+        ..Record::default()
+    };
+    let mut out = w.out_bufs.take();
+    let view = w.view();
+    rec.tls = info.tls;
+    if let Err(message) = built {
+        let r = Reject {
+            status: 400,
+            code: "bad_request",
+            message,
+            head_len: 0,
+            close: false,
+        };
+        rec.started = Some(crate::clock::stamp());
+        send_error(&mut s, &mut out, &r, &view, &mut rec).await;
+    } else {
+        answer(w, info, &mut s, &mut out, &mut rec).await;
+    }
+    let cut = rec
+        .error
+        .is_some_and(|e| e.kind == super::error::ErrorKind::CutMidBody);
+    s.finish(cut || !s.answered() && rec.status == 0);
+    w.out_bufs.give(out);
+    if rec.status != 0 {
+        log::finish(w, &rec, info.peer);
+    }
+}
+
+/// Plans the stream's request and answers it.
+async fn answer(
+    w: &Rc<Worker>,
+    info: &Client,
+    s: &mut stream::H2Stream,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+) {
+    use super::side::Source;
+    let view = w.view();
+    let side = ClientSide {
+        peer: info.peer,
+        listener: info.listener,
+        tls: info.tls,
+        sni: info.sni.as_deref(),
+        client_cert: info.client_cert.as_ref(),
+    };
+    let decision = match plan::plan_request(&view, s.data(), &side, out, rec, w.access_log_on()) {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            let r = Reject {
+                status: 400,
+                code: "bad_request",
+                message: "the request head could not be read",
+                head_len: 0,
+                close: false,
+            };
+            send_error(s, out, &r, &view, rec).await;
+            return;
+        }
+        Err(r) => {
+            send_error(s, out, &r, &view, rec).await;
+            return;
+        }
+    };
+    rec.view = Some(view.clone());
+    if let Some((split, copy)) = rec.mirror.take() {
+        let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
+        mirror::send(w, &view.snap, split, copy, in_flight);
+    }
+    match decision {
+        Decision::Forward(plan) => {
+            super::exchange::proxy(w, &view, s, out, plan, rec).await;
+        }
+        Decision::Local {
+            head_len, status, ..
+        } => {
+            s.consume(head_len);
+            rec.status = status;
+            let _ = s.write_all(out, view.snap.http.client_body_timeout).await;
+        }
+    }
+}

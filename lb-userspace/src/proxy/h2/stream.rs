@@ -1,0 +1,540 @@
+//! One HTTP/2 stream as the client side of the pipeline ([`Downstream`]).
+//!
+//! Translation at this boundary, so routing, release and upstream code never see HTTP/2:
+//! - in: the pseudo-headers and fields become an HTTP/1.1 request head (`:authority` as
+//!   `Host`, a `Host` that differs from it refused, cookies joined, `TE` other than
+//!   `trailers` refused, `Expect` dropped); the DATA frames become the body, framed by the
+//!   request's `Content-Length` (checked by the pipeline against what arrives) or, without
+//!   one, chunked;
+//! - out: the HTTP/1.1 response head lb writes becomes a HEADERS frame without the
+//!   connection-specific fields; its body becomes DATA frames within the client's flow
+//!   control window, a chunked body is un-chunked and its trailers become a trailing
+//!   HEADERS frame.
+
+use std::future::poll_fn;
+use std::io;
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::super::side::{Downstream, Sink, Source};
+use crate::http::chunked::{ChunkedDecoder, Step};
+use crate::http::write::push_hex;
+use crate::net::{BufConn, IoFail};
+
+/// Largest response head lb writes (its own heads are far smaller).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Header fields HTTP/2 forbids (RFC 9113, 8.2.2): never sent on, either way.
+const CONNECTION_SPECIFIC: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Why a stream's request cannot become an HTTP/1.1 head (the client gets 400).
+pub type Refusal = &'static str;
+
+/// Writes the HTTP/1.1 head for `parts` into `out`. Returns whether the body is framed as
+/// chunked (a request with a body and no `Content-Length`).
+pub fn request_head(
+    parts: &http::request::Parts,
+    end_stream: bool,
+    out: &mut Vec<u8>,
+) -> Result<bool, Refusal> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .ok_or("the request has no :path")?;
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .map(HeaderValue::as_bytes);
+    let host = match (authority, host) {
+        (Some(a), Some(h)) if !a.as_bytes().eq_ignore_ascii_case(h) => {
+            return Err("the Host field differs from :authority")
+        }
+        (Some(a), _) => a.as_bytes(),
+        (None, Some(h)) => h,
+        (None, None) => return Err("the request has neither :authority nor Host"),
+    };
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    let mut cookies = 0;
+    let mut has_length = false;
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        match n {
+            "host" | "expect" => continue,
+            "cookie" => {
+                cookies += 1;
+                continue;
+            }
+            "te" if !value.as_bytes().eq_ignore_ascii_case(b"trailers") => {
+                return Err("TE other than trailers is not allowed in HTTP/2")
+            }
+            "content-length" => has_length = true,
+            _ if CONNECTION_SPECIFIC.contains(&n) => {
+                return Err("connection-specific header fields are not allowed in HTTP/2")
+            }
+            _ => {}
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if cookies > 0 {
+        // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+        out.extend_from_slice(b"cookie: ");
+        for (i, c) in parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .enumerate()
+        {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(c.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = !end_stream && !has_length;
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(chunked)
+}
+
+/// How the response body arrives from the pipeline.
+enum Body {
+    /// `Some(n)`: `n` bytes left (Content-Length); `None`: until the exchange ends.
+    Plain(Option<u64>),
+    Chunked {
+        decoder: ChunkedDecoder,
+        /// Bytes of an incomplete chunk line kept for the next write.
+        carry: Vec<u8>,
+        trailers: HeaderMap,
+    },
+}
+
+enum Response {
+    /// The head is still being written; the bytes so far.
+    Head(Vec<u8>),
+    Body(Body),
+    Done,
+}
+
+/// One stream: the request's bytes for the pipeline, and where its answer goes.
+pub struct H2Stream {
+    buf: Vec<u8>,
+    pos: usize,
+    reads: u64,
+    body: Option<RecvStream>,
+    chunked_in: bool,
+    respond: Option<SendResponse<Bytes>>,
+    send: Option<SendStream<Bytes>>,
+    response: Response,
+    head_request: bool,
+}
+
+impl H2Stream {
+    /// A stream whose request head (HTTP/1.1) is `head`.
+    pub fn new(
+        head: Vec<u8>,
+        chunked_in: bool,
+        body: Option<RecvStream>,
+        respond: SendResponse<Bytes>,
+        head_request: bool,
+    ) -> H2Stream {
+        H2Stream {
+            buf: head,
+            pos: 0,
+            reads: 0,
+            body,
+            chunked_in,
+            respond: Some(respond),
+            send: None,
+            response: Response::Head(Vec::new()),
+            head_request,
+        }
+    }
+
+    /// Ends the stream once the pipeline is done with it: a body delimited by the end of
+    /// the exchange ends here; one cut short (or no answer at all) resets the stream, so the
+    /// client never takes a partial answer for a whole one.
+    pub fn finish(&mut self, cut: bool) {
+        match &self.response {
+            Response::Body(Body::Plain(None)) if !cut => {
+                if let Some(s) = self.send.as_mut() {
+                    let _ = s.send_data(Bytes::new(), true);
+                }
+            }
+            Response::Done => {}
+            _ => {
+                if let Some(s) = self.send.as_mut() {
+                    s.send_reset(h2::Reason::INTERNAL_ERROR);
+                } else if let Some(r) = self.respond.as_mut() {
+                    r.send_reset(h2::Reason::INTERNAL_ERROR);
+                }
+            }
+        }
+        self.response = Response::Done;
+    }
+
+    /// Whether the answer is complete.
+    pub fn answered(&self) -> bool {
+        matches!(self.response, Response::Done)
+    }
+
+    /// Takes bytes of the HTTP/1.1 answer the pipeline writes.
+    async fn take(&mut self, data: &[u8], timeout: Duration) -> Result<(), IoFail> {
+        let Response::Head(acc) = &mut self.response else {
+            return self.take_body(data, timeout).await;
+        };
+        acc.extend_from_slice(data);
+        loop {
+            let Response::Head(acc) = &mut self.response else {
+                return Ok(());
+            };
+            let Some(end) = acc.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if acc.len() > MAX_RESPONSE_HEAD {
+                    return Err(IoFail::Io(io::Error::other("response head too large")));
+                }
+                return Ok(());
+            };
+            let acc = std::mem::take(acc);
+            let interim = self.send_head(&acc[..end + 4])?;
+            let tail = &acc[end + 4..];
+            if interim {
+                // An interim answer: what follows is the next head.
+                self.response = Response::Head(tail.to_vec());
+                continue;
+            }
+            return self.take_body(tail, timeout).await;
+        }
+    }
+
+    /// Takes body bytes of the answer.
+    async fn take_body(&mut self, data: &[u8], timeout: Duration) -> Result<(), IoFail> {
+        match &mut self.response {
+            Response::Done | Response::Head(_) => Ok(()),
+            Response::Body(Body::Chunked { .. }) => self.take_chunked(data, timeout).await,
+            Response::Body(Body::Plain(left)) => {
+                if data.is_empty() {
+                    return Ok(());
+                }
+                let k = left.map_or(data.len(), |l| l.min(data.len() as u64) as usize);
+                let last = left.is_some_and(|l| l == k as u64);
+                if let Some(l) = left.as_mut() {
+                    *l -= k as u64;
+                }
+                self.send_data(&data[..k], last, timeout).await?;
+                if last {
+                    self.response = Response::Done;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Un-chunks a chunked body into DATA frames and its trailers into HEADERS.
+    async fn take_chunked(&mut self, data: &[u8], timeout: Duration) -> Result<(), IoFail> {
+        let Response::Body(Body::Chunked { carry, .. }) = &mut self.response else {
+            return Ok(());
+        };
+        let mut input = std::mem::take(carry);
+        input.extend_from_slice(data);
+        let mut at = 0;
+        loop {
+            let Response::Body(Body::Chunked {
+                decoder, trailers, ..
+            }) = &mut self.response
+            else {
+                return Ok(());
+            };
+            let step = decoder
+                .step(&input[at..])
+                .map_err(|_| IoFail::Io(io::Error::other("invalid chunked response")))?;
+            match step {
+                Step::Data(n) => {
+                    let chunk = input[at..at + n].to_vec();
+                    at += n;
+                    self.send_data(&chunk, false, timeout).await?;
+                }
+                Step::Skip(n) | Step::LastChunk(n) => at += n,
+                Step::Trailer(n) => {
+                    if let Some((name, value)) = trailer_field(&input[at..at + n]) {
+                        trailers.append(name, value);
+                    }
+                    at += n;
+                }
+                Step::End(_) => {
+                    // Anything after the last chunk is not part of this answer.
+                    let trailers = std::mem::take(trailers);
+                    self.response = Response::Done;
+                    let Some(s) = self.send.as_mut() else {
+                        return Ok(());
+                    };
+                    let r = if trailers.is_empty() {
+                        s.send_data(Bytes::new(), true)
+                    } else {
+                        s.send_trailers(trailers)
+                    };
+                    return r.map_err(|e| IoFail::Io(io::Error::other(e)));
+                }
+                Step::NeedMore => {
+                    if let Response::Body(Body::Chunked { carry, .. }) = &mut self.response {
+                        carry.extend_from_slice(&input[at..]);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Sends the response head in `head` (HTTP/1.1 syntax). Returns true for an interim
+    /// (1xx) answer, which HTTP/2 clients do not need and is dropped.
+    fn send_head(&mut self, head: &[u8]) -> Result<bool, IoFail> {
+        let bad = || IoFail::Io(io::Error::other("lb wrote an unreadable response head"));
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut res = httparse::Response::new(&mut slots);
+        match res.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return Err(bad()),
+        }
+        let status = res.code.ok_or_else(bad)?;
+        if (100..200).contains(&status) {
+            return Ok(true);
+        }
+        let mut out = http::Response::builder().status(status);
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        for h in res.headers.iter() {
+            let lower = h.name.to_ascii_lowercase();
+            if lower == "transfer-encoding" {
+                chunked = true;
+                continue;
+            }
+            if CONNECTION_SPECIFIC.contains(&lower.as_str()) {
+                continue;
+            }
+            if lower == "content-length" {
+                length = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok());
+            }
+            out = out.header(lower.as_str(), h.value);
+        }
+        let response = out.body(()).map_err(|_| bad())?;
+        let no_body =
+            self.head_request || status == 204 || status == 304 || (!chunked && length == Some(0));
+        let respond = self.respond.as_mut().ok_or_else(bad)?;
+        let send = respond
+            .send_response(response, no_body)
+            .map_err(|e| IoFail::Io(io::Error::other(e)))?;
+        self.send = Some(send);
+        self.response = if no_body {
+            Response::Done
+        } else if chunked {
+            Response::Body(Body::Chunked {
+                decoder: ChunkedDecoder::new(),
+                carry: Vec::new(),
+                trailers: HeaderMap::new(),
+            })
+        } else {
+            Response::Body(Body::Plain(length))
+        };
+        Ok(false)
+    }
+
+    /// Sends `data` as DATA frames, as the client's flow-control window allows; waits for
+    /// window at most `timeout` at a time (a client that never opens it is a timeout).
+    async fn send_data(
+        &mut self,
+        mut data: &[u8],
+        eos: bool,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        let Some(s) = self.send.as_mut() else {
+            return Err(IoFail::Eof);
+        };
+        let err = |e: h2::Error| IoFail::Io(io::Error::other(e));
+        if data.is_empty() {
+            return if eos {
+                s.send_data(Bytes::new(), true).map_err(err)
+            } else {
+                Ok(())
+            };
+        }
+        while !data.is_empty() {
+            s.reserve_capacity(data.len());
+            let mut cap = s.capacity();
+            if cap == 0 {
+                let wait = poll_fn(|cx| s.poll_capacity(cx));
+                cap = match crate::timer::timeout(timeout, wait).await {
+                    Err(_) => return Err(IoFail::Timeout),
+                    Ok(None) => return Err(IoFail::Eof),
+                    Ok(Some(Err(e))) => return Err(err(e)),
+                    Ok(Some(Ok(n))) => n,
+                };
+                if cap == 0 {
+                    continue;
+                }
+            }
+            let k = cap.min(data.len());
+            let last = eos && k == data.len();
+            s.send_data(Bytes::copy_from_slice(&data[..k]), last)
+                .map_err(err)?;
+            data = &data[k..];
+        }
+        Ok(())
+    }
+}
+
+/// One trailer line (`name: value\r\n`) as an HTTP/2 field, if it is a valid one.
+fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    let line = line.strip_suffix(b"\r\n").unwrap_or(line);
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = HeaderName::from_bytes(&line[..colon].to_ascii_lowercase()).ok()?;
+    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
+    Some((name, value))
+}
+
+impl Source for H2Stream {
+    fn data(&self) -> &[u8] {
+        self.buf.get(self.pos..).unwrap_or(&[])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+    }
+
+    fn is_full(&self) -> bool {
+        false
+    }
+
+    async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail> {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        let Some(body) = self.body.as_mut() else {
+            return Err(IoFail::Eof);
+        };
+        let got = match crate::timer::timeout(timeout, body.data()).await {
+            Err(_) => return Err(IoFail::Timeout),
+            Ok(got) => got,
+        };
+        self.reads += 1;
+        match got {
+            None => {
+                self.body = None;
+                if self.chunked_in {
+                    self.chunked_in = false;
+                    self.buf.extend_from_slice(b"0\r\n\r\n");
+                    return Ok(5);
+                }
+                Err(IoFail::Eof)
+            }
+            Some(Err(e)) => Err(IoFail::Io(io::Error::other(e))),
+            Some(Ok(bytes)) => {
+                let _ = body.flow_control().release_capacity(bytes.len());
+                let before = self.buf.len();
+                if self.chunked_in {
+                    if bytes.is_empty() {
+                        return Ok(0);
+                    }
+                    push_hex(&mut self.buf, bytes.len() as u64);
+                    self.buf.extend_from_slice(b"\r\n");
+                    self.buf.extend_from_slice(&bytes);
+                    self.buf.extend_from_slice(b"\r\n");
+                } else {
+                    self.buf.extend_from_slice(&bytes);
+                }
+                Ok(self.buf.len() - before)
+            }
+        }
+    }
+
+    async fn forward_to<D: Sink>(
+        &mut self,
+        dst: &mut D,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        let n = n.min(self.buf.len() - self.pos);
+        let range = self.pos..self.pos + n;
+        let buf = std::mem::take(&mut self.buf);
+        let (res, buf) = dst.write_owned(buf, range, timeout).await;
+        self.buf = buf;
+        if res.is_ok() {
+            self.pos = (self.pos + n).min(self.buf.len());
+        }
+        res
+    }
+}
+
+impl Sink for H2Stream {
+    async fn write_all(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), IoFail> {
+        self.take(buf, timeout).await
+    }
+
+    async fn write_owned(
+        &mut self,
+        buf: Vec<u8>,
+        range: Range<usize>,
+        timeout: Duration,
+    ) -> (Result<(), IoFail>, Vec<u8>) {
+        let r = match buf.get(range) {
+            Some(data) => self.take(data, timeout).await,
+            None => Ok(()),
+        };
+        (r, buf)
+    }
+}
+
+impl Downstream for H2Stream {
+    fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    fn position(&self) -> usize {
+        self.pos
+    }
+
+    fn rewind(&mut self, pos: usize) {
+        self.pos = pos.min(self.buf.len());
+    }
+
+    fn buf_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    fn swap_buf(&mut self, mut buf: Vec<u8>) -> Vec<u8> {
+        buf.clear();
+        buf.extend_from_slice(self.data());
+        self.pos = 0;
+        std::mem::replace(&mut self.buf, buf)
+    }
+
+    fn connection(&mut self) -> Option<&mut BufConn> {
+        None
+    }
+}

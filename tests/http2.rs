@@ -1,0 +1,403 @@
+//! HTTP/2 from clients with real tools: curl over TLS (ALPN h2) and with prior knowledge
+//! (h2c), nghttp and h2load from nghttp2-client, and hand-made frames over a raw socket
+//! for the floods. Every stream goes through the same pipeline as HTTP/1.1: routing,
+//! rate limits and splits are checked over HTTP/2 too.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A CA and a certificate for `h2.test` in `dir` (`ca.pem`, `cert.pem`, `key.pem`).
+fn certs(dir: &Path) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "h2 test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["h2.test".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("leaf");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
+}
+
+/// lb with a TLS listener speaking h2 and http/1.1 (first, so `lb.addr` is it) and a plain
+/// one speaking h2c and http/1.1, in front of `backend`; `extra` is appended.
+fn h2_config(dir: &Path, backend: SocketAddr, extra: &str) -> String {
+    format!(
+        "[server]\nworkers = 2\ndrain_timeout = \"10s\"\n\n\
+         [[listeners]]\nname = \"tls\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"h2\", \"http/1.1\"]\n\
+         tls = {{ certificates = [{{ cert = \"{d}/cert.pem\", key = \"{d}/key.pem\" }}] }}\n\n\
+         [[listeners]]\nname = \"plain\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"http/1.1\", \"h2c\"]\n\n\
+         [admin]\naddr = \"127.0.0.1:0\"\n\n{extra}\n\
+         [[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{backend}\" }}]\n\
+         [[routes]]\nname = \"all\"\ncluster = \"app\"\n",
+        d = dir.display()
+    )
+}
+
+fn listener(lb: &Lb, name: &str) -> SocketAddr {
+    let ready: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lb.dir.join("ready.json")).expect("ready file"),
+    )
+    .expect("JSON");
+    ready["listeners"][name]
+        .as_str()
+        .expect("listener")
+        .parse()
+        .expect("addr")
+}
+
+fn have(tool: &str) -> bool {
+    let ok = Command::new(tool).arg("--version").output().is_ok();
+    if !ok {
+        skip(
+            "http2",
+            &format!("{tool} is not installed; `cargo xtask test` installs it"),
+        );
+    }
+    ok
+}
+
+/// curl with `args`; (HTTP version, status, body).
+fn curl(args: &[&str]) -> (String, u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", ""));
+    let mut parts = tail.split_whitespace();
+    let version = parts.next().unwrap_or("").to_string();
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(
+        out.status.success() || status != 0,
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (version, status, body.to_string())
+}
+
+#[test]
+fn curl_speaks_http2_over_tls_and_h2c_through_the_pipeline() {
+    if !have("curl") {
+        return;
+    }
+    let dir = scratch_dir("h2-curl");
+    certs(&dir);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&h2_config(&dir, backend.addr, ""));
+    let tls = listener(&lb, "tls");
+    let plain = listener(&lb, "plain");
+    let ca = dir.join("ca.pem").display().to_string();
+    let resolve = format!("h2.test:{}:127.0.0.1", tls.port());
+    let url = format!("https://h2.test:{}/over/h2?x=1", tls.port());
+    let (version, status, body) = curl(&["--http2", "--cacert", &ca, "--resolve", &resolve, &url]);
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("echo JSON");
+    assert_eq!(v["path"], "/over/h2?x=1");
+    assert_eq!(v["headers"]["host"], format!("h2.test:{}", tls.port()));
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    assert!(v["headers"].get("connection").is_none() || v["headers"]["connection"] != "upgrade");
+
+    // A body, with and without a length (curl sends none for a chunked upload).
+    let (version, status, body) = curl(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--data-binary",
+        "hello body",
+        &url,
+    ]);
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("echo JSON");
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["body_length"], 10);
+    let (_, status, body) = curl(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "streamed body",
+        &url,
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("echo JSON");
+    assert_eq!(v["body_length"], 13);
+
+    // h2c by prior knowledge on the plain listener; HTTP/1.1 still works there.
+    let (version, status, body) =
+        curl(&["--http2-prior-knowledge", &format!("http://{plain}/plain")]);
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let (version, status, _) = curl(&[&format!("http://{plain}/plain")]);
+    assert_eq!((version.as_str(), status), ("1.1", 200));
+    // HTTP/1.1 over the TLS listener too, when the client offers only that.
+    let (version, status, _) = curl(&["--http1.1", "--cacert", &ca, "--resolve", &resolve, &url]);
+    assert_eq!((version.as_str(), status), ("1.1", 200));
+    wait_until("HTTP/2 requests in the access metrics", || {
+        metric(&lb.scrape(), "lb_requests_total", &[("route", "all")]) >= 6.0
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn routing_rate_limits_and_splits_work_over_http2() {
+    if !have("curl") {
+        return;
+    }
+    let dir = scratch_dir("h2-routing");
+    certs(&dir);
+    let stable = Backend::start(echo("stable")).expect("backend");
+    let canary = Backend::start(echo("canary")).expect("backend");
+    let extra = format!(
+        "[[clusters]]\nname = \"stable\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+         [[clusters]]\nname = \"canary\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+         [[routes]]\nname = \"limited\"\npath_prefix = \"/limited\"\ncluster = \"stable\"\n\
+         rate_limit = {{ key = \"client_ip\", limits = [{{ requests = 2, per = \"1m\" }}] }}\n\
+         [[routes]]\nname = \"by-header\"\npath_prefix = \"/api\"\nheaders = [{{ name = \"x-team\", equals = \"blue\" }}]\ncluster = \"canary\"\n\
+         [[routes]]\nname = \"shop\"\npath_prefix = \"/shop\"\n[routes.split]\nname = \"shop\"\nsticky = \"header:X-User-ID\"\n\
+         targets = [{{ name = \"stable\", cluster = \"stable\", weight = 50 }}, {{ name = \"canary\", cluster = \"canary\", weight = 50 }}]\n\
+         override = [{{ header = \"X-Canary\", value = \"true\", target = \"canary\" }}]\n",
+        stable.addr, canary.addr
+    );
+    let lb = Lb::start(&h2_config(&dir, stable.addr, &extra));
+    let plain = listener(&lb, "plain");
+    let get = |path: &str, headers: &[&str]| {
+        let mut args = vec!["--http2-prior-knowledge".to_string()];
+        for h in headers {
+            args.push("-H".into());
+            args.push(h.to_string());
+        }
+        args.push(format!("http://{plain}{path}"));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&refs)
+    };
+    let (v, status, body) = get("/api/x", &["x-team: blue"]);
+    assert_eq!((v.as_str(), status), ("2", 200));
+    assert!(body.contains("\"backend\": \"canary\""), "{body}");
+    let (_, _, body) = get("/api/x", &[]);
+    assert!(!body.contains("canary"), "{body}");
+    let statuses: Vec<u16> = (0..3).map(|_| get("/limited", &[]).1).collect();
+    assert_eq!(statuses, [200, 200, 429], "the third is over the limit");
+    // A split: the same sticky key always lands on the same variant; the override wins.
+    let backend = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body)
+            .map(|v| v["backend"].to_string())
+            .unwrap_or_default()
+    };
+    for user in ["u-1", "u-2", "u-3"] {
+        let seen: std::collections::BTreeSet<String> = (0..4)
+            .map(|_| backend(&get("/shop", &[&format!("X-User-ID: {user}")]).2))
+            .collect();
+        assert_eq!(seen.len(), 1, "{user} is sticky: {seen:?}");
+    }
+    for _ in 0..4 {
+        let (v, _, body) = get("/shop", &["X-Canary: true", "X-User-ID: u-1"]);
+        assert_eq!(v, "2");
+        assert_eq!(backend(&body), "\"canary\"", "the override header wins");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nghttp_and_h2load_complete_every_request() {
+    if !have("nghttp") || !have("h2load") {
+        return;
+    }
+    let dir = scratch_dir("h2-load");
+    certs(&dir);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&h2_config(&dir, backend.addr, ""));
+    let plain = listener(&lb, "plain");
+    let tls = listener(&lb, "tls");
+    let out = Command::new("nghttp")
+        .args(["-v", "-n", &format!("http://{plain}/nghttp")])
+        .output()
+        .expect("nghttp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(":status: 200"), "{text}");
+    assert!(text.contains("recv SETTINGS frame"), "{text}");
+    for url in [
+        format!("http://{plain}/load"),
+        format!("https://{tls}/load"),
+    ] {
+        let out = Command::new("h2load")
+            .args(["-n", "2000", "-c", "4", "-m", "10", &url])
+            .output()
+            .expect("h2load");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("2000 succeeded, 0 failed, 0 errored"),
+            "{url}: {text}"
+        );
+        assert!(text.contains("status codes: 2000 2xx"), "{url}: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One frame: type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A HEADERS block for `GET /` (HPACK: indexed :method GET, :scheme http, :path /, and
+/// :authority as a literal).
+fn get_headers() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+    block.shrink_to_fit();
+    block
+}
+
+/// Opens an h2c connection with the preface and an empty SETTINGS.
+fn h2c(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("tcp");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .expect("preface");
+    s.write_all(&frame(0x4, 0, 0, &[])).expect("settings");
+    s
+}
+
+/// Reads frames until a GOAWAY arrives (its error code) or the connection ends (`None`),
+/// within 10 s.
+fn goaway(s: &mut TcpStream) -> Option<u32> {
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while Instant::now() < until {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = (buf[at] as usize) << 16 | (buf[at + 1] as usize) << 8 | buf[at + 2] as usize;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            if buf[at + 3] == 0x7 && len >= 8 {
+                let p = &buf[at + 9..];
+                return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            }
+            at += 9 + len;
+        }
+    }
+    None
+}
+
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Each flood gets GOAWAY (ENHANCE_YOUR_CALM), is counted, and lb keeps serving others.
+#[test]
+fn floods_get_goaway_and_lb_keeps_serving() {
+    if !have("curl") {
+        return;
+    }
+    let dir = scratch_dir("h2-floods");
+    certs(&dir);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&h2_config(
+        &dir,
+        backend.addr,
+        "[http2]\nmax_pings_per_second = 10\nmax_settings_per_second = 10\nmax_resets_per_second = 10\nmax_empty_frames_per_second = 10\nmax_continuation_frames = 4\nmax_header_list_size = \"4KiB\"\n",
+    ));
+    let plain = listener(&lb, "plain");
+    let floods: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "ping_flood",
+            (0..50).flat_map(|_| frame(0x6, 0, 0, &[0; 8])).collect(),
+        ),
+        (
+            "settings_flood",
+            (0..50).flat_map(|_| frame(0x4, 0, 0, &[])).collect(),
+        ),
+        (
+            "rapid_reset",
+            (0..100u32)
+                .flat_map(|i| {
+                    let id = 2 * i + 1;
+                    let mut f = frame(0x1, 0x4, id, &get_headers());
+                    f.extend(frame(0x3, 0, id, &[0, 0, 0, 8]));
+                    f
+                })
+                .collect(),
+        ),
+        ("empty_frames", {
+            let mut f = frame(0x1, 0x4, 1, &get_headers());
+            for _ in 0..50 {
+                f.extend(frame(0x0, 0, 1, &[]));
+            }
+            f
+        }),
+        ("continuation_flood", {
+            let mut f = frame(0x1, 0, 1, &get_headers());
+            for _ in 0..50 {
+                f.extend(frame(0x9, 0, 1, &[0x40, 0x01, b'a', 0x01, b'b']));
+            }
+            f
+        }),
+        ("header_list_too_large", {
+            let mut big = get_headers();
+            // A literal header with a 5,000-byte value (no Huffman).
+            big.extend_from_slice(&[0x40, 0x01, b'a', 0x7f]);
+            let mut n = 5000 - 127;
+            while n >= 128 {
+                big.push((n % 128) as u8 | 0x80);
+                n /= 128;
+            }
+            big.push(n as u8);
+            big.extend(std::iter::repeat_n(b'v', 5000));
+            frame(0x1, 0x5, 1, &big)
+        }),
+    ];
+    for (name, bytes) in floods {
+        let mut s = h2c(plain);
+        let _ = s.write_all(&bytes);
+        assert_eq!(goaway(&mut s), Some(ENHANCE_YOUR_CALM), "{name}");
+        wait_until(&format!("the {name} GOAWAY to be counted"), || {
+            metric(&lb.scrape(), "lb_h2_goaways_total", &[("reason", name)]) >= 1.0
+        });
+        // Others are still served.
+        let (v, status, _) = curl(&["--http2-prior-knowledge", &format!("http://{plain}/ok")]);
+        assert_eq!((v.as_str(), status), ("2", 200), "after {name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
