@@ -401,3 +401,92 @@ fn floods_get_goaway_and_lb_keeps_serving() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A client whose flow-control window never opens cannot hold a stream (and lb's buffers)
+/// forever: past the send timeout the connection gets GOAWAY.
+#[test]
+fn a_window_that_never_opens_gets_goaway() {
+    let dir = scratch_dir("h2-window");
+    certs(&dir);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&h2_config(
+        &dir,
+        backend.addr,
+        "[http]\nclient_body_timeout = \"1s\"\n",
+    ));
+    let plain = listener(&lb, "plain");
+    let mut s = TcpStream::connect(plain).expect("tcp");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .expect("preface");
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA may come.
+    s.write_all(&frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]))
+        .expect("settings");
+    s.write_all(&frame(0x1, 0x5, 1, &get_headers()))
+        .expect("headers");
+    assert_eq!(goaway(&mut s), Some(ENHANCE_YOUR_CALM));
+    wait_until("the stall to be counted", || {
+        metric(
+            &lb.scrape(),
+            "lb_h2_goaways_total",
+            &[("reason", "stalled_window")],
+        ) >= 1.0
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 100 streams in flight on one connection through a reload and then a drain: none lost.
+#[test]
+fn reload_and_drain_with_100_streams_in_flight_lose_none() {
+    if !have("h2load") {
+        return;
+    }
+    let dir = scratch_dir("h2-drain");
+    certs(&dir);
+    let slow: Handler = std::sync::Arc::new(|_req, res| {
+        std::thread::sleep(Duration::from_millis(400));
+        res.send(200, &[], b"slow answer");
+    });
+    let backend = Backend::start(slow).expect("backend");
+    let mut lb = Lb::start(&h2_config(&dir, backend.addr, ""));
+    let plain = listener(&lb, "plain");
+    let run = move || {
+        std::thread::spawn(move || {
+            let out = Command::new("h2load")
+                .args([
+                    "-n",
+                    "100",
+                    "-c",
+                    "1",
+                    "-m",
+                    "100",
+                    &format!("http://{plain}/slow"),
+                ])
+                .output()
+                .expect("h2load");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let load = run();
+    wait_until("streams in flight", || backend.requests() >= 50);
+    let (status, _) = lb.admin("POST", "/reload");
+    assert_eq!(status, 200);
+    let text = load.join().expect("h2load");
+    assert!(
+        text.contains("100 succeeded, 0 failed"),
+        "through a reload: {text}"
+    );
+
+    let before = backend.requests();
+    let load = run();
+    wait_until("streams in flight again", || {
+        backend.requests() >= before + 50
+    });
+    lb.signal(libc::SIGTERM);
+    let text = load.join().expect("h2load");
+    assert!(
+        text.contains("100 succeeded, 0 failed"),
+        "through a drain: {text}"
+    );
+    assert!(lb.wait_exit().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

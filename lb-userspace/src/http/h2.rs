@@ -5,8 +5,9 @@
 //! tripped limit ends the connection with GOAWAY `ENHANCE_YOUR_CALM`, counted by which
 //! limit it was.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// The `[http2]` table: HTTP/2 limits for every listener that speaks it.
@@ -80,6 +81,41 @@ pub struct FloodLimits {
     pub header_block_bytes: u32,
 }
 
+/// A connection's tripwire, shared by its frame watch, its streams and its task: the first
+/// limit broken, and the task to wake to end the connection.
+#[derive(Default)]
+pub struct Trip {
+    flood: Cell<Option<Flood>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Trip {
+    /// Records `f` (the first one stays) and wakes the connection task.
+    pub fn trip(&self, f: Flood) {
+        if self.flood.get().is_none() {
+            self.flood.set(Some(f));
+        }
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub fn get(&self) -> Option<Flood> {
+        self.flood.get()
+    }
+
+    /// Ready with the limit once one is broken.
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<Flood> {
+        match self.flood.get() {
+            Some(f) => Poll::Ready(f),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
 /// Which limit a connection broke: the `reason` label of `lb_h2_goaways_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flood {
@@ -89,6 +125,8 @@ pub enum Flood {
     EmptyFrames,
     Continuation,
     HeaderBlock,
+    /// A stream's flow-control window stayed shut past the send timeout.
+    StalledWindow,
 }
 
 impl Flood {
@@ -100,6 +138,7 @@ impl Flood {
             Flood::EmptyFrames => "empty_frames",
             Flood::Continuation => "continuation_flood",
             Flood::HeaderBlock => "header_list_too_large",
+            Flood::StalledWindow => "stalled_window",
         }
     }
 }
@@ -139,13 +178,13 @@ pub struct FrameWatch {
     continuations: u32,
     block_bytes: u64,
     in_block: bool,
-    tripped: Rc<Cell<Option<Flood>>>,
+    tripped: Rc<Trip>,
 }
 
 impl FrameWatch {
     /// A watch for a stream that starts with the preface; `tripped` is shared with the
     /// connection task.
-    pub fn new(limits: FloodLimits, tripped: Rc<Cell<Option<Flood>>>) -> FrameWatch {
+    pub fn new(limits: FloodLimits, tripped: Rc<Trip>) -> FrameWatch {
         FrameWatch {
             limits,
             preface_left: PREFACE.len(),
@@ -165,9 +204,7 @@ impl FrameWatch {
     }
 
     fn trip(&mut self, f: Flood) {
-        if self.tripped.get().is_none() {
-            self.tripped.set(Some(f));
-        }
+        self.tripped.trip(f);
     }
 
     /// Looks at the next bytes of the stream, which arrived at `now_ms` (milliseconds on
@@ -289,8 +326,8 @@ mod tests {
         f
     }
 
-    fn watch() -> (FrameWatch, Rc<Cell<Option<Flood>>>) {
-        let t = Rc::new(Cell::new(None));
+    fn watch() -> (FrameWatch, Rc<Trip>) {
+        let t = Rc::new(Trip::default());
         (FrameWatch::new(LIMITS, t.clone()), t)
     }
 

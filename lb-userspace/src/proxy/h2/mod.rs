@@ -19,7 +19,7 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 
 use super::{log, mirror, plan, send_error, side::Sink, ClientSide, Decision, Record, Reject};
-use crate::http::h2::{Flood, FrameWatch};
+use crate::http::h2::{Flood, FrameWatch, Trip};
 use crate::net::BufConn;
 use crate::worker::{ConnGuard, Worker};
 
@@ -51,7 +51,7 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
         return;
     };
     let (tls, pending) = (parts.tls, parts.pending);
-    let tripped = Rc::new(Cell::new(None));
+    let tripped = Rc::new(Trip::default());
     let watch = FrameWatch::new(settings.flood, tripped.clone());
     let io = io::H2Io::new(tcp, tls, pending, watch);
     let mut builder = h2::server::Builder::new();
@@ -87,10 +87,8 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
                 conn.graceful_shutdown();
                 continue;
             }
-            _ = poll_fn(|cx| flood_tripped(&tripped, cx)) => {
-                if let Some(f) = tripped.get() {
-                    goaway_for(&mut conn, f);
-                }
+            f = poll_fn(|cx| tripped.poll(cx)) => {
+                goaway_for(&mut conn, f);
                 None
             }
             _ = crate::timer::sleep(idle) => {
@@ -106,8 +104,9 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
             Some(Some(Ok((req, respond)))) => {
                 open.set(open.get() + 1);
                 let (w, info, open) = (w.clone(), info.clone(), open.clone());
+                let trip = tripped.clone();
                 monoio::spawn(async move {
-                    serve_stream(&w, &info, req, respond).await;
+                    serve_stream(&w, &info, req, respond, trip).await;
                     open.set(open.get() - 1);
                 });
             }
@@ -135,19 +134,6 @@ fn poll_mode(stream: TcpStream) -> Option<monoio::net::tcp::stream_poll::TcpStre
             None
         }
     }
-}
-
-/// Ready once a flood limit tripped.
-fn flood_tripped(
-    tripped: &Cell<Option<Flood>>,
-    cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<()> {
-    if tripped.get().is_some() {
-        return std::task::Poll::Ready(());
-    }
-    // The read side wakes this task when it trips a limit.
-    let _ = cx;
-    std::task::Poll::Pending
 }
 
 /// Ends a connection that broke a flood limit: GOAWAY with ENHANCE_YOUR_CALM, counted.
@@ -181,6 +167,7 @@ async fn serve_stream(
     info: &Client,
     req: http::Request<h2::RecvStream>,
     respond: h2::server::SendResponse<bytes::Bytes>,
+    trip: Rc<Trip>,
 ) {
     let (parts, body) = req.into_parts();
     let end_stream = body.is_end_stream();
@@ -194,6 +181,7 @@ async fn serve_stream(
         (!end_stream).then_some(body),
         respond,
         head_request,
+        trip,
     );
     let mut rec = Record {
         protocol: super::Protocol::H2,

@@ -152,6 +152,8 @@ pub struct H2Stream {
     send: Option<SendStream<Bytes>>,
     response: Response,
     head_request: bool,
+    /// The connection's tripwire: a window that never opens ends the connection.
+    trip: std::rc::Rc<crate::http::h2::Trip>,
 }
 
 impl H2Stream {
@@ -162,6 +164,7 @@ impl H2Stream {
         body: Option<RecvStream>,
         respond: SendResponse<Bytes>,
         head_request: bool,
+        trip: std::rc::Rc<crate::http::h2::Trip>,
     ) -> H2Stream {
         H2Stream {
             buf: head,
@@ -173,6 +176,7 @@ impl H2Stream {
             send: None,
             response: Response::Head(Vec::new()),
             head_request,
+            trip,
         }
     }
 
@@ -389,7 +393,11 @@ impl H2Stream {
             if cap == 0 {
                 let wait = poll_fn(|cx| s.poll_capacity(cx));
                 cap = match crate::timer::timeout(timeout, wait).await {
-                    Err(_) => return Err(IoFail::Timeout),
+                    Err(_) => {
+                        // The client never opened its window: a stall, not a slow link.
+                        self.trip.trip(crate::http::h2::Flood::StalledWindow);
+                        return Err(IoFail::Timeout);
+                    }
                     Ok(None) => return Err(IoFail::Eof),
                     Ok(Some(Err(e))) => return Err(err(e)),
                     Ok(Some(Ok(n))) => n,
