@@ -106,7 +106,12 @@ fn curl_speaks_http2_over_tls_and_h2c_through_the_pipeline() {
     let dir = scratch_dir("h2-curl");
     certs(&dir);
     let backend = Backend::start(echo("b")).expect("backend");
-    let lb = Lb::start(&h2_config(&dir, backend.addr, ""));
+    let log = dir.join("access.log");
+    let lb = Lb::start(&h2_config(
+        &dir,
+        backend.addr,
+        &format!("[access_log]\npath = \"{}\"\n", log.display()),
+    ));
     let tls = listener(&lb, "tls");
     let plain = listener(&lb, "plain");
     let ca = dir.join("ca.pem").display().to_string();
@@ -160,9 +165,29 @@ fn curl_speaks_http2_over_tls_and_h2c_through_the_pipeline() {
     // HTTP/1.1 over the TLS listener too, when the client offers only that.
     let (version, status, _) = curl(&["--http1.1", "--cacert", &ca, "--resolve", &resolve, &url]);
     assert_eq!((version.as_str(), status), ("1.1", 200));
-    wait_until("HTTP/2 requests in the access metrics", || {
-        metric(&lb.scrape(), "lb_requests_total", &[("route", "all")]) >= 6.0
+    wait_until("requests by protocol in the metrics", || {
+        let m = lb.scrape();
+        metric(
+            &m,
+            "lb_requests_total",
+            &[("route", "all"), ("protocol", "h2")],
+        ) == 4.0
+            && metric(
+                &m,
+                "lb_requests_total",
+                &[("route", "all"), ("protocol", "http/1.1")],
+            ) == 2.0
     });
+    wait_until("six access log lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 6)
+    });
+    let text = std::fs::read_to_string(&log).expect("access log");
+    assert_eq!(text.matches("\"protocol\":\"HTTP/2\"").count(), 4, "{text}");
+    assert_eq!(
+        text.matches("\"protocol\":\"HTTP/1.1\"").count(),
+        2,
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

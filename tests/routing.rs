@@ -320,8 +320,19 @@ fn explain_agrees_with_the_proxy() {
                 .chain((c.method == "POST").then(|| "Content-Length: 0".to_string()))
                 .collect(),
             client: "127.0.0.1:5555".parse().unwrap(),
+            http2: false,
         };
         let x = lb::proxy::explain::explain(snap.clone(), &req).unwrap();
+        // As HTTP/2 (`lb explain --http2`): the same route.
+        let as_h2 = lb::proxy::explain::ExplainRequest {
+            http2: true,
+            headers: req.headers.clone(),
+            method: req.method.clone(),
+            url: req.url.clone(),
+            client: req.client,
+        };
+        let y = lb::proxy::explain::explain(snap.clone(), &as_h2).unwrap();
+        assert_eq!(y.cluster, x.cluster, "HTTP/2: {} {}", c.method, c.target);
         assert_eq!(
             x.cluster.as_deref(),
             proxied["backend"].as_str(),
@@ -349,6 +360,7 @@ fn explain_agrees_with_the_proxy() {
             url: format!("http://a{target}"),
             headers: vec![],
             client: "127.0.0.1:5555".parse().unwrap(),
+            http2: false,
         };
         assert_eq!(
             lb::proxy::explain::explain(snap.clone(), &req)
@@ -380,6 +392,29 @@ fn explain_agrees_with_the_proxy() {
             || printed.contains("matches, but a more specific route wins"),
         "{printed}"
     );
+    // --http2: the same, and HTTP/2's own rules (no connection-specific fields).
+    let h2 = |extra: &[&str]| {
+        std::process::Command::new(lb_bin())
+            .args(["explain", "--http2", "--config"])
+            .arg(&s.lb.config_path)
+            .args([
+                "GET",
+                "http://api.example.com/api/orders/7",
+                "-H",
+                "X-API-Version: 2",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = h2(&[]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("orders-v2-header"), "{printed}");
+    let out = h2(&["-H", "Connection: keep-alive"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("connection-specific"), "{err}");
     // It explains the normal form, which is what routing and the backend see.
     let out = std::process::Command::new(lb_bin())
         .args(["explain", "--config"])

@@ -48,6 +48,9 @@ enum Command {
         /// The client address the request comes from.
         #[arg(long, default_value = "127.0.0.1:40000")]
         client: std::net::SocketAddr,
+        /// Explain it as an HTTP/2 request (the URL's host is `:authority`).
+        #[arg(long)]
+        http2: bool,
     },
     /// Run the embedded demo config with built-in echo backends.
     Demo {
@@ -76,12 +79,14 @@ fn main() -> ExitCode {
             url,
             headers,
             client,
+            http2,
         } => {
             let req = lb::proxy::explain::ExplainRequest {
                 method,
                 url,
                 headers,
                 client,
+                http2,
             };
             return explain(&config, &req);
         }

@@ -80,11 +80,14 @@ impl RouteMetrics {
         }
     }
 
-    /// Counts one answered request, from the worker `worker`.
-    pub fn record(&self, worker: usize, status: u16, elapsed: Duration) {
-        self.requests.record(worker, status, elapsed);
+    /// Counts one answered request, from the worker `worker`, that came over HTTP/2 or not.
+    pub fn record(&self, worker: usize, h2: bool, status: u16, elapsed: Duration) {
+        self.requests.record(worker, h2, status, elapsed);
     }
 }
+
+/// The `protocol` label of `lb_requests_total`, by index (ALPN names).
+const PROTOCOLS: [&str; 2] = ["http/1.1", "h2"];
 
 /// [`SECONDS_BUCKETS`] in nanoseconds.
 const BUCKET_NANOS: [u64; SECONDS_BUCKETS.len()] = {
@@ -101,8 +104,8 @@ const BUCKET_NANOS: [u64; SECONDS_BUCKETS.len()] = {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct RequestCell {
-    /// Requests by status class (1xx to 5xx).
-    classes: [AtomicU64; 5],
+    /// Requests by protocol (HTTP/1.1, HTTP/2) and status class (1xx to 5xx).
+    classes: [[AtomicU64; 5]; 2],
     /// Durations by bucket: `buckets[i]` counts those at most `BUCKET_NANOS[i]` and above the
     /// bound before it; the last counts the rest.
     buckets: [AtomicU64; SECONDS_BUCKETS.len() + 1],
@@ -148,7 +151,7 @@ impl RequestSeries {
         s
     }
 
-    fn record(&self, worker: usize, status: u16, elapsed: Duration) {
+    fn record(&self, worker: usize, h2: bool, status: u16, elapsed: Duration) {
         let cell = &self.cells[worker % self.cells.len()];
         let class = (status / 100).clamp(1, 5) as usize - 1;
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
@@ -156,19 +159,22 @@ impl RequestSeries {
             .iter()
             .position(|b| nanos <= *b)
             .unwrap_or(BUCKET_NANOS.len());
-        cell.classes[class].fetch_add(1, Ordering::Relaxed);
+        cell.classes[usize::from(h2)][class].fetch_add(1, Ordering::Relaxed);
         cell.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         cell.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    /// The counts summed over workers: by status class, by bucket, and the sum of durations.
-    fn totals(&self) -> ([u64; 5], [u64; SECONDS_BUCKETS.len() + 1], u64) {
-        let mut classes = [0u64; 5];
+    /// The counts summed over workers: by protocol and status class, by bucket, and the sum
+    /// of durations.
+    fn totals(&self) -> ([[u64; 5]; 2], [u64; SECONDS_BUCKETS.len() + 1], u64) {
+        let mut classes = [[0u64; 5]; 2];
         let mut buckets = [0u64; SECONDS_BUCKETS.len() + 1];
         let mut sum = 0u64;
         for c in self.cells.iter() {
-            for (t, v) in classes.iter_mut().zip(&c.classes) {
-                *t += v.load(Ordering::Relaxed);
+            for (tp, vp) in classes.iter_mut().zip(&c.classes) {
+                for (t, v) in tp.iter_mut().zip(vp) {
+                    *t += v.load(Ordering::Relaxed);
+                }
             }
             for (t, v) in buckets.iter_mut().zip(&c.buckets) {
                 *t += v.load(Ordering::Relaxed);
@@ -199,8 +205,18 @@ fn render_requests(out: &mut String) {
     let _ = writeln!(out, "# TYPE {REQUESTS_TOTAL} counter");
     for (s, (classes, _, _)) in all.iter().zip(&totals) {
         let l = labels(s);
-        for (class, n) in CLASSES.iter().zip(classes) {
-            let _ = writeln!(out, "{REQUESTS_TOTAL}{{{l},status_class=\"{class}\"}} {n}");
+        for (p, (protocol, by_class)) in PROTOCOLS.iter().zip(classes).enumerate() {
+            // HTTP/2 series appear once a route has served HTTP/2: no empty series for
+            // every route of an HTTP/1.1-only install.
+            if p > 0 && by_class.iter().all(|n| *n == 0) {
+                continue;
+            }
+            for (class, n) in CLASSES.iter().zip(by_class) {
+                let _ = writeln!(
+                    out,
+                    "{REQUESTS_TOTAL}{{{l},protocol=\"{protocol}\",status_class=\"{class}\"}} {n}"
+                );
+            }
         }
     }
     out.push('\n');
@@ -331,6 +347,9 @@ pub fn register_at_zero(refusal_reasons: &[&'static str]) {
     for result in ["issued", "failed"] {
         counter!(ACME_ORDERS_TOTAL, "result" => result).increment(0);
     }
+    for reason in ["idle", "rapid_reset", "ping_flood", "settings_flood"] {
+        counter!(H2_GOAWAYS_TOTAL, "reason" => reason).increment(0);
+    }
     for result in ["ok", "error"] {
         counter!(TLS_HANDSHAKES_TOTAL, "result" => result, "version" => "none", "resumed" => "false")
             .increment(0);
@@ -396,20 +415,28 @@ mod tests {
     fn request_series_sum_workers_and_fill_buckets_cumulatively() {
         let m = RouteMetrics::new("series-test", "c1");
         let ms = Duration::from_millis;
-        m.record(0, 200, ms(0)); // first bucket (0.5 ms)
-        m.record(1, 204, ms(3)); // 5 ms bucket, another worker
-        m.record(7, 503, ms(20)); // 25 ms bucket, a worker past the cells shares one
-        m.record(0, 404, Duration::from_secs(60)); // past the last bound
-                                                   // The same pair later (a reload) continues the same series.
-        RouteMetrics::new("series-test", "c1").record(0, 200, ms(1));
+        m.record(0, false, 200, ms(0)); // first bucket (0.5 ms)
+        m.record(1, true, 204, ms(3)); // 5 ms bucket, another worker, HTTP/2
+        m.record(7, false, 503, ms(20)); // 25 ms bucket, a worker past the cells shares one
+        m.record(0, false, 404, Duration::from_secs(60)); // past the last bound
+                                                          // The same pair later (a reload) continues the same series.
+        RouteMetrics::new("series-test", "c1").record(0, false, 200, ms(1));
         let mut text = String::new();
         render_requests(&mut text);
         let l = "route=\"series-test\",cluster=\"c1\"";
         let requests = lines_of(&text, &format!("lb_requests_total{{{l}"));
-        assert!(requests.contains(&format!("lb_requests_total{{{l},status_class=\"2xx\"}} 3")));
-        assert!(requests.contains(&format!("lb_requests_total{{{l},status_class=\"4xx\"}} 1")));
-        assert!(requests.contains(&format!("lb_requests_total{{{l},status_class=\"5xx\"}} 1")));
-        assert!(requests.contains(&format!("lb_requests_total{{{l},status_class=\"1xx\"}} 0")));
+        let h1 = format!("{l},protocol=\"http/1.1\"");
+        let h2 = format!("{l},protocol=\"h2\"");
+        assert!(requests.contains(&format!("lb_requests_total{{{h1},status_class=\"2xx\"}} 2")));
+        assert!(requests.contains(&format!("lb_requests_total{{{h2},status_class=\"2xx\"}} 1")));
+        assert!(requests.contains(&format!("lb_requests_total{{{h1},status_class=\"4xx\"}} 1")));
+        assert!(requests.contains(&format!("lb_requests_total{{{h1},status_class=\"5xx\"}} 1")));
+        assert!(requests.contains(&format!("lb_requests_total{{{h1},status_class=\"1xx\"}} 0")));
+        // A route that never served HTTP/2 has no HTTP/2 series.
+        RouteMetrics::new("series-h1-only", "c1").record(0, false, 200, ms(1));
+        let mut text2 = String::new();
+        render_requests(&mut text2);
+        assert!(!text2.contains("route=\"series-h1-only\",cluster=\"c1\",protocol=\"h2\""));
         let bucket = |le: &str| format!("lb_request_duration_seconds_bucket{{{l},le=\"{le}\"}}");
         for (le, n) in [
             ("0.0005", 1),

@@ -1,7 +1,8 @@
 //! Every metric name `lb` exports, in one place (Prometheus conventions: base units,
 //! `_total` for counters, `_seconds` for durations).
 
-/// Requests answered, by `route`, `cluster` and `status_class` (`2xx`…).
+/// Requests answered, by `route`, `cluster`, `protocol` (`http/1.1`, `h2`: the latter once a
+/// route has served HTTP/2) and `status_class` (`2xx`…).
 pub const REQUESTS_TOTAL: &str = "lb_requests_total";
 /// Time from a complete request head to the end of the response, by `route` and `cluster`.
 pub const REQUEST_DURATION_SECONDS: &str = "lb_request_duration_seconds";

@@ -21,6 +21,10 @@ pub struct ExplainRequest {
     /// `Name: value` lines.
     pub headers: Vec<String>,
     pub client: SocketAddr,
+    /// As an HTTP/2 request: the URL's authority is `:authority`, and the head goes through
+    /// the HTTP/2 translation the workers apply (connection-specific fields refused, cookies
+    /// joined, a differing Host refused).
+    pub http2: bool,
 }
 
 /// What `lb` decided, as text for people and as fields for tests.
@@ -35,6 +39,9 @@ pub struct Explanation {
 
 /// Builds the raw request head for `req`.
 pub fn raw_head(req: &ExplainRequest) -> Result<Vec<u8>, String> {
+    if req.http2 {
+        return h2_head(req);
+    }
     let (host, target) = match req
         .url
         .strip_prefix("http://")
@@ -70,6 +77,27 @@ pub fn raw_head(req: &ExplainRequest) -> Result<Vec<u8>, String> {
     }
     head.push_str("\r\n");
     Ok(head.into_bytes())
+}
+
+/// The head an HTTP/2 stream with `req`'s method, URL and fields becomes.
+fn h2_head(req: &ExplainRequest) -> Result<Vec<u8>, String> {
+    let mut b = http::Request::builder()
+        .method(req.method.as_str())
+        .uri(req.url.as_str());
+    for h in &req.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header {h:?} is not `Name: value`"))?;
+        b = b.header(name.trim().to_ascii_lowercase(), value.trim());
+    }
+    let (parts, ()) = b
+        .body(())
+        .map_err(|e| format!("not a valid HTTP/2 request: {e}"))?
+        .into_parts();
+    let mut head = Vec::new();
+    super::h2::request_head(&parts, true, &mut head)
+        .map_err(|e| format!("as HTTP/2, the request is refused with 400: {e}"))?;
+    Ok(head)
 }
 
 /// Explains `req` against `snap`.

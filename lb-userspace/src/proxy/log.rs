@@ -24,7 +24,7 @@ pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
         .route
         .and_then(|r| snap.route_metrics.get(r))
         .unwrap_or(&snap.unrouted_metrics);
-    metrics.record(w.id, rec.status, took);
+    metrics.record(w.id, rec.protocol == super::Protocol::H2, rec.status, took);
     if let Some((si, t, _)) = rec.variant {
         if let Some(split) = snap.splits.get(si) {
             let window = split

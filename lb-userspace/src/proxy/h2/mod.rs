@@ -24,6 +24,7 @@ use crate::net::BufConn;
 use crate::worker::{ConnGuard, Worker};
 
 pub use crate::http::h2::PREFACE;
+pub(crate) use stream::request_head;
 
 /// What every stream of a connection knows of its client.
 struct Client {
