@@ -62,6 +62,7 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .max_frame_size(settings.max_frame_size)
+        .header_table_size(settings.hpack_table_size)
         .max_pending_accept_reset_streams(settings.max_pending_resets)
         .max_local_error_reset_streams(Some(settings.max_error_resets));
     let handshake = builder.handshake::<_, bytes::Bytes>(io);
