@@ -359,12 +359,14 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the load benchmark compares against and drives.
-const BENCH_TOOLS: [(&str, &str); 4] = [
+const BENCH_TOOLS: [(&str, &str); 5] = [
     ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),
     ("wrk", "wrk"),
     // `openssl s_time` drives the resumed-handshake scenario.
     ("openssl", "openssl"),
+    // h2load drives the HTTP/2 scenario.
+    ("h2load", "nghttp2-client"),
 ];
 
 /// `cargo xtask bench [--micro | --load] [load options…]`: criterion micro benchmarks, then

@@ -46,7 +46,7 @@ pub struct Opts {
     pub fd_limit: u64,
 }
 
-pub const ALL_SCENARIOS: [&str; 10] = [
+pub const ALL_SCENARIOS: [&str; 11] = [
     "small_keepalive",
     "response_16k",
     "upload_1m",
@@ -57,6 +57,7 @@ pub const ALL_SCENARIOS: [&str; 10] = [
     "tls_keepalive",
     "tls_16k",
     "tls_idle",
+    "h2_tls",
 ];
 pub const ALL_PROXIES: [&str; 3] = ["lb", "nginx", "haproxy"];
 

@@ -184,7 +184,7 @@ pub fn build(opts: &Opts, run: &Run) -> Value {
                 targets.push(v);
             }
         }
-        if name == "tls_keepalive" {
+        if name == "tls_keepalive" || name == "h2_tls" {
             // Against the better of the two: the higher req/s, the lower CPU per request.
             let of = |p: &str, f: &str| proxies.get(p)?.get(f)?.as_f64();
             let lb_rps = of("lb", "rps");
@@ -202,14 +202,19 @@ pub fn build(opts: &Opts, run: &Run) -> Value {
                 (Some(a), Some(b)) if b > 0.0 => Some(a / b),
                 _ => None,
             };
+            let what = if name == "h2_tls" {
+                "HTTP/2 (h2load, TLS)"
+            } else {
+                "TLS keep-alive"
+            };
             targets.push(t(
-                "TLS keep-alive requests/s vs the better of nginx and HAProxy",
+                &format!("{what} requests/s vs the better of nginx and HAProxy"),
                 div(lb_rps, best_rps),
                 ">= 1.2",
                 |x| x >= 1.2,
             ));
             targets.push(t(
-                "TLS keep-alive CPU per request vs the better of nginx and HAProxy",
+                &format!("{what} CPU per request vs the better of nginx and HAProxy"),
                 div(lb_cpu, best_cpu),
                 "<= 0.8",
                 |x| x <= 0.8,

@@ -109,7 +109,7 @@ fn write_configs(dir: &Path, p: &Ports, opts: &Opts) -> Result<()> {
         dir.join("lb.toml"),
         format!(
             "[server]\nworkers = 1\npin_workers = false\n\n[[listeners]]\naddr = \"{}\"\n\n\
-             [[listeners]]\nname = \"tls\"\naddr = \"{}\"\ntls = {{ certificates = [{{ cert = \"{d}/tls.crt\", key = \"{d}/tls.key\" }}] }}\n\n\
+             [[listeners]]\nname = \"tls\"\naddr = \"{}\"\nprotocols = [\"h2\", \"http/1.1\"]\ntls = {{ certificates = [{{ cert = \"{d}/tls.crt\", key = \"{d}/tls.key\" }}] }}\n\n\
              [http]\nmax_request_body = \"4MiB\"\n\n\
              [[clusters]]\nname = \"hello\"\nendpoints = [{{ addr = \"{}\" }}]\n\n[[routes]]\ncluster = \"hello\"\n",
             p.lb, p.lb_tls, p.backend
@@ -127,8 +127,8 @@ fn write_configs(dir: &Path, p: &Ports, opts: &Opts) -> Result<()> {
             "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {fds};\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
              events {{ worker_connections {fds}; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_max_body_size 4m;\n\
                client_body_temp_path {dir}/nginx-body;\n  proxy_temp_path {dir}/nginx-proxy;\n\
-               upstream hello {{ server {}; keepalive 64; }}\n  server {{\n    listen {};\n    {nginx_location}\n  }}\n\
-               server {{\n    listen {} ssl;\n    ssl_certificate {d}/tls.crt;\n    ssl_certificate_key {d}/tls.key;\n\
+               upstream hello {{ server {}; keepalive 1024; }}\n  server {{\n    listen {};\n    {nginx_location}\n  }}\n\
+               server {{\n    listen {} ssl http2;\n    ssl_certificate {d}/tls.crt;\n    ssl_certificate_key {d}/tls.key;\n\
                    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;\n    ssl_session_tickets on;\n\
                    {nginx_location}\n  }}\n}}\n",
             p.backend,
@@ -145,7 +145,7 @@ fn write_configs(dir: &Path, p: &Ports, opts: &Opts) -> Result<()> {
              frontend fe\n  bind {}\n  option forwardfor\n  http-request set-header X-Forwarded-Proto http\n\
                http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request add-header Via \"1.1 haproxy\"\n\
                http-response add-header Via \"1.1 haproxy\"\n  default_backend be\n\n\
-             frontend fe_tls\n  bind {} ssl crt {d}/tls.pem alpn http/1.1 ssl-min-ver TLSv1.2\n  option forwardfor\n\
+             frontend fe_tls\n  bind {} ssl crt {d}/tls.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2\n  option forwardfor\n\
                http-request set-header X-Forwarded-Proto https\n\
                http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request add-header Via \"1.1 haproxy\"\n\
                http-response add-header Via \"1.1 haproxy\"\n  default_backend be\n\nbackend be\n  server hello {}\n",
@@ -519,6 +519,7 @@ fn run_one(
         // sessions).
         "new_connection" | "tls_handshake" => wrk(target, "/", 16, opts.seconds, &close, dir)?,
         "tls_resumed" => s_time_resumed(tls, opts.seconds)?,
+        "h2_tls" => h2load(tls, opts.seconds)?,
         other => bail!("unknown scenario {other}"),
     };
     let cpu = procs::cpu_us(pid)?.saturating_sub(cpu_before);
@@ -543,6 +544,54 @@ fn run_one(
         proxy_busy: Some(cpu as f64 / wall_us),
         load_busy,
     })
+}
+
+/// HTTP/2 over TLS: h2load on the load core, 64 connections with 10 streams each, small
+/// GETs, for `seconds`. (requests/s, mean ms, max ms, requests succeeded).
+fn h2load(tls: SocketAddr, seconds: u64) -> Result<(f64, f64, f64, u64)> {
+    let mut c = procs::pinned(LOAD_CORE, Path::new("/usr/bin/h2load"));
+    c.args([
+        "-t",
+        "1",
+        "-c",
+        "64",
+        "-m",
+        "10",
+        "-D",
+        &seconds.to_string(),
+    ])
+    .arg(format!("https://{tls}/"));
+    let out = c.output().context("running h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_h2load(&text).with_context(|| format!("unexpected h2load output:\n{text}"))
+}
+
+/// (requests/s, mean ms, max ms, succeeded) from h2load's report.
+pub fn parse_h2load(text: &str) -> Option<(f64, f64, f64, u64)> {
+    let rps: f64 = text
+        .lines()
+        .find(|l| l.starts_with("finished in"))?
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" req/s"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let succeeded: u64 = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))?
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" succeeded"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let times = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("time for request:"))?;
+    let fields: Vec<&str> = times.split_whitespace().skip(3).collect();
+    // min, max, mean, sd, +/- sd
+    let max = fields.get(1).and_then(|v| to_ms(v)).unwrap_or(0.0);
+    let mean = fields.get(2).and_then(|v| to_ms(v)).unwrap_or(0.0);
+    Some((rps, mean, max, succeeded))
 }
 
 /// Idle TLS connections held in the TLS memory scenario (at most `--idle`).
@@ -645,5 +694,14 @@ mod tests {
     fn wrk_output() {
         let text = "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 8 connections\n  Latency Distribution\n     50%  120.00us\n     75%  1.50ms\n     90%    2.00ms\n     99%    3.25ms\n  1234 requests in 1.00s, 100.00KB read\nRequests/sec:   1234.50\n";
         assert_eq!(super::parse_wrk(text), Some((1234.5, 0.12, 3.25, 1234)));
+    }
+
+    #[test]
+    fn h2load_output() {
+        let text = "finished in 5.00s, 47123.40 req/s, 2.10MB/s\nrequests: 235617 total, 235617 started, 235617 done, 235600 succeeded, 17 failed, 0 errored, 0 timeout\nstatus codes: 235600 2xx, 0 3xx, 0 4xx, 0 5xx\n                     min         max         mean         sd        +/- sd\ntime for request:      120us     25.31ms      6.50ms      1.20ms    70.00%\n";
+        assert_eq!(
+            super::parse_h2load(text),
+            Some((47123.4, 6.5, 25.31, 235600))
+        );
     }
 }

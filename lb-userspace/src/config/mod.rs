@@ -35,8 +35,10 @@ pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle pooled upstream connections are closed after this long: shorter than the keep-alive
 /// timeout of common servers (nginx 75 s, Node 5 s is the outlier), so we usually close first.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-/// Idle pooled connections kept per endpoint per worker.
-pub const DEFAULT_POOL_MAX_IDLE: u32 = 128;
+/// Idle pooled connections kept per endpoint per worker. Above the concurrency a worker
+/// reaches, so a burst of answers (HTTP/2 streams finishing together) does not close
+/// connections that the next burst reopens; idle ones still close after the pool timeout.
+pub const DEFAULT_POOL_MAX_IDLE: u32 = 1024;
 /// In-flight requests get this long to finish after SIGTERM before the process exits anyway.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request heads larger than this are answered 431; HAProxy's default buffer allows about as much.
