@@ -9,87 +9,20 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
 use crate::balancing::maglev::MaglevTable;
-use crate::balancing::{BalancerKind, HashKey};
-use crate::config::{ClusterConfig, Config, ConfigError, HttpConfig, Target};
+use crate::balancing::BalancerKind;
+use crate::config::{Config, ConfigError, HttpConfig, Target};
 use crate::metrics::{ClusterMetrics, RouteMetrics, SplitMetrics};
 use crate::release::state::SplitState;
 use crate::release::SplitConfig;
 use crate::routing::RouteTable;
 pub use crate::upstream::state::{ClusterState, EndpointState};
 
-/// One endpoint as a snapshot sees it.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    /// The configured target (`IP:port` or `host:port`), for logs and the admin API.
-    pub target: String,
-    pub state: Arc<EndpointState>,
-    /// With cluster TLS: the name its certificate is verified against (and the SNI).
-    pub tls_name: Option<rustls_pki_types::ServerName<'static>>,
-    /// Which idle pooled connections a request to it may reuse: 0 for plaintext, else the
-    /// cluster's TLS identity and this endpoint's name (a session verified for one name is
-    /// never reused for another, even at the same address).
-    pub pool_key: u64,
-}
-
-impl crate::balancing::Candidate for Endpoint {
-    fn weight(&self) -> u32 {
-        self.weight
-    }
-
-    fn load(&self) -> u64 {
-        self.state
-            .in_flight
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// A cluster with everything a worker needs to proxy to it.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    pub name: String,
-    pub endpoints: Vec<Endpoint>,
-    pub balancer: BalancerKind,
-    pub hash_key: Option<HashKey>,
-    pub maglev: Option<Arc<MaglevTable>>,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_endpoint: usize,
-    pub state: Arc<ClusterState>,
-    /// The validated cluster config: health, outlier, limits, breaker and retry policies.
-    pub config: ClusterConfig,
-    pub metrics: ClusterMetrics,
-}
-
-impl Cluster {
-    /// The endpoints as the balancer sees them.
-    pub fn choice(&self) -> crate::balancing::Choice<'_, Endpoint> {
-        crate::balancing::Choice {
-            kind: self.balancer,
-            endpoints: &self.endpoints,
-            maglev: self.maglev.as_deref(),
-        }
-    }
-
-    /// How to connect to `ep`, one of this cluster's endpoints.
-    pub fn dial<'a>(&'a self, ep: &'a Endpoint) -> crate::upstream::Dial<'a> {
-        crate::upstream::Dial {
-            addr: ep.addr,
-            endpoint: &ep.state,
-            cluster: &self.state,
-            tls: self.config.tls.as_ref().zip(ep.tls_name.as_ref()),
-            pool_key: ep.pool_key,
-        }
-    }
-}
+pub use crate::upstream::cluster::{Cluster, Endpoint};
 
 /// Everything a worker reads to decide what to do with a request.
 #[derive(Debug)]

@@ -21,43 +21,7 @@ pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
 /// Host-name endpoints are resolved again this often.
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Where an endpoint is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Target {
-    Addr(SocketAddr),
-    /// A host name and port, resolved at load and again every `resolve_interval`.
-    Host(String, u16),
-}
-
-#[derive(Debug, Clone)]
-pub struct EndpointConfig {
-    pub target: Target,
-    pub weight: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    pub name: String,
-    pub endpoints: Vec<EndpointConfig>,
-    pub balancer: BalancerKind,
-    pub hash_key: Option<HashKey>,
-    pub maglev_table_size: usize,
-    pub panic_threshold: u32,
-    pub resolve_interval: Duration,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_endpoint: usize,
-    pub health_check: Option<HealthCheckConfig>,
-    pub outlier: Option<OutlierConfig>,
-    pub limits: Limits,
-    pub endpoint_limits: Limits,
-    pub breaker: Option<BreakerConfig>,
-    pub retry: RetryConfig,
-    /// TLS to the endpoints, built (files read) at load.
-    pub tls: Option<crate::upstream::tls::ClusterTls>,
-}
+pub use crate::upstream::cluster::{ClusterConfig, EndpointConfig, Target};
 
 /// Validates a cluster's `tls` table and reads its files (relative to `base`).
 fn cluster_tls(

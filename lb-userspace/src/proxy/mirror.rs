@@ -8,22 +8,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::BufPool;
 use crate::snapshot::Snapshot;
 use crate::upstream;
-use crate::worker::Worker;
 
-/// Sends `head` (a complete request with its body) to the mirror cluster of split `split`.
+/// Sends `head` (a complete request with its body) to the mirror cluster of split `split`,
+/// with upstream buffers from `bufs`.
 pub fn send(
-    w: &Rc<Worker>,
+    bufs: &Rc<BufPool>,
     snap: &Arc<Snapshot>,
     split: usize,
     head: Vec<u8>,
     in_flight: Arc<AtomicU64>,
 ) {
-    let w = w.clone();
+    let bufs = bufs.clone();
     let snap = snap.clone();
     monoio::spawn(async move {
-        let result = copy(&w, &snap, split, head).await;
+        let result = copy(&bufs, &snap, split, head).await;
         in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Err(why) = result {
             tracing::debug!(why, "mirror copy failed");
@@ -32,7 +33,7 @@ pub fn send(
 }
 
 async fn copy(
-    w: &Worker,
+    bufs: &BufPool,
     snap: &Snapshot,
     split: usize,
     mut head: Vec<u8>,
@@ -53,7 +54,7 @@ async fn copy(
         return Err("mirror cluster has no endpoints");
     };
     let deadline = m.timeout;
-    let mut up = upstream::connect(&cluster.dial(ep), deadline, &w.up_bufs)
+    let mut up = upstream::connect(&cluster.dial(ep), deadline, bufs)
         .await
         .map_err(|_| "connect")?;
     up.conn
@@ -78,6 +79,6 @@ async fn copy(
             break;
         }
     }
-    up.close(&w.up_bufs);
+    up.close(bufs);
     Ok(())
 }

@@ -407,7 +407,7 @@ async fn handle_request(
     };
     if let Some((split, copy)) = rec.mirror.take() {
         let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
-        mirror::send(w, &view.snap, split, copy, in_flight);
+        mirror::send(&w.up_bufs, &view.snap, split, copy, in_flight);
     }
     match decision {
         Decision::Forward(plan) => exchange::proxy(w, &view, client, out, plan, rec).await,

@@ -1,6 +1,7 @@
 //! Upstream connections: connecting with a deadline, a worker-local pool of idle keep-alive
 //! connections per endpoint, the shared endpoint state, and active health checks.
 
+pub mod cluster;
 pub mod policy;
 pub mod state;
 pub mod tls;

@@ -74,7 +74,8 @@ pub struct Worker {
     pub out_bufs: BufPool,
     /// Read buffers of upstream connections, large so that a response body moves in few
     /// reads; only connections in an exchange hold one.
-    pub up_bufs: BufPool,
+    /// Shared with tasks that outlive a request (mirror copies).
+    pub up_bufs: Rc<BufPool>,
     pub pool: Pool,
     draining: Cell<bool>,
     drain: Shared<oneshot::Receiver<()>>,
@@ -110,7 +111,7 @@ impl Worker {
             cell,
             bufs: BufPool::new(spec.buf_size, MAX_FREE_BUFFERS),
             out_bufs: BufPool::new(OUT_BUF_SIZE, MAX_FREE_BUFFERS),
-            up_bufs: BufPool::new(UPSTREAM_BUF_SIZE, MAX_FREE_UPSTREAM_BUFFERS),
+            up_bufs: Rc::new(BufPool::new(UPSTREAM_BUF_SIZE, MAX_FREE_UPSTREAM_BUFFERS)),
             pool: Pool::default(),
             draining: Cell::new(false),
             drain: drain.shared(),

@@ -253,7 +253,7 @@ async fn answer(
     rec.view = Some(view.clone());
     if let Some((split, copy)) = rec.mirror.take() {
         let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
-        mirror::send(w, &view.snap, split, copy, in_flight);
+        mirror::send(&w.up_bufs, &view.snap, split, copy, in_flight);
     }
     match decision {
         Decision::Forward(plan) => {
