@@ -14,6 +14,7 @@ pub mod config;
 pub mod connlimit;
 pub mod control;
 pub mod demo;
+pub mod h2io;
 pub mod hash;
 pub mod http;
 pub mod identity;

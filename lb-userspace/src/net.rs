@@ -859,6 +859,87 @@ pub async fn write_buf(
     res.map(|_| ()).map_err(IoFail::Io)
 }
 
+/// The two ends bytes move between: a [`Source`] with a read buffer of what has arrived
+/// and a way to get more, and a [`Sink`] that takes bytes. A connection ([`BufConn`]) is
+/// both; so are an HTTP/2 stream on either side of the proxy.
+/// Where bytes come from: a buffer of what has arrived, and a way to get more.
+#[allow(async_fn_in_trait)] // used with static dispatch only, on one thread
+pub trait Source {
+    /// The bytes read and not yet consumed.
+    fn data(&self) -> &[u8];
+    fn consume(&mut self, n: usize);
+    /// No room to read more without consuming.
+    fn is_full(&self) -> bool;
+    /// Reads more within `timeout`; `IoFail::Eof` at a clean end.
+    async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail>;
+    /// Writes the first `n` buffered bytes to `dst` and consumes them.
+    async fn forward_to<D: Sink>(
+        &mut self,
+        dst: &mut D,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), IoFail>;
+}
+
+/// Where bytes go.
+#[allow(async_fn_in_trait)] // used with static dispatch only, on one thread
+pub trait Sink {
+    /// Writes all of `buf` (which is left as it was, for reuse).
+    async fn write_all(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), IoFail>;
+    /// Writes `buf[range]`, owning the buffer meanwhile (completion IO), and gives it back.
+    async fn write_owned(
+        &mut self,
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+        timeout: Duration,
+    ) -> (Result<(), IoFail>, Vec<u8>);
+}
+
+impl Source for BufConn {
+    fn data(&self) -> &[u8] {
+        BufConn::data(self)
+    }
+
+    fn consume(&mut self, n: usize) {
+        BufConn::consume(self, n)
+    }
+
+    fn is_full(&self) -> bool {
+        BufConn::is_full(self)
+    }
+
+    async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail> {
+        BufConn::fill(self, timeout).await
+    }
+
+    async fn forward_to<D: Sink>(
+        &mut self,
+        dst: &mut D,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        let (buf, range) = self.lend(n);
+        let (res, buf) = dst.write_owned(buf, range, timeout).await;
+        self.give_back(buf, n, res.is_ok());
+        res
+    }
+}
+
+impl Sink for BufConn {
+    async fn write_all(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), IoFail> {
+        BufConn::write_all(self, buf, timeout).await
+    }
+
+    async fn write_owned(
+        &mut self,
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+        timeout: Duration,
+    ) -> (Result<(), IoFail>, Vec<u8>) {
+        BufConn::write_owned(self, buf, range, timeout).await
+    }
+}
+
 /// Asks the kernel, without blocking, whether an idle connection is still clean: open, with
 /// nothing to read. A peer that closed or reset it, or that sent bytes nobody asked for (a
 /// late body after a 204, a second response), makes it unusable.

@@ -1,6 +1,6 @@
 //! HTTP/2 from clients: a connection negotiated by ALPN `h2` on a TLS listener, or opened
 //! with the HTTP/2 preface on a plain listener that allows `h2c`. The `h2` crate runs the
-//! protocol over [`io::H2Io`]; each stream runs the same pipeline as an HTTP/1.1 request
+//! protocol over [`crate::h2io::H2Io`]; each stream runs the same pipeline as an HTTP/1.1 request
 //! through [`stream::H2Stream`], as its own task on the worker.
 //!
 //! Limits (`[http2]`): concurrent streams, header list size, flow-control windows, frame
@@ -8,7 +8,6 @@
 //! connection that breaks one gets GOAWAY and is counted in `lb_h2_goaways_total`. A drain
 //! or an idle connection gets a graceful GOAWAY: streams in flight finish.
 
-mod io;
 mod stream;
 
 use std::cell::Cell;
@@ -54,7 +53,8 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
     let (tls, pending) = (parts.tls, parts.pending);
     let tripped = Rc::new(Trip::default());
     let watch = FrameWatch::new(settings.flood, tripped.clone());
-    let io = io::H2Io::new(tcp, tls, pending, watch);
+    let tls = tls.map(|(s, leftover)| (rustls::Connection::Server(s), leftover));
+    let io = crate::h2io::H2Io::new(tcp, tls, pending, Some(watch));
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(settings.max_concurrent_streams)

@@ -1,12 +1,12 @@
-//! The byte stream under an HTTP/2 connection: the client's socket in monoio's poll mode
-//! (readiness through the same io_uring or epoll driver), with the connection's rustls
-//! session on top when it came over TLS, presented to the `h2` crate as tokio's
-//! `AsyncRead`/`AsyncWrite`. What the HTTP/1.1 side had already read (the connection
-//! preface, the first frames) is delivered first.
+//! The byte stream under an HTTP/2 connection, to a client or to a backend: the socket in
+//! monoio's poll mode (readiness through the same io_uring or epoll driver), with a rustls
+//! session on top when the connection runs TLS, presented to the `h2` crate as tokio's
+//! `AsyncRead`/`AsyncWrite`. Bytes already read before the hand-over (the connection
+//! preface, the first frames) are delivered first.
 //!
-//! On the way in, every frame header is looked at ([`FrameWatch`]) so that floods the
-//! `h2` crate does not bound itself (PING, SETTINGS, empty frames, resets, CONTINUATION)
-//! trip a limit and end the connection with GOAWAY.
+//! On a client's connection, every frame header coming in is looked at ([`FrameWatch`]) so
+//! that floods the `h2` crate does not bound itself (PING, SETTINGS, empty frames, resets,
+//! CONTINUATION) trip a limit and end the connection with GOAWAY.
 //!
 //! Cost against HTTP/1.1: plaintext is copied once from rustls into h2's read buffer (the
 //! HTTP/1.1 path copies it into the connection's buffer the same way); on plaintext
@@ -26,7 +26,7 @@ const CIPHER_READ: usize = 17 * 1024;
 
 pub struct H2Io {
     tcp: TcpStreamPoll,
-    tls: Option<rustls::ServerConnection>,
+    tls: Option<rustls::Connection>,
     /// Plaintext the HTTP/1.1 side read before the hand-over.
     pending: Vec<u8>,
     pending_pos: usize,
@@ -39,15 +39,15 @@ pub struct H2Io {
     cout_pos: usize,
     /// The socket reached its end.
     eof: bool,
-    pub watch: FrameWatch,
+    pub watch: Option<FrameWatch>,
 }
 
 impl H2Io {
     pub fn new(
         tcp: TcpStreamPoll,
-        tls: Option<(rustls::ServerConnection, Vec<u8>)>,
+        tls: Option<(rustls::Connection, Vec<u8>)>,
         pending: Vec<u8>,
-        watch: FrameWatch,
+        watch: Option<FrameWatch>,
     ) -> H2Io {
         let (tls, cin) = match tls {
             Some((session, leftover)) => (Some(session), leftover),
@@ -165,7 +165,7 @@ impl AsyncRead for H2Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.watch.tripped() {
+        if this.watch.as_ref().is_some_and(FrameWatch::tripped) {
             // A flood was seen: nothing more goes to h2 (the connection task ends it).
             return Poll::Pending;
         }
@@ -183,9 +183,11 @@ impl AsyncRead for H2Io {
         } else {
             ready!(Pin::new(&mut this.tcp).poll_read(cx, buf))?;
         }
-        this.watch
-            .saw(&buf.filled()[start..], crate::timer::now_ms());
-        if this.watch.tripped() {
+        let Some(watch) = this.watch.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        watch.saw(&buf.filled()[start..], crate::timer::now_ms());
+        if watch.tripped() {
             // The connection task is woken and ends the connection with GOAWAY.
             cx.waker().wake_by_ref();
             return Poll::Pending;
