@@ -71,6 +71,22 @@ fn counters_move_by_exactly_the_traffic_sent() {
     for _ in 0..2 {
         assert_eq!(get(lb.addr, "/nowhere").status, 404);
     }
+    // A request is counted just after its answer is written: wait for the last ones.
+    let counted = |s: &[Sample]| {
+        metric(
+            s,
+            "lb_requests_total",
+            &[("route", "none"), ("status_class", "4xx")],
+        ) - metric(
+            &before,
+            "lb_requests_total",
+            &[("route", "none"), ("status_class", "4xx")],
+        ) >= 2.0
+            && metric(s, "lb_requests_total", &[("route", "orders")])
+                - metric(&before, "lb_requests_total", &[("route", "orders")])
+                >= 10.0
+    };
+    wait_until("the last requests to be counted", || counted(&lb.scrape()));
     let after = lb.scrape();
     let delta = |labels: &[(&str, &str)]| {
         metric(&after, "lb_requests_total", labels) - metric(&before, "lb_requests_total", labels)

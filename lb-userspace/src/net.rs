@@ -103,13 +103,13 @@ impl From<io::Error> for IoFail {
     }
 }
 
-/// A connection handed to another protocol's driver ([`BufConn::into_h2_parts`]).
+/// A connection handed to another protocol's driver ([`BufConn::hand_over`]).
 pub struct HandOver {
     pub stream: TcpStream,
     /// Plaintext read and not consumed.
     pub pending: Vec<u8>,
-    /// A server TLS session, with the ciphertext it has not processed yet.
-    pub tls: Option<(rustls::ServerConnection, Vec<u8>)>,
+    /// The TLS session, with the ciphertext it has not processed yet.
+    pub tls: Option<(rustls::Connection, Vec<u8>)>,
 }
 
 /// A TCP stream with one owned read buffer.
@@ -305,15 +305,15 @@ impl BufConn {
     }
 
     /// Takes the connection apart for another protocol's driver (HTTP/2): the socket, the
-    /// plaintext read and not consumed, and a server TLS session with the ciphertext it
-    /// has not processed yet.
-    pub fn into_h2_parts(mut self) -> HandOver {
+    /// plaintext read and not consumed, and the TLS session with the ciphertext it has not
+    /// processed yet.
+    pub fn hand_over(mut self) -> HandOver {
         let pending = self
             .buf
             .get(self.pos..)
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
-        let tls = self.tls.take().and_then(|t| {
+        let tls = self.tls.take().map(|t| {
             let TlsSession {
                 conn,
                 cipher_in,
@@ -322,10 +322,7 @@ impl BufConn {
                 ..
             } = *t;
             let leftover = cipher_in.get(cipher_pos..cipher_len).map(<[u8]>::to_vec);
-            match conn {
-                rustls::Connection::Server(s) => Some((s, leftover.unwrap_or_default())),
-                rustls::Connection::Client(_) => None,
-            }
+            (conn, leftover.unwrap_or_default())
         });
         HandOver {
             stream: self.stream,

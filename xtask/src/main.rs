@@ -246,7 +246,7 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 11] = [
+const TEST_TOOLS: [(&str, &str); 12] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
@@ -254,6 +254,8 @@ const TEST_TOOLS: [(&str, &str); 11] = [
     // TLS clients the tests drive besides curl.
     ("openssl", "openssl"),
     ("python3", "python3"),
+    // pip, for the gRPC tests' grpcio.
+    ("pip3", "python3-pip"),
     // HTTP/2 clients.
     ("nghttp", "nghttp2-client"),
     ("h2load", "nghttp2-client"),
@@ -303,11 +305,38 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     run(install)
 }
 
+/// Installs Python modules the tests import (`(module, package)`) that `python3` cannot
+/// import yet, with pip, for the user running the tests.
+fn ensure_python_modules(modules: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = modules
+        .iter()
+        .filter(|(m, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {m}")])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Python packages {missing:?} (the gRPC tests' client and server)");
+    let mut pip = Command::new("python3");
+    pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
+    // Debian's own Python refuses system-wide installs without this; pyenv's does not care.
+    pip.env("PIP_BREAK_SYSTEM_PACKAGES", "1");
+    pip.args(&missing);
+    run(pip)
+}
+
 /// Runs every test, echoing cargo's output, and closes with one summed-up line.
 fn test(extra: &[String]) -> Result<()> {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     ensure_packages(&TEST_TOOLS)?;
+    ensure_python_modules(&[("grpc", "grpcio")])?;
     build_ebpf()?;
     // Tests that cannot run here fail rather than pass (`LB_REQUIRE_TOOLS=0` lets them skip,
     // counted as skipped below).

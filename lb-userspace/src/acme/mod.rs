@@ -162,6 +162,7 @@ pub fn issue(a: &AcmeConfig) -> Result<(), String> {
             verify: true,
         },
         Path::new("/"),
+        b"http/1.1",
     )?;
     let key = account_key(a)?;
     let mut session = client::Acme::connect(client::Http::new(tls.config), &a.directory, &key)?;

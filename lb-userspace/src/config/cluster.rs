@@ -21,13 +21,14 @@ pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
 /// Host-name endpoints are resolved again this often.
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
-pub use crate::upstream::cluster::{ClusterConfig, EndpointConfig, Target};
+pub use crate::upstream::cluster::{ClusterConfig, EndpointConfig, Target, UpstreamProtocol};
 
 /// Validates a cluster's `tls` table and reads its files (relative to `base`).
 fn cluster_tls(
     at: &str,
     t: &super::raw::RawClusterTls,
     base: &std::path::Path,
+    protocol: UpstreamProtocol,
     errs: &mut Errors,
 ) -> Option<crate::upstream::tls::ClusterTls> {
     let client_cert = match (&t.certificate, &t.key) {
@@ -68,7 +69,12 @@ fn cluster_tls(
         client_cert,
         verify,
     };
-    crate::upstream::tls::client_config(&settings, base)
+    let alpn: &[u8] = if protocol == UpstreamProtocol::H2 {
+        b"h2"
+    } else {
+        b"http/1.1"
+    };
+    crate::upstream::tls::client_config(&settings, base, alpn)
         .map_err(|e| errs.push(at, e))
         .ok()
 }
@@ -80,6 +86,32 @@ pub(super) fn validate_cluster(
     errs: &mut Errors,
 ) -> ClusterConfig {
     let at = |key: &str| format!("clusters[{i}].{key}");
+    let protocol = match (c.protocol.as_deref(), c.tls.is_some()) {
+        (None | Some("http/1.1"), _) => UpstreamProtocol::Http1,
+        (Some("h2"), true) => UpstreamProtocol::H2,
+        (Some("h2c"), false) => UpstreamProtocol::H2c,
+        (Some("h2"), false) => {
+            errs.push(
+                at("protocol"),
+                "\"h2\" is HTTP/2 over TLS: add a tls table, or use \"h2c\" for plain text",
+            );
+            UpstreamProtocol::Http1
+        }
+        (Some("h2c"), true) => {
+            errs.push(
+                at("protocol"),
+                "\"h2c\" is HTTP/2 without TLS: remove the tls table, or use \"h2\"",
+            );
+            UpstreamProtocol::Http1
+        }
+        (Some(other), _) => {
+            errs.push(
+                at("protocol"),
+                format!("expected \"http/1.1\", \"h2\" or \"h2c\", got {other:?}"),
+            );
+            UpstreamProtocol::Http1
+        }
+    };
     if c.name.is_empty() {
         errs.push(at("name"), "expected a non-empty cluster name");
     }
@@ -225,7 +257,16 @@ pub(super) fn validate_cluster(
         tls: c
             .tls
             .as_ref()
-            .and_then(|t| cluster_tls(&at("tls"), t, base, errs)),
+            .and_then(|t| cluster_tls(&at("tls"), t, base, protocol, errs)),
+        protocol,
+        max_streams_per_connection: match c.max_streams_per_connection {
+            Some(0) => {
+                errs.push(at("max_streams_per_connection"), "expected at least 1");
+                1
+            }
+            Some(n) => n as usize,
+            None => 100,
+        },
     }
 }
 

@@ -269,6 +269,11 @@ pub struct RawCluster {
     pub retry: Option<RawRetry>,
     /// TLS to the endpoints.
     pub tls: Option<RawClusterTls>,
+    /// `"http/1.1"` (default), `"h2"` (HTTP/2 over TLS, by ALPN) or `"h2c"` (HTTP/2 over
+    /// plain text, by prior knowledge).
+    pub protocol: Option<String>,
+    /// Streams one HTTP/2 connection to an endpoint carries at once (default 100).
+    pub max_streams_per_connection: Option<u32>,
 }
 
 /// `[[clusters]] tls = { ca = "...", server_name = "...", certificate = "...", key = "..." }`.

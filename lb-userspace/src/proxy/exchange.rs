@@ -16,7 +16,7 @@ use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
 use crate::http::response::{self, ResponseError};
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
-use crate::net::IoFail;
+use crate::net::{IoFail, Sink, Source};
 use crate::timer::now_ms;
 use crate::upstream::cluster::Cluster;
 use crate::upstream::state::{Admission, Outcome};
@@ -253,7 +253,10 @@ fn prepare<'a, C: Downstream>(
     let route = &snap.routes.routes()[plan.route];
     let timeouts = Timeouts {
         connect: route.timeouts.connect.unwrap_or(cluster.connect_timeout),
-        response: route.timeouts.response.unwrap_or(cluster.response_timeout),
+        response: {
+            let r = route.timeouts.response.unwrap_or(cluster.response_timeout);
+            plan.grpc_deadline.map_or(r, |d| r.min(d))
+        },
         idle: route.timeouts.idle.unwrap_or(cluster.idle_timeout),
     };
     client.consume(plan.head_len);
@@ -604,6 +607,26 @@ async fn get_connection(
                 && ep.state.connections.load(Ordering::Relaxed) >= ep_limits.max_connections as u64)
     };
     let limit = |l| ProxyError::internal(ErrorKind::Limit(l));
+    if cluster.config.protocol.is_h2() {
+        let started = Instant::now();
+        // Boxed: connecting and the HTTP/2 handshake would otherwise weigh on every
+        // request's future.
+        let up = Box::pin(upstream::h2::open_stream(
+            &w.h2pool,
+            &dial,
+            ctx.timeouts.connect,
+            &w.up_bufs,
+            cluster.config.max_streams_per_connection,
+            cluster.pool_idle_timeout,
+        ))
+        .await
+        .map_err(connect_error)?;
+        cluster
+            .metrics
+            .connect
+            .record(started.elapsed().as_secs_f64());
+        return Ok(up);
+    }
     let mut pending: Option<(Held<'_>, Held<'_>, Instant)> = None;
     loop {
         if !force_fresh {
@@ -614,13 +637,7 @@ async fn get_connection(
         if !full() {
             let started = Instant::now();
             let connect = upstream::connect(&dial, ctx.timeouts.connect, &w.up_bufs);
-            let up = connect.await.map_err(|e| {
-                ProxyError::upstream(match e {
-                    ConnectError::Timeout => ErrorKind::ConnectTimeout,
-                    ConnectError::Io(_) => ErrorKind::ConnectRefused,
-                    ConnectError::Tls(f) => ErrorKind::Tls(f),
-                })
-            })?;
+            let up = connect.await.map_err(connect_error)?;
             cluster
                 .metrics
                 .connect
@@ -649,6 +666,15 @@ async fn get_connection(
         }
         crate::timer::sleep(PENDING_POLL).await;
     }
+}
+
+/// A failed connect as the request's error.
+fn connect_error(e: ConnectError) -> ProxyError {
+    ProxyError::upstream(match e {
+        ConnectError::Timeout => ErrorKind::ConnectTimeout,
+        ConnectError::Io(_) => ErrorKind::ConnectRefused,
+        ConnectError::Tls(f) => ErrorKind::Tls(f),
+    })
 }
 
 /// What a pump failure means for this exchange.
@@ -680,7 +706,7 @@ async fn send_request<C: Downstream>(
 ) -> Result<(), ProxyError> {
     let (w, http) = (ctx.w, &ctx.view.snap.http);
     // The head (and a small body with it). A failed write means nothing reached the backend.
-    match up.conn.write_all(out, ctx.timeouts.idle).await {
+    match up.write_all(out, ctx.timeouts.idle).await {
         Ok(()) => {}
         Err(IoFail::Timeout) => {
             return Err(ProxyError::upstream(ErrorKind::Timeout(
@@ -699,7 +725,7 @@ async fn send_request<C: Downstream>(
     };
     let r = pump(
         client,
-        &mut up.conn,
+        up,
         ctx.body,
         Out {
             encode: Encode::Chunked,
@@ -777,21 +803,21 @@ async fn read_response_head<C: Downstream>(
 ) -> Result<Head, ProxyError> {
     let http = &ctx.view.snap.http;
     let deadline = crate::timer::deadline_after(ctx.timeouts.response);
-    let mut got_bytes = !up.conn.data().is_empty();
+    let mut got_bytes = !up.data().is_empty();
     loop {
-        if !up.conn.data().is_empty() {
+        if !up.data().is_empty() {
             got_bytes = true;
             match parse_head(ctx, out, up, hold_back)? {
                 HeadStep::Interim(n) => {
-                    up.conn.consume(n);
+                    up.consume(n);
                     continue;
                 }
                 HeadStep::Final(status, n, framing, reusable, p) => {
-                    up.conn.consume(n);
+                    up.consume(n);
                     return Ok(Head::Final(status, framing, reusable, p));
                 }
                 HeadStep::Upgrade(n) => {
-                    up.conn.consume(n);
+                    up.consume(n);
                     if client
                         .write_all(out, http.client_body_timeout)
                         .await
@@ -800,18 +826,18 @@ async fn read_response_head<C: Downstream>(
                         return Err(ProxyError::downstream(ErrorKind::ClientGone));
                     }
                     let idle = http.websocket_idle_timeout;
-                    let Some(conn) = client.connection() else {
+                    let (Some(conn), Some(upc)) = (client.connection(), up.h1()) else {
                         return Err(ProxyError::upstream(ErrorKind::BadResponse(
                             "the backend switched protocols on a request that cannot upgrade",
                         )));
                     };
-                    let bytes = super::tunnel::run(conn, &mut up.conn, idle).await;
+                    let bytes = super::tunnel::run(conn, upc, idle).await;
                     return Ok(Head::Upgraded(bytes));
                 }
                 HeadStep::NeedMore => {}
             }
         }
-        match up.conn.fill(crate::timer::until(deadline)).await {
+        match up.fill(crate::timer::until(deadline)).await {
             Ok(_) => {}
             Err(IoFail::Timeout) => {
                 return Err(ProxyError::upstream(ErrorKind::Timeout(
@@ -842,10 +868,10 @@ fn parse_head(
     let http = &view.snap.http;
     let bad = |m| Err(ProxyError::upstream(ErrorKind::BadResponse(m)));
     let mut storage = crate::http::header_slots::<MAX_HEADERS_LIMIT>();
-    let parsed = response::parse(up.conn.data(), &mut storage, plan.method == Method::Head);
+    let parsed = response::parse(up.data(), &mut storage, plan.method == Method::Head);
     let res = match parsed {
         Ok(Some(res)) => res,
-        Ok(None) if up.conn.is_full() => return bad("the backend's response head is too large"),
+        Ok(None) if up.is_full() => return bad("the backend's response head is too large"),
         Ok(None) => return Ok(HeadStep::NeedMore),
         Err(ResponseError::TooManyHeaders) => {
             return bad("the backend's response has too many headers")
@@ -900,9 +926,9 @@ async fn send_response<C: Downstream>(
     let mut rest = framing;
     let mut bytes = 0;
     if let Framing::Length(n) = framing {
-        if n as usize <= INLINE_RESPONSE_MAX && up.conn.data().len() as u64 >= n {
-            out.extend_from_slice(&up.conn.data()[..n as usize]);
-            up.conn.consume(n as usize);
+        if n as usize <= INLINE_RESPONSE_MAX && up.data().len() as u64 >= n {
+            out.extend_from_slice(&up.data()[..n as usize]);
+            up.consume(n as usize);
             rest = Framing::None;
             bytes = n;
         }
@@ -932,7 +958,7 @@ async fn send_response<C: Downstream>(
         trailers: http.trailers,
     };
     let idle = Pace::idle(ctx.timeouts.idle);
-    let r = pump(&mut up.conn, client, rest, out_plan, &mut scratch, idle, 0).await;
+    let r = pump(up, client, rest, out_plan, &mut scratch, idle, 0).await;
     w.out_bufs.give(scratch);
     match r {
         Ok(n) => Ok(n),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::net::BufPool;
+use crate::net::{BufPool, Sink, Source};
 use crate::snapshot::Snapshot;
 use crate::upstream;
 
@@ -57,8 +57,7 @@ async fn copy(
     let mut up = upstream::connect(&cluster.dial(ep), deadline, bufs)
         .await
         .map_err(|_| "connect")?;
-    up.conn
-        .write_all(&mut head, deadline)
+    up.write_all(&mut head, deadline)
         .await
         .map_err(|_| "send")?;
     // Read until the shadow closes or the deadline: the answer is discarded.
@@ -68,14 +67,9 @@ async fn copy(
         if left.is_zero() {
             break;
         }
-        let n = up.conn.data().len();
-        up.conn.consume(n);
-        if up
-            .conn
-            .fill(left.min(Duration::from_secs(5)))
-            .await
-            .is_err()
-        {
+        let n = up.data().len();
+        up.consume(n);
+        if up.fill(left.min(Duration::from_secs(5))).await.is_err() {
             break;
         }
     }

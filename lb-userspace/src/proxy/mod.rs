@@ -98,6 +98,8 @@ pub struct Plan {
     pub variant: Option<(usize, usize)>,
     /// A WebSocket upgrade: a 101 answer turns the connection into a tunnel.
     pub websocket: bool,
+    /// A gRPC call's `grpc-timeout`: the response must be whole by then.
+    pub grpc_deadline: Option<std::time::Duration>,
 }
 
 /// What metrics and the access log learn about one request as it goes.

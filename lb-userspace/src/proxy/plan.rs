@@ -482,6 +482,11 @@ fn forward(
             rec.mirror = mirror_copy(m, si, split, out, h);
         }
     }
+    let grpc_deadline = req
+        .headers
+        .iter()
+        .find(|x| x.name.eq_ignore_ascii_case("grpc-timeout"))
+        .and_then(|x| grpc_timeout(x.value));
     Ok(Decision::Forward(Plan {
         head_len: req.head_len,
         method: req.method,
@@ -494,7 +499,27 @@ fn forward(
         key_hash,
         variant,
         websocket,
+        grpc_deadline,
     }))
+}
+
+/// A `grpc-timeout` value: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+pub(crate) fn grpc_timeout(v: &[u8]) -> Option<std::time::Duration> {
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The cluster a request goes to: its route's, or the target its split chooses.
@@ -557,4 +582,22 @@ fn mirror_copy(
     copy.extend_from_slice(upstream_head);
     copy.extend_from_slice(body);
     Some((si, copy))
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    #[test]
+    fn grpc_timeouts_parse_by_unit() {
+        use std::time::Duration;
+        assert_eq!(
+            super::grpc_timeout(b"300m"),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(super::grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(super::grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(super::grpc_timeout(b"5u"), Some(Duration::from_micros(5)));
+        assert_eq!(super::grpc_timeout(b"123456789S"), None, "at most 8 digits");
+        assert_eq!(super::grpc_timeout(b"10x"), None);
+        assert_eq!(super::grpc_timeout(b"S"), None);
+    }
 }

@@ -50,6 +50,26 @@ pub struct ClusterConfig {
     pub retry: RetryConfig,
     /// TLS to the endpoints, built (files read) at load.
     pub tls: Option<super::tls::ClusterTls>,
+    /// What lb speaks to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// Streams one HTTP/2 connection carries at once.
+    pub max_streams_per_connection: usize,
+}
+
+/// The protocol to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 over plain text, by prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn is_h2(self) -> bool {
+        self != UpstreamProtocol::Http1
+    }
 }
 
 /// One endpoint as a snapshot sees it.

@@ -2,6 +2,7 @@
 //! connections per endpoint, the shared endpoint state, and active health checks.
 
 pub mod cluster;
+pub mod h2;
 pub mod policy;
 pub mod state;
 pub mod tls;
@@ -15,24 +16,48 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use rustc_hash::FxHashMap;
 
-use crate::net::{idle_and_clean, BufConn, BufPool, IoFail};
+use crate::net::{idle_and_clean, BufConn, BufPool, IoFail, Sink, Source};
 use state::{ClusterState, EndpointState};
 
-/// One upstream connection and whether it came from the pool. While it exists it counts
-/// toward its endpoint's and cluster's open connections.
+/// One upstream exchange's connection and whether it came from the pool: an HTTP/1.1
+/// connection of its own, or a stream on a shared HTTP/2 connection. While an HTTP/1.1
+/// connection exists it counts toward its endpoint's and cluster's open connections (an
+/// HTTP/2 connection counts once, for as long as its driver runs).
 pub struct Upstream {
-    pub conn: BufConn,
+    pub conn: UpConn,
     pub addr: SocketAddr,
     /// It served an earlier request; a failure before any response byte may mean the backend
     /// closed it while idle, and the request can go again on a fresh connection.
     pub reused: bool,
     /// What it may be reused for: 0 for plaintext, else the cluster's [`tls::ClusterTls::key`].
     pub pool_key: u64,
+    count: Option<ConnCount>,
+}
+
+/// The connection under an [`Upstream`].
+pub enum UpConn {
+    H1(BufConn),
+    H2(Box<h2::H2Up>),
+}
+
+/// One open connection in its endpoint's and cluster's counts, until dropped.
+pub struct ConnCount {
     endpoint: Arc<EndpointState>,
     cluster: Arc<ClusterState>,
 }
 
-impl Drop for Upstream {
+impl ConnCount {
+    fn new(endpoint: &Arc<EndpointState>, cluster: &Arc<ClusterState>) -> ConnCount {
+        endpoint.connections.fetch_add(1, Ordering::Relaxed);
+        cluster.connections.fetch_add(1, Ordering::Relaxed);
+        ConnCount {
+            endpoint: endpoint.clone(),
+            cluster: cluster.clone(),
+        }
+    }
+}
+
+impl Drop for ConnCount {
     fn drop(&mut self) {
         self.endpoint.connections.fetch_sub(1, Ordering::Relaxed);
         self.cluster.connections.fetch_sub(1, Ordering::Relaxed);
@@ -40,9 +65,107 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
-    /// Gives the read buffer back to `bufs` and closes the connection.
+    /// Gives the read buffer back to `bufs` and closes the connection (an HTTP/2 stream
+    /// still open is reset).
     pub fn close(mut self, bufs: &BufPool) {
-        bufs.give(self.conn.take_buf());
+        match &mut self.conn {
+            UpConn::H1(c) => bufs.give(c.take_buf()),
+            UpConn::H2(h) => h.abandon(),
+        }
+    }
+
+    /// A stream on an HTTP/2 connection, for one exchange.
+    pub fn h2(stream: h2::H2Up, addr: SocketAddr, pool_key: u64) -> Upstream {
+        Upstream {
+            conn: UpConn::H2(Box::new(stream)),
+            addr,
+            reused: false,
+            pool_key,
+            count: None,
+        }
+    }
+
+    /// The HTTP/1.1 connection, if this is one.
+    pub fn h1(&mut self) -> Option<&mut BufConn> {
+        match &mut self.conn {
+            UpConn::H1(c) => Some(c),
+            UpConn::H2(_) => None,
+        }
+    }
+
+    /// Takes a fresh connection apart to run HTTP/2 on it: the connection and its place
+    /// in the counts.
+    pub fn into_h2_base(self) -> Option<(BufConn, ConnCount)> {
+        let Upstream { conn, count, .. } = self;
+        match (conn, count) {
+            (UpConn::H1(c), Some(n)) => Some((c, n)),
+            _ => None,
+        }
+    }
+}
+
+impl Source for Upstream {
+    fn data(&self) -> &[u8] {
+        match &self.conn {
+            UpConn::H1(c) => c.data(),
+            UpConn::H2(h) => h.data(),
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        match &mut self.conn {
+            UpConn::H1(c) => c.consume(n),
+            UpConn::H2(h) => h.consume(n),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        match &self.conn {
+            UpConn::H1(c) => c.is_full(),
+            UpConn::H2(h) => h.is_full(),
+        }
+    }
+
+    async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail> {
+        match &mut self.conn {
+            UpConn::H1(c) => c.fill(timeout).await,
+            // Boxed: HTTP/2's futures are large, and would otherwise sit in every HTTP/1.1
+            // request's future.
+            UpConn::H2(h) => Box::pin(h.fill(timeout)).await,
+        }
+    }
+
+    async fn forward_to<D: Sink>(
+        &mut self,
+        dst: &mut D,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        match &mut self.conn {
+            UpConn::H1(c) => Source::forward_to(c, dst, n, timeout).await,
+            UpConn::H2(h) => Box::pin(h.forward_to(dst, n, timeout)).await,
+        }
+    }
+}
+
+impl Sink for Upstream {
+    async fn write_all(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), IoFail> {
+        match &mut self.conn {
+            UpConn::H1(c) => c.write_all(buf, timeout).await,
+            UpConn::H2(h) => Box::pin(h.write_all(buf, timeout)).await,
+        }
+    }
+
+    async fn write_owned(
+        &mut self,
+        buf: Vec<u8>,
+        range: std::ops::Range<usize>,
+        timeout: Duration,
+    ) -> (Result<(), IoFail>, Vec<u8>) {
+        match &mut self.conn {
+            UpConn::H1(c) => c.write_owned(buf, range, timeout).await,
+            UpConn::H2(h) => Box::pin(h.write_owned(buf, range, timeout)).await,
+        }
     }
 }
 
@@ -126,21 +249,18 @@ pub async fn connect(
             BufConn::new_tls_client(stream, bufs.take(), session)
         }
     };
-    dial.endpoint.connections.fetch_add(1, Ordering::Relaxed);
-    dial.cluster.connections.fetch_add(1, Ordering::Relaxed);
     let mut up = Upstream {
-        conn,
+        conn: UpConn::H1(conn),
         addr: dial.addr,
         reused: false,
         pool_key: dial.pool_key,
-        endpoint: dial.endpoint.clone(),
-        cluster: dial.cluster.clone(),
+        count: Some(ConnCount::new(dial.endpoint, dial.cluster)),
     };
-    if dial.tls.is_some() {
+    if let (Some(_), Some(conn)) = (dial.tls, up.h1()) {
         let left = timeout.saturating_sub(Duration::from_millis(
             crate::timer::now_ms().saturating_sub(started),
         ));
-        let failure = match up.conn.handshake(left).await {
+        let failure = match conn.handshake(left).await {
             Ok(()) => return Ok(up),
             Err(IoFail::Timeout) => ConnectError::Timeout,
             Err(IoFail::Io(e)) => match tls::TlsFailure::of_io(&e) {
@@ -183,16 +303,20 @@ impl Pool {
         let list = idle.get_mut(&(addr, key))?;
         let now = crate::timer::now_ms();
         while let Some(c) = list.pop() {
-            if now.saturating_sub(c.since) >= c.idle_timeout.as_millis() as u64
-                || !idle_and_clean(&c.up.conn.stream)
-            {
+            let clean = match &c.up.conn {
+                UpConn::H1(conn) => idle_and_clean(&conn.stream),
+                UpConn::H2(_) => false,
+            };
+            if now.saturating_sub(c.since) >= c.idle_timeout.as_millis() as u64 || !clean {
                 c.up.close(bufs);
                 continue;
             }
             let mut up = c.up;
             up.reused = true;
             // The read buffer went back to the pool at checkin.
-            up.conn.set_buf(bufs.take());
+            if let Some(conn) = up.h1() {
+                conn.set_buf(bufs.take());
+            }
             return Some(up);
         }
         None
@@ -206,13 +330,17 @@ impl Pool {
         max_idle: usize,
         bufs: &BufPool,
     ) {
-        if !up.conn.data().is_empty() || up.conn.tls_input_pending() {
+        let Some(conn) = up.h1() else {
+            // An HTTP/2 stream: its connection stays in the HTTP/2 pool.
+            return;
+        };
+        if !conn.data().is_empty() || conn.tls_input_pending() {
             // Bytes after the response: the backend is confused; never reuse.
             up.close(bufs);
             return;
         }
-        bufs.give(up.conn.take_buf());
-        up.conn.shed_tls_buffers();
+        bufs.give(conn.take_buf());
+        conn.shed_tls_buffers();
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry((up.addr, up.pool_key)).or_default();
         if list.len() >= max_idle {

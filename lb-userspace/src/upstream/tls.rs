@@ -155,7 +155,7 @@ fn roots(t: &UpstreamTls, base: &Path) -> Result<(rustls::RootCertStore, PathBuf
 /// Builds a cluster's client configuration: TLS 1.2 and 1.3, ALPN `http/1.1`, SNI, resumption
 /// (rustls' in-memory session store), the configured roots or the system's, and an optional
 /// client certificate. Relative paths are from `base`.
-pub fn client_config(t: &UpstreamTls, base: &Path) -> Result<ClusterTls, String> {
+pub fn client_config(t: &UpstreamTls, base: &Path, alpn: &[u8]) -> Result<ClusterTls, String> {
     let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -194,9 +194,12 @@ pub fn client_config(t: &UpstreamTls, base: &Path) -> Result<ClusterTls, String>
             built
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let contents = crate::tls::files_fingerprint(files.iter());
-    let key = crate::hash::fnv1a(contents, format!("{t:?}").as_bytes()) | 1;
+    let key = crate::hash::fnv1a(
+        crate::hash::fnv1a(contents, format!("{t:?}").as_bytes()),
+        alpn,
+    ) | 1;
     Ok(ClusterTls {
         settings: t.clone(),
         config: Arc::new(config),
@@ -301,7 +304,7 @@ mod tests {
             client_cert: None,
             verify: false,
         };
-        let t = client_config(&settings, Path::new("/")).expect("config");
+        let t = client_config(&settings, Path::new("/"), b"http/1.1").expect("config");
         assert_eq!(
             t.server_name("api.internal:443"),
             Some(ServerName::try_from("api.internal").expect("name"))
@@ -311,7 +314,7 @@ mod tests {
             Some(ServerName::IpAddress(_))
         ));
         settings.server_name = Some("backend.example".into());
-        let t = client_config(&settings, Path::new("/")).expect("config");
+        let t = client_config(&settings, Path::new("/"), b"http/1.1").expect("config");
         assert_eq!(
             t.server_name("10.0.0.1:443"),
             Some(ServerName::try_from("backend.example").expect("name"))

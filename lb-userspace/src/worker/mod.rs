@@ -77,6 +77,8 @@ pub struct Worker {
     /// Shared with tasks that outlive a request (mirror copies).
     pub up_bufs: Rc<BufPool>,
     pub pool: Pool,
+    /// HTTP/2 connections to backends, multiplexed.
+    pub h2pool: crate::upstream::h2::H2Pool,
     draining: Cell<bool>,
     drain: Shared<oneshot::Receiver<()>>,
     active: Cell<usize>,
@@ -113,6 +115,7 @@ impl Worker {
             out_bufs: BufPool::new(OUT_BUF_SIZE, MAX_FREE_BUFFERS),
             up_bufs: Rc::new(BufPool::new(UPSTREAM_BUF_SIZE, MAX_FREE_UPSTREAM_BUFFERS)),
             pool: Pool::default(),
+            h2pool: Default::default(),
             draining: Cell::new(false),
             drain: drain.shared(),
             active: Cell::new(0),
@@ -136,8 +139,9 @@ impl Worker {
             let snap = self.cell.load();
             // Endpoints a reload removed: their idle connections close now; requests still in
             // flight to them finish on the old snapshot.
-            self.pool
-                .retain_endpoints(&snap.endpoint_addrs(), &self.bufs);
+            let addrs = snap.endpoint_addrs();
+            self.pool.retain_endpoints(&addrs, &self.bufs);
+            self.h2pool.retain_endpoints(&addrs);
             *self.view.borrow_mut() = Rc::new(make_view(snap, self.id));
         }
         self.view.borrow().clone()
@@ -374,6 +378,7 @@ async fn worker_main(
         t.await;
     }
     worker.pool.clear();
+    worker.h2pool.clear();
     // The current config's, so a reload can change it.
     let deadline = Instant::now() + worker.view().snap.config.server.drain_timeout;
     // Connection tasks end on their own once their request finishes; poll their count.
@@ -575,6 +580,7 @@ async fn sweep_pool(worker: Rc<Worker>) {
         // endpoints close within a sweep.
         worker.view();
         worker.pool.sweep(&worker.up_bufs);
+        worker.h2pool.sweep();
         worker.flush_access_log();
         let released = worker.bufs.trim() + worker.out_bufs.trim() + worker.up_bufs.trim();
         if released >= RELEASE_TO_OS_BYTES {

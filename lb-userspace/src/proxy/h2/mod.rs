@@ -46,14 +46,13 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
         sni: client.sni().map(str::to_string),
         client_cert: client.client_cert().cloned(),
     });
-    let parts = client.into_h2_parts();
+    let parts = client.hand_over();
     let Some(tcp) = poll_mode(parts.stream) else {
         return;
     };
     let (tls, pending) = (parts.tls, parts.pending);
     let tripped = Rc::new(Trip::default());
     let watch = FrameWatch::new(settings.flood, tripped.clone());
-    let tls = tls.map(|(s, leftover)| (rustls::Connection::Server(s), leftover));
     let io = crate::h2io::H2Io::new(tcp, tls, pending, Some(watch));
     let mut builder = h2::server::Builder::new();
     builder
@@ -174,6 +173,10 @@ async fn serve_stream(
     let (parts, body) = req.into_parts();
     let end_stream = body.is_end_stream();
     let head_request = parts.method == http::Method::HEAD;
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let mut head = w.bufs.take();
     let built = stream::request_head(&parts, end_stream, &mut head);
     let chunked = *built.as_ref().unwrap_or(&false);
@@ -183,6 +186,7 @@ async fn serve_stream(
         (!end_stream).then_some(body),
         respond,
         head_request,
+        grpc,
         trip,
     );
     let mut rec = Record {

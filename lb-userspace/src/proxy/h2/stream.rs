@@ -152,6 +152,9 @@ pub struct H2Stream {
     send: Option<SendStream<Bytes>>,
     response: Response,
     head_request: bool,
+    /// A gRPC call (`content-type: application/grpc...`): an HTTP error answer becomes a
+    /// gRPC status.
+    grpc: bool,
     /// The connection's tripwire: a window that never opens ends the connection.
     trip: std::rc::Rc<crate::http::h2::Trip>,
 }
@@ -164,6 +167,7 @@ impl H2Stream {
         body: Option<RecvStream>,
         respond: SendResponse<Bytes>,
         head_request: bool,
+        grpc: bool,
         trip: std::rc::Rc<crate::http::h2::Trip>,
     ) -> H2Stream {
         H2Stream {
@@ -176,6 +180,7 @@ impl H2Stream {
             send: None,
             response: Response::Head(Vec::new()),
             head_request,
+            grpc,
             trip,
         }
     }
@@ -224,7 +229,7 @@ impl H2Stream {
                 return Ok(());
             };
             let acc = std::mem::take(acc);
-            let interim = self.send_head(&acc[..end + 4])?;
+            let interim = self.send_head(&acc[..end + 4], &acc[end + 4..])?;
             let tail = &acc[end + 4..];
             if interim {
                 // An interim answer: what follows is the next head.
@@ -315,7 +320,7 @@ impl H2Stream {
 
     /// Sends the response head in `head` (HTTP/1.1 syntax). Returns true for an interim
     /// (1xx) answer, which HTTP/2 clients do not need and is dropped.
-    fn send_head(&mut self, head: &[u8]) -> Result<bool, IoFail> {
+    fn send_head(&mut self, head: &[u8], body: &[u8]) -> Result<bool, IoFail> {
         let bad = || IoFail::Io(io::Error::other("lb wrote an unreadable response head"));
         let mut slots = [httparse::EMPTY_HEADER; 128];
         let mut res = httparse::Response::new(&mut slots);
@@ -326,6 +331,17 @@ impl H2Stream {
         let status = res.code.ok_or_else(bad)?;
         if (100..200).contains(&status) {
             return Ok(true);
+        }
+        let is_grpc_answer = res.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("content-type") && h.value.starts_with(b"application/grpc")
+        });
+        if self.grpc && !is_grpc_answer {
+            let limit = res
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("x-lb-limit"));
+            self.send_grpc_status(grpc_code(status, limit), status, body)?;
+            return Ok(false);
         }
         let mut out = http::Response::builder().status(status);
         let mut length: Option<u64> = None;
@@ -366,6 +382,41 @@ impl H2Stream {
             Response::Body(Body::Plain(length))
         };
         Ok(false)
+    }
+
+    /// Answers a gRPC call that failed before a backend answered it in gRPC: HTTP 200 with
+    /// `grpc-status` and `grpc-message` in the one HEADERS frame that ends the stream (gRPC's
+    /// Trailers-Only form). The message is lb's, from the error body when it has one.
+    fn send_grpc_status(&mut self, code: u32, status: u16, body: &[u8]) -> Result<(), IoFail> {
+        let message = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("HTTP {status} {}", crate::http::write::reason(status)));
+        // grpc-message is percent-encoded (gRPC over HTTP/2, "Responses").
+        let mut encoded = String::with_capacity(message.len());
+        for b in message.bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let response = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", code.to_string())
+            .header("grpc-message", encoded)
+            .body(())
+            .map_err(|_| IoFail::Io(io::Error::other("gRPC status")))?;
+        let respond = self
+            .respond
+            .as_mut()
+            .ok_or_else(|| IoFail::Io(io::Error::other("already answered")))?;
+        respond
+            .send_response(response, true)
+            .map_err(|e| IoFail::Io(io::Error::other(e)))?;
+        self.response = Response::Done;
+        Ok(())
     }
 
     /// Sends `data` as DATA frames, as the client's flow-control window allows; waits for
@@ -413,6 +464,31 @@ impl H2Stream {
             data = &data[k..];
         }
         Ok(())
+    }
+}
+
+/// The gRPC status for an HTTP error answer to a gRPC call ("HTTP to gRPC Status Code
+/// Mapping", with lb's own cases: a limit or rate limit is RESOURCE_EXHAUSTED, a timeout
+/// DEADLINE_EXCEEDED, no usable backend UNAVAILABLE).
+pub fn grpc_code(status: u16, limit: bool) -> u32 {
+    const INTERNAL: u32 = 13;
+    const UNAUTHENTICATED: u32 = 16;
+    const PERMISSION_DENIED: u32 = 7;
+    const UNIMPLEMENTED: u32 = 12;
+    const RESOURCE_EXHAUSTED: u32 = 8;
+    const UNAVAILABLE: u32 = 14;
+    const DEADLINE_EXCEEDED: u32 = 4;
+    const UNKNOWN: u32 = 2;
+    match status {
+        429 | 413 => RESOURCE_EXHAUSTED,
+        503 if limit => RESOURCE_EXHAUSTED,
+        502 | 503 => UNAVAILABLE,
+        504 | 408 => DEADLINE_EXCEEDED,
+        400 => INTERNAL,
+        401 => UNAUTHENTICATED,
+        403 => PERMISSION_DENIED,
+        404 => UNIMPLEMENTED,
+        _ => UNKNOWN,
     }
 }
 
@@ -544,5 +620,59 @@ impl Downstream for H2Stream {
 
     fn connection(&mut self) -> Option<&mut BufConn> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_code;
+
+    #[test]
+    fn http_errors_map_to_grpc_statuses() {
+        for (status, limit, code) in [
+            (429, false, 8),
+            (503, true, 8),
+            (503, false, 14),
+            (502, false, 14),
+            (504, false, 4),
+            (400, false, 13),
+            (401, false, 16),
+            (403, false, 7),
+            (404, false, 12),
+            (500, false, 2),
+        ] {
+            assert_eq!(grpc_code(status, limit), code, "{status} {limit}");
+        }
+    }
+
+    #[test]
+    fn requests_translate_to_http1_heads() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("https://api.test/orders?x=1")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        let chunked = super::request_head(&parts, false, &mut out).expect("head");
+        let text = String::from_utf8(out).expect("text");
+        assert!(chunked, "a body without a length goes chunked");
+        assert!(
+            text.starts_with("POST /orders?x=1 HTTP/1.1\r\nhost: api.test\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("cookie: a=1; b=2\r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        let bad = http::Request::builder()
+            .uri("https://api.test/")
+            .header("host", "other.test")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert!(super::request_head(&bad, true, &mut Vec::new()).is_err());
     }
 }

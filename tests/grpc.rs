@@ -1,0 +1,298 @@
+//! gRPC end to end through lb with real gRPC code on both sides (Python's grpcio, from the
+//! package registry): unary, server-streaming, client-streaming and bidirectional calls
+//! from an HTTP/2 client through lb to an h2c backend, trailers (grpc-status,
+//! grpc-message) passed through, a backend's error status, `grpc-timeout` honoured by lb
+//! as the response deadline, and lb's own failures answered as gRPC statuses.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+const SERVER: &str = r#"
+import sys, time, grpc
+from concurrent import futures
+def unary(req, ctx):
+    if req == b'fail':
+        ctx.abort(grpc.StatusCode.NOT_FOUND, 'no such thing')
+    if req.startswith(b'sleep'):
+        time.sleep(float(req[5:]))
+    return b'echo:' + req
+def server_stream(req, ctx):
+    for i in range(int(req)):
+        yield b'item%d' % i
+def client_stream(it, ctx):
+    return b'+'.join(it)
+def bidi(it, ctx):
+    for m in it:
+        yield b'bidi:' + m
+handler = grpc.method_handlers_generic_handler('test.Echo', {
+    'Unary': grpc.unary_unary_rpc_method_handler(unary),
+    'ServerStream': grpc.unary_stream_rpc_method_handler(server_stream),
+    'ClientStream': grpc.stream_unary_rpc_method_handler(client_stream),
+    'Bidi': grpc.stream_stream_rpc_method_handler(bidi),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port('127.0.0.1:0')
+# With a certificate and key: a TLS port too (HTTP/2 over TLS, ALPN h2).
+tls_port = 0
+if len(sys.argv) > 2:
+    creds = grpc.ssl_server_credentials([(open(sys.argv[2], 'rb').read(), open(sys.argv[1], 'rb').read())])
+    tls_port = server.add_secure_port('127.0.0.1:0', creds)
+server.start()
+print(port, tls_port, flush=True)
+server.wait_for_termination()
+"#;
+
+const CLIENT: &str = r#"
+import sys, json, grpc
+ch = grpc.insecure_channel(sys.argv[1])
+unary = ch.unary_unary('/test.Echo/Unary')
+r = {}
+r['unary'] = unary(b'hello', timeout=10).decode()
+r['server_stream'] = [x.decode() for x in ch.unary_stream('/test.Echo/ServerStream')(b'3', timeout=10)]
+r['client_stream'] = ch.stream_unary('/test.Echo/ClientStream')(iter([b'a', b'b', b'c']), timeout=10).decode()
+r['bidi'] = [x.decode() for x in ch.stream_stream('/test.Echo/Bidi')(iter([b'x', b'y']), timeout=10)]
+try:
+    unary(b'fail', timeout=10)
+except grpc.RpcError as e:
+    r['error'] = [e.code().name, e.details()]
+print(json.dumps(r), flush=True)
+"#;
+
+/// A call routed (by authority) to a cluster nobody listens on: the code and message lb
+/// answered with.
+const FAILING: &str = r#"
+import sys, json, grpc
+r = {}
+ch = grpc.insecure_channel(sys.argv[1], options=[('grpc.default_authority', 'gone.test')])
+try:
+    ch.unary_unary('/test.Echo/Unary')(b'x', timeout=10)
+except grpc.RpcError as e:
+    r['unavailable'] = [e.code().name, e.details()]
+print(json.dumps(r), flush=True)
+"#;
+
+fn have_grpc() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(
+            "grpc",
+            "Python's grpcio is not installed; `cargo xtask test` installs it",
+        );
+    }
+    ok
+}
+
+/// The Python gRPC server (plain and TLS ports); killed on drop.
+struct GrpcServer {
+    child: Child,
+    addr: SocketAddr,
+    tls_addr: SocketAddr,
+}
+
+impl GrpcServer {
+    fn start(cert: &std::path::Path, key: &std::path::Path) -> GrpcServer {
+        let mut child = Command::new("python3")
+            .args(["-c", SERVER])
+            .arg(cert)
+            .arg(key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 gRPC server");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("port line");
+        let mut ports = line
+            .split_whitespace()
+            .map(|p| p.parse::<u16>().expect("port"));
+        let (port, tls_port) = (ports.next().expect("port"), ports.next().expect("TLS port"));
+        GrpcServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls_addr: SocketAddr::from(([127, 0, 0, 1], tls_port)),
+        }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("python3");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "client said: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn grpc_config(
+    backend: &GrpcServer,
+    dead: SocketAddr,
+    slow: SocketAddr,
+    ca: &std::path::Path,
+) -> String {
+    let (plain, tls) = (backend.addr, backend.tls_addr);
+    format!(
+        "[server]\nworkers = 2\ndrain_timeout = \"5s\"\n\n\
+         [[listeners]]\nname = \"h2c\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"http/1.1\", \"h2c\"]\n\n\
+         [admin]\naddr = \"127.0.0.1:0\"\n\n\
+         [[clusters]]\nname = \"grpc\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{plain}\" }}]\n\
+         [[clusters]]\nname = \"grpc-tls\"\nprotocol = \"h2\"\nendpoints = [{{ addr = \"{tls}\" }}]\n\
+         tls = {{ ca = \"{}\", server_name = \"grpc.test\" }}\n\
+         [[routes]]\nname = \"tls\"\nhost = \"tls.test\"\ncluster = \"grpc-tls\"\n\
+         [[clusters]]\nname = \"gone\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{dead}\" }}]\n\
+         [[clusters]]\nname = \"slow\"\nendpoints = [{{ addr = \"{slow}\" }}]\n\
+         [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\ncluster = \"slow\"\n\
+         [[routes]]\nname = \"gone\"\nhost = \"gone.test\"\ncluster = \"gone\"\n\
+         [[routes]]\nname = \"grpc\"\ncluster = \"grpc\"\n",
+        ca.display()
+    )
+}
+
+/// A CA and a certificate for `grpc.test` in `dir`.
+fn certs(dir: &std::path::Path) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "grpc test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["grpc.test".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("leaf");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
+}
+
+/// One unary call with `authority` as the channel's authority.
+const TLS_CALL: &str = r#"
+import sys, json, grpc
+ch = grpc.insecure_channel(sys.argv[1], options=[('grpc.default_authority', sys.argv[2])])
+print(json.dumps({'unary': ch.unary_unary('/test.Echo/Unary')(b'over tls', timeout=10).decode()}), flush=True)
+"#;
+
+#[test]
+fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
+    if !have_grpc() {
+        return;
+    }
+    let dir = scratch_dir("grpc");
+    certs(&dir);
+    let server = GrpcServer::start(&dir.join("cert.pem"), &dir.join("key.pem"));
+    // An HTTP/1.1 backend that knows nothing of gRPC deadlines and answers after 3 s.
+    let slow = Backend::start(std::sync::Arc::new(|_req, res| {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        res.send(200, &[("content-type", "application/grpc")], b"");
+    }))
+    .expect("backend");
+    let lb = Lb::start(&grpc_config(
+        &server,
+        dead_addr(),
+        slow.addr,
+        &dir.join("ca.pem"),
+    ));
+    let target = lb.addr.to_string();
+    let r = python(CLIENT, &[&target]);
+    assert_eq!(r["unary"], "echo:hello", "{r}");
+    assert_eq!(
+        r["server_stream"],
+        serde_json::json!(["item0", "item1", "item2"]),
+        "{r}"
+    );
+    assert_eq!(r["client_stream"], "a+b+c", "{r}");
+    assert_eq!(r["bidi"], serde_json::json!(["bidi:x", "bidi:y"]), "{r}");
+    // The backend's error status and message come through as trailers.
+    assert_eq!(
+        r["error"],
+        serde_json::json!(["NOT_FOUND", "no such thing"]),
+        "{r}"
+    );
+    // The same backend over TLS (a cluster with protocol = "h2": ALPN h2, verified).
+    let r = python(TLS_CALL, &[&target, "tls.test"]);
+    assert_eq!(r["unary"], "echo:over tls", "{r}");
+
+    // A cluster that cannot be reached is UNAVAILABLE, as a gRPC status, not an HTTP error.
+    let r = python(FAILING, &[&target]);
+    assert_eq!(r["unavailable"][0], "UNAVAILABLE", "{r}");
+    assert!(
+        r["unavailable"][1]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused"),
+        "lb's reason: {r}"
+    );
+
+    // lb honours grpc-timeout as the response deadline: a raw gRPC call (curl, so that no
+    // client deadline races lb's) asking for 300 ms, to a backend that ignores it, gets
+    // DEADLINE_EXCEEDED from lb well before the backend's 3 s.
+    let frame = lb.dir.join("frame.bin");
+    let payload = b"sleep3";
+    let mut bytes = vec![0u8];
+    bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(payload);
+    std::fs::write(&frame, bytes).expect("frame");
+    let started = std::time::Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .args([
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            "grpc-timeout: 300m",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", frame.display()))
+        .arg(format!("http://{target}/slow/test.Echo/Unary"))
+        .output()
+        .expect("curl");
+    let took = started.elapsed();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("grpc-status: 4"), "DEADLINE_EXCEEDED: {head}");
+    assert!(
+        head.contains("grpc-message: the backend did not answer in time"),
+        "lb's: {head}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "ended by lb at 300 ms: {took:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
