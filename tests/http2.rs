@@ -515,3 +515,41 @@ fn reload_and_drain_with_100_streams_in_flight_lose_none() {
     assert!(lb.wait_exit().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reload applies `protocols` and `[http2]` to new connections.
+#[test]
+fn reload_applies_protocols_and_http2_limits() {
+    if !have("curl") || !have("nghttp") {
+        return;
+    }
+    let backend = Backend::start(echo("b")).expect("backend");
+    let base = config(&format!(
+        "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n[[routes]]\ncluster = \"app\"\n",
+        backend.addr
+    ));
+    let lb = Lb::start(&base);
+    let url = format!("http://{}/", lb.addr);
+    let before = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--http2-prior-knowledge", &url])
+        .output()
+        .expect("curl");
+    assert!(!before.status.success(), "no h2c before the reload");
+    let with_h2c = base.replace(
+        "name = \"http\"\naddr = \"127.0.0.1:0\"",
+        "name = \"http\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"http/1.1\", \"h2c\"]",
+    ) + "[http2]\nmax_concurrent_streams = 7\n";
+    std::fs::write(&lb.config_path, with_h2c).expect("write config");
+    let (status, body) = lb.admin("POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    let (v, status, _) = curl(&["--http2-prior-knowledge", &url]);
+    assert_eq!((v.as_str(), status), ("2", 200));
+    let out = Command::new("nghttp")
+        .args(["-v", "-n", &url])
+        .output()
+        .expect("nghttp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):7"),
+        "the new limit is announced: {text}"
+    );
+}

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use monoio::net::TcpStream;
 
 use super::{log, mirror, plan, send_error, side::Sink, ClientSide, Decision, Record, Reject};
-use crate::http::h2::{Flood, FrameWatch, Trip};
+use crate::http::h2::{Flood, FrameWatch, H2Settings, Trip};
 use crate::net::BufConn;
 use crate::worker::{ConnGuard, Worker};
 
@@ -46,14 +46,28 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
         sni: client.sni().map(str::to_string),
         client_cert: client.client_cert().cloned(),
     });
-    let parts = client.hand_over();
-    let Some(tcp) = poll_mode(parts.stream) else {
+    let tripped = Rc::new(Trip::default());
+    let Some(mut conn) = handshake(client, &settings, &tripped).await else {
         return;
     };
-    let (tls, pending) = (parts.tls, parts.pending);
-    let tripped = Rc::new(Trip::default());
+    accept_streams(&w, &info, &mut conn, &settings, &tripped).await;
+    // Streams in flight finish; the connection's frames keep moving until they have.
+    let _ = poll_fn(|cx| conn.poll_closed(cx)).await;
+    drop(guard);
+}
+
+type ServerConn = h2::server::Connection<crate::h2io::H2Io, bytes::Bytes>;
+
+/// Hands the connection to h2 with the `[http2]` limits and runs the HTTP/2 handshake.
+async fn handshake(
+    client: BufConn,
+    settings: &H2Settings,
+    tripped: &Rc<Trip>,
+) -> Option<ServerConn> {
+    let parts = client.hand_over();
+    let tcp = poll_mode(parts.stream)?;
     let watch = FrameWatch::new(settings.flood, tripped.clone());
-    let io = crate::h2io::H2Io::new(tcp, tls, pending, Some(watch));
+    let io = crate::h2io::H2Io::new(tcp, parts.tls, parts.pending, Some(watch));
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(settings.max_concurrent_streams)
@@ -65,22 +79,32 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
         .max_pending_accept_reset_streams(settings.max_pending_resets)
         .max_local_error_reset_streams(Some(settings.max_error_resets));
     let handshake = builder.handshake::<_, bytes::Bytes>(io);
-    let mut conn = match crate::timer::timeout(settings.handshake_timeout, handshake).await {
-        Ok(Ok(c)) => c,
+    match crate::timer::timeout(settings.handshake_timeout, handshake).await {
+        Ok(Ok(c)) => Some(c),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "HTTP/2 handshake failed");
-            return;
+            None
         }
         Err(_) => {
             crate::metrics::h2_goaway("handshake_timeout");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Accepts streams, each its own task, until the connection ends: the client closes it, a
+/// flood limit trips, or a drain or idleness sends GOAWAY and the client stops.
+async fn accept_streams(
+    w: &Rc<Worker>,
+    info: &Rc<Client>,
+    conn: &mut ServerConn,
+    settings: &H2Settings,
+    tripped: &Rc<Trip>,
+) {
     let open = Rc::new(Cell::new(0usize));
     let mut drain = w.drain_signal();
     let mut draining = false;
     loop {
-        let idle = settings.idle_timeout;
         let accepted = monoio::select! {
             a = conn.accept() => Some(a),
             _ = &mut drain, if !draining => {
@@ -89,10 +113,10 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
                 continue;
             }
             f = poll_fn(|cx| tripped.poll(cx)) => {
-                goaway_for(&mut conn, f);
+                goaway_for(conn, f);
                 None
             }
-            _ = crate::timer::sleep(idle) => {
+            _ = crate::timer::sleep(settings.idle_timeout) => {
                 if open.get() == 0 && !draining {
                     draining = true;
                     crate::metrics::h2_goaway("idle");
@@ -116,14 +140,11 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
                 if let Some(reason) = e.reason() {
                     crate::metrics::h2_goaway(reason_label(reason));
                 }
-                break;
+                return;
             }
-            Some(None) | None => break,
+            Some(None) | None => return,
         }
     }
-    // Streams in flight finish; the connection's frames keep moving until they have.
-    let _ = poll_fn(|cx| conn.poll_closed(cx)).await;
-    drop(guard);
 }
 
 /// The socket in poll mode, for the h2 crate's readiness-driven IO.
