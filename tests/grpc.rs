@@ -29,7 +29,12 @@ def client_stream(it, ctx):
 def bidi(it, ctx):
     for m in it:
         yield b'bidi:' + m
+def flaky(req, ctx):
+    if len(sys.argv) > 3 and sys.argv[3] == 'flaky':
+        ctx.abort(grpc.StatusCode.UNAVAILABLE, 'this one is down')
+    return b'ok'
 handler = grpc.method_handlers_generic_handler('test.Echo', {
+    'Flaky': grpc.unary_unary_rpc_method_handler(flaky),
     'Unary': grpc.unary_unary_rpc_method_handler(unary),
     'ServerStream': grpc.unary_stream_rpc_method_handler(server_stream),
     'ClientStream': grpc.stream_unary_rpc_method_handler(client_stream),
@@ -99,11 +104,12 @@ struct GrpcServer {
 }
 
 impl GrpcServer {
-    fn start(cert: &std::path::Path, key: &std::path::Path) -> GrpcServer {
+    fn start(cert: &std::path::Path, key: &std::path::Path, mode: &str) -> GrpcServer {
         let mut child = Command::new("python3")
             .args(["-c", SERVER])
             .arg(cert)
             .arg(key)
+            .arg(mode)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -149,11 +155,12 @@ fn python(script: &str, args: &[&str]) -> serde_json::Value {
 
 fn grpc_config(
     backend: &GrpcServer,
+    flaky: &GrpcServer,
     dead: SocketAddr,
     slow: SocketAddr,
     ca: &std::path::Path,
 ) -> String {
-    let (plain, tls) = (backend.addr, backend.tls_addr);
+    let (plain, tls, down) = (backend.addr, backend.tls_addr, flaky.addr);
     format!(
         "[server]\nworkers = 2\ndrain_timeout = \"5s\"\n\n\
          [[listeners]]\nname = \"h2c\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"http/1.1\", \"h2c\"]\n\n\
@@ -164,6 +171,11 @@ fn grpc_config(
          [[routes]]\nname = \"tls\"\nhost = \"tls.test\"\ncluster = \"grpc-tls\"\n\
          [[clusters]]\nname = \"gone\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{dead}\" }}]\n\
          [[clusters]]\nname = \"slow\"\nendpoints = [{{ addr = \"{slow}\" }}]\n\
+         [[clusters]]\nname = \"retrying\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{down}\" }}, {{ addr = \"{plain}\" }}]\n\
+         retry = {{ attempts = 2, retry_on = [\"connect_failure\", \"grpc:UNAVAILABLE\"] }}\n\
+         [[clusters]]\nname = \"not-retrying\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{down}\" }}]\n\
+         [[routes]]\nname = \"retrying\"\nhost = \"retry.test\"\ncluster = \"retrying\"\n\
+         [[routes]]\nname = \"not-retrying\"\nhost = \"noretry.test\"\ncluster = \"not-retrying\"\n\
          [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\ncluster = \"slow\"\n\
          [[routes]]\nname = \"gone\"\nhost = \"gone.test\"\ncluster = \"gone\"\n\
          [[routes]]\nname = \"grpc\"\ncluster = \"grpc\"\n",
@@ -190,6 +202,19 @@ fn certs(dir: &std::path::Path) {
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
 }
 
+/// Six calls of the method the flaky backend fails with UNAVAILABLE, with `authority`.
+const FLAKY_CALLS: &str = r#"
+import sys, json, grpc
+ch = grpc.insecure_channel(sys.argv[1], options=[('grpc.default_authority', sys.argv[2])])
+out = []
+for _ in range(6):
+    try:
+        out.append(ch.unary_unary('/test.Echo/Flaky')(b'x', timeout=10).decode())
+    except grpc.RpcError as e:
+        out.append(e.code().name)
+print(json.dumps(out), flush=True)
+"#;
+
 /// One unary call with `authority` as the channel's authority.
 const TLS_CALL: &str = r#"
 import sys, json, grpc
@@ -204,7 +229,8 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     }
     let dir = scratch_dir("grpc");
     certs(&dir);
-    let server = GrpcServer::start(&dir.join("cert.pem"), &dir.join("key.pem"));
+    let server = GrpcServer::start(&dir.join("cert.pem"), &dir.join("key.pem"), "normal");
+    let flaky = GrpcServer::start(&dir.join("cert.pem"), &dir.join("key.pem"), "flaky");
     // An HTTP/1.1 backend that knows nothing of gRPC deadlines and answers after 3 s.
     let slow = Backend::start(std::sync::Arc::new(|_req, res| {
         std::thread::sleep(std::time::Duration::from_secs(3));
@@ -213,6 +239,7 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     .expect("backend");
     let lb = Lb::start(&grpc_config(
         &server,
+        &flaky,
         dead_addr(),
         slow.addr,
         &dir.join("ca.pem"),
@@ -236,6 +263,23 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     // The same backend over TLS (a cluster with protocol = "h2": ALPN h2, verified).
     let r = python(TLS_CALL, &[&target, "tls.test"]);
     assert_eq!(r["unary"], "echo:over tls", "{r}");
+
+    // Retries on the gRPC statuses the operator lists: the flaky endpoint's UNAVAILABLE
+    // (answered as a status alone) goes to the other endpoint; without the policy it
+    // reaches the client.
+    let r = python(FLAKY_CALLS, &[&target, "retry.test"]);
+    assert_eq!(
+        r,
+        serde_json::json!(["ok", "ok", "ok", "ok", "ok", "ok"]),
+        "{r}"
+    );
+    let r = python(FLAKY_CALLS, &[&target, "noretry.test"]);
+    assert_eq!(r[0], "UNAVAILABLE", "{r}");
+    let m = lb.scrape();
+    assert!(
+        metric(&m, "lb_retries_total", &[("cluster", "retrying")]) >= 1.0,
+        "the flaky endpoint was tried and retried"
+    );
 
     // A cluster that cannot be reached is UNAVAILABLE, as a gRPC status, not an HTTP error.
     let r = python(FAILING, &[&target]);

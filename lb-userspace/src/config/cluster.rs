@@ -492,6 +492,13 @@ fn retry(key: &str, r: &RawRetry, errs: &mut Errors) -> RetryConfig {
                 "reset" => c.on_reset = true,
                 "timeout" => c.on_timeout = true,
                 "5xx" => c.on_5xx = true,
+                s if s.starts_with("grpc:") => match crate::http::h2::grpc_code(&s[5..]) {
+                    Some(code) => c.grpc_statuses |= 1 << code,
+                    None => errs.push(
+                        format!("{key}.retry_on[{j}]"),
+                        format!("expected a gRPC status name after grpc:, such as grpc:UNAVAILABLE, got {s:?}"),
+                    ),
+                },
                 s => match s.parse::<u16>() {
                     Ok(code) if (400..=599).contains(&code) => c.statuses.push(code),
                     _ => errs.push(

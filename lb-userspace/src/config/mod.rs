@@ -582,6 +582,23 @@ fn validate_http2(r: &raw::RawHttp2, errs: &mut Errors) -> crate::http::h2::H2Se
             ),
             header_block_bytes: max_header_list_size,
         },
+        grpc_error_codes: match &r.grpc_error_codes {
+            None => d.grpc_error_codes,
+            Some(names) => names.iter().enumerate().fold(0, |mask, (j, n)| {
+                match crate::http::h2::grpc_code(n) {
+                    Some(c) => mask | 1 << c,
+                    None => {
+                        errs.push(
+                            format!("http2.grpc_error_codes[{j}]"),
+                            format!(
+                                "expected a gRPC status name such as \"UNAVAILABLE\", got {n:?}"
+                            ),
+                        );
+                        mask
+                    }
+                }
+            }),
+        },
     }
 }
 

@@ -132,6 +132,8 @@ pub struct RawHttp2 {
     pub max_resets_per_second: Option<u32>,
     pub max_empty_frames_per_second: Option<u32>,
     pub max_continuation_frames: Option<u32>,
+    /// gRPC status names that count as errors in the canary analysis.
+    pub grpc_error_codes: Option<Vec<String>>,
 }
 
 /// `[[listeners]] tls = { ... }`.
@@ -349,7 +351,8 @@ pub struct RawBreaker {
 pub struct RawRetry {
     /// Tries in all, the first included.
     pub attempts: Option<u32>,
-    /// `connect_failure`, `reset`, `timeout`, `5xx`, or a status such as `"503"`.
+    /// `connect_failure`, `reset`, `timeout`, `5xx`, a status such as `"503"`, or a gRPC
+    /// status such as `"grpc:UNAVAILABLE"`.
     pub retry_on: Option<Vec<String>>,
     pub non_idempotent: Option<bool>,
     pub backoff_base: Option<String>,

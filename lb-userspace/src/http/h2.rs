@@ -10,6 +10,42 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+/// gRPC status codes by number (the `code` label and the names configs use).
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// A gRPC status code by its name (`UNAVAILABLE`).
+pub fn grpc_code(name: &str) -> Option<u32> {
+    GRPC_CODES.iter().position(|c| *c == name).map(|i| i as u32)
+}
+
+/// A `grpc-status` value.
+pub fn parse_grpc_status(v: &[u8]) -> Option<u32> {
+    let n: u32 = std::str::from_utf8(v).ok()?.trim().parse().ok()?;
+    (n < GRPC_CODES.len() as u32).then_some(n)
+}
+
+/// The gRPC codes that count as errors by default (in the canary analysis): the ones that
+/// say the server failed, not the caller.
+pub const DEFAULT_GRPC_ERRORS: u32 = 1 << 2 | 1 << 4 | 1 << 13 | 1 << 14 | 1 << 15;
+
 /// The `[http2]` table: HTTP/2 limits for every listener that speaks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct H2Settings {
@@ -34,6 +70,8 @@ pub struct H2Settings {
     /// The connection preface and SETTINGS exchange must finish within this.
     pub handshake_timeout: Duration,
     pub flood: FloodLimits,
+    /// gRPC codes (a bit per code) that count as errors for the canary analysis.
+    pub grpc_error_codes: u32,
 }
 
 impl Default for H2Settings {
@@ -57,6 +95,7 @@ impl Default for H2Settings {
                 continuation_frames: 32,
                 header_block_bytes: 64 * 1024,
             },
+            grpc_error_codes: DEFAULT_GRPC_ERRORS,
         }
     }
 }

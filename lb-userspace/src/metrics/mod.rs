@@ -70,6 +70,10 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct RouteMetrics {
     pub requests: Arc<RequestSeries>,
     pub rate_limited: Counter,
+    route: Arc<str>,
+    /// `lb_grpc_responses_total` by gRPC code, made when a code is first seen (no series
+    /// for routes that never carry gRPC).
+    grpc: Arc<[std::sync::OnceLock<Counter>; 17]>,
 }
 
 impl RouteMetrics {
@@ -77,7 +81,20 @@ impl RouteMetrics {
         RouteMetrics {
             requests: RequestSeries::get(route, cluster),
             rate_limited: counter!(RATE_LIMITED_TOTAL, "route" => route.to_string()),
+            route: route.into(),
+            grpc: Arc::new(Default::default()),
         }
+    }
+
+    /// Counts a gRPC call answered with `code` (named `name`).
+    pub fn grpc(&self, code: usize, name: &'static str) {
+        let Some(cell) = self.grpc.get(code) else {
+            return;
+        };
+        cell.get_or_init(
+            || counter!(GRPC_RESPONSES_TOTAL, "route" => self.route.to_string(), "code" => name),
+        )
+        .increment(1);
     }
 
     /// Counts one answered request, from the worker `worker`, that came over HTTP/2 or not.

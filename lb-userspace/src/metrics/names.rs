@@ -62,6 +62,9 @@ pub const TLS_HANDSHAKE_SECONDS: &str = "lb_tls_handshake_duration_seconds";
 /// Seconds until each certificate in service expires (negative once expired), by
 /// `listener` and `certificate` (its first name).
 pub const TLS_CERT_EXPIRY_SECONDS: &str = "lb_tls_certificate_expiry_seconds";
+/// gRPC calls answered, by `route` and `code` (`OK`, `UNAVAILABLE`, ...): the status the
+/// client got, from the backend or from lb.
+pub const GRPC_RESPONSES_TOTAL: &str = "lb_grpc_responses_total";
 /// HTTP/2 connections lb ended with GOAWAY for a reason of its own, by `reason` (a flood
 /// limit, `idle`, `handshake_timeout`, or the protocol error h2 found).
 pub const H2_GOAWAYS_TOTAL: &str = "lb_h2_goaways_total";

@@ -104,6 +104,12 @@ impl Ctx<'_> {
         &self.cluster.config.retry
     }
 
+    /// A gRPC call whose cluster retries some gRPC statuses: the statuses the operator
+    /// listed say the call was not processed, so it may go again whatever its method.
+    fn grpc_retry(&self) -> bool {
+        self.plan.grpc && self.retry().grpc_statuses != 0
+    }
+
     /// The request can be sent again: no body, or one whose bytes are all still buffered.
     fn replayable<C: Downstream>(&self, client: &C) -> bool {
         self.body == Framing::None || client.reads() == self.reads_at_start
@@ -316,7 +322,7 @@ fn retry_verdict<'a, C: Downstream>(
     let wanted = e.policy_retries(retry)
         && class != RetryClass::Never
         && attempt < retry.attempts
-        && (ctx.may_repeat || never_sent)
+        && (ctx.may_repeat || never_sent || ctx.grpc_retry())
         && ctx.replayable(client);
     let budget = reserved || never_sent || ctx.budget_ok();
     if wanted && budget {
@@ -494,7 +500,9 @@ async fn try_endpoint<C: Downstream>(
             }
         }
         // A retryable status is only held back from the client if a retry can follow.
-        let hold_back = attempt < ctx.retry().attempts && ctx.may_repeat && ctx.replayable(client);
+        let hold_back = attempt < ctx.retry().attempts
+            && (ctx.may_repeat || ctx.grpc_retry())
+            && ctx.replayable(client);
         let result = exchange(ctx, client, out, &mut up, hold_back).await;
         match result {
             Ok(done) => {
@@ -890,6 +898,18 @@ fn parse_head(
     }
     if hold_back && ctx.retry().retries_status(res.status) && ctx.reserve() {
         return Err(ProxyError::upstream(ErrorKind::RetryableStatus(res.status)));
+    }
+    // A gRPC status alone (no body: "Trailers-Only") can go again before any byte of it
+    // reaches the client; one in trailers comes after the body and cannot.
+    if hold_back && ctx.plan.grpc {
+        let code = res
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("grpc-status"))
+            .and_then(|h| crate::http::h2::parse_grpc_status(h.value));
+        if code.is_some_and(|c| ctx.retry().retries_grpc(c)) && ctx.reserve() {
+            return Err(ProxyError::upstream(ErrorKind::RetryableStatus(res.status)));
+        }
     }
     let route = &view.snap.routes.routes()[plan.route];
     let keep = plan.keep_alive && !ctx.w.draining();

@@ -95,7 +95,7 @@ fn h2_head(req: &ExplainRequest) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("not a valid HTTP/2 request: {e}"))?
         .into_parts();
     let mut head = Vec::new();
-    super::h2::request_head(&parts, true, &mut head)
+    super::h2::request_head(&parts, super::h2::Body1::None, &mut head)
         .map_err(|e| format!("as HTTP/2, the request is refused with 400: {e}"))?;
     Ok(head)
 }

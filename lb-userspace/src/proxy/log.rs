@@ -25,6 +25,18 @@ pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
         .and_then(|r| snap.route_metrics.get(r))
         .unwrap_or(&snap.unrouted_metrics);
     metrics.record(w.id, rec.protocol == super::Protocol::H2, rec.status, took);
+    if let Some(code) = rec.grpc_status {
+        let name = crate::http::h2::GRPC_CODES
+            .get(code as usize)
+            .copied()
+            .unwrap_or("UNKNOWN");
+        metrics.grpc(code as usize, name);
+    }
+    // A gRPC call that failed by the operator's list of codes is an error as much as a 5xx.
+    let failed = rec.status >= 500
+        || rec
+            .grpc_status
+            .is_some_and(|c| c < 32 && snap.http2.grpc_error_codes & 1 << c != 0);
     if let Some((si, t, _)) = rec.variant {
         if let Some(split) = snap.splits.get(si) {
             let window = split
@@ -33,13 +45,7 @@ pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
                 .as_ref()
                 .map_or(Duration::from_secs(60), |a| a.window);
             if let Some(stats) = split.state.stats.get(t) {
-                stats.record(
-                    w.id,
-                    crate::timer::now_ms(),
-                    window,
-                    rec.status >= 500,
-                    took,
-                );
+                stats.record(w.id, crate::timer::now_ms(), window, failed, took);
             }
         }
     }

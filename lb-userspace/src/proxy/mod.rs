@@ -100,6 +100,8 @@ pub struct Plan {
     pub websocket: bool,
     /// A gRPC call's `grpc-timeout`: the response must be whole by then.
     pub grpc_deadline: Option<std::time::Duration>,
+    /// A gRPC call (`content-type: application/grpc...`).
+    pub grpc: bool,
 }
 
 /// What metrics and the access log learn about one request as it goes.
@@ -133,6 +135,8 @@ pub struct Record {
     pub tls: bool,
     /// The client's protocol.
     pub protocol: Protocol,
+    /// A gRPC call's status, as the client got it.
+    pub grpc_status: Option<u32>,
 }
 
 /// The protocol a request came in with.

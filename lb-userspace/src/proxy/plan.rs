@@ -487,6 +487,9 @@ fn forward(
         .iter()
         .find(|x| x.name.eq_ignore_ascii_case("grpc-timeout"))
         .and_then(|x| grpc_timeout(x.value));
+    let grpc = req.headers.iter().any(|x| {
+        x.name.eq_ignore_ascii_case("content-type") && x.value.starts_with(b"application/grpc")
+    });
     Ok(Decision::Forward(Plan {
         head_len: req.head_len,
         method: req.method,
@@ -500,6 +503,7 @@ fn forward(
         variant,
         websocket,
         grpc_deadline,
+        grpc,
     }))
 }
 

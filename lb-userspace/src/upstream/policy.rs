@@ -68,6 +68,9 @@ pub struct RetryConfig {
     pub on_timeout: bool,
     pub on_5xx: bool,
     pub statuses: Vec<u16>,
+    /// gRPC statuses (a bit per code) a gRPC call is retried on, when the backend answers
+    /// with the status alone (before any response byte would reach the client).
+    pub grpc_statuses: u32,
     pub non_idempotent: bool,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -86,6 +89,7 @@ impl Default for RetryConfig {
             on_timeout: false,
             on_5xx: false,
             statuses: Vec::new(),
+            grpc_statuses: 0,
             non_idempotent: false,
             backoff_base: Duration::ZERO,
             backoff_max: Duration::ZERO,
@@ -98,5 +102,10 @@ impl Default for RetryConfig {
 impl RetryConfig {
     pub fn retries_status(&self, status: u16) -> bool {
         (self.on_5xx && status >= 500) || self.statuses.contains(&status)
+    }
+
+    /// Whether a gRPC call answered with `code` goes again.
+    pub fn retries_grpc(&self, code: u32) -> bool {
+        code < 32 && self.grpc_statuses & 1 << code != 0
     }
 }

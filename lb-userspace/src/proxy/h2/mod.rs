@@ -23,7 +23,7 @@ use crate::net::BufConn;
 use crate::worker::{ConnGuard, Worker};
 
 pub use crate::http::h2::PREFACE;
-pub(crate) use stream::request_head;
+pub(crate) use stream::{request_head, Body1};
 
 /// What every stream of a connection knows of its client.
 struct Client {
@@ -198,18 +198,36 @@ async fn serve_stream(
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    // A small body without a length that is all here already goes with a length, in the
+    // same write as the head, and can be replayed by a retry (unary gRPC calls are such).
+    let mut body = (!end_stream).then_some(body);
+    let mut early = Vec::new();
+    let known = match body.as_mut() {
+        Some(b) if !parts.headers.contains_key(http::header::CONTENT_LENGTH) => {
+            prefetch(b, &mut early)
+        }
+        _ => false,
+    };
+    let shape = match (&body, known) {
+        (None, _) => stream::Body1::None,
+        (Some(_), true) => stream::Body1::Known(early.len()),
+        (Some(_), false) => stream::Body1::Unknown,
+    };
+    if known {
+        body = None;
+    }
     let mut head = w.bufs.take();
-    let built = stream::request_head(&parts, end_stream, &mut head);
+    let built = stream::request_head(&parts, shape, &mut head);
     let chunked = *built.as_ref().unwrap_or(&false);
-    let mut s = stream::H2Stream::new(
-        head,
-        chunked,
-        (!end_stream).then_some(body),
-        respond,
-        head_request,
-        grpc,
-        trip,
-    );
+    if chunked && !early.is_empty() {
+        crate::http::write::push_hex(&mut head, early.len() as u64);
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(&early);
+        head.extend_from_slice(b"\r\n");
+    } else {
+        head.extend_from_slice(&early);
+    }
+    let mut s = stream::H2Stream::new(head, chunked, body, respond, head_request, grpc, trip);
     let mut rec = Record {
         protocol: super::Protocol::H2,
         ..Record::default()
@@ -234,10 +252,33 @@ async fn serve_stream(
         .error
         .is_some_and(|e| e.kind == super::error::ErrorKind::CutMidBody);
     s.finish(cut || !s.answered() && rec.status == 0);
+    rec.grpc_status = s.grpc_status();
     w.out_bufs.give(out);
     if rec.status != 0 {
         log::finish(w, &rec, info.peer);
     }
+}
+
+/// Bodies up to this size, without a `Content-Length`, are taken whole before planning when
+/// they are already there.
+const PREFETCH_MAX: usize = 8 * 1024;
+
+/// Takes into `early` what of `body` has already arrived, without waiting: true if that is
+/// all of it (and at most [`PREFETCH_MAX`]). A unary gRPC call's HEADERS, DATA and end of
+/// stream usually come in one read; a streaming call is never held up waiting for its end.
+fn prefetch(body: &mut h2::RecvStream, early: &mut Vec<u8>) -> bool {
+    use futures::FutureExt;
+    while early.len() <= PREFETCH_MAX {
+        match body.data().now_or_never() {
+            Some(Some(Ok(bytes))) => {
+                let _ = body.flow_control().release_capacity(bytes.len());
+                early.extend_from_slice(&bytes);
+            }
+            Some(None) => return true,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Plans the stream's request and answers it.

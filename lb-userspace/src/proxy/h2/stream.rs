@@ -38,6 +38,17 @@ const CONNECTION_SPECIFIC: [&str; 5] = [
     "upgrade",
 ];
 
+/// What is known of a request's body when its HTTP/1.1 head is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body1 {
+    /// None: the HEADERS ended the stream.
+    None,
+    /// All of it arrived already: this many bytes (sent with a `Content-Length`).
+    Known(usize),
+    /// Still coming, of unknown length (chunked, unless the client gave a length).
+    Unknown,
+}
+
 /// Why a stream's request cannot become an HTTP/1.1 head (the client gets 400).
 pub type Refusal = &'static str;
 
@@ -45,7 +56,7 @@ pub type Refusal = &'static str;
 /// chunked (a request with a body and no `Content-Length`).
 pub fn request_head(
     parts: &http::request::Parts,
-    end_stream: bool,
+    body: Body1,
     out: &mut Vec<u8>,
 ) -> Result<bool, Refusal> {
     let target = parts
@@ -114,7 +125,12 @@ pub fn request_head(
         }
         out.extend_from_slice(b"\r\n");
     }
-    let chunked = !end_stream && !has_length;
+    if let (Body1::Known(n), false) = (body, has_length) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = body == Body1::Unknown && !has_length;
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -155,12 +171,15 @@ pub struct H2Stream {
     /// A gRPC call (`content-type: application/grpc...`): an HTTP error answer becomes a
     /// gRPC status.
     grpc: bool,
+    /// The gRPC status the client got, once it went out.
+    grpc_status: Option<u32>,
     /// The connection's tripwire: a window that never opens ends the connection.
     trip: std::rc::Rc<crate::http::h2::Trip>,
 }
 
 impl H2Stream {
-    /// A stream whose request head (HTTP/1.1) is `head`.
+    /// A stream whose request head (HTTP/1.1) is `head`, followed by body bytes already
+    /// read (framed as the head says).
     pub fn new(
         head: Vec<u8>,
         chunked_in: bool,
@@ -181,6 +200,7 @@ impl H2Stream {
             response: Response::Head(Vec::new()),
             head_request,
             grpc,
+            grpc_status: None,
             trip,
         }
     }
@@ -205,6 +225,11 @@ impl H2Stream {
             }
         }
         self.response = Response::Done;
+    }
+
+    /// The gRPC status the client got, if this is a gRPC call that got one.
+    pub fn grpc_status(&self) -> Option<u32> {
+        self.grpc_status
     }
 
     /// Whether the answer is complete.
@@ -290,6 +315,9 @@ impl H2Stream {
                 Step::Skip(n) | Step::LastChunk(n) => at += n,
                 Step::Trailer(n) => {
                     if let Some((name, value)) = trailer_field(&input[at..at + n]) {
+                        if name == "grpc-status" {
+                            self.grpc_status = crate::http::h2::parse_grpc_status(value.as_bytes());
+                        }
                         trailers.append(name, value);
                     }
                     at += n;
@@ -416,6 +444,7 @@ impl H2Stream {
             .send_response(response, true)
             .map_err(|e| IoFail::Io(io::Error::other(e)))?;
         self.response = Response::Done;
+        self.grpc_status = Some(code);
         Ok(())
     }
 
@@ -657,7 +686,7 @@ mod tests {
             .expect("request");
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        let chunked = super::request_head(&parts, false, &mut out).expect("head");
+        let chunked = super::request_head(&parts, super::Body1::Unknown, &mut out).expect("head");
         let text = String::from_utf8(out).expect("text");
         assert!(chunked, "a body without a length goes chunked");
         assert!(
@@ -673,6 +702,6 @@ mod tests {
             .expect("request")
             .into_parts()
             .0;
-        assert!(super::request_head(&bad, true, &mut Vec::new()).is_err());
+        assert!(super::request_head(&bad, super::Body1::None, &mut Vec::new()).is_err());
     }
 }
