@@ -367,6 +367,9 @@ pub fn register_at_zero(refusal_reasons: &[&'static str]) {
     for reason in ["idle", "rapid_reset", "ping_flood", "settings_flood"] {
         counter!(H2_GOAWAYS_TOTAL, "reason" => reason).increment(0);
     }
+    // The unrouted series ("none", as in lb_requests_total): the gRPC panel has a series
+    // before the first call.
+    counter!(GRPC_RESPONSES_TOTAL, "route" => "none", "code" => "OK").increment(0);
     for result in ["ok", "error"] {
         counter!(TLS_HANDSHAKES_TOTAL, "result" => result, "version" => "none", "resumed" => "false")
             .increment(0);
