@@ -37,21 +37,7 @@ impl Pebble {
         }
         let dir = scratch_dir("pebble");
         // Pebble's HTTPS certificate, for 127.0.0.1, from a CA the test hands to lb.
-        let ca_key = rcgen::KeyPair::generate().expect("key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "pebble test CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-        let key = rcgen::KeyPair::generate().expect("key");
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .expect("params")
-            .signed_by(&key, &ca)
-            .expect("leaf");
-        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-        std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write");
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
+        write_ca_and_cert(&dir, "pebble test CA", &["127.0.0.1"]);
         let port = || dead_addr().port();
         let (listen, mgmt, tls_port, dns, chall_mgmt) = (port(), port(), port(), port(), port());
         let config = serde_json::json!({

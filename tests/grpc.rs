@@ -185,21 +185,7 @@ fn grpc_config(
 
 /// A CA and a certificate for `grpc.test` in `dir`.
 fn certs(dir: &std::path::Path) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "grpc test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec!["grpc.test".to_string()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("leaf");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-    std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write");
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
+    write_ca_and_cert(dir, "grpc test CA", &["grpc.test"]);
 }
 
 /// Six calls of the method the flaky backend fails with UNAVAILABLE, with `authority`.

@@ -13,23 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A CA and a certificate for `h2.test` in `dir` (`ca.pem`, `cert.pem`, `key.pem`).
-fn certs(dir: &Path) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "h2 test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec!["h2.test".to_string()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("leaf");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
-    std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write");
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
+/// A CA and a certificate for `h2.test` in `dir`.
+fn certs(dir: &std::path::Path) {
+    write_ca_and_cert(dir, "h2 test CA", &["h2.test"]);
 }
 
 /// lb with a TLS listener speaking h2 and http/1.1 (first, so `lb.addr` is it) and a plain

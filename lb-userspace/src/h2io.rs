@@ -235,3 +235,75 @@ impl AsyncWrite for H2Io {
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
+
+/// Header fields HTTP/2 forbids (RFC 9113, 8.2.2): never sent on, either way.
+pub const CONNECTION_SPECIFIC: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// One trailer line (`name: value\r\n`) as an HTTP/2 field, if it is a valid one.
+pub fn trailer_field(line: &[u8]) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let line = line.strip_suffix(b"\r\n").unwrap_or(line);
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = http::HeaderName::from_bytes(&line[..colon].to_ascii_lowercase()).ok()?;
+    let value = http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
+    Some((name, value))
+}
+
+/// Why [`send_flow`] stopped.
+pub enum FlowFail {
+    /// The peer's flow-control window stayed shut for the whole timeout.
+    Stalled,
+    /// The stream is gone (reset by the peer).
+    Closed,
+    H2(h2::Error),
+}
+
+/// Sends `data` as DATA frames on `stream`, as the peer's flow-control window allows,
+/// waiting for window at most `timeout` at a time; `eos` ends the stream with the last byte
+/// (or an empty frame when `data` is empty).
+pub async fn send_flow(
+    stream: &mut h2::SendStream<bytes::Bytes>,
+    mut data: &[u8],
+    eos: bool,
+    timeout: std::time::Duration,
+) -> Result<(), FlowFail> {
+    if data.is_empty() {
+        return if eos {
+            stream
+                .send_data(bytes::Bytes::new(), true)
+                .map_err(FlowFail::H2)
+        } else {
+            Ok(())
+        };
+    }
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let mut cap = stream.capacity();
+        if cap == 0 {
+            let wait = std::future::poll_fn(|cx| stream.poll_capacity(cx));
+            cap = match crate::timer::timeout(timeout, wait).await {
+                Err(_) => return Err(FlowFail::Stalled),
+                Ok(None) => return Err(FlowFail::Closed),
+                Ok(Some(Err(e))) => return Err(FlowFail::H2(e)),
+                Ok(Some(Ok(n))) => n,
+            };
+            if cap == 0 {
+                continue;
+            }
+        }
+        let k = cap.min(data.len());
+        stream
+            .send_data(
+                bytes::Bytes::copy_from_slice(&data[..k]),
+                eos && k == data.len(),
+            )
+            .map_err(FlowFail::H2)?;
+        data = &data[k..];
+    }
+    Ok(())
+}

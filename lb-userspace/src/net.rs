@@ -570,25 +570,7 @@ impl BufConn {
         n: usize,
         timeout: Duration,
     ) -> Result<(), IoFail> {
-        let (buf, range) = self.lend(n);
-        let (res, buf) = dst.write_owned(buf, range, timeout).await;
-        self.give_back(buf, n, res.is_ok());
-        res
-    }
-
-    /// Lends the read buffer out for writing its next `n` bytes elsewhere (owned-buffer IO);
-    /// [`BufConn::give_back`] returns it.
-    pub fn lend(&mut self, n: usize) -> (Vec<u8>, std::ops::Range<usize>) {
-        let n = n.min(self.buf.len() - self.pos);
-        (std::mem::take(&mut self.buf), self.pos..self.pos + n)
-    }
-
-    /// Takes the lent buffer back; the `n` bytes count as consumed if they were written.
-    pub fn give_back(&mut self, buf: Vec<u8>, n: usize, written: bool) {
-        self.buf = buf;
-        if written {
-            self.pos = (self.pos + n).min(self.buf.len());
-        }
+        forward_owned(&mut self.buf, &mut self.pos, dst, n, timeout).await
     }
 
     /// Writes `buf[range]` (encrypted on a TLS connection) and gives the buffer back. After
@@ -915,11 +897,28 @@ impl Source for BufConn {
         n: usize,
         timeout: Duration,
     ) -> Result<(), IoFail> {
-        let (buf, range) = self.lend(n);
-        let (res, buf) = dst.write_owned(buf, range, timeout).await;
-        self.give_back(buf, n, res.is_ok());
-        res
+        forward_owned(&mut self.buf, &mut self.pos, dst, n, timeout).await
     }
+}
+
+/// Writes the `n` bytes of `buf` from `pos` to `dst`, lending it the buffer (owned-buffer
+/// IO), and moves `pos` past them once written: the `forward_to` of every [`Source`] that
+/// reads into one buffer.
+pub async fn forward_owned<D: Sink>(
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+    dst: &mut D,
+    n: usize,
+    timeout: Duration,
+) -> Result<(), IoFail> {
+    let n = n.min(buf.len().saturating_sub(*pos));
+    let range = *pos..*pos + n;
+    let (res, back) = dst.write_owned(std::mem::take(buf), range, timeout).await;
+    *buf = back;
+    if res.is_ok() {
+        *pos = (*pos + n).min(buf.len());
+    }
+    res
 }
 
 impl Sink for BufConn {

@@ -243,7 +243,7 @@ pub fn files_fingerprint<'a>(files: impl Iterator<Item = &'a std::path::PathBuf>
 }
 
 /// Reads the facts of a leaf certificate.
-fn describe(der: &CertificateDer<'_>, source: String) -> Result<CertInfo, String> {
+pub fn describe(der: &CertificateDer<'_>, source: String) -> Result<CertInfo, String> {
     use sha2::Digest;
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("{source}: not a readable X.509 certificate ({e})"))?;

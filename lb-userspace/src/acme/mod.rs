@@ -112,27 +112,14 @@ fn parse_leaf(pem: &[u8]) -> Option<Leaf> {
     let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
         .next()?
         .ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    let names = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => {
-                        Some(d.to_ascii_lowercase())
-                    }
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let info = crate::tls::describe(&der, String::new()).ok()?;
     Some(Leaf {
-        not_after: cert.validity().not_after.timestamp(),
-        names,
+        not_after: info.not_after_unix,
+        names: if info.names_from_san {
+            info.names.iter().map(|n| n.to_ascii_lowercase()).collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 

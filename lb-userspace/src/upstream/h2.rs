@@ -9,7 +9,6 @@
 //!   the chunked trailer section.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -19,21 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{RecvStream, SendStream};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use rustc_hash::FxHashMap;
 
+use crate::h2io::{trailer_field, FlowFail, CONNECTION_SPECIFIC};
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::write::push_hex;
 use crate::net::{IoFail, Sink, Source};
-
-/// Header fields HTTP/2 forbids (RFC 9113, 8.2.2).
-const CONNECTION_SPECIFIC: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// Largest request head lb writes upstream.
 const MAX_HEAD: usize = 64 * 1024;
@@ -425,7 +416,7 @@ impl H2Up {
                 }
                 Step::Skip(n) | Step::LastChunk(n) => at += n,
                 Step::Trailer(n) => {
-                    if let Some((name, value)) = field(&input[at..at + n]) {
+                    if let Some((name, value)) = trailer_field(&input[at..at + n]) {
                         trailers.append(name, value);
                     }
                     at += n;
@@ -449,44 +440,17 @@ impl H2Up {
     }
 
     /// DATA within the backend's flow-control window.
-    async fn send_data(
-        &mut self,
-        mut data: &[u8],
-        eos: bool,
-        timeout: Duration,
-    ) -> Result<(), IoFail> {
+    async fn send_data(&mut self, data: &[u8], eos: bool, timeout: Duration) -> Result<(), IoFail> {
         let Request::Body { stream, .. } = &mut self.request else {
             return Ok(());
         };
-        if data.is_empty() {
-            return if eos {
-                stream.send_data(Bytes::new(), true).map_err(h2_err)
-            } else {
-                Ok(())
-            };
-        }
-        while !data.is_empty() {
-            stream.reserve_capacity(data.len());
-            let mut cap = stream.capacity();
-            if cap == 0 {
-                let wait = poll_fn(|cx| stream.poll_capacity(cx));
-                cap = match crate::timer::timeout(timeout, wait).await {
-                    Err(_) => return Err(IoFail::Timeout),
-                    Ok(None) => return Err(IoFail::Eof),
-                    Ok(Some(Err(e))) => return Err(h2_err(e)),
-                    Ok(Some(Ok(n))) => n,
-                };
-                if cap == 0 {
-                    continue;
-                }
-            }
-            let k = cap.min(data.len());
-            stream
-                .send_data(Bytes::copy_from_slice(&data[..k]), eos && k == data.len())
-                .map_err(h2_err)?;
-            data = &data[k..];
-        }
-        Ok(())
+        crate::h2io::send_flow(stream, data, eos, timeout)
+            .await
+            .map_err(|e| match e {
+                FlowFail::Stalled => IoFail::Timeout,
+                FlowFail::Closed => IoFail::Eof,
+                FlowFail::H2(e) => h2_err(e),
+            })
     }
 
     /// Writes the response head as HTTP/1.1 into the buffer.
@@ -535,15 +499,6 @@ fn other(m: &'static str) -> IoFail {
 
 fn h2_err(e: h2::Error) -> IoFail {
     IoFail::Io(io::Error::other(e))
-}
-
-/// One trailer line as an HTTP/2 field.
-fn field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
-    let line = line.strip_suffix(b"\r\n").unwrap_or(line);
-    let colon = line.iter().position(|&b| b == b':')?;
-    let name = HeaderName::from_bytes(&line[..colon].to_ascii_lowercase()).ok()?;
-    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
-    Some((name, value))
 }
 
 impl Source for H2Up {
@@ -633,15 +588,7 @@ impl Source for H2Up {
         n: usize,
         timeout: Duration,
     ) -> Result<(), IoFail> {
-        let n = n.min(self.buf.len() - self.pos);
-        let range = self.pos..self.pos + n;
-        let buf = std::mem::take(&mut self.buf);
-        let (res, buf) = dst.write_owned(buf, range, timeout).await;
-        self.buf = buf;
-        if res.is_ok() {
-            self.pos = (self.pos + n).min(self.buf.len());
-        }
-        res
+        crate::net::forward_owned(&mut self.buf, &mut self.pos, dst, n, timeout).await
     }
 }
 

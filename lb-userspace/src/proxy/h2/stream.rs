@@ -11,7 +11,6 @@
 //!   control window, a chunked body is un-chunked and its trailers become a trailing
 //!   HEADERS frame.
 
-use std::future::poll_fn;
 use std::io;
 use std::ops::Range;
 use std::time::Duration;
@@ -19,24 +18,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 use super::super::side::{Downstream, Sink, Source};
+use crate::h2io::{trailer_field, FlowFail, CONNECTION_SPECIFIC};
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::write::push_hex;
 use crate::net::{BufConn, IoFail};
 
 /// Largest response head lb writes (its own heads are far smaller).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-/// Header fields HTTP/2 forbids (RFC 9113, 8.2.2): never sent on, either way.
-const CONNECTION_SPECIFIC: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// What is known of a request's body when its HTTP/1.1 head is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,51 +439,21 @@ impl H2Stream {
         Ok(())
     }
 
-    /// Sends `data` as DATA frames, as the client's flow-control window allows; waits for
-    /// window at most `timeout` at a time (a client that never opens it is a timeout).
-    async fn send_data(
-        &mut self,
-        mut data: &[u8],
-        eos: bool,
-        timeout: Duration,
-    ) -> Result<(), IoFail> {
+    /// Sends `data` as DATA frames within the client's flow-control window; a client that
+    /// never opens it for `timeout` trips the connection (a stall, not a slow link).
+    async fn send_data(&mut self, data: &[u8], eos: bool, timeout: Duration) -> Result<(), IoFail> {
         let Some(s) = self.send.as_mut() else {
             return Err(IoFail::Eof);
         };
-        let err = |e: h2::Error| IoFail::Io(io::Error::other(e));
-        if data.is_empty() {
-            return if eos {
-                s.send_data(Bytes::new(), true).map_err(err)
-            } else {
-                Ok(())
-            };
-        }
-        while !data.is_empty() {
-            s.reserve_capacity(data.len());
-            let mut cap = s.capacity();
-            if cap == 0 {
-                let wait = poll_fn(|cx| s.poll_capacity(cx));
-                cap = match crate::timer::timeout(timeout, wait).await {
-                    Err(_) => {
-                        // The client never opened its window: a stall, not a slow link.
-                        self.trip.trip(crate::http::h2::Flood::StalledWindow);
-                        return Err(IoFail::Timeout);
-                    }
-                    Ok(None) => return Err(IoFail::Eof),
-                    Ok(Some(Err(e))) => return Err(err(e)),
-                    Ok(Some(Ok(n))) => n,
-                };
-                if cap == 0 {
-                    continue;
-                }
+        match crate::h2io::send_flow(s, data, eos, timeout).await {
+            Ok(()) => Ok(()),
+            Err(FlowFail::Stalled) => {
+                self.trip.trip(crate::http::h2::Flood::StalledWindow);
+                Err(IoFail::Timeout)
             }
-            let k = cap.min(data.len());
-            let last = eos && k == data.len();
-            s.send_data(Bytes::copy_from_slice(&data[..k]), last)
-                .map_err(err)?;
-            data = &data[k..];
+            Err(FlowFail::Closed) => Err(IoFail::Eof),
+            Err(FlowFail::H2(e)) => Err(IoFail::Io(io::Error::other(e))),
         }
-        Ok(())
     }
 }
 
@@ -519,15 +480,6 @@ pub fn grpc_code(status: u16, limit: bool) -> u32 {
         404 => UNIMPLEMENTED,
         _ => UNKNOWN,
     }
-}
-
-/// One trailer line (`name: value\r\n`) as an HTTP/2 field, if it is a valid one.
-fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
-    let line = line.strip_suffix(b"\r\n").unwrap_or(line);
-    let colon = line.iter().position(|&b| b == b':')?;
-    let name = HeaderName::from_bytes(&line[..colon].to_ascii_lowercase()).ok()?;
-    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
-    Some((name, value))
 }
 
 impl Source for H2Stream {
@@ -592,15 +544,7 @@ impl Source for H2Stream {
         n: usize,
         timeout: Duration,
     ) -> Result<(), IoFail> {
-        let n = n.min(self.buf.len() - self.pos);
-        let range = self.pos..self.pos + n;
-        let buf = std::mem::take(&mut self.buf);
-        let (res, buf) = dst.write_owned(buf, range, timeout).await;
-        self.buf = buf;
-        if res.is_ok() {
-            self.pos = (self.pos + n).min(self.buf.len());
-        }
-        res
+        crate::net::forward_owned(&mut self.buf, &mut self.pos, dst, n, timeout).await
     }
 }
 
