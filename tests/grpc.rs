@@ -33,6 +33,13 @@ def flaky(req, ctx):
     if len(sys.argv) > 3 and sys.argv[3] == 'flaky':
         ctx.abort(grpc.StatusCode.UNAVAILABLE, 'this one is down')
     return b'ok'
+def health(req, ctx):
+    # HealthCheckResponse { status: SERVING (1) }, or NOT_SERVING (2) on the flaky server.
+    flaky = len(sys.argv) > 3 and sys.argv[3] == 'flaky'
+    return b'\x08\x02' if flaky else b'\x08\x01'
+health_handler = grpc.method_handlers_generic_handler('grpc.health.v1.Health', {
+    'Check': grpc.unary_unary_rpc_method_handler(health),
+})
 handler = grpc.method_handlers_generic_handler('test.Echo', {
     'Flaky': grpc.unary_unary_rpc_method_handler(flaky),
     'Unary': grpc.unary_unary_rpc_method_handler(unary),
@@ -41,7 +48,7 @@ handler = grpc.method_handlers_generic_handler('test.Echo', {
     'Bidi': grpc.stream_stream_rpc_method_handler(bidi),
 })
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-server.add_generic_rpc_handlers((handler,))
+server.add_generic_rpc_handlers((handler, health_handler))
 port = server.add_insecure_port('127.0.0.1:0')
 # With a certificate and key: a TLS port too (HTTP/2 over TLS, ALPN h2).
 tls_port = 0
@@ -160,7 +167,7 @@ fn grpc_config(
     slow: SocketAddr,
     ca: &std::path::Path,
 ) -> String {
-    let (plain, tls, down) = (backend.addr, backend.tls_addr, flaky.addr);
+    let (plain, tls, down, down_tls) = (backend.addr, backend.tls_addr, flaky.addr, flaky.tls_addr);
     format!(
         "[server]\nworkers = 2\ndrain_timeout = \"5s\"\n\n\
          [[listeners]]\nname = \"h2c\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"http/1.1\", \"h2c\"]\n\n\
@@ -174,12 +181,18 @@ fn grpc_config(
          [[clusters]]\nname = \"retrying\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{down}\" }}, {{ addr = \"{plain}\" }}]\n\
          retry = {{ attempts = 2, retry_on = [\"connect_failure\", \"grpc:UNAVAILABLE\"] }}\n\
          [[clusters]]\nname = \"not-retrying\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{down}\" }}]\n\
+         [[clusters]]\nname = \"checked\"\nprotocol = \"h2\"\nendpoints = [{{ addr = \"{tls}\" }}, {{ addr = \"{down_tls}\" }}]\n\
+         tls = {{ ca = \"{ca}\", server_name = \"grpc.test\" }}\n\
+         health_check = {{ grpc_service = \"\", interval = \"100ms\", unhealthy_threshold = 1 }}\n\
+         [[clusters]]\nname = \"checked-plain\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{plain}\" }}]\n\
+         health_check = {{ grpc_service = \"test.Echo\", interval = \"100ms\", unhealthy_threshold = 1 }}\n\
          [[routes]]\nname = \"retrying\"\nhost = \"retry.test\"\ncluster = \"retrying\"\n\
          [[routes]]\nname = \"not-retrying\"\nhost = \"noretry.test\"\ncluster = \"not-retrying\"\n\
          [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\ncluster = \"slow\"\n\
          [[routes]]\nname = \"gone\"\nhost = \"gone.test\"\ncluster = \"gone\"\n\
          [[routes]]\nname = \"grpc\"\ncluster = \"grpc\"\n",
-        ca.display()
+        ca.display(),
+        ca = ca.display()
     )
 }
 

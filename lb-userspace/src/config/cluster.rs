@@ -236,7 +236,7 @@ pub(super) fn validate_cluster(
         health_check: c
             .health_check
             .as_ref()
-            .map(|h| health_check(&at("health_check"), h, errs)),
+            .map(|h| health_check(&at("health_check"), h, protocol, errs)),
         outlier: c
             .outlier_detection
             .as_ref()
@@ -317,11 +317,48 @@ pub fn parse_hash_key(k: &str) -> Result<HashKey, String> {
     }
 }
 
-fn health_check(key: &str, h: &RawHealthCheck, errs: &mut Errors) -> HealthCheckConfig {
-    if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+fn health_check(
+    key: &str,
+    h: &RawHealthCheck,
+    protocol: UpstreamProtocol,
+    errs: &mut Errors,
+) -> HealthCheckConfig {
+    let path = match (&h.path, &h.grpc_service) {
+        (Some(p), None) => p.clone(),
+        (None, Some(_)) => "/grpc.health.v1.Health/Check".to_string(),
+        (Some(_), Some(_)) => {
+            errs.push(
+                format!("{key}.grpc_service"),
+                "a check is HTTP (path) or gRPC (grpc_service), not both",
+            );
+            "/".to_string()
+        }
+        (None, None) => {
+            errs.push(
+                format!("{key}.path"),
+                "expected the path to check, or grpc_service for a gRPC health check",
+            );
+            "/".to_string()
+        }
+    };
+    if let Some(service) = &h.grpc_service {
+        if !protocol.is_h2() {
+            errs.push(
+                format!("{key}.grpc_service"),
+                "gRPC health checks need a cluster with protocol = \"h2\" or \"h2c\"",
+            );
+        }
+        if service.len() > 127 || service.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            errs.push(
+                format!("{key}.grpc_service"),
+                "expected a service name of at most 127 printable characters",
+            );
+        }
+    }
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         errs.push(
             format!("{key}.path"),
-            format!("expected a path starting with '/', got {:?}", h.path),
+            format!("expected a path starting with '/', got {path:?}"),
         );
     }
     let statuses = h.expected_statuses.clone().unwrap_or_default();
@@ -354,7 +391,8 @@ fn health_check(key: &str, h: &RawHealthCheck, errs: &mut Errors) -> HealthCheck
         Duration::from_secs(1),
     );
     HealthCheckConfig {
-        path: h.path.clone(),
+        path,
+        grpc_service: h.grpc_service.clone(),
         host: h.host.clone(),
         expected_statuses: statuses,
         interval,

@@ -297,7 +297,11 @@ pub struct RawClusterTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
-    pub path: String,
+    /// The path of an HTTP check (required unless `grpc_service` is set).
+    pub path: Option<String>,
+    /// A gRPC check instead (`grpc.health.v1.Health/Check`) of this service ("" for the
+    /// server as a whole); for clusters with `protocol = "h2"` or `"h2c"`.
+    pub grpc_service: Option<String>,
     pub host: Option<String>,
     pub expected_statuses: Option<Vec<u16>>,
     pub interval: Option<String>,

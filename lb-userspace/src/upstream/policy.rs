@@ -6,6 +6,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct HealthCheckConfig {
     pub path: String,
+    /// A gRPC health check (`grpc.health.v1.Health/Check`) of this service.
+    pub grpc_service: Option<String>,
     pub host: Option<String>,
     /// Statuses that count as healthy; empty means 200 to 399.
     pub expected_statuses: Vec<u16>,

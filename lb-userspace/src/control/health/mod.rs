@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod grpc;
+
 use crate::snapshot::Snapshot;
 use crate::upstream::policy::HealthCheckConfig;
 use crate::upstream::state::EndpointState;
@@ -148,8 +150,11 @@ fn run(
 }
 
 /// One check: the status of `GET path`, or why there was none. Over TLS when the cluster
-/// uses it, verified the same way requests are.
+/// uses it, verified the same way requests are. A gRPC check answers 200 for SERVING.
 pub fn check(target: &Target, hc: &HealthCheckConfig) -> Result<u16, String> {
+    if let Some(service) = &hc.grpc_service {
+        return grpc::check(target, service, hc.timeout);
+    }
     let addr = target.addr;
     let s = TcpStream::connect_timeout(&addr, hc.timeout).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(hc.timeout))
