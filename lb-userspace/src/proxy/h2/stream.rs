@@ -233,6 +233,19 @@ impl H2Stream {
         let Response::Head(acc) = &mut self.response else {
             return self.take_body(data, timeout).await;
         };
+        // The usual case: the whole head in one write, read where it is.
+        if acc.is_empty() {
+            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                if !self.send_head(&data[..end + 4], &data[end + 4..])? {
+                    return self.take_body(&data[end + 4..], timeout).await;
+                }
+                self.response = Response::Head(Vec::new());
+                return Box::pin(self.take(&data[end + 4..], timeout)).await;
+            }
+        }
+        let Response::Head(acc) = &mut self.response else {
+            return Ok(());
+        };
         acc.extend_from_slice(data);
         loop {
             let Response::Head(acc) = &mut self.response else {
@@ -366,20 +379,26 @@ impl H2Stream {
         let mut length: Option<u64> = None;
         let mut chunked = false;
         for h in res.headers.iter() {
-            let lower = h.name.to_ascii_lowercase();
-            if lower == "transfer-encoding" {
+            let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+            if is("transfer-encoding") {
                 chunked = true;
                 continue;
             }
-            if CONNECTION_SPECIFIC.contains(&lower.as_str()) {
+            if CONNECTION_SPECIFIC.iter().any(|n| is(n)) {
                 continue;
             }
-            if lower == "content-length" {
+            if is("content-length") {
                 length = std::str::from_utf8(h.value)
                     .ok()
                     .and_then(|v| v.trim().parse().ok());
             }
-            out = out.header(lower.as_str(), h.value);
+            if is("grpc-status") {
+                // A status alone, with no body ("Trailers-Only").
+                self.grpc_status = crate::http::h2::parse_grpc_status(h.value);
+            }
+            // from_bytes lowercases, without a String for the names it knows.
+            let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
+            out = out.header(name, h.value);
         }
         let response = out.body(()).map_err(|_| bad())?;
         let no_body =
