@@ -419,7 +419,14 @@ fn floods_get_goaway_and_lb_keeps_serving() {
 fn a_window_that_never_opens_gets_goaway() {
     let dir = scratch_dir("h2-window");
     certs(&dir);
-    let backend = Backend::start(echo("b")).expect("backend");
+    // The head first, the body a moment later: the body is streamed (not sent with the
+    // head), through the body pump and its own, longer write timeout.
+    let backend = Backend::start(std::sync::Arc::new(|_req, res| {
+        let _ = res.raw(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = res.raw(b"hello world");
+    }))
+    .expect("backend");
     let lb = Lb::start(&h2_config(
         &dir,
         backend.addr,

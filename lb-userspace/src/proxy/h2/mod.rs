@@ -227,7 +227,13 @@ async fn serve_stream(
     } else {
         head.extend_from_slice(&early);
     }
-    let mut s = stream::H2Stream::new(head, chunked, body, respond, head_request, grpc, trip);
+    let about = stream::About {
+        head_request,
+        grpc,
+        trip,
+        stall: w.view().snap.http.client_body_timeout,
+    };
+    let mut s = stream::H2Stream::new(head, chunked, body, respond, about);
     let mut rec = Record {
         protocol: super::Protocol::H2,
         ..Record::default()

@@ -148,6 +148,18 @@ enum Response {
     Done,
 }
 
+/// What a stream's answer depends on besides its bytes.
+pub struct About {
+    /// A HEAD request: the answer has no body.
+    pub head_request: bool,
+    /// A gRPC call.
+    pub grpc: bool,
+    /// The connection's tripwire.
+    pub trip: std::rc::Rc<crate::http::h2::Trip>,
+    /// How long the client's window may stay shut.
+    pub stall: Duration,
+}
+
 /// One stream: the request's bytes for the pipeline, and where its answer goes.
 pub struct H2Stream {
     buf: Vec<u8>,
@@ -166,19 +178,20 @@ pub struct H2Stream {
     grpc_status: Option<u32>,
     /// The connection's tripwire: a window that never opens ends the connection.
     trip: std::rc::Rc<crate::http::h2::Trip>,
+    /// How long the client's window may stay shut (`http.client_body_timeout`), whatever
+    /// the timeout of the write that waits on it.
+    stall: Duration,
 }
 
 impl H2Stream {
     /// A stream whose request head (HTTP/1.1) is `head`, followed by body bytes already
-    /// read (framed as the head says).
+    /// read (framed as the head says: chunked when `chunked_in`).
     pub fn new(
         head: Vec<u8>,
         chunked_in: bool,
         body: Option<RecvStream>,
         respond: SendResponse<Bytes>,
-        head_request: bool,
-        grpc: bool,
-        trip: std::rc::Rc<crate::http::h2::Trip>,
+        about: About,
     ) -> H2Stream {
         H2Stream {
             buf: head,
@@ -189,10 +202,11 @@ impl H2Stream {
             respond: Some(respond),
             send: None,
             response: Response::Head(Vec::new()),
-            head_request,
-            grpc,
+            head_request: about.head_request,
+            grpc: about.grpc,
             grpc_status: None,
-            trip,
+            trip: about.trip,
+            stall: about.stall,
         }
     }
 
@@ -464,7 +478,7 @@ impl H2Stream {
         let Some(s) = self.send.as_mut() else {
             return Err(IoFail::Eof);
         };
-        match crate::h2io::send_flow(s, data, eos, timeout).await {
+        match crate::h2io::send_flow(s, data, eos, timeout.min(self.stall)).await {
             Ok(()) => Ok(()),
             Err(FlowFail::Stalled) => {
                 self.trip.trip(crate::http::h2::Flood::StalledWindow);
