@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use lb::config::Config;
 use lb::server::{self, ConfigSource, RunOptions};
 
+/// mimalloc's per-thread free lists suit thread-per-core workers: a stream's allocations are
+/// made and freed on the same thread, without glibc's arena locking.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// lb: an eBPF/io_uring-accelerated HTTP load balancer.
 #[derive(Parser)]
 #[command(name = "lb", version, about)]
@@ -63,6 +68,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // No transparent huge pages for lb's heap. mimalloc reserves its arenas in large aligned
+    // blocks, which the kernel backs with 2 MiB pages where THP is "always": that tripled
+    // lb's resident memory (33 MB instead of 11 at rest, 104 MB instead of 31 under HTTP/2)
+    // for no measurable speed. The flag covers mappings made before this call too.
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and changes only this
+    // process's memory policy.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

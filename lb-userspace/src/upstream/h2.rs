@@ -286,9 +286,9 @@ impl H2Up {
 
     /// Sends the HEADERS of the request whose HTTP/1.1 head is `head`.
     async fn send_head(&mut self, head: &[u8], timeout: Duration) -> Result<(), IoFail> {
-        let mut slots = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut slots);
-        match req.parse(head) {
+        let mut slots = crate::http::header_slots::<128>();
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(head, &mut slots) {
             Ok(httparse::Status::Complete(_)) => {}
             _ => return Err(other("lb wrote an unreadable request head")),
         }

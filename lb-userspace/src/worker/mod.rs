@@ -563,13 +563,15 @@ async fn sweep_idle(worker: Rc<Worker>) {
 /// Past this many bytes of buffers released in one sweep, free heap pages go back to the OS.
 const RELEASE_TO_OS_BYTES: usize = 1 << 20;
 
-/// Hands free heap pages back to the kernel. Buffers released after a burst sit between
-/// long-lived allocations, where the allocator would otherwise keep them resident.
+/// Hands this thread's free heap pages back to the kernel. Buffers released after a burst
+/// sit between long-lived allocations, where the allocator would otherwise keep them
+/// resident; an idle worker makes no allocation that would purge them on its own.
 fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns unused pages of the allocator's own arenas.
+    // SAFETY: mi_collect only frees and purges unused pages of the calling thread's own
+    // mimalloc heap (the global allocator of the `lb` binary); it touches no live block.
+    // In a test binary, where the system allocator is global, it finds nothing to do.
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }
 

@@ -368,9 +368,12 @@ impl H2Stream {
     /// (1xx) answer, which HTTP/2 clients do not need and is dropped.
     fn send_head(&mut self, head: &[u8], body: &[u8]) -> Result<bool, IoFail> {
         let bad = || IoFail::Io(io::Error::other("lb wrote an unreadable response head"));
-        let mut slots = [httparse::EMPTY_HEADER; 128];
-        let mut res = httparse::Response::new(&mut slots);
-        match res.parse(head) {
+        // Uninitialised slots: zeroing 128 of them cost more than parsing a small head.
+        let mut slots = crate::http::header_slots::<128>();
+        let mut res = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, head, &mut slots)
+        {
             Ok(httparse::Status::Complete(_)) => {}
             _ => return Err(bad()),
         }
@@ -389,7 +392,9 @@ impl H2Stream {
             self.send_grpc_status(grpc_code(status, limit), status, body)?;
             return Ok(false);
         }
-        let mut out = http::Response::builder().status(status);
+        let status = http::StatusCode::from_u16(status).map_err(|_| bad())?;
+        // Sized once: the builder's map would grow (and rehash) as headers arrive.
+        let mut headers = HeaderMap::with_capacity(res.headers.len());
         let mut length: Option<u64> = None;
         let mut chunked = false;
         for h in res.headers.iter() {
@@ -412,11 +417,16 @@ impl H2Stream {
             }
             // from_bytes lowercases, without a String for the names it knows.
             let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
-            out = out.header(name, h.value);
+            let value = http::HeaderValue::from_bytes(h.value).map_err(|_| bad())?;
+            headers.append(name, value);
         }
-        let response = out.body(()).map_err(|_| bad())?;
-        let no_body =
-            self.head_request || status == 204 || status == 304 || (!chunked && length == Some(0));
+        let mut response = http::Response::new(());
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        let no_body = self.head_request
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED
+            || (!chunked && length == Some(0));
         let respond = self.respond.as_mut().ok_or_else(bad)?;
         let send = respond
             .send_response(response, no_body)
