@@ -1,6 +1,6 @@
 //! HTTP/2 from clients with real tools: curl over TLS (ALPN h2) and with prior knowledge
-//! (h2c), nghttp and h2load from nghttp2-client, and hand-made frames over a raw socket
-//! for the floods. Every stream goes through the same pipeline as HTTP/1.1: routing,
+//! (h2c), nghttp and h2load from nghttp2-client, and hand-made frames for the floods, both
+//! from a raw socket and from Python's `h2`. Every stream goes through the same pipeline as HTTP/1.1: routing,
 //! rate limits and splits are checked over HTTP/2 too.
 
 mod common;
@@ -410,6 +410,151 @@ fn floods_get_goaway_and_lb_keeps_serving() {
         let (v, status, _) = curl(&["--http2-prior-knowledge", &format!("http://{plain}/ok")]);
         assert_eq!((v.as_str(), status), ("2", 200), "after {name}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same floods made with Python's `h2` (its state machine for the frames a client may
+/// send) and `hyperframe` (for the ones it refuses to make, such as CONTINUATION without an
+/// end): each connection prints the error code of the GOAWAY it got.
+const PY_FLOODS: &str = r#"
+import json, socket, sys
+import h2.config, h2.connection, h2.events
+from hyperframe.frame import HeadersFrame, ContinuationFrame, DataFrame
+
+host, port = sys.argv[1], int(sys.argv[2])
+HEADERS = [(':method', 'GET'), (':scheme', 'http'), (':authority', 'h2.test'), (':path', '/')]
+
+def connect():
+    s = socket.create_connection((host, port), timeout=10)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    return s, c
+
+def goaway(s, c):
+    while True:
+        try:
+            data = s.recv(65535)
+        except (ConnectionResetError, socket.timeout):
+            return None
+        if not data:
+            return None
+        try:
+            events = c.receive_data(data)
+        except Exception:
+            continue
+        for e in events:
+            if isinstance(e, h2.events.ConnectionTerminated):
+                return e.error_code
+
+def rapid_reset(s, c):
+    for i in range(100):
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, HEADERS, end_stream=True)
+        c.reset_stream(sid)
+    s.sendall(c.data_to_send())
+
+def ping_flood(s, c):
+    for i in range(50):
+        c.ping(i.to_bytes(8, 'big'))
+    s.sendall(c.data_to_send())
+
+def settings_flood(s, c):
+    for i in range(50):
+        c.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+    s.sendall(c.data_to_send())
+
+def header_list_too_large(s, c):
+    c.send_headers(1, HEADERS + [('x-big', 'v' * 5000)], end_stream=True)
+    s.sendall(c.data_to_send())
+
+def continuation_flood(s, c):
+    block = c.encoder.encode(HEADERS)
+    out = HeadersFrame(1, block).serialize()
+    for i in range(50):
+        out += ContinuationFrame(1, c.encoder.encode([('a', 'b')])).serialize()
+    s.sendall(out)
+
+def empty_frames(s, c):
+    c.send_headers(1, [(':method', 'POST')] + HEADERS[1:])
+    s.sendall(c.data_to_send())
+    s.sendall(b''.join(DataFrame(1, b'').serialize() for _ in range(50)))
+
+r = {}
+for name, flood in [('rapid_reset', rapid_reset), ('ping_flood', ping_flood),
+                    ('settings_flood', settings_flood),
+                    ('header_list_too_large', header_list_too_large),
+                    ('continuation_flood', continuation_flood), ('empty_frames', empty_frames)]:
+    s, c = connect()
+    flood(s, c)
+    r[name] = goaway(s, c)
+    s.close()
+print(json.dumps(r), flush=True)
+"#;
+
+/// Python's `h2` is installed by `cargo xtask test`.
+fn have_python_h2() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import h2, hyperframe"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(
+            "http2",
+            "Python's h2 is not installed; `cargo xtask test` installs it",
+        );
+    }
+    ok
+}
+
+/// Each flood, made by Python's HTTP/2 stack rather than our own frame writer, gets GOAWAY
+/// with ENHANCE_YOUR_CALM, is counted under its reason, and lb keeps serving others.
+#[test]
+fn floods_from_python_h2_get_goaway() {
+    if !have_python_h2() || !have("curl") {
+        return;
+    }
+    let dir = scratch_dir("h2-py-floods");
+    certs(&dir);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&h2_config(
+        &dir,
+        backend.addr,
+        "[http2]\nmax_pings_per_second = 10\nmax_settings_per_second = 10\nmax_resets_per_second = 10\nmax_empty_frames_per_second = 10\nmax_continuation_frames = 4\nmax_header_list_size = \"4KiB\"\n",
+    ));
+    let plain = listener(&lb, "plain");
+    let out = Command::new("python3")
+        .args(["-c", PY_FLOODS, "127.0.0.1", &plain.port().to_string()])
+        .output()
+        .expect("python3");
+    let codes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "the flood script said: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let scrape = lb.scrape();
+    for name in [
+        "rapid_reset",
+        "ping_flood",
+        "settings_flood",
+        "header_list_too_large",
+        "continuation_flood",
+        "empty_frames",
+    ] {
+        assert_eq!(
+            codes[name].as_u64(),
+            Some(u64::from(ENHANCE_YOUR_CALM)),
+            "{name}: {codes}"
+        );
+        assert!(
+            metric(&scrape, "lb_h2_goaways_total", &[("reason", name)]) >= 1.0,
+            "{name} not counted"
+        );
+    }
+    let (v, status, _) = curl(&["--http2-prior-knowledge", &format!("http://{plain}/ok")]);
+    assert_eq!((v.as_str(), status), ("2", 200));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -322,7 +322,7 @@ fn ensure_python_modules(modules: &[(&str, &str)]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Python packages {missing:?} (the gRPC tests' client and server)");
+    eprintln!("xtask: installing Python packages {missing:?} (the gRPC tests' client and server, the HTTP/2 floods)");
     let mut pip = Command::new("python3");
     pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
     // Debian's own Python refuses system-wide installs without this; pyenv's does not care.
@@ -336,7 +336,7 @@ fn test(extra: &[String]) -> Result<()> {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     ensure_packages(&TEST_TOOLS)?;
-    ensure_python_modules(&[("grpc", "grpcio")])?;
+    ensure_python_modules(&[("grpc", "grpcio"), ("h2", "h2")])?;
     build_ebpf()?;
     // Tests that cannot run here fail rather than pass (`LB_REQUIRE_TOOLS=0` lets them skip,
     // counted as skipped below).

@@ -46,7 +46,7 @@ pub struct Opts {
     pub fd_limit: u64,
 }
 
-pub const ALL_SCENARIOS: [&str; 11] = [
+pub const ALL_SCENARIOS: [&str; 12] = [
     "small_keepalive",
     "response_16k",
     "upload_1m",
@@ -58,6 +58,7 @@ pub const ALL_SCENARIOS: [&str; 11] = [
     "tls_16k",
     "tls_idle",
     "h2_tls",
+    "grpc_unary",
 ];
 pub const ALL_PROXIES: [&str; 3] = ["lb", "nginx", "haproxy"];
 

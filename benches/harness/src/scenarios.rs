@@ -41,6 +41,8 @@ struct Ports {
     lb_tls: SocketAddr,
     nginx_tls: SocketAddr,
     haproxy_tls: SocketAddr,
+    /// The hello backend's gRPC (h2c) listener.
+    grpc_backend: SocketAddr,
 }
 
 fn ports(base: u16) -> Ports {
@@ -53,6 +55,7 @@ fn ports(base: u16) -> Ports {
         lb_tls: a(5),
         nginx_tls: a(6),
         haproxy_tls: a(7),
+        grpc_backend: a(8),
     }
 }
 
@@ -111,8 +114,11 @@ fn write_configs(dir: &Path, p: &Ports, opts: &Opts) -> Result<()> {
             "[server]\nworkers = 1\npin_workers = false\n\n[[listeners]]\naddr = \"{}\"\n\n\
              [[listeners]]\nname = \"tls\"\naddr = \"{}\"\nprotocols = [\"h2\", \"http/1.1\"]\ntls = {{ certificates = [{{ cert = \"{d}/tls.crt\", key = \"{d}/tls.key\" }}] }}\n\n\
              [http]\nmax_request_body = \"4MiB\"\n\n\
-             [[clusters]]\nname = \"hello\"\nendpoints = [{{ addr = \"{}\" }}]\n\n[[routes]]\ncluster = \"hello\"\n",
-            p.lb, p.lb_tls, p.backend
+             [[clusters]]\nname = \"hello\"\nendpoints = [{{ addr = \"{}\" }}]\n\n\
+             [[clusters]]\nname = \"grpc\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{}\" }}]\n\n\
+             [[routes]]\nname = \"grpc\"\npath_prefix = \"{GRPC_SERVICE}\"\ncluster = \"grpc\"\n\n\
+             [[routes]]\ncluster = \"hello\"\n",
+            p.lb, p.lb_tls, p.backend, p.grpc_backend
         ),
     )?;
     // The same proxying for nginx's plain and TLS servers.
@@ -130,10 +136,13 @@ fn write_configs(dir: &Path, p: &Ports, opts: &Opts) -> Result<()> {
                upstream hello {{ server {}; keepalive 1024; }}\n  server {{\n    listen {};\n    {nginx_location}\n  }}\n\
                server {{\n    listen {} ssl http2;\n    ssl_certificate {d}/tls.crt;\n    ssl_certificate_key {d}/tls.key;\n\
                    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;\n    ssl_session_tickets on;\n\
-                   {nginx_location}\n  }}\n}}\n",
+                   location {GRPC_SERVICE} {{ grpc_pass grpc://grpcb; }}\n\
+                   {nginx_location}\n  }}\n\
+               upstream grpcb {{ server {}; keepalive 1024; }}\n}}\n",
             p.backend,
             p.nginx,
             p.nginx_tls,
+            p.grpc_backend,
             dir = dir.display()
         ),
     )?;
@@ -148,10 +157,13 @@ fn write_configs(dir: &Path, p: &Ports, opts: &Opts) -> Result<()> {
              frontend fe_tls\n  bind {} ssl crt {d}/tls.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2\n  option forwardfor\n\
                http-request set-header X-Forwarded-Proto https\n\
                http-request set-header X-Forwarded-Host %[req.hdr(host)]\n  http-request add-header Via \"1.1 haproxy\"\n\
-               http-response add-header Via \"1.1 haproxy\"\n  default_backend be\n\nbackend be\n  server hello {}\n",
-            p.haproxy, p.haproxy_tls, p.backend
+               http-response add-header Via \"1.1 haproxy\"\n  use_backend be_grpc if {{ path_beg {GRPC_SERVICE} }}\n  default_backend be\n\n\
+             backend be\n  server hello {}\n\nbackend be_grpc\n  server grpc {} proto h2\n",
+            p.haproxy, p.haproxy_tls, p.backend, p.grpc_backend
         ),
     )?;
+    // One unary call's request: a length-prefixed message (field 1, the string "world").
+    std::fs::write(dir.join("grpc-request.bin"), b"\x00\x00\x00\x00\x07\x0a\x05world")?;
     std::fs::write(
         dir.join("upload.lua"),
         "wrk.method = \"POST\"\nwrk.path = \"/upload\"\nwrk.body = string.rep(\"a\", 1048576)\n",
@@ -398,9 +410,10 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
     let dir = opts.out.join("run").canonicalize()?;
     let p = ports(opts.base_port);
     let mut backend_cmd = procs::pinned(1, &opts.hello);
-    backend_cmd.arg(p.backend.to_string());
+    backend_cmd.arg(p.backend.to_string()).arg(p.grpc_backend.to_string());
     let mut backend = Proc::spawn("hello", backend_cmd, &dir.join("hello.log"))?;
     procs::wait_listening(p.backend, &mut backend.child)?;
+    procs::wait_listening(p.grpc_backend, &mut backend.child)?;
 
     let mut results: Results = Vec::new();
     for scenario in &opts.scenarios {
@@ -519,7 +532,8 @@ fn run_one(
         // sessions).
         "new_connection" | "tls_handshake" => wrk(target, "/", 16, opts.seconds, &close, dir)?,
         "tls_resumed" => s_time_resumed(tls, opts.seconds)?,
-        "h2_tls" => h2load(tls, opts.seconds)?,
+        "h2_tls" => h2load(tls, opts.seconds, None)?,
+        "grpc_unary" => h2load(tls, opts.seconds, Some(&dir.join("grpc-request.bin")))?,
         other => bail!("unknown scenario {other}"),
     };
     let cpu = procs::cpu_us(pid)?.saturating_sub(cpu_before);
@@ -546,9 +560,14 @@ fn run_one(
     })
 }
 
-/// HTTP/2 over TLS: h2load on the load core, 64 connections with 10 streams each, small
-/// GETs, for `seconds`. (requests/s, mean ms, max ms, requests succeeded).
-fn h2load(tls: SocketAddr, seconds: u64) -> Result<(f64, f64, f64, u64)> {
+/// The gRPC service the gRPC scenario calls; each proxy routes its path prefix to the hello
+/// backend's h2c listener (lb: an `h2c` cluster, nginx: `grpc_pass`, HAProxy: `proto h2`).
+const GRPC_SERVICE: &str = "/bench.Echo/";
+
+/// HTTP/2 over TLS: h2load on the load core, 64 connections with 10 streams each, for
+/// `seconds`: small GETs, or with `grpc` unary gRPC calls whose request is that file.
+/// (requests/s, mean ms, max ms, requests succeeded).
+fn h2load(tls: SocketAddr, seconds: u64, grpc: Option<&Path>) -> Result<(f64, f64, f64, u64)> {
     let mut c = procs::pinned(LOAD_CORE, Path::new("/usr/bin/h2load"));
     c.args([
         "-t",
@@ -559,8 +578,15 @@ fn h2load(tls: SocketAddr, seconds: u64) -> Result<(f64, f64, f64, u64)> {
         "10",
         "-D",
         &seconds.to_string(),
-    ])
-    .arg(format!("https://{tls}/"));
+    ]);
+    match grpc {
+        Some(request) => c
+            .arg("-d")
+            .arg(request)
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .arg(format!("https://{tls}{GRPC_SERVICE}Say")),
+        None => c.arg(format!("https://{tls}/")),
+    };
     let out = c.output().context("running h2load")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     parse_h2load(&text).with_context(|| format!("unexpected h2load output:\n{text}"))

@@ -2,12 +2,16 @@
 //! server. `/` answers 12 bytes, `/16k` 16 KiB, `/upload` reads the request body and answers
 //! `ok`. Keep-alive throughout.
 //!
-//! Usage: lb-hello ADDR
+//! With a second address, it also serves gRPC over h2c there, for the gRPC scenario: every
+//! call (any method) reads the request message and answers one small message with
+//! `grpc-status: 0` in the trailers.
+//!
+//! Usage: lb-hello ADDR [GRPC_ADDR]
 
 use std::net::SocketAddr;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, IntoPollIo};
 use monoio::net::{TcpListener, TcpStream};
 
 const SMALL: &[u8] =
@@ -19,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:18081".into())
         .parse()?;
+    let grpc: Option<SocketAddr> = std::env::args().nth(2).map(|a| a.parse()).transpose()?;
     let mut big = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
         16 * 1024
@@ -38,12 +43,73 @@ fn main() -> anyhow::Result<()> {
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(accept_loop(addr, big)),
+        Ok(mut rt) => rt.block_on(serve_both(addr, grpc, big)),
         Err(_) => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .enable_timer()
             .build()?
-            .block_on(accept_loop(addr, big)),
+            .block_on(serve_both(addr, grpc, big)),
     }
+}
+
+async fn serve_both(
+    addr: SocketAddr,
+    grpc: Option<SocketAddr>,
+    big: &'static [u8],
+) -> anyhow::Result<()> {
+    if let Some(grpc) = grpc {
+        let listener = TcpListener::from_std(std::net::TcpListener::bind(grpc)?)?;
+        monoio::spawn(grpc_accept_loop(listener));
+    }
+    accept_loop(addr, big).await
+}
+
+/// The reply to every call: a length-prefixed message (uncompressed, 7 bytes: field 1, the
+/// string "hello").
+const GRPC_REPLY: &[u8] = b"\x00\x00\x00\x00\x07\x0a\x05hello";
+
+async fn grpc_accept_loop(listener: TcpListener) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let Ok(tcp) = stream.into_poll_io() else {
+            continue;
+        };
+        monoio::spawn(async move {
+            let io = lb::h2io::H2Io::new(tcp, None, Vec::new(), None);
+            let Ok(mut conn) = h2::server::handshake(io).await else {
+                return;
+            };
+            while let Some(Ok((request, respond))) = conn.accept().await {
+                monoio::spawn(grpc_call(request, respond));
+            }
+        });
+    }
+}
+
+async fn grpc_call(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+) {
+    let mut body = request.into_body();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let response = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(());
+    let Ok(response) = response else { return };
+    let Ok(mut send) = respond.send_response(response, false) else {
+        return;
+    };
+    if send
+        .send_data(bytes::Bytes::from_static(GRPC_REPLY), false)
+        .is_err()
+    {
+        return;
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let _ = send.send_trailers(trailers);
 }
 
 async fn accept_loop(addr: SocketAddr, big: &'static [u8]) -> anyhow::Result<()> {
