@@ -166,12 +166,14 @@ fn grpc_config(
     dead: SocketAddr,
     slow: SocketAddr,
     ca: &std::path::Path,
+    access_log: &std::path::Path,
 ) -> String {
     let (plain, tls, down, down_tls) = (backend.addr, backend.tls_addr, flaky.addr, flaky.tls_addr);
     format!(
         "[server]\nworkers = 2\ndrain_timeout = \"5s\"\n\n\
          [[listeners]]\nname = \"h2c\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"http/1.1\", \"h2c\"]\n\n\
          [admin]\naddr = \"127.0.0.1:0\"\n\n\
+         [access_log]\npath = \"{log}\"\n\n\
          [[clusters]]\nname = \"grpc\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{plain}\" }}]\n\
          [[clusters]]\nname = \"grpc-tls\"\nprotocol = \"h2\"\nendpoints = [{{ addr = \"{tls}\" }}]\n\
          tls = {{ ca = \"{}\", server_name = \"grpc.test\" }}\n\
@@ -192,7 +194,8 @@ fn grpc_config(
          [[routes]]\nname = \"gone\"\nhost = \"gone.test\"\ncluster = \"gone\"\n\
          [[routes]]\nname = \"grpc\"\ncluster = \"grpc\"\n",
         ca.display(),
-        ca = ca.display()
+        ca = ca.display(),
+        log = access_log.display()
     )
 }
 
@@ -242,6 +245,7 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
         dead_addr(),
         slow.addr,
         &dir.join("ca.pem"),
+        &dir.join("access.log"),
     ));
     let target = lb.addr.to_string();
     let r = python(CLIENT, &[&target]);
@@ -337,5 +341,32 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
         took < std::time::Duration::from_secs(2),
         "ended by lb at 300 ms: {took:?}"
     );
+
+    // The access log names each call's gRPC method and the status its client got: the
+    // backend's, and lb's own for the cluster nobody listens on. (Workers flush their lines
+    // at least once a second.)
+    let logged = |method: &str, status: &str| {
+        std::fs::read_to_string(dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|l| {
+                l["protocol"] == "HTTP/2"
+                    && l["grpc_method"] == method
+                    && l["grpc_status"] == status
+            })
+    };
+    for (method, status) in [
+        ("test.Echo/Unary", "OK"),
+        ("test.Echo/Unary", "NOT_FOUND"),
+        ("test.Echo/Bidi", "OK"),
+        ("test.Echo/Unary", "UNAVAILABLE"),
+        // The method is the whole path, as gRPC defines it (this route has a prefix).
+        ("slow/test.Echo/Unary", "DEADLINE_EXCEEDED"),
+    ] {
+        wait_until(&format!("{method} {status} in the access log"), || {
+            logged(method, status)
+        });
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

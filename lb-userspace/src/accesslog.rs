@@ -35,6 +35,12 @@ pub struct Line<'a> {
     /// The error code when the request failed past planning (as in the error body).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
+    /// For a gRPC call: the method called (`package.Service/Method`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_method: Option<&'a str>,
+    /// For a gRPC call: the status the client got (`OK`, `UNAVAILABLE`, ...), if it got one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<&'static str>,
 }
 
 impl Line<'_> {

@@ -163,7 +163,10 @@ fn write_configs(dir: &Path, p: &Ports, opts: &Opts) -> Result<()> {
         ),
     )?;
     // One unary call's request: a length-prefixed message (field 1, the string "world").
-    std::fs::write(dir.join("grpc-request.bin"), b"\x00\x00\x00\x00\x07\x0a\x05world")?;
+    std::fs::write(
+        dir.join("grpc-request.bin"),
+        b"\x00\x00\x00\x00\x07\x0a\x05world",
+    )?;
     std::fs::write(
         dir.join("upload.lua"),
         "wrk.method = \"POST\"\nwrk.path = \"/upload\"\nwrk.body = string.rep(\"a\", 1048576)\n",
@@ -410,7 +413,9 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
     let dir = opts.out.join("run").canonicalize()?;
     let p = ports(opts.base_port);
     let mut backend_cmd = procs::pinned(1, &opts.hello);
-    backend_cmd.arg(p.backend.to_string()).arg(p.grpc_backend.to_string());
+    backend_cmd
+        .arg(p.backend.to_string())
+        .arg(p.grpc_backend.to_string());
     let mut backend = Proc::spawn("hello", backend_cmd, &dir.join("hello.log"))?;
     procs::wait_listening(p.backend, &mut backend.child)?;
     procs::wait_listening(p.grpc_backend, &mut backend.child)?;

@@ -25,13 +25,14 @@ pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
         .and_then(|r| snap.route_metrics.get(r))
         .unwrap_or(&snap.unrouted_metrics);
     metrics.record(w.id, rec.protocol == super::Protocol::H2, rec.status, took);
-    if let Some(code) = rec.grpc_status {
+    let grpc_status = rec.grpc_status.map(|code| {
         let name = crate::http::h2::GRPC_CODES
             .get(code as usize)
             .copied()
             .unwrap_or("UNKNOWN");
         metrics.grpc(code as usize, name);
-    }
+        name
+    });
     // A gRPC call that failed by the operator's list of codes is an error as much as a 5xx.
     let failed = rec.status >= 500
         || rec
@@ -75,6 +76,11 @@ pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
         duration_ms: took.as_secs_f64() * 1000.0,
         upstream_ms: rec.upstream.map(|d| d.as_secs_f64() * 1000.0),
         error: rec.error.map(|e| e.code()),
+        grpc_method: rec
+            .grpc
+            .then(|| rec.target().split('?').next().unwrap_or(""))
+            .map(|p| p.strip_prefix('/').unwrap_or(p)),
+        grpc_status,
     };
     w.log_access(|buf| line.write(buf));
 }

@@ -137,6 +137,8 @@ pub struct Record {
     pub protocol: Protocol,
     /// A gRPC call's status, as the client got it.
     pub grpc_status: Option<u32>,
+    /// The request was a gRPC call (`content-type: application/grpc...` over HTTP/2).
+    pub grpc: bool,
 }
 
 /// The protocol a request came in with.

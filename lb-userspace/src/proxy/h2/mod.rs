@@ -259,6 +259,7 @@ async fn serve_stream(
         .is_some_and(|e| e.kind == super::error::ErrorKind::CutMidBody);
     s.finish(cut || !s.answered() && rec.status == 0);
     rec.grpc_status = s.grpc_status();
+    rec.grpc = s.is_grpc();
     w.out_bufs.give(out);
     if rec.status != 0 {
         log::finish(w, &rec, info.peer);

@@ -237,6 +237,11 @@ impl H2Stream {
         self.grpc_status
     }
 
+    /// Whether the request is a gRPC call.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
     /// Whether the answer is complete.
     pub fn answered(&self) -> bool {
         matches!(self.response, Response::Done)
