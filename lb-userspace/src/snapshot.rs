@@ -241,7 +241,8 @@ impl Snapshot {
                     }
                     _ => "local",
                 };
-                RouteMetrics::new(&r.name, cluster)
+                let series = config.metrics.series_for(r, config.routes.len());
+                RouteMetrics::with_series(&r.name, cluster, series)
             })
             .collect();
         let mut splits = Vec::new();

@@ -80,6 +80,57 @@ pub struct Config {
     pub access_log: Option<String>,
     pub consumers: crate::identity::Consumers,
     pub steering: SteeringConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the series routes get when they do not say (`metrics = ...` on a route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// `None` is `"auto"`: full series for every route while the config has at most
+    /// `auto_full_up_to` routes; beyond, full for routes with a split, none for the rest.
+    pub routes: Option<crate::metrics::RouteSeries>,
+    pub auto_full_up_to: usize,
+}
+
+/// With `[metrics] routes = "auto"`, configs up to this many routes give each its series.
+pub const AUTO_FULL_UP_TO: usize = 1_000;
+
+impl MetricsConfig {
+    /// The series a route gets: its own choice, the default, or by `"auto"`.
+    pub fn series_for(
+        &self,
+        route: &crate::routing::Route,
+        route_count: usize,
+    ) -> crate::metrics::RouteSeries {
+        use crate::metrics::RouteSeries;
+        route.metrics.or(self.routes).unwrap_or_else(|| {
+            if route_count <= self.auto_full_up_to || route.split.is_some() {
+                RouteSeries::Full
+            } else {
+                RouteSeries::None
+            }
+        })
+    }
+}
+
+fn validate_metrics(r: &raw::RawMetrics, errs: &mut Errors) -> MetricsConfig {
+    let routes = match r.routes.as_deref() {
+        None | Some("auto") => None,
+        Some(m) => {
+            let parsed = crate::metrics::RouteSeries::parse(m);
+            if parsed.is_none() {
+                errs.push(
+                    "metrics.routes",
+                    format!("expected \"auto\", \"full\", \"counters\" or \"none\", got {m:?}"),
+                );
+            }
+            parsed
+        }
+    };
+    MetricsConfig {
+        routes,
+        auto_full_up_to: r.auto_full_up_to.unwrap_or(AUTO_FULL_UP_TO),
+    }
 }
 
 /// How many workers to run.
@@ -786,6 +837,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let server = validate_server(&raw.server, &mut errs);
     let http = validate_http(&raw.http, &mut errs);
     let http2 = validate_http2(&raw.http2, &mut errs);
+    let metrics = validate_metrics(&raw.metrics, &mut errs);
 
     if raw.listeners.is_empty() {
         errs.push("listeners", "at least one [[listeners]] entry is required");
@@ -937,6 +989,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             access_log,
             consumers,
             steering,
+            metrics,
         })
     } else {
         Err(errs.0)

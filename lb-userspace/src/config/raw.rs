@@ -27,6 +27,18 @@ pub struct RawConfig {
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
     pub steering: Option<RawSteering>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`: how many series routes get.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// `"auto"` (default), `"full"`, `"counters"` or `"none"`: for routes without `metrics`.
+    pub routes: Option<String>,
+    /// With `"auto"`: every route gets full series up to this many routes (default 1,000).
+    pub auto_full_up_to: Option<usize>,
 }
 
 /// `[steering]`: the kernel half.
@@ -413,6 +425,8 @@ pub struct RawRoute {
     pub auth: Option<String>,
     pub split: Option<RawSplit>,
     pub rate_limit: Option<RawRateLimit>,
+    /// `"full"`, `"counters"` or `"none"`: the series this route gets of its own.
+    pub metrics: Option<String>,
 }
 
 /// A traffic split of a route between named targets.

@@ -257,6 +257,25 @@ pub(super) fn validate_route(
         .rate_limit
         .as_ref()
         .and_then(|rl| super::release::validate_rate_limit(&at("rate_limit"), rl, errs));
+    let metrics = r.metrics.as_deref().and_then(|m| {
+        let parsed = crate::metrics::RouteSeries::parse(m);
+        if parsed.is_none() {
+            errs.push(
+                at("metrics"),
+                format!("expected \"full\", \"counters\" or \"none\", got {m:?}"),
+            );
+        }
+        parsed
+    });
+    if route_name == crate::metrics::AGGREGATE_ROUTE {
+        errs.push(
+            at("name"),
+            format!(
+                "{:?} is reserved for the series of routes without their own",
+                crate::metrics::AGGREGATE_ROUTE
+            ),
+        );
+    }
     if errs.0.len() != before {
         return None;
     }
@@ -281,6 +300,7 @@ pub(super) fn validate_route(
         consumer,
         split: split.map(std::sync::Arc::new),
         rate_limit,
+        metrics,
     })
 }
 

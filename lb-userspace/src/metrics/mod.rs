@@ -65,11 +65,45 @@ pub fn render() -> String {
 /// Status class label by status / 100.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Which series a route has of its own (`metrics = ...` on a route, or `[metrics] routes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSeries {
+    /// Its own `lb_requests_total` and `lb_request_duration_seconds` (22 lines a route).
+    Full,
+    /// Its own `lb_requests_total`; its durations go to its cluster's aggregate histogram.
+    Counters,
+    /// Nothing of its own: counted and timed in its cluster's aggregate, `route="_other"`.
+    None,
+}
+
+impl RouteSeries {
+    pub fn parse(s: &str) -> Option<RouteSeries> {
+        match s {
+            "full" => Some(RouteSeries::Full),
+            "counters" => Some(RouteSeries::Counters),
+            "none" => Some(RouteSeries::None),
+            _ => None,
+        }
+    }
+}
+
+/// The `route` label of the series that aggregate a cluster's routes without series of
+/// their own. Reserved: no route may take this name.
+pub const AGGREGATE_ROUTE: &str = "_other";
+
 /// Metrics for one route (and the cluster it forwards to).
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
+    /// Where its requests are counted: its own series or its cluster's aggregate.
     pub requests: Arc<RequestSeries>,
-    pub rate_limited: Counter,
+    /// Where its durations go: `requests`, or its cluster's aggregate.
+    timing: Arc<RequestSeries>,
+    /// `requests` and `timing` are one series: one call records both.
+    same: bool,
+    /// `lb_rate_limited_total`, made at the first refusal: no series for the thousands of
+    /// routes that never limit.
+    rate_limited: Arc<OnceLock<Counter>>,
+    /// The `route` label of its gRPC and rate-limit series (its name, or the aggregate's).
     route: Arc<str>,
     /// `lb_grpc_responses_total` by gRPC code, made when a code is first seen (no series
     /// for routes that never carry gRPC).
@@ -77,13 +111,48 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// A route's handles with series of its own.
     pub fn new(route: &str, cluster: &str) -> RouteMetrics {
+        RouteMetrics::with_series(route, cluster, RouteSeries::Full)
+    }
+
+    /// A route's handles, with what `series` gives it of its own and the rest in its
+    /// cluster's aggregate.
+    pub fn with_series(route: &str, cluster: &str, series: RouteSeries) -> RouteMetrics {
+        let aggregate = || RequestSeries::get(AGGREGATE_ROUTE, cluster, Shown::Both);
+        let (requests, timing, label) = match series {
+            RouteSeries::Full => {
+                let own = RequestSeries::get(route, cluster, Shown::Both);
+                (own.clone(), own, route)
+            }
+            RouteSeries::Counters => (
+                RequestSeries::get(route, cluster, Shown::Counts),
+                aggregate(),
+                route,
+            ),
+            RouteSeries::None => {
+                // Series it had before a reload leave the scrape (they keep their counts,
+                // should it get them back).
+                RequestSeries::hide(route, cluster);
+                let agg = aggregate();
+                (agg.clone(), agg, AGGREGATE_ROUTE)
+            }
+        };
         RouteMetrics {
-            requests: RequestSeries::get(route, cluster),
-            rate_limited: counter!(RATE_LIMITED_TOTAL, "route" => route.to_string()),
-            route: route.into(),
+            same: Arc::ptr_eq(&requests, &timing),
+            requests,
+            timing,
+            rate_limited: Arc::new(OnceLock::new()),
+            route: label.into(),
             grpc: Arc::new(Default::default()),
         }
+    }
+
+    /// Counts a request refused by the route's rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited
+            .get_or_init(|| counter!(RATE_LIMITED_TOTAL, "route" => self.route.to_string()))
+            .increment(1);
     }
 
     /// Counts a gRPC call answered with `code` (named `name`).
@@ -99,8 +168,23 @@ impl RouteMetrics {
 
     /// Counts one answered request, from the worker `worker`, that came over HTTP/2 or not.
     pub fn record(&self, worker: usize, h2: bool, status: u16, elapsed: Duration) {
-        self.requests.record(worker, h2, status, elapsed);
+        if self.same {
+            self.requests.record(worker, h2, status, elapsed);
+        } else {
+            self.requests.count(worker, h2, status);
+            self.timing.time(worker, elapsed);
+        }
     }
+}
+
+/// What a scrape shows of a [`RequestSeries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Shown {
+    /// `lb_requests_total` only.
+    Counts = 1,
+    /// `lb_requests_total` and `lb_request_duration_seconds`.
+    Both = 2,
 }
 
 /// The `protocol` label of `lb_requests_total`, by index (ALPN names).
@@ -139,6 +223,9 @@ struct RequestCell {
 pub struct RequestSeries {
     route: String,
     cluster: String,
+    /// A [`Shown`], as the latest snapshot that uses the series set it: a reload that takes
+    /// a route's histogram away takes it off the scrape too.
+    shown: std::sync::atomic::AtomicU8,
     cells: Box<[RequestCell]>,
 }
 
@@ -149,11 +236,12 @@ type SeriesMap = BTreeMap<(String, String), Arc<RequestSeries>>;
 static SERIES: Mutex<SeriesMap> = Mutex::new(BTreeMap::new());
 
 impl RequestSeries {
-    /// The series of `route` and `cluster`, made on first use.
-    pub fn get(route: &str, cluster: &str) -> Arc<RequestSeries> {
+    /// The series of `route` and `cluster`, made on first use, showing `shown` from now on.
+    pub fn get(route: &str, cluster: &str, shown: Shown) -> Arc<RequestSeries> {
         let mut all = SERIES.lock().unwrap_or_else(|p| p.into_inner());
         let key = (route.to_string(), cluster.to_string());
         if let Some(s) = all.get(&key) {
+            s.shown.store(shown as u8, Ordering::Relaxed);
             return s.clone();
         }
         // One cell per core: workers are one per core by default. More workers than cores
@@ -162,23 +250,45 @@ impl RequestSeries {
         let s = Arc::new(RequestSeries {
             route: key.0.clone(),
             cluster: key.1.clone(),
+            shown: std::sync::atomic::AtomicU8::new(shown as u8),
             cells: (0..cells).map(|_| RequestCell::default()).collect(),
         });
         all.insert(key, s.clone());
         s
     }
 
+    /// Takes the series of `route` and `cluster`, if there is one, off the scrape.
+    fn hide(route: &str, cluster: &str) {
+        let all = SERIES.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all.get(&(route.to_string(), cluster.to_string())) {
+            s.shown.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn record(&self, worker: usize, h2: bool, status: u16, elapsed: Duration) {
+        self.count(worker, h2, status);
+        self.time(worker, elapsed);
+    }
+
+    fn count(&self, worker: usize, h2: bool, status: u16) {
         let cell = &self.cells[worker % self.cells.len()];
         let class = (status / 100).clamp(1, 5) as usize - 1;
+        cell.classes[usize::from(h2)][class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn time(&self, worker: usize, elapsed: Duration) {
+        let cell = &self.cells[worker % self.cells.len()];
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BUCKET_NANOS
             .iter()
             .position(|b| nanos <= *b)
             .unwrap_or(BUCKET_NANOS.len());
-        cell.classes[usize::from(h2)][class].fetch_add(1, Ordering::Relaxed);
         cell.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         cell.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn histogram_shown(&self) -> bool {
+        self.shown.load(Ordering::Relaxed) == Shown::Both as u8
     }
 
     /// The counts summed over workers: by protocol and status class, by bucket, and the sum
@@ -221,6 +331,9 @@ fn render_requests(out: &mut String) {
     };
     let _ = writeln!(out, "# TYPE {REQUESTS_TOTAL} counter");
     for (s, (classes, _, _)) in all.iter().zip(&totals) {
+        if s.shown.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
         let l = labels(s);
         for (p, (protocol, by_class)) in PROTOCOLS.iter().zip(classes).enumerate() {
             // HTTP/2 series appear once a route has served HTTP/2: no empty series for
@@ -240,6 +353,9 @@ fn render_requests(out: &mut String) {
     let name = REQUEST_DURATION_SECONDS;
     let _ = writeln!(out, "# TYPE {name} histogram");
     for (s, (_, buckets, sum)) in all.iter().zip(&totals) {
+        if !s.histogram_shown() {
+            continue;
+        }
         let l = labels(s);
         let mut seen = 0u64;
         for (le, n) in SECONDS_BUCKETS.iter().zip(buckets) {
@@ -370,6 +486,7 @@ pub fn register_at_zero(refusal_reasons: &[&'static str]) {
     // The unrouted series ("none", as in lb_requests_total): the gRPC panel has a series
     // before the first call.
     counter!(GRPC_RESPONSES_TOTAL, "route" => "none", "code" => "OK").increment(0);
+    counter!(RATE_LIMITED_TOTAL, "route" => "none").increment(0);
     for result in ["ok", "error"] {
         counter!(TLS_HANDSHAKES_TOTAL, "result" => result, "version" => "none", "resumed" => "false")
             .increment(0);

@@ -450,6 +450,7 @@ mod tests {
             consumer: Vec::new(),
             split: None,
             rate_limit: None,
+            metrics: None,
         }
     }
 

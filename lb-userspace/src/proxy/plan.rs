@@ -293,7 +293,7 @@ fn admit_rate(
     if v.allowed {
         return None;
     }
-    snap.route_metrics[r.route.index].rate_limited.increment(1);
+    snap.route_metrics[r.route.index].rate_limited();
     rec.status = 429;
     write_rate_limited(out, &v, h.close_after_error);
     Some(Decision::Local {

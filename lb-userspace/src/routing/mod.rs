@@ -53,6 +53,8 @@ pub struct Route {
     pub consumer: Vec<(String, String)>,
     pub split: Option<std::sync::Arc<crate::release::SplitConfig>>,
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
+    /// The series it asked for (`metrics = ...`); `None` takes `[metrics] routes`.
+    pub metrics: Option<crate::metrics::RouteSeries>,
 }
 
 /// Per-route timeout overrides; `None` keeps the cluster's.
