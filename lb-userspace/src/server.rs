@@ -215,7 +215,9 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Canary analysis, rollback and promotion for every split, off the request path.
+/// Canary analysis, rollback and promotion for every split, off the request path; and
+/// freeing the snapshots reloads replaced, once workers let go of them (see
+/// [`crate::snapshot::SnapshotCell::reap`]).
 fn spawn_release_control(control: Arc<Control>) -> std::io::Result<()> {
     const TICK: Duration = Duration::from_millis(100);
     std::thread::Builder::new()
@@ -230,6 +232,8 @@ fn spawn_release_control(control: Arc<Control>) -> std::io::Result<()> {
             for s in &snap.splits {
                 crate::release::analysis::evaluate(&s.config, &s.state, now);
             }
+            drop(snap);
+            control.cell.reap();
         })?;
     Ok(())
 }
