@@ -207,6 +207,9 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
         write_ready_file(path, &bound, admin_addr)?;
     }
 
+    // The main thread reloads on SIGHUP; every worker has started by now (and threads
+    // started later, for health checks, run at the control threads' priority).
+    crate::control::background_thread();
     wait_for_signals(signals, &control, drains);
     for h in handles {
         let _ = h.join();
@@ -222,18 +225,21 @@ fn spawn_release_control(control: Arc<Control>) -> std::io::Result<()> {
     const TICK: Duration = Duration::from_millis(100);
     std::thread::Builder::new()
         .name("lb-release".into())
-        .spawn(move || loop {
-            std::thread::sleep(TICK);
-            if control.draining.load(Ordering::SeqCst) {
-                return;
+        .spawn(move || {
+            crate::control::background_thread();
+            loop {
+                std::thread::sleep(TICK);
+                if control.draining.load(Ordering::SeqCst) {
+                    return;
+                }
+                let snap = control.cell.load();
+                let now = crate::clock::now_ms();
+                for s in &snap.splits {
+                    crate::release::analysis::evaluate(&s.config, &s.state, now);
+                }
+                drop(snap);
+                control.cell.reap();
             }
-            let snap = control.cell.load();
-            let now = crate::clock::now_ms();
-            for s in &snap.splits {
-                crate::release::analysis::evaluate(&s.config, &s.state, now);
-            }
-            drop(snap);
-            control.cell.reap();
         })?;
     Ok(())
 }
@@ -262,6 +268,7 @@ fn spawn_resolver(control: Arc<Control>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lb-resolver".into())
         .spawn(move || {
+            crate::control::background_thread();
             let mut waited = Duration::ZERO;
             loop {
                 std::thread::sleep(TICK);
@@ -323,29 +330,32 @@ fn spawn_cert_watch(control: Arc<Control>) -> std::io::Result<()> {
     let mut last = crate::tls::files_fingerprint(files.iter());
     std::thread::Builder::new()
         .name("lb-cert-watch".into())
-        .spawn(move || loop {
-            std::thread::sleep(CERT_WATCH_EVERY);
-            if control.draining.load(Ordering::SeqCst) {
-                return;
-            }
-            let now = cert_files(&control);
-            if now != files {
-                // A reload by other means changed the set of files.
-                files = now;
-                last = crate::tls::files_fingerprint(files.iter());
-                continue;
-            }
-            let seen = crate::tls::files_fingerprint(files.iter());
-            if seen == last {
-                continue;
-            }
-            last = seen;
-            tracing::info!("a certificate or key file changed; reloading");
-            if let Err(e) = control.reload() {
-                tracing::error!(
-                    "reload refused, the running certificates stay:
+        .spawn(move || {
+            crate::control::background_thread();
+            loop {
+                std::thread::sleep(CERT_WATCH_EVERY);
+                if control.draining.load(Ordering::SeqCst) {
+                    return;
+                }
+                let now = cert_files(&control);
+                if now != files {
+                    // A reload by other means changed the set of files.
+                    files = now;
+                    last = crate::tls::files_fingerprint(files.iter());
+                    continue;
+                }
+                let seen = crate::tls::files_fingerprint(files.iter());
+                if seen == last {
+                    continue;
+                }
+                last = seen;
+                tracing::info!("a certificate or key file changed; reloading");
+                if let Err(e) = control.reload() {
+                    tracing::error!(
+                        "reload refused, the running certificates stay:
 {e}"
-                );
+                    );
+                }
             }
         })?;
     Ok(())
@@ -355,22 +365,25 @@ fn spawn_watch(path: PathBuf, every: Duration, control: Arc<Control>) -> std::io
     let mut last = std::fs::read(&path).map(|b| crate::hash::fnv1a_of(&b)).ok();
     std::thread::Builder::new()
         .name("lb-config-watch".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            if control.draining.load(Ordering::SeqCst) {
-                return;
-            }
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            let hash = Some(crate::hash::fnv1a_of(&bytes));
-            if hash == last {
-                continue;
-            }
-            last = hash;
-            tracing::info!(file = %path.display(), "config file changed");
-            if let Err(e) = control.reload() {
-                tracing::error!("reload refused, the running config stays:\n{e}");
+        .spawn(move || {
+            crate::control::background_thread();
+            loop {
+                std::thread::sleep(every);
+                if control.draining.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
+                let hash = Some(crate::hash::fnv1a_of(&bytes));
+                if hash == last {
+                    continue;
+                }
+                last = hash;
+                tracing::info!(file = %path.display(), "config file changed");
+                if let Err(e) = control.reload() {
+                    tracing::error!("reload refused, the running config stays:\n{e}");
+                }
             }
         })?;
     Ok(())

@@ -13,6 +13,7 @@
 //! Before any load, `samework` checks on the wire that every proxy forwards the same
 //! headers; `--check-only` runs just that check and prints what it saw.
 
+mod largeconfig;
 mod openloop;
 mod procs;
 mod profile;
@@ -46,7 +47,7 @@ pub struct Opts {
     pub fd_limit: u64,
 }
 
-pub const ALL_SCENARIOS: [&str; 12] = [
+pub const ALL_SCENARIOS: [&str; 13] = [
     "small_keepalive",
     "response_16k",
     "upload_1m",
@@ -59,6 +60,7 @@ pub const ALL_SCENARIOS: [&str; 12] = [
     "tls_idle",
     "h2_tls",
     "grpc_unary",
+    "large_config",
 ];
 pub const ALL_PROXIES: [&str; 3] = ["lb", "nginx", "haproxy"];
 

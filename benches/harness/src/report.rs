@@ -260,6 +260,7 @@ pub fn build(opts: &Opts, run: &Run) -> Value {
         "scenarios": scenarios,
         "targets": targets,
         "same_work": run.same_work,
+        "large_config": run.large_config,
     });
     if let Some(p) = &run.profile {
         report["profile"] = p.clone();
@@ -391,6 +392,10 @@ pub fn markdown(r: &Value) -> String {
     }
     if let Some(p) = r.get("profile") {
         s.push_str(&crate::profile::markdown(p));
+    }
+    if let Some(l) = r.get("large_config").filter(|l| !l.is_null()) {
+        s.push('\n');
+        s.push_str(&crate::largeconfig::markdown(l));
     }
     s
 }

@@ -251,7 +251,7 @@ fn wrk(
     })
 }
 
-fn to_ms(v: &str) -> Option<f64> {
+pub fn to_ms(v: &str) -> Option<f64> {
     let v = v.trim();
     let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
     let n: f64 = num.parse().ok()?;
@@ -390,6 +390,8 @@ pub struct Run {
     pub profile: Option<serde_json::Value>,
     /// What each proxy forwarded in the same-work check.
     pub same_work: serde_json::Value,
+    /// The large-config scenario's figures, when it ran.
+    pub large_config: Option<serde_json::Value>,
 }
 
 /// Writes the configs and checks on the wire that the proxies do the same work.
@@ -421,7 +423,8 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
     procs::wait_listening(p.grpc_backend, &mut backend.child)?;
 
     let mut results: Results = Vec::new();
-    for scenario in &opts.scenarios {
+    // Not a per-proxy sample: it runs its own proxies with configs of its own, after the rest.
+    for scenario in opts.scenarios.iter().filter(|s| *s != "large_config") {
         let mut per_proxy: Vec<(String, Vec<Sample>)> = opts
             .proxies
             .iter()
@@ -477,10 +480,17 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
         None
     };
     drop(backend);
+    let large_config = if opts.scenarios.iter().any(|s| s == "large_config") {
+        eprintln!("bench: large configs");
+        Some(crate::largeconfig::run(opts)?)
+    } else {
+        None
+    };
     Ok(Run {
         results,
         profile,
         same_work,
+        large_config,
     })
 }
 

@@ -54,7 +54,10 @@ pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<SocketA
         let control = control.clone();
         std::thread::Builder::new()
             .name(format!("lb-admin-{i}"))
-            .spawn(move || handle_jobs(&rx, &control))?;
+            .spawn(move || {
+                crate::control::background_thread();
+                handle_jobs(&rx, &control)
+            })?;
     }
     std::thread::Builder::new()
         .name("lb-admin".into())

@@ -28,7 +28,10 @@ struct Track {
 pub fn spawn(control: Arc<Control>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lb-acme".into())
-        .spawn(move || run(&control))?;
+        .spawn(move || {
+            crate::control::background_thread();
+            run(&control)
+        })?;
     Ok(())
 }
 
