@@ -165,6 +165,7 @@ fn grpc_config(
     flaky: &GrpcServer,
     dead: SocketAddr,
     slow: SocketAddr,
+    stuck: SocketAddr,
     ca: &std::path::Path,
     access_log: &std::path::Path,
 ) -> String {
@@ -180,6 +181,7 @@ fn grpc_config(
          [[routes]]\nname = \"tls\"\nhost = \"tls.test\"\ncluster = \"grpc-tls\"\n\
          [[clusters]]\nname = \"gone\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{dead}\" }}]\n\
          [[clusters]]\nname = \"slow\"\nendpoints = [{{ addr = \"{slow}\" }}]\n\
+         [[clusters]]\nname = \"stuck\"\nconnect_timeout = \"200ms\"\nendpoints = [{{ addr = \"{stuck}\" }}]\n\
          [[clusters]]\nname = \"retrying\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{down}\" }}, {{ addr = \"{plain}\" }}]\n\
          retry = {{ attempts = 2, retry_on = [\"connect_failure\", \"grpc:UNAVAILABLE\"] }}\n\
          [[clusters]]\nname = \"not-retrying\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{down}\" }}]\n\
@@ -191,12 +193,38 @@ fn grpc_config(
          [[routes]]\nname = \"retrying\"\nhost = \"retry.test\"\ncluster = \"retrying\"\n\
          [[routes]]\nname = \"not-retrying\"\nhost = \"noretry.test\"\ncluster = \"not-retrying\"\n\
          [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\ncluster = \"slow\"\n\
+         [[routes]]\nname = \"stuck\"\npath_prefix = \"/stuck\"\ncluster = \"stuck\"\n\
          [[routes]]\nname = \"gone\"\nhost = \"gone.test\"\ncluster = \"gone\"\n\
          [[routes]]\nname = \"grpc\"\ncluster = \"grpc\"\n",
         ca.display(),
         ca = ca.display(),
         log = access_log.display()
     )
+}
+
+/// A listener that never accepts, with its one-slot accept queue filled: a new connection's
+/// SYN goes unanswered, so connecting times out. (The socket, the connection holding the
+/// slot, the address.)
+fn full_backlog() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    s.listen(0).expect("listen");
+    let addr = s
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("an IP address");
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)) {
+            Ok(c) => held.push(c),
+            // The queue is full.
+            Err(_) => return (s, held, addr),
+        }
+    }
+    panic!("the accept queue of a listen(0) socket never filled");
 }
 
 /// A CA and a certificate for `grpc.test` in `dir`.
@@ -239,11 +267,14 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
         res.send(200, &[("content-type", "application/grpc")], b"");
     }))
     .expect("backend");
+    // A backend whose accept queue is full: connecting to it times out.
+    let (_stuck, _held, stuck_addr) = full_backlog();
     let lb = Lb::start(&grpc_config(
         &server,
         &flaky,
         dead_addr(),
         slow.addr,
+        stuck_addr,
         &dir.join("ca.pem"),
         &dir.join("access.log"),
     ));
@@ -340,6 +371,33 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     assert!(
         took < std::time::Duration::from_secs(2),
         "ended by lb at 300 ms: {took:?}"
+    );
+
+    // lb maps its own failures from what failed, not from the HTTP status it stands for:
+    // a connect timeout (504 over HTTP/1.1) is UNAVAILABLE for gRPC, with lb's reason.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("--data-binary")
+        .arg(format!("@{}", frame.display()))
+        .arg(format!("http://{target}/stuck/test.Echo/Unary"))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("grpc-status: 14"), "UNAVAILABLE: {head}");
+    assert!(
+        head.contains("grpc-message: connecting to the backend timed out"),
+        "lb's: {head}"
     );
 
     // The access log names each call's gRPC method and the status its client got: the

@@ -690,4 +690,18 @@ fn reload_applies_protocols_and_http2_limits() {
         text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):7"),
         "the new limit is announced: {text}"
     );
+
+    // A listener that speaks only h2c refuses HTTP/1.1 with a clear answer.
+    let h2c_only = base.replace(
+        "name = \"http\"\naddr = \"127.0.0.1:0\"",
+        "name = \"http\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"h2c\"]",
+    );
+    std::fs::write(&lb.config_path, h2c_only).expect("write config");
+    let (status, body) = lb.admin("POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    let (v, status, body) = curl(&["--http1.1", &url]);
+    assert_eq!((v.as_str(), status), ("1.1", 505), "{body}");
+    assert!(body.contains("http2_only"), "{body}");
+    let (v, status, _) = curl(&["--http2-prior-knowledge", &url]);
+    assert_eq!((v.as_str(), status), ("2", 200));
 }

@@ -164,6 +164,7 @@ async fn answer<C: Downstream>(
 ) -> Flow {
     let close = ctx.close_on_error || e.closes_client();
     rec.error = Some(e);
+    client.failed(&e);
     let Some(limit) = e.limit() else {
         send_error(client, out, &refusal(e, close), ctx.view, rec).await;
         return if close { Flow::Close } else { Flow::Continue };
@@ -194,6 +195,7 @@ pub(crate) async fn proxy<C: Downstream>(
     let Some(ctx) = prepare(w, view, client, out, plan) else {
         let e = ProxyError::downstream(ErrorKind::Body(BodyFault::TooLarge));
         rec.error = Some(e);
+        client.failed(&e);
         send_error(client, out, &refusal(e, true), view, rec).await;
         return Flow::Close;
     };

@@ -325,6 +325,19 @@ pub fn serve(
     }
 }
 
+/// The answer to a client that does not speak HTTP/2 on a listener that speaks only that.
+const HTTP2_ONLY: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: application/json\r\nContent-Length: 68\r\nConnection: close\r\n\r\n{\"error\":\"http2_only\",\"message\":\"this listener speaks only HTTP/2\"}\n";
+
+/// Whether the listener speaks HTTP/1.1 (`protocols` names `http/1.1`, or is absent).
+fn speaks_http1(w: &Worker, listener: usize) -> bool {
+    w.view()
+        .snap
+        .config
+        .listeners
+        .get(listener)
+        .is_none_or(|l| l.http1)
+}
+
 /// Whether a new connection's first bytes are HTTP/2 on a listener that speaks it: ALPN
 /// chose `h2`, or a plain-text client opened with the HTTP/2 preface (`h2c`).
 fn speaks_h2(w: &Worker, client: &BufConn, listener: usize) -> bool {
@@ -370,6 +383,13 @@ async fn step(
     }
     if head_deadline.is_some() && speaks_h2(w, client, at.listener) {
         return Step::H2;
+    }
+    if head_deadline.is_some() && !speaks_http1(w, at.listener) {
+        // An HTTP/2-only listener: whatever this is (HTTP/1.1, or TLS without ALPN), it is
+        // not HTTP/2. One clear answer, then the connection ends.
+        let mut out = HTTP2_ONLY.to_vec();
+        let _ = client.write_all(&mut out, CLOSE_NOTIFY_TIMEOUT).await;
+        return Step::Close;
     }
     let mut out = Vec::new();
     let flow = next_request(w, client, &mut out, at, head_deadline).await;

@@ -23,6 +23,9 @@ pub(crate) trait Downstream: Source + Sink {
     /// The HTTP/1.1 connection itself, for what only a connection can do: a protocol
     /// upgrade (a tunnel) and a lingering close. `None` for an HTTP/2 stream.
     fn connection(&mut self) -> Option<&mut BufConn>;
+    /// Told what failed just before lb answers with an error: a side that answers in its
+    /// own terms (a gRPC status) maps the typed error rather than the HTTP status.
+    fn failed(&mut self, _e: &super::error::ProxyError) {}
 }
 
 impl Downstream for BufConn {

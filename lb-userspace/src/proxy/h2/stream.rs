@@ -176,6 +176,8 @@ pub struct H2Stream {
     grpc: bool,
     /// The gRPC status the client got, once it went out.
     grpc_status: Option<u32>,
+    /// What failed, when lb answers with an error (the gRPC status maps from it).
+    failure: Option<crate::proxy::error::ProxyError>,
     /// The connection's tripwire: a window that never opens ends the connection.
     trip: std::rc::Rc<crate::http::h2::Trip>,
     /// How long the client's window may stay shut (`http.client_body_timeout`), whatever
@@ -205,6 +207,7 @@ impl H2Stream {
             head_request: about.head_request,
             grpc: about.grpc,
             grpc_status: None,
+            failure: None,
             trip: about.trip,
             stall: about.stall,
         }
@@ -394,7 +397,11 @@ impl H2Stream {
                 .headers
                 .iter()
                 .any(|h| h.name.eq_ignore_ascii_case("x-lb-limit"));
-            self.send_grpc_status(grpc_code(status, limit), status, body)?;
+            let code = match &self.failure {
+                Some(e) => grpc_code_of(e),
+                None => grpc_code(status, limit),
+            };
+            self.send_grpc_status(code, status, body)?;
             return Ok(false);
         }
         let status = http::StatusCode::from_u16(status).map_err(|_| bad())?;
@@ -455,10 +462,13 @@ impl H2Stream {
     /// `grpc-status` and `grpc-message` in the one HEADERS frame that ends the stream (gRPC's
     /// Trailers-Only form). The message is lb's, from the error body when it has one.
     fn send_grpc_status(&mut self, code: u32, status: u16, body: &[u8]) -> Result<(), IoFail> {
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| format!("HTTP {status} {}", crate::http::write::reason(status)));
+        let message = match &self.failure {
+            Some(e) => e.message().to_string(),
+            None => serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("HTTP {status} {}", crate::http::write::reason(status))),
+        };
         // grpc-message is percent-encoded (gRPC over HTTP/2, "Responses").
         let mut encoded = String::with_capacity(message.len());
         for b in message.bytes() {
@@ -502,6 +512,33 @@ impl H2Stream {
             Err(FlowFail::Closed) => Err(IoFail::Eof),
             Err(FlowFail::H2(e)) => Err(IoFail::Io(io::Error::other(e))),
         }
+    }
+}
+
+/// The gRPC status for a request lb failed, by what failed: nothing usable to send it to
+/// (no endpoint, refused, a reset or a bad answer before any response) is UNAVAILABLE, a
+/// deadline or timeout DEADLINE_EXCEEDED, a limit RESOURCE_EXHAUSTED.
+pub fn grpc_code_of(e: &crate::proxy::error::ProxyError) -> u32 {
+    use crate::proxy::error::{BodyFault, ErrorKind};
+    const CANCELLED: u32 = 1;
+    const DEADLINE_EXCEEDED: u32 = 4;
+    const RESOURCE_EXHAUSTED: u32 = 8;
+    const INTERNAL: u32 = 13;
+    const UNAVAILABLE: u32 = 14;
+    match e.kind {
+        ErrorKind::ConnectRefused
+        | ErrorKind::ConnectTimeout
+        | ErrorKind::Tls(_)
+        | ErrorKind::ResetBeforeResponse
+        | ErrorKind::BadResponse(_)
+        | ErrorKind::RetryableStatus(_)
+        | ErrorKind::NoEndpoint => UNAVAILABLE,
+        ErrorKind::Timeout(_) | ErrorKind::Body(BodyFault::Stalled | BodyFault::TooSlow) => {
+            DEADLINE_EXCEEDED
+        }
+        ErrorKind::Limit(_) | ErrorKind::Body(BodyFault::TooLarge) => RESOURCE_EXHAUSTED,
+        ErrorKind::Body(BodyFault::BadChunked) | ErrorKind::CutMidBody => INTERNAL,
+        ErrorKind::ClientGone => CANCELLED,
     }
 }
 
@@ -641,6 +678,10 @@ impl Downstream for H2Stream {
 
     fn connection(&mut self) -> Option<&mut BufConn> {
         None
+    }
+
+    fn failed(&mut self, e: &crate::proxy::error::ProxyError) {
+        self.failure = Some(*e);
     }
 }
 
