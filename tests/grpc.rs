@@ -9,6 +9,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
 
@@ -166,6 +167,7 @@ fn grpc_config(
     dead: SocketAddr,
     slow: SocketAddr,
     stuck: SocketAddr,
+    (http503, http_ok): (SocketAddr, SocketAddr),
     ca: &std::path::Path,
     access_log: &std::path::Path,
 ) -> String {
@@ -181,6 +183,8 @@ fn grpc_config(
          [[routes]]\nname = \"tls\"\nhost = \"tls.test\"\ncluster = \"grpc-tls\"\n\
          [[clusters]]\nname = \"gone\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{dead}\" }}]\n\
          [[clusters]]\nname = \"slow\"\nendpoints = [{{ addr = \"{slow}\" }}]\n\
+         [[clusters]]\nname = \"five-oh-three\"\nendpoints = [{{ addr = \"{http503}\" }}, {{ addr = \"{http_ok}\" }}]\n\
+         retry = {{ attempts = 2, retry_on = [\"5xx\", \"reset\", \"grpc:UNAVAILABLE\"] }}\n\
          [[clusters]]\nname = \"stuck\"\nconnect_timeout = \"200ms\"\nendpoints = [{{ addr = \"{stuck}\" }}]\n\
          [[clusters]]\nname = \"retrying\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"{down}\" }}, {{ addr = \"{plain}\" }}]\n\
          retry = {{ attempts = 2, retry_on = [\"connect_failure\", \"grpc:UNAVAILABLE\"] }}\n\
@@ -193,6 +197,7 @@ fn grpc_config(
          [[routes]]\nname = \"retrying\"\nhost = \"retry.test\"\ncluster = \"retrying\"\n\
          [[routes]]\nname = \"not-retrying\"\nhost = \"noretry.test\"\ncluster = \"not-retrying\"\n\
          [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\ncluster = \"slow\"\n\
+         [[routes]]\nname = \"five-oh-three\"\nhost = \"h503.test\"\ncluster = \"five-oh-three\"\n\
          [[routes]]\nname = \"stuck\"\npath_prefix = \"/stuck\"\ncluster = \"stuck\"\n\
          [[routes]]\nname = \"gone\"\nhost = \"gone.test\"\ncluster = \"gone\"\n\
          [[routes]]\nname = \"grpc\"\ncluster = \"grpc\"\n",
@@ -269,12 +274,33 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     .expect("backend");
     // A backend whose accept queue is full: connecting to it times out.
     let (_stuck, _held, stuck_addr) = full_backlog();
+    // Two HTTP/1.1 backends of one cluster: one answers every call with a plain HTTP 503
+    // (no gRPC status), the other with gRPC's OK (a status alone).
+    // Each counts the calls it answered.
+    let hits = std::sync::Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let h = hits.clone();
+    let http503 = Backend::start(std::sync::Arc::new(move |_req, res| {
+        h[0].fetch_add(1, Ordering::SeqCst);
+        res.send(503, &[("content-type", "text/plain")], b"down");
+    }))
+    .expect("backend");
+    let h = hits.clone();
+    let http_ok = Backend::start(std::sync::Arc::new(move |_req, res| {
+        h[1].fetch_add(1, Ordering::SeqCst);
+        res.send(
+            200,
+            &[("content-type", "application/grpc"), ("grpc-status", "0")],
+            b"",
+        );
+    }))
+    .expect("backend");
     let lb = Lb::start(&grpc_config(
         &server,
         &flaky,
         dead_addr(),
         slow.addr,
         stuck_addr,
+        (http503.addr, http_ok.addr),
         &dir.join("ca.pem"),
         &dir.join("access.log"),
     ));
@@ -309,6 +335,7 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     );
     let r = python(FLAKY_CALLS, &[&target, "noretry.test"]);
     assert_eq!(r[0], "UNAVAILABLE", "{r}");
+
     let m = lb.scrape();
     assert!(
         metric(&m, "lb_retries_total", &[("cluster", "retrying")]) >= 1.0,
@@ -398,6 +425,53 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     assert!(
         head.contains("grpc-message: connecting to the backend timed out"),
         "lb's: {head}"
+    );
+
+    // Only the gRPC statuses listed go again: a plain HTTP 503, which "5xx" retries for a
+    // repeatable request, reaches a gRPC call's client (as UNAVAILABLE) from the endpoint
+    // that answered it: each call reaches one backend once. (The calls carry no message, so
+    // each could be sent again: nothing stops a retry but the policy.)
+    let statuses: Vec<String> = (0..6)
+        .map(|_| {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "--max-time",
+                    "10",
+                    "-D",
+                    "-",
+                    "-o",
+                    "/dev/null",
+                ])
+                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+                .args(["-H", "host: h503.test", "-X", "POST"])
+                .arg(format!("http://{target}/test.Echo/Unary"))
+                .output()
+                .expect("curl");
+            let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+            head.lines()
+                .find_map(|l| l.strip_prefix("grpc-status: "))
+                .unwrap_or("none")
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let (down, ok) = (
+        hits[0].load(Ordering::SeqCst),
+        hits[1].load(Ordering::SeqCst),
+    );
+    assert_eq!(down + ok, 6, "a 503 was retried: {statuses:?}");
+    assert!(down >= 1 && ok >= 1, "{down} {ok}");
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "14").count(),
+        down,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "0").count(),
+        ok,
+        "{statuses:?}"
     );
 
     // The access log names each call's gRPC method and the status its client got: the

@@ -324,7 +324,9 @@ fn retry_verdict<'a, C: Downstream>(
     let wanted = e.policy_retries(retry)
         && class != RetryClass::Never
         && attempt < retry.attempts
-        && (ctx.may_repeat || never_sent || ctx.grpc_retry())
+        // A gRPC call that is not otherwise repeatable goes again only on a gRPC status the
+        // operator listed (held back: `reserved`), never on a timeout or a reset.
+        && (ctx.may_repeat || never_sent || (ctx.grpc_retry() && reserved))
         && ctx.replayable(client);
     let budget = reserved || never_sent || ctx.budget_ok();
     if wanted && budget {
@@ -898,7 +900,9 @@ fn parse_head(
     if res.status < 200 {
         return Ok(HeadStep::Interim(res.head_len));
     }
-    if hold_back && ctx.retry().retries_status(res.status) && ctx.reserve() {
+    // HTTP statuses go again only for a request that may be repeated (a gRPC call held
+    // back only for its gRPC statuses is not one).
+    if hold_back && ctx.may_repeat && ctx.retry().retries_status(res.status) && ctx.reserve() {
         return Err(ProxyError::upstream(ErrorKind::RetryableStatus(res.status)));
     }
     // A gRPC status alone (no body: "Trailers-Only") can go again before any byte of it
