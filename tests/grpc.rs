@@ -161,17 +161,35 @@ fn python(script: &str, args: &[&str]) -> serde_json::Value {
     })
 }
 
+/// The HTTP/1.1 and unreachable backends the gRPC test's clusters point at.
+struct Others {
+    /// Nobody listens.
+    dead: SocketAddr,
+    /// Answers after 3 s.
+    slow: SocketAddr,
+    /// Connecting times out.
+    stuck: SocketAddr,
+    /// Answers every call with a plain HTTP 503.
+    http503: SocketAddr,
+    /// Answers every call with gRPC's OK.
+    http_ok: SocketAddr,
+}
+
 fn grpc_config(
     backend: &GrpcServer,
     flaky: &GrpcServer,
-    dead: SocketAddr,
-    slow: SocketAddr,
-    stuck: SocketAddr,
-    (http503, http_ok): (SocketAddr, SocketAddr),
+    others: &Others,
     ca: &std::path::Path,
     access_log: &std::path::Path,
 ) -> String {
     let (plain, tls, down, down_tls) = (backend.addr, backend.tls_addr, flaky.addr, flaky.tls_addr);
+    let Others {
+        dead,
+        slow,
+        stuck,
+        http503,
+        http_ok,
+    } = others;
     format!(
         "[server]\nworkers = 2\ndrain_timeout = \"5s\"\n\n\
          [[listeners]]\nname = \"h2c\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"http/1.1\", \"h2c\"]\n\n\
@@ -297,10 +315,13 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     let lb = Lb::start(&grpc_config(
         &server,
         &flaky,
-        dead_addr(),
-        slow.addr,
-        stuck_addr,
-        (http503.addr, http_ok.addr),
+        &Others {
+            dead: dead_addr(),
+            slow: slow.addr,
+            stuck: stuck_addr,
+            http503: http503.addr,
+            http_ok: http_ok.addr,
+        },
         &dir.join("ca.pem"),
         &dir.join("access.log"),
     ));
