@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
-    lb::worker::return_freed_memory_at_once();
+    lb::worker::return_freed_memory_soon();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

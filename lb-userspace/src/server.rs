@@ -238,7 +238,11 @@ fn spawn_release_control(control: Arc<Control>) -> std::io::Result<()> {
                     crate::release::analysis::evaluate(&s.config, &s.state, now);
                 }
                 drop(snap);
-                control.cell.reap();
+                // The pages a freed snapshot leaves go back to the kernel now, not when
+                // this thread next allocates.
+                if control.cell.reap() > 0 {
+                    crate::worker::release_free_memory();
+                }
             }
         })?;
     Ok(())

@@ -324,13 +324,14 @@ impl SnapshotCell {
             .push(old);
     }
 
-    /// Frees the replaced snapshots nobody holds any more; returns how many are still held.
+    /// Frees the replaced snapshots nobody holds any more; returns how many it freed.
     pub fn reap(&self) -> usize {
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let before = retired.len();
         // Only this list holds one with a count of 1, and nothing can take a new reference
         // to it: it is no longer current.
         retired.retain(|s| Arc::strong_count(s) > 1);
-        retired.len()
+        before - retired.len()
     }
 
     pub fn load(&self) -> Arc<Snapshot> {
@@ -416,11 +417,11 @@ mod tests {
         let held_by_worker = cell.load();
         let weak = Arc::downgrade(&held_by_worker);
         cell.publish(build(&TEXT.replace("9001", "9003"), &reg));
-        assert_eq!(cell.reap(), 1, "still in use");
+        assert_eq!(cell.reap(), 0, "still in use");
         drop(held_by_worker);
         // The worker's drop only decremented the count: the list keeps it alive.
         assert!(weak.upgrade().is_some());
-        assert_eq!(cell.reap(), 0);
+        assert_eq!(cell.reap(), 1);
         assert!(weak.upgrade().is_none(), "freed by reap");
     }
 }

@@ -567,20 +567,25 @@ const RELEASE_TO_OS_BYTES: usize = 1 << 20;
 /// a test checks the index against the option's default).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Makes mimalloc give pages back to the kernel as soon as they are free, instead of a
-/// second later on the next allocation of the same thread. The threads that build snapshots
-/// (admin, signals, file watch) sit idle after a reload, so with the delay the pages an old
-/// snapshot freed stayed resident: RSS after 50 reloads of 20,000 routes was 1.43x that
-/// after the first; with this, 1.04x. The request path's CPU time did not move.
-pub fn return_freed_memory_at_once() {
+/// How long a free heap page stays committed before mimalloc gives it back to the kernel.
+/// mimalloc's default, a second, kept the pages an old snapshot freed resident after a
+/// reload (the threads that build snapshots sit idle afterwards): RSS after 50 reloads of
+/// 20,000 routes was 1.43x that after the first. No delay at all fixed that but made every
+/// request whose buffers emptied a page fault the page back in: HTTP/2 and gRPC cost up to
+/// twice the CPU per request. A short delay keeps pages a busy worker reuses, and the
+/// release thread collects after it frees a snapshot ([`release_free_memory`]).
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
+
+/// Sets how soon mimalloc gives free pages back to the kernel ([`PURGE_DELAY_MS`]).
+pub fn return_freed_memory_soon() {
     // SAFETY: mi_option_set only stores an option value, read when pages are freed.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
 /// Hands this thread's free heap pages back to the kernel. Buffers released after a burst
 /// sit between long-lived allocations, where the allocator would otherwise keep them
 /// resident; an idle worker makes no allocation that would purge them on its own.
-fn release_free_memory() {
+pub fn release_free_memory() {
     // SAFETY: mi_collect only frees and purges unused pages of the calling thread's own
     // mimalloc heap (the global allocator of the `lb` binary); it touches no live block.
     // In a test binary, where the system allocator is global, it finds nothing to do.
