@@ -62,7 +62,7 @@ server.wait_for_termination()
 "#;
 
 const CLIENT: &str = r#"
-import sys, json, grpc
+import sys, json, grpc, queue
 ch = grpc.insecure_channel(sys.argv[1])
 unary = ch.unary_unary('/test.Echo/Unary')
 r = {}
@@ -70,6 +70,19 @@ r['unary'] = unary(b'hello', timeout=10).decode()
 r['server_stream'] = [x.decode() for x in ch.unary_stream('/test.Echo/ServerStream')(b'3', timeout=10)]
 r['client_stream'] = ch.stream_unary('/test.Echo/ClientStream')(iter([b'a', b'b', b'c']), timeout=10).decode()
 r['bidi'] = [x.decode() for x in ch.stream_stream('/test.Echo/Bidi')(iter([b'x', b'y']), timeout=10)]
+# Ping-pong: each message waits for the answer to the one before, so the call only ends if
+# answers flow while the request stream is still open (full duplex).
+answers, got = queue.Queue(), []
+def pings():
+    for m in [b'p1', b'p2', b'p3']:
+        yield m
+        got.append(answers.get(timeout=5))
+try:
+    for x in ch.stream_stream('/test.Echo/Bidi')(pings(), timeout=10):
+        answers.put(x.decode())
+    r['pingpong'] = got
+except grpc.RpcError as e:
+    r['pingpong'] = [e.code().name, e.details(), got]
 try:
     unary(b'fail', timeout=10)
 except grpc.RpcError as e:
@@ -335,6 +348,11 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     );
     assert_eq!(r["client_stream"], "a+b+c", "{r}");
     assert_eq!(r["bidi"], serde_json::json!(["bidi:x", "bidi:y"]), "{r}");
+    assert_eq!(
+        r["pingpong"],
+        serde_json::json!(["bidi:p1", "bidi:p2", "bidi:p3"]),
+        "{r}"
+    );
     // The backend's error status and message come through as trailers.
     assert_eq!(
         r["error"],

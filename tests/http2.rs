@@ -705,3 +705,143 @@ fn reload_applies_protocols_and_http2_limits() {
     let (v, status, _) = curl(&["--http2-prior-knowledge", &url]);
     assert_eq!((v.as_str(), status), ("2", 200));
 }
+
+/// An HTTP/2 backend that closes its connections gracefully, as a server does when it
+/// recycles them (grpc-go's MaxConnectionAge, a draining Envoy): a request to `/hold` gets
+/// GOAWAY at once (its stream the last one the connection takes) and its answer only once a
+/// second connection has come, so the first connection stays open, going away, meanwhile.
+/// Any other request is answered, then GOAWAY. Answers name their connection. Prints its
+/// port, then `held` once a `/hold` request is held.
+const PY_GOAWAY_BACKEND: &str = r#"
+import socket, threading
+import h2.config, h2.connection, h2.events
+from hyperframe.frame import GoAwayFrame
+
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+second = threading.Event()
+
+def answer(c, s, sid, n):
+    body = ("conn %d" % n).encode()
+    c.send_headers(sid, [(":status", "200"), ("content-length", str(len(body)))])
+    c.send_data(sid, body, end_stream=True)
+    s.sendall(c.data_to_send())
+
+def goaway(c, s, last):
+    # Written by hand: h2's own close_connection would refuse to answer the held stream.
+    s.sendall(c.data_to_send())
+    f = GoAwayFrame(0)
+    f.last_stream_id = last
+    f.error_code = 0
+    s.sendall(f.serialize())
+
+def release(c, s, lock, sid, n):
+    second.wait(10)
+    with lock:
+        answer(c, s, sid, n)
+
+def serve(s, n):
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    lock = threading.Lock()
+    with lock:
+        c.initiate_connection()
+        s.sendall(c.data_to_send())
+    paths, gone = {}, False
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        with lock:
+            for ev in c.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if gone:
+                    continue  # streams past the GOAWAY are not processed
+                if isinstance(ev, h2.events.RequestReceived):
+                    paths[ev.stream_id] = dict(ev.headers).get(b":path", b"")
+                elif isinstance(ev, h2.events.StreamEnded):
+                    gone = True
+                    if paths.get(ev.stream_id) == b"/hold":
+                        goaway(c, s, ev.stream_id)
+                        threading.Thread(target=release, args=(c, s, lock, ev.stream_id, n), daemon=True).start()
+                        print("held", flush=True)
+                    else:
+                        answer(c, s, ev.stream_id, n)
+                        goaway(c, s, ev.stream_id)
+            s.sendall(c.data_to_send())
+    s.close()
+
+n = 0
+while True:
+    s, _ = srv.accept()
+    n += 1
+    if n >= 2:
+        second.set()
+    threading.Thread(target=serve, args=(s, n), daemon=True).start()
+"#;
+
+/// A pooled HTTP/2 connection its backend is closing (GOAWAY) while a stream is still in
+/// flight on it is not used again: a request that meets it (its stream refused, or opened
+/// past the GOAWAY's last stream) goes on a new connection whatever its method. Before, a
+/// POST got 502 until the last stream in flight ended.
+#[test]
+fn a_backend_going_away_costs_no_request() {
+    if !have_python_h2() || !have("curl") {
+        return;
+    }
+    /// Stops the backend (ours, by its PID) however the test ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut backend = Stop(
+        Command::new("python3")
+            .args(["-c", PY_GOAWAY_BACKEND])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        backend.0.stdout.take().expect("stdout"),
+    ));
+    let port: u16 = lines
+        .next()
+        .and_then(|l| l.ok())
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the backend's port");
+    // One worker, so the second request meets the first one's pooled connection.
+    let lb = Lb::start(&format!(
+        "[server]\nworkers = 1\n\n\
+         [[listeners]]\nname = \"plain\"\naddr = \"127.0.0.1:0\"\n\n\
+         [admin]\naddr = \"127.0.0.1:0\"\n\n\
+         [[clusters]]\nname = \"app\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"127.0.0.1:{port}\" }}]\n\
+         [[routes]]\nname = \"all\"\ncluster = \"app\"\n"
+    ));
+    let addr = lb.addr;
+    let post = move |path: &'static str| {
+        curl(&[
+            "-X",
+            "POST",
+            "--data-binary",
+            "an order",
+            &format!("http://{addr}{path}"),
+        ])
+    };
+    let held = std::thread::spawn(move || post("/hold"));
+    // The backend has the first request and has said GOAWAY on its connection.
+    assert_eq!(lines.next().and_then(|l| l.ok()).as_deref(), Some("held"));
+    let (_, status, body) = post("/orders");
+    // (Before the fix the second request failed, so no second connection came and the
+    // first was never answered: its curl timed out.)
+    assert_eq!((status, body.as_str()), (200, "conn 2"));
+    let first = held.join().expect("the held request");
+    drop(backend);
+    assert_eq!((first.1, first.2.as_str()), (200, "conn 1"));
+    drop(lb);
+}

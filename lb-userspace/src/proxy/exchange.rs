@@ -10,6 +10,7 @@ use smallvec::SmallVec;
 
 use super::body::{pump, Encode, Out, Pace, PumpFail};
 use super::error::{BodyFault, ErrorKind, ProxyError, RetryClass};
+use super::h2::stream::BodyIn;
 use super::side::Downstream;
 use super::{head, send_error, Flow, Plan, Record};
 use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
@@ -19,6 +20,7 @@ use crate::http::{Framing, Method};
 use crate::net::{IoFail, Sink, Source};
 use crate::timer::now_ms;
 use crate::upstream::cluster::Cluster;
+use crate::upstream::h2::RequestHalf;
 use crate::upstream::state::{Admission, Outcome};
 use crate::upstream::{self, ConnectError, Limit, Upstream};
 use crate::worker::{View, Worker};
@@ -515,10 +517,13 @@ async fn try_endpoint<C: Downstream>(
             }
             Err(e)
                 if e.kind == ErrorKind::ResetBeforeResponse
-                    && up.reused
+                    && !force_fresh
+                    && (up.reused || up.refused())
                     && ctx.replayable(client) =>
             {
-                // A keep-alive race, not the endpoint's fault: once more on a fresh connection.
+                // A keep-alive race, or an HTTP/2 connection going away (the backend refused
+                // the stream unprocessed), not the endpoint's fault: once more on a fresh
+                // connection.
                 up.close(&ctx.w.up_bufs);
                 client.rewind(ctx.body_start);
                 force_fresh = true;
@@ -628,8 +633,11 @@ async fn get_connection(
             &dial,
             ctx.timeouts.connect,
             &w.up_bufs,
-            cluster.config.max_streams_per_connection,
-            cluster.pool_idle_timeout,
+            upstream::h2::StreamOpts {
+                max_streams: cluster.config.max_streams_per_connection,
+                idle_timeout: cluster.pool_idle_timeout,
+                fresh: force_fresh,
+            },
         ))
         .await
         .map_err(connect_error)?;
@@ -709,15 +717,9 @@ fn body_error(e: PumpFail) -> ProxyError {
     }
 }
 
-/// Sends the head in `out` and the request body.
-async fn send_request<C: Downstream>(
-    ctx: &Ctx<'_>,
-    client: &mut C,
-    out: &mut Vec<u8>,
-    up: &mut Upstream,
-) -> Result<(), ProxyError> {
-    let (w, http) = (ctx.w, &ctx.view.snap.http);
-    // The head (and a small body with it). A failed write means nothing reached the backend.
+/// Sends the head in `out` (and a small body with it). A failed write means nothing reached
+/// the backend.
+async fn send_head(ctx: &Ctx<'_>, out: &mut Vec<u8>, up: &mut Upstream) -> Result<(), ProxyError> {
     match up.write_all(out, ctx.timeouts.idle).await {
         Ok(()) => {}
         Err(IoFail::Timeout) => {
@@ -727,6 +729,17 @@ async fn send_request<C: Downstream>(
         }
         Err(_) => return Err(ProxyError::upstream(ErrorKind::ResetBeforeResponse)),
     }
+    Ok(())
+}
+
+/// Sends the request body from `src` to `dst`, paced by `pace`.
+async fn send_body<S: Source, D: Sink>(
+    ctx: &Ctx<'_>,
+    src: &mut S,
+    dst: &mut D,
+    pace: Pace,
+) -> Result<(), ProxyError> {
+    let (w, http) = (ctx.w, &ctx.view.snap.http);
     if ctx.body == Framing::None {
         return Ok(());
     }
@@ -736,19 +749,15 @@ async fn send_request<C: Downstream>(
         Vec::new()
     };
     let r = pump(
-        client,
-        up,
+        src,
+        dst,
         ctx.body,
         Out {
             encode: Encode::Chunked,
             trailers: http.trailers,
         },
         &mut scratch,
-        Pace::with_min_rate(
-            http.client_body_timeout,
-            http.min_body_rate,
-            http.client_body_timeout,
-        ),
+        pace,
         http.max_request_body,
     )
     .await;
@@ -767,7 +776,88 @@ async fn exchange<C: Downstream>(
 ) -> Result<Done, ProxyError> {
     // Upstream time is reported only in the access log; without one, no stamps are taken.
     let sent_at = ctx.w.access_log_on().then(crate::clock::stamp);
-    send_request(ctx, client, out, up).await?;
+    send_head(ctx, out, up).await?;
+    if let Some((body, request)) = duplex_halves(ctx, client, up) {
+        let halves = (body, request);
+        return Box::pin(exchange_duplex(
+            ctx, client, out, up, hold_back, sent_at, halves,
+        ))
+        .await;
+    }
+    let http = &ctx.view.snap.http;
+    let pace = Pace::with_min_rate(
+        http.client_body_timeout,
+        http.min_body_rate,
+        http.client_body_timeout,
+    );
+    send_body(ctx, client, up, pace).await?;
+    answer_exchange(ctx, client, out, up, hold_back, sent_at).await
+}
+
+/// The halves of a full-duplex exchange: an HTTP/2 client's body still coming in, to an
+/// HTTP/2 backend. Otherwise (HTTP/1.1 on either side, a body all in) the body is sent
+/// whole before the answer is read.
+fn duplex_halves<C: Downstream>(
+    ctx: &Ctx<'_>,
+    client: &mut C,
+    up: &mut Upstream,
+) -> Option<(BodyIn, RequestHalf)> {
+    if ctx.body == Framing::None {
+        return None;
+    }
+    let request = up.take_request_half()?;
+    match client.take_body_half() {
+        Some(body) => Some((body, request)),
+        None => {
+            up.put_request_half(request);
+            None
+        }
+    }
+}
+
+/// A full-duplex exchange, as bidirectional gRPC needs: the body streams on while the answer
+/// is read and sent. The body's reads wait up to the cluster's idle timeout (a stream's
+/// messages can be far apart), with no minimum rate. An answer that ends first ends the
+/// body (the rest is not sent); a body that fails ends the answer.
+async fn exchange_duplex<C: Downstream>(
+    ctx: &Ctx<'_>,
+    client: &mut C,
+    out: &mut Vec<u8>,
+    up: &mut Upstream,
+    hold_back: bool,
+    sent_at: Option<crate::clock::Stamp>,
+    (mut body, mut request): (BodyIn, RequestHalf),
+) -> Result<Done, ProxyError> {
+    use futures::future::{select, Either};
+    let result = {
+        let sending = std::pin::pin!(send_body(
+            ctx,
+            &mut body,
+            &mut request,
+            Pace::idle(ctx.timeouts.idle)
+        ));
+        let answering = std::pin::pin!(answer_exchange(ctx, client, out, up, hold_back, sent_at));
+        match select(sending, answering).await {
+            Either::Left((Ok(()), answering)) => answering.await,
+            Either::Left((Err(e), _)) => Err(e),
+            Either::Right((done, _)) => done,
+        }
+    };
+    client.put_body_half(body);
+    up.put_request_half(request);
+    result
+}
+
+/// The answer half of an exchange: the response head in (interim answers consumed, a
+/// retryable status held back when `hold_back`), then the answer to the client.
+async fn answer_exchange<C: Downstream>(
+    ctx: &Ctx<'_>,
+    client: &mut C,
+    out: &mut Vec<u8>,
+    up: &mut Upstream,
+    hold_back: bool,
+    sent_at: Option<crate::clock::Stamp>,
+) -> Result<Done, ProxyError> {
     let (status, framing, reusable, plan_out) =
         match read_response_head(ctx, client, out, up, hold_back).await? {
             Head::Final(status, framing, reusable, plan_out) => {

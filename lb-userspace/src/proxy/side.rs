@@ -26,6 +26,13 @@ pub(crate) trait Downstream: Source + Sink {
     /// Told what failed just before lb answers with an error: a side that answers in its
     /// own terms (a gRPC status) maps the typed error rather than the HTTP status.
     fn failed(&mut self, _e: &super::error::ProxyError) {}
+    /// The request body's own half, taken out to stream on while the answer is read (a
+    /// full-duplex exchange, as bidirectional gRPC needs); `None` unless the body is still
+    /// coming in on an HTTP/2 stream. Given back with [`Downstream::put_body_half`].
+    fn take_body_half(&mut self) -> Option<super::h2::stream::BodyIn> {
+        None
+    }
+    fn put_body_half(&mut self, _body: super::h2::stream::BodyIn) {}
 }
 
 impl Downstream for BufConn {

@@ -43,6 +43,9 @@ struct Conn {
 pub struct Slot {
     streams: Rc<Cell<usize>>,
     idle_since: Rc<Cell<u64>>,
+    /// The connection's: cleared when the backend refuses new streams on it (GOAWAY), so
+    /// the pool hands it out no more while its streams in flight finish.
+    alive: Rc<Cell<bool>>,
 }
 
 impl Drop for Slot {
@@ -62,7 +65,8 @@ pub struct H2Pool {
 }
 
 impl H2Pool {
-    /// A stream on a live connection to `addr` with fewer than `max` streams open.
+    /// A stream on a live connection to `addr` with fewer than `max` streams open, and
+    /// fewer than the backend allows (its SETTINGS_MAX_CONCURRENT_STREAMS).
     pub fn checkout(
         &self,
         addr: SocketAddr,
@@ -72,13 +76,16 @@ impl H2Pool {
         let mut all = self.conns.borrow_mut();
         let list = all.get_mut(&(addr, key))?;
         list.retain(|c| c.alive.get());
-        let c = list.iter().find(|c| c.streams.get() < max)?;
+        let c = list
+            .iter()
+            .find(|c| c.streams.get() < max.min(c.send.current_max_send_streams()))?;
         c.streams.set(c.streams.get() + 1);
         Some((
             c.send.clone(),
             Slot {
                 streams: c.streams.clone(),
                 idle_since: c.idle_since.clone(),
+                alive: c.alive.clone(),
             },
         ))
     }
@@ -112,6 +119,7 @@ impl H2Pool {
         let slot = Slot {
             streams: streams.clone(),
             idle_since: idle_since.clone(),
+            alive: alive.clone(),
         };
         self.conns
             .borrow_mut()
@@ -142,6 +150,16 @@ impl H2Pool {
     }
 }
 
+/// How a stream is opened: the pool's limits, and whether a pooled connection may carry it.
+pub struct StreamOpts {
+    /// Streams one connection carries at most (`max_streams_per_connection`).
+    pub max_streams: usize,
+    /// A connection with no stream this long is let go (`pool_idle_timeout`).
+    pub idle_timeout: Duration,
+    /// On a new connection only (the pooled one refused the stream).
+    pub fresh: bool,
+}
+
 /// A stream to the endpoint `dial` names: on a pooled HTTP/2 connection with room, or on a
 /// new one (TCP, TLS with ALPN `h2` for `protocol = "h2"`, the HTTP/2 handshake), all
 /// within `timeout`. A new connection's driver runs as its own task until the connection
@@ -151,17 +169,18 @@ pub async fn open_stream(
     dial: &super::Dial<'_>,
     timeout: Duration,
     bufs: &crate::net::BufPool,
-    max_streams: usize,
-    idle_timeout: Duration,
+    opts: StreamOpts,
 ) -> Result<super::Upstream, super::ConnectError> {
     use super::{ConnectError, Upstream};
     let tls = dial.tls.is_some();
-    if let Some((send, slot)) = pool.checkout(dial.addr, dial.pool_key, max_streams) {
-        return Ok(Upstream::h2(
-            H2Up::new(send, slot, tls),
-            dial.addr,
-            dial.pool_key,
-        ));
+    if !opts.fresh {
+        if let Some((send, slot)) = pool.checkout(dial.addr, dial.pool_key, opts.max_streams) {
+            return Ok(Upstream::h2(
+                H2Up::new(send, slot, tls),
+                dial.addr,
+                dial.pool_key,
+            ));
+        }
     }
     let started = std::time::Instant::now();
     let up = super::connect(dial, timeout, bufs).await?;
@@ -193,7 +212,13 @@ pub async fn open_stream(
         running.set(false);
         drop(count);
     });
-    let slot = pool.add(dial.addr, dial.pool_key, send.clone(), alive, idle_timeout);
+    let slot = pool.add(
+        dial.addr,
+        dial.pool_key,
+        send.clone(),
+        alive,
+        opts.idle_timeout,
+    );
     Ok(Upstream::h2(
         H2Up::new(send, slot, tls),
         dial.addr,
@@ -221,6 +246,120 @@ enum ReqBody {
     },
 }
 
+impl Request {
+    async fn take_body(&mut self, data: &[u8], timeout: Duration) -> Result<(), IoFail> {
+        let Request::Body { body, .. } = self else {
+            return Ok(());
+        };
+        match body {
+            ReqBody::Length(left) => {
+                if data.is_empty() {
+                    return Ok(());
+                }
+                let k = (*left).min(data.len() as u64) as usize;
+                *left -= k as u64;
+                let last = *left == 0;
+                self.send_data(&data[..k], last, timeout).await?;
+                if last {
+                    *self = Request::Done;
+                }
+                Ok(())
+            }
+            ReqBody::Chunked { carry, .. } => {
+                let mut input = std::mem::take(carry);
+                input.extend_from_slice(data);
+                self.take_chunks(input, timeout).await
+            }
+        }
+    }
+
+    async fn take_chunks(&mut self, input: Vec<u8>, timeout: Duration) -> Result<(), IoFail> {
+        let mut at = 0;
+        loop {
+            let Request::Body {
+                body:
+                    ReqBody::Chunked {
+                        decoder,
+                        carry,
+                        trailers,
+                    },
+                stream,
+            } = self
+            else {
+                return Ok(());
+            };
+            match decoder
+                .step(&input[at..])
+                .map_err(|_| other("invalid chunked request body"))?
+            {
+                Step::Data(n) => {
+                    let chunk = input[at..at + n].to_vec();
+                    at += n;
+                    self.send_data(&chunk, false, timeout).await?;
+                }
+                Step::Skip(n) | Step::LastChunk(n) => at += n,
+                Step::Trailer(n) => {
+                    if let Some((name, value)) = trailer_field(&input[at..at + n]) {
+                        trailers.append(name, value);
+                    }
+                    at += n;
+                }
+                Step::End(_) => {
+                    let trailers = std::mem::take(trailers);
+                    let r = if trailers.is_empty() {
+                        stream.send_data(Bytes::new(), true)
+                    } else {
+                        stream.send_trailers(trailers)
+                    };
+                    *self = Request::Done;
+                    return r.map_err(h2_err);
+                }
+                Step::NeedMore => {
+                    carry.extend_from_slice(&input[at..]);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// DATA within the backend's flow-control window.
+    async fn send_data(&mut self, data: &[u8], eos: bool, timeout: Duration) -> Result<(), IoFail> {
+        let Request::Body { stream, .. } = self else {
+            return Ok(());
+        };
+        crate::h2io::send_flow(stream, data, eos, timeout)
+            .await
+            .map_err(|e| match e {
+                FlowFail::Stalled => IoFail::Timeout,
+                FlowFail::Closed => IoFail::Eof,
+                FlowFail::H2(e) => h2_err(e),
+            })
+    }
+}
+
+/// The request side of a stream, taken out of its [`H2Up`] to stream the body on while the
+/// answer is read (a full-duplex exchange).
+pub struct RequestHalf(Request);
+
+impl Sink for RequestHalf {
+    async fn write_all(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), IoFail> {
+        self.0.take_body(buf, timeout).await
+    }
+
+    async fn write_owned(
+        &mut self,
+        buf: Vec<u8>,
+        range: Range<usize>,
+        timeout: Duration,
+    ) -> (Result<(), IoFail>, Vec<u8>) {
+        let r = match buf.get(range) {
+            Some(data) => self.0.take_body(data, timeout).await,
+            None => Ok(()),
+        };
+        (r, buf)
+    }
+}
+
 /// The response side.
 enum Response {
     /// No request sent yet.
@@ -236,27 +375,61 @@ enum Response {
 /// One request over an HTTP/2 connection, as the exchange sees an upstream connection.
 pub struct H2Up {
     send: SendRequest<Bytes>,
-    _slot: Slot,
+    slot: Slot,
     scheme: &'static str,
     request: Request,
     response: Response,
     buf: Vec<u8>,
     pos: usize,
     head_request: bool,
+    /// The backend refused the stream before processing it: its connection was going
+    /// away (GOAWAY) or the stream was refused (REFUSED_STREAM). The request is safe to
+    /// send again on another connection.
+    refused: bool,
 }
 
 impl H2Up {
     pub fn new(send: SendRequest<Bytes>, slot: Slot, tls: bool) -> H2Up {
         H2Up {
             send,
-            _slot: slot,
+            slot,
             scheme: if tls { "https" } else { "http" },
             request: Request::Head(Vec::new()),
             response: Response::NotSent,
             buf: Vec::new(),
             pos: 0,
             head_request: false,
+            refused: false,
         }
+    }
+
+    /// The request side, once its head is sent and while its body is still to send.
+    pub fn take_request_half(&mut self) -> Option<RequestHalf> {
+        matches!(self.request, Request::Body { .. })
+            .then(|| RequestHalf(std::mem::replace(&mut self.request, Request::Done)))
+    }
+
+    pub fn put_request_half(&mut self, half: RequestHalf) {
+        self.request = half.0;
+    }
+
+    /// Whether the backend refused this stream unprocessed (see [`H2Up::refused`]'s field).
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// An HTTP/2 error on this stream: one that says the backend never processed it
+    /// (refused, or past a GOAWAY's last stream) marks the stream refused and retires its
+    /// connection from the pool.
+    fn failed(&mut self, e: h2::Error, opened: bool) -> IoFail {
+        let refused = !opened
+            || e.reason() == Some(h2::Reason::REFUSED_STREAM)
+            || (e.is_go_away() && e.is_remote());
+        if refused {
+            self.refused = true;
+            self.slot.alive.set(false);
+        }
+        h2_err(e)
     }
 
     /// The exchange is over without a reusable end: reset the stream if it is still open.
@@ -279,9 +452,9 @@ impl H2Up {
             };
             let acc = std::mem::take(acc);
             self.send_head(&acc[..end + 4], timeout).await?;
-            return self.take_body(&acc[end + 4..], timeout).await;
+            return self.request.take_body(&acc[end + 4..], timeout).await;
         }
-        self.take_body(data, timeout).await
+        self.request.take_body(data, timeout).await
     }
 
     /// Sends the HEADERS of the request whose HTTP/1.1 head is `head`.
@@ -339,10 +512,13 @@ impl H2Up {
         let ready = crate::timer::timeout(timeout, send.ready()).await;
         let mut send = match ready {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(h2_err(e)),
+            Ok(Err(e)) => return Err(self.failed(e, false)),
             Err(_) => return Err(IoFail::Timeout),
         };
-        let (response, stream) = send.send_request(request, no_body).map_err(h2_err)?;
+        let (response, stream) = match send.send_request(request, no_body) {
+            Ok(x) => x,
+            Err(e) => return Err(self.failed(e, false)),
+        };
         self.response = Response::Waiting(response);
         self.request = if no_body {
             Request::Done
@@ -362,95 +538,6 @@ impl H2Up {
             }
         };
         Ok(())
-    }
-
-    async fn take_body(&mut self, data: &[u8], timeout: Duration) -> Result<(), IoFail> {
-        let Request::Body { body, .. } = &mut self.request else {
-            return Ok(());
-        };
-        match body {
-            ReqBody::Length(left) => {
-                if data.is_empty() {
-                    return Ok(());
-                }
-                let k = (*left).min(data.len() as u64) as usize;
-                *left -= k as u64;
-                let last = *left == 0;
-                self.send_data(&data[..k], last, timeout).await?;
-                if last {
-                    self.request = Request::Done;
-                }
-                Ok(())
-            }
-            ReqBody::Chunked { carry, .. } => {
-                let mut input = std::mem::take(carry);
-                input.extend_from_slice(data);
-                self.take_chunks(input, timeout).await
-            }
-        }
-    }
-
-    async fn take_chunks(&mut self, input: Vec<u8>, timeout: Duration) -> Result<(), IoFail> {
-        let mut at = 0;
-        loop {
-            let Request::Body {
-                body:
-                    ReqBody::Chunked {
-                        decoder,
-                        carry,
-                        trailers,
-                    },
-                stream,
-            } = &mut self.request
-            else {
-                return Ok(());
-            };
-            match decoder
-                .step(&input[at..])
-                .map_err(|_| other("invalid chunked request body"))?
-            {
-                Step::Data(n) => {
-                    let chunk = input[at..at + n].to_vec();
-                    at += n;
-                    self.send_data(&chunk, false, timeout).await?;
-                }
-                Step::Skip(n) | Step::LastChunk(n) => at += n,
-                Step::Trailer(n) => {
-                    if let Some((name, value)) = trailer_field(&input[at..at + n]) {
-                        trailers.append(name, value);
-                    }
-                    at += n;
-                }
-                Step::End(_) => {
-                    let trailers = std::mem::take(trailers);
-                    let r = if trailers.is_empty() {
-                        stream.send_data(Bytes::new(), true)
-                    } else {
-                        stream.send_trailers(trailers)
-                    };
-                    self.request = Request::Done;
-                    return r.map_err(h2_err);
-                }
-                Step::NeedMore => {
-                    carry.extend_from_slice(&input[at..]);
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    /// DATA within the backend's flow-control window.
-    async fn send_data(&mut self, data: &[u8], eos: bool, timeout: Duration) -> Result<(), IoFail> {
-        let Request::Body { stream, .. } = &mut self.request else {
-            return Ok(());
-        };
-        crate::h2io::send_flow(stream, data, eos, timeout)
-            .await
-            .map_err(|e| match e {
-                FlowFail::Stalled => IoFail::Timeout,
-                FlowFail::Closed => IoFail::Eof,
-                FlowFail::H2(e) => h2_err(e),
-            })
     }
 
     /// Writes the response head as HTTP/1.1 into the buffer.
@@ -525,7 +612,7 @@ impl Source for H2Up {
             Response::Waiting(fut) => {
                 let res = match crate::timer::timeout(timeout, fut).await {
                     Err(_) => return Err(IoFail::Timeout),
-                    Ok(Err(e)) => return Err(h2_err(e)),
+                    Ok(Err(e)) => return Err(self.failed(e, true)),
                     Ok(Ok(r)) => r,
                 };
                 self.write_head(res);

@@ -85,6 +85,30 @@ impl Upstream {
         }
     }
 
+    /// An HTTP/2 stream the backend refused unprocessed (GOAWAY, REFUSED_STREAM): the
+    /// request may go again on a fresh connection whatever its method.
+    pub fn refused(&self) -> bool {
+        match &self.conn {
+            UpConn::H1(_) => false,
+            UpConn::H2(h) => h.refused(),
+        }
+    }
+
+    /// An HTTP/2 stream's request side, once its head is sent and while its body is still
+    /// to send (see [`h2::H2Up::take_request_half`]); `None` on HTTP/1.1.
+    pub fn take_request_half(&mut self) -> Option<h2::RequestHalf> {
+        match &mut self.conn {
+            UpConn::H1(_) => None,
+            UpConn::H2(h) => h.take_request_half(),
+        }
+    }
+
+    pub fn put_request_half(&mut self, half: h2::RequestHalf) {
+        if let UpConn::H2(h) = &mut self.conn {
+            h.put_request_half(half);
+        }
+    }
+
     /// The HTTP/1.1 connection, if this is one.
     pub fn h1(&mut self) -> Option<&mut BufConn> {
         match &mut self.conn {

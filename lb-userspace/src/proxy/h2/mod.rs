@@ -8,7 +8,7 @@
 //! connection that breaks one gets GOAWAY and is counted in `lb_h2_goaways_total`. A drain
 //! or an idle connection gets a graceful GOAWAY: streams in flight finish.
 
-mod stream;
+pub(crate) mod stream;
 
 use std::cell::Cell;
 use std::future::poll_fn;

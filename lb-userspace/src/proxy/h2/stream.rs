@@ -161,12 +161,27 @@ pub struct About {
 }
 
 /// One stream: the request's bytes for the pipeline, and where its answer goes.
-pub struct H2Stream {
+/// The request side of a stream as the pipeline reads it: the HTTP/1.1 head, then the body
+/// (chunked when it came without a length, the client's trailers as the chunked trailer
+/// section). It can be taken out of its [`H2Stream`] to stream on while the answer is read
+/// (a full-duplex exchange).
+pub struct BodyIn {
     buf: Vec<u8>,
     pos: usize,
     reads: u64,
     body: Option<RecvStream>,
     chunked_in: bool,
+}
+
+impl BodyIn {
+    /// Whether more of the body is still to come from the client.
+    pub fn streaming(&self) -> bool {
+        self.body.is_some()
+    }
+}
+
+pub struct H2Stream {
+    req: BodyIn,
     respond: Option<SendResponse<Bytes>>,
     send: Option<SendStream<Bytes>>,
     response: Response,
@@ -196,11 +211,13 @@ impl H2Stream {
         about: About,
     ) -> H2Stream {
         H2Stream {
-            buf: head,
-            pos: 0,
-            reads: 0,
-            body,
-            chunked_in,
+            req: BodyIn {
+                buf: head,
+                pos: 0,
+                reads: 0,
+                body,
+                chunked_in,
+            },
             respond: Some(respond),
             send: None,
             response: Response::Head(Vec::new()),
@@ -567,7 +584,7 @@ pub fn grpc_code(status: u16, limit: bool) -> u32 {
     }
 }
 
-impl Source for H2Stream {
+impl Source for BodyIn {
     fn data(&self) -> &[u8] {
         self.buf.get(self.pos..).unwrap_or(&[])
     }
@@ -595,11 +612,26 @@ impl Source for H2Stream {
         self.reads += 1;
         match got {
             None => {
+                // The client's trailers (gRPC clients send none; others may) go on as the
+                // chunked trailer section.
+                let trailers = match crate::timer::timeout(timeout, body.trailers()).await {
+                    Err(_) => return Err(IoFail::Timeout),
+                    Ok(Err(e)) => return Err(IoFail::Io(io::Error::other(e))),
+                    Ok(Ok(t)) => t,
+                };
                 self.body = None;
                 if self.chunked_in {
                     self.chunked_in = false;
-                    self.buf.extend_from_slice(b"0\r\n\r\n");
-                    return Ok(5);
+                    let before = self.buf.len();
+                    self.buf.extend_from_slice(b"0\r\n");
+                    for (name, value) in trailers.iter().flatten() {
+                        self.buf.extend_from_slice(name.as_str().as_bytes());
+                        self.buf.extend_from_slice(b": ");
+                        self.buf.extend_from_slice(value.as_bytes());
+                        self.buf.extend_from_slice(b"\r\n");
+                    }
+                    self.buf.extend_from_slice(b"\r\n");
+                    return Ok(self.buf.len() - before);
                 }
                 Err(IoFail::Eof)
             }
@@ -633,6 +665,33 @@ impl Source for H2Stream {
     }
 }
 
+impl Source for H2Stream {
+    fn data(&self) -> &[u8] {
+        self.req.data()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.req.consume(n)
+    }
+
+    fn is_full(&self) -> bool {
+        false
+    }
+
+    async fn fill(&mut self, timeout: Duration) -> Result<usize, IoFail> {
+        self.req.fill(timeout).await
+    }
+
+    async fn forward_to<D: Sink>(
+        &mut self,
+        dst: &mut D,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), IoFail> {
+        self.req.forward_to(dst, n, timeout).await
+    }
+}
+
 impl Sink for H2Stream {
     async fn write_all(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> Result<(), IoFail> {
         self.take(buf, timeout).await
@@ -654,26 +713,44 @@ impl Sink for H2Stream {
 
 impl Downstream for H2Stream {
     fn reads(&self) -> u64 {
-        self.reads
+        self.req.reads
     }
 
     fn position(&self) -> usize {
-        self.pos
+        self.req.pos
     }
 
     fn rewind(&mut self, pos: usize) {
-        self.pos = pos.min(self.buf.len());
+        self.req.pos = pos.min(self.req.buf.len());
     }
 
     fn buf_capacity(&self) -> usize {
-        self.buf.capacity()
+        self.req.buf.capacity()
     }
 
     fn swap_buf(&mut self, mut buf: Vec<u8>) -> Vec<u8> {
         buf.clear();
-        buf.extend_from_slice(self.data());
-        self.pos = 0;
-        std::mem::replace(&mut self.buf, buf)
+        buf.extend_from_slice(self.req.data());
+        self.req.pos = 0;
+        std::mem::replace(&mut self.req.buf, buf)
+    }
+
+    fn take_body_half(&mut self) -> Option<BodyIn> {
+        if !self.req.streaming() {
+            return None;
+        }
+        let empty = BodyIn {
+            buf: Vec::new(),
+            pos: 0,
+            reads: self.req.reads,
+            body: None,
+            chunked_in: false,
+        };
+        Some(std::mem::replace(&mut self.req, empty))
+    }
+
+    fn put_body_half(&mut self, body: BodyIn) {
+        self.req = body;
     }
 
     fn connection(&mut self) -> Option<&mut BufConn> {
