@@ -103,6 +103,20 @@ except grpc.RpcError as e:
 print(json.dumps(r), flush=True)
 "#;
 
+/// `n` unary calls with the authority `authority`: "OK", or the code and message of each.
+const CALLS: &str = r#"
+import sys, json, grpc
+ch = grpc.insecure_channel(sys.argv[1], options=[('grpc.default_authority', sys.argv[2])])
+r = []
+for _ in range(int(sys.argv[3])):
+    try:
+        ch.unary_unary('/test.Echo/Unary')(b'x', timeout=10)
+        r.append('OK')
+    except grpc.RpcError as e:
+        r.append([e.code().name, e.details()])
+print(json.dumps(r), flush=True)
+"#;
+
 fn have_grpc() -> bool {
     let ok = Command::new("python3")
         .args(["-c", "import grpc"])
@@ -231,6 +245,11 @@ fn grpc_config(
          [[routes]]\nname = \"five-oh-three\"\nhost = \"h503.test\"\ncluster = \"five-oh-three\"\n\
          [[routes]]\nname = \"stuck\"\npath_prefix = \"/stuck\"\ncluster = \"stuck\"\n\
          [[routes]]\nname = \"gone\"\nhost = \"gone.test\"\ncluster = \"gone\"\n\
+         [[clusters]]\nname = \"sick\"\nprotocol = \"h2c\"\npanic_threshold = 0\nendpoints = [{{ addr = \"{dead}\" }}]\n\
+         health_check = {{ grpc_service = \"\", interval = \"100ms\", unhealthy_threshold = 1 }}\n\
+         [[routes]]\nname = \"sick\"\nhost = \"sick.test\"\ncluster = \"sick\"\n\
+         [[routes]]\nname = \"limited\"\nhost = \"limited.test\"\ncluster = \"grpc\"\n\
+         rate_limit = {{ key = \"client_ip\", limits = [{{ requests = 1, per = \"1m\" }}] }}\n\
          [[routes]]\nname = \"grpc\"\ncluster = \"grpc\"\n",
         ca.display(),
         ca = ca.display(),
@@ -389,6 +408,25 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
             .as_str()
             .unwrap_or("")
             .contains("refused"),
+        "lb's reason: {r}"
+    );
+
+    // A rate limit is RESOURCE_EXHAUSTED; a cluster whose only endpoint failed its health
+    // check is UNAVAILABLE, with lb's reason.
+    let r = python(CALLS, &[&target, "limited.test", "2"]);
+    assert_eq!(r[0], "OK", "{r}");
+    assert_eq!(r[1][0], "RESOURCE_EXHAUSTED", "{r}");
+    wait_until("the sick endpoint marked unhealthy", || {
+        lb.scrape().iter().any(|s| {
+            s.name == "lb_endpoint_healthy"
+                && s.labels.get("cluster").map(String::as_str) == Some("sick")
+                && s.value == 0.0
+        })
+    });
+    let r = python(CALLS, &[&target, "sick.test", "1"]);
+    assert_eq!(r[0][0], "UNAVAILABLE", "{r}");
+    assert!(
+        r[0][1].as_str().unwrap_or("").contains("no endpoint"),
         "lb's reason: {r}"
     );
 

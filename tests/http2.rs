@@ -302,6 +302,14 @@ fn h2c(addr: SocketAddr) -> TcpStream {
 /// Reads frames until a GOAWAY arrives (its error code) or the connection ends (`None`),
 /// within 10 s.
 fn goaway(s: &mut TcpStream) -> Option<u32> {
+    wait_frame(s, |kind, _, p| {
+        (kind == 0x7 && p.len() >= 8).then(|| u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+    })
+}
+
+/// Reads frames until `pick` (given each frame's type, stream and payload) finds what it
+/// wants, or the connection ends (`None`), within 10 s.
+fn wait_frame(s: &mut TcpStream, pick: impl Fn(u8, u32, &[u8]) -> Option<u32>) -> Option<u32> {
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .expect("timeout");
     let until = Instant::now() + Duration::from_secs(10);
@@ -324,9 +332,13 @@ fn goaway(s: &mut TcpStream) -> Option<u32> {
             if buf.len() < at + 9 + len {
                 break;
             }
-            if buf[at + 3] == 0x7 && len >= 8 {
-                let p = &buf[at + 9..];
-                return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]);
+            if let Some(v) = pick(
+                buf[at + 3],
+                stream & 0x7fff_ffff,
+                &buf[at + 9..at + 9 + len],
+            ) {
+                return Some(v);
             }
             at += 9 + len;
         }
@@ -783,26 +795,23 @@ while True:
     threading.Thread(target=serve, args=(s, n), daemon=True).start()
 "#;
 
-/// A pooled HTTP/2 connection its backend is closing (GOAWAY) while a stream is still in
-/// flight on it is not used again: a request that meets it (its stream refused, or opened
-/// past the GOAWAY's last stream) goes on a new connection whatever its method. Before, a
-/// POST got 502 until the last stream in flight ended.
-#[test]
-fn a_backend_going_away_costs_no_request() {
-    if !have_python_h2() || !have("curl") {
-        return;
+/// A Python backend (ours, stopped by its PID however the test ends).
+struct PyBackend(std::process::Child);
+
+impl Drop for PyBackend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    /// Stops the backend (ours, by its PID) however the test ends.
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut backend = Stop(
+}
+
+type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Starts `script`, which prints its port first; the rest of its output is for the test.
+fn python_backend(script: &str) -> (PyBackend, Lines, u16) {
+    let mut backend = PyBackend(
         Command::new("python3")
-            .args(["-c", PY_GOAWAY_BACKEND])
+            .args(["-c", script])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3"),
@@ -815,14 +824,32 @@ fn a_backend_going_away_costs_no_request() {
         .and_then(|l| l.ok())
         .and_then(|l| l.trim().parse().ok())
         .expect("the backend's port");
-    // One worker, so the second request meets the first one's pooled connection.
-    let lb = Lb::start(&format!(
+    (backend, lines, port)
+}
+
+/// lb with one worker and a plain listener (HTTP/1.1 and h2c) in front of an h2c backend.
+fn h2c_cluster_config(port: u16) -> String {
+    format!(
         "[server]\nworkers = 1\n\n\
-         [[listeners]]\nname = \"plain\"\naddr = \"127.0.0.1:0\"\n\n\
+         [[listeners]]\nname = \"plain\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"http/1.1\", \"h2c\"]\n\n\
          [admin]\naddr = \"127.0.0.1:0\"\n\n\
          [[clusters]]\nname = \"app\"\nprotocol = \"h2c\"\nendpoints = [{{ addr = \"127.0.0.1:{port}\" }}]\n\
          [[routes]]\nname = \"all\"\ncluster = \"app\"\n"
-    ));
+    )
+}
+
+/// A pooled HTTP/2 connection its backend is closing (GOAWAY) while a stream is still in
+/// flight on it is not used again: a request that meets it (its stream refused, or opened
+/// past the GOAWAY's last stream) goes on a new connection whatever its method. Before, a
+/// POST got 502 until the last stream in flight ended.
+#[test]
+fn a_backend_going_away_costs_no_request() {
+    if !have_python_h2() || !have("curl") {
+        return;
+    }
+    let (backend, mut lines, port) = python_backend(PY_GOAWAY_BACKEND);
+    // One worker, so the second request meets the first one's pooled connection.
+    let lb = Lb::start(&h2c_cluster_config(port));
     let addr = lb.addr;
     let post = move |path: &'static str| {
         curl(&[
@@ -844,4 +871,113 @@ fn a_backend_going_away_costs_no_request() {
     drop(backend);
     assert_eq!((first.1, first.2.as_str()), (200, "conn 1"));
     drop(lb);
+}
+
+/// An HTTP/2 gRPC backend that gives its answers a `content-length` (allowed, and sent by
+/// some servers) and then trailers. Prints its port.
+const PY_GRPC_WITH_LENGTH: &str = r#"
+import socket, threading
+import h2.config, h2.connection, h2.events
+
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+
+def serve(s):
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.DataReceived):
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                msg = b"\x00\x00\x00\x00\x02hi"
+                c.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/grpc"), ("content-length", str(len(msg)))])
+                c.send_data(ev.stream_id, msg)
+                c.send_headers(ev.stream_id, [("grpc-status", "0"), ("grpc-message", "fine")], end_stream=True)
+        s.sendall(c.data_to_send())
+    s.close()
+
+while True:
+    s, _ = srv.accept()
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
+"#;
+
+/// A gRPC answer's trailers reach the client even when the backend gave the answer a
+/// length (HTTP/1.1 can carry trailers only after a chunked body; they were dropped).
+#[test]
+fn grpc_trailers_pass_after_a_body_with_a_length() {
+    if !have_python_h2() || !have("curl") {
+        return;
+    }
+    let (_backend, _lines, port) = python_backend(PY_GRPC_WITH_LENGTH);
+    let lb = Lb::start(&h2c_cluster_config(port));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "@-",
+        ])
+        .arg(format!("http://{}/test.Echo/Unary", lb.addr))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.contains("grpc-status: 0"), "{head}");
+    assert!(head.contains("grpc-message: fine"), "{head}");
+}
+
+/// A request whose DATA frames fall short of its `content-length` is reset with
+/// PROTOCOL_ERROR (RFC 9113 8.1.1), and the backend never gets a whole request; the
+/// connection goes on serving.
+#[test]
+fn a_body_short_of_its_content_length_is_reset() {
+    if !have("curl") {
+        return;
+    }
+    let dir = scratch_dir("h2-length");
+    certs(&dir);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&h2_config(&dir, backend.addr, ""));
+    let mut s = h2c(listener(&lb, "plain"));
+    // POST / with :authority x and content-length: 10 (HPACK: content-length is static
+    // entry 28, a literal without indexing), then 3 bytes and the end of the stream.
+    let block = [
+        0x83, 0x86, 0x84, 0x41, 0x01, b'x', 0x0f, 0x0d, 0x02, b'1', b'0',
+    ];
+    s.write_all(&frame(0x1, 0x4, 1, &block)).expect("headers");
+    s.write_all(&frame(0x0, 0x1, 1, b"abc")).expect("data");
+    let reset = wait_frame(&mut s, |kind, stream, p| {
+        (kind == 0x3 && stream == 1 && p.len() >= 4)
+            .then(|| u32::from_be_bytes([p[0], p[1], p[2], p[3]]))
+    });
+    assert_eq!(reset, Some(0x1), "RST_STREAM with PROTOCOL_ERROR");
+    let (v, status, _) = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://{}/after", listener(&lb, "plain")),
+    ]);
+    assert_eq!((v.as_str(), status), ("2", 200));
+    assert_eq!(
+        backend.requests(),
+        1,
+        "only the whole request reached the backend"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

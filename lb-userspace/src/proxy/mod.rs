@@ -98,7 +98,8 @@ pub struct Plan {
     pub variant: Option<(usize, usize)>,
     /// A WebSocket upgrade: a 101 answer turns the connection into a tunnel.
     pub websocket: bool,
-    /// A gRPC call's `grpc-timeout`: the response must be whole by then.
+    /// A gRPC call's `grpc-timeout`: the response head must have come by then (the header
+    /// goes on to the backend, which bounds the rest of the call by it).
     pub grpc_deadline: Option<std::time::Duration>,
     /// A gRPC call (`content-type: application/grpc...`).
     pub grpc: bool,

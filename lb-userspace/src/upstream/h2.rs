@@ -550,9 +550,17 @@ impl H2Up {
         self.buf
             .extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
         self.buf.extend_from_slice(b"\r\n");
+        // A gRPC answer ends in trailers, which only a chunked HTTP/1.1 body can carry: its
+        // length, if the backend sent one, is dropped.
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let mut has_length = false;
         for (name, value) in &parts.headers {
-            if CONNECTION_SPECIFIC.contains(&name.as_str()) {
+            if CONNECTION_SPECIFIC.contains(&name.as_str())
+                || (grpc && name == http::header::CONTENT_LENGTH)
+            {
                 continue;
             }
             has_length |= name == http::header::CONTENT_LENGTH;
