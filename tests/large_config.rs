@@ -98,6 +98,33 @@ fn twenty_thousand_routes_scrape_under_the_bound_with_marked_routes_in_full() {
         ),
         4.0
     );
+
+    // A reload of the 20,000 routes blocks neither the admin API nor the worker: both
+    // answer while it runs (it takes seconds in a debug build; a blocked answer would only
+    // come once the reload had returned).
+    let admin = lb.admin.expect("admin listener");
+    let reloading = std::thread::spawn(move || {
+        let mut c = Client::connect(admin);
+        c.send(
+            format!("POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        );
+        c.response().status
+    });
+    let (mut admin_during, mut proxy_during) = (0, 0);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reloading.is_finished() && std::time::Instant::now() < until {
+        let (status, _) = lb.admin("GET", "/healthz");
+        assert_eq!(status, 200);
+        admin_during += usize::from(!reloading.is_finished());
+        assert_eq!(get(lb.addr, "/tenant0/a").status, 200);
+        proxy_during += usize::from(!reloading.is_finished());
+    }
+    assert_eq!(reloading.join().expect("the reload"), 200);
+    assert!(
+        admin_during >= 1 && proxy_during >= 1,
+        "answered during the reload: admin {admin_during}, proxy {proxy_during}"
+    );
 }
 
 /// The default gives every route its series while a config is small, and an operator can
