@@ -286,6 +286,15 @@ fn dead_backend_gives_502_and_a_dead_endpoint_is_skipped() {
     let r = get(lb.addr, "/");
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"], "connect_failed");
+    // The metric's label comes from the same typed error (counted when the request is
+    // logged, just after its answer).
+    wait_until("the failure counted", || {
+        metric(
+            &lb.scrape(),
+            "lb_proxy_errors_total",
+            &[("cluster", "app"), ("error", "connect_failed")],
+        ) == 1.0
+    });
     drop(lb);
 
     let live = Backend::start(echo("live")).unwrap();

@@ -396,7 +396,13 @@ pub struct ClusterMetrics {
     pub limits: Vec<Counter>,
     /// Upstream failures by endpoint index.
     pub failures: Vec<Counter>,
+    /// Requests lb failed, by error slot ([`ClusterMetrics::error`]), made on first use.
+    errors: Box<[std::sync::OnceLock<Counter>]>,
+    cluster: String,
 }
+
+/// Error slots a cluster has (the proxy's error kinds number fewer).
+pub const ERROR_SLOTS: usize = 32;
 
 impl ClusterMetrics {
     /// Handles for `cluster`: failures per endpoint, refusals per limit label.
@@ -416,6 +422,20 @@ impl ClusterMetrics {
                 .iter()
                 .map(|l| counter!(LIMIT_REJECTIONS_TOTAL, "cluster" => cluster.to_string(), "limit" => *l))
                 .collect(),
+            errors: (0..ERROR_SLOTS).map(|_| std::sync::OnceLock::new()).collect(),
+            cluster: cluster.to_string(),
+        }
+    }
+
+    /// Counts one request lb failed with the error `label`, in slot `index` (one per label,
+    /// below [`ERROR_SLOTS`]): `lb_proxy_errors_total{cluster, error}`, made on first use so
+    /// that a healthy cluster has no error series. No lock: each slot is set once.
+    pub fn error(&self, index: usize, label: &'static str) {
+        if let Some(slot) = self.errors.get(index) {
+            slot.get_or_init(|| {
+                counter!(PROXY_ERRORS_TOTAL, "cluster" => self.cluster.clone(), "error" => label)
+            })
+            .increment(1);
         }
     }
 

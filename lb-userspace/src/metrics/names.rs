@@ -28,6 +28,8 @@ pub const CONNECTIONS_REFUSED_TOTAL: &str = "lb_connections_refused_total";
 pub const CLUSTER_CONNECTIONS: &str = "lb_cluster_connections";
 /// Requests refused by a limit, by `cluster` and `limit`.
 pub const LIMIT_REJECTIONS_TOTAL: &str = "lb_limit_rejections_total";
+/// Requests lb failed, by `cluster` and `error` (the access log's `error`), made on first use.
+pub const PROXY_ERRORS_TOTAL: &str = "lb_proxy_errors_total";
 /// Retries sent, by `cluster`.
 pub const RETRIES_TOTAL: &str = "lb_retries_total";
 /// Requests by split decision, by `split` and `variant` (the target chosen).

@@ -137,6 +137,27 @@ impl ProxyError {
         }
     }
 
+    /// A slot per distinct [`ProxyError::code`], for the metric made on first use
+    /// (`metrics::ClusterMetrics::error`).
+    pub fn code_slot(&self) -> usize {
+        match self.kind {
+            ErrorKind::ConnectRefused => 0,
+            ErrorKind::ConnectTimeout => 1,
+            ErrorKind::Tls(f) => 2 + f as usize,
+            ErrorKind::ResetBeforeResponse => 10,
+            ErrorKind::Timeout(_) => 11,
+            ErrorKind::BadResponse(_) => 12,
+            ErrorKind::RetryableStatus(_) => 13,
+            ErrorKind::CutMidBody => 14,
+            ErrorKind::Limit(_) => 15,
+            ErrorKind::NoEndpoint => 16,
+            ErrorKind::Body(BodyFault::Stalled | BodyFault::TooSlow) => 17,
+            ErrorKind::Body(BodyFault::BadChunked) => 18,
+            ErrorKind::Body(BodyFault::TooLarge) => 19,
+            ErrorKind::ClientGone => 20,
+        }
+    }
+
     /// The `message` field of the JSON body.
     pub fn message(&self) -> &'static str {
         match self.kind {
@@ -235,6 +256,49 @@ mod tests {
         let limit = ProxyError::internal(ErrorKind::Limit(Limit::BreakerOpen));
         assert_eq!(limit.limit(), Some(Limit::BreakerOpen));
         assert_eq!(limit.message(), "breaker_open");
+    }
+
+    /// Each error code has its own metric slot, and every slot fits.
+    #[test]
+    fn one_metric_slot_per_code() {
+        use TlsFailure::*;
+        let mut kinds = vec![
+            ErrorKind::ConnectRefused,
+            ErrorKind::ConnectTimeout,
+            ErrorKind::ResetBeforeResponse,
+            ErrorKind::Timeout("t"),
+            ErrorKind::BadResponse("b"),
+            ErrorKind::RetryableStatus(503),
+            ErrorKind::CutMidBody,
+            ErrorKind::Limit(Limit::MaxPending),
+            ErrorKind::NoEndpoint,
+            ErrorKind::Body(BodyFault::Stalled),
+            ErrorKind::Body(BodyFault::TooSlow),
+            ErrorKind::Body(BodyFault::BadChunked),
+            ErrorKind::Body(BodyFault::TooLarge),
+            ErrorKind::ClientGone,
+        ];
+        for f in [
+            UnknownCa,
+            NameMismatch,
+            Expired,
+            BadCertificate,
+            Refused,
+            Protocol,
+        ] {
+            kinds.push(ErrorKind::Tls(f));
+        }
+        let mut by_slot = std::collections::HashMap::new();
+        let mut by_code = std::collections::HashMap::new();
+        for kind in kinds {
+            let e = ProxyError::upstream(kind);
+            assert!(e.code_slot() < crate::metrics::ERROR_SLOTS, "{kind:?}");
+            assert_eq!(*by_slot.entry(e.code_slot()).or_insert(e.code()), e.code());
+            assert_eq!(
+                *by_code.entry(e.code()).or_insert(e.code_slot()),
+                e.code_slot()
+            );
+        }
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
         || rec
             .grpc_status
             .is_some_and(|c| c < 32 && snap.http2.grpc_error_codes & 1 << c != 0);
+    if let (Some(e), Some(c)) = (rec.error, rec.cluster.and_then(|c| snap.clusters.get(c))) {
+        c.metrics.error(e.code_slot(), e.code());
+    }
     if let Some((si, t, _)) = rec.variant {
         if let Some(split) = snap.splits.get(si) {
             let window = split
