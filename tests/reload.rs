@@ -285,3 +285,94 @@ fn reload_applies_limits_token_and_drain_timeout() {
     let status = lb.wait_exit();
     assert!(status.success(), "{status}");
 }
+
+/// systemd's notification protocol, to a datagram socket of the test's own standing in for
+/// systemd's: READY=1 once lb serves, RELOADING=1 with the monotonic time of the reload and
+/// READY=1 again around a SIGHUP (also when the new config is refused), STOPPING=1 on
+/// SIGTERM.
+#[test]
+fn tells_systemd_when_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = scratch_dir("notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind");
+    sock.set_read_timeout(Some(BOUND)).expect("timeout");
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notification within the bound");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let monotonic_usec = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec on our stack.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    };
+    let backend = Backend::start(echo("b")).expect("backend");
+    let mut lb = Lb::start_with_env(
+        &version_config(backend.addr, ""),
+        &[("NOTIFY_SOCKET", path.as_os_str())],
+    );
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+
+    let before = monotonic_usec();
+    lb.signal(libc::SIGHUP);
+    let reloading = next();
+    let after = monotonic_usec();
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    let at: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse().ok())
+        .expect("MONOTONIC_USEC");
+    assert!(before <= at && at <= after, "{before} <= {at} <= {after}");
+    let done = next();
+    assert!(done.lines().any(|l| l == "READY=1"), "{done}");
+
+    // A refused config: systemd still hears that lb is ready, on the old config.
+    write_config(&lb, "this is not TOML [");
+    lb.signal(libc::SIGHUP);
+    assert!(next().contains("RELOADING=1"));
+    let refused = next();
+    assert!(refused.lines().any(|l| l == "READY=1"), "{refused}");
+    assert!(refused.contains("refused"), "{refused}");
+
+    lb.signal(libc::SIGTERM);
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(lb.wait_exit().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With a watchdog set on the unit (`WATCHDOG_USEC`), lb pets it while it runs.
+#[test]
+fn pets_the_systemd_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = scratch_dir("watchdog");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind");
+    sock.set_read_timeout(Some(BOUND)).expect("timeout");
+    let backend = Backend::start(echo("b")).expect("backend");
+    let _lb = Lb::start_with_env(
+        &version_config(backend.addr, ""),
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("100000")),
+        ],
+    );
+    let mut pets = 0;
+    while pets < 3 {
+        let mut buf = [0u8; 4096];
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notification within the bound");
+        pets += usize::from(&buf[..n] == b"WATCHDOG=1");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

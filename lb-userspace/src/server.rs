@@ -206,6 +206,11 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(path) = &opts.ready_file {
         write_ready_file(path, &bound, admin_addr)?;
     }
+    crate::control::notify::notify(&format!(
+        "READY=1\nSTATUS=serving config {}",
+        control.cell.load().version
+    ));
+    crate::control::notify::spawn_watchdog()?;
 
     // The main thread reloads on SIGHUP; every worker has started by now (and threads
     // started later, for health checks, run at the control threads' priority).
@@ -434,6 +439,7 @@ fn wait_for_signals(
                 tracing::info!(
                     "draining: no new connections; open requests get the drain timeout to finish"
                 );
+                crate::control::notify::notify("STOPPING=1\nSTATUS=draining");
                 control.start_drain();
                 for d in drains {
                     let _ = d.send(());

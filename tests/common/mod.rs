@@ -76,6 +76,11 @@ pub fn lb_bin() -> &'static str {
 impl Lb {
     /// Starts `lb run` with `config` (TOML text) and waits until it reports ready.
     pub fn start(config: &str) -> Lb {
+        Lb::start_with_env(config, &[])
+    }
+
+    /// [`Lb::start`] with these environment variables set for lb.
+    pub fn start_with_env(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Lb {
         let dir = scratch_dir("lb");
         let config_path = dir.join("lb.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -87,6 +92,7 @@ impl Lb {
             .arg("--ready-file")
             .arg(&ready)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

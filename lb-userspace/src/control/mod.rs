@@ -5,6 +5,7 @@
 
 pub mod acme;
 pub mod health;
+pub mod notify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -123,8 +124,13 @@ impl ConfigSource {
 impl Control {
     /// Validates the source again and publishes it. An invalid config changes nothing.
     pub fn reload(&self) -> Result<String, ConfigErrors> {
+        notify::reloading();
         let result = self.try_reload();
         crate::metrics::reload(result.is_ok());
+        match &result {
+            Ok(version) => notify::notify(&format!("READY=1\nSTATUS=serving config {version}")),
+            Err(_) => notify::notify("READY=1\nSTATUS=reload refused; the running config stays"),
+        }
         result
     }
 
