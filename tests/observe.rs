@@ -299,6 +299,27 @@ fn access_log_has_one_json_line_per_request() {
         (miss["status"].as_u64(), miss["route"].is_null()),
         (Some(404), true)
     );
+
+    // Log rotation: the file moved away, SIGUSR1 opens a new one at the configured path;
+    // later lines go there, and the moved file keeps its six.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    lb.signal(libc::SIGUSR1);
+    wait_until("the access log reopened", || log.exists());
+    assert_eq!(get(lb.addr, "/in/after").status, 200);
+    wait_until("a line in the new file", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == 1)
+    });
+    assert!(std::fs::read_to_string(&log)
+        .expect("new log")
+        .contains("/in/after"));
+    assert_eq!(
+        std::fs::read_to_string(&rotated)
+            .expect("rotated log")
+            .lines()
+            .count(),
+        6
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

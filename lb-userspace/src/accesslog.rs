@@ -56,9 +56,8 @@ fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S
     s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
-/// Starts the writer thread for `path` (`"stdout"` or a file, appended to).
-pub fn start(path: &str) -> std::io::Result<mpsc::SyncSender<Vec<u8>>> {
-    let mut out: Box<dyn Write + Send> = if path == "stdout" {
+fn open(path: &str) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(if path == "stdout" {
         Box::new(std::io::stdout())
     } else {
         Box::new(
@@ -67,16 +66,41 @@ pub fn start(path: &str) -> std::io::Result<mpsc::SyncSender<Vec<u8>>> {
                 .append(true)
                 .open(path)?,
         )
-    };
+    })
+}
+
+/// Starts the writer thread for `path` (`"stdout"` or a file, appended to). An empty buffer
+/// sent to it ([`reopen`]) makes it open the file again, after logrotate moved it: lines
+/// written before go to the old file, lines after to the new one. If the file cannot be
+/// opened, the writer keeps the old one and says so.
+pub fn start(path: &str) -> std::io::Result<mpsc::SyncSender<Vec<u8>>> {
+    let mut out = open(path)?;
+    let path = path.to_string();
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
     std::thread::Builder::new()
         .name("lb-access-log".into())
         .spawn(move || {
             for buf in rx {
+                if buf.is_empty() {
+                    match open(&path) {
+                        Ok(new) => {
+                            out = new;
+                            tracing::info!(file = %path, "access log reopened");
+                        }
+                        Err(e) => tracing::error!(file = %path, error = %e,
+                            "reopening the access log failed; writing on to the old file"),
+                    }
+                    continue;
+                }
                 if let Err(e) = out.write_all(&buf).and_then(|_| out.flush()) {
                     tracing::warn!(error = %e, "access log write failed");
                 }
             }
         })?;
     Ok(tx)
+}
+
+/// Asks the writer to open its file again (SIGUSR1, after a log rotation).
+pub fn reopen(tx: &mpsc::SyncSender<Vec<u8>>) {
+    let _ = tx.send(Vec::new());
 }

@@ -201,8 +201,8 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     // Handlers go in before anyone is told we are ready, so an early SIGTERM drains.
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
-    let signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGQUIT, SIGTERM])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+    let signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1])?;
     if let Some(path) = &opts.ready_file {
         write_ready_file(path, &bound, admin_addr)?;
     }
@@ -215,7 +215,7 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     // The main thread reloads on SIGHUP; every worker has started by now (and threads
     // started later, for health checks, run at the control threads' priority).
     crate::control::background_thread();
-    wait_for_signals(signals, &control, drains);
+    wait_for_signals(signals, &control, drains, access_log);
     for h in handles {
         let _ = h.join();
     }
@@ -422,10 +422,15 @@ fn wait_for_signals(
     mut signals: signal_hook::iterator::Signals,
     control: &Control,
     drains: Vec<oneshot::Sender<()>>,
+    access_log: Option<mpsc::SyncSender<Vec<u8>>>,
 ) {
-    use signal_hook::consts::{SIGHUP, SIGQUIT};
+    use signal_hook::consts::{SIGHUP, SIGQUIT, SIGUSR1};
     for sig in signals.forever() {
         match sig {
+            SIGUSR1 => match &access_log {
+                Some(tx) => crate::accesslog::reopen(tx),
+                None => tracing::info!("SIGUSR1: no access log file to reopen"),
+            },
             SIGHUP => {
                 if let Err(e) = control.reload() {
                     tracing::error!("reload refused, the running config stays:\n{e}");
@@ -447,7 +452,7 @@ fn wait_for_signals(
                 // A second stop signal while draining means now.
                 std::thread::spawn(move || {
                     for sig in signals.forever() {
-                        if sig != SIGHUP {
+                        if sig != SIGHUP && sig != SIGUSR1 {
                             tracing::warn!("second stop signal: exiting without waiting");
                             std::process::exit(0);
                         }
