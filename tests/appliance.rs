@@ -80,3 +80,52 @@ fn the_sysctl_drop_in_moves_queued_connections_to_the_survivors() {
     // queueing on the closed listener).
     assert!(survivors(None) < 20);
 }
+
+/// The unit file (`conf/systemd/lb.service`) passes `systemd-analyze verify` with the
+/// binary it names (the one built here, put in its place), and its exposure score under
+/// `systemd-analyze security` stays what `docs/architecture.md` records or better.
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let have = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        skip("appliance", "systemd-analyze is not installed");
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../conf/systemd/lb.service"
+    ))
+    .expect("the unit");
+    assert!(unit.contains("ExecStartPre=/usr/bin/lb check --config /etc/lb/lb.toml"));
+    assert!(unit.contains("Type=notify"));
+    let dir = scratch_dir("unit");
+    let path = dir.join("lb.service");
+    std::fs::write(&path, unit.replace("/usr/bin/lb", lb_bin())).expect("write the unit");
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let text = String::from_utf8_lossy(&security.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for lb.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no score in: {text}"));
+    assert!(score <= 1.6, "exposure {score}:\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -246,7 +246,7 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 12] = [
+const TEST_TOOLS: [(&str, &str); 16] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
@@ -256,6 +256,12 @@ const TEST_TOOLS: [(&str, &str); 12] = [
     ("python3", "python3"),
     // pip, for the gRPC tests' grpcio.
     ("pip3", "python3-pip"),
+    // The appliance tests: the unit file checked offline, a network namespace for the
+    // sysctl drop-in.
+    ("systemd-analyze", "systemd"),
+    ("unshare", "util-linux"),
+    ("ip", "iproute2"),
+    ("sysctl", "procps"),
     // HTTP/2 clients.
     ("nghttp", "nghttp2-client"),
     ("h2load", "nghttp2-client"),
