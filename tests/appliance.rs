@@ -129,3 +129,95 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     assert!(score <= 1.6, "exposure {score}:\n{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs lb as `nobody` in a network namespace of its own, with `caps` as its only (ambient)
+/// capabilities, on `port` of 127.0.0.1 with XDP steering on `lo`; a request goes to it
+/// once it is ready. (lb's answer's status, whether XDP was on `lo` while it ran, its log.)
+fn run_as_nobody(caps: &str, port: u16) -> (String, bool, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch_dir("caps");
+    // lb, as nobody, writes its ready file here.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let config = dir.join("lb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nworkers = 1\n\n[[listeners]]\naddr = \"127.0.0.1:{port}\"\n\n\
+             [steering]\nmode = \"xdp\"\npolicy = \"least_loaded\"\ninterfaces = [\"lo\"]\nxdp_mode = \"generic\"\n\n\
+             [[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"127.0.0.1:9\" }}]\n\
+             [[routes]]\ncluster = \"app\"\n"
+        ),
+    )
+    .expect("config");
+    let ready = dir.join("ready.json");
+    let log = dir.join("lb.log");
+    // Everything inside the namespace: lb in the background, a bounded wait for its ready
+    // file, one request, XDP's state on lo, then lb stopped by its PID.
+    let script = format!(
+        "ip link set lo up || exit 1\n\
+         setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all{caps} {caps_ambient} \
+         {lb} run --config {config} --ready-file {ready} > {log} 2>&1 &\n\
+         pid=$!\n\
+         for i in $(seq 1 400); do [ -f {ready} ] && break; sleep 0.05; done\n\
+         curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 5 http://127.0.0.1:{port}/\n\
+         ip link show lo | head -1\n\
+         kill $pid; wait $pid\n",
+        caps = if caps.is_empty() {
+            String::new()
+        } else {
+            format!(",{caps}")
+        },
+        caps_ambient = if caps.is_empty() {
+            String::new()
+        } else {
+            format!("--ambient-caps={caps}")
+        },
+        lb = lb_bin(),
+        config = config.display(),
+        ready = ready.display(),
+        log = log.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let status = lines.next().unwrap_or("").trim().to_string();
+    let xdp = lines.next().is_some_and(|l| l.contains("xdpgeneric"));
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    (status, xdp, log)
+}
+
+/// Without root but with the unit's four capabilities, lb binds port 80, loads its eBPF
+/// programs, attaches XDP and steers; with none, it still serves (on a high port), on plain
+/// SO_REUSEPORT, and says why.
+#[test]
+fn runs_without_root_on_the_units_capabilities() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = ["unshare", "setpriv", "ip", "curl"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !root || !tools || lb::steering::XDP_OBJECT.is_empty() {
+        skip(
+            "appliance",
+            "needs root (to drop it), unshare, setpriv, ip, curl and lb's eBPF object",
+        );
+        return;
+    }
+    let (status, xdp, log) = run_as_nobody("+net_bind_service,+net_admin,+bpf,+perfmon", 80);
+    // 502: lb answered (its backend is not there).
+    assert_eq!(status, "502", "{log}");
+    assert!(xdp, "XDP not attached to lo:\n{log}");
+    assert!(log.contains("eBPF steering on"), "{log}");
+
+    let (status, xdp, log) = run_as_nobody("", 8080);
+    assert_eq!(status, "502", "{log}");
+    assert!(!xdp, "{log}");
+    assert!(log.contains("eBPF steering unavailable"), "{log}");
+}
