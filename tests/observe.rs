@@ -440,3 +440,72 @@ fn alert_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The shipped logrotate snippet (`conf/logrotate/lb`) rotates the access log of a running lb
+/// with logrotate itself: the snippet as shipped but for the log's path and, instead of
+/// `systemctl kill` (no systemd here), the same SIGUSR1 sent by PID. Lines before the
+/// rotation stay in `access.log.1`, lines after go to a new `access.log`.
+#[test]
+fn the_logrotate_snippet_rotates_a_running_lb() {
+    if std::process::Command::new("logrotate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip(
+            "observe",
+            "logrotate is not installed; `cargo xtask test` installs it",
+        );
+        return;
+    }
+    let backend = Backend::start(echo("b")).unwrap();
+    let dir = scratch_dir("logrotate");
+    let log = dir.join("access.log");
+    let lb = Lb::start(&config(&format!(
+        "[access_log]\npath = \"{}\"\n\n[[clusters]]\nname = \"c\"\nendpoints = [{{ addr = \"{}\" }}]\n[[routes]]\ncluster = \"c\"\n",
+        log.display(),
+        backend.addr
+    )));
+    for _ in 0..3 {
+        assert_eq!(get(lb.addr, "/before").status, 200);
+    }
+    wait_until("three lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() == 3)
+    });
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/logrotate/lb"))
+            .expect("the snippet");
+    let systemctl = "systemctl kill --signal=SIGUSR1 --kill-whom=main lb.service";
+    assert!(shipped.contains(systemctl) && shipped.contains("/var/log/lb/access.log"));
+    let snippet = shipped
+        .replace("/var/log/lb/access.log", &log.display().to_string())
+        .replace(systemctl, &format!("kill -USR1 {}", lb.pid()))
+        // The lb user and adm group exist where the package is installed.
+        .replace("create 0640 lb adm", "create 0640");
+    let conf = dir.join("logrotate.conf");
+    std::fs::write(&conf, snippet).expect("write");
+    let out = std::process::Command::new("logrotate")
+        .arg("-f")
+        .arg("-s")
+        .arg(dir.join("state"))
+        .arg(&conf)
+        .output()
+        .expect("logrotate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // lb opens the new file (logrotate created it empty) and writes later lines there.
+    wait_until("lb to reopen its access log", || {
+        lb.log().contains("access log reopened")
+    });
+    assert_eq!(get(lb.addr, "/after").status, 200);
+    wait_until("a line in the new file", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/after"))
+    });
+    let rotated = std::fs::read_to_string(dir.join("access.log.1")).expect("access.log.1");
+    assert_eq!(rotated.lines().count(), 3);
+    assert!(!rotated.contains("/after"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -246,7 +246,7 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 16] = [
+const TEST_TOOLS: [(&str, &str); 17] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
@@ -262,6 +262,8 @@ const TEST_TOOLS: [(&str, &str); 16] = [
     ("unshare", "util-linux"),
     ("ip", "iproute2"),
     ("sysctl", "procps"),
+    // The shipped logrotate snippet, run by logrotate.
+    ("logrotate", "logrotate"),
     // HTTP/2 clients.
     ("nghttp", "nghttp2-client"),
     ("h2load", "nghttp2-client"),
