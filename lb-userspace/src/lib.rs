@@ -1,4 +1,4 @@
-//! `lb`: an HTTP/1.1 load balancer on thread-per-core monoio workers.
+//! `lb`: an HTTP/1.1, HTTP/2 and gRPC load balancer with TLS on thread-per-core monoio workers.
 //!
 //! A request's way through, by module: `worker` (accept on a pinned core) → `proxy` (read the
 //! head, plan, exchange) using `http` (codec) → `routing` (which cluster) → `balancing` (which
