@@ -981,3 +981,40 @@ fn a_body_short_of_its_content_length_is_reset() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `Host` and `:authority` must agree (RFC 9113 8.3.1): a request whose `Host` names
+/// another host than its `:authority` is answered 400, and never reaches the backend.
+#[test]
+fn a_host_field_that_contradicts_the_authority_is_refused() {
+    if !have("curl") {
+        return;
+    }
+    let dir = scratch_dir("h2-authority");
+    certs(&dir);
+    let backend = Backend::start(echo("b")).expect("backend");
+    let lb = Lb::start(&h2_config(&dir, backend.addr, ""));
+    let mut s = h2c(listener(&lb, "plain"));
+    // GET / with :authority x and host: y (HPACK: host is static entry 38, a literal
+    // without indexing), the stream ended with the head.
+    let block = [0x82, 0x86, 0x84, 0x41, 0x01, b'x', 0x0f, 0x17, 0x01, b'y'];
+    s.write_all(&frame(0x1, 0x5, 1, &block)).expect("headers");
+    // The answer's HEADERS on stream 1 starts with :status 400, HPACK's static entry 12.
+    let status = wait_frame(&mut s, |kind, stream, p| {
+        (kind == 0x1 && stream == 1 && !p.is_empty()).then(|| u32::from(p[0]))
+    });
+    assert_eq!(status, Some(0x8c), "an indexed :status 400");
+    // The same with a host that agrees is served.
+    let (v, status, _) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "host: h2.test",
+        &format!("http://{}/agrees", listener(&lb, "plain")),
+    ]);
+    assert_eq!((v.as_str(), status), ("2", 200));
+    assert_eq!(
+        backend.requests(),
+        1,
+        "the refused request never reached the backend"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
