@@ -440,32 +440,12 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     bytes.extend_from_slice(payload);
     std::fs::write(&frame, bytes).expect("frame");
     let started = std::time::Instant::now();
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "--max-time",
-            "10",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-        ])
-        .args([
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
-            "-H",
-            "grpc-timeout: 300m",
-        ])
-        .arg("--data-binary")
-        .arg(format!("@{}", frame.display()))
-        .arg(format!("http://{target}/slow/test.Echo/Unary"))
-        .output()
-        .expect("curl");
+    let body = format!("@{}", frame.display());
+    let head = grpc_curl(
+        &["-H", "grpc-timeout: 300m", "--data-binary", &body],
+        &format!("http://{target}/slow/test.Echo/Unary"),
+    );
     let took = started.elapsed();
-    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
     assert!(head.starts_with("http/2 200"), "{head}");
     assert!(head.contains("grpc-status: 4"), "DEADLINE_EXCEEDED: {head}");
     assert!(
@@ -479,24 +459,10 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
 
     // lb maps its own failures from what failed, not from the HTTP status it stands for:
     // a connect timeout (504 over HTTP/1.1) is UNAVAILABLE for gRPC, with lb's reason.
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "--max-time",
-            "10",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-        ])
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-        .arg("--data-binary")
-        .arg(format!("@{}", frame.display()))
-        .arg(format!("http://{target}/stuck/test.Echo/Unary"))
-        .output()
-        .expect("curl");
-    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let head = grpc_curl(
+        &["--data-binary", &body],
+        &format!("http://{target}/stuck/test.Echo/Unary"),
+    );
     assert!(head.starts_with("http/2 200"), "{head}");
     assert!(head.contains("grpc-status: 14"), "UNAVAILABLE: {head}");
     assert!(
@@ -510,23 +476,10 @@ fn grpc_calls_of_every_kind_pass_through_with_trailers_and_deadlines() {
     // each could be sent again: nothing stops a retry but the policy.)
     let statuses: Vec<String> = (0..6)
         .map(|_| {
-            let out = Command::new("curl")
-                .args([
-                    "-sS",
-                    "--http2-prior-knowledge",
-                    "--max-time",
-                    "10",
-                    "-D",
-                    "-",
-                    "-o",
-                    "/dev/null",
-                ])
-                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-                .args(["-H", "host: h503.test", "-X", "POST"])
-                .arg(format!("http://{target}/test.Echo/Unary"))
-                .output()
-                .expect("curl");
-            let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+            let head = grpc_curl(
+                &["-H", "host: h503.test", "-X", "POST"],
+                &format!("http://{target}/test.Echo/Unary"),
+            );
             head.lines()
                 .find_map(|l| l.strip_prefix("grpc-status: "))
                 .unwrap_or("none")

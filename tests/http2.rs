@@ -918,28 +918,10 @@ fn grpc_trailers_pass_after_a_body_with_a_length() {
     }
     let (_backend, _lines, port) = python_backend(PY_GRPC_WITH_LENGTH);
     let lb = Lb::start(&h2c_cluster_config(port));
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "--max-time",
-            "10",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
-            "--data-binary",
-            "@-",
-        ])
-        .arg(format!("http://{}/test.Echo/Unary", lb.addr))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("curl");
-    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let head = grpc_curl(
+        &["-X", "POST"],
+        &format!("http://{}/test.Echo/Unary", lb.addr),
+    );
     assert!(head.contains("grpc-status: 0"), "{head}");
     assert!(head.contains("grpc-message: fine"), "{head}");
 }

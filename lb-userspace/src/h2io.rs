@@ -246,6 +246,19 @@ pub const CONNECTION_SPECIFIC: [&str; 5] = [
 ];
 
 /// One trailer line (`name: value\r\n`) as an HTTP/2 field, if it is a valid one.
+/// Ends a chunked HTTP/1.1 body in `buf`: the last chunk, `trailers` as its trailer section
+/// (HTTP/2 trailers going on as HTTP/1.1), and the blank line.
+pub fn push_last_chunk(buf: &mut Vec<u8>, trailers: Option<&http::HeaderMap>) {
+    buf.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
 pub fn trailer_field(line: &[u8]) -> Option<(http::HeaderName, http::HeaderValue)> {
     let line = line.strip_suffix(b"\r\n").unwrap_or(line);
     let colon = line.iter().position(|&b| b == b':')?;

@@ -579,3 +579,26 @@ pub fn write_ca_and_cert(dir: &std::path::Path, ca_name: &str, names: &[&str]) {
     std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write");
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
 }
+
+/// A raw gRPC call by curl over h2c (prior knowledge) to `url`, with `extra` curl arguments
+/// (a body, more headers): the answer's head and trailers, lower-cased.
+pub fn grpc_curl(extra: &[&str], url: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+}

@@ -623,14 +623,7 @@ impl Source for BodyIn {
                 if self.chunked_in {
                     self.chunked_in = false;
                     let before = self.buf.len();
-                    self.buf.extend_from_slice(b"0\r\n");
-                    for (name, value) in trailers.iter().flatten() {
-                        self.buf.extend_from_slice(name.as_str().as_bytes());
-                        self.buf.extend_from_slice(b": ");
-                        self.buf.extend_from_slice(value.as_bytes());
-                        self.buf.extend_from_slice(b"\r\n");
-                    }
-                    self.buf.extend_from_slice(b"\r\n");
+                    crate::h2io::push_last_chunk(&mut self.buf, trailers.as_ref());
                     return Ok(self.buf.len() - before);
                 }
                 Err(IoFail::Eof)
