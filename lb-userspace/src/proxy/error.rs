@@ -143,7 +143,12 @@ impl ProxyError {
         match self.kind {
             ErrorKind::ConnectRefused => 0,
             ErrorKind::ConnectTimeout => 1,
-            ErrorKind::Tls(f) => 2 + f as usize,
+            ErrorKind::Tls(TlsFailure::UnknownCa) => 2,
+            ErrorKind::Tls(TlsFailure::NameMismatch) => 3,
+            ErrorKind::Tls(TlsFailure::Expired) => 4,
+            ErrorKind::Tls(TlsFailure::BadCertificate) => 5,
+            ErrorKind::Tls(TlsFailure::Refused) => 6,
+            ErrorKind::Tls(TlsFailure::Protocol) => 7,
             ErrorKind::ResetBeforeResponse => 10,
             ErrorKind::Timeout(_) => 11,
             ErrorKind::BadResponse(_) => 12,

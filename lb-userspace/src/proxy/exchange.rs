@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use smallvec::SmallVec;
 
 use super::body::{pump, Encode, Out, Pace, PumpFail};
-use super::error::{BodyFault, ErrorKind, ProxyError, RetryClass};
+use super::error::{BodyFault, ErrorKind, ProxyError, RetryClass, Side};
 use super::h2::stream::BodyIn;
 use super::side::Downstream;
 use super::{head, send_error, Flow, Plan, Record};
@@ -481,6 +481,7 @@ async fn try_endpoint<C: Downstream>(
     let _endpoint_retry = (attempt > 1).then(|| Held::take(&estate.retries_in_flight));
     estate.requests_total.fetch_add(1, Ordering::Relaxed);
     let mut force_fresh = false;
+    let mut again = false;
     loop {
         let mut up = match get_connection(ctx, idx, force_fresh).await {
             Ok(u) => u,
@@ -517,16 +518,18 @@ async fn try_endpoint<C: Downstream>(
             }
             Err(e)
                 if e.kind == ErrorKind::ResetBeforeResponse
-                    && !force_fresh
+                    && !again
                     && (up.reused || up.refused())
                     && ctx.replayable(client) =>
             {
                 // A keep-alive race, or an HTTP/2 connection going away (the backend refused
-                // the stream unprocessed), not the endpoint's fault: once more on a fresh
-                // connection.
+                // the stream unprocessed), not the endpoint's fault: once more. The race
+                // wants a fresh connection; the refusing HTTP/2 connection is already out of
+                // the pool, so another pooled one will do (no burst of new connections).
+                force_fresh = up.reused;
+                again = true;
                 up.close(&ctx.w.up_bufs);
                 client.rewind(ctx.body_start);
-                force_fresh = true;
             }
             Err(e) => return failed(ctx, client, out, rec, pick, up, e).await,
         }
@@ -816,9 +819,11 @@ fn duplex_halves<C: Downstream>(
 }
 
 /// A full-duplex exchange, as bidirectional gRPC needs: the body streams on while the answer
-/// is read and sent. The body's reads wait up to the cluster's idle timeout (a stream's
-/// messages can be far apart), with no minimum rate. An answer that ends first ends the
-/// body (the rest is not sent); a body that fails ends the answer.
+/// is read and sent. The body's reads have no timeout of their own (a stream's messages can
+/// be far apart): the answer's timeouts bound the call. An answer that ends first ends the
+/// body (the rest is not sent). A body the backend stops taking (it reset its side after a
+/// complete early answer, as HTTP/2 allows) leaves the answer to finish; a client that
+/// fails its body ends the call. The body cannot be sent again once this starts.
 async fn exchange_duplex<C: Downstream>(
     ctx: &Ctx<'_>,
     client: &mut C,
@@ -834,19 +839,29 @@ async fn exchange_duplex<C: Downstream>(
             ctx,
             &mut body,
             &mut request,
-            Pace::idle(ctx.timeouts.idle)
+            Pace::idle(DUPLEX_BODY_WAIT)
         ));
         let answering = std::pin::pin!(answer_exchange(ctx, client, out, up, hold_back, sent_at));
         match select(sending, answering).await {
             Either::Left((Ok(()), answering)) => answering.await,
+            Either::Left((Err(e), answering)) if e.side == Side::Upstream => {
+                tracing::debug!(error = e.code(), "the backend stopped taking the body");
+                answering.await
+            }
             Either::Left((Err(e), _)) => Err(e),
             Either::Right((done, _)) => done,
         }
     };
+    // Whatever of the body was read is gone: no retry may replay it.
+    body.mark_consumed();
     client.put_body_half(body);
     up.put_request_half(request);
     result
 }
+
+/// How long a full-duplex body may wait for the client's next message (a day: in practice
+/// the answer's own timeouts end a silent call first).
+const DUPLEX_BODY_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// The answer half of an exchange: the response head in (interim answers consumed, a
 /// retryable status held back when `hold_back`), then the answer to the client.

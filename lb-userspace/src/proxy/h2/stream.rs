@@ -178,6 +178,12 @@ impl BodyIn {
     pub fn streaming(&self) -> bool {
         self.body.is_some()
     }
+
+    /// Counts the body as read past its start, so that the request is not replayed: a
+    /// full-duplex exchange sent and dropped what it read.
+    pub fn mark_consumed(&mut self) {
+        self.reads += 1;
+    }
 }
 
 pub struct H2Stream {
