@@ -1000,3 +1000,87 @@ fn a_host_field_that_contradicts_the_authority_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An HTTP/2 backend that takes one stream at a time (SETTINGS_MAX_CONCURRENT_STREAMS 1).
+/// It holds its first request's answer until a second request comes, on any connection (or
+/// 10 s pass), and answers it "released" (or "timeout"); any later request at once.
+/// Prints its port, then `held` when it holds the first.
+const PY_ONE_STREAM_BACKEND: &str = r#"
+import socket, threading
+import h2.config, h2.connection, h2.events, h2.settings
+
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+second = threading.Event()
+seen = [0]
+lock = threading.Lock()
+
+def answer(c, s, sid, text):
+    body = text.encode()
+    c.send_headers(sid, [(":status", "200"), ("content-length", str(len(body)))])
+    c.send_data(sid, body, end_stream=True)
+    s.sendall(c.data_to_send())
+
+def release(c, s, clock, sid):
+    text = "released" if second.wait(10) else "timeout"
+    with clock:
+        answer(c, s, sid, text)
+
+def serve(s):
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    c.local_settings = h2.settings.Settings(client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+    clock = threading.Lock()
+    with clock:
+        c.initiate_connection()
+        s.sendall(c.data_to_send())
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        with clock:
+            for ev in c.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    with lock:
+                        seen[0] += 1
+                        n = seen[0]
+                    if n == 1:
+                        threading.Thread(target=release, args=(c, s, clock, ev.stream_id), daemon=True).start()
+                        print("held", flush=True)
+                    else:
+                        second.set()
+                        answer(c, s, ev.stream_id, "second")
+            s.sendall(c.data_to_send())
+    s.close()
+
+while True:
+    s, _ = srv.accept()
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
+"#;
+
+/// lb puts no more streams on a backend connection than the backend's
+/// SETTINGS_MAX_CONCURRENT_STREAMS allows: with one stream in flight on the only
+/// connection, a second request opens another connection rather than queueing behind it.
+#[test]
+fn a_backend_stream_limit_opens_another_connection() {
+    if !have_python_h2() || !have("curl") {
+        return;
+    }
+    let (_backend, mut lines, port) = python_backend(PY_ONE_STREAM_BACKEND);
+    let lb = Lb::start(&h2c_cluster_config(port));
+    let addr = lb.addr;
+    let first = std::thread::spawn(move || curl(&[&format!("http://{addr}/first")]));
+    assert_eq!(lines.next().and_then(|l| l.ok()).as_deref(), Some("held"));
+    let (_, status, body) = curl(&[&format!("http://{addr}/second")]);
+    assert_eq!((status, body.as_str()), (200, "second"));
+    let (_, status, body) = first.join().expect("the first request");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "released"),
+        "the second queued behind it"
+    );
+}
