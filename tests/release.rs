@@ -466,6 +466,46 @@ fn rollback_fires_when_the_canary_fails() {
     assert!(lb.log().contains("canary rolled back"));
 }
 
+/// The canary analysis counts a gRPC call as failed by its `grpc-status`, from the
+/// operator's `[http2] grpc_error_codes`, though every answer is HTTP 200: a canary that
+/// answers UNAVAILABLE is rolled back.
+#[test]
+fn rollback_fires_when_the_canary_fails_grpc_calls() {
+    let grpc = |code: &'static str, name: &'static str| -> Handler {
+        Arc::new(move |_req, res| {
+            res.send(
+                200,
+                &[
+                    ("content-type", "application/grpc"),
+                    ("grpc-status", code),
+                    ("X-Backend", name),
+                ],
+                b"",
+            )
+        })
+    };
+    let p = Pair {
+        stable: Backend::start(grpc("0", "stable")).unwrap(),
+        canary: Backend::start(grpc("14", "canary")).unwrap(),
+    };
+    let cfg = analysed(&p, "").replace(
+        "name = \"http\"\naddr = \"127.0.0.1:0\"\n",
+        "name = \"http\"\naddr = \"127.0.0.1:0\"\nprotocols = [\"http/1.1\", \"h2c\"]\n\n[http2]\ngrpc_error_codes = [\"UNAVAILABLE\"]\n",
+    );
+    assert!(cfg.contains("h2c"));
+    let lb = Lb::start(&cfg);
+    let url = format!("http://{}/shop.Cart/Add", lb.addr);
+    wait_until("the rollback", || {
+        grpc_curl(&["-X", "POST"], &url);
+        lb.split("shop")["rolled_back"] == true
+    });
+    let s = lb.split("shop");
+    assert_eq!(s["targets"][1]["weight_percent"], 0.0, "{s}");
+    for _ in 0..5 {
+        assert!(grpc_curl(&["-X", "POST"], &url).contains("grpc-status: 0"));
+    }
+}
+
 #[test]
 fn rollback_fires_when_the_canary_slows_down() {
     let stable = Backend::start(named("stable")).unwrap();
