@@ -56,6 +56,11 @@ fn each_bad_config_names_its_key_path() {
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\nescaped_slashes = \"decode\"\n", "http.escaped_slashes"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\ntrailers = \"all\"\n", "http.trailers"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\nclient_address_headers = \"keep\"\n", "http.client_address_headers"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n", "http.trusted_proxies[1]"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[http]\ntrusted_proxies = []\n", "http.trusted_proxies"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\nclient_ip = [\"192.0.2.0/33\"]\ncluster = \"a\"\n", "routes[0].client_ip[0]"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\n[routes.split]\nname = \"s\"\ntargets = [{ name = \"a\", cluster = \"a\", weight = 100 }]\ninclude = [{ client_ip = [\"office\"] }]\n", "routes[0].split.include[0].client_ip[0]"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\nproxy_protocol = \"yes\"\n", "listeners[0].proxy_protocol"),
         ("", "listeners"),
     ];
     for (text, path) in cases {

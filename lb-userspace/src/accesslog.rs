@@ -19,6 +19,9 @@ pub struct Line<'a> {
     /// Written as RFC 3339 with milliseconds, straight into the line (no string per line).
     #[serde(serialize_with = "rfc3339_millis")]
     pub time: SystemTime,
+    /// The client: `ip:port` of the connection, or only `ip` where a trusted proxy's
+    /// forwarding header named it (port 0 here).
+    #[serde(serialize_with = "client_addr")]
     pub client: SocketAddr,
     pub method: &'a str,
     pub path: &'a str,
@@ -49,6 +52,14 @@ impl Line<'_> {
         if serde_json::to_writer(&mut *buf, self).is_ok() {
             buf.push(b'\n');
         }
+    }
+}
+
+fn client_addr<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+    if a.port() == 0 {
+        s.collect_str(&a.ip())
+    } else {
+        s.collect_str(a)
     }
 }
 

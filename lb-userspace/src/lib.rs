@@ -9,6 +9,7 @@ pub mod accesslog;
 pub mod acme;
 pub mod admin;
 pub mod balancing;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connlimit;

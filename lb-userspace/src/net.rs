@@ -214,6 +214,23 @@ impl BufConn {
         BufConn::with_session(stream, buf, rustls::Connection::Server(conn))
     }
 
+    /// Like [`BufConn::new_tls`], with `cipher` already read from the socket (the bytes that
+    /// followed a PROXY protocol header).
+    pub fn new_tls_after(
+        stream: TcpStream,
+        buf: Vec<u8>,
+        conn: rustls::ServerConnection,
+        cipher: Vec<u8>,
+    ) -> BufConn {
+        let mut c = BufConn::new_tls(stream, buf, conn);
+        if let Some(t) = c.tls.as_mut() {
+            t.cipher_pos = 0;
+            t.cipher_len = cipher.len();
+            t.cipher_in = cipher;
+        }
+        c
+    }
+
     /// A connection that originates TLS with `conn` (to a backend); [`BufConn::handshake`]
     /// runs the handshake. Its handshakes are not counted in the listener metrics.
     pub fn new_tls_client(

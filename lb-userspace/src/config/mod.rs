@@ -174,6 +174,8 @@ pub struct ListenerConfig {
     pub h2: bool,
     /// HTTP/1.1 (always true unless the listener speaks only HTTP/2).
     pub http1: bool,
+    /// Connections start with a PROXY protocol header naming the client.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +215,8 @@ pub struct HttpConfig {
     pub trailers: crate::http::chunked::TrailerPolicy,
     /// What happens to client-sent address headers (X-Forwarded-For, X-Real-IP, Forwarded).
     pub client_address_headers: ClientAddressHeaders,
+    /// Peers whose forwarding headers name the client (`[http] trusted_proxies`).
+    pub trusted_proxies: crate::client::IpSet,
 }
 
 /// What `lb` does with the client-address headers a client sends.
@@ -797,6 +801,20 @@ fn validate_listener_tls(
 
 struct Errors(Vec<ConfigError>);
 
+/// A list of IP prefixes at `key`; the error names the entry (`key[i]`) that is wrong.
+fn ip_set(list: &[String], key: &str, errs: &mut Errors) -> Option<crate::client::IpSet> {
+    if list.is_empty() {
+        errs.push(
+            key,
+            "expected at least one address or prefix, such as \"10.0.0.0/8\"",
+        );
+        return None;
+    }
+    crate::client::IpSet::parse(list)
+        .map_err(|(i, e)| errs.push(format!("{key}[{i}]"), e))
+        .ok()
+}
+
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
@@ -898,6 +916,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
                 redirect_to_https: l.redirect_to_https,
                 h2,
                 http1,
+                proxy_protocol: l.proxy_protocol.unwrap_or(false),
             });
             listener_tls.push(built);
         }
@@ -1272,10 +1291,16 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
         1 => ClientAddressHeaders::Append,
         _ => ClientAddressHeaders::Replace,
     };
+    let trusted_proxies = h
+        .trusted_proxies
+        .as_deref()
+        .and_then(|list| ip_set(list, "http.trusted_proxies", errs))
+        .unwrap_or_default();
     HttpConfig {
         path,
         trailers,
         client_address_headers,
+        trusted_proxies,
         max_header_bytes: max_header_bytes.min(1 << 20) as usize,
         max_uri_bytes: max_uri_bytes.min(1 << 20) as usize,
         max_headers: max_headers.min(MAX_HEADERS_LIMIT),

@@ -123,6 +123,9 @@ pub struct RawListener {
     /// What the listener speaks: `"http/1.1"`, `"h2"` (TLS, by ALPN) and `"h2c"` (plain
     /// text, by prior knowledge). Default `["http/1.1"]`.
     pub protocols: Option<Vec<String>>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) whose source address
+    /// is the client's; one without a valid header is closed (default false).
+    pub proxy_protocol: Option<bool>,
 }
 
 /// `[http2]`: HTTP/2 limits.
@@ -253,6 +256,8 @@ pub struct RawHttp {
     /// `"replace"` (default: client-sent address headers are removed and lb writes its own
     /// X-Forwarded-For) or `"append"` (the client's X-Forwarded-For is kept, lb's entry last).
     pub client_address_headers: Option<String>,
+    /// Peers (prefixes) whose `X-Forwarded-For` or `Forwarded` names the client.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[[clusters]]`: a named group of backends.
@@ -399,6 +404,8 @@ pub struct RawRoute {
     pub client_cert: Option<bool>,
     /// The verified client certificate's subject must be exactly this (`CN=client,O=Org`).
     pub client_cert_subject: Option<String>,
+    /// The client's address is in one of these prefixes (`"192.0.2.0/24"`, `"2001:db8::/32"`).
+    pub client_ip: Option<Vec<String>>,
     /// Exactly one of the four path matchers, or none (matches every path).
     pub path: Option<String>,
     pub path_prefix: Option<String>,
@@ -482,7 +489,10 @@ pub struct RawOverride {
 pub struct RawTargeting {
     pub header: Option<String>,
     pub consumer: Option<String>,
+    #[serde(default)]
     pub values: Vec<String>,
+    /// The client's address is in one of these prefixes (instead of header or consumer).
+    pub client_ip: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

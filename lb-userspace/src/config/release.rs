@@ -124,11 +124,24 @@ pub(super) fn validate_split(
             .enumerate()
             .filter_map(|(i, t)| {
                 let k = format!("{key}.{what}[{i}]");
-                let source = match (&t.header, &t.consumer) {
-                    (Some(h), None) => Source::Header(h.to_ascii_lowercase()),
-                    (None, Some(c)) => Source::Consumer(c.clone()),
+                let source = match (&t.header, &t.consumer, &t.client_ip) {
+                    (Some(h), None, None) => Source::Header(h.to_ascii_lowercase()),
+                    (None, Some(c), None) => Source::Consumer(c.clone()),
+                    (None, None, Some(list)) => {
+                        let set = crate::config::ip_set(list, &format!("{k}.client_ip"), errs)?;
+                        if !t.values.is_empty() {
+                            errs.push(
+                                format!("{k}.values"),
+                                "client_ip carries its own prefixes; values is for header or consumer",
+                            );
+                        }
+                        return Some(Targeting {
+                            source: Source::ClientIp(std::sync::Arc::new(set)),
+                            values: Vec::new(),
+                        });
+                    }
                     _ => {
-                        errs.push(k, "set exactly one of header or consumer");
+                        errs.push(k, "set exactly one of header, consumer or client_ip");
                         return None;
                     }
                 };

@@ -41,6 +41,10 @@ pub(super) fn validate_route(
         .map(|n| host_match(Some(n), &at("sni"), errs));
 
     let path = validate_path(r, &at, errs);
+    let client_ip = r
+        .client_ip
+        .as_deref()
+        .and_then(|list| super::ip_set(list, &at("client_ip"), errs));
 
     let mut methods: Vec<String> = Vec::new();
     match (&r.method, &r.methods) {
@@ -283,6 +287,7 @@ pub(super) fn validate_route(
         sni,
         client_cert: r.client_cert,
         client_cert_subject: r.client_cert_subject.clone(),
+        client_ip,
         name: route_name,
         index: i,
         host,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::plan::plan_request;
 use super::{Decision, Record};
+use crate::client::{AddrSource, ClientAddr};
 use crate::http::request;
 use crate::routing::RouteRequest;
 use crate::snapshot::Snapshot;
@@ -35,6 +36,9 @@ pub struct Explanation {
     /// The request line and headers that would go upstream, or the local response.
     pub output: String,
     pub status: Option<u16>,
+    /// The client address lb used, and where it came from (`peer`, `x-forwarded-for`...).
+    pub client: String,
+    pub client_source: &'static str,
 }
 
 /// Builds the raw request head for `req`.
@@ -116,7 +120,13 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
         true,
     );
 
-    route_verdicts(&snap, &raw, rec.route, &mut text);
+    let mut client = ClientAddr::of_connection(req.client, AddrSource::Peer);
+    if let Some((ip, source)) = rec.forwarded {
+        client.ip = ip;
+        client.source = source;
+    }
+    describe_client(&snap, &client, &mut text);
+    route_verdicts(&snap, &raw, rec.route, client, &mut text);
 
     let route = rec
         .route
@@ -163,12 +173,43 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
         cluster,
         output,
         status,
+        client: client.ip.to_string(),
+        client_source: client.source.label(),
     })
+}
+
+/// Which client address lb used, and why.
+fn describe_client(snap: &Snapshot, client: &ClientAddr, text: &mut String) {
+    let hop = client.hop;
+    let why = match client.source {
+        AddrSource::Peer if snap.http.trusted_proxies.contains(hop) => {
+            "the peer, a trusted proxy, sent no forwarding header".to_string()
+        }
+        AddrSource::Peer if snap.http.trusted_proxies.is_empty() => {
+            "the peer (no trusted_proxies are set)".to_string()
+        }
+        AddrSource::Peer => format!(
+            "the peer, which is not in trusted_proxies ({}): its forwarding headers are not believed",
+            snap.http.trusted_proxies
+        ),
+        AddrSource::ProxyProtocol => "the connection's PROXY protocol header".to_string(),
+        AddrSource::XForwardedFor | AddrSource::Forwarded => format!(
+            "the rightmost hop of {} that is not a trusted proxy; the peer {hop} is in trusted_proxies",
+            client.source.label()
+        ),
+    };
+    let _ = writeln!(text, "client: {} ({why})", client.ip);
 }
 
 /// Why each route did or did not match `raw`, for people: the normal path, the consumer, then
 /// a line per route.
-fn route_verdicts(snap: &Snapshot, raw: &[u8], chosen: Option<usize>, text: &mut String) {
+fn route_verdicts(
+    snap: &Snapshot,
+    raw: &[u8],
+    chosen: Option<usize>,
+    client: ClientAddr,
+    text: &mut String,
+) {
     let mut storage = crate::http::header_slots::<64>();
     let mut scratch = Vec::new();
     if let Ok(Some(parsed)) = request::parse(raw, &mut storage) {
@@ -203,6 +244,7 @@ fn route_verdicts(snap: &Snapshot, raw: &[u8], chosen: Option<usize>, text: &mut
             consumer: snap.consumers.metadata(identity),
             sni: None,
             client_cert: None,
+            client_ip: client.ip,
         };
         if let crate::identity::Identity::Known(c) = identity {
             let _ = writeln!(text, "consumer: {}", snap.consumers.list[c].name);

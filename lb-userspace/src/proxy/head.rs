@@ -14,7 +14,10 @@ use crate::routing::Route;
 /// TLS (`X-Forwarded-Proto`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo<'a> {
+    /// The client's address (through trusted proxies).
     pub ip: IpAddr,
+    /// The connection's address: the hop lb saw, which `append` mode adds to the chain.
+    pub hop: IpAddr,
     pub tls: bool,
     /// `X-Forwarded-Client-Cert` for a verified client certificate (mTLS).
     pub client_cert: Option<&'a str>,
@@ -156,7 +159,16 @@ pub fn write_request_head(
     if http.x_forwarded {
         // Appended as its own field line: list semantics make it the last hop in the chain.
         out.extend_from_slice(b"X-Forwarded-For: ");
-        push_ip(out, client.ip);
+        // `replace`: only lb's word, the client it resolved. `append`: the chain the client
+        // sent goes on, and lb adds the hop it saw.
+        push_ip(
+            out,
+            if http.client_address_headers == ClientAddressHeaders::Append {
+                client.hop
+            } else {
+                client.ip
+            },
+        );
         out.extend_from_slice(if client.tls {
             &b"\r\nX-Forwarded-Proto: https\r\n"[..]
         } else {
@@ -196,8 +208,10 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
                 push_dec(out, u64::from(octet));
             }
         }
+        // Bare, as nginx, Envoy and cloud balancers write it (brackets trip parsers such as
+        // Go's `net.ParseIP`); `Forwarded` is the header that quotes and brackets.
         IpAddr::V6(v6) => {
-            let _ = write!(out, "[{v6}]");
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -419,7 +433,7 @@ mod tests {
         for (ip, text) in [
             ("0.0.0.0", "0.0.0.0"),
             ("10.200.3.255", "10.200.3.255"),
-            ("2001:db8::1", "[2001:db8::1]"),
+            ("2001:db8::1", "2001:db8::1"),
         ] {
             let mut out = Vec::new();
             push_ip(&mut out, ip.parse().expect("address"));
@@ -433,6 +447,7 @@ mod tests {
             sni: None,
             client_cert: None,
             client_cert_subject: None,
+            client_ip: None,
             name: String::new(),
             index: 0,
             host: crate::routing::matchers::HostMatch::Any,
@@ -477,6 +492,7 @@ mod tests {
             &req,
             ClientInfo {
                 ip: "10.1.2.3".parse().unwrap(),
+                hop: "10.1.2.3".parse().unwrap(),
                 tls: false,
                 client_cert: None,
             },
@@ -530,6 +546,7 @@ mod tests {
             &req,
             ClientInfo {
                 ip: "10.1.2.3".parse().unwrap(),
+                hop: "10.1.2.3".parse().unwrap(),
                 tls: false,
                 client_cert: None,
             },

@@ -1,15 +1,15 @@
 //! The log phase: what one finished request leaves behind: its request series, its split
 //! target's window statistics, and its access log line.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::Record;
 use crate::accesslog;
+use crate::client::ClientAddr;
 use crate::worker::Worker;
 
 /// Records a finished request: metrics, and the access log line if it is on.
-pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
+pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
     let current;
     let view = match &rec.view {
         Some(v) => v,
@@ -59,7 +59,9 @@ pub fn finish(w: &Worker, rec: &Record, peer: SocketAddr) {
     let route = rec.route.and_then(|r| snap.routes.routes().get(r));
     let line = accesslog::Line {
         time: std::time::SystemTime::now(),
-        client: peer,
+        client: rec
+            .forwarded
+            .map_or(conn.socket(), |(ip, _)| std::net::SocketAddr::new(ip, 0)),
         method: rec.method(),
         path: rec.target(),
         protocol: rec.protocol.label(),

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use monoio::net::TcpStream;
 
+use crate::client::{AddrSource, ClientAddr};
 use crate::http::request::RequestError;
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
@@ -31,14 +32,31 @@ use crate::worker::{View, Worker};
 /// Where a connection came from: the client's address and the listener it arrived on.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival {
-    pub peer: SocketAddr,
+    /// The connection's client: its peer, or its PROXY protocol header's source.
+    pub client: ClientAddr,
     pub listener: usize,
+}
+
+impl Arrival {
+    fn of(peer: SocketAddr, conn: &crate::worker::ConnGuard) -> Arrival {
+        let source = if conn.proxied {
+            AddrSource::ProxyProtocol
+        } else {
+            AddrSource::Peer
+        };
+        Arrival {
+            client: ClientAddr::of_connection(peer, source),
+            listener: conn.listener,
+        }
+    }
 }
 
 /// What the planning phases know of the client side of one request.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSide<'a> {
-    pub peer: SocketAddr,
+    /// The connection's client; a request's may differ (a trusted proxy's forwarding
+    /// headers name it).
+    pub client: ClientAddr,
     pub listener: usize,
     pub tls: bool,
     /// The SNI name of a TLS connection.
@@ -51,7 +69,7 @@ impl ClientSide<'_> {
     /// A plain-text client on the first listener (for `lb explain` and tests).
     pub fn plain(peer: SocketAddr) -> ClientSide<'static> {
         ClientSide {
-            peer,
+            client: ClientAddr::of_connection(peer, AddrSource::Peer),
             listener: 0,
             tls: false,
             sni: None,
@@ -138,6 +156,9 @@ pub struct Record {
     pub protocol: Protocol,
     /// A gRPC call's status, as the client got it.
     pub grpc_status: Option<u32>,
+    /// The request's client where a trusted proxy's forwarding header named it (and from
+    /// which header); otherwise the connection's client is the request's.
+    pub forwarded: Option<(std::net::IpAddr, AddrSource)>,
     /// The request was a gRPC call (`content-type: application/grpc...` over HTTP/2).
     pub grpc: bool,
 }
@@ -258,10 +279,16 @@ pub fn start(
         ));
         return;
     }
+    // Bytes that came after a PROXY protocol header.
+    let mut early = std::mem::take(&mut conn.early);
+    if early.is_empty() && early.capacity() > 0 && tls.is_some() {
+        conn.worker.bufs.give(std::mem::take(&mut early));
+    }
     let client = match tls {
-        None => BufConn::new(stream, Vec::new()),
+        None => BufConn::new(stream, early),
         Some(config) => match rustls::ServerConnection::new(config) {
-            Ok(session) => BufConn::new_tls(stream, Vec::new(), session),
+            Ok(session) if early.is_empty() => BufConn::new_tls(stream, Vec::new(), session),
+            Ok(session) => BufConn::new_tls_after(stream, Vec::new(), session, early),
             Err(e) => {
                 tracing::debug!(error = %e, "TLS session could not start");
                 return;
@@ -292,10 +319,7 @@ pub fn serve(
     async move {
         let w = conn.worker.clone();
         let mut head_deadline = head_deadline;
-        let at = Arrival {
-            peer,
-            listener: conn.listener,
-        };
+        let at = Arrival::of(peer, &conn);
         loop {
             match step(&w, &mut client, at, head_deadline).await {
                 Step::Next => head_deadline = None,
@@ -417,7 +441,7 @@ async fn next_request(
     let mut rec = Record::default();
     let flow = handle_request(w, client, out, at, head_deadline, &mut rec).await;
     if rec.status != 0 {
-        log::finish(w, &rec, at.peer);
+        log::finish(w, &rec, at.client);
     }
     flow
 }
@@ -488,7 +512,7 @@ async fn read_head(
             let current = w.view();
             rec.tls = client.is_tls();
             let side = ClientSide {
-                peer: at.peer,
+                client: at.client,
                 listener: at.listener,
                 tls: client.is_tls(),
                 sni: client.sni(),

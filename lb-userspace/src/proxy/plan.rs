@@ -4,7 +4,6 @@
 //! a split, the endpoint hash key, the upstream head with its rewrite and edits, mirroring;
 //! or a local answer). Nothing here does IO: it reads the head and writes into `out`.
 
-use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use super::{head, ClientSide, Decision, Plan, Record, Reject};
@@ -28,7 +27,8 @@ struct Head<'r, 'h, 'b> {
     req: &'r RequestHead<'h, 'b>,
     /// The whole request as buffered (for a mirror copy of a small body).
     data: &'b [u8],
-    peer: SocketAddr,
+    /// The request's client (resolved through trusted proxies).
+    client: crate::client::ClientAddr,
     /// The SNI name of a TLS request.
     sni: Option<&'r str>,
     /// The verified client certificate (mTLS).
@@ -91,10 +91,16 @@ pub(super) fn plan_request(
     if keep_text {
         rec.keep_text(req.method_bytes, req.path);
     }
+    let who = client
+        .client
+        .resolve(&snap.http.trusted_proxies, req.headers);
+    if who.source != client.client.source {
+        rec.forwarded = Some((who.ip, who.source));
+    }
     let h = Head {
         req: &req,
         data,
-        peer: client.peer,
+        client: who,
         sni: client.sni,
         client_cert: client.client_cert,
         close_after_error: req.framing != Framing::None || !req.keep_alive,
@@ -253,6 +259,7 @@ fn route<'s, 'p>(
         consumer,
         sni: h.sni.map(str::as_bytes),
         client_cert: h.client_cert.map(|c| c.subject.as_bytes()),
+        client_ip: h.client.ip,
     };
     let mut caps = Captures::default();
     let Some(route) = snap.routes.find(&rreq, &mut caps) else {
@@ -318,7 +325,7 @@ fn rate_limit(
     let mut k = crate::hash::fnv1a_of(r.route.name.as_bytes());
     k = crate::hash::fnv1a(k, &(i as u32).to_le_bytes());
     k = match &rl.key {
-        RateKey::ClientIp => match h.peer.ip() {
+        RateKey::ClientIp => match h.client.ip {
             std::net::IpAddr::V4(a) => crate::hash::fnv1a(k, &a.octets()),
             std::net::IpAddr::V6(a) => crate::hash::fnv1a(k, &a.octets()),
         },
@@ -448,9 +455,10 @@ fn forward(
     let key_hash = c
         .hash_key
         .as_ref()
-        .and_then(|k| request_key_hash(k, req.headers, r.vars.path, r.vars.query, h.peer.ip()));
+        .and_then(|k| request_key_hash(k, req.headers, r.vars.path, r.vars.query, h.client.ip));
     let client = head::ClientInfo {
-        ip: h.peer.ip(),
+        ip: h.client.ip,
+        hop: h.client.hop,
         tls: rec.tls,
         client_cert: h.client_cert.map(|c| c.xfcc.as_str()),
     };
@@ -541,7 +549,7 @@ fn choose_cluster(
     let sreq = SplitRequest {
         headers: h.req.headers,
         query: r.vars.query,
-        client: h.peer.ip(),
+        client: h.client.ip,
         consumer: r.consumer,
     };
     let (t, reason) = split

@@ -38,6 +38,8 @@ pub enum Source {
     Cookie(String),
     /// A consumer metadata field.
     Consumer(String),
+    /// The client's address, in a set of prefixes (targeting only).
+    ClientIp(std::sync::Arc<crate::client::IpSet>),
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +130,8 @@ enum SourceRef<'s> {
     Query(&'s str),
     Cookie(&'s str),
     Consumer(&'s str),
+    /// Has no value to compare: matched by prefix ([`Targeting::matches`]).
+    ClientIp,
 }
 
 impl Source {
@@ -137,6 +141,19 @@ impl Source {
             Source::Query(n) => SourceRef::Query(n),
             Source::Cookie(n) => SourceRef::Cookie(n),
             Source::Consumer(n) => SourceRef::Consumer(n),
+            Source::ClientIp(_) => SourceRef::ClientIp,
+        }
+    }
+}
+
+impl Targeting {
+    /// Whether the request falls under this rule.
+    fn matches(&self, req: &SplitRequest<'_>) -> bool {
+        match &self.source {
+            Source::ClientIp(set) => set.contains(req.client),
+            s => req
+                .value(s.as_ref())
+                .is_some_and(|v| self.values.iter().any(|x| x.as_bytes() == v)),
         }
     }
 }
@@ -160,6 +177,7 @@ impl SplitRequest<'_> {
                 .iter()
                 .find(|(k, _)| k == field)
                 .map(|(_, v)| v.as_bytes()),
+            SourceRef::ClientIp => None,
         }
     }
 
@@ -224,14 +242,8 @@ impl SplitConfig {
                 }
             }
         }
-        let included = self.include.iter().all(|t| {
-            req.value(t.source.as_ref())
-                .is_some_and(|v| t.values.iter().any(|x| x.as_bytes() == v))
-        });
-        let excluded = self.exclude.iter().any(|t| {
-            req.value(t.source.as_ref())
-                .is_some_and(|v| t.values.iter().any(|x| x.as_bytes() == v))
-        });
+        let included = self.include.iter().all(|t| t.matches(req));
+        let excluded = self.exclude.iter().any(|t| t.matches(req));
         if !included || excluded {
             return (self.default_target, Reason::NotTargeted);
         }

@@ -35,6 +35,8 @@ pub struct Route {
     pub client_cert: Option<bool>,
     /// The verified client certificate's subject must be exactly this.
     pub client_cert_subject: Option<String>,
+    /// The client's address must be in one of these prefixes.
+    pub client_ip: Option<crate::client::IpSet>,
     pub path: PathMatch,
     /// Upper-case method names; empty means any.
     pub methods: Vec<String>,
@@ -81,6 +83,9 @@ pub struct RouteRequest<'a> {
     pub sni: Option<&'a [u8]>,
     /// The subject of the verified client certificate (mTLS).
     pub client_cert: Option<&'a [u8]>,
+    /// The client's address (see `client`: the peer, or the PROXY protocol's or a trusted
+    /// proxy's word).
+    pub client_ip: std::net::IpAddr,
 }
 
 impl<'a> RouteRequest<'a> {
@@ -110,6 +115,7 @@ impl Route {
             + usize::from(self.sni.is_some())
             + usize::from(self.client_cert.is_some())
             + usize::from(self.client_cert_subject.is_some())
+            + usize::from(self.client_ip.is_some())
             + self.headers.len()
             + self.query.len()
             + self.consumer.len()
@@ -123,6 +129,10 @@ impl Route {
                 .as_ref()
                 .is_none_or(|s| req.sni.is_some() && s.matches(req.sni))
             && self.client_cert_matches(req)
+            && self
+                .client_ip
+                .as_ref()
+                .is_none_or(|set| set.contains(req.client_ip))
             && self.headers.iter().all(|h| h.matches(req.headers))
             && self.query.iter().all(|q| q.matches(req.query))
             // Without a known consumer the route still matches, and answers 401: a consumer
@@ -175,6 +185,11 @@ impl Route {
         if !self.client_cert_matches(req) {
             return Some("the client certificate condition does not hold".into());
         }
+        if let Some(set) = &self.client_ip {
+            if !set.contains(req.client_ip) {
+                return Some(format!("client {} is not in {set}", req.client_ip));
+            }
+        }
         if let Some(h) = self.headers.iter().find(|h| !h.matches(req.headers)) {
             return Some(format!("header {} is not {}", h.name, h.test));
         }
@@ -200,6 +215,10 @@ impl Route {
                     .any(|h| h.name == e.name && h.test.same_as(&e.test))
             })
             && earlier.consumer.iter().all(|e| self.consumer.contains(e))
+            && earlier
+                .client_ip
+                .as_ref()
+                .is_none_or(|e| self.client_ip.as_ref() == Some(e))
             && earlier.query.iter().all(|e| {
                 self.query
                     .iter()

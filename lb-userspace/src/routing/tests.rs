@@ -39,6 +39,7 @@ fn pick(
         method: method.as_bytes(),
         headers: &hs,
         consumer: None,
+        client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
     };
     let mut caps = Captures::default();
     t.find(&req, &mut caps).map(|r| r.name.clone())

@@ -406,10 +406,26 @@ async fn accept_loop(listener: TcpListener, index: usize, worker: Rc<Worker>) {
         match accepted {
             None => break,
             Some(Ok((stream, peer))) => {
-                let limits = worker.view().snap.http.conn_limits;
-                match worker.conns.admit(peer.ip(), worker.active.get(), &limits) {
-                    Ok(admitted) => serve_connection(stream, peer, index, admitted, worker.clone()),
-                    Err(why) => refuse(stream, peer, why, &worker),
+                let view = worker.view();
+                let head_deadline =
+                    crate::timer::deadline_after(view.snap.http.client_header_timeout);
+                let arrival = Accepted {
+                    peer,
+                    listener: index,
+                    head_deadline,
+                    early: Vec::new(),
+                    proxied: false,
+                };
+                if view
+                    .snap
+                    .config
+                    .listeners
+                    .get(index)
+                    .is_some_and(|l| l.proxy_protocol)
+                {
+                    monoio::spawn(proxy_protocol(stream, arrival, worker.clone()));
+                } else {
+                    admit(stream, arrival, &worker);
                 }
             }
             Some(Err(e)) => {
@@ -422,23 +438,108 @@ async fn accept_loop(listener: TcpListener, index: usize, worker: Rc<Worker>) {
     }
 }
 
-fn serve_connection(
-    stream: monoio::net::TcpStream,
+/// A connection just accepted, on its way to the handler.
+struct Accepted {
+    /// The client: the socket's peer, or the PROXY protocol header's source.
     peer: SocketAddr,
     listener: usize,
+    /// The first request head is due by then, counted from accept (a PROXY header too).
+    head_deadline: u64,
+    /// Bytes read past a PROXY protocol header.
+    early: Vec<u8>,
+    /// `peer` came from a PROXY protocol header.
+    proxied: bool,
+}
+
+/// Reads the PROXY protocol header a listener expects before anything else, under the head
+/// timeout, then admits the connection by the client address it names. A connection without
+/// a valid header is closed and counted (`lb_connections_refused_total{reason="proxy_protocol"}`).
+async fn proxy_protocol(stream: monoio::net::TcpStream, mut a: Accepted, w: Rc<Worker>) {
+    use monoio::buf::IoBufMut;
+    use monoio::io::AsyncReadRent;
+    let mut stream = stream;
+    let mut buf = w.bufs.take();
+    buf.clear();
+    buf.reserve(crate::client::proxy_protocol::V2_MAX);
+    let header = loop {
+        match crate::client::proxy_protocol::parse(&buf) {
+            Ok(Some(h)) => break Ok(h),
+            Ok(None) if buf.len() < buf.capacity() => {}
+            Ok(None) => break Err("the PROXY protocol header does not fit the buffer"),
+            Err(e) => break Err(e),
+        }
+        let start = buf.len();
+        let read = stream.read(buf.slice_mut(start..));
+        let wait = crate::timer::until(a.head_deadline);
+        let (res, slice) = match crate::timer::timeout(wait, read).await {
+            Ok(r) => r,
+            Err(_) => {
+                buf = Vec::new();
+                break Err("no PROXY protocol header before the head timeout");
+            }
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => break Err("the connection closed before its PROXY protocol header"),
+            Ok(_) => {}
+            Err(_) => break Err("the connection failed before its PROXY protocol header"),
+        }
+    };
+    match header {
+        Ok(h) => {
+            buf.drain(..h.len);
+            if let Some(source) = h.source {
+                a.peer = source;
+                a.proxied = true;
+            }
+            a.early = buf;
+            admit(stream, a, &w);
+        }
+        Err(why) => {
+            if buf.capacity() > 0 {
+                w.bufs.give(buf);
+            }
+            crate::metrics::connection_refused("proxy_protocol");
+            if let Some(l) = &w.loads {
+                l.closed(w.id);
+            }
+            let now = crate::clock::now_ms();
+            if now.saturating_sub(w.refusal_logged.get()) >= 1000 {
+                w.refusal_logged.set(now);
+                tracing::warn!(worker = w.id, peer = %a.peer, reason = why, "connection closed: no valid PROXY protocol header (logged at most once a second per worker)");
+            }
+        }
+    }
+}
+
+/// Admits an accepted connection by its client's address, or refuses it by a limit.
+fn admit(stream: monoio::net::TcpStream, a: Accepted, w: &Rc<Worker>) {
+    let limits = w.view().snap.http.conn_limits;
+    match w.conns.admit(a.peer.ip(), w.active.get(), &limits) {
+        Ok(admitted) => serve_connection(stream, a, admitted, w.clone()),
+        Err(why) => {
+            if a.early.capacity() > 0 {
+                w.bufs.give(a.early);
+            }
+            refuse(stream, a.peer, why, w)
+        }
+    }
+}
+
+fn serve_connection(
+    stream: monoio::net::TcpStream,
+    a: Accepted,
     admitted: crate::connlimit::Admitted,
     w: Rc<Worker>,
 ) {
     let view = w.view();
-    // The first request head is due this long after accept, however the wait is spent.
-    let head_deadline = crate::timer::deadline_after(view.snap.http.client_header_timeout);
     // The listener's certificates as of now: a reload that renewed them applies to new
     // connections.
     let tls = view
         .snap
         .config
         .listener_tls
-        .get(listener)
+        .get(a.listener)
         .and_then(|t| t.as_ref())
         .map(|t| t.config.clone());
     w.active.set(w.active.get() + 1);
@@ -451,14 +552,16 @@ fn serve_connection(
     let handler = w.handler;
     handler(
         stream,
-        peer,
+        a.peer,
         ConnGuard {
             worker: w,
-            listener,
+            listener: a.listener,
             tls: None,
+            early: a.early,
+            proxied: a.proxied,
             _admitted: admitted,
         },
-        Some(head_deadline),
+        Some(a.head_deadline),
         tls,
     );
 }
@@ -471,6 +574,11 @@ pub struct ConnGuard {
     pub listener: usize,
     /// A parked TLS connection's session, handed back when it resumes.
     pub tls: Option<Box<crate::net::TlsSession>>,
+    /// Bytes read past a PROXY protocol header, for the handler to start from (plaintext,
+    /// or TLS records on a TLS listener).
+    pub early: Vec<u8>,
+    /// The peer address came from a PROXY protocol header.
+    pub proxied: bool,
     _admitted: crate::connlimit::Admitted,
 }
 

@@ -27,7 +27,8 @@ pub(crate) use stream::{request_head, Body1};
 
 /// What every stream of a connection knows of its client.
 struct Client {
-    peer: SocketAddr,
+    /// The connection's client (its peer, or its PROXY protocol header's source).
+    conn: crate::client::ClientAddr,
     listener: usize,
     tls: bool,
     sni: Option<String>,
@@ -40,7 +41,7 @@ pub async fn serve(client: BufConn, peer: SocketAddr, guard: ConnGuard) {
     let w = guard.worker.clone();
     let settings = w.view().snap.http2;
     let info = Rc::new(Client {
-        peer,
+        conn: super::Arrival::of(peer, &guard).client,
         listener: guard.listener,
         tls: client.is_tls(),
         sni: client.sni().map(str::to_string),
@@ -262,7 +263,7 @@ async fn serve_stream(
     rec.grpc = s.is_grpc();
     w.out_bufs.give(out);
     if rec.status != 0 {
-        log::finish(w, &rec, info.peer);
+        log::finish(w, &rec, info.conn);
     }
 }
 
@@ -299,7 +300,7 @@ async fn answer(
     use super::side::Source;
     let view = w.view();
     let side = ClientSide {
-        peer: info.peer,
+        client: info.conn,
         listener: info.listener,
         tls: info.tls,
         sni: info.sni.as_deref(),
