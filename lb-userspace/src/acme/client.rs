@@ -61,6 +61,11 @@ fn split_url(url: &str) -> Result<(String, u16, String), String> {
     let rest = url
         .strip_prefix("https://")
         .ok_or_else(|| format!("{url}: ACME URLs must be https://"))?;
+    split_rest(url, rest, 443)
+}
+
+/// The host, port and path after the scheme.
+fn split_rest(url: &str, rest: &str, default_port: u16) -> Result<(String, u16, String), String> {
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -68,9 +73,9 @@ fn split_url(url: &str) -> Result<(String, u16, String), String> {
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => match p.parse() {
             Ok(port) => (h, port),
-            Err(_) => (authority, 443),
+            Err(_) => (authority, default_port),
         },
-        _ => (authority, 443),
+        _ => (authority, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -78,6 +83,19 @@ fn split_url(url: &str) -> Result<(String, u16, String), String> {
     }
     Ok((host.to_string(), port, path.to_string()))
 }
+
+/// Where one exchange goes.
+struct Target<'a> {
+    url: &'a str,
+    host: &'a str,
+    port: u16,
+    path: &'a str,
+    tls: bool,
+}
+
+/// A byte stream, plain or TLS.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// A blocking HTTPS client, one connection per request.
 pub struct Http {
@@ -89,9 +107,47 @@ impl Http {
         Http { tls }
     }
 
+    /// A GET of an `http://` or `https://` URL (a JWKS): the status and the body.
+    pub fn get(&self, url: &str) -> Result<(u16, Vec<u8>), String> {
+        let reply = match url.strip_prefix("http://") {
+            Some(rest) => {
+                let (host, port, path) = split_rest(url, rest, 80)?;
+                let t = Target {
+                    url,
+                    host: &host,
+                    port,
+                    path: &path,
+                    tls: false,
+                };
+                self.exchange(&t, "GET", None)?
+            }
+            None => self.request("GET", url, None)?,
+        };
+        Ok((reply.status, reply.body))
+    }
+
     fn request(&self, method: &str, url: &str, body: Option<&str>) -> Result<Reply, String> {
         let (host, port, path) = split_url(url)?;
-        let addr = (host.as_str(), port)
+        let t = Target {
+            url,
+            host: &host,
+            port,
+            path: &path,
+            tls: true,
+        };
+        self.exchange(&t, method, body)
+    }
+
+    /// One exchange over a new connection.
+    fn exchange(&self, t: &Target<'_>, method: &str, body: Option<&str>) -> Result<Reply, String> {
+        let Target {
+            url,
+            host,
+            port,
+            path,
+            ..
+        } = *t;
+        let addr = (host, port)
             .to_socket_addrs()
             .map_err(|e| format!("{url}: {e}"))?
             .next()
@@ -101,18 +157,22 @@ impl Http {
         tcp.set_read_timeout(Some(REQUEST_TIMEOUT))
             .and_then(|()| tcp.set_write_timeout(Some(REQUEST_TIMEOUT)))
             .map_err(|e| format!("{url}: {e}"))?;
-        let name = rustls_pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| format!("{url}: {e}"))?;
-        let session = rustls::ClientConnection::new(self.tls.clone(), name)
-            .map_err(|e| format!("{url}: {e}"))?;
-        let mut s = rustls::StreamOwned::new(session, tcp);
-        let host_header = if port == 443 {
-            host.clone()
+        let mut s: Box<dyn ReadWrite> = if t.tls {
+            let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("{url}: {e}"))?;
+            let session = rustls::ClientConnection::new(self.tls.clone(), name)
+                .map_err(|e| format!("{url}: {e}"))?;
+            Box::new(rustls::StreamOwned::new(session, tcp))
+        } else {
+            Box::new(tcp)
+        };
+        let host_header = if port == 443 || (!t.tls && port == 80) {
+            host.to_string()
         } else {
             format!("{host}:{port}")
         };
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: lb-acme\r\nAccept: */*\r\nConnection: close\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: lb\r\nAccept: */*\r\nConnection: close\r\n"
         );
         if let Some(b) = body {
             req.push_str(&format!(

@@ -7,6 +7,7 @@
 //! source where the listener reads it): forwarding headers arrive only with a request.
 
 pub mod ipset;
+pub mod jwt;
 pub mod proxy_protocol;
 
 use std::net::{IpAddr, SocketAddr};

@@ -72,6 +72,11 @@ pub const GRPC_RESPONSES_TOTAL: &str = "lb_grpc_responses_total";
 pub const H2_GOAWAYS_TOTAL: &str = "lb_h2_goaways_total";
 /// Certificates ordered from ACME servers, by `result` (`issued`, `failed`).
 pub const ACME_ORDERS_TOTAL: &str = "lb_acme_orders_total";
+/// JWT checks, by `provider` and `result` (`ok`, `missing`, `expired`, `bad_signature`,
+/// ...): one per request that a route, split or limit asked a provider about.
+pub const JWT_VERIFICATIONS: &str = "lb_jwt_verifications_total";
+/// JWT checks answered from the worker's cache of verified tokens, by `provider`.
+pub const JWT_CACHE_HITS: &str = "lb_jwt_cache_hits_total";
 
 /// Buckets of every `_seconds` histogram: 0.5 ms to 10 s.
 pub const SECONDS_BUCKETS: [f64; 14] = [
