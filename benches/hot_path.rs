@@ -105,6 +105,7 @@ fn split(c: &mut Criterion) {
         query: None,
         client: "10.1.2.3".parse().expect("ip"),
         consumer: None,
+        claims: None,
     };
     c.bench_function("split_assign_sticky", |b| {
         b.iter(|| black_box(split.choose(&state, &req, || 7)))
@@ -114,5 +115,54 @@ fn split(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse, balancers, maglev_build, split);
+/// A JWT check: a miss verifies the signature and the claims (per algorithm), a hit finds
+/// the token in the worker's cache. Target: a hit under 1 µs.
+fn jwt(c: &mut Criterion) {
+    use lb::client::jwt::keys::parse_jwks;
+    use lb::client::jwt::sign::{jwks, SigningKey};
+    use lb::client::jwt::*;
+    let claims = serde_json::json!({ "sub": "user-42", "iss": "https://id.test", "aud": "shop",
+        "exp": unix_now() + 3600, "role": "beta-tester", "scope": "read write" });
+    for alg in [Alg::ES256, Alg::RS256, Alg::EdDSA] {
+        let key = SigningKey::generate(alg).expect("key");
+        let set = parse_jwks(jwks(&[("k", &key)]).as_bytes(), &[alg]).expect("jwks");
+        let provider = Provider::new(
+            ProviderConfig {
+                name: "bench".into(),
+                issuer: Some("https://id.test".into()),
+                audiences: vec!["shop".into()],
+                algorithms: vec![alg],
+                leeway: std::time::Duration::from_secs(60),
+                token: TokenSource::Bearer,
+                keys: KeySource::Secret,
+                forward_claims: Vec::new(),
+                strip_token: false,
+            },
+            std::sync::Arc::new(KeyHolder::new(set.clone())),
+        );
+        let token = key
+            .sign(
+                &serde_json::json!({ "alg": alg.name(), "kid": "k" }),
+                &claims,
+            )
+            .expect("sign");
+        let now = unix_now();
+        c.bench_function(&format!("jwt_verify_miss_{}", alg.name()), |b| {
+            b.iter(|| {
+                black_box(
+                    provider
+                        .verify(black_box(token.as_bytes()), &set, now)
+                        .is_ok(),
+                )
+            })
+        });
+        if alg == Alg::ES256 {
+            c.bench_function("jwt_cache_hit", |b| {
+                b.iter(|| black_box(provider.check(Some(black_box(token.as_bytes()))).is_ok()))
+            });
+        }
+    }
+}
+
+criterion_group!(benches, parse, balancers, maglev_build, split, jwt);
 criterion_main!(benches);

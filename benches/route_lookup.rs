@@ -96,6 +96,7 @@ fn bench(c: &mut Criterion) {
                     headers: &headers,
                     consumer: None,
                     client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                    jwt: None,
                 };
                 let mut caps = Captures::default();
                 black_box(table.find(&req, &mut caps).map(|r| r.index))

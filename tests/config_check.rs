@@ -61,6 +61,15 @@ fn each_bad_config_names_its_key_path() {
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\nclient_ip = [\"192.0.2.0/33\"]\ncluster = \"a\"\n", "routes[0].client_ip[0]"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\n[routes.split]\nname = \"s\"\ntargets = [{ name = \"a\", cluster = \"a\", weight = 100 }]\ninclude = [{ client_ip = [\"office\"] }]\n", "routes[0].split.include[0].client_ip[0]"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\nproxy_protocol = \"yes\"\n", "listeners[0].proxy_protocol"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_file = \"/nonexistent/jwks.json\"\n", "jwt_providers[0].jwks_file"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"http://127.0.0.1:1/k\"\nalgorithms = [\"HS256\"]\n", "jwt_providers[0].algorithms"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"http://127.0.0.1:1/k\"\nalgorithms = [\"none\"]\n", "jwt_providers[0].algorithms[0]"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"ftp://x\"\n", "jwt_providers[0].jwks_url"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\ncluster = \"a\"\njwt = { provider = \"ghost\" }\n", "routes[0].jwt.provider"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\ncluster = \"a\"\njwt_claims = [{ name = \"role\", equals = \"x\" }]\n", "routes[0].jwt_claims"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"http://127.0.0.1:1/k\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\ncluster = \"a\"\njwt = { provider = \"p\" }\njwt_claims = [{ name = \"role\" }]\n", "routes[0].jwt_claims[0]"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\ncluster = \"a\"\nrate_limit = { key = \"jwt:sub\", limits = [{ requests = 1, per = \"1s\" }] }\n", "routes[0].jwt"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nbalancer = \"maglev\"\nhash_key = \"jwt:sub\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n", "clusters[0].hash_key"),
         ("", "listeners"),
     ];
     for (text, path) in cases {

@@ -169,6 +169,8 @@ pub enum RateKey {
     Header(String),
     /// The consumer's name; anonymous requests share one bucket.
     Consumer,
+    /// A claim of the route's verified JWT; requests without it share one bucket.
+    Claim(String),
 }
 
 /// One rule of a route's rate limit.
@@ -176,6 +178,8 @@ pub enum RateKey {
 pub struct RateRule {
     /// Consumer metadata that must match; empty matches everyone.
     pub when: Vec<(String, String)>,
+    /// Conditions on the route's verified JWT claims; empty matches everyone.
+    pub when_claims: Vec<crate::client::jwt::ClaimCond>,
     pub rate: Rate,
 }
 

@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub consumers: crate::identity::Consumers,
     /// Some route needs to know who the consumer is: keys are looked up only then.
     pub needs_identity: bool,
+    /// JWT providers with their keys, by `[[jwt_providers]]` index.
+    pub jwt: Vec<Arc<crate::client::jwt::Provider>>,
 }
 
 /// A split as a snapshot carries it: config, shared live state, metric handles.
@@ -259,7 +261,20 @@ impl Snapshot {
                 });
             }
         }
+        let jwt = config
+            .jwt_providers
+            .iter()
+            .map(|spec| {
+                let keys = match (&spec.keys, &spec.fetch) {
+                    (_, Some(f)) => crate::client::jwt::fetch::holder(f),
+                    (Some(set), None) => Arc::new(crate::client::jwt::KeyHolder::new(set.clone())),
+                    (None, None) => Arc::default(),
+                };
+                Arc::new(crate::client::jwt::Provider::new(spec.config.clone(), keys))
+            })
+            .collect();
         Ok(Snapshot {
+            jwt,
             splits,
             route_split,
             needs_identity: !config.consumers.list.is_empty()

@@ -108,6 +108,7 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
         (method, p) if p.starts_with("/splits/") => split_control(method, p, &req.body, control),
         ("GET", "/routes") => (200, routes(control)),
         ("GET", "/certificates") => (200, certificates(control)),
+        ("GET", "/jwt") => (200, jwt_providers(control)),
         ("POST", "/reload") => match control.reload() {
             Ok(version) => (200, json!({ "result": "reloaded", "version": version })),
             Err(errors) => (
@@ -202,6 +203,44 @@ fn certificates(control: &Control) -> Value {
         })
         .collect();
     json!({ "certificates": list })
+}
+
+/// The JWT providers: settings, the keys in use (kid and algorithms, never material) and
+/// the last fetch.
+fn jwt_providers(control: &Control) -> Value {
+    use crate::client::jwt::KeySource;
+    let snap = control.cell.load();
+    let list: Vec<Value> = snap
+        .jwt
+        .iter()
+        .map(|p| {
+            let c = &p.config;
+            let keys = p.keys.current.load();
+            let source = match &c.keys {
+                KeySource::File(path) => json!({ "jwks_file": path.display().to_string() }),
+                KeySource::Url { url, refresh, .. } => {
+                    json!({ "jwks_url": url, "refresh_seconds": refresh.as_secs() })
+                }
+                KeySource::Secret => json!({ "secret_file": true }),
+            };
+            json!({
+                "name": c.name,
+                "issuer": c.issuer,
+                "audiences": c.audiences,
+                "algorithms": c.algorithms.iter().map(|a| a.name()).collect::<Vec<_>>(),
+                "source": source,
+                "keys": keys.set.keys.iter().map(|k| json!({
+                    "kid": k.kid,
+                    "algorithms": k.algs.iter().map(|a| a.name()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "skipped_keys": keys.set.skipped,
+                "generation": keys.generation,
+                "fetched_unix": keys.fetched.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                "last_error": keys.error,
+            })
+        })
+        .collect();
+    json!({ "providers": list })
 }
 
 fn routes(control: &Control) -> Value {

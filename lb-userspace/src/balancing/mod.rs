@@ -32,6 +32,8 @@ pub enum HashKey {
     Query(String),
     ClientIp,
     Path,
+    /// A claim of the route's verified JWT (`jwt:NAME`; splits only).
+    Claim(String),
 }
 
 /// What a balancer needs to know of an endpoint.
@@ -238,6 +240,8 @@ pub fn request_key_hash(
             .find_map(|h| crate::http::cookie_value(h.value, name.as_bytes()))?,
         HashKey::Query(name) => crate::http::query_param(query?, name.as_bytes())?,
         HashKey::Path => path,
+        // Clusters do not see claims (config refuses it there).
+        HashKey::Claim(_) => return None,
         HashKey::ClientIp => {
             return Some(match client {
                 IpAddr::V4(v4) => maglev::key_hash(&v4.octets()),

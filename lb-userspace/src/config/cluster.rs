@@ -161,6 +161,10 @@ pub(super) fn validate_cluster(
         }
     };
     let hash_key = c.hash_key.as_deref().and_then(|k| match parse_hash_key(k) {
+        Ok(HashKey::Claim(_)) => {
+            errs.push(at("hash_key"), "a cluster's hash key cannot be a JWT claim (a split's sticky key or a rate limit's key can)");
+            None
+        }
         Ok(h) => Some(h),
         Err(m) => {
             errs.push(at("hash_key"), m);
@@ -311,6 +315,7 @@ pub fn parse_hash_key(k: &str) -> Result<HashKey, String> {
             "header" => Ok(HashKey::Header(name.to_ascii_lowercase())),
             "cookie" => Ok(HashKey::Cookie(name.to_string())),
             "query" => Ok(HashKey::Query(name.to_string())),
+            "jwt" => Ok(HashKey::Claim(name.to_string())),
             _ => Err(bad()),
         },
         _ => Err(bad()),

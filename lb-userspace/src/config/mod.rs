@@ -4,6 +4,7 @@
 //! (`clusters[2].endpoints[0].addr`) and what was expected.
 
 mod cluster;
+pub mod jwt;
 pub mod raw;
 mod release;
 mod routes;
@@ -81,6 +82,8 @@ pub struct Config {
     pub consumers: crate::identity::Consumers,
     pub steering: SteeringConfig,
     pub metrics: MetricsConfig,
+    /// `[[jwt_providers]]`, by index (routes refer to them so).
+    pub jwt_providers: Vec<jwt::JwtSpec>,
 }
 
 /// `[metrics]`: the series routes get when they do not say (`metrics = ...` on a route).
@@ -217,6 +220,9 @@ pub struct HttpConfig {
     pub client_address_headers: ClientAddressHeaders,
     /// Peers whose forwarding headers name the client (`[http] trusted_proxies`).
     pub trusted_proxies: crate::client::IpSet,
+    /// Lower-case names of headers only lb writes (forwarded JWT claims): removed from every
+    /// request before it goes upstream.
+    pub owned_headers: Vec<String>,
 }
 
 /// What `lb` does with the client-address headers a client sends.
@@ -988,9 +994,16 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
 
     let steering = validate_steering(raw.steering.as_ref(), &mut errs);
     let consumers = release::validate_consumers(raw.identity.as_ref(), &raw.consumers, &mut errs);
+    let jwt_providers = jwt::validate_providers(&raw.jwt_providers, base, &mut errs);
+    let mut http = http;
+    // Headers lb writes from verified claims: a client's copies never reach a backend.
+    http.owned_headers = jwt_providers
+        .iter()
+        .flat_map(|p| p.config.forward_claims.iter().map(|(_, h)| h.clone()))
+        .collect();
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        if let Some(route) = routes::validate_route(i, r, &clusters, &mut errs) {
+        if let Some(route) = routes::validate_route(i, r, &clusters, &jwt_providers, &mut errs) {
             routes.push(route);
         }
     }
@@ -1009,6 +1022,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             consumers,
             steering,
             metrics,
+            jwt_providers,
         })
     } else {
         Err(errs.0)
@@ -1301,6 +1315,7 @@ fn validate_http(h: &RawHttp, errs: &mut Errors) -> HttpConfig {
         trailers,
         client_address_headers,
         trusted_proxies,
+        owned_headers: Vec::new(),
         max_header_bytes: max_header_bytes.min(1 << 20) as usize,
         max_uri_bytes: max_uri_bytes.min(1 << 20) as usize,
         max_headers: max_headers.min(MAX_HEADERS_LIMIT),

@@ -29,6 +29,56 @@ pub struct RawConfig {
     pub steering: Option<RawSteering>,
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// Issuers of JWT bearer tokens that routes can require and read claims from.
+    #[serde(default)]
+    pub jwt_providers: Vec<RawJwtProvider>,
+}
+
+/// `[[jwt_providers]]`: who issues the tokens, how they are signed, where they come in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwtProvider {
+    pub name: String,
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Default `["RS256", "ES256", "EdDSA"]`; `HS*` needs `secret`/`secret_file`.
+    pub algorithms: Option<Vec<String>>,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    /// How often a JWKS URL is fetched again (default "10m").
+    pub jwks_refresh: Option<String>,
+    /// The least time between fetches for unknown `kid`s (default "30s").
+    pub jwks_min_refetch: Option<String>,
+    /// CAs for an `https` JWKS URL (default: the system's).
+    pub jwks_ca: Option<String>,
+    pub secret_file: Option<String>,
+    /// `exp` and `nbf` tolerance (default "60s").
+    pub leeway: Option<String>,
+    /// `"bearer"` (default), `"header:NAME"`, `"cookie:NAME"` or `"query:NAME"`.
+    pub token: Option<String>,
+    /// Claims to send to the backend, `{ claim = "Header-Name" }`.
+    #[serde(default)]
+    pub forward_claims: std::collections::BTreeMap<String, String>,
+    pub strip_token: Option<bool>,
+}
+
+/// A route's `jwt = { provider = "...", required = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteJwt {
+    pub provider: String,
+    pub required: Option<bool>,
+}
+
+/// `{ name = "role", equals = "beta-tester" }`, `contains`, or `present`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaimCond {
+    pub name: String,
+    pub equals: Option<String>,
+    pub contains: Option<String>,
+    pub present: Option<bool>,
 }
 
 /// `[metrics]`: how many series routes get.
@@ -406,6 +456,11 @@ pub struct RawRoute {
     pub client_cert_subject: Option<String>,
     /// The client's address is in one of these prefixes (`"192.0.2.0/24"`, `"2001:db8::/32"`).
     pub client_ip: Option<Vec<String>>,
+    /// Verify the request's JWT with a provider (required: 401 without a valid one).
+    pub jwt: Option<RawRouteJwt>,
+    /// Conditions on the verified token's claims (needs `jwt`).
+    #[serde(default)]
+    pub jwt_claims: Vec<RawClaimCond>,
     /// Exactly one of the four path matchers, or none (matches every path).
     pub path: Option<String>,
     pub path_prefix: Option<String>,
@@ -479,6 +534,8 @@ pub struct RawOverride {
     pub header: Option<String>,
     pub query: Option<String>,
     pub cookie: Option<String>,
+    /// A claim of the route's verified JWT.
+    pub jwt_claim: Option<String>,
     pub value: String,
     pub target: String,
 }
@@ -493,6 +550,8 @@ pub struct RawTargeting {
     pub values: Vec<String>,
     /// The client's address is in one of these prefixes (instead of header or consumer).
     pub client_ip: Option<Vec<String>>,
+    /// A claim of the route's verified JWT (a value, or an array holding one of `values`).
+    pub jwt_claim: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -546,6 +605,9 @@ pub struct RawRateLimit {
 pub struct RawLimitRule {
     #[serde(default)]
     pub when: std::collections::BTreeMap<String, String>,
+    /// Conditions on the route's verified JWT claims (a tier by claim).
+    #[serde(default)]
+    pub when_claims: Vec<RawClaimCond>,
     pub requests: u32,
     pub per: String,
     pub burst: Option<u32>,

@@ -86,7 +86,7 @@ pub(super) fn validate_split(
     };
     let sticky = s.sticky.as_deref().and_then(|k| match parse_hash_key(k) {
         Ok(crate::config::HashKey::Path) | Err(_) => {
-            errs.push(format!("{key}.sticky"), format!("expected \"header:NAME\", \"cookie:NAME\", \"query:NAME\" or \"client_ip\", got {k:?}"));
+            errs.push(format!("{key}.sticky"), format!("expected \"header:NAME\", \"cookie:NAME\", \"query:NAME\", \"jwt:CLAIM\" or \"client_ip\", got {k:?}"));
             None
         }
         Ok(h) => Some(h),
@@ -94,16 +94,20 @@ pub(super) fn validate_split(
     let mut overrides = Vec::new();
     for (i, o) in s.overrides.iter().enumerate() {
         let k = format!("{key}.override[{i}]");
-        let set = [&o.header, &o.query, &o.cookie]
+        let set = [&o.header, &o.query, &o.cookie, &o.jwt_claim]
             .iter()
             .filter(|x| x.is_some())
             .count();
-        let source = match (set, &o.header, &o.query, &o.cookie) {
-            (1, Some(h), _, _) => Source::Header(h.to_ascii_lowercase()),
-            (1, _, Some(q), _) => Source::Query(q.clone()),
-            (1, _, _, Some(c)) => Source::Cookie(c.clone()),
+        let source = match (set, &o.header, &o.query, &o.cookie, &o.jwt_claim) {
+            (1, Some(h), _, _, _) => Source::Header(h.to_ascii_lowercase()),
+            (1, _, Some(q), _, _) => Source::Query(q.clone()),
+            (1, _, _, Some(c), _) => Source::Cookie(c.clone()),
+            (1, _, _, _, Some(c)) => Source::Claim(c.clone()),
             _ => {
-                errs.push(k.clone(), "set exactly one of header, query or cookie");
+                errs.push(
+                    k.clone(),
+                    "set exactly one of header, query, cookie or jwt_claim",
+                );
                 continue;
             }
         };
@@ -124,10 +128,11 @@ pub(super) fn validate_split(
             .enumerate()
             .filter_map(|(i, t)| {
                 let k = format!("{key}.{what}[{i}]");
-                let source = match (&t.header, &t.consumer, &t.client_ip) {
-                    (Some(h), None, None) => Source::Header(h.to_ascii_lowercase()),
-                    (None, Some(c), None) => Source::Consumer(c.clone()),
-                    (None, None, Some(list)) => {
+                let source = match (&t.header, &t.consumer, &t.client_ip, &t.jwt_claim) {
+                    (Some(h), None, None, None) => Source::Header(h.to_ascii_lowercase()),
+                    (None, Some(c), None, None) => Source::Consumer(c.clone()),
+                    (None, None, None, Some(c)) => Source::Claim(c.clone()),
+                    (None, None, Some(list), None) => {
                         let set = crate::config::ip_set(list, &format!("{k}.client_ip"), errs)?;
                         if !t.values.is_empty() {
                             errs.push(
@@ -141,7 +146,7 @@ pub(super) fn validate_split(
                         });
                     }
                     _ => {
-                        errs.push(k, "set exactly one of header, consumer or client_ip");
+                        errs.push(k, "set exactly one of header, consumer, client_ip or jwt_claim");
                         return None;
                     }
                 };
@@ -308,12 +313,13 @@ pub(super) fn validate_rate_limit(
     let rkey = match r.key.as_str() {
         "client_ip" => RateKey::ClientIp,
         "consumer" => RateKey::Consumer,
-        k => match k.strip_prefix("header:") {
-            Some(h) if !h.is_empty() => RateKey::Header(h.to_ascii_lowercase()),
+        k => match k.split_once(':') {
+            Some(("header", h)) if !h.is_empty() => RateKey::Header(h.to_ascii_lowercase()),
+            Some(("jwt", c)) if !c.is_empty() => RateKey::Claim(c.to_string()),
             _ => {
                 errs.push(
                     format!("{key}.key"),
-                    format!("expected \"client_ip\", \"consumer\" or \"header:NAME\", got {k:?}"),
+                    format!("expected \"client_ip\", \"consumer\", \"header:NAME\" or \"jwt:CLAIM\", got {k:?}"),
                 );
                 return None;
             }
@@ -338,6 +344,7 @@ pub(super) fn validate_rate_limit(
         }
         rules.push(RateRule {
             when: l.when.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+            when_claims: super::jwt::claim_conds(&l.when_claims, &format!("{k}.when_claims"), errs),
             rate: Rate {
                 requests: l.requests,
                 period,

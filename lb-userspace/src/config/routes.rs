@@ -29,6 +29,7 @@ pub(super) fn validate_route(
     i: usize,
     r: &RawRoute,
     clusters: &[ClusterConfig],
+    providers: &[super::jwt::JwtSpec],
     errs: &mut Errors,
 ) -> Option<Route> {
     let at = |key: &str| format!("routes[{i}].{key}");
@@ -207,7 +208,57 @@ pub(super) fn validate_route(
         }
     });
 
-    let request_headers = header_ops(&at("request_headers"), r.request_headers.as_ref(), errs);
+    let mut request_headers = header_ops(&at("request_headers"), r.request_headers.as_ref(), errs);
+    let jwt = r.jwt.as_ref().and_then(|j| {
+        let Some(provider) = providers.iter().position(|p| p.config.name == j.provider) else {
+            errs.push(
+                at("jwt.provider"),
+                format!("no jwt_providers entry is named {:?}", j.provider),
+            );
+            return None;
+        };
+        // A stripped token never reaches the backend on this route.
+        let p = &providers[provider].config;
+        if p.strip_token {
+            match &p.token {
+                crate::client::jwt::TokenSource::Bearer => {
+                    request_headers.remove.push("authorization".into())
+                }
+                crate::client::jwt::TokenSource::Header(h) => {
+                    request_headers.remove.push(h.clone())
+                }
+                _ => {}
+            }
+        }
+        Some(super::jwt::RouteJwt {
+            provider,
+            required: j.required.unwrap_or(true),
+        })
+    });
+    let jwt_claims = super::jwt::claim_conds(&r.jwt_claims, &at("jwt_claims"), errs);
+    if !jwt_claims.is_empty() && r.jwt.is_none() {
+        errs.push(
+            at("jwt_claims"),
+            "claim conditions need the route's jwt = { provider = \"...\" }",
+        );
+    }
+    let uses_claims = r.split.as_ref().is_some_and(|sp| {
+        sp.sticky.as_deref().is_some_and(|k| k.starts_with("jwt:"))
+            || sp.overrides.iter().any(|o| o.jwt_claim.is_some())
+            || sp
+                .include
+                .iter()
+                .chain(&sp.exclude)
+                .any(|t| t.jwt_claim.is_some())
+    }) || r.rate_limit.as_ref().is_some_and(|rl| {
+        rl.key.starts_with("jwt:") || rl.limits.iter().any(|l| !l.when_claims.is_empty())
+    });
+    if uses_claims && r.jwt.is_none() {
+        errs.push(
+            at("jwt"),
+            "the route's split or rate limit uses JWT claims: set jwt = { provider = \"...\" }",
+        );
+    }
     let response_headers = header_ops(&at("response_headers"), r.response_headers.as_ref(), errs);
     let deprecation = r
         .deprecation
@@ -288,6 +339,8 @@ pub(super) fn validate_route(
         client_cert: r.client_cert,
         client_cert_subject: r.client_cert_subject.clone(),
         client_ip,
+        jwt,
+        jwt_claims,
         name: route_name,
         index: i,
         host,

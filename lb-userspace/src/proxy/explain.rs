@@ -235,7 +235,20 @@ fn route_verdicts(
             );
         }
         let identity = snap.consumers.identify(parsed.headers, query);
+        let jwt = (!snap.jwt.is_empty())
+            .then(|| crate::client::jwt::Lookup::new(&snap.jwt, parsed.headers, query));
+        if let Some(lookup) = &jwt {
+            for (i, p) in snap.jwt.iter().enumerate() {
+                let verdict = match lookup.verdict(i) {
+                    Ok(c) => format!("valid, claims {}", c.value),
+                    Err(crate::client::jwt::Failure::Missing) => "no token".to_string(),
+                    Err(f) => format!("refused: {}", f.description()),
+                };
+                let _ = writeln!(text, "jwt {}: {verdict}", p.config.name);
+            }
+        }
         let rreq = RouteRequest {
+            jwt: jwt.as_ref(),
             host: parsed.host(),
             path,
             query,

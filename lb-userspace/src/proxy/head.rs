@@ -98,6 +98,15 @@ fn same_header(name: &[u8], want: &[u8]) -> bool {
         })
 }
 
+/// True if only lb writes this header (a forwarded JWT claim).
+fn is_owned(name: &[u8], http: &HttpConfig) -> bool {
+    !http.owned_headers.is_empty()
+        && http
+            .owned_headers
+            .iter()
+            .any(|o| same_header(name, o.as_bytes()))
+}
+
 /// True if a client-sent header of this name is removed under `http`'s policy.
 fn is_untrusted_client_address(name: &[u8], http: &HttpConfig) -> bool {
     if same_header(name, b"x-forwarded-for") {
@@ -137,6 +146,7 @@ pub fn write_request_head(
             || req.conn.names(name)
             || ops.drops(name)
             || is_untrusted_client_address(name, http)
+            || is_owned(name, http)
         {
             continue;
         }
@@ -448,6 +458,8 @@ mod tests {
             client_cert: None,
             client_cert_subject: None,
             client_ip: None,
+            jwt: None,
+            jwt_claims: Vec::new(),
             name: String::new(),
             index: 0,
             host: crate::routing::matchers::HostMatch::Any,

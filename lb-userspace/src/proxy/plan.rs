@@ -7,7 +7,10 @@
 use std::time::SystemTime;
 
 use super::{head, ClientSide, Decision, Plan, Record, Reject};
+use std::rc::Rc;
+
 use crate::balancing::request_key_hash;
+use crate::client::jwt::{Claims, Failure, Lookup};
 use crate::config::MAX_HEADERS_LIMIT;
 use crate::http::request::{self, RequestHead};
 use crate::http::write::error_response;
@@ -67,6 +70,10 @@ struct Routed<'s, 'p> {
     identity: Identity,
     consumer: Option<&'s [(String, String)]>,
     vars: Vars<'p>,
+    /// The route's provider's verified claims, if its token verified.
+    claims: Option<Rc<Claims>>,
+    /// Why the token a route requires did not verify (the answer is 401).
+    jwt_failure: Option<Failure>,
 }
 
 /// Parses and routes the head at the front of `data`, and writes into `out` either the
@@ -116,7 +123,12 @@ pub(super) fn plan_request(
     let mut scratch = Vec::new();
     let path = normalised_path(snap, &h, raw_path, &mut scratch)?;
     let mut values = [&b""[..]; MAX_CAPTURES];
-    let r = route(snap, &h, path, query, &mut values, rec)?;
+    // Tokens are verified only if a route, split or limit asks, once per provider.
+    let jwt = (!snap.jwt.is_empty()).then(|| Lookup::new(&snap.jwt, req.headers, query));
+    let r = route(snap, &h, (path, query), &mut values, jwt.as_ref(), rec)?;
+    if let Some(f) = r.jwt_failure {
+        return Ok(Some(unauthorized(snap, &h, &r, f, out)));
+    }
     if let Some(d) = admit_rate(snap, &h, &r, out, rec) {
         return Ok(Some(d));
     }
@@ -237,9 +249,9 @@ fn normalised_path<'a>(
 fn route<'s, 'p>(
     snap: &'s Snapshot,
     h: &Head<'_, '_, 'p>,
-    path: &'p [u8],
-    query: Option<&'p [u8]>,
+    (path, query): (&'p [u8], Option<&'p [u8]>),
     values: &'p mut [&'p [u8]; MAX_CAPTURES],
+    jwt: Option<&Lookup<'_>>,
     rec: &mut Record,
 ) -> Result<Routed<'s, 'p>, Reject> {
     let req = h.req;
@@ -260,6 +272,7 @@ fn route<'s, 'p>(
         sni: h.sni.map(str::as_bytes),
         client_cert: h.client_cert.map(|c| c.subject.as_bytes()),
         client_ip: h.client.ip,
+        jwt,
     };
     let mut caps = Captures::default();
     let Some(route) = snap.routes.find(&rreq, &mut caps) else {
@@ -275,7 +288,18 @@ fn route<'s, 'p>(
         return Err(h.refuse(401, "unauthorized", message));
     }
     let n = caps.values(path, values);
+    let (mut claims, mut jwt_failure) = (None, None);
+    if let (Some(j), Some(lookup)) = (route.jwt, jwt) {
+        match lookup.verdict(j.provider) {
+            Ok(c) => claims = Some(c.clone()),
+            // An optional token that does not verify counts as no token (and is counted).
+            Err(f) if j.required => jwt_failure = Some(f),
+            Err(_) => {}
+        }
+    }
     Ok(Routed {
+        claims,
+        jwt_failure,
         route,
         identity,
         consumer,
@@ -286,6 +310,40 @@ fn route<'s, 'p>(
             captures: &values[..n],
         },
     })
+}
+
+/// A route that requires a valid token got none: 401 with a `WWW-Authenticate` challenge
+/// that says why (RFC 6750).
+fn unauthorized(
+    snap: &Snapshot,
+    h: &Head<'_, '_, '_>,
+    r: &Routed<'_, '_>,
+    f: Failure,
+    out: &mut Vec<u8>,
+) -> Decision {
+    let close = h.close_after_error;
+    error_response(out, 401, "unauthorized", f.description(), close);
+    let realm = r
+        .route
+        .jwt
+        .and_then(|j| snap.jwt.get(j.provider))
+        .map_or("lb", |p| p.config.name.as_str());
+    let challenge = if f == Failure::Missing {
+        format!("WWW-Authenticate: Bearer realm=\"{realm}\"\r\n")
+    } else {
+        format!(
+            "WWW-Authenticate: Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"\r\n",
+            f.description()
+        )
+    };
+    if let Some(pos) = out.windows(4).position(|x| x == b"\r\n\r\n") {
+        out.splice(pos + 2..pos + 2, challenge.bytes());
+    }
+    Decision::Local {
+        head_len: h.req.head_len,
+        keep_alive: !close,
+        status: 401,
+    }
 }
 
 /// Admit: the route's rate limit. `Some`: refused, with the 429 in `out`.
@@ -317,11 +375,10 @@ fn rate_limit(
     r: &Routed<'_, '_>,
 ) -> Option<crate::ratelimit::Verdict> {
     let rl = r.route.rate_limit.as_ref()?;
-    let (i, rule) = rl
-        .rules
-        .iter()
-        .enumerate()
-        .find(|(_, x)| crate::identity::metadata_matches(r.consumer, &x.when))?;
+    let (i, rule) = rl.rules.iter().enumerate().find(|(_, x)| {
+        crate::identity::metadata_matches(r.consumer, &x.when)
+            && x.when_claims.iter().all(|c| c.matches(r.claims.as_deref()))
+    })?;
     let mut k = crate::hash::fnv1a_of(r.route.name.as_bytes());
     k = crate::hash::fnv1a(k, &(i as u32).to_le_bytes());
     k = match &rl.key {
@@ -338,6 +395,15 @@ fn rate_limit(
                 .map_or(&b""[..], |x| x.value);
             crate::hash::fnv1a(k, v)
         }
+        RateKey::Claim(name) => match r
+            .claims
+            .as_deref()
+            .and_then(|c| crate::client::jwt::claim(&c.value, name))
+            .and_then(crate::client::jwt::claim_text)
+        {
+            Some(v) => crate::hash::fnv1a(k, v.as_bytes()),
+            None => crate::hash::fnv1a(k, b"\0anonymous"),
+        },
         RateKey::Consumer => match r.identity {
             Identity::Known(c) => crate::hash::fnv1a(k, snap.consumers.list[c].name.as_bytes()),
             _ => crate::hash::fnv1a(k, b"\0anonymous"),
@@ -480,6 +546,7 @@ fn forward(
     if websocket {
         head::insert_headers(out, &[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
     }
+    forward_claims(snap, r, out);
     if let Some((si, t)) = variant {
         let split = &snap.splits[si];
         if let Some(ab) = &split.config.ab_test {
@@ -513,6 +580,39 @@ fn forward(
         grpc_deadline,
         grpc,
     }))
+}
+
+/// The route's provider's `forward_claims`, as headers the backend can trust (the client's
+/// copies were removed with the other `owned_headers`). A scalar goes as it is, an array as
+/// its scalars joined by `,`, an object as JSON.
+fn forward_claims(snap: &Snapshot, r: &Routed<'_, '_>, out: &mut Vec<u8>) {
+    let (Some(j), Some(claims)) = (r.route.jwt, r.claims.as_deref()) else {
+        return;
+    };
+    let Some(p) = snap.jwt.get(j.provider) else {
+        return;
+    };
+    for (name, header) in &p.config.forward_claims {
+        let Some(v) = crate::client::jwt::claim(&claims.value, name) else {
+            continue;
+        };
+        let text = match v {
+            serde_json::Value::Array(list) => list
+                .iter()
+                .filter_map(crate::client::jwt::claim_text)
+                .collect::<Vec<_>>()
+                .join(","),
+            serde_json::Value::Object(_) => v.to_string(),
+            _ => crate::client::jwt::claim_text(v)
+                .unwrap_or_default()
+                .into_owned(),
+        };
+        // A claim cannot smuggle a header line.
+        if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            continue;
+        }
+        head::insert_headers(out, &[(header.as_str(), text.as_str())]);
+    }
 }
 
 /// A `grpc-timeout` value: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
@@ -551,6 +651,7 @@ fn choose_cluster(
         query: r.vars.query,
         client: h.client.ip,
         consumer: r.consumer,
+        claims: r.claims.as_deref(),
     };
     let (t, reason) = split
         .config

@@ -40,6 +40,8 @@ pub enum Source {
     Consumer(String),
     /// The client's address, in a set of prefixes (targeting only).
     ClientIp(std::sync::Arc<crate::client::IpSet>),
+    /// A claim of the route's verified JWT.
+    Claim(String),
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +114,8 @@ pub struct SplitRequest<'a> {
     pub client: IpAddr,
     /// Metadata of the request's consumer, if it presented a known key.
     pub consumer: Option<&'a [(String, String)]>,
+    /// The route's verified JWT claims, if its token verified.
+    pub claims: Option<&'a crate::client::jwt::Claims>,
 }
 
 /// Why a target was chosen.
@@ -132,6 +136,8 @@ enum SourceRef<'s> {
     Consumer(&'s str),
     /// Has no value to compare: matched by prefix ([`Targeting::matches`]).
     ClientIp,
+    /// Matched by [`SplitRequest::claim_is`] (a claim may be an array).
+    Claim,
 }
 
 impl Source {
@@ -142,6 +148,7 @@ impl Source {
             Source::Cookie(n) => SourceRef::Cookie(n),
             Source::Consumer(n) => SourceRef::Consumer(n),
             Source::ClientIp(_) => SourceRef::ClientIp,
+            Source::Claim(_) => SourceRef::Claim,
         }
     }
 }
@@ -151,6 +158,7 @@ impl Targeting {
     fn matches(&self, req: &SplitRequest<'_>) -> bool {
         match &self.source {
             Source::ClientIp(set) => set.contains(req.client),
+            Source::Claim(name) => self.values.iter().any(|v| req.claim_is(name, v)),
             s => req
                 .value(s.as_ref())
                 .is_some_and(|v| self.values.iter().any(|x| x.as_bytes() == v)),
@@ -177,13 +185,24 @@ impl SplitRequest<'_> {
                 .iter()
                 .find(|(k, _)| k == field)
                 .map(|(_, v)| v.as_bytes()),
-            SourceRef::ClientIp => None,
+            SourceRef::ClientIp | SourceRef::Claim => None,
         }
+    }
+
+    /// Whether claim `name` is `value`, or an array (or space-separated string) holding it.
+    fn claim_is(&self, name: &str, value: &str) -> bool {
+        self.claims
+            .and_then(|c| crate::client::jwt::claim(&c.value, name))
+            .is_some_and(|v| crate::client::jwt::claim_has(v, value))
     }
 
     /// The sticky bucket of this request's key, if it has one.
     fn sticky_bucket(&self, key: &HashKey, salt: &str) -> Option<u32> {
         let value = match key {
+            HashKey::Claim(name) => {
+                let v = crate::client::jwt::claim(&self.claims?.value, name)?;
+                return Some(bucket(salt, crate::client::jwt::claim_text(v)?.as_bytes()));
+            }
             HashKey::Header(n) => self.value(SourceRef::Header(n))?,
             HashKey::Cookie(n) => self.value(SourceRef::Cookie(n))?,
             HashKey::Query(n) => self.value(SourceRef::Query(n))?,
@@ -231,7 +250,11 @@ impl SplitConfig {
         random: impl FnOnce() -> u32,
     ) -> (usize, Reason) {
         for o in &self.overrides {
-            if req.value(o.source.as_ref()) == Some(o.value.as_bytes()) {
+            let hit = match &o.source {
+                Source::Claim(name) => req.claim_is(name, &o.value),
+                s => req.value(s.as_ref()) == Some(o.value.as_bytes()),
+            };
+            if hit {
                 return (o.target, Reason::Override);
             }
         }

@@ -37,6 +37,10 @@ pub struct Route {
     pub client_cert_subject: Option<String>,
     /// The client's address must be in one of these prefixes.
     pub client_ip: Option<crate::client::IpSet>,
+    /// The JWT provider whose token this route verifies, and whether it must be valid.
+    pub jwt: Option<crate::config::jwt::RouteJwt>,
+    /// Conditions on that token's claims.
+    pub jwt_claims: Vec<crate::client::jwt::ClaimCond>,
     pub path: PathMatch,
     /// Upper-case method names; empty means any.
     pub methods: Vec<String>,
@@ -86,6 +90,8 @@ pub struct RouteRequest<'a> {
     /// The client's address (see `client`: the peer, or the PROXY protocol's or a trusted
     /// proxy's word).
     pub client_ip: std::net::IpAddr,
+    /// The request's JWT verdicts, worked out when a route asks.
+    pub jwt: Option<&'a crate::client::jwt::Lookup<'a>>,
 }
 
 impl<'a> RouteRequest<'a> {
@@ -110,12 +116,25 @@ impl Route {
                 .is_none_or(|s| req.client_cert == Some(s.as_bytes()))
     }
 
+    /// The JWT claim conditions, against the route's provider's verdict.
+    fn claims_match(&self, req: &RouteRequest<'_>) -> bool {
+        if self.jwt_claims.is_empty() {
+            return true;
+        }
+        let claims = match (self.jwt, req.jwt) {
+            (Some(j), Some(lookup)) => lookup.claims(j.provider),
+            _ => None,
+        };
+        self.jwt_claims.iter().all(|c| c.matches(claims))
+    }
+
     fn condition_count(&self) -> usize {
         usize::from(!self.methods.is_empty())
             + usize::from(self.sni.is_some())
             + usize::from(self.client_cert.is_some())
             + usize::from(self.client_cert_subject.is_some())
             + usize::from(self.client_ip.is_some())
+            + self.jwt_claims.len()
             + self.headers.len()
             + self.query.len()
             + self.consumer.len()
@@ -135,6 +154,7 @@ impl Route {
                 .is_none_or(|set| set.contains(req.client_ip))
             && self.headers.iter().all(|h| h.matches(req.headers))
             && self.query.iter().all(|q| q.matches(req.query))
+            && self.claims_match(req)
             // Without a known consumer the route still matches, and answers 401: a consumer
             // route implies a required key.
             && (self.consumer.is_empty()
@@ -193,6 +213,18 @@ impl Route {
         if let Some(h) = self.headers.iter().find(|h| !h.matches(req.headers)) {
             return Some(format!("header {} is not {}", h.name, h.test));
         }
+        if !self.claims_match(req) {
+            let claims = match (self.jwt, req.jwt) {
+                (Some(j), Some(lookup)) => lookup.claims(j.provider),
+                _ => None,
+            };
+            if let Some(c) = self.jwt_claims.iter().find(|c| !c.matches(claims)) {
+                return Some(match claims {
+                    Some(_) => format!("{c} does not hold"),
+                    None => format!("{c} does not hold (no valid token)"),
+                });
+            }
+        }
         if let Some(q) = self.query.iter().find(|q| !q.matches(req.query)) {
             return Some(format!(
                 "query parameter {} is not {}",
@@ -219,6 +251,10 @@ impl Route {
                 .client_ip
                 .as_ref()
                 .is_none_or(|e| self.client_ip.as_ref() == Some(e))
+            && earlier
+                .jwt_claims
+                .iter()
+                .all(|e| self.jwt_claims.contains(e))
             && earlier.query.iter().all(|e| {
                 self.query
                     .iter()

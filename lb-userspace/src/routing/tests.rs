@@ -40,6 +40,7 @@ fn pick(
         headers: &hs,
         consumer: None,
         client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        jwt: None,
     };
     let mut caps = Captures::default();
     t.find(&req, &mut caps).map(|r| r.name.clone())

@@ -469,6 +469,16 @@ pub fn claim_text(v: &serde_json::Value) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
+/// Whether a claim is `want`, or holds it: an array with it as an element, or a
+/// space-separated string (an OAuth `scope`) with it as a word.
+pub fn claim_has(v: &serde_json::Value, want: &str) -> bool {
+    match v {
+        serde_json::Value::Array(list) => list.iter().filter_map(claim_text).any(|t| t == want),
+        serde_json::Value::String(s) => s == want || s.split_ascii_whitespace().any(|w| w == want),
+        _ => claim_text(v).is_some_and(|t| t == want),
+    }
+}
+
 /// What a claim condition tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimTest {
@@ -514,6 +524,14 @@ impl std::fmt::Display for ClaimCond {
             ClaimTest::Present(true) => write!(f, "claim {} present", self.name),
             ClaimTest::Present(false) => write!(f, "claim {} absent", self.name),
         }
+    }
+}
+
+impl std::fmt::Debug for Lookup<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookup")
+            .field("providers", &self.providers.len())
+            .finish()
     }
 }
 
