@@ -106,6 +106,7 @@ fn split(c: &mut Criterion) {
         client: "10.1.2.3".parse().expect("ip"),
         consumer: None,
         claims: None,
+        geo: None,
     };
     c.bench_function("split_assign_sticky", |b| {
         b.iter(|| black_box(split.choose(&state, &req, || 7)))

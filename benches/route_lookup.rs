@@ -97,6 +97,7 @@ fn bench(c: &mut Criterion) {
                     consumer: None,
                     client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
                     jwt: None,
+                    geo: None,
                 };
                 let mut caps = Captures::default();
                 black_box(table.find(&req, &mut caps).map(|r| r.index))

@@ -70,6 +70,9 @@ fn each_bad_config_names_its_key_path() {
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"http://127.0.0.1:1/k\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\ncluster = \"a\"\njwt = { provider = \"p\" }\njwt_claims = [{ name = \"role\" }]\n", "routes[0].jwt_claims[0]"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\ncluster = \"a\"\nrate_limit = { key = \"jwt:sub\", limits = [{ requests = 1, per = \"1s\" }] }\n", "routes[0].jwt"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nbalancer = \"maglev\"\nhash_key = \"jwt:sub\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n", "clusters[0].hash_key"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[geoip]\ndatabase = \"/nonexistent.mmdb\"\n", "geoip.database"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[geoip]\ndatabase = \"/etc/hostname\"\n", "geoip.database"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\ncluster = \"a\"\ncountry = [\"DE\"]\n", "routes[0].country"),
         ("", "listeners"),
     ];
     for (text, path) in cases {

@@ -426,3 +426,156 @@ fn explain_shows_the_client_and_why() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A country database: documentation networks in Germany, the US and France.
+fn geo_db(path: &std::path::Path, extra: &[(&str, u8, &str, &str)]) {
+    let mut entries: Vec<(std::net::IpAddr, u8, &str, &str)> = vec![
+        ("203.0.113.0".parse().unwrap(), 24, "DE", "EU"),
+        ("198.51.100.0".parse().unwrap(), 24, "US", "NA"),
+        ("2001:db8:e0::".parse().unwrap(), 48, "FR", "EU"),
+    ];
+    entries.extend(
+        extra
+            .iter()
+            .map(|(ip, len, c, k)| (ip.parse().unwrap(), *len, *c, *k)),
+    );
+    // Written aside and renamed: a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, lb::client::geo::write::country_db(&entries)).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+const GEO_ROUTES: &str = r#"
+[[routes]]
+name = "eu"
+path_prefix = "/app"
+continent = "EU"
+cluster = "canary"
+
+[[routes]]
+name = "rest"
+path_prefix = "/app"
+cluster = "stable"
+
+[[routes]]
+path_prefix = "/rollout"
+[routes.split]
+name = "germany-first"
+targets = [{ name = "stable", cluster = "stable", weight = 0 }, { name = "canary", cluster = "canary", weight = 100 }]
+default_target = "stable"
+include = [{ country = ["de"] }]
+
+[[routes]]
+path_prefix = "/limited"
+cluster = "stable"
+rate_limit = { key = "country", limits = [{ requests = 1, per = "1m" }] }
+"#;
+
+/// Country and continent of the real client route, target and limit requests, reach the
+/// backend in a header a client cannot forge, and are logged; unknown addresses get the
+/// default and are counted.
+#[test]
+fn the_client_country_routes_targets_and_limits() {
+    let dir = scratch_dir("geo");
+    let db = dir.join("country.mmdb");
+    geo_db(&db, &[]);
+    let log = dir.join("access.log");
+    let extra = format!(
+        "[http]\ntrusted_proxies = [\"127.0.0.1\"]\n[geoip]\ndatabase = \"{}\"\nheader = \"X-Client-Country\"\n\
+         [access_log]\npath = \"{}\"\n",
+        db.display(),
+        log.display()
+    );
+    let (cfg, _s, _c) = two_clusters(&extra, GEO_ROUTES);
+    let lb = Lb::start(&cfg);
+    let from = |path: &str, who: &str| {
+        get_with(
+            lb.addr,
+            path,
+            &[("X-Forwarded-For", who), ("X-Client-Country", "DE")],
+        )
+    };
+    let r = from("/app", "203.0.113.9");
+    assert_eq!(
+        (
+            backend(&r).as_str(),
+            r.json()["headers"]["x-client-country"].as_str()
+        ),
+        ("canary", Some("DE"))
+    );
+    let r = from("/app", "2001:db8:e0::7");
+    assert_eq!(
+        (
+            backend(&r).as_str(),
+            r.json()["headers"]["x-client-country"].as_str()
+        ),
+        ("canary", Some("FR"))
+    );
+    let r = from("/app", "198.51.100.9");
+    assert_eq!(
+        (
+            backend(&r).as_str(),
+            r.json()["headers"]["x-client-country"].as_str()
+        ),
+        ("stable", Some("US"))
+    );
+    // Not in the database: the default, not what the client claimed.
+    let r = from("/app", "192.0.2.1");
+    assert_eq!(
+        (
+            backend(&r).as_str(),
+            r.json()["headers"]["x-client-country"].as_str()
+        ),
+        ("stable", Some("ZZ"))
+    );
+    assert!(
+        metric(
+            &lb.scrape(),
+            "lb_geoip_lookups_total",
+            &[("result", "not_found")]
+        ) >= 1.0
+    );
+    assert_eq!(backend(&from("/rollout", "203.0.113.1")), "canary");
+    assert_eq!(backend(&from("/rollout", "198.51.100.1")), "stable");
+    let limited: Vec<u16> = ["203.0.113.1", "203.0.113.2", "198.51.100.1"]
+        .iter()
+        .map(|w| from("/limited", w).status)
+        .collect();
+    assert_eq!(limited, [200, 429, 200], "one a minute per country");
+    wait_until("the access log has the country", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"country\":\"FR\""))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A replaced database is picked up without a reload command; a broken one is refused and
+/// the running one stays.
+#[test]
+fn the_geo_database_swaps_live_and_a_bad_one_is_refused() {
+    let dir = scratch_dir("geo-swap");
+    let db = dir.join("country.mmdb");
+    geo_db(&db, &[]);
+    let extra = format!(
+        "[http]\ntrusted_proxies = [\"127.0.0.1\"]\n[geoip]\ndatabase = \"{}\"\nheader = \"X-Client-Country\"\ndefault_country = \"XX\"\n",
+        db.display()
+    );
+    let (cfg, _s, _c) = two_clusters(&extra, GEO_ROUTES);
+    let lb = Lb::start(&cfg);
+    let country = || {
+        get_with(lb.addr, "/app", &[("X-Forwarded-For", "192.0.2.1")]).json()["headers"]
+            ["x-client-country"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(country(), "XX");
+    geo_db(&db, &[("192.0.2.0", 24, "JP", "AS")]);
+    wait_until("the new database is in use", || country() == "JP");
+    std::fs::write(dir.join("bad.tmp"), b"not a database").expect("write");
+    std::fs::rename(dir.join("bad.tmp"), &db).expect("rename");
+    wait_until("the broken database is refused", || {
+        lb.log().contains("geoip.database") && lb.log().contains("not a MaxMind DB file")
+    });
+    assert_eq!(country(), "JP", "the running database stays");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,6 +44,9 @@ pub struct Line<'a> {
     /// For a gRPC call: the status the client got (`OK`, `UNAVAILABLE`, ...), if it got one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<&'static str>,
+    /// The client's country, with `[geoip]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<&'a str>,
 }
 
 impl Line<'_> {

@@ -171,6 +171,8 @@ pub enum RateKey {
     Consumer,
     /// A claim of the route's verified JWT; requests without it share one bucket.
     Claim(String),
+    /// The client's country (`[geoip]`); unknown addresses share the default's bucket.
+    Country,
 }
 
 /// One rule of a route's rate limit.

@@ -313,7 +313,8 @@ fn spawn_resolver(control: Arc<Control>) -> std::io::Result<()> {
 /// How often certificate and key files are checked for changes.
 const CERT_WATCH_EVERY: Duration = Duration::from_secs(2);
 
-/// The certificate and key files of the running config's TLS listeners.
+/// The certificate and key files of the running config's TLS listeners and clusters, and
+/// its `[geoip]` database: replaced files reload the config.
 fn cert_files(control: &Control) -> Vec<PathBuf> {
     let snap = control.cell.load();
     snap.config
@@ -328,6 +329,7 @@ fn cert_files(control: &Control) -> Vec<PathBuf> {
                 .filter_map(|c| c.tls.as_ref())
                 .flat_map(|t| t.files.iter().cloned()),
         )
+        .chain(snap.config.geo.iter().map(|g| g.path.clone()))
         .collect()
 }
 

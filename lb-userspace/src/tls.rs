@@ -237,7 +237,17 @@ pub fn files_fingerprint<'a>(files: impl Iterator<Item = &'a std::path::PathBuf>
     let mut h = crate::hash::FNV_OFFSET;
     for f in files {
         h = crate::hash::fnv1a(h, f.as_os_str().as_encoded_bytes());
-        h = crate::hash::fnv1a(h, &std::fs::read(f).unwrap_or_default());
+        // A large file (a geo database) by its metadata: reading megabytes every few
+        // seconds to notice a change costs more than it tells.
+        match std::fs::metadata(f) {
+            Ok(m) if m.len() > 1 << 20 => {
+                use std::os::unix::fs::MetadataExt;
+                for n in [m.len(), m.ino(), m.mtime() as u64, m.mtime_nsec() as u64] {
+                    h = crate::hash::fnv1a(h, &n.to_le_bytes());
+                }
+            }
+            _ => h = crate::hash::fnv1a(h, &std::fs::read(f).unwrap_or_default()),
+        }
     }
     h
 }

@@ -6,6 +6,7 @@
 //! request. Per-IP connection limits count the connection's address (the PROXY protocol's
 //! source where the listener reads it): forwarding headers arrive only with a request.
 
+pub mod geo;
 pub mod ipset;
 pub mod jwt;
 pub mod proxy_protocol;

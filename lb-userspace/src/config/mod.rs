@@ -84,6 +84,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[[jwt_providers]]`, by index (routes refer to them so).
     pub jwt_providers: Vec<jwt::JwtSpec>,
+    /// `[geoip]`: the database, read when the config loaded.
+    pub geo: Option<crate::client::geo::Shared>,
 }
 
 /// `[metrics]`: the series routes get when they do not say (`metrics = ...` on a route).
@@ -807,6 +809,42 @@ fn validate_listener_tls(
 
 struct Errors(Vec<ConfigError>);
 
+/// `[geoip]`: the database is read now, so that `lb check` and a reload fail on a file that
+/// does not read.
+fn validate_geoip(
+    g: &raw::RawGeoip,
+    base: &Path,
+    errs: &mut Errors,
+) -> Option<crate::client::geo::Shared> {
+    let default = match g.default_country.as_deref() {
+        None => *b"ZZ",
+        Some(c) => match crate::client::geo::code(c) {
+            Some(c) => c,
+            None => {
+                errs.push(
+                    "geoip.default_country",
+                    format!("expected two letters such as \"ZZ\", got {c:?}"),
+                );
+                return None;
+            }
+        },
+    };
+    if let Some(h) = &g.header {
+        if h.is_empty() || !h.bytes().all(crate::http::chunked::is_tchar) {
+            errs.push("geoip.header", format!("{h:?} is not a header name"));
+            return None;
+        }
+    }
+    let header = g.header.as_ref().map(|h| h.to_ascii_lowercase());
+    match crate::client::geo::GeoDb::open(base.join(&g.database), default, header) {
+        Ok(db) => Some(std::sync::Arc::new(db)),
+        Err(e) => {
+            errs.push("geoip.database", e);
+            None
+        }
+    }
+}
+
 /// A list of IP prefixes at `key`; the error names the entry (`key[i]`) that is wrong.
 fn ip_set(list: &[String], key: &str, errs: &mut Errors) -> Option<crate::client::IpSet> {
     if list.is_empty() {
@@ -995,15 +1033,26 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let steering = validate_steering(raw.steering.as_ref(), &mut errs);
     let consumers = release::validate_consumers(raw.identity.as_ref(), &raw.consumers, &mut errs);
     let jwt_providers = jwt::validate_providers(&raw.jwt_providers, base, &mut errs);
+    let geo = raw
+        .geoip
+        .as_ref()
+        .and_then(|g| validate_geoip(g, base, &mut errs));
     let mut http = http;
-    // Headers lb writes from verified claims: a client's copies never reach a backend.
+    // Headers lb writes from verified claims and the geo lookup: a client's copies never
+    // reach a backend.
     http.owned_headers = jwt_providers
         .iter()
         .flat_map(|p| p.config.forward_claims.iter().map(|(_, h)| h.clone()))
+        .chain(geo.iter().filter_map(|g| g.header.clone()))
         .collect();
     let mut routes = Vec::new();
+    let ctx = routes::RouteContext {
+        clusters: &clusters,
+        providers: &jwt_providers,
+        geo: geo.is_some(),
+    };
     for (i, r) in raw.routes.iter().enumerate() {
-        if let Some(route) = routes::validate_route(i, r, &clusters, &jwt_providers, &mut errs) {
+        if let Some(route) = routes::validate_route(i, r, &ctx, &mut errs) {
             routes.push(route);
         }
     }
@@ -1023,6 +1072,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             steering,
             metrics,
             jwt_providers,
+            geo,
         })
     } else {
         Err(errs.0)

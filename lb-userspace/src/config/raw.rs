@@ -32,6 +32,35 @@ pub struct RawConfig {
     /// Issuers of JWT bearer tokens that routes can require and read claims from.
     #[serde(default)]
     pub jwt_providers: Vec<RawJwtProvider>,
+    pub geoip: Option<RawGeoip>,
+}
+
+/// `[geoip]`: a MaxMind DB country (or city) database.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoip {
+    pub database: String,
+    /// The country of addresses the database does not know (default `"ZZ"`).
+    pub default_country: Option<String>,
+    /// Tell the backend the client's country in this header (a client's copy is removed).
+    pub header: Option<String>,
+}
+
+/// One string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// `[[jwt_providers]]`: who issues the tokens, how they are signed, where they come in.
@@ -456,6 +485,10 @@ pub struct RawRoute {
     pub client_cert_subject: Option<String>,
     /// The client's address is in one of these prefixes (`"192.0.2.0/24"`, `"2001:db8::/32"`).
     pub client_ip: Option<Vec<String>>,
+    /// The client's country (ISO 3166-1 alpha-2) is one of these (needs `[geoip]`).
+    pub country: Option<OneOrMany>,
+    /// The client's continent code (`EU`, `NA`, ...) is one of these (needs `[geoip]`).
+    pub continent: Option<OneOrMany>,
     /// Verify the request's JWT with a provider (required: 401 without a valid one).
     pub jwt: Option<RawRouteJwt>,
     /// Conditions on the verified token's claims (needs `jwt`).
@@ -552,6 +585,10 @@ pub struct RawTargeting {
     pub client_ip: Option<Vec<String>>,
     /// A claim of the route's verified JWT (a value, or an array holding one of `values`).
     pub jwt_claim: Option<String>,
+    /// The client's country is one of these (needs `[geoip]`).
+    pub country: Option<Vec<String>>,
+    /// The client's continent is one of these (needs `[geoip]`).
+    pub continent: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -128,6 +128,26 @@ pub(super) fn validate_split(
             .enumerate()
             .filter_map(|(i, t)| {
                 let k = format!("{key}.{what}[{i}]");
+                let geo = match (&t.country, &t.continent) {
+                    (Some(list), None) => Some((Source::Country, list, "country")),
+                    (None, Some(list)) => Some((Source::Continent, list, "continent")),
+                    (None, None) => None,
+                    _ => {
+                        errs.push(k, "set exactly one of header, consumer, client_ip, jwt_claim, country or continent");
+                        return None;
+                    }
+                };
+                if let Some((source, list, name)) = geo {
+                    if t.header.is_some() || t.consumer.is_some() || t.client_ip.is_some() || t.jwt_claim.is_some() || !t.values.is_empty() {
+                        errs.push(k, "set exactly one of header, consumer, client_ip, jwt_claim, country or continent");
+                        return None;
+                    }
+                    let values = super::routes::codes(list, &format!("{k}.{name}"), errs)
+                        .iter()
+                        .map(|c| String::from_utf8_lossy(c).into_owned())
+                        .collect();
+                    return Some(Targeting { source, values });
+                }
                 let source = match (&t.header, &t.consumer, &t.client_ip, &t.jwt_claim) {
                     (Some(h), None, None, None) => Source::Header(h.to_ascii_lowercase()),
                     (None, Some(c), None, None) => Source::Consumer(c.clone()),
@@ -316,10 +336,11 @@ pub(super) fn validate_rate_limit(
         k => match k.split_once(':') {
             Some(("header", h)) if !h.is_empty() => RateKey::Header(h.to_ascii_lowercase()),
             Some(("jwt", c)) if !c.is_empty() => RateKey::Claim(c.to_string()),
+            None if k == "country" => RateKey::Country,
             _ => {
                 errs.push(
                     format!("{key}.key"),
-                    format!("expected \"client_ip\", \"consumer\", \"header:NAME\" or \"jwt:CLAIM\", got {k:?}"),
+                    format!("expected \"client_ip\", \"consumer\", \"country\", \"header:NAME\" or \"jwt:CLAIM\", got {k:?}"),
                 );
                 return None;
             }

@@ -25,13 +25,44 @@ const RESERVED: [&str; 8] = [
     "upgrade",
 ];
 
+/// What routes are validated against.
+pub(super) struct RouteContext<'a> {
+    pub clusters: &'a [ClusterConfig],
+    pub providers: &'a [super::jwt::JwtSpec],
+    /// `[geoip]` is configured.
+    pub geo: bool,
+}
+
+/// Two-letter codes at `key` (countries or continents), upper-cased.
+pub(super) fn codes<S: AsRef<str>>(list: &[S], key: &str, errs: &mut Errors) -> Vec<[u8; 2]> {
+    if list.is_empty() {
+        errs.push(key, "expected at least one code");
+    }
+    list.iter()
+        .enumerate()
+        .filter_map(|(j, c)| {
+            let code = crate::client::geo::code(c.as_ref());
+            if code.is_none() {
+                errs.push(
+                    format!("{key}[{j}]"),
+                    format!(
+                        "expected a two-letter code such as \"DE\" or \"EU\", got {:?}",
+                        c.as_ref()
+                    ),
+                );
+            }
+            code
+        })
+        .collect()
+}
+
 pub(super) fn validate_route(
     i: usize,
     r: &RawRoute,
-    clusters: &[ClusterConfig],
-    providers: &[super::jwt::JwtSpec],
+    ctx: &RouteContext<'_>,
     errs: &mut Errors,
 ) -> Option<Route> {
+    let (clusters, providers) = (ctx.clusters, ctx.providers);
     let at = |key: &str| format!("routes[{i}].{key}");
     let before = errs.0.len();
 
@@ -236,6 +267,29 @@ pub(super) fn validate_route(
         })
     });
     let jwt_claims = super::jwt::claim_conds(&r.jwt_claims, &at("jwt_claims"), errs);
+    let country = r
+        .country
+        .as_ref()
+        .map_or_else(Vec::new, |c| codes(&c.list(), &at("country"), errs));
+    let continent = r
+        .continent
+        .as_ref()
+        .map_or_else(Vec::new, |c| codes(&c.list(), &at("continent"), errs));
+    let uses_geo = r.country.is_some()
+        || r.continent.is_some()
+        || r.split.as_ref().is_some_and(|sp| {
+            sp.include
+                .iter()
+                .chain(&sp.exclude)
+                .any(|t| t.country.is_some() || t.continent.is_some())
+        })
+        || r.rate_limit.as_ref().is_some_and(|rl| rl.key == "country");
+    if uses_geo && !ctx.geo {
+        errs.push(
+            at("country"),
+            "country and continent need a [geoip] database",
+        );
+    }
     if !jwt_claims.is_empty() && r.jwt.is_none() {
         errs.push(
             at("jwt_claims"),
@@ -341,6 +395,8 @@ pub(super) fn validate_route(
         client_ip,
         jwt,
         jwt_claims,
+        country,
+        continent,
         name: route_name,
         index: i,
         host,

@@ -77,6 +77,9 @@ pub const ACME_ORDERS_TOTAL: &str = "lb_acme_orders_total";
 pub const JWT_VERIFICATIONS: &str = "lb_jwt_verifications_total";
 /// JWT checks answered from the worker's cache of verified tokens, by `provider`.
 pub const JWT_CACHE_HITS: &str = "lb_jwt_cache_hits_total";
+/// Client addresses looked up in the `[geoip]` database, by `result` (`found`,
+/// `not_found`: given the default country).
+pub const GEOIP_LOOKUPS: &str = "lb_geoip_lookups_total";
 
 /// Buckets of every `_seconds` histogram: 0.5 ms to 10 s.
 pub const SECONDS_BUCKETS: [f64; 14] = [

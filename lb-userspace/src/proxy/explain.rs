@@ -247,7 +247,22 @@ fn route_verdicts(
                 let _ = writeln!(text, "jwt {}: {verdict}", p.config.name);
             }
         }
+        let geo = snap.config.geo.as_ref().map(|g| g.lookup(client.ip));
+        if let Some(g) = geo {
+            let how = if g.found {
+                "from the database"
+            } else {
+                "not in the database: the default"
+            };
+            let _ = writeln!(
+                text,
+                "country: {} (continent {}, {how})",
+                g.country(),
+                g.continent()
+            );
+        }
         let rreq = RouteRequest {
+            geo,
             jwt: jwt.as_ref(),
             host: parsed.host(),
             path,

@@ -460,6 +460,8 @@ mod tests {
             client_ip: None,
             jwt: None,
             jwt_claims: Vec::new(),
+            country: Vec::new(),
+            continent: Vec::new(),
             name: String::new(),
             index: 0,
             host: crate::routing::matchers::HostMatch::Any,

@@ -86,6 +86,10 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
             .then(|| rec.target().split('?').next().unwrap_or(""))
             .map(|p| p.strip_prefix('/').unwrap_or(p)),
         grpc_status,
+        country: rec
+            .country
+            .as_ref()
+            .and_then(|c| std::str::from_utf8(c).ok()),
     };
     w.log_access(|buf| line.write(buf));
 }

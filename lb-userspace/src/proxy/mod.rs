@@ -156,6 +156,8 @@ pub struct Record {
     pub protocol: Protocol,
     /// A gRPC call's status, as the client got it.
     pub grpc_status: Option<u32>,
+    /// The client's country, with `[geoip]`.
+    pub country: Option<[u8; 2]>,
     /// The request's client where a trusted proxy's forwarding header named it (and from
     /// which header); otherwise the connection's client is the request's.
     pub forwarded: Option<(std::net::IpAddr, AddrSource)>,

@@ -32,6 +32,8 @@ struct Head<'r, 'h, 'b> {
     data: &'b [u8],
     /// The request's client (resolved through trusted proxies).
     client: crate::client::ClientAddr,
+    /// Where the client is, with `[geoip]`.
+    geo: Option<crate::client::geo::Geo>,
     /// The SNI name of a TLS request.
     sni: Option<&'r str>,
     /// The verified client certificate (mTLS).
@@ -104,10 +106,13 @@ pub(super) fn plan_request(
     if who.source != client.client.source {
         rec.forwarded = Some((who.ip, who.source));
     }
+    let geo = snap.config.geo.as_ref().map(|g| g.lookup(who.ip));
+    rec.country = geo.map(|g| g.country);
     let h = Head {
         req: &req,
         data,
         client: who,
+        geo,
         sni: client.sni,
         client_cert: client.client_cert,
         close_after_error: req.framing != Framing::None || !req.keep_alive,
@@ -273,6 +278,7 @@ fn route<'s, 'p>(
         client_cert: h.client_cert.map(|c| c.subject.as_bytes()),
         client_ip: h.client.ip,
         jwt,
+        geo: h.geo,
     };
     let mut caps = Captures::default();
     let Some(route) = snap.routes.find(&rreq, &mut caps) else {
@@ -404,6 +410,7 @@ fn rate_limit(
             Some(v) => crate::hash::fnv1a(k, v.as_bytes()),
             None => crate::hash::fnv1a(k, b"\0anonymous"),
         },
+        RateKey::Country => crate::hash::fnv1a(k, &h.geo.map_or(*b"--", |g| g.country)),
         RateKey::Consumer => match r.identity {
             Identity::Known(c) => crate::hash::fnv1a(k, snap.consumers.list[c].name.as_bytes()),
             _ => crate::hash::fnv1a(k, b"\0anonymous"),
@@ -547,6 +554,11 @@ fn forward(
         head::insert_headers(out, &[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
     }
     forward_claims(snap, r, out);
+    if let (Some(db), Some(g)) = (&snap.config.geo, h.geo) {
+        if let Some(name) = &db.header {
+            head::insert_headers(out, &[(name.as_str(), g.country())]);
+        }
+    }
     if let Some((si, t)) = variant {
         let split = &snap.splits[si];
         if let Some(ab) = &split.config.ab_test {
@@ -652,6 +664,7 @@ fn choose_cluster(
         client: h.client.ip,
         consumer: r.consumer,
         claims: r.claims.as_deref(),
+        geo: h.geo,
     };
     let (t, reason) = split
         .config

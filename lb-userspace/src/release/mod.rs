@@ -42,6 +42,10 @@ pub enum Source {
     ClientIp(std::sync::Arc<crate::client::IpSet>),
     /// A claim of the route's verified JWT.
     Claim(String),
+    /// The client's country code (`[geoip]`).
+    Country,
+    /// The client's continent code (`[geoip]`).
+    Continent,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +120,8 @@ pub struct SplitRequest<'a> {
     pub consumer: Option<&'a [(String, String)]>,
     /// The route's verified JWT claims, if its token verified.
     pub claims: Option<&'a crate::client::jwt::Claims>,
+    /// Where the client is, with `[geoip]`.
+    pub geo: Option<crate::client::geo::Geo>,
 }
 
 /// Why a target was chosen.
@@ -138,6 +144,8 @@ enum SourceRef<'s> {
     ClientIp,
     /// Matched by [`SplitRequest::claim_is`] (a claim may be an array).
     Claim,
+    Country,
+    Continent,
 }
 
 impl Source {
@@ -149,6 +157,8 @@ impl Source {
             Source::Consumer(n) => SourceRef::Consumer(n),
             Source::ClientIp(_) => SourceRef::ClientIp,
             Source::Claim(_) => SourceRef::Claim,
+            Source::Country => SourceRef::Country,
+            Source::Continent => SourceRef::Continent,
         }
     }
 }
@@ -186,6 +196,8 @@ impl SplitRequest<'_> {
                 .find(|(k, _)| k == field)
                 .map(|(_, v)| v.as_bytes()),
             SourceRef::ClientIp | SourceRef::Claim => None,
+            SourceRef::Country => self.geo.as_ref().map(|g| &g.country[..]),
+            SourceRef::Continent => self.geo.as_ref().map(|g| &g.continent[..]),
         }
     }
 

@@ -41,6 +41,10 @@ pub struct Route {
     pub jwt: Option<crate::config::jwt::RouteJwt>,
     /// Conditions on that token's claims.
     pub jwt_claims: Vec<crate::client::jwt::ClaimCond>,
+    /// The client's country must be one of these (empty: any).
+    pub country: Vec<[u8; 2]>,
+    /// The client's continent must be one of these (empty: any).
+    pub continent: Vec<[u8; 2]>,
     pub path: PathMatch,
     /// Upper-case method names; empty means any.
     pub methods: Vec<String>,
@@ -92,6 +96,8 @@ pub struct RouteRequest<'a> {
     pub client_ip: std::net::IpAddr,
     /// The request's JWT verdicts, worked out when a route asks.
     pub jwt: Option<&'a crate::client::jwt::Lookup<'a>>,
+    /// Where the client is, with `[geoip]`.
+    pub geo: Option<crate::client::geo::Geo>,
 }
 
 impl<'a> RouteRequest<'a> {
@@ -128,6 +134,15 @@ impl Route {
         self.jwt_claims.iter().all(|c| c.matches(claims))
     }
 
+    /// The country and continent conditions.
+    fn geo_matches(&self, req: &RouteRequest<'_>) -> bool {
+        (self.country.is_empty() || req.geo.is_some_and(|g| self.country.contains(&g.country)))
+            && (self.continent.is_empty()
+                || req
+                    .geo
+                    .is_some_and(|g| self.continent.contains(&g.continent)))
+    }
+
     fn condition_count(&self) -> usize {
         usize::from(!self.methods.is_empty())
             + usize::from(self.sni.is_some())
@@ -135,6 +150,8 @@ impl Route {
             + usize::from(self.client_cert_subject.is_some())
             + usize::from(self.client_ip.is_some())
             + self.jwt_claims.len()
+            + usize::from(!self.country.is_empty())
+            + usize::from(!self.continent.is_empty())
             + self.headers.len()
             + self.query.len()
             + self.consumer.len()
@@ -155,6 +172,7 @@ impl Route {
             && self.headers.iter().all(|h| h.matches(req.headers))
             && self.query.iter().all(|q| q.matches(req.query))
             && self.claims_match(req)
+            && self.geo_matches(req)
             // Without a known consumer the route still matches, and answers 401: a consumer
             // route implies a required key.
             && (self.consumer.is_empty()
@@ -213,6 +231,24 @@ impl Route {
         if let Some(h) = self.headers.iter().find(|h| !h.matches(req.headers)) {
             return Some(format!("header {} is not {}", h.name, h.test));
         }
+        if !self.geo_matches(req) {
+            let codes = |l: &[[u8; 2]]| {
+                l.iter()
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Some(match req.geo {
+                Some(g) => format!(
+                    "client in {} ({}) is not in country [{}] / continent [{}]",
+                    g.country(),
+                    g.continent(),
+                    codes(&self.country),
+                    codes(&self.continent)
+                ),
+                None => "the client's country is not known (no [geoip])".into(),
+            });
+        }
         if !self.claims_match(req) {
             let claims = match (self.jwt, req.jwt) {
                 (Some(j), Some(lookup)) => lookup.claims(j.provider),
@@ -255,6 +291,8 @@ impl Route {
                 .jwt_claims
                 .iter()
                 .all(|e| self.jwt_claims.contains(e))
+            && (earlier.country.is_empty() || earlier.country == self.country)
+            && (earlier.continent.is_empty() || earlier.continent == self.continent)
             && earlier.query.iter().all(|e| {
                 self.query
                     .iter()

@@ -41,6 +41,7 @@ fn pick(
         consumer: None,
         client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
         jwt: None,
+        geo: None,
     };
     let mut caps = Captures::default();
     t.find(&req, &mut caps).map(|r| r.name.clone())
