@@ -102,6 +102,24 @@ fn demo_tls(dir: &Path) -> anyhow::Result<String> {
     ))
 }
 
+/// Writes the demo's country database into `dir`; returns the `[geoip]` table and the
+/// route that sends European clients to the EU shop.
+fn demo_geo(dir: &Path) -> anyhow::Result<String> {
+    let net = |s: &str| -> anyhow::Result<std::net::IpAddr> { Ok(s.parse()?) };
+    let db = crate::client::geo::write::country_db(&[
+        (net("203.0.113.0")?, 24, "DE", "EU"),
+        (net("192.0.2.0")?, 24, "FR", "EU"),
+        (net("198.51.100.0")?, 24, "US", "NA"),
+    ]);
+    let path = dir.join("country.mmdb");
+    std::fs::write(&path, db).with_context(|| format!("writing {}", path.display()))?;
+    Ok(format!(
+        "\n[geoip]\ndatabase = \"{}\"\nheader = \"X-Client-Country\"\n\n\
+         [[routes]]\nname = \"shop-eu\"\npath_prefix = \"/shop\"\ncontinent = \"EU\"\ncluster = \"shop-eu\"\n",
+        path.display()
+    ))
+}
+
 /// Runs the demo: echo backends on every endpoint of the demo config, then `lb` itself, on
 /// plain HTTP and on HTTPS with a certificate made at start.
 pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
@@ -126,7 +144,11 @@ pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
     // A fixed place, so the README's curl line works as written (the demo's ports are fixed
     // too: one demo runs at a time).
     let tls_dir = std::env::temp_dir().join("lb-demo");
-    let text = format!("{DEMO_CONFIG}{}", demo_tls(&tls_dir)?);
+    let text = format!(
+        "{DEMO_CONFIG}{}{}",
+        demo_tls(&tls_dir)?,
+        demo_geo(&tls_dir)?
+    );
     print_banner(&config, &tls_dir.join("ca.pem"));
     // The process serves this config until it exits.
     let text: &'static str = Box::leak(text.into_boxed_str());
@@ -176,6 +198,8 @@ fn print_banner(config: &Config, ca: &Path) {
     );
     println!("  curl -s -i {base}/api/beta/products/1  # past its sunset: 410 Gone");
     println!("  curl -s -i {base}/nowhere             # 404 from lb, no route");
+    println!("  curl -s -H 'X-Forwarded-For: 203.0.113.7' {base}/shop    # a client in Germany, says the trusted proxy: shop-eu");
+    println!("  curl -s -H 'X-Forwarded-For: 198.51.100.7' {base}/shop   # a client in the US: shop");
     println!("  curl -s -H 'X-Canary: true' {base}/api/checkout   # forced onto the canary");
     println!("  for i in $(seq 60); do curl -s -o /dev/null {base}/api/checkout; done   # the canary fails 1 in 3...");
     if let Some(a) = &config.admin {
