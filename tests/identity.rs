@@ -545,6 +545,28 @@ fn the_client_country_routes_targets_and_limits() {
     wait_until("the access log has the country", || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"country\":\"FR\""))
     });
+    let out = std::process::Command::new(lb_bin())
+        .args(["explain", "--config"])
+        .arg(&lb.config_path)
+        .args([
+            "--client",
+            "127.0.0.1:5",
+            "-H",
+            "X-Forwarded-For: 203.0.113.9",
+            "GET",
+            "http://x/app",
+        ])
+        .output()
+        .expect("lb explain");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("country: DE (continent EU, from the database)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[0] eu") && text.contains("MATCHED"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

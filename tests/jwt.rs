@@ -508,3 +508,46 @@ fn explain_shows_the_claims() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tokens from a cookie or a query parameter, and a split override by claim.
+#[test]
+fn tokens_from_cookies_and_queries_and_overrides_by_claim() {
+    let k = keys();
+    let routes = r#"
+[[routes]]
+path_prefix = "/"
+jwt = { provider = "auth" }
+[routes.split]
+name = "staff-first"
+targets = [{ name = "stable", cluster = "stable", weight = 100 }, { name = "canary", cluster = "canary", weight = 0 }]
+override = [{ jwt_claim = "role", value = "staff", target = "canary" }]
+"#;
+    for (source, how) in [
+        ("cookie:session", "cookie"),
+        ("query:access_token", "query"),
+    ] {
+        let (lb, _s, _c, dir) = setup(&k, &format!("token = \"{source}\"\n"), routes);
+        let send = |role: &str| {
+            let t = token(&k.ed, "EdDSA", "ed", "u1", json!({ "role": role }));
+            if how == "cookie" {
+                get_with(
+                    lb.addr,
+                    "/x",
+                    &[("Cookie", &format!("theme=dark; session={t}"))],
+                )
+            } else {
+                get(lb.addr, &format!("/x?a=1&access_token={t}"))
+            }
+        };
+        assert_eq!(backend(&send("staff")), "canary", "{how}");
+        assert_eq!(backend(&send("customer")), "stable", "{how}");
+        // A bearer header is not where this provider looks.
+        let t = bearer(&token(&k.ed, "EdDSA", "ed", "u1", json!({})));
+        assert_eq!(
+            get_with(lb.addr, "/x", &[("Authorization", &t)]).status,
+            401,
+            "{how}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

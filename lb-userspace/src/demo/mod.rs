@@ -199,7 +199,9 @@ fn print_banner(config: &Config, ca: &Path) {
     println!("  curl -s -i {base}/api/beta/products/1  # past its sunset: 410 Gone");
     println!("  curl -s -i {base}/nowhere             # 404 from lb, no route");
     println!("  curl -s -H 'X-Forwarded-For: 203.0.113.7' {base}/shop    # a client in Germany, says the trusted proxy: shop-eu");
-    println!("  curl -s -H 'X-Forwarded-For: 198.51.100.7' {base}/shop   # a client in the US: shop");
+    println!(
+        "  curl -s -H 'X-Forwarded-For: 198.51.100.7' {base}/shop   # a client in the US: shop"
+    );
     println!("  curl -s -H 'X-Canary: true' {base}/api/checkout   # forced onto the canary");
     println!("  for i in $(seq 60); do curl -s -o /dev/null {base}/api/checkout; done   # the canary fails 1 in 3...");
     if let Some(a) = &config.admin {
