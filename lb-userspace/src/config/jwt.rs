@@ -30,12 +30,7 @@ pub struct JwtSpec {
     pub fetch: Option<Fetch>,
 }
 
-/// A route's `jwt`: the provider (by index) and whether a valid token is required.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteJwt {
-    pub provider: usize,
-    pub required: bool,
-}
+pub use crate::client::jwt::RouteJwt;
 
 pub(super) fn validate_providers(
     raw: &[RawJwtProvider],

@@ -38,7 +38,7 @@ pub struct Route {
     /// The client's address must be in one of these prefixes.
     pub client_ip: Option<crate::client::IpSet>,
     /// The JWT provider whose token this route verifies, and whether it must be valid.
-    pub jwt: Option<crate::config::jwt::RouteJwt>,
+    pub jwt: Option<crate::client::jwt::RouteJwt>,
     /// Conditions on that token's claims.
     pub jwt_claims: Vec<crate::client::jwt::ClaimCond>,
     /// The client's country must be one of these (empty: any).

@@ -29,6 +29,13 @@ pub const MAX_TOKEN: usize = 16 * 1024;
 /// Verified tokens kept per worker.
 pub const CACHE_ENTRIES: usize = 10_000;
 
+/// A route's `jwt`: the provider (by index) and whether a valid token is required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteJwt {
+    pub provider: usize,
+    pub required: bool,
+}
+
 /// Where a request carries its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
