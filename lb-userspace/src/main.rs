@@ -31,6 +31,15 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// Upgrade a running lb to the binary now at its path, with no dropped connection: it
+    /// starts the new binary, hands over its sockets and release state, and drains once the
+    /// new one serves. Asks through the admin API of the config's `[admin]`; exits non-zero
+    /// with the reason if the new binary does not start (the running one serves on).
+    Upgrade {
+        /// The running lb's TOML config file (for its admin address and token).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Validate a config file and print every error; exits non-zero if there is any.
     Check {
         /// The TOML config file.
@@ -88,6 +97,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
+        Command::Upgrade { config } => return upgrade(&config),
         Command::Explain {
             config,
             method,
@@ -117,6 +127,65 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn upgrade(path: &std::path::Path) -> ExitCode {
+    use std::io::{Read, Write};
+    let admin = match Config::load(path) {
+        Ok((config, _)) => config.admin,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(admin) = admin else {
+        eprintln!(
+            "lb upgrade: {} has no [admin] section to reach the running lb through",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let auth = admin
+        .token
+        .as_ref()
+        .map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "POST /upgrade HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        admin.addr
+    );
+    let answer =
+        std::net::TcpStream::connect_timeout(&admin.addr, std::time::Duration::from_secs(5))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(
+                    lb::control::upgrade::READY_TIMEOUT + std::time::Duration::from_secs(10),
+                ))?;
+                s.write_all(request.as_bytes())?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text)
+            });
+    match answer {
+        Ok(text) => {
+            let ok = text.starts_with("HTTP/1.1 200");
+            let body = text
+                .split_once("\r\n\r\n")
+                .map_or(text.as_str(), |(_, b)| b);
+            if ok {
+                print!("{body}");
+                ExitCode::SUCCESS
+            } else {
+                eprint!("lb upgrade: {body}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "lb upgrade: cannot reach the admin API at {}: {e}",
+                admin.addr
+            );
             ExitCode::FAILURE
         }
     }

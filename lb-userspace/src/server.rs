@@ -52,6 +52,24 @@ pub struct RunOptions {
 
 /// Runs the appliance until it is told to stop.
 pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
+    // Started by a running lb for a binary upgrade: its sockets and release state.
+    let mut inherited = match crate::control::upgrade::Inherited::from_env() {
+        None => None,
+        Some(Ok(i)) => Some(i),
+        Some(Err(e)) => bail!("{e}"),
+    };
+    let result = serve(source, opts, &mut inherited);
+    if let (Err(e), Some(i)) = (&result, &inherited) {
+        i.failed(&format!("{e:#}"));
+    }
+    result
+}
+
+fn serve(
+    source: ConfigSource,
+    opts: RunOptions,
+    inherited: &mut Option<crate::control::upgrade::Inherited>,
+) -> anyhow::Result<()> {
     raise_fd_limit();
     // Before any snapshot: its metric handles must come from the installed recorder.
     crate::metrics::install();
@@ -79,6 +97,10 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     ]);
     crate::metrics::config_active(&snapshot.version, None, unix_seconds(snapshot.loaded_at));
     tracing::info!(config = %source.describe(), version = %snapshot.version, "config loaded");
+    if let Some(i) = inherited.as_ref() {
+        let n = crate::control::upgrade::restore_splits(&snapshot, &i.splits);
+        tracing::info!(splits = n, "upgrade: release state carried over");
+    }
     let cell = Arc::new(SnapshotCell::new(snapshot));
     let control = Arc::new(Control::new(
         cell.clone(),
@@ -102,16 +124,38 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
         (0..n_workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
+    let mut handover = crate::control::upgrade::Sockets::default();
     for l in &config.listeners {
-        let first = worker::bind_reuseport(l.addr, l.backlog)
-            .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.addr))?;
+        // An upgrade's sockets where the old process had them: no connection in their
+        // queues is lost, and the port stays the same even when configured as 0.
+        let taken = inherited.as_mut().and_then(|i| i.take(&l.name, 0, l.addr));
+        let first = match taken {
+            Some(s) => s,
+            None => worker::bind_reuseport(l.addr, l.backlog)
+                .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.addr))?,
+        };
         let actual = first.local_addr()?;
         per_worker[0].push(first);
-        for sockets in per_worker.iter_mut().skip(1) {
-            sockets
-                .push(worker::bind_reuseport(actual, l.backlog).with_context(|| {
-                    format!("listener {:?}: cannot listen on {actual}", l.name)
-                })?);
+        for (w, sockets) in per_worker.iter_mut().enumerate().skip(1) {
+            let taken = inherited.as_mut().and_then(|i| i.take(&l.name, w, l.addr));
+            sockets.push(match taken {
+                Some(s) => s,
+                None => worker::bind_reuseport(actual, l.backlog)
+                    .with_context(|| format!("listener {:?}: cannot listen on {actual}", l.name))?,
+            });
+        }
+        for (w, sockets) in per_worker.iter().enumerate() {
+            if let Some(s) = sockets.last() {
+                handover.list.push((
+                    crate::control::upgrade::SocketInfo {
+                        listener: l.name.clone(),
+                        worker: w,
+                        configured: l.addr.to_string(),
+                        bound: actual.to_string(),
+                    },
+                    s.try_clone()?.into(),
+                ));
+            }
         }
         tracing::info!(listener = %l.name, addr = %actual, "listening");
         bound.push((l.name.clone(), actual));
@@ -150,12 +194,27 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let admin_addr = match &config.admin {
-        Some(a) => Some(
-            crate::admin::start(a.addr, control.clone())
-                .with_context(|| format!("admin: cannot listen on {}", a.addr))?,
-        ),
+        Some(a) => {
+            let listener = match inherited.as_mut().and_then(|i| i.take("", 0, a.addr)) {
+                Some(l) => l,
+                None => std::net::TcpListener::bind(a.addr)
+                    .with_context(|| format!("admin: cannot listen on {}", a.addr))?,
+            };
+            let bound_at = listener.local_addr()?;
+            handover.list.push((
+                crate::control::upgrade::SocketInfo {
+                    listener: String::new(),
+                    worker: 0,
+                    configured: a.addr.to_string(),
+                    bound: bound_at.to_string(),
+                },
+                listener.try_clone()?.into(),
+            ));
+            Some(crate::admin::start_on(listener, control.clone())?)
+        }
         None => None,
     };
+    *control.handover.lock().unwrap_or_else(|p| p.into_inner()) = handover;
 
     let access_log = match &config.access_log {
         Some(path) => Some(
@@ -201,15 +260,26 @@ pub fn run(source: ConfigSource, opts: RunOptions) -> anyhow::Result<()> {
     }
 
     // Handlers go in before anyone is told we are ready, so an early SIGTERM drains.
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
-    let signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    let signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2])?;
     if let Some(path) = &opts.ready_file {
         write_ready_file(path, &bound, admin_addr)?;
     }
+    // After an upgrade, this process is the service's main one now.
+    let main_pid = if inherited.is_some() {
+        format!("MAINPID={}\n", std::process::id())
+    } else {
+        String::new()
+    };
     crate::control::notify::notify(&format!(
-        "READY=1\nSTATUS=serving config {}",
+        "{main_pid}READY=1\nSTATUS=serving config {}",
         control.cell.load().version
     ));
+    if let Some(i) = inherited.take() {
+        i.ready();
+        tracing::info!("upgrade: serving; the old process drains");
+    }
     crate::control::notify::spawn_watchdog()?;
 
     // The main thread reloads on SIGHUP; every worker has started by now (and threads
@@ -427,9 +497,11 @@ fn wait_for_signals(
     drains: Vec<oneshot::Sender<()>>,
     access_log: Option<mpsc::SyncSender<Vec<u8>>>,
 ) {
-    use signal_hook::consts::{SIGHUP, SIGQUIT, SIGUSR1};
+    use signal_hook::consts::{SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
     for sig in signals.forever() {
         match sig {
+            // A binary upgrade: drain once the new process serves; keep serving if it fails.
+            SIGUSR2 if control.upgrade().is_err() => continue,
             SIGUSR1 => match &access_log {
                 Some(tx) => crate::accesslog::reopen(tx),
                 None => tracing::info!("SIGUSR1: no access log file to reopen"),
@@ -447,7 +519,11 @@ fn wait_for_signals(
                 tracing::info!(
                     "draining: no new connections; open requests get the drain timeout to finish"
                 );
-                crate::control::notify::notify("STOPPING=1\nSTATUS=draining");
+                // After an upgrade the new process is the service: this one tells systemd
+                // nothing more.
+                if !control.upgraded.load(Ordering::SeqCst) {
+                    crate::control::notify::notify("STOPPING=1\nSTATUS=draining");
+                }
                 control.start_drain();
                 for d in drains {
                     let _ = d.send(());

@@ -43,7 +43,11 @@ type Job = (TcpStream, Result<AdminRequest, String>);
 
 /// Binds the admin listener, starts its reader and handler threads; returns the bound address.
 pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    start_on(TcpListener::bind(addr)?, control)
+}
+
+/// [`start`] on a socket already listening (an upgrade's, handed over).
+pub fn start_on(listener: TcpListener, control: Arc<Control>) -> std::io::Result<SocketAddr> {
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "admin API listening");
@@ -61,7 +65,7 @@ pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<SocketA
     }
     std::thread::Builder::new()
         .name("lb-admin".into())
-        .spawn(move || read_loop(listener, tx))?;
+        .spawn(move || read_loop(listener, tx, &control))?;
     Ok(local)
 }
 
@@ -91,12 +95,17 @@ enum Progress {
     Done(Result<AdminRequest, String>),
 }
 
-fn read_loop(listener: TcpListener, tx: SyncSender<Job>) {
+fn read_loop(listener: TcpListener, tx: SyncSender<Job>, control: &Control) {
     let mut conns: Vec<Pending> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
         fds.clear();
-        fds.push(pollfd(listener.as_raw_fd()));
+        let mut listen = pollfd(listener.as_raw_fd());
+        // After an upgrade the new process answers the admin API on this same socket.
+        if control.upgraded.load(std::sync::atomic::Ordering::SeqCst) {
+            listen.events = 0;
+        }
+        fds.push(listen);
         fds.extend(conns.iter().map(|c| pollfd(c.stream.as_raw_fd())));
         let now = Instant::now();
         let wait = conns
@@ -140,7 +149,7 @@ fn read_loop(listener: TcpListener, tx: SyncSender<Job>) {
                 }
             }
         }
-        if fds[0].revents != 0 {
+        if fds[0].revents != 0 && !control.upgraded.load(std::sync::atomic::Ordering::SeqCst) {
             accept_all(&listener, &mut conns);
         }
     }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::control::{Control, SteeringState};
 use listener::AdminRequest;
-pub use listener::{start, ADMIN_IO_TIMEOUT, ADMIN_MAX_CONNECTIONS};
+pub use listener::{start, start_on, ADMIN_IO_TIMEOUT, ADMIN_MAX_CONNECTIONS};
 
 /// An admin response body.
 enum Body {
@@ -27,6 +27,7 @@ enum Body {
 /// Answers one complete request (or says why it was invalid) and closes the connection.
 fn serve(mut stream: TcpStream, req: Result<AdminRequest, String>, control: &Control) {
     let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
+    let upgrade = matches!(&req, Ok(r) if r.method == "POST" && r.path == "/upgrade");
     let (status, body) = match req {
         Ok(req) => {
             let snap = control.cell.load();
@@ -51,6 +52,16 @@ fn serve(mut stream: TcpStream, req: Result<AdminRequest, String>, control: &Con
     );
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(body.as_bytes());
+    // An upgrade that succeeded: once its caller has the answer, this process drains (as on
+    // SIGTERM; the new process serves the sockets already).
+    if upgrade && status == 200 && control.upgraded.load(std::sync::atomic::Ordering::SeqCst) {
+        drop(stream);
+        // SAFETY: kill with our own PID and a signal number: the main thread's handler
+        // starts the drain.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGTERM);
+        }
+    }
 }
 
 fn handle(req: &AdminRequest, control: &Control) -> (u16, Body) {
@@ -109,6 +120,18 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
         ("GET", "/routes") => (200, routes(control)),
         ("GET", "/certificates") => (200, certificates(control)),
         ("GET", "/jwt") => (200, jwt_providers(control)),
+        ("POST", "/upgrade") => match control.upgrade() {
+            Ok(pid) => (
+                200,
+                json!({ "result": "upgraded", "pid": pid, "old_pid": std::process::id(),
+                        "message": "the new process serves; this one drains" }),
+            ),
+            Err(reason) => (
+                500,
+                json!({ "error": "upgrade_failed", "reason": reason,
+                        "message": "this process serves on, unchanged" }),
+            ),
+        },
         ("POST", "/reload") => match control.reload() {
             Ok(version) => (200, json!({ "result": "reloaded", "version": version })),
             Err(errors) => (

@@ -6,6 +6,7 @@
 pub mod acme;
 pub mod health;
 pub mod notify;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -48,6 +49,14 @@ pub struct Control {
     pub worker_stats: Mutex<Arc<Vec<WorkerStats>>>,
     /// The workers' read buffer size, fixed at start: the most `http.max_header_bytes` can be.
     buf_size: usize,
+    /// Copies of the listening sockets, to hand to a new binary.
+    pub handover: Mutex<upgrade::Sockets>,
+    /// This binary and its arguments, as started.
+    pub launch: upgrade::Launch,
+    /// Held while an upgrade runs: one at a time.
+    upgrading: Mutex<()>,
+    /// A new process took over: this one drains, and says nothing more to systemd.
+    pub upgraded: AtomicBool,
 }
 
 /// Each worker's read buffer: room for the largest request head allowed.
@@ -88,7 +97,35 @@ impl Control {
             steering: Mutex::new(SteeringState::Off),
             worker_stats: Mutex::new(Arc::new(Vec::new())),
             buf_size,
+            handover: Mutex::new(upgrade::Sockets::default()),
+            launch: upgrade::Launch::current(),
+            upgrading: Mutex::new(()),
+            upgraded: AtomicBool::new(false),
         }
+    }
+
+    /// Starts the new binary and hands it the sockets and release state; `Ok` with its PID
+    /// once it serves. The caller then drains this process. On `Err` nothing changed.
+    pub fn upgrade(&self) -> Result<u32, String> {
+        use std::sync::atomic::Ordering;
+        let Ok(_one) = self.upgrading.try_lock() else {
+            return Err("an upgrade is already in progress".into());
+        };
+        if self.draining.load(Ordering::SeqCst) || self.upgraded.load(Ordering::SeqCst) {
+            return Err("this process is draining; upgrade the one that serves".into());
+        }
+        tracing::info!(binary = %self.launch.exe.display(), "upgrade: starting the new binary");
+        let splits = upgrade::save_splits(&self.cell.load());
+        let sockets = self.handover.lock().unwrap_or_else(|p| p.into_inner());
+        let result = upgrade::start_new(&self.launch, &sockets, splits);
+        match &result {
+            Ok(pid) => {
+                self.upgraded.store(true, Ordering::SeqCst);
+                tracing::info!(pid, "upgrade: the new process serves; this one drains");
+            }
+            Err(e) => tracing::error!("upgrade failed, this process serves on: {e}"),
+        }
+        result
     }
 }
 

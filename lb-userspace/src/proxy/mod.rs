@@ -401,6 +401,15 @@ async fn step(
         }
         match client.fill_or_park(KEEPALIVE_GRACE).await {
             Ok(Some(_)) => {}
+            // Draining, a connection that has sent nothing yet still gets its first request
+            // served: it was accepted (an upgrade's new process never saw it). It waits
+            // holding its buffer, as parking ends with the drain.
+            Ok(None) if w.draining() && head_deadline.is_some() => {
+                let wait = head_deadline.map_or(std::time::Duration::ZERO, crate::timer::until);
+                if client.fill(wait).await.is_err() {
+                    return Step::Close;
+                }
+            }
             Ok(None) => {
                 w.bufs.give(client.take_buf());
                 return Step::Park;

@@ -218,7 +218,7 @@ pub async fn run_parker(w: Rc<Worker>) {
 }
 
 /// Gives a parked connection whose socket turned readable its task back.
-fn resume(p: Parked, w: &Rc<Worker>) {
+pub(super) fn resume(p: Parked, w: &Rc<Worker>) {
     let Parked {
         fd,
         peer,

@@ -191,10 +191,16 @@ impl Worker {
         }
     }
 
-    /// Closes every parked connection (a drain).
-    fn close_idle(&self) {
+    /// Closes every parked connection that has been served (a drain). One that has not sent
+    /// its first request yet was accepted to be served: it resumes, and its request is
+    /// answered (within the header timeout) before the connection closes.
+    fn close_idle(self: &Rc<Self>) {
         let all = self.idle.borrow_mut().take_all();
-        drop(all);
+        for p in all {
+            if p.first {
+                idle::resume(p, self);
+            }
+        }
     }
 
     /// True if requests are access-logged.
@@ -373,7 +379,7 @@ async fn worker_main(
 
     let _ = worker.drain_signal().await;
     worker.draining.set(true);
-    worker.close_idle();
+    Worker::close_idle(&worker);
     for t in accept_tasks {
         t.await;
     }
@@ -398,43 +404,98 @@ async fn worker_main(
 /// Accepts on the worker's socket of listener `index` until the drain.
 async fn accept_loop(listener: TcpListener, index: usize, worker: Rc<Worker>) {
     let drain = worker.drain_signal();
-    loop {
+    // One canceller for the loop: used once, at the drain.
+    let mut canceller = Some(monoio::io::Canceller::new());
+    while let Some(handle) = canceller.as_ref().map(|c| c.handle()) {
+        let accept = listener.cancelable_accept(handle);
+        futures::pin_mut!(accept);
         let accepted = monoio::select! {
-            r = listener.accept() => Some(r),
+            r = &mut accept => Some(r),
             _ = drain.clone() => None,
         };
         match accepted {
-            None => break,
-            Some(Ok((stream, peer))) => {
-                let view = worker.view();
-                let head_deadline =
-                    crate::timer::deadline_after(view.snap.http.client_header_timeout);
-                let arrival = Accepted {
-                    peer,
-                    listener: index,
-                    head_deadline,
-                    early: Vec::new(),
-                    proxied: false,
-                };
-                if view
-                    .snap
-                    .config
-                    .listeners
-                    .get(index)
-                    .is_some_and(|l| l.proxy_protocol)
-                {
-                    monoio::spawn(proxy_protocol(stream, arrival, worker.clone()));
-                } else {
-                    admit(stream, arrival, &worker);
-                }
-            }
+            Some(Ok((stream, peer))) => on_accept(stream, peer, index, &worker),
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning on an error that persists.
                 tracing::warn!(worker = worker.id, error = %e, "accept failed");
                 crate::metrics::connection_refused("accept_error");
                 monoio::time::sleep(ACCEPT_BACKOFF).await;
             }
+            None => {
+                // The accept may have taken a connection off the queue already. After an
+                // upgrade this socket is shared with the new process, which must get every
+                // connection this one does not: cancel, and serve what the accept returns.
+                if let Some(c) = canceller.take() {
+                    drop(c.cancel());
+                }
+                if let Ok((stream, peer)) = accept.await {
+                    tracing::debug!(
+                        worker = worker.id,
+                        "serving a connection accepted as the drain began"
+                    );
+                    on_accept(stream, peer, index, &worker);
+                }
+                take_queued(&listener, index, &worker);
+            }
         }
+    }
+}
+
+/// Accepts, without waiting, what is queued on a listener this worker stops accepting on.
+/// A cancelled accept may have taken the wakeup for a connection that arrived just before:
+/// the kernel wakes one waiter per connection, so another process sharing the socket (an
+/// upgrade's) would not hear of it until the next connection. Served here instead.
+fn take_queued(listener: &TcpListener, index: usize, worker: &Rc<Worker>) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let raw = listener.as_raw_fd();
+    for _ in 0..1024 {
+        // SAFETY: accept4 on a listening socket this worker owns; null address pointers are
+        // allowed. A returned descriptor is new and owned by the stream made from it.
+        let fd = unsafe {
+            libc::accept4(
+                raw,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: `fd` was just returned by accept4 and nothing else owns it.
+        let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        let Ok(peer) = std.peer_addr() else {
+            continue;
+        };
+        match monoio::net::TcpStream::from_std(std) {
+            Ok(stream) => on_accept(stream, peer, index, worker),
+            Err(e) => tracing::debug!(error = %e, "a queued connection could not be served"),
+        }
+    }
+}
+
+/// A connection accepted on listener `index`: its PROXY protocol header first if the
+/// listener expects one, then admission.
+fn on_accept(stream: monoio::net::TcpStream, peer: SocketAddr, index: usize, worker: &Rc<Worker>) {
+    let view = worker.view();
+    let head_deadline = crate::timer::deadline_after(view.snap.http.client_header_timeout);
+    let arrival = Accepted {
+        peer,
+        listener: index,
+        head_deadline,
+        early: Vec::new(),
+        proxied: false,
+    };
+    if view
+        .snap
+        .config
+        .listeners
+        .get(index)
+        .is_some_and(|l| l.proxy_protocol)
+    {
+        monoio::spawn(proxy_protocol(stream, arrival, worker.clone()));
+    } else {
+        admit(stream, arrival, worker);
     }
 }
 

@@ -1,0 +1,424 @@
+//! Binary upgrades with no dropped connection: the running process starts the new binary
+//! and hands it every listening socket over a Unix socket (SCM_RIGHTS, in batches, with
+//! their names), and the release state operators set (split weights, rollbacks, promotion
+//! steps, pauses). The new process loads and checks its config, serves on the same sockets,
+//! and says it is ready; only then does the old one stop accepting and drain. If the new one
+//! fails, the old one never stopped, and the failure goes back to whoever asked.
+//!
+//! Closing a SO_REUSEPORT socket resets the connections queued on it, which is why the
+//! sockets themselves move rather than new ones joining the group: the same sockets,
+//! accepted from by the old process until it drains and by the new one from then on.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The environment variable that gives the new process its end of the Unix socket.
+pub const ENV_FD: &str = "LB_UPGRADE_FD";
+/// How long the new process has to load its config and start serving.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Descriptors per message (the kernel takes at most 253).
+const BATCH: usize = 200;
+
+/// A listening socket the old process hands over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SocketInfo {
+    /// The listener's name (`""` for the admin API).
+    pub listener: String,
+    pub worker: usize,
+    /// The address as configured (port 0 stays 0) and as bound.
+    pub configured: String,
+    pub bound: String,
+}
+
+/// A split's runtime state as operators and the analysis left it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SplitSaved {
+    pub name: String,
+    pub fingerprint: u64,
+    pub weights: Vec<u32>,
+    pub runtime_weights: bool,
+    pub paused: bool,
+    pub rolled_back: bool,
+    pub step: u32,
+    pub rollbacks: u64,
+    pub decision: (u64, String, String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Handover {
+    sockets: Vec<SocketInfo>,
+    splits: Vec<SplitSaved>,
+}
+
+/// The old process's copies of its listening sockets, kept to hand over.
+#[derive(Debug, Default)]
+pub struct Sockets {
+    pub list: Vec<(SocketInfo, OwnedFd)>,
+}
+
+/// Sends `fds` with one byte each batch.
+fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
+    for chunk in fds.chunks(BATCH) {
+        let bytes = std::mem::size_of_val(chunk);
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+        let mut control = vec![0u8; space];
+        let mut byte = [b'F'];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: `control` holds CMSG_SPACE(bytes) bytes, room for one header and `bytes`
+        // of data; CMSG_FIRSTHDR and CMSG_DATA point into it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                chunk.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                bytes,
+            );
+        }
+        // SAFETY: `msg` describes valid buffers for the whole call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives `count` descriptors sent by [`send_fds`].
+fn recv_fds(sock: &UnixStream, count: usize) -> std::io::Result<Vec<OwnedFd>> {
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let want = (count - out.len()).min(BATCH);
+        let bytes = want * std::mem::size_of::<RawFd>();
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+        let mut control = vec![0u8; space];
+        let mut byte = [0u8];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: `msg` describes valid buffers; MSG_CMSG_CLOEXEC keeps the descriptors
+        // from leaking into processes this one starts.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n != 1 {
+            return Err(if n == 0 {
+                std::io::ErrorKind::UnexpectedEof.into()
+            } else {
+                std::io::Error::last_os_error()
+            });
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(std::io::Error::other("descriptors were cut off"));
+        }
+        // SAFETY: the kernel filled `control` with `msg_controllen` bytes of well-formed
+        // control messages; each SCM_RIGHTS one carries descriptors now owned by us.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let n = len / std::mem::size_of::<RawFd>();
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    for i in 0..n {
+                        out.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the old process needs to start the new one: the binary's path as it was started
+/// (a package upgrade puts the new binary there) and the arguments.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub exe: std::path::PathBuf,
+    pub args: Vec<std::ffi::OsString>,
+}
+
+impl Launch {
+    /// This process's binary and arguments, read at start (before a package replaces the
+    /// file: `/proc/self/exe` would then name the old, deleted one).
+    pub fn current() -> Launch {
+        let mut args = std::env::args_os();
+        let argv0 = args.next().unwrap_or_default();
+        let exe = std::env::current_exe()
+            .ok()
+            .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"))
+            .unwrap_or_else(|| argv0.into());
+        Launch {
+            exe,
+            args: args.collect(),
+        }
+    }
+}
+
+/// Starts the new binary, hands it `sockets` and `splits`, and waits until it is ready.
+/// `Ok`: its PID; the caller then drains. `Err`: why not; this process serves on as if
+/// nothing happened.
+pub fn start_new(
+    launch: &Launch,
+    sockets: &Sockets,
+    splits: Vec<SplitSaved>,
+) -> Result<u32, String> {
+    use std::os::unix::process::CommandExt;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new(&launch.exe);
+    cmd.args(&launch.args).env(ENV_FD, fd.to_string());
+    // SAFETY: between fork and exec only close_range and fcntl run, both plain system
+    // calls (async-signal-safe). Every descriptor but the standard ones and the child's end
+    // of the socket closes at exec: io_uring accepts sockets without CLOEXEC, and a client
+    // connection the new process inherited would stay open after this process answered and
+    // closed it (the client would never see the end of its answer).
+    unsafe {
+        cmd.pre_exec(move || {
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            let all = libc::c_uint::MAX;
+            for (lo, hi) in [(3, fd as libc::c_uint - 1), (fd as libc::c_uint + 1, all)] {
+                if lo <= hi && libc::syscall(libc::SYS_close_range, lo, hi, CLOSE_RANGE_CLOEXEC) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", launch.exe.display()))?;
+    drop(theirs);
+    let fail = |child: &mut std::process::Child, why: String| -> String {
+        // Our child, by its PID: it must not linger half-started.
+        let _ = child.kill();
+        let _ = child.wait();
+        why
+    };
+    let header = Handover {
+        sockets: sockets.list.iter().map(|(i, _)| i.clone()).collect(),
+        splits,
+    };
+    let text = match serde_json::to_vec(&header) {
+        Ok(t) => t,
+        Err(e) => return Err(fail(&mut child, format!("handover: {e}"))),
+    };
+    let fds: Vec<RawFd> = sockets.list.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    let sent = (&ours)
+        .write_all(&(text.len() as u32).to_be_bytes())
+        .and_then(|()| (&ours).write_all(&text))
+        .and_then(|()| send_fds(&ours, &fds));
+    if let Err(e) = sent {
+        return Err(fail(
+            &mut child,
+            format!("handing the sockets over failed: {e}"),
+        ));
+    }
+    let _ = ours.set_read_timeout(Some(READY_TIMEOUT));
+    let mut line = String::new();
+    let read = BufReader::new(&ours).read_line(&mut line);
+    match (read, line.trim_end().split_once(' ')) {
+        (Ok(_), Some(("ready", pid))) => pid
+            .parse()
+            .map_err(|_| fail(&mut child, format!("the new process said {line:?}"))),
+        (Ok(_), Some(("error", why))) => Err(fail(
+            &mut child,
+            format!("the new binary refused to start: {why}"),
+        )),
+        (Err(e), _) if e.kind() == std::io::ErrorKind::WouldBlock => Err(fail(
+            &mut child,
+            format!("the new process was not ready within {READY_TIMEOUT:?}"),
+        )),
+        _ => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            Err(format!(
+                "the new process exited ({status}) before it was ready; its log says why"
+            ))
+        }
+    }
+}
+
+/// The new process's side: what the old one handed over.
+pub struct Inherited {
+    stream: UnixStream,
+    sockets: Vec<(SocketInfo, Option<OwnedFd>)>,
+    pub splits: Vec<SplitSaved>,
+}
+
+impl Inherited {
+    /// What an old process hands over, if this process was started by one.
+    pub fn from_env() -> Option<Result<Inherited, String>> {
+        let fd: RawFd = std::env::var(ENV_FD).ok()?.parse().ok()?;
+        // SAFETY: the old process passed this descriptor for exactly this; nothing else in
+        // this process owns it.
+        let stream = unsafe { UnixStream::from_raw_fd(fd) };
+        // The descriptor must not reach processes this one starts (its own upgrade sets it
+        // again for its child).
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        Some(Inherited::receive(stream))
+    }
+
+    fn receive(stream: UnixStream) -> Result<Inherited, String> {
+        let _ = stream.set_read_timeout(Some(READY_TIMEOUT));
+        let mut len = [0u8; 4];
+        (&stream)
+            .read_exact(&mut len)
+            .map_err(|e| format!("upgrade handover: {e}"))?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > 64 << 20 {
+            return Err("upgrade handover: header too large".into());
+        }
+        let mut text = vec![0u8; len];
+        (&stream)
+            .read_exact(&mut text)
+            .map_err(|e| format!("upgrade handover: {e}"))?;
+        let header: Handover =
+            serde_json::from_slice(&text).map_err(|e| format!("upgrade handover: {e}"))?;
+        let fds = recv_fds(&stream, header.sockets.len())
+            .map_err(|e| format!("upgrade handover: {e}"))?;
+        if fds.len() != header.sockets.len() {
+            return Err("upgrade handover: descriptors missing".into());
+        }
+        Ok(Inherited {
+            stream,
+            sockets: header
+                .sockets
+                .into_iter()
+                .zip(fds.into_iter().map(Some))
+                .collect(),
+            splits: header.splits,
+        })
+    }
+
+    /// The socket listener `name` of worker `worker` listened on, if it was configured with
+    /// the same address.
+    pub fn take(
+        &mut self,
+        name: &str,
+        worker: usize,
+        configured: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        let (_, fd) = self.sockets.iter_mut().find(|(i, fd)| {
+            fd.is_some()
+                && i.listener == name
+                && i.worker == worker
+                && i.configured == configured.to_string()
+        })?;
+        fd.take().map(std::net::TcpListener::from)
+    }
+
+    /// The address a listener's worker-0 socket is bound to, to bind more workers' sockets
+    /// (a config with more workers) on the same port.
+    pub fn bound(&self, name: &str, configured: SocketAddr) -> Option<SocketAddr> {
+        self.sockets
+            .iter()
+            .find(|(i, _)| i.listener == name && i.configured == configured.to_string())
+            .and_then(|(i, _)| i.bound.parse().ok())
+    }
+
+    /// Tells the old process this one serves; it drains from now.
+    pub fn ready(self) {
+        let line = format!("ready {}\n", std::process::id());
+        if let Err(e) = (&self.stream).write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "could not tell the old process we are ready");
+        }
+        let unused = self.sockets.iter().filter(|(_, fd)| fd.is_some()).count();
+        if unused > 0 {
+            tracing::info!(
+                unused,
+                "inherited sockets this config does not use are closed"
+            );
+        }
+    }
+
+    /// Tells the old process this one could not start, and why.
+    pub fn failed(&self, why: &str) {
+        let line = format!("error {}\n", why.replace('\n', " "));
+        let _ = (&self.stream).write_all(line.as_bytes());
+    }
+}
+
+/// The release state of every split, to carry over.
+pub fn save_splits(snap: &crate::snapshot::Snapshot) -> Vec<SplitSaved> {
+    use std::sync::atomic::Ordering::Relaxed;
+    snap.splits
+        .iter()
+        .map(|s| {
+            let st = &s.state;
+            let d = st.decision.lock().unwrap_or_else(|p| p.into_inner());
+            SplitSaved {
+                name: s.config.name.clone(),
+                fingerprint: st.fingerprint.load(Relaxed),
+                weights: st.weights().to_vec(),
+                runtime_weights: st.runtime_weights.load(Relaxed),
+                paused: st.paused.load(Relaxed),
+                rolled_back: st.rolled_back.load(Relaxed),
+                step: st.step.load(Relaxed),
+                rollbacks: st.rollbacks.load(Relaxed),
+                decision: (d.at_unix, d.action.clone(), d.reason.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Puts carried-over state into the splits of `snap` that have the same name and config.
+/// A split whose config changed starts afresh, as a reload would.
+pub fn restore_splits(snap: &crate::snapshot::Snapshot, saved: &[SplitSaved]) -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut restored = 0;
+    for s in &snap.splits {
+        let st = &s.state;
+        let Some(v) = saved
+            .iter()
+            .find(|v| v.name == s.config.name && v.fingerprint == st.fingerprint.load(Relaxed))
+        else {
+            continue;
+        };
+        if v.weights.len() != s.config.targets.len() {
+            continue;
+        }
+        st.set_weights(v.weights.clone());
+        st.runtime_weights.store(v.runtime_weights, Relaxed);
+        st.paused.store(v.paused, Relaxed);
+        st.rolled_back.store(v.rolled_back, Relaxed);
+        st.step.store(v.step, Relaxed);
+        st.rollbacks.store(v.rollbacks, Relaxed);
+        let mut d = st.decision.lock().unwrap_or_else(|p| p.into_inner());
+        d.at_unix = v.decision.0;
+        d.action = v.decision.1.clone();
+        d.reason = v.decision.2.clone();
+        restored += 1;
+    }
+    restored
+}
