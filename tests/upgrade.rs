@@ -333,3 +333,51 @@ fn a_failed_upgrade_keeps_the_old_process_serving() {
     wait_until("the old process drains and exits", || gone(lb.pid()));
     assert_eq!(get(lb.addr, "/x").status, 200, "the new process serves");
 }
+
+/// SIGUSR2 upgrades too; under systemd the old main process hands the service over with
+/// `MAINPID=`, and says nothing about stopping as it drains.
+#[test]
+fn sigusr2_upgrades_and_systemd_hears_the_new_main_pid() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = scratch_dir("upgrade-notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind");
+    sock.set_read_timeout(Some(BOUND)).expect("timeout");
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notification within the bound");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let backend = Backend::start(echo("app")).expect("backend");
+    let cfg = config(&format!(
+        "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n[[routes]]\ncluster = \"app\"\n",
+        backend.addr
+    ));
+    let lb = Lb::start_with_env(&cfg, &[("NOTIFY_SOCKET", path.as_os_str())]);
+    assert!(next().lines().any(|l| l == "READY=1"));
+    let old = lb.pid();
+    lb.signal(libc::SIGUSR2);
+    let new = loop {
+        let m = next();
+        if let Some(pid) = m.lines().find_map(|l| l.strip_prefix("MAINPID=")) {
+            break pid.parse::<i32>().expect("a pid");
+        }
+    };
+    let _owned = Owned(new);
+    assert_ne!(new, old);
+    assert_eq!(get(lb.addr, "/x").status, 200);
+    wait_until("the old process drains and exits", || gone(old));
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut rest = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        !rest.iter().any(|m| m.contains("STOPPING=1")),
+        "the old process told systemd it stops: {rest:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

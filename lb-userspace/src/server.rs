@@ -266,14 +266,10 @@ fn serve(
     if let Some(path) = &opts.ready_file {
         write_ready_file(path, &bound, admin_addr)?;
     }
-    // After an upgrade, this process is the service's main one now.
-    let main_pid = if inherited.is_some() {
-        format!("MAINPID={}\n", std::process::id())
-    } else {
-        String::new()
-    };
+    // After an upgrade the old process names this one the main one (systemd takes that only
+    // from the main process); until then this READY=1 is this process's word alone.
     crate::control::notify::notify(&format!(
-        "{main_pid}READY=1\nSTATUS=serving config {}",
+        "READY=1\nSTATUS=serving config {}",
         control.cell.load().version
     ));
     if let Some(i) = inherited.take() {
