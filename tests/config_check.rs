@@ -73,6 +73,9 @@ fn each_bad_config_names_its_key_path() {
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[geoip]\ndatabase = \"/nonexistent.mmdb\"\n", "geoip.database"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[geoip]\ndatabase = \"/etc/hostname\"\n", "geoip.database"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\ncluster = \"a\"\ncountry = [\"DE\"]\n", "routes[0].country"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"http://idp.example/k\"\n", "jwt_providers[0].jwks_url"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"https://idp.example/k\"\nforward_claims = { sub = \"Content-Length\" }\n", "jwt_providers[0].forward_claims.sub"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"https://idp.example/k\"\njwks_refresh = \"0s\"\n", "jwt_providers[0].jwks_refresh"),
         ("", "listeners"),
     ];
     for (text, path) in cases {

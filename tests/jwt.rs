@@ -551,3 +551,98 @@ override = [{ jwt_claim = "role", value = "staff", target = "canary" }]
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// What the review of the JWT work found, held: a forged claim header spelled with `_` or
+/// sent as a chunked trailer never reaches the backend; a route that requires a token
+/// answers 401 rather than letting the request fall through to a route that asks for less;
+/// two `Authorization` fields are refused.
+#[test]
+fn claim_headers_cannot_be_smuggled_and_required_routes_do_not_fall_through() {
+    use std::io::{Read, Write};
+    let k = keys();
+    // A backend that keeps every byte it was sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let raw_addr = listener.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(8) {
+            let Ok(mut s) = conn else { continue };
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Until the end of the head, or of a chunked body's trailer section.
+            let done = |g: &[u8]| {
+                let text = String::from_utf8_lossy(g).to_ascii_lowercase();
+                match text.find("\r\n\r\n") {
+                    None => false,
+                    Some(end) if !text[..end].contains("transfer-encoding: chunked") => true,
+                    Some(end) => text[end..].contains("\r\n0\r\n") && text.ends_with("\r\n\r\n"),
+                }
+            };
+            while !done(&got) {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let _ = tx.send(got);
+        }
+    });
+    let dir = scratch_dir("jwt-smuggle");
+    std::fs::write(dir.join("jwks.json"), jwks(&[("es", &k.es)])).expect("jwks");
+    let cfg = config(&format!(
+        "[[jwt_providers]]\nname = \"auth\"\njwks_file = \"{}\"\nforward_claims = {{ sub = \"X-User-Id\" }}\n\
+         [[clusters]]\nname = \"raw\"\nendpoints = [{{ addr = \"{raw_addr}\" }}]\n\
+         [[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\njwt = {{ provider = \"auth\" }}\n\
+         jwt_claims = [{{ name = \"role\", equals = \"admin\" }}]\ncluster = \"raw\"\n\
+         [[routes]]\nname = \"rest\"\ncluster = \"raw\"\n",
+        dir.join("jwks.json").display()
+    ));
+    let lb = Lb::start(&cfg);
+    // A forged claim as a header spelled with `_`, and as a trailer of a chunked body.
+    let mut c = Client::connect(lb.addr);
+    c.send(b"POST /open HTTP/1.1\r\nHost: t\r\nX_User_Id: admin\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-User-Id: admin\r\nx_user_id: admin\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    let seen = String::from_utf8_lossy(&rx.recv_timeout(BOUND).expect("the backend's bytes"))
+        .to_ascii_lowercase();
+    assert!(
+        seen.contains("hi") && !seen.contains("user-id") && !seen.contains("user_id"),
+        "{seen}"
+    );
+    // No token, or a token without the role: 401 from the admin route, not the catch-all.
+    assert_eq!(get(lb.addr, "/admin/users").status, 401);
+    let user = bearer(&token(
+        &k.es,
+        "ES256",
+        "es",
+        "u1",
+        json!({ "role": "user", "iss": "x" }),
+    ));
+    let r = get_with(lb.addr, "/admin/users", &[("Authorization", &user)]);
+    assert_eq!(
+        r.status, 200,
+        "a valid token whose claims do not hold falls through to the next route"
+    );
+    let admin = bearer(&token(
+        &k.es,
+        "ES256",
+        "es",
+        "u1",
+        json!({ "role": "admin" }),
+    ));
+    assert_eq!(
+        get_with(lb.addr, "/admin/users", &[("Authorization", &admin)]).status,
+        200
+    );
+    // Two Authorization fields: which one would the backend take?
+    let r = get_with(
+        lb.addr,
+        "/admin/users",
+        &[("Authorization", &admin), ("Authorization", &user)],
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["message"], "the token is not a signed JWT");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -147,9 +147,9 @@ fn parse_v2(data: &[u8]) -> Result<Option<Header>, Invalid> {
                 port,
             )))
         }
-        // UNSPEC: the sender does not know; the connection's own address stands.
-        0x00 => header(None),
-        _ => Err("the PROXY v2 header's family is not TCP over IPv4 or IPv6"),
+        // UNSPEC, UDP, Unix sockets: nothing lb can use as the client's address; the
+        // connection's own stands, as the spec asks of receivers.
+        _ => header(None),
     }
 }
 

@@ -120,6 +120,11 @@ pub(super) fn validate_providers(
                     format!("jwt_providers[{i}].forward_claims.{claim}"),
                     format!("{header:?} is not a header name"),
                 );
+            } else if owned_name_reserved(header) {
+                errs.push(
+                    format!("jwt_providers[{i}].forward_claims.{claim}"),
+                    format!("{header:?} is a header lb or the client owns; name a header of your own, such as X-User-Id"),
+                );
             }
             forward_claims.push((claim.clone(), header.to_ascii_lowercase()));
         }
@@ -160,10 +165,26 @@ pub(super) fn validate_providers(
             KeySource::Secret
         } else {
             let url = p.jwks_url.clone().unwrap_or_default();
-            if !url.starts_with("http://") && !url.starts_with("https://") {
+            if let Some(rest) = url.strip_prefix("http://") {
+                // Keys fetched in the clear can be swapped by anyone on the path, and with
+                // them every token: plain http only from this host.
+                let host = rest.split(['/', '?']).next().unwrap_or("");
+                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let loopback = host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    errs.push(
+                        at("jwks_url"),
+                        format!("{url:?}: keys must be fetched over https:// (plain http:// only from this host)"),
+                    );
+                }
+            } else if !url.starts_with("https://") {
                 errs.push(
                     at("jwks_url"),
-                    format!("expected an http:// or https:// URL, got {url:?}"),
+                    format!("expected an https:// URL, got {url:?}"),
                 );
             }
             let refresh = errs.duration(&at("jwks_refresh"), &p.jwks_refresh, DEFAULT_JWKS_REFRESH);
@@ -172,6 +193,15 @@ pub(super) fn validate_providers(
                 &p.jwks_min_refetch,
                 DEFAULT_JWKS_MIN_REFETCH,
             );
+            if refresh < Duration::from_secs(10) {
+                errs.push(at("jwks_refresh"), "expected at least \"10s\"");
+            }
+            if min_refetch < Duration::from_secs(1) {
+                errs.push(
+                    at("jwks_min_refetch"),
+                    "expected at least \"1s\": unknown kids must not become a flood of fetches",
+                );
+            }
             let tls = crate::upstream::tls::client_config(
                 &crate::upstream::tls::UpstreamTls {
                     ca: p.jwks_ca.clone(),
@@ -219,6 +249,23 @@ pub(super) fn validate_providers(
         });
     }
     out
+}
+
+/// Names a header lb writes from a claim or a lookup must not take: framing and connection
+/// management, and what every request carries from the client.
+pub(super) fn owned_name_reserved(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace('_', "-");
+    super::routes::RESERVED.contains(&n.as_str())
+        || [
+            "host",
+            "authorization",
+            "cookie",
+            "content-type",
+            "x-forwarded-for",
+            "forwarded",
+            "via",
+        ]
+        .contains(&n.as_str())
 }
 
 /// Claim conditions at `key`.

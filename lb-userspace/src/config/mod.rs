@@ -289,6 +289,15 @@ impl Config {
         let mut out = self.certificate_warnings();
         out.extend(self.uncovered_host_warnings());
         out.extend(self.route_warnings());
+        out.extend(self.jwt_providers.iter().enumerate().filter_map(|(i, p)| {
+            let c = &p.config;
+            (c.audiences.is_empty() || c.issuer.is_none()).then(|| {
+                format!(
+                    "jwt_providers[{i}] ({}): without both issuer and audiences, any token its keys signed is accepted, including tokens the issuer made for other applications",
+                    c.name
+                )
+            })
+        }));
         out.extend(self.clusters.iter().enumerate().filter_map(|(i, c)| {
             c.tls.as_ref().filter(|t| !t.settings.verify).map(|_| {
                 format!(
@@ -834,6 +843,13 @@ fn validate_geoip(
             errs.push("geoip.header", format!("{h:?} is not a header name"));
             return None;
         }
+        if jwt::owned_name_reserved(h) {
+            errs.push(
+                "geoip.header",
+                format!("{h:?} is a header lb or the client owns; name one of your own, such as X-Client-Country"),
+            );
+            return None;
+        }
     }
     let header = g.header.as_ref().map(|h| h.to_ascii_lowercase());
     match crate::client::geo::GeoDb::open(base.join(&g.database), default, header) {
@@ -1040,10 +1056,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut http = http;
     // Headers lb writes from verified claims and the geo lookup: a client's copies never
     // reach a backend.
+    // Compared with `_` read as `-` (CGI-style servers map both to one variable).
     http.owned_headers = jwt_providers
         .iter()
         .flat_map(|p| p.config.forward_claims.iter().map(|(_, h)| h.clone()))
         .chain(geo.iter().filter_map(|g| g.header.clone()))
+        .map(|h| h.to_ascii_lowercase().replace('_', "-"))
         .collect();
     let mut routes = Vec::new();
     let ctx = routes::RouteContext {

@@ -14,7 +14,7 @@ use crate::routing::template::Template;
 use crate::routing::{Route, RouteTimeouts};
 
 /// Headers a route may not set: `lb` owns connection management and framing.
-const RESERVED: [&str; 8] = [
+pub(super) const RESERVED: [&str; 8] = [
     "connection",
     "content-length",
     "keep-alive",

@@ -283,6 +283,25 @@ const FORBIDDEN_IN_TRAILERS: [&[u8]; 38] = [
     b"content-range",
 ];
 
+/// Whether the field line `line` (`name: value`) is named one of `names` (lower case, with
+/// `-`), reading `_` in the line as `-`.
+pub fn names_one_of(line: &[u8], names: &[String]) -> bool {
+    if names.is_empty() {
+        return false;
+    }
+    let name = line.split(|&b| b == b':').next().unwrap_or(line);
+    names.iter().any(|n| {
+        n.len() == name.len()
+            && n.bytes().zip(name).all(|(a, &b)| {
+                a == if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                }
+            })
+    })
+}
+
 impl TrailerPolicy {
     /// True if the trailer field line `line` (`name: value\r\n`, already validated) goes on.
     pub fn forwards(self, line: &[u8]) -> bool {

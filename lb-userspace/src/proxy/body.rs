@@ -39,9 +39,12 @@ pub enum PumpFail {
 
 /// How a body goes out: its encoding, and which trailer fields a chunked body keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Out {
+pub struct Out<'a> {
     pub encode: Encode,
     pub trailers: TrailerPolicy,
+    /// Header names only lb writes (forwarded claims, the country): never passed on as
+    /// trailers either.
+    pub owned: &'a [String],
 }
 
 /// How long reads of a body may wait: `idle` for any one read, and optionally a minimum
@@ -107,7 +110,7 @@ pub(crate) async fn pump<S: Source, D: Sink>(
     src: &mut S,
     dst: &mut D,
     framing: Framing,
-    out: Out,
+    out: Out<'_>,
     scratch: &mut Vec<u8>,
     pace: Pace,
     max: u64,
@@ -169,7 +172,7 @@ pub(crate) async fn pump<S: Source, D: Sink>(
 async fn pump_chunked<S: Source, D: Sink>(
     src: &mut S,
     dst: &mut D,
-    out: Out,
+    out: Out<'_>,
     scratch: &mut Vec<u8>,
     pace: Pace,
     max: u64,
@@ -208,7 +211,11 @@ async fn pump_chunked<S: Source, D: Sink>(
                 }
             }
             Step::Trailer(k) => {
-                if encode == Encode::Chunked && out.trailers.forwards(&src.data()[..k]) {
+                let line = &src.data()[..k];
+                if encode == Encode::Chunked
+                    && out.trailers.forwards(line)
+                    && !crate::http::chunked::names_one_of(line, out.owned)
+                {
                     scratch.extend_from_slice(&src.data()[..k]);
                 }
                 src.consume(k);
@@ -257,13 +264,15 @@ mod tests {
     use super::super::testio::{buf_pair, collect, rt, send};
     use super::*;
 
-    const FILTER: Out = Out {
+    const FILTER: Out<'static> = Out {
         encode: Encode::Chunked,
         trailers: TrailerPolicy::Filter,
+        owned: &[],
     };
-    const PLAIN: Out = Out {
+    const PLAIN: Out<'static> = Out {
         encode: Encode::Plain,
         trailers: TrailerPolicy::Filter,
+        owned: &[],
     };
 
     /// Pumps `input` (sent in `piece`-byte writes, then closed or reset) framed as `framing`
@@ -273,7 +282,7 @@ mod tests {
         piece: usize,
         reset: bool,
         framing: Framing,
-        out: Out,
+        out: Out<'_>,
         max: u64,
     ) -> (Result<u64, PumpFail>, Vec<u8>) {
         rt().block_on(async {

@@ -758,6 +758,7 @@ async fn send_body<S: Source, D: Sink>(
         Out {
             encode: Encode::Chunked,
             trailers: http.trailers,
+            owned: &http.owned_headers,
         },
         &mut scratch,
         pace,
@@ -1087,6 +1088,7 @@ async fn send_response<C: Downstream>(
     let out_plan = Out {
         encode,
         trailers: http.trailers,
+        owned: &[],
     };
     let idle = Pace::idle(ctx.timeouts.idle);
     let r = pump(up, client, rest, out_plan, &mut scratch, idle, 0).await;

@@ -619,8 +619,8 @@ fn forward_claims(snap: &Snapshot, r: &Routed<'_, '_>, out: &mut Vec<u8>) {
                 .unwrap_or_default()
                 .into_owned(),
         };
-        // A claim cannot smuggle a header line.
-        if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        // A claim cannot smuggle a header line, nor control characters a backend may choke on.
+        if text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             continue;
         }
         head::insert_headers(out, &[(header.as_str(), text.as_str())]);

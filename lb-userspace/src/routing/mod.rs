@@ -128,7 +128,13 @@ impl Route {
             return true;
         }
         let claims = match (self.jwt, req.jwt) {
-            (Some(j), Some(lookup)) => lookup.claims(j.provider),
+            (Some(j), Some(lookup)) => match lookup.verdict(j.provider) {
+                Ok(c) => Some(&**c),
+                // A route that requires a token takes the request without a valid one, and
+                // answers it 401: it must not fall through to a route that asks for less.
+                Err(_) if j.required => return true,
+                Err(_) => None,
+            },
             _ => None,
         };
         self.jwt_claims.iter().all(|c| c.matches(claims))

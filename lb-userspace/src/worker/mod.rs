@@ -32,6 +32,10 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
 /// Refusals answered at once per worker; past this, refused connections just close.
 const MAX_REFUSING: usize = 1024;
+/// Connections one worker reads PROXY protocol headers from at once (unless
+/// `max_connections_per_worker` is lower): they are not admitted yet, so no other limit
+/// holds them, and each holds a socket and a buffer until its header or the head timeout.
+const MAX_PROXY_PENDING: usize = 4096;
 /// How long the accept loop backs off after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Spare read buffers kept per worker.
@@ -92,6 +96,8 @@ pub struct Worker {
     conns: &'static crate::connlimit::Connections,
     /// Refused connections still being answered.
     refusing: Cell<usize>,
+    /// Connections whose PROXY protocol header is still being read.
+    proxy_pending: Cell<usize>,
     /// When a refusal was last logged, in `clock::now_ms` milliseconds.
     refusal_logged: Cell<u64>,
 }
@@ -127,6 +133,7 @@ impl Worker {
             stats: spec.stats.clone(),
             conns: spec.conns,
             refusing: Cell::new(0),
+            proxy_pending: Cell::new(0),
             refusal_logged: Cell::new(0),
         })
     }
@@ -493,6 +500,22 @@ fn on_accept(stream: monoio::net::TcpStream, peer: SocketAddr, index: usize, wor
         .get(index)
         .is_some_and(|l| l.proxy_protocol)
     {
+        let cap = view
+            .snap
+            .http
+            .conn_limits
+            .per_worker
+            .map_or(MAX_PROXY_PENDING, |n| n.min(MAX_PROXY_PENDING));
+        if worker.proxy_pending.get() >= cap {
+            // Closed at once: a flood of connections that send nothing must not hold the
+            // worker's sockets and buffers.
+            crate::metrics::connection_refused("proxy_protocol");
+            if let Some(l) = &worker.loads {
+                l.closed(worker.id);
+            }
+            return;
+        }
+        worker.proxy_pending.set(worker.proxy_pending.get() + 1);
         monoio::spawn(proxy_protocol(stream, arrival, worker.clone()));
     } else {
         admit(stream, arrival, worker);
@@ -518,6 +541,16 @@ struct Accepted {
 async fn proxy_protocol(stream: monoio::net::TcpStream, mut a: Accepted, w: Rc<Worker>) {
     use monoio::buf::IoBufMut;
     use monoio::io::AsyncReadRent;
+    /// Gives the pending place back however the read ends.
+    struct Pending(Rc<Worker>);
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            self.0
+                .proxy_pending
+                .set(self.0.proxy_pending.get().saturating_sub(1));
+        }
+    }
+    let pending = Pending(w.clone());
     let mut stream = stream;
     let mut buf = w.bufs.take();
     buf.clear();
@@ -546,6 +579,7 @@ async fn proxy_protocol(stream: monoio::net::TcpStream, mut a: Accepted, w: Rc<W
             Err(_) => break Err("the connection failed before its PROXY protocol header"),
         }
     };
+    drop(pending);
     match header {
         Ok(h) => {
             buf.drain(..h.len);
@@ -576,7 +610,10 @@ async fn proxy_protocol(stream: monoio::net::TcpStream, mut a: Accepted, w: Rc<W
 /// Admits an accepted connection by its client's address, or refuses it by a limit.
 fn admit(stream: monoio::net::TcpStream, a: Accepted, w: &Rc<Worker>) {
     let limits = w.view().snap.http.conn_limits;
-    match w.conns.admit(a.peer.ip(), w.active.get(), &limits) {
+    match w
+        .conns
+        .admit(a.peer.ip().to_canonical(), w.active.get(), &limits)
+    {
         Ok(admitted) => serve_connection(stream, a, admitted, w.clone()),
         Err(why) => {
             if a.early.capacity() > 0 {

@@ -27,7 +27,7 @@ pub struct Fetch {
 /// The key holder for `f`, shared with earlier snapshots if one is alive; a new one starts
 /// its fetcher thread (its first fetch at once).
 pub fn holder(f: &Fetch) -> Arc<KeyHolder> {
-    let id = format!("{}\n{:?}\n{:?}", f.url, f.ca, f.algorithms);
+    let id = format!("{}\n{:?}\n{:?}\n{:?}", f.url, f.ca, f.algorithms, f.refresh);
     let mut all = HOLDERS.lock().unwrap_or_else(|p| p.into_inner());
     all.retain(|(_, w)| w.strong_count() > 0);
     if let Some(h) = all
@@ -89,6 +89,12 @@ fn fetch_once(
             return Err(format!("{}: answered {status}", f.url));
         }
         let set = parse_jwks(&body, &f.algorithms).map_err(|e| format!("{}: {e}", f.url))?;
+        if set.keys.is_empty() {
+            return Err(format!(
+                "{}: no usable key for the allowed algorithms ({} skipped)",
+                f.url, set.skipped
+            ));
+        }
         Ok((set, body))
     });
     let old = h.current.load_full();

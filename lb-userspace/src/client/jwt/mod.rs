@@ -256,8 +256,44 @@ impl Provider {
         }
     }
 
-    /// The token this request carries for this provider, if any.
+    /// The token this request carries for this provider, if any. Two of them (two
+    /// `Authorization` fields, two cookies of the name) is an error: the backend might take
+    /// the other one than lb verified.
     pub fn token<'a>(
+        &self,
+        headers: &'a [httparse::Header<'a>],
+        query: Option<&'a [u8]>,
+    ) -> Result<Option<&'a [u8]>, Failure> {
+        let fields = |name: &str| {
+            headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .count()
+        };
+        let twice = match &self.config.token {
+            TokenSource::Bearer => fields("authorization") > 1,
+            TokenSource::Header(name) => fields(name) > 1,
+            TokenSource::Cookie(name) => {
+                headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                    .flat_map(|h| h.value.split(|&b| b == b';'))
+                    .filter(|c| {
+                        let c = c.trim_ascii_start();
+                        c.starts_with(name.as_bytes()) && c.get(name.len()) == Some(&b'=')
+                    })
+                    .count()
+                    > 1
+            }
+            TokenSource::Query(_) => false,
+        };
+        if twice {
+            return Err(Failure::Malformed);
+        }
+        Ok(self.token_field(headers, query))
+    }
+
+    fn token_field<'a>(
         &self,
         headers: &'a [httparse::Header<'a>],
         query: Option<&'a [u8]>,
@@ -476,12 +512,11 @@ pub fn claim_text(v: &serde_json::Value) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-/// Whether a claim is `want`, or holds it: an array with it as an element, or a
-/// space-separated string (an OAuth `scope`) with it as a word.
+/// Whether a claim is `want` exactly, or an array with it as an element. For targeting and
+/// overrides: a free-text claim (a name) never matches by one of its words.
 pub fn claim_has(v: &serde_json::Value, want: &str) -> bool {
     match v {
         serde_json::Value::Array(list) => list.iter().filter_map(claim_text).any(|t| t == want),
-        serde_json::Value::String(s) => s == want || s.split_ascii_whitespace().any(|w| w == want),
         _ => claim_text(v).is_some_and(|t| t == want),
     }
 }
@@ -570,9 +605,15 @@ impl<'a> Lookup<'a> {
         let (Some(cell), Some(p)) = (self.verdicts.get(i), self.providers.get(i)) else {
             return Err(Failure::NoKeys);
         };
-        cell.get_or_init(|| p.check(p.token(self.headers, self.query)))
-            .as_ref()
-            .map_err(|f| *f)
+        cell.get_or_init(|| match p.token(self.headers, self.query) {
+            Ok(t) => p.check(t),
+            Err(f) => {
+                p.count(&Err(f));
+                Err(f)
+            }
+        })
+        .as_ref()
+        .map_err(|f| *f)
     }
 
     /// Provider `i`'s claims, if its token verified.
