@@ -138,7 +138,14 @@ pub(super) fn validate_providers(
                     Err(e) => errs.push(at("jwks_file"), format!("{}: {e}", path.display())),
                     Ok(set) if set.keys.is_empty() => errs.push(
                         at("jwks_file"),
-                        format!("{}: no key for the allowed algorithms", path.display()),
+                        format!(
+                            "{}: no key for the allowed algorithms{}",
+                            path.display(),
+                            set.problems
+                                .iter()
+                                .map(|p| format!("; {p}"))
+                                .collect::<String>()
+                        ),
                     ),
                     Ok(set) => keys = Some(set),
                 },
@@ -159,6 +166,7 @@ pub(super) fn validate_providers(
                     keys = Some(KeySet {
                         keys: vec![Key::secret(s, &algorithms)],
                         skipped: 0,
+                        problems: Vec::new(),
                     });
                 }
             }

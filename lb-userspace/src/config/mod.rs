@@ -289,6 +289,14 @@ impl Config {
         let mut out = self.certificate_warnings();
         out.extend(self.uncovered_host_warnings());
         out.extend(self.route_warnings());
+        out.extend(self.jwt_providers.iter().enumerate().flat_map(|(i, p)| {
+            p.keys.iter().flat_map(|k| &k.problems).map(move |problem| {
+                format!(
+                    "jwt_providers[{i}] ({}): a key is skipped: {problem}",
+                    p.config.name
+                )
+            })
+        }));
         out.extend(self.jwt_providers.iter().enumerate().filter_map(|(i, p)| {
             let c = &p.config;
             (c.audiences.is_empty() || c.issuer.is_none()).then(|| {

@@ -91,9 +91,17 @@ fn fetch_once(
         let set = parse_jwks(&body, &f.algorithms).map_err(|e| format!("{}: {e}", f.url))?;
         if set.keys.is_empty() {
             return Err(format!(
-                "{}: no usable key for the allowed algorithms ({} skipped)",
-                f.url, set.skipped
+                "{}: no usable key for the allowed algorithms ({} skipped){}",
+                f.url,
+                set.skipped,
+                set.problems
+                    .iter()
+                    .map(|p| format!("; {p}"))
+                    .collect::<String>()
             ));
+        }
+        for p in &set.problems {
+            tracing::warn!(url = %f.url, "JWKS key skipped: {p}");
         }
         Ok((set, body))
     });

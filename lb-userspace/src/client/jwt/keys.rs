@@ -148,6 +148,8 @@ impl Key {
 pub struct KeySet {
     pub keys: Vec<Key>,
     pub skipped: usize,
+    /// Why malformed keys were skipped.
+    pub problems: Vec<String>,
 }
 
 fn b64_field(jwk: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
@@ -159,9 +161,57 @@ fn b64_field(jwk: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("a key's {name:?} is not base64url"))
 }
 
-/// Parses a JWKS document, keeping the keys whose algorithms `allowed` lists. Fails on a
-/// document that is not a JWKS or a supported key that is malformed; skips keys of other
-/// types, for encryption (`use: enc`), or for algorithms not allowed.
+/// A supported key's material and the algorithms its type serves; `Ok(None)` for a type
+/// lb does not verify with.
+fn material(
+    jwk: &serde_json::Value,
+    kid: &Option<String>,
+) -> Result<Option<(Material, Vec<Alg>)>, String> {
+    Ok(Some(match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
+        (Some("RSA"), _) => {
+            let n = b64_field(jwk, "n")?;
+            if n.len() < 256 {
+                return Err(format!(
+                    "key {kid:?}: RSA keys shorter than 2048 bits are refused"
+                ));
+            }
+            let e = b64_field(jwk, "e")?;
+            (
+                Material::Rsa { n, e },
+                vec![Alg::RS256, Alg::RS384, Alg::RS512],
+            )
+        }
+        (Some("EC"), Some(crv @ ("P-256" | "P-384"))) => {
+            let (alg, len) = if crv == "P-256" {
+                (Alg::ES256, 32)
+            } else {
+                (Alg::ES384, 48)
+            };
+            let (x, y) = (b64_field(jwk, "x")?, b64_field(jwk, "y")?);
+            if x.len() != len || y.len() != len {
+                return Err(format!("key {kid:?}: x and y must be {len} bytes on {crv}"));
+            }
+            let mut point = vec![4u8];
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            (Material::Ec { point, alg }, vec![alg])
+        }
+        (Some("OKP"), Some("Ed25519")) => {
+            let x = b64_field(jwk, "x")?;
+            if x.len() != 32 {
+                return Err(format!("key {kid:?}: an Ed25519 key is 32 bytes"));
+            }
+            (Material::Ed25519(x), vec![Alg::EdDSA])
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Parses a JWKS document, keeping the keys whose algorithms `allowed` lists. Fails only on
+/// a document that is not a JWKS. A malformed key is skipped and said why in `problems`
+/// (an issuer that publishes one odd key must not stop the rotation to its good ones);
+/// keys of other types, for encryption (`use: enc`), or for algorithms not allowed are
+/// skipped.
 pub fn parse_jwks(text: &[u8], allowed: &[Alg]) -> Result<KeySet, String> {
     let doc: serde_json::Value =
         serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
@@ -175,50 +225,18 @@ pub fn parse_jwks(text: &[u8], allowed: &[Alg]) -> Result<KeySet, String> {
             continue;
         }
         let kid = jwk["kid"].as_str().map(str::to_string);
-        let (material, by_type): (Material, Vec<Alg>) =
-            match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
-                (Some("RSA"), _) => {
-                    let n = b64_field(jwk, "n")?;
-                    if n.len() < 256 {
-                        return Err(format!(
-                            "key {kid:?}: RSA keys shorter than 2048 bits are refused"
-                        ));
-                    }
-                    (
-                        Material::Rsa {
-                            n,
-                            e: b64_field(jwk, "e")?,
-                        },
-                        vec![Alg::RS256, Alg::RS384, Alg::RS512],
-                    )
-                }
-                (Some("EC"), Some(crv @ ("P-256" | "P-384"))) => {
-                    let (alg, len) = if crv == "P-256" {
-                        (Alg::ES256, 32)
-                    } else {
-                        (Alg::ES384, 48)
-                    };
-                    let (x, y) = (b64_field(jwk, "x")?, b64_field(jwk, "y")?);
-                    if x.len() != len || y.len() != len {
-                        return Err(format!("key {kid:?}: x and y must be {len} bytes on {crv}"));
-                    }
-                    let mut point = vec![4u8];
-                    point.extend_from_slice(&x);
-                    point.extend_from_slice(&y);
-                    (Material::Ec { point, alg }, vec![alg])
-                }
-                (Some("OKP"), Some("Ed25519")) => {
-                    let x = b64_field(jwk, "x")?;
-                    if x.len() != 32 {
-                        return Err(format!("key {kid:?}: an Ed25519 key is 32 bytes"));
-                    }
-                    (Material::Ed25519(x), vec![Alg::EdDSA])
-                }
-                _ => {
-                    set.skipped += 1;
-                    continue;
-                }
-            };
+        let (material, by_type) = match material(jwk, &kid) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                set.skipped += 1;
+                continue;
+            }
+            Err(e) => {
+                set.skipped += 1;
+                set.problems.push(e);
+                continue;
+            }
+        };
         // A key's own `alg` narrows it to that one algorithm.
         let algs: Vec<Alg> = match jwk["alg"].as_str() {
             Some(a) => match Alg::parse(a) {

@@ -169,6 +169,7 @@ fn secrets_verify_hmac_tokens() {
     let set = KeySet {
         keys: vec![Key::secret(s.clone(), &[Alg::HS256])],
         skipped: 0,
+        problems: Vec::new(),
     };
     let p = provider(&[Alg::HS256], set.clone());
     let t = key
@@ -198,10 +199,18 @@ fn jwks_documents_keep_what_they_can_use() {
     assert_eq!(set.keys[0].kid.as_deref(), Some("r"));
     assert!(keys::parse_jwks(b"{}", &Alg::ALL).is_err());
     assert!(keys::parse_jwks(b"not json", &Alg::ALL).is_err());
-    let short = json!({ "keys": [{ "kty": "RSA", "n": "AQAB", "e": "AQAB" }] });
-    assert!(keys::parse_jwks(short.to_string().as_bytes(), &Alg::ALL)
-        .expect_err("short")
-        .contains("2048"));
+    // A malformed key is skipped with the reason; the good ones next to it stay.
+    let mut doc: serde_json::Value = serde_json::from_str(&jwks(&[("r", &rsa)])).expect("json");
+    if let Some(list) = doc["keys"].as_array_mut() {
+        list.push(json!({ "kty": "RSA", "kid": "short", "n": "AQAB", "e": "AQAB" }));
+    }
+    let set = keys::parse_jwks(doc.to_string().as_bytes(), &Alg::ALL).expect("jwks");
+    assert_eq!(set.keys.len(), 1);
+    assert!(
+        set.problems.iter().any(|p| p.contains("2048")),
+        "{:?}",
+        set.problems
+    );
 }
 
 #[test]
