@@ -76,6 +76,8 @@ fn each_bad_config_names_its_key_path() {
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"http://idp.example/k\"\n", "jwt_providers[0].jwks_url"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"https://idp.example/k\"\nforward_claims = { sub = \"Content-Length\" }\n", "jwt_providers[0].forward_claims.sub"),
         ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[jwt_providers]]\nname = \"p\"\njwks_url = \"https://idp.example/k\"\njwks_refresh = \"0s\"\n", "jwt_providers[0].jwks_refresh"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\n[routes.split]\nname = \"s\"\ntargets = [{ name = \"a\", cluster = \"a\", weight = 100 }]\noverride = [{ client_ip = [\"10.0.0.1/8\"], target = \"a\" }]\n", "routes[0].split.override[0].client_ip[0]"),
+        ("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\n[routes.split]\nname = \"s\"\ntargets = [{ name = \"a\", cluster = \"a\", weight = 100 }]\noverride = [{ header = \"x\", target = \"a\" }]\n", "routes[0].split.override[0].value"),
         ("", "listeners"),
     ];
     for (text, path) in cases {

@@ -167,6 +167,13 @@ targets = [{ name = "stable", cluster = "stable", weight = 0 }, { name = "canary
 default_target = "stable"
 include = [{ client_ip = ["203.0.113.0/24"] }]
 exclude = [{ client_ip = ["203.0.113.66"] }]
+
+[[routes]]
+path_prefix = "/forced"
+[routes.split]
+name = "office-override"
+targets = [{ name = "stable", cluster = "stable", weight = 100 }, { name = "canary", cluster = "canary", weight = 0 }]
+override = [{ client_ip = ["198.51.100.0/24"], target = "canary" }]
 "#;
     let (cfg, _s, _c) = two_clusters("[http]\ntrusted_proxies = [\"127.0.0.1\"]\n", routes);
     let lb = Lb::start(&cfg);
@@ -180,6 +187,12 @@ exclude = [{ client_ip = ["203.0.113.66"] }]
     assert_eq!(from("/rollout", "203.0.113.10"), "canary");
     assert_eq!(from("/rollout", "203.0.113.66"), "stable", "excluded");
     assert_eq!(from("/rollout", "198.51.100.10"), "stable", "not included");
+    assert_eq!(
+        from("/forced", "198.51.100.10"),
+        "canary",
+        "overridden by address"
+    );
+    assert_eq!(from("/forced", "203.0.113.10"), "stable");
 }
 
 /// One request over a new connection that starts with `preamble` (sent in pieces of
@@ -469,6 +482,21 @@ include = [{ country = ["de"] }]
 path_prefix = "/limited"
 cluster = "stable"
 rate_limit = { key = "country", limits = [{ requests = 1, per = "1m" }] }
+
+[[routes]]
+path_prefix = "/forced"
+[routes.split]
+name = "us-override"
+targets = [{ name = "stable", cluster = "stable", weight = 100 }, { name = "canary", cluster = "canary", weight = 0 }]
+override = [{ country = ["US"], target = "canary" }]
+
+[[routes]]
+path_prefix = "/by-country"
+[routes.split]
+name = "by-country"
+targets = [{ name = "stable", cluster = "stable", weight = 50 }, { name = "canary", cluster = "canary", weight = 50 }]
+sticky = "country"
+salt = "s"
 "#;
 
 /// Country and continent of the real client route, target and limit requests, reach the
@@ -542,6 +570,19 @@ fn the_client_country_routes_targets_and_limits() {
         .map(|w| from("/limited", w).status)
         .collect();
     assert_eq!(limited, [200, 429, 200], "one a minute per country");
+    assert_eq!(
+        backend(&from("/forced", "198.51.100.7")),
+        "canary",
+        "overridden by country"
+    );
+    assert_eq!(backend(&from("/forced", "203.0.113.7")), "stable");
+    let german: Vec<String> = (1..=12)
+        .map(|i| backend(&from("/by-country", &format!("203.0.113.{i}"))))
+        .collect();
+    assert!(
+        german.iter().all(|b| *b == german[0]),
+        "one country, one target: {german:?}"
+    );
     wait_until("the access log has the country", || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("\"country\":\"FR\""))
     });

@@ -34,6 +34,9 @@ pub enum HashKey {
     Path,
     /// A claim of the route's verified JWT (`jwt:NAME`; splits only).
     Claim(String),
+    /// The client's country or continent (`[geoip]`; splits only).
+    Country,
+    Continent,
 }
 
 /// What a balancer needs to know of an endpoint.
@@ -241,7 +244,7 @@ pub fn request_key_hash(
         HashKey::Query(name) => crate::http::query_param(query?, name.as_bytes())?,
         HashKey::Path => path,
         // Clusters do not see claims (config refuses it there).
-        HashKey::Claim(_) => return None,
+        HashKey::Claim(_) | HashKey::Country | HashKey::Continent => return None,
         HashKey::ClientIp => {
             return Some(match client {
                 IpAddr::V4(v4) => maglev::key_hash(&v4.octets()),

@@ -161,8 +161,8 @@ pub(super) fn validate_cluster(
         }
     };
     let hash_key = c.hash_key.as_deref().and_then(|k| match parse_hash_key(k) {
-        Ok(HashKey::Claim(_)) => {
-            errs.push(at("hash_key"), "a cluster's hash key cannot be a JWT claim (a split's sticky key or a rate limit's key can)");
+        Ok(HashKey::Claim(_) | HashKey::Country | HashKey::Continent) => {
+            errs.push(at("hash_key"), "a cluster's hash key cannot be a JWT claim, a country or a continent (a split's sticky key can)");
             None
         }
         Ok(h) => Some(h),
@@ -311,6 +311,8 @@ pub fn parse_hash_key(k: &str) -> Result<HashKey, String> {
     match k.split_once(':') {
         None if k == "client_ip" => Ok(HashKey::ClientIp),
         None if k == "path" => Ok(HashKey::Path),
+        None if k == "country" => Ok(HashKey::Country),
+        None if k == "continent" => Ok(HashKey::Continent),
         Some((kind, name)) if !name.is_empty() => match kind {
             "header" => Ok(HashKey::Header(name.to_ascii_lowercase())),
             "cookie" => Ok(HashKey::Cookie(name.to_string())),

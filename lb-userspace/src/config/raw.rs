@@ -560,7 +560,8 @@ pub struct RawTarget {
     pub weight: f64,
 }
 
-/// Forces a target when a header, query parameter or cookie has a value.
+/// Forces a target when a header, query parameter, cookie or claim has a value, or the
+/// client's address, country or continent is one of a list.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOverride {
@@ -569,7 +570,11 @@ pub struct RawOverride {
     pub cookie: Option<String>,
     /// A claim of the route's verified JWT.
     pub jwt_claim: Option<String>,
-    pub value: String,
+    /// The value for header, query, cookie or jwt_claim.
+    pub value: Option<String>,
+    pub client_ip: Option<Vec<String>>,
+    pub country: Option<Vec<String>>,
+    pub continent: Option<Vec<String>>,
     pub target: String,
 }
 

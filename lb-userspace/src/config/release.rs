@@ -86,7 +86,7 @@ pub(super) fn validate_split(
     };
     let sticky = s.sticky.as_deref().and_then(|k| match parse_hash_key(k) {
         Ok(crate::config::HashKey::Path) | Err(_) => {
-            errs.push(format!("{key}.sticky"), format!("expected \"header:NAME\", \"cookie:NAME\", \"query:NAME\", \"jwt:CLAIM\" or \"client_ip\", got {k:?}"));
+            errs.push(format!("{key}.sticky"), format!("expected \"header:NAME\", \"cookie:NAME\", \"query:NAME\", \"jwt:CLAIM\", \"client_ip\", \"country\" or \"continent\", got {k:?}"));
             None
         }
         Ok(h) => Some(h),
@@ -94,29 +94,67 @@ pub(super) fn validate_split(
     let mut overrides = Vec::new();
     for (i, o) in s.overrides.iter().enumerate() {
         let k = format!("{key}.override[{i}]");
-        let set = [&o.header, &o.query, &o.cookie, &o.jwt_claim]
-            .iter()
-            .filter(|x| x.is_some())
-            .count();
-        let source = match (set, &o.header, &o.query, &o.cookie, &o.jwt_claim) {
-            (1, Some(h), _, _, _) => Source::Header(h.to_ascii_lowercase()),
-            (1, _, Some(q), _, _) => Source::Query(q.clone()),
-            (1, _, _, Some(c), _) => Source::Cookie(c.clone()),
-            (1, _, _, _, Some(c)) => Source::Claim(c.clone()),
-            _ => {
+        let named = [&o.header, &o.query, &o.cookie, &o.jwt_claim];
+        let listed = [&o.client_ip, &o.country, &o.continent];
+        let set = named.iter().filter(|x| x.is_some()).count()
+            + listed.iter().filter(|x| x.is_some()).count();
+        if set != 1 {
+            errs.push(
+                k.clone(),
+                "set exactly one of header, query, cookie, jwt_claim, client_ip, country or continent",
+            );
+            continue;
+        }
+        let rule = if let Some(list) = &o.client_ip {
+            let Some(set) = crate::config::ip_set(list, &format!("{k}.client_ip"), errs) else {
+                continue;
+            };
+            Targeting {
+                source: Source::ClientIp(std::sync::Arc::new(set)),
+                values: Vec::new(),
+            }
+        } else if let Some((source, list, name)) = o
+            .country
+            .as_ref()
+            .map(|l| (Source::Country, l, "country"))
+            .or(o
+                .continent
+                .as_ref()
+                .map(|l| (Source::Continent, l, "continent")))
+        {
+            let values = super::routes::codes(list, &format!("{k}.{name}"), errs)
+                .iter()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            Targeting { source, values }
+        } else {
+            let source = match (&o.header, &o.query, &o.cookie, &o.jwt_claim) {
+                (Some(h), _, _, _) => Source::Header(h.to_ascii_lowercase()),
+                (_, Some(q), _, _) => Source::Query(q.clone()),
+                (_, _, Some(c), _) => Source::Cookie(c.clone()),
+                (_, _, _, Some(c)) => Source::Claim(c.clone()),
+                _ => continue,
+            };
+            let Some(value) = o.value.clone() else {
                 errs.push(
-                    k.clone(),
-                    "set exactly one of header, query, cookie or jwt_claim",
+                    format!("{k}.value"),
+                    "expected the value that forces the target",
                 );
                 continue;
+            };
+            Targeting {
+                source,
+                values: vec![value],
             }
         };
+        if o.value.is_some() && !listed.iter().all(|x| x.is_none()) {
+            errs.push(
+                format!("{k}.value"),
+                "client_ip, country and continent carry their own list; value is for the others",
+            );
+        }
         match index(&o.target) {
-            Some(target) => overrides.push(Override {
-                source,
-                value: o.value.clone(),
-                target,
-            }),
+            Some(target) => overrides.push(Override { rule, target }),
             None => errs.push(
                 format!("{k}.target"),
                 format!("no target named {:?}", o.target),

@@ -282,6 +282,11 @@ pub(super) fn validate_route(
                 .iter()
                 .chain(&sp.exclude)
                 .any(|t| t.country.is_some() || t.continent.is_some())
+                || sp
+                    .overrides
+                    .iter()
+                    .any(|o| o.country.is_some() || o.continent.is_some())
+                || matches!(sp.sticky.as_deref(), Some("country" | "continent"))
         })
         || r.rate_limit.as_ref().is_some_and(|rl| rl.key == "country");
     if uses_geo && !ctx.geo {

@@ -50,8 +50,8 @@ pub enum Source {
 
 #[derive(Debug, Clone)]
 pub struct Override {
-    pub source: Source,
-    pub value: String,
+    /// When it applies (a value, or one of a list).
+    pub rule: Targeting,
     pub target: usize,
 }
 
@@ -211,6 +211,8 @@ impl SplitRequest<'_> {
     /// The sticky bucket of this request's key, if it has one.
     fn sticky_bucket(&self, key: &HashKey, salt: &str) -> Option<u32> {
         let value = match key {
+            HashKey::Country => return Some(bucket(salt, &self.geo?.country)),
+            HashKey::Continent => return Some(bucket(salt, &self.geo?.continent)),
             HashKey::Claim(name) => {
                 let v = crate::client::jwt::claim(&self.claims?.value, name)?;
                 return Some(bucket(salt, crate::client::jwt::claim_text(v)?.as_bytes()));
@@ -262,11 +264,7 @@ impl SplitConfig {
         random: impl FnOnce() -> u32,
     ) -> (usize, Reason) {
         for o in &self.overrides {
-            let hit = match &o.source {
-                Source::Claim(name) => req.claim_is(name, &o.value),
-                s => req.value(s.as_ref()) == Some(o.value.as_bytes()),
-            };
-            if hit {
+            if o.rule.matches(req) {
                 return (o.target, Reason::Override);
             }
         }
