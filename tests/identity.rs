@@ -642,3 +642,32 @@ fn the_geo_database_swaps_live_and_a_bad_one_is_refused() {
     assert_eq!(country(), "JP", "the running database stays");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A PROXY protocol header that does not come within the head timeout: the connection is
+/// closed.
+#[test]
+fn a_proxy_header_that_never_comes_is_cut_at_the_head_timeout() {
+    let (cfg, _s, _c) = proxy_listener_config("");
+    let cfg = cfg.replacen(
+        "[[clusters]]",
+        "[http]\nclient_header_timeout = \"1s\"\n[[clusters]]",
+        1,
+    );
+    let lb = Lb::start(&cfg);
+    let started = std::time::Instant::now();
+    let mut c = Client::connect(lb.addr);
+    c.send(b"PROXY TCP4 192.0.2.1");
+    assert!(c.closed_by_peer(), "closed without an answer");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
+    assert_eq!(
+        metric(
+            &lb.scrape(),
+            "lb_connections_refused_total",
+            &[("reason", "proxy_protocol")]
+        ),
+        1.0
+    );
+}

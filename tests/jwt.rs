@@ -526,7 +526,11 @@ override = [{ jwt_claim = "role", value = "staff", target = "canary" }]
         ("cookie:session", "cookie"),
         ("query:access_token", "query"),
     ] {
-        let (lb, _s, _c, dir) = setup(&k, &format!("token = \"{source}\"\n"), routes);
+        let (lb, _s, _c, dir) = setup(
+            &k,
+            &format!("token = \"{source}\"\nstrip_token = true\n"),
+            routes,
+        );
         let send = |role: &str| {
             let t = token(&k.ed, "EdDSA", "ed", "u1", json!({ "role": role }));
             if how == "cookie" {
@@ -539,7 +543,15 @@ override = [{ jwt_claim = "role", value = "staff", target = "canary" }]
                 get(lb.addr, &format!("/x?a=1&access_token={t}"))
             }
         };
-        assert_eq!(backend(&send("staff")), "canary", "{how}");
+        let r = send("staff");
+        assert_eq!(backend(&r), "canary", "{how}");
+        // The token reached lb, not the backend; the rest of the cookie or query did.
+        let seen = r.json();
+        if how == "cookie" {
+            assert_eq!(seen["headers"]["cookie"], "theme=dark", "{seen}");
+        } else {
+            assert_eq!(seen["path"], "/x?a=1", "{seen}");
+        }
         assert_eq!(backend(&send("customer")), "stable", "{how}");
         // A bearer header is not where this provider looks.
         let t = bearer(&token(&k.ed, "EdDSA", "ed", "u1", json!({})));

@@ -107,12 +107,6 @@ pub(super) fn validate_providers(
             },
         };
         let strip_token = p.strip_token.unwrap_or(false);
-        if strip_token && matches!(token, TokenSource::Cookie(_) | TokenSource::Query(_)) {
-            errs.push(
-                at("strip_token"),
-                "only a token in a header can be stripped",
-            );
-        }
         let mut forward_claims = Vec::new();
         for (claim, header) in &p.forward_claims {
             if header.is_empty() || !header.bytes().all(crate::http::chunked::is_tchar) {

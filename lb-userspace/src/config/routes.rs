@@ -398,6 +398,17 @@ pub(super) fn validate_route(
         client_cert: r.client_cert,
         client_cert_subject: r.client_cert_subject.clone(),
         client_ip,
+        strip_token: jwt
+            .and_then(|j| providers.get(j.provider))
+            .filter(|p| p.config.strip_token)
+            .map(|p| p.config.token.clone())
+            .filter(|t| {
+                matches!(
+                    t,
+                    crate::client::jwt::TokenSource::Cookie(_)
+                        | crate::client::jwt::TokenSource::Query(_)
+                )
+            }),
         jwt,
         jwt_claims,
         country,

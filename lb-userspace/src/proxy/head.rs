@@ -34,9 +34,15 @@ fn write_target(
 ) -> Result<(), &'static str> {
     let Some(rw) = &route.rewrite else {
         out.extend_from_slice(vars.path);
-        if let Some(q) = vars.query {
-            out.push(b'?');
-            out.extend_from_slice(q);
+        match (vars.query, &route.strip_token) {
+            (Some(q), Some(crate::client::jwt::TokenSource::Query(name))) => {
+                push_query_without(out, q, name.as_bytes())
+            }
+            (Some(q), _) => {
+                out.push(b'?');
+                out.extend_from_slice(q);
+            }
+            (None, _) => {}
         }
         return Ok(());
     };
@@ -53,6 +59,33 @@ fn write_target(
         Ok(n) if n == path => Ok(()),
         _ => Err("the rewritten path is not in normal form (it would resolve elsewhere)"),
     }
+}
+
+/// `?query` without the parameters named `name` (a token lb verified and the backend must
+/// not see); nothing if none is left.
+fn push_query_without(out: &mut Vec<u8>, query: &[u8], name: &[u8]) {
+    let mut first = true;
+    for pair in query.split(|&b| b == b'&') {
+        let key = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+        if key == name {
+            continue;
+        }
+        out.push(if first { b'?' } else { b'&' });
+        out.extend_from_slice(pair);
+        first = false;
+    }
+}
+
+/// A `Cookie` field value without the cookie named `name`; `None` if none is left.
+fn cookie_without(value: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+    let kept: Vec<&[u8]> = value
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| {
+            !c.is_empty() && c.split(|&b| b == b'=').next().map(<[u8]>::trim_ascii) != Some(name)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(&b"; "[..]))
 }
 
 /// Client-sent headers that claim to say who the client is or how it connected. A backend
@@ -155,6 +188,14 @@ pub fn write_request_head(
                 continue;
             }
             has_host = true;
+        }
+        if let Some(crate::client::jwt::TokenSource::Cookie(c)) = &route.strip_token {
+            if name.eq_ignore_ascii_case(b"cookie") {
+                if let Some(rest) = cookie_without(h.value, c.as_bytes()) {
+                    push_header(out, name, &rest);
+                }
+                continue;
+            }
         }
         push_header(out, name, h.value);
     }
@@ -460,6 +501,7 @@ mod tests {
             client_ip: None,
             jwt: None,
             jwt_claims: Vec::new(),
+            strip_token: None,
             country: Vec::new(),
             continent: Vec::new(),
             name: String::new(),

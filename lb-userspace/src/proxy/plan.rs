@@ -295,6 +295,13 @@ fn route<'s, 'p>(
     }
     let n = caps.values(path, values);
     let (mut claims, mut jwt_failure) = (None, None);
+    if let Some(crate::client::jwt::TokenSource::Query(name)) = route
+        .jwt
+        .and_then(|j| snap.jwt.get(j.provider))
+        .map(|p| &p.config.token)
+    {
+        rec.redact_query(name);
+    }
     if let (Some(j), Some(lookup)) = (route.jwt, jwt) {
         match lookup.verdict(j.provider) {
             Ok(c) => claims = Some(c.clone()),

@@ -41,6 +41,9 @@ pub struct Route {
     pub jwt: Option<crate::client::jwt::RouteJwt>,
     /// Conditions on that token's claims.
     pub jwt_claims: Vec<crate::client::jwt::ClaimCond>,
+    /// A token in a cookie or query parameter that must not reach the backend (a header
+    /// token is removed with `request_headers`).
+    pub strip_token: Option<crate::client::jwt::TokenSource>,
     /// The client's country must be one of these (empty: any).
     pub country: Vec<[u8; 2]>,
     /// The client's continent must be one of these (empty: any).
