@@ -3,6 +3,7 @@
 //! - `cargo xtask demo`   build lb and run the embedded demo with its built-in backends
 //! - `cargo xtask test`   install what the tests need, then run the whole test suite
 //! - `cargo xtask build`  release build of the lb binary
+//! - `cargo xtask deb`    the Debian package (cargo-deb), in target/debian
 //! - `cargo xtask ci`     formatting, lints, then `test`: what `.ci/run` runs
 //! - `cargo xtask bench`  micro benchmarks (criterion), figures printed
 //! - `cargo xtask fuzz`   every cargo-fuzz target for a bounded time (nightly toolchain)
@@ -21,6 +22,7 @@ fn main() -> Result<()> {
         "demo" => demo(rest),
         "test" => test(rest),
         "build" => build(),
+        "deb" => deb().map(|p| println!("{}", p.display())),
         "ci" => ci(),
         "bench" => bench(rest),
         "build-ebpf" => build_ebpf(),
@@ -31,6 +33,9 @@ fn main() -> Result<()> {
             eprintln!("  demo   build lb and run the embedded demo config with built-in backends");
             eprintln!("  test   install what the tests need, then run every test");
             eprintln!("  build  release build of target/release/lb");
+            eprintln!(
+                "  deb    the Debian package, in target/debian (installs cargo-deb if missing)"
+            );
             eprintln!("  ci     cargo fmt --check, clippy -D warnings, then test");
             eprintln!("  bench  micro benchmarks and the load benchmark (--micro, --load)");
             eprintln!(
@@ -231,6 +236,35 @@ fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
+/// The cargo-deb version `deb` installs when it is missing (3.x builds on our Rust).
+const CARGO_DEB: &str = "^3";
+
+/// Builds the release binary and the Debian package (`[package.metadata.deb]` of
+/// lb-userspace); returns the package's path.
+fn deb() -> Result<PathBuf> {
+    if !have("cargo-deb") {
+        eprintln!("xtask: installing cargo-deb");
+        let mut c = cargo();
+        c.args(["install", "--locked", "cargo-deb", "--version", CARGO_DEB]);
+        run(c)?;
+    }
+    ensure_packages(&[("lintian", "lintian")])?;
+    build()?;
+    let mut c = cargo();
+    c.args(["deb", "-p", "lb-userspace", "--no-build", "--strip"]);
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!("cargo deb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| PathBuf::from(l.trim()))
+        .context("cargo deb printed no package path")?;
+    eprintln!("xtask: package at {}", path.display());
+    Ok(path)
+}
+
 fn build() -> Result<()> {
     build_ebpf()?;
     let mut c = cargo();
@@ -346,6 +380,8 @@ fn test(extra: &[String]) -> Result<()> {
     ensure_packages(&TEST_TOOLS)?;
     ensure_python_modules(&[("grpc", "grpcio"), ("h2", "h2")])?;
     build_ebpf()?;
+    // The package test installs what `deb` builds.
+    let package = deb()?;
     // Tests that cannot run here fail rather than pass (`LB_REQUIRE_TOOLS=0` lets them skip,
     // counted as skipped below).
     let require = std::env::var("LB_REQUIRE_TOOLS").unwrap_or_else(|_| "1".into());
@@ -356,7 +392,8 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra)
         .stdout(Stdio::piped())
         .env("LB_REQUIRE_TOOLS", &require)
-        .env("LB_SKIP_LOG", &skip_log);
+        .env("LB_SKIP_LOG", &skip_log)
+        .env("LB_DEB", &package);
     eprintln!("+ {c:?}");
     let mut child = c.spawn().context("running cargo test")?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
