@@ -665,28 +665,7 @@ fn requests_spread_and_no_descriptor_leaks() {
 fn websocket_upgrade_becomes_a_tunnel() {
     use std::io::{Read, Write};
     // A backend that accepts the upgrade, greets, then echoes bytes until the client closes.
-    let backend = Backend::start(Arc::new(|req, res| {
-        let upgrade = req.header("upgrade").map(str::to_ascii_lowercase);
-        let connection = req.header("connection").map(str::to_ascii_lowercase);
-        if upgrade.as_deref() != Some("websocket") || !connection.is_some_and(|c| c.contains("upgrade")) {
-            res.send(426, &[], b"upgrade required");
-            return;
-        }
-        let _ = res.raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\nhello");
-        let s = res.stream();
-        let mut buf = [0u8; 1024];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        res.close_after();
-    }))
+    let backend = Backend::start(ws_echo(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\nhello"))
     .unwrap();
     let lb = Lb::start(&one_cluster(&[backend.addr], ""));
     let mut c = Client::connect(lb.addr);

@@ -292,18 +292,10 @@ fn reload_applies_limits_token_and_drain_timeout() {
 /// SIGTERM.
 #[test]
 fn tells_systemd_when_ready_reloading_and_stopping() {
-    use std::os::unix::net::UnixDatagram;
     let dir = scratch_dir("notify");
-    let path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&path).expect("bind");
-    sock.set_read_timeout(Some(BOUND)).expect("timeout");
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = sock
-            .recv(&mut buf)
-            .expect("a notification within the bound");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let notify = NotifySocket::bind(&dir);
+    let path = notify.path.clone();
+    let next = || notify.next();
     let monotonic_usec = || {
         let mut ts = libc::timespec {
             tv_sec: 0,

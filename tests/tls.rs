@@ -678,26 +678,9 @@ fn idle_tls_connections_park_and_resume() {
 fn websocket_over_tls() {
     let dir = scratch_dir("tls-ws");
     make_certs(&dir, &[&["a.test"]]);
-    let backend = Backend::start(Arc::new(|req, res| {
-        if req.header("upgrade").map(str::to_ascii_lowercase).as_deref() != Some("websocket") {
-            res.send(426, &[], b"upgrade required");
-            return;
-        }
-        let _ = res.raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello");
-        let s = res.stream();
-        let mut buf = [0u8; 1024];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        res.close_after();
-    }))
+    let backend = Backend::start(ws_echo(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello",
+    ))
     .expect("backend");
     let lb = Lb::start(&tls_config(&dir, backend.addr, 1));
     let client = client_trusting(&dir);

@@ -94,22 +94,9 @@ fn fresh_get(addr: SocketAddr) -> Result<(), String> {
 fn ten_upgrades_under_load_drop_nothing() {
     // An echo backend, and one that accepts WebSockets and echoes.
     let backend = Backend::start(echo("app")).expect("backend");
-    let ws = Backend::start(Arc::new(|_req, res| {
-        let _ = res.raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-        let s = res.stream();
-        let mut buf = [0u8; 1024];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        res.close_after();
-    }))
+    let ws = Backend::start(ws_echo(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ))
     .expect("ws backend");
     let cfg = config(&format!(
         "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n\
@@ -338,24 +325,15 @@ fn a_failed_upgrade_keeps_the_old_process_serving() {
 /// `MAINPID=`, and says nothing about stopping as it drains.
 #[test]
 fn sigusr2_upgrades_and_systemd_hears_the_new_main_pid() {
-    use std::os::unix::net::UnixDatagram;
     let dir = scratch_dir("upgrade-notify");
-    let path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&path).expect("bind");
-    sock.set_read_timeout(Some(BOUND)).expect("timeout");
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = sock
-            .recv(&mut buf)
-            .expect("a notification within the bound");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let notify = NotifySocket::bind(&dir);
+    let next = || notify.next();
     let backend = Backend::start(echo("app")).expect("backend");
     let cfg = config(&format!(
         "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n[[routes]]\ncluster = \"app\"\n",
         backend.addr
     ));
-    let lb = Lb::start_with_env(&cfg, &[("NOTIFY_SOCKET", path.as_os_str())]);
+    let lb = Lb::start_with_env(&cfg, &[("NOTIFY_SOCKET", notify.path.as_os_str())]);
     assert!(next().lines().any(|l| l == "READY=1"));
     let old = lb.pid();
     lb.signal(libc::SIGUSR2);
@@ -369,12 +347,7 @@ fn sigusr2_upgrades_and_systemd_hears_the_new_main_pid() {
     assert_ne!(new, old);
     assert_eq!(get(lb.addr, "/x").status, 200);
     wait_until("the old process drains and exits", || gone(old));
-    sock.set_nonblocking(true).expect("nonblocking");
-    let mut rest = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = sock.recv(&mut buf) {
-        rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+    let rest = notify.pending();
     assert!(
         !rest.iter().any(|m| m.contains("STOPPING=1")),
         "the old process told systemd it stops: {rest:?}"

@@ -602,3 +602,69 @@ pub fn grpc_curl(extra: &[&str], url: &str) -> String {
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
 }
+
+/// A backend that answers a WebSocket upgrade with `head` (the 101 and any bytes sent right
+/// after it), then echoes what it gets until the client closes; other requests get 426.
+pub fn ws_echo(head: &'static [u8]) -> Handler {
+    std::sync::Arc::new(move |req, res| {
+        let upgrade = req.header("upgrade").map(str::to_ascii_lowercase);
+        let connection = req.header("connection").map(str::to_ascii_lowercase);
+        if upgrade.as_deref() != Some("websocket")
+            || !connection.is_some_and(|c| c.contains("upgrade"))
+        {
+            res.send(426, &[], b"upgrade required");
+            return;
+        }
+        let _ = res.raw(head);
+        let s = res.stream();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        res.close_after();
+    })
+}
+
+/// A datagram socket standing in for systemd's notification socket (`NOTIFY_SOCKET`).
+pub struct NotifySocket {
+    pub path: PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &std::path::Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        sock.set_read_timeout(Some(BOUND)).expect("timeout");
+        NotifySocket { path, sock }
+    }
+
+    /// The next notification, within the bound.
+    pub fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .sock
+            .recv(&mut buf)
+            .expect("a notification within the bound");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// The notifications already waiting, without waiting for more.
+    pub fn pending(&self) -> Vec<String> {
+        self.sock.set_nonblocking(true).expect("nonblocking");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.sock.set_nonblocking(false).expect("blocking");
+        out
+    }
+}

@@ -61,24 +61,51 @@ pub struct Sockets {
     pub list: Vec<(SocketInfo, OwnedFd)>,
 }
 
+/// The buffers of one message that carries descriptors: a byte of data, and room for a
+/// control message of `fds` descriptors.
+struct FdMessage {
+    control: Vec<u8>,
+    byte: [u8; 1],
+    iov: libc::iovec,
+}
+
+impl FdMessage {
+    fn new(fds: usize) -> FdMessage {
+        let bytes = fds * std::mem::size_of::<RawFd>();
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+        FdMessage {
+            control: vec![0u8; space],
+            byte: [b'F'],
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+        }
+    }
+
+    /// A message header over these buffers, valid while `self` is neither moved nor dropped.
+    fn header(&mut self) -> libc::msghdr {
+        self.iov = libc::iovec {
+            iov_base: self.byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: an all-zero msghdr is valid; the fields set next point into `self`.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut self.iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = self.control.as_mut_ptr().cast();
+        msg.msg_controllen = self.control.len() as _;
+        msg
+    }
+}
+
 /// Sends `fds` with one byte each batch.
 fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
     for chunk in fds.chunks(BATCH) {
         let bytes = std::mem::size_of_val(chunk);
-        // SAFETY: CMSG_SPACE only computes a size.
-        let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
-        let mut control = vec![0u8; space];
-        let mut byte = [b'F'];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let mut buffers = FdMessage::new(chunk.len());
+        let msg = buffers.header();
         // SAFETY: `control` holds CMSG_SPACE(bytes) bytes, room for one header and `bytes`
         // of data; CMSG_FIRSTHDR and CMSG_DATA point into it.
         unsafe {
@@ -106,21 +133,8 @@ fn recv_fds(sock: &UnixStream, count: usize) -> std::io::Result<Vec<OwnedFd>> {
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
         let want = (count - out.len()).min(BATCH);
-        let bytes = want * std::mem::size_of::<RawFd>();
-        // SAFETY: CMSG_SPACE only computes a size.
-        let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
-        let mut control = vec![0u8; space];
-        let mut byte = [0u8];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let mut buffers = FdMessage::new(want);
+        let mut msg = buffers.header();
         // SAFETY: `msg` describes valid buffers; MSG_CMSG_CLOEXEC keeps the descriptors
         // from leaking into processes this one starts.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
