@@ -523,39 +523,22 @@ fn the_client_country_routes_targets_and_limits() {
             &[("X-Forwarded-For", who), ("X-Client-Country", "DE")],
         )
     };
-    let r = from("/app", "203.0.113.9");
-    assert_eq!(
-        (
-            backend(&r).as_str(),
-            r.json()["headers"]["x-client-country"].as_str()
-        ),
-        ("canary", Some("DE"))
-    );
-    let r = from("/app", "2001:db8:e0::7");
-    assert_eq!(
-        (
-            backend(&r).as_str(),
-            r.json()["headers"]["x-client-country"].as_str()
-        ),
-        ("canary", Some("FR"))
-    );
-    let r = from("/app", "198.51.100.9");
-    assert_eq!(
-        (
-            backend(&r).as_str(),
-            r.json()["headers"]["x-client-country"].as_str()
-        ),
-        ("stable", Some("US"))
-    );
-    // Not in the database: the default, not what the client claimed.
-    let r = from("/app", "192.0.2.1");
-    assert_eq!(
-        (
-            backend(&r).as_str(),
-            r.json()["headers"]["x-client-country"].as_str()
-        ),
-        ("stable", Some("ZZ"))
-    );
+    // Which backend, and the country it was told; not in the database: the default, not
+    // what the client claimed.
+    for (who, want_backend, want_country) in [
+        ("203.0.113.9", "canary", "DE"),
+        ("2001:db8:e0::7", "canary", "FR"),
+        ("198.51.100.9", "stable", "US"),
+        ("192.0.2.1", "stable", "ZZ"),
+    ] {
+        let r = from("/app", who);
+        let told = r.json()["headers"]["x-client-country"].clone();
+        assert_eq!(
+            (backend(&r).as_str(), told.as_str()),
+            (want_backend, Some(want_country)),
+            "{who}"
+        );
+    }
     assert!(
         metric(
             &lb.scrape(),
