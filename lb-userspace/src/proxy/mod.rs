@@ -427,11 +427,19 @@ async fn step(
         match client.fill_or_park(KEEPALIVE_GRACE).await {
             Ok(Some(_)) => {}
             // Draining, a connection that has sent nothing yet still gets its first request
-            // served: it was accepted (an upgrade's new process never saw it). It waits
-            // holding its buffer, as parking ends with the drain.
+            // served: it was accepted (an upgrade's new process never saw it). Parking ends
+            // with the drain, so it waits here, without a buffer until bytes come (a drain
+            // may resume thousands of such connections at once).
             Ok(None) if w.draining() && head_deadline.is_some() => {
-                let wait = head_deadline.map_or(std::time::Duration::ZERO, crate::timer::until);
-                if client.fill(wait).await.is_err() {
+                let deadline = head_deadline.unwrap_or(0);
+                w.bufs.give(client.take_buf());
+                let ready =
+                    crate::timer::timeout(crate::timer::until(deadline), client.readable()).await;
+                if !matches!(ready, Ok(Ok(()))) {
+                    return Step::Close;
+                }
+                client.set_buf(w.bufs.take());
+                if client.fill(crate::timer::until(deadline)).await.is_err() {
                     return Step::Close;
                 }
             }
