@@ -431,15 +431,9 @@ async fn step(
             // with the drain, so it waits here, without a buffer until bytes come (a drain
             // may resume thousands of such connections at once).
             Ok(None) if w.draining() && head_deadline.is_some() => {
+                // Boxed: a rare path that must not grow every connection's future.
                 let deadline = head_deadline.unwrap_or(0);
-                w.bufs.give(client.take_buf());
-                let ready =
-                    crate::timer::timeout(crate::timer::until(deadline), client.readable()).await;
-                if !matches!(ready, Ok(Ok(()))) {
-                    return Step::Close;
-                }
-                client.set_buf(w.bufs.take());
-                if client.fill(crate::timer::until(deadline)).await.is_err() {
+                if !Box::pin(first_bytes_while_draining(w, client, deadline)).await {
                     return Step::Close;
                 }
             }
@@ -473,6 +467,18 @@ async fn step(
     } else {
         Step::Next
     }
+}
+
+/// Waits, without a read buffer, for the first bytes of a connection resumed by a drain,
+/// then reads them; false if none came by `deadline` or the connection failed.
+async fn first_bytes_while_draining(w: &Rc<Worker>, client: &mut BufConn, deadline: u64) -> bool {
+    w.bufs.give(client.take_buf());
+    let ready = crate::timer::timeout(crate::timer::until(deadline), client.readable()).await;
+    if !matches!(ready, Ok(Ok(()))) {
+        return false;
+    }
+    client.set_buf(w.bufs.take());
+    client.fill(crate::timer::until(deadline)).await.is_ok()
 }
 
 async fn next_request(
