@@ -15,6 +15,7 @@ pub mod config;
 pub mod connlimit;
 pub mod control;
 pub mod demo;
+pub mod dryrun;
 pub mod h2io;
 pub mod hash;
 pub mod http;

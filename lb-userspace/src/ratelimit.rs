@@ -54,12 +54,45 @@ pub fn table() -> &'static Table {
     })
 }
 
+/// What a request arriving at `now_us` against theoretical arrival time `tat` gets, and the
+/// new theoretical arrival time if it is allowed.
+fn decide(tat: u64, rate: Rate, now_us: u64) -> (Verdict, u64) {
+    let interval = (rate.period.as_micros() as u64 / rate.requests.max(1) as u64).max(1);
+    let tolerance = interval * rate.burst.max(1) as u64;
+    let new_tat = tat.max(now_us) + interval;
+    if new_tat > now_us + tolerance {
+        let retry_us = new_tat - (now_us + tolerance);
+        let refused = Verdict {
+            allowed: false,
+            limit: rate.burst,
+            remaining: 0,
+            retry_after: retry_us.div_ceil(1_000_000).max(1),
+            reset: (tat.saturating_sub(now_us)).div_ceil(1_000_000),
+        };
+        return (refused, tat);
+    }
+    let used = (new_tat - now_us).div_ceil(interval);
+    let allowed = Verdict {
+        allowed: true,
+        limit: rate.burst,
+        remaining: (rate.burst as u64).saturating_sub(used) as u32,
+        retry_after: 0,
+        reset: (new_tat - now_us).div_ceil(1_000_000),
+    };
+    (allowed, new_tat)
+}
+
 impl Table {
-    /// Takes one token for `key` (a non-zero hash) at `now_us`.
+    /// Takes one token for `key` (a non-zero hash) at `now_us`; under [`crate::dryrun::run`] only says
+    /// whether it could.
     pub fn check(&self, key: u64, rate: Rate, now_us: u64) -> Verdict {
         let key = key.max(1);
-        let interval = (rate.period.as_micros() as u64 / rate.requests.max(1) as u64).max(1);
-        let tolerance = interval * rate.burst.max(1) as u64;
+        if crate::dryrun::active() {
+            let tat = self
+                .find(key, now_us)
+                .map_or(0, |s| s.tat.load(Ordering::Acquire));
+            return decide(tat, rate, now_us).0;
+        }
         let Some(slot) = self.slot(key, now_us) else {
             return Verdict {
                 allowed: true,
@@ -71,33 +104,25 @@ impl Table {
         };
         loop {
             let tat = slot.tat.load(Ordering::Acquire);
-            let base = tat.max(now_us);
-            let new_tat = base + interval;
-            if new_tat > now_us + tolerance {
-                let retry_us = new_tat - (now_us + tolerance);
-                return Verdict {
-                    allowed: false,
-                    limit: rate.burst,
-                    remaining: 0,
-                    retry_after: retry_us.div_ceil(1_000_000).max(1),
-                    reset: (tat.saturating_sub(now_us)).div_ceil(1_000_000),
-                };
-            }
-            if slot
-                .tat
-                .compare_exchange(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+            let (verdict, new_tat) = decide(tat, rate, now_us);
+            if !verdict.allowed
+                || slot
+                    .tat
+                    .compare_exchange(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
             {
-                let used = (new_tat - now_us).div_ceil(interval);
-                return Verdict {
-                    allowed: true,
-                    limit: rate.burst,
-                    remaining: (rate.burst as u64).saturating_sub(used) as u32,
-                    retry_after: 0,
-                    reset: (new_tat - now_us).div_ceil(1_000_000),
-                };
+                return verdict;
             }
         }
+    }
+
+    /// The slot that holds `key`, without claiming one.
+    fn find(&self, key: u64, now_us: u64) -> Option<&Slot> {
+        let n = self.slots.len();
+        let start = (crate::hash::mix(key) as usize) % n;
+        (0..PROBES).map(|i| &self.slots[(start + i) % n]).find(|s| {
+            s.key.load(Ordering::Acquire) == key && s.tat.load(Ordering::Acquire) >= now_us
+        })
     }
 
     /// The slot for `key`, claiming a free or expired one if needed.
@@ -158,6 +183,18 @@ mod tests {
         assert_eq!(v.retry_after, 6, "one token every 6 s");
         assert!(t.check(42, rate, now + 6_000_000).allowed);
         assert!(t.check(43, rate, now).allowed, "keys are independent");
+        let before = t.check(44, rate, now).remaining;
+        let looked = crate::dryrun::run(|| t.check(44, rate, now));
+        assert_eq!(
+            looked.remaining,
+            before - 1,
+            "a dry run says what the next one gets"
+        );
+        assert_eq!(
+            t.check(44, rate, now).remaining,
+            before - 1,
+            "and takes nothing"
+        );
     }
 }
 

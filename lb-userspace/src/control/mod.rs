@@ -57,6 +57,18 @@ pub struct Control {
     upgrading: Mutex<()>,
     /// A new process took over: this one drains, and says nothing more to systemd.
     pub upgraded: AtomicBool,
+    /// When this process started serving.
+    pub started: std::time::SystemTime,
+    /// The latest reload, whichever way it was asked for.
+    pub last_reload: Mutex<Option<ReloadOutcome>>,
+}
+
+/// What the latest reload did, for the admin API and the console.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: std::time::SystemTime,
+    /// The version now serving, or why the new config was refused.
+    pub result: Result<String, Vec<String>>,
 }
 
 /// Each worker's read buffer: room for the largest request head allowed.
@@ -101,6 +113,8 @@ impl Control {
             launch: upgrade::Launch::current(),
             upgrading: Mutex::new(()),
             upgraded: AtomicBool::new(false),
+            started: std::time::SystemTime::now(),
+            last_reload: Mutex::new(None),
         }
     }
 
@@ -167,6 +181,17 @@ impl Control {
         notify::reloading();
         let result = self.try_reload();
         crate::metrics::reload(result.is_ok());
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadOutcome {
+            at: std::time::SystemTime::now(),
+            result: match &result {
+                Ok(v) => Ok(v.clone()),
+                Err(e) => Err(e
+                    .errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.path, e.message))
+                    .collect()),
+            },
+        });
         match &result {
             Ok(version) => notify::notify(&format!("READY=1\nSTATUS=serving config {version}")),
             Err(_) => notify::notify("READY=1\nSTATUS=reload refused; the running config stays"),

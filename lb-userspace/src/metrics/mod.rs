@@ -312,6 +312,52 @@ impl RequestSeries {
     }
 }
 
+/// One request series' totals, for the admin console: requests by status class (both
+/// protocols), durations by bucket (not cumulative; the last counts those above every bound)
+/// and their sum.
+#[derive(Debug, Clone)]
+pub struct SeriesTotals {
+    pub route: String,
+    pub cluster: String,
+    pub classes: [u64; 5],
+    pub buckets: Vec<u64>,
+    pub sum_seconds: f64,
+}
+
+/// Every request series shown on a scrape, summed over workers.
+pub fn request_totals() -> Vec<SeriesTotals> {
+    let all: Vec<Arc<RequestSeries>> = SERIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter(|s| s.shown.load(Ordering::Relaxed) != 0)
+        .cloned()
+        .collect();
+    all.iter()
+        .map(|s| {
+            let (by_protocol, buckets, sum) = s.totals();
+            let mut classes = [0u64; 5];
+            for p in &by_protocol {
+                for (t, n) in classes.iter_mut().zip(p) {
+                    *t += n;
+                }
+            }
+            SeriesTotals {
+                route: s.route.clone(),
+                cluster: s.cluster.clone(),
+                classes,
+                buckets: buckets.to_vec(),
+                sum_seconds: sum as f64 / 1e9,
+            }
+        })
+        .collect()
+}
+
+/// The upper bounds of the duration buckets, in seconds.
+pub fn duration_bounds() -> &'static [f64] {
+    &SECONDS_BUCKETS
+}
+
 /// Appends every request series in Prometheus text format.
 fn render_requests(out: &mut String) {
     use std::fmt::Write;

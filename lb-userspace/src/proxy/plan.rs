@@ -371,7 +371,9 @@ fn admit_rate(
     if v.allowed {
         return None;
     }
-    snap.route_metrics[r.route.index].rate_limited();
+    if !crate::dryrun::active() {
+        snap.route_metrics[r.route.index].rate_limited();
+    }
     rec.status = 429;
     write_rate_limited(out, &v, h.close_after_error);
     Some(Decision::Local {
@@ -676,7 +678,9 @@ fn choose_cluster(
     let (t, reason) = split
         .config
         .choose(&split.state, &sreq, || fastrand::u32(..));
-    split.metrics.decisions[t].increment(1);
+    if !crate::dryrun::active() {
+        split.metrics.decisions[t].increment(1);
+    }
     rec.variant = Some((si, t, reason));
     (split.config.targets[t].cluster, Some((si, t)))
 }
@@ -690,7 +694,7 @@ fn mirror_copy(
     upstream_head: &[u8],
     h: &Head<'_, '_, '_>,
 ) -> Option<(usize, Vec<u8>)> {
-    if fastrand::u32(..crate::release::PPM) >= m.ppm {
+    if crate::dryrun::active() || fastrand::u32(..crate::release::PPM) >= m.ppm {
         return None;
     }
     let (data, head_len) = (h.data, h.req.head_len);

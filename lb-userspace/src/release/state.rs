@@ -82,6 +82,40 @@ impl WindowStats {
     }
 }
 
+/// One window bucket summed over workers.
+struct Bucket {
+    requests: u64,
+    errors: u64,
+    latency: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket {
+            requests: 0,
+            errors: 0,
+            latency: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+/// The 99th percentile of a latency histogram, as its bucket's upper bound.
+fn p99_of(hist: &[u64; LATENCY_BUCKETS]) -> Option<Duration> {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (total * 99).div_ceil(100);
+    let mut seen = 0;
+    for (k, &n) in hist.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(Duration::from_secs_f64(latency_bound_us(k) / 1e6));
+        }
+    }
+    None
+}
+
 impl TargetStats {
     /// Records one request of `worker`.
     pub fn record(
@@ -112,33 +146,54 @@ impl TargetStats {
 
     /// The window's totals, summed over every worker's cell.
     pub fn window(&self, now_ms: u64, window: Duration) -> WindowStats {
+        let mut requests = 0;
+        let mut errors = 0;
+        let mut hist = [0u64; LATENCY_BUCKETS];
+        for b in self.buckets(now_ms, window) {
+            requests += b.requests;
+            errors += b.errors;
+            for (h, n) in hist.iter_mut().zip(&b.latency) {
+                *h += n;
+            }
+        }
+        WindowStats {
+            requests,
+            errors,
+            p99: p99_of(&hist),
+        }
+    }
+
+    /// The window bucket by bucket, oldest first: what the console draws. Each bucket is a
+    /// tenth of the window.
+    pub fn series(&self, now_ms: u64, window: Duration) -> Vec<WindowStats> {
+        self.buckets(now_ms, window)
+            .iter()
+            .rev()
+            .map(|b| WindowStats {
+                requests: b.requests,
+                errors: b.errors,
+                p99: p99_of(&b.latency),
+            })
+            .collect()
+    }
+
+    /// Each bucket's totals summed over workers, by age (the current bucket first).
+    fn buckets(&self, now_ms: u64, window: Duration) -> [Bucket; BUCKETS] {
         let width = (window.as_millis() as u64 / BUCKETS as u64).max(1);
         let epoch = now_ms / width;
-        let mut s = WindowStats::default();
-        let mut hist = [0u64; LATENCY_BUCKETS];
+        let mut out: [Bucket; BUCKETS] = std::array::from_fn(|_| Bucket::default());
         for slot in self.cells.iter().flat_map(|c| &c.slots) {
-            if epoch.saturating_sub(slot.epoch.load(Ordering::Acquire)) >= BUCKETS as u64 {
+            let age = epoch.saturating_sub(slot.epoch.load(Ordering::Acquire));
+            let Some(b) = out.get_mut(age as usize) else {
                 continue;
-            }
-            s.requests += slot.requests.load(Ordering::Relaxed);
-            s.errors += slot.errors.load(Ordering::Relaxed);
-            for (h, l) in hist.iter_mut().zip(&slot.latency) {
+            };
+            b.requests += slot.requests.load(Ordering::Relaxed);
+            b.errors += slot.errors.load(Ordering::Relaxed);
+            for (h, l) in b.latency.iter_mut().zip(&slot.latency) {
                 *h += l.load(Ordering::Relaxed) as u64;
             }
         }
-        let total: u64 = hist.iter().sum();
-        if total > 0 {
-            let rank = (total * 99).div_ceil(100);
-            let mut seen = 0;
-            for (k, &n) in hist.iter().enumerate() {
-                seen += n;
-                if seen >= rank {
-                    s.p99 = Some(Duration::from_secs_f64(latency_bound_us(k) / 1e6));
-                    break;
-                }
-            }
-        }
-        s
+        out
     }
 
     pub fn reset(&self) {
