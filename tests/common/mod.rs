@@ -2,6 +2,8 @@
 //! and a small raw HTTP/1.1 client.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

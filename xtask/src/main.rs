@@ -280,7 +280,7 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 17] = [
+const TEST_TOOLS: [(&str, &str); 19] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
@@ -306,6 +306,9 @@ const TEST_TOOLS: [(&str, &str); 17] = [
     // The bench's same-work check runs against the proxies it compares with.
     ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),
+    // The console tests: a real browser, driven over WebDriver.
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 
 fn have(bin: &str) -> bool {

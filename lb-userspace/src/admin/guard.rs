@@ -3,7 +3,8 @@
 //! - `Host` must name the admin listener: an IP literal, `localhost`, or one of
 //!   `admin.hosts`. A web page that rebinds its own DNS name to 127.0.0.1 sends its own name
 //!   and is refused.
-//! - With `admin.token`, every request carries it as a bearer token.
+//! - With `admin.token`, every request carries it as a bearer token, but for the console's
+//!   files (`/ui`), which hold no data.
 //! - Calls that change state (any method but GET and HEAD) need
 //!   `Content-Type: application/json`, which a cross-site form or `fetch` without CORS
 //!   cannot send, and are refused when `Origin` names another origin or `Sec-Fetch-Site`
@@ -32,7 +33,14 @@ pub fn check(req: &AdminRequest, admin: Option<&AdminConfig>) -> Result<(), Refu
             "the Host header must name the admin listener (an IP address, localhost, or one of admin.hosts)",
         ));
     }
-    if let Some(token) = admin.and_then(|a| a.token.as_deref()) {
+    // The console's files hold no data: the page asks for the token and sends it with
+    // every call it makes.
+    let console_file =
+        matches!(req.method.as_str(), "GET" | "HEAD") && super::console::asset(&req.path).is_some();
+    if let Some(token) = admin
+        .and_then(|a| a.token.as_deref())
+        .filter(|_| !console_file)
+    {
         let given = req
             .authorization
             .as_deref()

@@ -2,10 +2,12 @@
 //! traffic port. Off the request path: one thread reads requests, two answer them
 //! (`listener`); `guard` decides who may call what.
 
+mod console;
 mod guard;
 mod listener;
 mod metrics;
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
@@ -22,6 +24,8 @@ enum Body {
     Json(Value),
     /// Prometheus text exposition.
     Metrics(String),
+    /// A console file: content type and body.
+    Static(&'static str, &'static str),
 }
 
 /// Answers one complete request (or says why it was invalid) and closes the connection.
@@ -41,12 +45,23 @@ fn serve(mut stream: TcpStream, req: Result<AdminRequest, String>, control: &Con
             Body::Json(json!({ "error": "bad_request", "reason": reason })),
         ),
     };
-    let (content_type, body) = match body {
-        Body::Json(v) => ("application/json", format!("{v}\n")),
-        Body::Metrics(text) => ("text/plain; version=0.0.4", text),
+    let (content_type, body, page) = match body {
+        Body::Json(v) => ("application/json", Cow::Owned(format!("{v}\n")), false),
+        Body::Metrics(text) => ("text/plain; version=0.0.4", Cow::Owned(text), false),
+        Body::Static(t, b) => (t, Cow::Borrowed(b), true),
+    };
+    // Nothing the admin listener says is cached or sniffed; the console's page also says
+    // where it may load from and that no other site may frame it.
+    let page_headers = if page {
+        format!(
+            "Content-Security-Policy: {}\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n",
+            console::CSP
+        )
+    } else {
+        String::new()
     };
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{page_headers}Connection: close\r\n\r\n",
         crate::http::write::reason(status),
         body.len()
     );
@@ -65,6 +80,11 @@ fn serve(mut stream: TcpStream, req: Result<AdminRequest, String>, control: &Con
 }
 
 fn handle(req: &AdminRequest, control: &Control) -> (u16, Body) {
+    if matches!(req.method.as_str(), "GET" | "HEAD") {
+        if let Some((content_type, body)) = console::asset(&req.path) {
+            return (200, Body::Static(content_type, body));
+        }
+    }
     if req.method == "GET" && req.path.split('?').next() == Some("/metrics") {
         if let SteeringState::On(kernel) =
             &*control.steering.lock().unwrap_or_else(|p| p.into_inner())
@@ -112,6 +132,8 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
             )
         }
         ("GET", "/clusters") => (200, clusters(control)),
+        ("GET", "/stats") => (200, console::stats(control)),
+        ("POST", "/explain") => console::explain(control, &req.body),
         ("GET", "/splits") => (200, splits(control)),
         ("GET", "/steering") => (200, steering(control)),
         ("POST", "/steering/deny") => steering_edit(control, &req.body, true),
@@ -145,7 +167,8 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
         },
         (
             _,
-            "/healthz" | "/readyz" | "/config" | "/reload" | "/clusters" | "/routes" | "/metrics",
+            "/healthz" | "/readyz" | "/config" | "/reload" | "/clusters" | "/routes" | "/metrics"
+            | "/stats" | "/explain" | "/ui" | "/ui/" | "/ui/app.js" | "/ui/app.css",
         ) => (
             405,
             json!({ "error": "method_not_allowed", "reason": format!("{} is not allowed on {path}", req.method) }),
@@ -316,7 +339,18 @@ fn splits(control: &Control) -> Value {
                 .enumerate()
                 .map(|(i, t)| {
                     let w = s.state.stats[i].window(now, window);
+                    let series: Vec<Value> = s.state.stats[i]
+                        .series(now, window)
+                        .iter()
+                        .map(|b| json!({
+                            "requests": b.requests,
+                            "errors": b.errors,
+                            "error_rate": b.error_rate(),
+                            "p99_ms": b.p99.map(|d| d.as_secs_f64() * 1000.0),
+                        }))
+                        .collect();
                     json!({
+                        "series": series,
                         "name": t.name,
                         "cluster": snap.clusters[t.cluster].name,
                         "weight_percent": weights[i] as f64 / 10_000.0,
@@ -331,7 +365,29 @@ fn splits(control: &Control) -> Value {
                 })
                 .collect();
             let decision = s.state.decision.lock().map(|d| d.clone()).unwrap_or_default();
+            let analysis = s.config.analysis.as_ref().map(|a| {
+                json!({
+                    "baseline": s.config.targets[a.baseline].name,
+                    "canary": s.config.targets[a.canary].name,
+                    "window_seconds": a.window.as_secs_f64(),
+                    "interval_seconds": a.interval.as_secs_f64(),
+                    "min_requests": a.min_requests,
+                    "max_error_rate": a.max_error_rate,
+                    "max_error_rate_increase": a.max_error_rate_increase,
+                    "max_p99_ms": a.max_p99.map(|d| d.as_secs_f64() * 1000.0),
+                    "max_p99_ratio": a.max_p99_ratio,
+                })
+            });
+            let promotion = s.config.promotion.as_ref().map(|p| {
+                json!({
+                    "steps_percent": p.steps.iter().map(|w| *w as f64 / 10_000.0).collect::<Vec<_>>(),
+                    "hold_seconds": p.hold.as_secs_f64(),
+                })
+            });
             json!({
+                "analysis": analysis,
+                "promotion": promotion,
+                "window_seconds": window.as_secs_f64(),
                 "name": s.config.name,
                 "route": snap.routes.routes()[s.route].name,
                 "targets": targets,

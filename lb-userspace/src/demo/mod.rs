@@ -208,6 +208,10 @@ fn print_banner(config: &Config, ca: &Path) {
         println!("  curl -s http://{}/splits                # ...and gets rolled back: canary weight 0, with the reason", a.addr);
         println!("  curl -s http://{}/config", a.addr);
         println!("  curl -s http://{}/metrics | grep lb_canary", a.addr);
+        println!(
+            "console: open http://{}/ui in a browser (Releases shows the canary's rollback)",
+            a.addr
+        );
     }
     println!("stop with Ctrl-C");
 }
