@@ -295,6 +295,25 @@ fn xdp_drops_a_denied_client_until_the_admin_allows_it() {
         st["xdp"]["drop_denied"]["packets"].as_u64().unwrap() >= 1,
         "{st}"
     );
+    // The console's Kernel page shows the same: the deny list and the drop counter.
+    match common::browser::unavailable() {
+        Some(why) => skip(
+            "xdp_drops_a_denied_client_until_the_admin_allows_it (console)",
+            &why,
+        ),
+        None => {
+            let b = common::browser::Browser::start();
+            b.goto(&format!("http://{}/ui#kernel", lb.admin.expect("admin")));
+            b.wait_text("#deny", "the deny list", |t| {
+                t.contains(&format!("{}/32", ns.ns_ip))
+            });
+            let dropped = b.wait_text("#xdp", "the XDP verdicts", |t| t.contains("drop_denied"));
+            let row = b
+                .eval("const r = Array.from(document.querySelectorAll('#xdp tbody tr')).find((r) => r.cells[0].textContent === 'drop_denied'); return r ? Number(r.cells[1].textContent) : -1;");
+            assert!(row.as_f64().is_some_and(|n| n >= 1.0), "{dropped}");
+            b.wait_text("#k-status", "steering on", |t| t == "on");
+        }
+    }
     // A client on the host side is not denied, and is served.
     assert_eq!(get(lb.addr, "/").status, 200);
     let (status, body) = lb.admin_json(
