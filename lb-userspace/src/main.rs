@@ -46,6 +46,19 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Show what a reload from OLD to NEW would change: routes, clusters, endpoints and
+    /// consumers added, removed or changed, other sections changed, and what needs a
+    /// restart. Exits 0 if a reload applies it all, 1 if either config is invalid, 3 if a
+    /// change needs a restart.
+    Diff {
+        /// The config in service (or a copy of it).
+        old: PathBuf,
+        /// The config to reload into.
+        new: PathBuf,
+        /// Print JSON, as the admin API's reload answer carries it.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what lb would do with one request: which route matches and why the others do
     /// not, the rewritten request, and the cluster. Runs the same code as the workers.
     Explain {
@@ -97,6 +110,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
+        Command::Diff { old, new, json } => return diff(&old, &new, json),
         Command::Upgrade { config } => return upgrade(&config),
         Command::Explain {
             config,
@@ -188,6 +202,30 @@ fn upgrade(path: &std::path::Path) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+fn diff(old: &std::path::Path, new: &std::path::Path, json: bool) -> ExitCode {
+    let load = |p: &std::path::Path| {
+        Config::load(p).map(|(c, _)| c).map_err(|errors| {
+            eprintln!("{errors}");
+            eprintln!("{} error(s)", errors.errors.len());
+        })
+    };
+    let (Ok(before), Ok(after)) = (load(old), load(new)) else {
+        return ExitCode::FAILURE;
+    };
+    let buf = lb::control::read_buffer_size(&before);
+    let changes = lb::config::diff::Changes::between(&before, &after, buf);
+    if json {
+        println!("{}", changes.json());
+    } else {
+        print!("{changes}");
+    }
+    if changes.restart.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
     }
 }
 

@@ -439,8 +439,19 @@ fn spawn_cert_watch(control: Arc<Control>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A hash of the config file and every file it includes (names and contents): a file added
+/// to `conf.d` changes it too. `None` if the main file cannot be read.
+fn config_files_hash(path: &Path) -> Option<u64> {
+    let mut h = crate::hash::fnv1a_of(&std::fs::read(path).ok()?);
+    for f in crate::config::include::included_files(path) {
+        h = crate::hash::fnv1a(h, f.as_os_str().as_encoded_bytes());
+        h = crate::hash::fnv1a(h, &std::fs::read(&f).unwrap_or_default());
+    }
+    Some(h)
+}
+
 fn spawn_watch(path: PathBuf, every: Duration, control: Arc<Control>) -> std::io::Result<()> {
-    let mut last = std::fs::read(&path).map(|b| crate::hash::fnv1a_of(&b)).ok();
+    let mut last = config_files_hash(&path);
     std::thread::Builder::new()
         .name("lb-config-watch".into())
         .spawn(move || {
@@ -450,10 +461,9 @@ fn spawn_watch(path: PathBuf, every: Duration, control: Arc<Control>) -> std::io
                 if control.draining.load(Ordering::SeqCst) {
                     return;
                 }
-                let Ok(bytes) = std::fs::read(&path) else {
+                let Some(hash) = config_files_hash(&path).map(Some) else {
                     continue;
                 };
-                let hash = Some(crate::hash::fnv1a_of(&bytes));
                 if hash == last {
                     continue;
                 }

@@ -179,6 +179,7 @@ impl Snapshot {
                                 errors.push(ConfigError {
                                     path: format!("clusters[{ci}].endpoints[{ei}].addr"),
                                     message: format!("{target} is not a name a TLS certificate can be verified against; set tls.server_name"),
+                                    file: None,
                                 });
                                 continue;
                             }
@@ -201,6 +202,7 @@ impl Snapshot {
                     Err(message) => errors.push(ConfigError {
                         path: format!("clusters[{ci}].endpoints[{ei}].addr"),
                         message,
+                        file: None,
                     }),
                 }
             }
@@ -231,6 +233,9 @@ impl Snapshot {
             });
         }
         if !errors.is_empty() {
+            for e in &mut errors {
+                config.origins.locate(e);
+            }
             return Err(errors);
         }
         let route_metrics = config

@@ -67,7 +67,12 @@ pub fn stats(control: &Control) -> Value {
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
         .map(|r| match &r.result {
-            Ok(version) => json!({ "at_unix": unix(r.at), "ok": true, "version": version }),
+            Ok(done) => json!({
+                "at_unix": unix(r.at),
+                "ok": true,
+                "version": done.version,
+                "changes": done.changes.to_string(),
+            }),
             Err(errors) => json!({ "at_unix": unix(r.at), "ok": false, "errors": errors }),
         });
     let series: Vec<Value> = crate::metrics::request_totals()

@@ -155,13 +155,20 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
             ),
         },
         ("POST", "/reload") => match control.reload() {
-            Ok(version) => (200, json!({ "result": "reloaded", "version": version })),
+            Ok(r) => (
+                200,
+                json!({ "result": "reloaded", "version": r.version, "changes": r.changes.json() }),
+            ),
             Err(errors) => (
                 400,
                 json!({
                     "error": "invalid_config",
                     "reason": "the new config was rejected; the running config is unchanged",
-                    "errors": errors.errors.iter().map(|e| json!({ "path": e.path, "message": e.message })).collect::<Vec<_>>(),
+                    "errors": errors.errors.iter().map(|e| json!({
+                        "file": e.file.as_ref().map(|f| f.display().to_string()),
+                        "path": e.path,
+                        "message": e.message,
+                    })).collect::<Vec<_>>(),
                 }),
             ),
         },

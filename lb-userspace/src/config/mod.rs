@@ -4,6 +4,8 @@
 //! (`clusters[2].endpoints[0].addr`) and what was expected.
 
 mod cluster;
+pub mod diff;
+pub mod include;
 pub mod jwt;
 pub mod raw;
 mod release;
@@ -86,6 +88,10 @@ pub struct Config {
     pub jwt_providers: Vec<jwt::JwtSpec>,
     /// `[geoip]`: the database, read when the config loaded.
     pub geo: Option<crate::client::geo::Shared>,
+    /// Which included file each route, cluster and consumer came from.
+    pub origins: std::sync::Arc<include::Origins>,
+    /// Its entries as written, for telling what a reload changes.
+    pub fingerprint: std::sync::Arc<diff::Fingerprint>,
 }
 
 /// `[metrics]`: the series routes get when they do not say (`metrics = ...` on a route).
@@ -246,6 +252,8 @@ pub enum ClientAddressHeaders {
 pub struct ConfigError {
     pub path: String,
     pub message: String,
+    /// The included file the key path is in (`include`); `None` for the main file.
+    pub file: Option<PathBuf>,
 }
 
 /// Every problem found in one config file.
@@ -261,7 +269,8 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}: {}: {}", self.file.display(), e.path, e.message)?;
+            let file = e.file.as_deref().unwrap_or(&self.file);
+            write!(f, "{}: {}: {}", file.display(), e.path, e.message)?;
         }
         Ok(())
     }
@@ -277,8 +286,15 @@ impl Config {
             errors: vec![ConfigError {
                 path: ".".into(),
                 message: format!("cannot read the file: {e}"),
+                file: None,
             }],
         })?;
+        if text.contains("include") {
+            if let Some(merged) = include::merge(&text, path)? {
+                let all = merged.text.clone();
+                return Config::from_merged(merged, path).map(|c| (c, all));
+            }
+        }
         let config = Config::parse(&text, path)?;
         Ok((config, text))
     }
@@ -412,10 +428,43 @@ impl Config {
                 let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                 message = format!("{message} (line {line})");
             }
-            wrap(vec![ConfigError { path, message }])
+            wrap(vec![ConfigError {
+                path,
+                message,
+                file: None,
+            }])
         })?;
         let base = file.parent().unwrap_or(Path::new("."));
         validate(raw, base).map_err(wrap)
+    }
+
+    /// Validates a main file with its included files merged in; errors name the file each
+    /// key is in.
+    fn from_merged(merged: include::Merged, file: &Path) -> Result<Config, ConfigErrors> {
+        let origins = merged.origins;
+        let wrap = |mut errors: Vec<ConfigError>| {
+            for e in &mut errors {
+                origins.locate(e);
+            }
+            ConfigErrors {
+                file: file.to_path_buf(),
+                errors,
+            }
+        };
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(merged.table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.into_inner().message().to_string();
+                wrap(vec![ConfigError {
+                    path,
+                    message,
+                    file: None,
+                }])
+            })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        let mut config = validate(raw, base).map_err(wrap)?;
+        config.origins = std::sync::Arc::new(origins);
+        Ok(config)
     }
 }
 
@@ -429,6 +478,7 @@ pub fn restart_only_changes(old: &Config, new: &Config, buf_size: usize) -> Vec<
         out.push(ConfigError {
             path: key.to_string(),
             message: format!("{what} cannot change while lb runs: restart lb to apply it"),
+            file: None,
         })
     };
     let (o, n) = (&old.server, &new.server);
@@ -483,6 +533,7 @@ pub fn restart_only_changes(old: &Config, new: &Config, buf_size: usize) -> Vec<
                  restart lb to raise it",
                 new.http.max_header_bytes
             ),
+            file: None,
         });
     }
     out
@@ -888,6 +939,7 @@ impl Errors {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
+            file: None,
         });
     }
 
@@ -920,6 +972,7 @@ impl Errors {
 /// `base`: where relative file paths in the config (certificates) are found.
 fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut errs = Errors(Vec::new());
+    let fingerprint = std::sync::Arc::new(diff::Fingerprint::of(&raw));
     let server = validate_server(&raw.server, &mut errs);
     let http = validate_http(&raw.http, &mut errs);
     let http2 = validate_http2(&raw.http2, &mut errs);
@@ -1099,6 +1152,8 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             metrics,
             jwt_providers,
             geo,
+            origins: Default::default(),
+            fingerprint,
         })
     } else {
         Err(errs.0)

@@ -67,8 +67,15 @@ pub struct Control {
 #[derive(Debug, Clone)]
 pub struct ReloadOutcome {
     pub at: std::time::SystemTime,
-    /// The version now serving, or why the new config was refused.
-    pub result: Result<String, Vec<String>>,
+    /// The version now serving and what changed, or why the new config was refused.
+    pub result: Result<Reloaded, Vec<String>>,
+}
+
+/// A reload that took: the version now serving, and what it changed.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub version: String,
+    pub changes: crate::config::diff::Changes,
 }
 
 /// Each worker's read buffer: room for the largest request head allowed.
@@ -177,14 +184,14 @@ impl ConfigSource {
 
 impl Control {
     /// Validates the source again and publishes it. An invalid config changes nothing.
-    pub fn reload(&self) -> Result<String, ConfigErrors> {
+    pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
         notify::reloading();
         let result = self.try_reload();
         crate::metrics::reload(result.is_ok());
         *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadOutcome {
             at: std::time::SystemTime::now(),
             result: match &result {
-                Ok(v) => Ok(v.clone()),
+                Ok(r) => Ok(r.clone()),
                 Err(e) => Err(e
                     .errors
                     .iter()
@@ -193,24 +200,25 @@ impl Control {
             },
         });
         match &result {
-            Ok(version) => notify::notify(&format!("READY=1\nSTATUS=serving config {version}")),
+            Ok(r) => notify::notify(&format!("READY=1\nSTATUS=serving config {}", r.version)),
             Err(_) => notify::notify("READY=1\nSTATUS=reload refused; the running config stays"),
         }
         result
     }
 
-    fn try_reload(&self) -> Result<String, ConfigErrors> {
+    fn try_reload(&self) -> Result<Reloaded, ConfigErrors> {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let (config, text) = self.source.load()?;
         for w in config.warnings() {
             tracing::warn!("{w}");
         }
         let current = self.cell.load();
-        let refused = crate::config::restart_only_changes(&current.config, &config, self.buf_size);
-        if !refused.is_empty() {
+        let changes =
+            crate::config::diff::Changes::between(&current.config, &config, self.buf_size);
+        if !changes.restart.is_empty() {
             return Err(ConfigErrors {
                 file: PathBuf::from(self.source.describe()),
-                errors: refused,
+                errors: changes.restart,
             });
         }
         let snap =
@@ -237,8 +245,8 @@ impl Control {
             unix_seconds(snap.loaded_at),
         );
         self.cell.publish(snap);
-        tracing::info!(version = %version, "config reloaded");
-        Ok(version)
+        tracing::info!(version = %version, "config reloaded: {}", changes.to_string().trim_end().replace('\n', "; "));
+        Ok(Reloaded { version, changes })
     }
 
     /// Resolves host-name endpoints again; publishes a new snapshot if any address changed.
