@@ -195,6 +195,13 @@ fn the_console_shows_the_demo_and_acts_on_its_canary() {
             t.parse::<f64>().is_ok_and(|x| x > 0.0)
         });
         b.wait_text("#ov-p99", "a p99", |t| t.ends_with("ms"));
+        b.wait_text("#ov-errors", "the 5xx share", |t| {
+            t.strip_suffix('%')
+                .is_some_and(|n| n.parse::<f64>().is_ok())
+        });
+        b.wait_text("#ov-uptime", "the uptime", |t| {
+            t.ends_with('s') && t.chars().next().is_some_and(|c| c.is_ascii_digit())
+        });
         b.wait_text("#ov-conns", "an open connection count", |t| {
             t.parse::<u64>().is_ok()
         });
@@ -216,6 +223,9 @@ fn the_console_shows_the_demo_and_acts_on_its_canary() {
         "the orders route's request count",
         |t| t.parse::<u64>().is_ok_and(|n| n > 0),
     );
+    b.wait_text("tr[data-route=shop-eu]", "the EU shop's matchers", |t| {
+        t.contains("path prefix /shop") && t.contains("continent EU")
+    });
     let before = canary_requests(&demo);
     b.fill("#ex-url", &format!("http://{}/api/checkout", demo.addr));
     b.fill("#ex-headers", "X-Canary: true");
@@ -240,6 +250,19 @@ fn the_console_shows_the_demo_and_acts_on_its_canary() {
     assert_eq!(
         b.eval("return document.querySelectorAll('[data-cluster=orders] tbody tr').length;"),
         json!(2)
+    );
+    let (_, clusters) = demo.admin("GET", "/clusters", &Value::Null);
+    let orders = clusters["clusters"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == "orders"))
+        .expect("orders")
+        .clone();
+    let card = b.text("[data-cluster=orders]").unwrap_or_default();
+    assert!(
+        card.contains(orders["balancer"].as_str().expect("balancer"))
+            && card.contains("closed")
+            && card.contains("in flight"),
+        "balancer, breaker and in-flight count: {card}"
     );
     b.screenshot(&shots.join("clusters.png"));
 
@@ -315,7 +338,17 @@ fn the_console_shows_the_demo_and_acts_on_its_canary() {
     wait_until("the confirmation dialog", || b.visible("#confirm-cancel"));
     b.click("#confirm-cancel");
     wait_until("the dialog to close", || !b.visible("#confirm-cancel"));
+    // Two refreshes later, still nothing has changed.
+    for _ in 0..2 {
+        let seen = b.text("#status").unwrap_or_default();
+        b.wait_text("#status", "a refresh", |t| t != seen);
+    }
     assert_eq!(split_weight(&demo, "canary"), 0.0, "cancel did nothing");
+    assert_eq!(
+        demo.admin("GET", "/splits", &Value::Null).1["splits"][0]["last_decision"]["action"],
+        "resume",
+        "cancel did nothing"
+    );
     // Set weights back to 70/30 through the weights dialog.
     b.click("#split-checkout button[data-action=weights]");
     wait_until("the weights dialog", || {
@@ -331,24 +364,32 @@ fn the_console_shows_the_demo_and_acts_on_its_canary() {
 
     // The demo canary fails one request in three: lb rolls it back on its own, and the page
     // shows it within a few seconds.
-    {
-        let _traffic = Traffic::start(demo.addr, "/api/checkout", 2_000);
-        wait_until("the analysis to roll the canary back", || {
-            demo.admin("GET", "/splits", &Value::Null).1["splits"][0]["rolled_back"] == true
-        });
-    }
-    let seen = Instant::now();
+    // The budget: the traffic to reach the analysis' 20 canary requests (well under a
+    // second here), its 1 s interval, and the page's 1 s poll, with room to spare.
+    let started = Instant::now();
+    let traffic = Traffic::start(demo.addr, "/api/checkout", 2_000);
     loop {
-        let t = b.text("#split-checkout").unwrap_or_default();
-        if t.contains("rolled back") && t.contains("rollback") && t.contains("error") {
+        let decision = b.text("#split-checkout .decision").unwrap_or_default();
+        let card = b.text("#split-checkout").unwrap_or_default();
+        if decision == "rollback" && card.contains("rolled back") {
             break;
         }
         assert!(
-            seen.elapsed() < Duration::from_secs(5),
-            "the Releases page did not show the rollback within 5 s: {t}"
+            started.elapsed() < Duration::from_secs(8),
+            "the Releases page did not show the rollback within 8 s of the failing traffic: {card}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    drop(traffic);
+    let split = demo.admin("GET", "/splits", &Value::Null).1["splits"][0].clone();
+    assert_eq!(split["rolled_back"], true);
+    let reason = split["last_decision"]["reason"]
+        .as_str()
+        .expect("a reason")
+        .to_string();
+    assert!(reason.contains("canary"), "{reason}");
+    let card = b.wait_text("#split-checkout", "the reason", |t| t.contains(&reason));
+    assert!(card.contains("0%"), "the canary's weight is 0 now: {card}");
     // The charts have the canary's line and the threshold.
     assert!(
         b.eval("return document.querySelectorAll('#chart-checkout-errors .canary').length;")
@@ -369,7 +410,12 @@ fn token_config() -> (String, Backend) {
     let cfg = format!(
         "[server]\nworkers = 1\n[[listeners]]\naddr = \"127.0.0.1:0\"\n\
          [admin]\naddr = \"127.0.0.1:0\"\ntoken = \"s3cret-token-for-the-console\"\n\
-         [[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+         [[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{0}\" }}]\n\
+         [[clusters]]\nname = \"app-next\"\nendpoints = [{{ addr = \"{0}\" }}]\n\
+         [[routes]]\nname = \"release\"\npath_prefix = \"/release\"\n\
+         [routes.split]\nname = \"rel\"\n\
+         targets = [{{ name = \"stable\", cluster = \"app\", weight = 90 }}, {{ name = \"next\", cluster = \"app-next\", weight = 10 }}]\n\
+         analysis = {{ baseline = \"stable\", canary = \"next\", window = \"30s\", interval = \"1s\", min_requests = 20, max_error_rate = 0.05, max_p99 = \"250ms\" }}\n\
          [[routes]]\nname = \"all\"\ncluster = \"app\"\n",
         backend.addr
     );
@@ -464,6 +510,36 @@ fn the_console_asks_for_the_admin_token() {
         t.starts_with("ok")
     });
 
+    // Both thresholds of a split's analysis are drawn, each on its chart.
+    b.goto(&format!("http://{admin}/ui#releases"));
+    b.wait_text("#split-rel", "the split", |t| t.contains("stable"));
+    for chart in ["errors", "p99"] {
+        let limits = b.eval(&format!(
+            "return Array.from(document.querySelectorAll('#chart-rel-{chart} text')).map((t) => t.textContent).join('|');"
+        ));
+        let limits = limits.as_str().unwrap_or("");
+        assert!(limits.contains("max"), "{chart}: {limits}");
+        assert_eq!(
+            b.eval(&format!(
+                "return document.querySelectorAll('#chart-rel-{chart} line.limit').length;"
+            )),
+            json!(1),
+            "{chart}: {limits}"
+        );
+    }
+    assert!(
+        b.text("#chart-rel-p99")
+            .unwrap_or_default()
+            .contains("250 ms"),
+        "the p99 limit at 250 ms"
+    );
+    assert!(
+        b.text("#chart-rel-errors")
+            .unwrap_or_default()
+            .contains("5.00%"),
+        "the error limit at 5%"
+    );
+
     // The token lasts for the session: a reload does not ask again.
     b.goto(&format!("http://{admin}/ui?again#clusters"));
     b.wait_text("[data-cluster=app]", "the app cluster", |t| {
@@ -489,6 +565,13 @@ fn the_console_page_cannot_be_framed_or_injected() {
         "{csp}"
     );
     assert!(String::from_utf8_lossy(&r.body).contains("/ui/app.js"));
+    // HEAD: the same head, no body.
+    let mut c = Client::connect(admin);
+    c.send(format!("HEAD /ui/app.js HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes());
+    let r = c.try_response(true).expect("a response");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert!(c.closed_by_peer(), "nothing follows the head");
     // A rebinding page still may not read it.
     let mut c = Client::connect(admin);
     c.send(b"GET /ui/app.js HTTP/1.1\r\nHost: evil.example\r\n\r\n");

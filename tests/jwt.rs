@@ -658,3 +658,37 @@ fn claim_headers_cannot_be_smuggled_and_required_routes_do_not_fall_through() {
     assert_eq!(r.json()["message"], "the token is not a signed JWT");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An explanation asked through the admin API verifies the token as a request would, but
+/// counts nothing: the verification metrics move only for real requests.
+#[test]
+fn explain_through_the_admin_api_counts_no_verification() {
+    let k = keys();
+    let (lb, _s, _c, dir) = setup(
+        &k,
+        "",
+        "[[routes]]\nname = \"api\"\ncluster = \"stable\"\njwt = { provider = \"auth\" }\n",
+    );
+    let t = token(&k.es, "ES256", "es", "alice", json!({}));
+    let verifications = |lb: &Lb| -> f64 {
+        lb.scrape()
+            .iter()
+            .filter(|s| s.name == "lb_jwt_verifications_total")
+            .map(|s| s.value)
+            .sum()
+    };
+    let before = verifications(&lb);
+    for auth in [bearer(&t), bearer("not.a.token")] {
+        let (status, x) = lb.admin_json(
+            "POST",
+            "/explain",
+            &json!({ "url": "http://shop.test/x", "headers": [format!("Authorization: {auth}")] }),
+        );
+        assert_eq!(status, 200, "{x}");
+    }
+    assert_eq!(verifications(&lb), before, "explanations count nothing");
+    let r = get_with(lb.addr, "/x", &[("Authorization", &bearer(&t))]);
+    assert_eq!(r.status, 200);
+    assert_eq!(verifications(&lb), before + 1.0, "a request does");
+    let _ = std::fs::remove_dir_all(dir);
+}

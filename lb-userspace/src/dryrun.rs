@@ -1,7 +1,8 @@
 //! Planning a request without its side effects, for an explanation asked through the admin
 //! API on the live snapshot: rate limits look without taking tokens, splits count no
-//! decision, and no mirror copy is taken (it would hold a place in the mirror's in-flight
-//! count that no send ever gives back).
+//! decision, no mirror copy is taken (it would hold a place in the mirror's in-flight count
+//! that no send ever gives back), JWT checks count nothing, cache nothing and ask for no JWKS
+//! refetch, and geo lookups count nothing.
 
 use std::cell::Cell;
 
@@ -11,14 +12,14 @@ thread_local! {
 
 /// Runs `f` with this thread's planning free of side effects.
 pub fn run<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset;
-    impl Drop for Reset {
+    /// Puts the flag back as it was, also if `f` unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
         fn drop(&mut self) {
-            ACTIVE.set(false);
+            ACTIVE.set(self.0);
         }
     }
-    ACTIVE.set(true);
-    let _reset = Reset;
+    let _restore = Restore(ACTIVE.replace(true));
     f()
 }
 

@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,7 +39,10 @@ impl Browser {
             l.local_addr().expect("port").port()
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        // In a process group of its own, which Chromium joins: the end of the test ends both,
+        // even if the session could not be closed.
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -67,6 +71,8 @@ impl Browser {
             "--disable-background-networking".into(),
             "--disable-component-update".into(),
             "--disable-sync".into(),
+            "--disable-crash-reporter".into(),
+            "--disable-breakpad".into(),
             "--window-size=1280,1000".into(),
             format!("--user-data-dir={}", b.profile.display()),
         ];
@@ -258,8 +264,15 @@ impl Drop for Browser {
         if !self.session.is_empty() {
             let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
         }
-        // Only the driver this test started, by its PID; the session's end took Chromium.
-        let _ = self.driver.kill();
+        // Only the processes this test started: the driver's own group, by its id (the
+        // driver's PID), Chromium included if the session's end did not take it.
+        if let Ok(pgid) = i32::try_from(self.driver.id()) {
+            // SAFETY: kill with a negative PID signals that process group only; the group is
+            // the one this test made for the driver it spawned.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }

@@ -94,7 +94,7 @@ pub fn stats(control: &Control) -> Value {
         "source": control.source().describe(),
         "loaded_at_unix": unix(snap.loaded_at),
         "started_unix": unix(control.started),
-        "uptime_seconds": control.started.elapsed().map_or(0, |d| d.as_secs()),
+        "uptime_seconds": control.started_at.elapsed().as_secs(),
         "draining": control.draining.load(Ordering::SeqCst),
         "last_reload": last_reload,
         "workers": workers,

@@ -32,6 +32,7 @@ enum Body {
 fn serve(mut stream: TcpStream, req: Result<AdminRequest, String>, control: &Control) {
     let _ = stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT));
     let upgrade = matches!(&req, Ok(r) if r.method == "POST" && r.path == "/upgrade");
+    let head_only = matches!(&req, Ok(r) if r.method == "HEAD");
     let (status, body) = match req {
         Ok(req) => {
             let snap = control.cell.load();
@@ -66,7 +67,9 @@ fn serve(mut stream: TcpStream, req: Result<AdminRequest, String>, control: &Con
         body.len()
     );
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
+    if !head_only {
+        let _ = stream.write_all(body.as_bytes());
+    }
     // An upgrade that succeeded: once its caller has the answer, this process drains (as on
     // SIGTERM; the new process serves the sockets already).
     if upgrade && status == 200 && control.upgraded.load(std::sync::atomic::Ordering::SeqCst) {
@@ -321,12 +324,85 @@ fn routes(control: &Control) -> Value {
                 "path": r.path.to_string(),
                 "methods": r.methods,
                 "conditions": r.headers.len() + r.query.len(),
+                "matchers": matchers(r, &snap),
                 "action": action,
                 "deprecated": r.deprecation.is_some(),
             })
         })
         .collect();
     json!({ "version": snap.version, "routes": list })
+}
+
+/// Everything a route matches on, one line each, as `lb explain` words it.
+fn matchers(r: &crate::routing::Route, snap: &crate::snapshot::Snapshot) -> Vec<String> {
+    let codes = |list: &[[u8; 2]]| {
+        list.iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = Vec::new();
+    if !matches!(r.host, crate::routing::matchers::HostMatch::Any) {
+        out.push(r.host.to_string());
+    }
+    if let Some(sni) = &r.sni {
+        out.push(format!(
+            "TLS SNI {}",
+            sni.to_string().trim_start_matches("host ")
+        ));
+    }
+    out.push(r.path.to_string());
+    if !r.methods.is_empty() {
+        out.push(format!("method {}", r.methods.join(" or ")));
+    }
+    out.extend(
+        r.headers
+            .iter()
+            .map(|h| format!("header {} {}", h.name, h.test)),
+    );
+    out.extend(
+        r.query
+            .iter()
+            .map(|q| format!("query {} {}", String::from_utf8_lossy(&q.name), q.test)),
+    );
+    if let Some(set) = &r.client_ip {
+        out.push(format!("client in {set}"));
+    }
+    if !r.country.is_empty() {
+        out.push(format!("country {}", codes(&r.country)));
+    }
+    if !r.continent.is_empty() {
+        out.push(format!("continent {}", codes(&r.continent)));
+    }
+    match r.client_cert {
+        Some(true) => out.push("a client certificate".into()),
+        Some(false) => out.push("no client certificate".into()),
+        None => {}
+    }
+    if let Some(subject) = &r.client_cert_subject {
+        out.push(format!("client certificate subject {subject}"));
+    }
+    if let Some(j) = &r.jwt {
+        let provider = snap
+            .jwt
+            .get(j.provider)
+            .map_or("?", |p| p.config.name.as_str());
+        out.push(if j.required {
+            format!("a valid JWT from {provider}")
+        } else {
+            format!("a JWT from {provider}, if any, valid")
+        });
+    }
+    out.extend(r.jwt_claims.iter().map(|c| c.to_string()));
+    if r.auth_required && r.consumer.is_empty() {
+        out.push("a known API key".into());
+    }
+    out.extend(
+        r.consumer
+            .iter()
+            .map(|(k, v)| format!("consumer {k} = {v:?}")),
+    );
+    out
 }
 
 /// Every split: targets and weights in force, window statistics, state, last decision.

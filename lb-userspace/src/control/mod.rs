@@ -57,8 +57,9 @@ pub struct Control {
     upgrading: Mutex<()>,
     /// A new process took over: this one drains, and says nothing more to systemd.
     pub upgraded: AtomicBool,
-    /// When this process started serving.
+    /// When this process started serving (wall clock, and monotonic for its uptime).
     pub started: std::time::SystemTime,
+    pub started_at: std::time::Instant,
     /// The latest reload, whichever way it was asked for.
     pub last_reload: Mutex<Option<ReloadOutcome>>,
 }
@@ -121,6 +122,7 @@ impl Control {
             upgrading: Mutex::new(()),
             upgraded: AtomicBool::new(false),
             started: std::time::SystemTime::now(),
+            started_at: std::time::Instant::now(),
             last_reload: Mutex::new(None),
         }
     }

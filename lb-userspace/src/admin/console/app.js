@@ -14,7 +14,12 @@ const state = {
   routeRates: {},  // route name -> {rps, eps}
   timer: null,
   busy: false,
+  again: false,    // a refresh was asked for while one ran
+  generation: 0,   // bumped when the page changes: a reading for an old page is dropped
 };
+
+// Thrown to drop a reading that came back after the page changed.
+class Stale extends Error {}
 
 // ---------- DOM helpers (text only: nothing from the API is parsed as HTML) ----------
 
@@ -76,7 +81,7 @@ class AuthError extends Error {}
 async function api(method, path, body) {
   const headers = {};
   if (state.token) headers["Authorization"] = "Bearer " + state.token;
-  const init = { method, headers, cache: "no-store" };
+  const init = { method, headers, cache: "no-store", signal: AbortSignal.timeout(8000) };
   if (method !== "GET") {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body || {});
@@ -190,7 +195,8 @@ function quantile(buckets, bounds, q) {
 // Turns two /stats readings into rates: overall and per route.
 function digest(cur, prev) {
   const out = { rps: null, errorShare: null, p99: null, routes: {} };
-  if (!prev || prev.pid !== cur.pid) return out;
+  // A reading from another process, or too old to make a current rate of, is no base.
+  if (!prev || prev.pid !== cur.pid || cur.now_unix_ms - prev.now_unix_ms > 3 * POLL_MS) return out;
   const dt = (cur.now_unix_ms - prev.now_unix_ms) / 1000;
   if (dt <= 0) return out;
   const before = new Map(prev.series.map((s) => [s.route + "\u0000" + s.cluster, s]));
@@ -230,8 +236,9 @@ pages.overview = {
       el("div", { class: "card" }, el("h2", {}, "Traffic"), el("div", { class: "charts", id: "ov-charts" })),
       el("div", { class: "card" }, el("h2", {}, "Workers"), el("div", { id: "ov-workers" })));
   },
-  async refresh() {
+  async refresh(check) {
     const cur = await api("GET", "/stats");
+    check();
     const d = digest(cur, state.prev);
     state.prev = cur;
     if (d.rps !== null) {
@@ -304,8 +311,9 @@ pages.routes = {
         el("p", { class: "muted" }, "What lb would do with a request, planned on the live config (no rate-limit token is spent, no split decision counted)."),
         form, el("div", { id: "ex-out" })));
   },
-  async refresh() {
+  async refresh(check) {
     const [routes, cur] = await Promise.all([api("GET", "/routes"), api("GET", "/stats")]);
+    check();
     const d = digest(cur, state.prev);
     state.prev = cur;
     if (d.rps !== null) state.routeRates = d.routes;
@@ -319,9 +327,7 @@ pages.routes = {
       const t = totals[r.name] || [0, 0];
       const a = r.action;
       const action = a.cluster !== undefined ? "→ " + a.cluster : a.redirect !== undefined ? "redirect " + a.redirect : "respond " + a.respond;
-      const match = [r.host && r.host !== "any host" ? r.host : null, r.path,
-        r.methods && r.methods.length ? r.methods.join(",") : null,
-        r.conditions ? `+${r.conditions} conditions` : null].filter(Boolean).join(" · ");
+      const match = el("ul", { class: "matchers" }, (r.matchers || []).map((m) => el("li", {}, m)));
       return { attrs: { "data-route": r.name }, cells: [r.name, match, action,
         r.deprecated ? badge("deprecated", "warn") : "", fmtRate(rate.rps), fmtRate(rate.eps), t[0], t[1]] };
     });
@@ -332,8 +338,9 @@ pages.routes = {
 
 pages.clusters = {
   build(root) { root.append(el("div", { id: "clusters" })); },
-  async refresh() {
+  async refresh(check) {
     const data = await api("GET", "/clusters");
+    check();
     document.getElementById("clusters").replaceChildren(...data.clusters.map((c) =>
       el("div", { class: "card", "data-cluster": c.name },
         el("h2", {}, c.name, " ", el("span", { class: "muted" }, `${c.balancer} · ${c.in_flight} in flight · ${c.connections} connections`)),
@@ -395,8 +402,9 @@ function confirmThen(text, extra, then) {
 
 pages.releases = {
   build(root) { root.append(el("div", { id: "splits" })); },
-  async refresh() {
+  async refresh(check) {
     const data = await api("GET", "/splits");
+    check();
     const root = document.getElementById("splits");
     if (!data.splits.length) {
       return root.replaceChildren(el("div", { class: "card muted" }, "No route has a split."));
@@ -468,8 +476,9 @@ function fillSplit(card, s) {
 
 pages.kernel = {
   build(root) { root.append(el("div", { id: "kernel" })); },
-  async refresh() {
+  async refresh(check) {
     const k = await api("GET", "/steering");
+    check();
     const counters = k.xdp ? Object.entries(k.xdp).map(([name, v]) => ({ cells: [name, v ? v.packets : "–", v ? v.bytes : "–"] })) : [];
     document.getElementById("kernel").replaceChildren(
       el("div", { class: "tiles" },
@@ -486,8 +495,9 @@ pages.kernel = {
 
 pages.certificates = {
   build(root) { root.append(el("div", { id: "certs" })); },
-  async refresh() {
+  async refresh(check) {
     const c = await api("GET", "/certificates");
+    check();
     const now = Date.now() / 1000;
     document.getElementById("certs").replaceChildren(el("div", { class: "card" }, el("h2", {}, "Certificates in service"),
       c.certificates.length ? table(["listener", "names", "issuer", "expires", "key", "source", "sha256"],
@@ -503,17 +513,23 @@ pages.certificates = {
 // ---------- the loop ----------
 
 async function refresh() {
-  if (state.busy) return;
+  if (state.busy) {
+    state.again = true;
+    return;
+  }
   state.busy = true;
+  const generation = state.generation;
   try {
-    await pages[state.page].refresh();
+    await pages[state.page].refresh(() => { if (generation !== state.generation) throw new Stale(); });
     document.getElementById("login").hidden = true;
     document.getElementById("page").hidden = false;
     const error = document.getElementById("error");
     if (error.dataset.poll) { showError(""); delete error.dataset.poll; }
     document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
-    if (e instanceof AuthError) {
+    if (e instanceof Stale) {
+      // The page changed while this reading was on its way: the new page asks again.
+    } else if (e instanceof AuthError) {
       askToken(Boolean(state.token));
     } else {
       showError(e.message);
@@ -521,12 +537,17 @@ async function refresh() {
     }
   } finally {
     state.busy = false;
+    if (state.again) {
+      state.again = false;
+      refresh();
+    }
   }
 }
 
 function show(page) {
   if (!pages[page]) page = "overview";
   state.page = page;
+  state.generation += 1;
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === page);
   const root = document.getElementById("page");
   root.replaceChildren();
@@ -535,6 +556,7 @@ function show(page) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("confirm-cancel").addEventListener("click", () => document.getElementById("confirm").close("cancel"));
   document.getElementById("login").addEventListener("submit", (ev) => {
     ev.preventDefault();
     state.token = document.getElementById("token").value.trim();

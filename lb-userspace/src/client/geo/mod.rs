@@ -151,13 +151,18 @@ impl GeoDb {
                 })
             });
         let c = counters();
+        let count = !crate::dryrun::active();
         match found {
             Some(g) => {
-                c[0].increment(1);
+                if count {
+                    c[0].increment(1);
+                }
                 g
             }
             None => {
-                c[1].increment(1);
+                if count {
+                    c[1].increment(1);
+                }
                 Geo {
                     country: self.default_country,
                     continent: *b"--",
