@@ -354,3 +354,75 @@ fn sigusr2_upgrades_and_systemd_hears_the_new_main_pid() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What outlier detection and rate limits decided before an upgrade holds after it: the
+/// ejected endpoint stays out for the rest of its time, and a limited client stays limited.
+#[test]
+fn ejections_and_rate_limits_survive_an_upgrade() {
+    let good = Backend::start(Arc::new(|_req, res| {
+        res.send(200, &[("X-Backend", "good")], b"good")
+    }))
+    .expect("backend");
+    let bad = Backend::start(Arc::new(|_req, res| {
+        res.send(500, &[("X-Backend", "bad")], b"bad")
+    }))
+    .expect("backend");
+    let cfg = config(&format!(
+        "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]\n\
+         outlier_detection = {{ consecutive_5xx = 3, base_ejection_time = \"5m\", max_ejected_percent = 50 }}\n\
+         [[clusters]]\nname = \"one\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+         [[routes]]\npath_prefix = \"/limited\"\ncluster = \"one\"\n\
+         rate_limit = {{ key = \"client_ip\", limits = [{{ requests = 2, per = \"10m\" }}] }}\n\
+         [[routes]]\npath_prefix = \"/\"\ncluster = \"app\"\n",
+        good.addr, bad.addr, good.addr
+    ));
+    let lb = Lb::start(&cfg);
+    let admin = lb.admin.expect("admin");
+    let bad_view = |admin: SocketAddr| {
+        let (_, v) = admin_get(admin, "/clusters");
+        v["clusters"][0]["endpoints"]
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|e| e["addr"] == bad.addr.to_string())
+                    .cloned()
+            })
+            .unwrap_or_default()
+    };
+    let mut sent = 0;
+    while bad_view(admin)["ejected_for_ms"].as_u64().unwrap_or(0) == 0 {
+        assert!(sent < 200, "the bad endpoint was never ejected");
+        get(lb.addr, "/");
+        sent += 1;
+    }
+    assert_eq!(get(lb.addr, "/limited").status, 200);
+    assert_eq!(get(lb.addr, "/limited").status, 200);
+    assert_eq!(get(lb.addr, "/limited").status, 429);
+
+    let (status, v) = admin_post(admin, "/upgrade");
+    assert_eq!(status, 200, "{v}");
+    let pid = v["pid"].as_i64().expect("pid") as i32;
+    let _owned = Owned(pid);
+    wait_until("the old process drains and exits", || gone(lb.pid()));
+
+    let after = bad_view(admin);
+    assert!(
+        after["ejected_for_ms"].as_u64().unwrap_or(0) > 60_000,
+        "still ejected for most of its 5 minutes: {after}"
+    );
+    assert_eq!(after["ejections"], 1, "{after}");
+    let before = bad.requests();
+    for _ in 0..20 {
+        assert_eq!(
+            get(lb.addr, "/").status,
+            200,
+            "the ejected endpoint gets nothing"
+        );
+    }
+    assert_eq!(bad.requests(), before);
+    assert_eq!(
+        get(lb.addr, "/limited").status,
+        429,
+        "the limited client is still limited"
+    );
+}

@@ -116,6 +116,32 @@ impl Table {
         }
     }
 
+    /// Every key that owes time at `now_us`, and how much (µs): what a binary upgrade
+    /// hands over, so that a client limited before it is still limited after.
+    pub fn export(&self, now_us: u64) -> Vec<(u64, u64)> {
+        self.slots
+            .iter()
+            .filter_map(|s| {
+                let key = s.key.load(Ordering::Acquire);
+                let tat = s.tat.load(Ordering::Acquire);
+                (key != 0 && tat > now_us).then(|| (key, tat - now_us))
+            })
+            .collect()
+    }
+
+    /// Takes keys an old process handed over: each owes, from `now_us`, what it owed then.
+    /// Returns how many found a slot.
+    pub fn import(&self, owed: &[(u64, u64)], now_us: u64) -> usize {
+        let mut taken = 0;
+        for &(key, owes) in owed {
+            if let Some(slot) = self.slot(key.max(1), now_us) {
+                slot.tat.fetch_max(now_us + owes, Ordering::AcqRel);
+                taken += 1;
+            }
+        }
+        taken
+    }
+
     /// The slot that holds `key`, without claiming one.
     fn find(&self, key: u64, now_us: u64) -> Option<&Slot> {
         let n = self.slots.len();
@@ -195,6 +221,23 @@ mod tests {
             before - 1,
             "and takes nothing"
         );
+
+        // Handed over to another table later (as an upgrade does), key 42 is still limited.
+        let owed = t.export(now);
+        assert!(owed.iter().any(|(k, _)| *k == 42));
+        let u = Table {
+            slots: (0..1024)
+                .map(|_| Slot {
+                    key: AtomicU64::new(0),
+                    tat: AtomicU64::new(0),
+                })
+                .collect(),
+        };
+        let later = 5_000_000;
+        assert_eq!(u.import(&owed, later), owed.len());
+        let v = u.check(42, rate, later);
+        assert!(!v.allowed, "still limited after the handover");
+        assert!(u.check(43, rate, later).allowed);
     }
 }
 

@@ -98,8 +98,13 @@ fn serve(
     crate::metrics::config_active(&snapshot.version, None, unix_seconds(snapshot.loaded_at));
     tracing::info!(config = %source.describe(), version = %snapshot.version, "config loaded");
     if let Some(i) = inherited.as_ref() {
-        let n = crate::control::upgrade::restore_splits(&snapshot, &i.splits);
-        tracing::info!(splits = n, "upgrade: release state carried over");
+        let r = crate::control::upgrade::restore_state(&snapshot, &i.state);
+        tracing::info!(
+            splits = r.splits,
+            endpoints = r.endpoints,
+            rate_limited_keys = r.rates,
+            "upgrade: runtime state carried over"
+        );
     }
     let cell = Arc::new(SnapshotCell::new(snapshot));
     let control = Arc::new(Control::new(

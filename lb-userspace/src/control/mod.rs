@@ -138,9 +138,9 @@ impl Control {
             return Err("this process is draining; upgrade the one that serves".into());
         }
         tracing::info!(binary = %self.launch.exe.display(), "upgrade: starting the new binary");
-        let splits = upgrade::save_splits(&self.cell.load());
+        let state = upgrade::save_state(&self.cell.load());
         let sockets = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-        let result = upgrade::start_new(&self.launch, &sockets, splits);
+        let result = upgrade::start_new(&self.launch, &sockets, state);
         match &result {
             Ok(pid) => {
                 self.upgraded.store(true, Ordering::SeqCst);

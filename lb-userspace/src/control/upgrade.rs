@@ -49,10 +49,24 @@ pub struct SplitSaved {
     pub decision: (u64, String, String),
 }
 
+/// The runtime state operators and lb's own judgement set, which a new process takes over:
+/// release state, what health checks and outlier detection know of endpoints, and what
+/// rate-limited keys owe.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub splits: Vec<SplitSaved>,
+    #[serde(default)]
+    pub endpoints: Vec<crate::upstream::state::Carried>,
+    /// Rate-limit keys and the time each owes, in microseconds.
+    #[serde(default)]
+    pub rates: Vec<(u64, u64)>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Handover {
     sockets: Vec<SocketInfo>,
-    splits: Vec<SplitSaved>,
+    #[serde(flatten)]
+    state: State,
 }
 
 /// The old process's copies of its listening sockets, kept to hand over.
@@ -196,11 +210,7 @@ impl Launch {
 /// Starts the new binary, hands it `sockets` and `splits`, and waits until it is ready.
 /// `Ok`: its PID; the caller then drains. `Err`: why not; this process serves on as if
 /// nothing happened.
-pub fn start_new(
-    launch: &Launch,
-    sockets: &Sockets,
-    splits: Vec<SplitSaved>,
-) -> Result<u32, String> {
+pub fn start_new(launch: &Launch, sockets: &Sockets, state: State) -> Result<u32, String> {
     use std::os::unix::process::CommandExt;
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
     let fd = theirs.as_raw_fd();
@@ -239,7 +249,7 @@ pub fn start_new(
     };
     let header = Handover {
         sockets: sockets.list.iter().map(|(i, _)| i.clone()).collect(),
-        splits,
+        state,
     };
     let text = match serde_json::to_vec(&header) {
         Ok(t) => t,
@@ -284,7 +294,7 @@ pub fn start_new(
 pub struct Inherited {
     stream: UnixStream,
     sockets: Vec<(SocketInfo, Option<OwnedFd>)>,
-    pub splits: Vec<SplitSaved>,
+    pub state: State,
 }
 
 impl Inherited {
@@ -331,7 +341,7 @@ impl Inherited {
                 .into_iter()
                 .zip(fds.into_iter().map(Some))
                 .collect(),
-            splits: header.splits,
+            state: header.state,
         })
     }
 
@@ -383,8 +393,59 @@ impl Inherited {
     }
 }
 
+/// Everything [`State`] carries, as `snap` and this process have it now.
+pub fn save_state(snap: &crate::snapshot::Snapshot) -> State {
+    let now = crate::clock::now_ms();
+    let mut endpoints: Vec<crate::upstream::state::Carried> = Vec::new();
+    for e in snap.clusters.iter().flat_map(|c| &c.endpoints) {
+        if let Some(c) = e.state.carried(now) {
+            if !endpoints.iter().any(|x| x.addr == c.addr) {
+                endpoints.push(c);
+            }
+        }
+    }
+    State {
+        splits: save_splits(snap),
+        endpoints,
+        rates: crate::ratelimit::table().export(crate::ratelimit::now_us()),
+    }
+}
+
+/// What a new process took over: splits, endpoints and rate-limit keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub splits: usize,
+    pub endpoints: usize,
+    pub rates: usize,
+}
+
+/// Puts carried-over state into `snap` and this process.
+pub fn restore_state(snap: &crate::snapshot::Snapshot, state: &State) -> Restored {
+    let now = crate::clock::now_ms();
+    let mut endpoints = 0;
+    for c in &state.endpoints {
+        let Ok(addr) = c.addr.parse::<SocketAddr>() else {
+            continue;
+        };
+        let mut found = false;
+        for e in snap.clusters.iter().flat_map(|c| &c.endpoints) {
+            if e.addr == addr {
+                // Endpoints share state by address: restoring one restores them all.
+                e.state.restore(c, now);
+                found = true;
+            }
+        }
+        endpoints += usize::from(found);
+    }
+    Restored {
+        splits: restore_splits(snap, &state.splits),
+        endpoints,
+        rates: crate::ratelimit::table().import(&state.rates, crate::ratelimit::now_us()),
+    }
+}
+
 /// The release state of every split, to carry over.
-pub fn save_splits(snap: &crate::snapshot::Snapshot) -> Vec<SplitSaved> {
+fn save_splits(snap: &crate::snapshot::Snapshot) -> Vec<SplitSaved> {
     use std::sync::atomic::Ordering::Relaxed;
     snap.splits
         .iter()
@@ -408,7 +469,7 @@ pub fn save_splits(snap: &crate::snapshot::Snapshot) -> Vec<SplitSaved> {
 
 /// Puts carried-over state into the splits of `snap` that have the same name and config.
 /// A split whose config changed starts afresh, as a reload would.
-pub fn restore_splits(snap: &crate::snapshot::Snapshot, saved: &[SplitSaved]) -> usize {
+fn restore_splits(snap: &crate::snapshot::Snapshot, saved: &[SplitSaved]) -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     let mut restored = 0;
     for s in &snap.splits {

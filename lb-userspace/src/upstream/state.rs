@@ -368,12 +368,52 @@ impl EndpointState {
         true
     }
 
+    /// What outlier detection and health checks know of this endpoint, to carry over a binary
+    /// upgrade; `None` if it knows nothing a new process would not start with.
+    pub fn carried(&self, now: u64) -> Option<Carried> {
+        let c = Carried {
+            addr: self.addr.to_string(),
+            ejected_for_ms: self.ejected_for(now),
+            ejections: self.ejections.load(Ordering::Acquire),
+            healthy: self.healthy.load(Ordering::Acquire),
+            check_successes: self.check_successes.load(Ordering::Acquire),
+            check_failures: self.check_failures.load(Ordering::Acquire),
+        };
+        (c.ejected_for_ms > 0 || c.ejections > 0 || !c.healthy || c.check_failures > 0).then_some(c)
+    }
+
+    /// Takes what an old process knew of this endpoint, as of `now`.
+    pub fn restore(&self, c: &Carried, now: u64) {
+        if c.ejected_for_ms > 0 {
+            self.ejected_until
+                .store(now + c.ejected_for_ms, Ordering::Release);
+        }
+        self.ejections.store(c.ejections, Ordering::Release);
+        self.healthy.store(c.healthy, Ordering::Release);
+        self.check_successes
+            .store(c.check_successes, Ordering::Release);
+        self.check_failures
+            .store(c.check_failures, Ordering::Release);
+    }
+
     /// Milliseconds of ejection left at `now` (0 if not ejected).
     pub fn ejected_for(&self, now: u64) -> u64 {
         self.ejected_until
             .load(Ordering::Acquire)
             .saturating_sub(now)
     }
+}
+
+/// An endpoint's health and ejection, as a binary upgrade hands them over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Carried {
+    pub addr: String,
+    /// Ejection left (0: not ejected).
+    pub ejected_for_ms: u64,
+    pub ejections: u32,
+    pub healthy: bool,
+    pub check_successes: u32,
+    pub check_failures: u32,
 }
 
 /// State of one cluster shared by all workers, kept across reloads by name.
