@@ -8,7 +8,7 @@
 //!
 //! Usage: lb-bench --lb PATH --hello PATH --out DIR [--seconds N] [--rounds N]
 //!                 [--scenario NAME]... [--proxy NAME]... [--base-port P] [--idle N]
-//!                 [--no-profile] [--check-only]
+//!                 [--no-profile] [--check-only] [--upgrades N]
 //!
 //! Before any load, `samework` checks on the wire that every proxy forwards the same
 //! headers; `--check-only` runs just that check and prints what it saw.
@@ -20,6 +20,7 @@ mod profile;
 mod report;
 mod samework;
 mod scenarios;
+mod upgrades;
 
 use std::path::PathBuf;
 
@@ -39,6 +40,8 @@ pub struct Opts {
     /// Idle keep-alive connections for the memory scenario (10,000 by default). The proxies
     /// need up to two descriptors each (HAProxy reserves a server-side one per connection).
     pub idle: usize,
+    /// Binary upgrades per proxy in the upgrades scenario (10 by default).
+    pub upgrades: usize,
     /// Profile lb with `perf` during an extra small keep-alive run (when perf is installed).
     pub profile: bool,
     /// Only check that the proxies do the same work; measure nothing.
@@ -47,7 +50,7 @@ pub struct Opts {
     pub fd_limit: u64,
 }
 
-pub const ALL_SCENARIOS: [&str; 13] = [
+pub const ALL_SCENARIOS: [&str; 14] = [
     "small_keepalive",
     "response_16k",
     "upload_1m",
@@ -61,6 +64,7 @@ pub const ALL_SCENARIOS: [&str; 13] = [
     "h2_tls",
     "grpc_unary",
     "large_config",
+    "upgrades",
 ];
 pub const ALL_PROXIES: [&str; 3] = ["lb", "nginx", "haproxy"];
 
@@ -75,6 +79,7 @@ fn parse_args() -> Result<Opts> {
         proxies: Vec::new(),
         base_port: 18180,
         idle: 10_000,
+        upgrades: 10,
         profile: true,
         check_only: false,
         fd_limit: 0,
@@ -92,6 +97,7 @@ fn parse_args() -> Result<Opts> {
             "--proxy" => o.proxies.push(val()?),
             "--base-port" => o.base_port = val()?.parse()?,
             "--idle" => o.idle = val()?.parse()?,
+            "--upgrades" => o.upgrades = val()?.parse()?,
             "--no-profile" => o.profile = false,
             "--check-only" => o.check_only = true,
             _ => bail!("unknown argument {a}; see the top of benches/harness/src/main.rs"),

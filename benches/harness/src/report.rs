@@ -261,6 +261,7 @@ pub fn build(opts: &Opts, run: &Run) -> Value {
         "targets": targets,
         "same_work": run.same_work,
         "large_config": run.large_config,
+        "upgrades": run.upgrades,
     });
     if let Some(p) = &run.profile {
         report["profile"] = p.clone();
@@ -396,6 +397,10 @@ pub fn markdown(r: &Value) -> String {
     if let Some(l) = r.get("large_config").filter(|l| !l.is_null()) {
         s.push('\n');
         s.push_str(&crate::largeconfig::markdown(l));
+    }
+    if let Some(u) = r.get("upgrades").filter(|u| !u.is_null()) {
+        s.push('\n');
+        s.push_str(&crate::upgrades::markdown(u));
     }
     s
 }

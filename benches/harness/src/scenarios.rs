@@ -392,6 +392,8 @@ pub struct Run {
     pub same_work: serde_json::Value,
     /// The large-config scenario's figures, when it ran.
     pub large_config: Option<serde_json::Value>,
+    /// The upgrades scenario's figures, when it ran.
+    pub upgrades: Option<serde_json::Value>,
 }
 
 /// Writes the configs and checks on the wire that the proxies do the same work.
@@ -424,7 +426,11 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
 
     let mut results: Results = Vec::new();
     // Not a per-proxy sample: it runs its own proxies with configs of its own, after the rest.
-    for scenario in opts.scenarios.iter().filter(|s| *s != "large_config") {
+    for scenario in opts
+        .scenarios
+        .iter()
+        .filter(|s| *s != "large_config" && *s != "upgrades")
+    {
         let mut per_proxy: Vec<(String, Vec<Sample>)> = opts
             .proxies
             .iter()
@@ -480,6 +486,12 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
         None
     };
     drop(backend);
+    let upgrades = if opts.scenarios.iter().any(|s| s == "upgrades") {
+        eprintln!("bench: binary upgrades");
+        Some(crate::upgrades::run(opts)?)
+    } else {
+        None
+    };
     let large_config = if opts.scenarios.iter().any(|s| s == "large_config") {
         eprintln!("bench: large configs");
         Some(crate::largeconfig::run(opts)?)
@@ -491,6 +503,7 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
         profile,
         same_work,
         large_config,
+        upgrades,
     })
 }
 

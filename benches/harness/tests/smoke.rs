@@ -79,6 +79,35 @@ fn the_three_proxies_forward_the_same_headers() {
     }
 }
 
+/// The upgrades scenario runs each proxy's own binary upgrade under load and counts failed
+/// requests; lb's count is zero (as `tests/upgrade.rs` holds it to).
+#[test]
+fn upgrades_scenario_upgrades_each_proxy_under_load() {
+    if !tools_present(&["nginx", "haproxy"]) {
+        return;
+    }
+    let out = Scratch::new("upgrades");
+    // A block of its own, below the ephemeral range: the other tests here may run at once.
+    let base = 30_000 + (std::process::id() % 270) as u16 * 10;
+    let status = lb_bench(&out.0, base)
+        .args(["--scenario", "upgrades", "--upgrades", "2", "--no-profile"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.0.join("report.json")).unwrap()).unwrap();
+    let rows = report["upgrades"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{report}");
+    for r in rows {
+        assert!(r["figures"]["requests"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["figures"]["failed"].as_u64().is_some(), "{r}");
+    }
+    let lb = rows.iter().find(|r| r["proxy"] == "lb").unwrap();
+    assert_eq!(lb["figures"]["failed"], 0, "{lb}");
+    let md = std::fs::read_to_string(out.0.join("report.md")).unwrap();
+    assert!(md.contains("## Binary upgrades under load"), "{md}");
+}
+
 /// Whether the tools are installed; if not, says the test is skipped (or fails it where
 /// `LB_REQUIRE_TOOLS` says they must be there).
 fn tools_present(bins: &[&str]) -> bool {
