@@ -347,6 +347,93 @@ fn xdp_drops_a_denied_client_until_the_admin_allows_it() {
     assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
 }
 
+/// The XDP program an interface runs, by id (`None` without one).
+fn xdp_prog_id(iface: &str) -> Option<u64> {
+    let out = Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", iface])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v[0]["xdp"]["prog"]["id"].as_u64()
+}
+
+/// A binary upgrade keeps the kernel half: the new process swaps its XDP program into the
+/// old one's link (the interface is never without one), takes over the deny list as the
+/// admin API left it, and its maps are the ones in force.
+#[test]
+fn an_upgrade_takes_over_xdp_and_the_deny_list() {
+    if !privileged() {
+        return;
+    }
+    let _one = NETNS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ns) = Netns::create() else { return };
+    let backend = Backend::start(echo("b")).unwrap();
+    let listen = format!("{}:0", ns.host_ip);
+    let steering = format!(
+        "mode = \"xdp\"\npolicy = \"hash\"\ninterfaces = [\"{}\"]\nxdp_mode = \"generic\"\ndeny = [\"{}/32\"]",
+        ns.host_if, ns.ns_ip
+    );
+    let lb = Lb::start(&steering_config(backend.addr, &steering, &listen));
+    let url = format!("http://{}/", lb.addr);
+    assert_eq!(ns.curl(&url), None, "denied by the config");
+    let before = xdp_prog_id(&ns.host_if).expect("an XDP program on the interface");
+    // The admin API changes the deny list: the namespace is allowed, a documentation
+    // prefix denied.
+    let (status, body) = lb.admin_json(
+        "POST",
+        "/steering/allow",
+        &serde_json::json!({ "prefix": format!("{}/32", ns.ns_ip) }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = lb.admin_json(
+        "POST",
+        "/steering/deny",
+        &serde_json::json!({ "prefix": "192.0.2.0/24" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ns.curl(&url), Some(200));
+
+    let (status, v) = lb.admin("POST", "/upgrade");
+    assert_eq!(status, 200, "{v}\n{}", lb.log());
+    let pid = v["pid"].as_i64().expect("pid") as i32;
+    struct Owned(i32);
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            // SAFETY: kill with the PID of the lb this test's upgrade started.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+            }
+        }
+    }
+    let _owned = Owned(pid);
+    let old = lb.pid();
+    wait_until("the old process to exit", || {
+        std::fs::read_to_string(format!("/proc/{old}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    });
+
+    let after = xdp_prog_id(&ns.host_if).expect("still an XDP program on the interface");
+    assert_ne!(after, before, "the new process's program runs now");
+    let (_, st) = lb.admin("GET", "/steering");
+    assert_eq!(st["status"], "on", "{st}");
+    assert_eq!(
+        st["deny"],
+        serde_json::json!(["192.0.2.0/24"]),
+        "the deny list as the admin API left it: {st}"
+    );
+    assert_eq!(ns.curl(&url), Some(200), "still allowed");
+    // The new process's maps are the ones the interface's program reads.
+    let (status, body) = lb.admin_json(
+        "POST",
+        "/steering/deny",
+        &serde_json::json!({ "prefix": format!("{}/32", ns.ns_ip) }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ns.curl(&url), None, "denied through the new process's map");
+}
+
 /// Two tests each make a namespace named after the process: one at a time.
 static NETNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

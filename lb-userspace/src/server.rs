@@ -25,15 +25,40 @@ const WORKER_START_TIMEOUT: Duration = Duration::from_secs(10);
 fn start_steering(
     cfg: &crate::config::SteeringConfig,
     per_worker: &[Vec<std::net::TcpListener>],
+    mut inherited: Option<&mut crate::control::upgrade::Inherited>,
 ) -> Result<(XdpFilter, crate::steering::load::WorkerLoads), crate::steering::SteeringError> {
     let mut kernel = XdpFilter::load()?;
     kernel.set_deny(&cfg.deny)?;
+    // After an upgrade, the deny list as the old process had it (the admin API's changes
+    // last until a reload, not until an upgrade).
+    if let Some(i) = inherited.as_deref() {
+        if !i.state.deny.is_empty() {
+            let mut list = Vec::new();
+            for p in &i.state.deny {
+                if let Ok(entry) = crate::config::parse_prefix(p) {
+                    list.push(entry);
+                }
+            }
+            kernel.set_deny(&list)?;
+        }
+    }
     kernel.set_syn_limit(cfg.syn_rate, cfg.syn_burst)?;
+    // The old process's socket array lets go of the sockets, for this one's to take them.
+    if let Some(old) = inherited.as_deref().and_then(|i| i.socket_map.as_ref()) {
+        XdpFilter::release_sockets_of(std::os::fd::AsFd::as_fd(old));
+    }
     // XDP first: if an interface refuses it, nothing was attached to the sockets yet, and
-    // dropping `kernel` detaches what was attached to interfaces.
+    // dropping `kernel` detaches what was attached to interfaces. An interface the old
+    // process of an upgrade had: its link, with this program swapped in.
     if cfg.mode == SteeringMode::Xdp {
         for iface in &cfg.interfaces {
-            kernel.attach_xdp(iface, cfg.xdp_mode)?;
+            match inherited
+                .as_deref_mut()
+                .and_then(|i| i.take_xdp_link(iface))
+            {
+                Some(link) => kernel.take_over_xdp(iface, link)?,
+                None => kernel.attach_xdp(iface, cfg.xdp_mode)?,
+            }
         }
     }
     let sockets: Vec<Vec<&std::net::TcpListener>> =
@@ -175,8 +200,11 @@ fn serve(
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = worker_stats.clone();
     let mut loads = None;
+    // An upgrade of an lb with XDP attached takes it over or fails, leaving the old process
+    // serving with its program: an upgrade never quietly drops the kernel half.
+    let had_xdp = inherited.as_ref().is_some_and(|i| i.has_xdp_links());
     if config.steering.mode != SteeringMode::Off {
-        match start_steering(&config.steering, &per_worker) {
+        match start_steering(&config.steering, &per_worker, inherited.as_mut()) {
             Ok((kernel, l)) => {
                 tracing::info!(mode = ?config.steering.mode, policy = ?config.steering.policy, "eBPF steering on");
                 if config.steering.policy == crate::config::SteeringPolicy::LeastLoaded {
@@ -185,6 +213,7 @@ fn serve(
                 *control.steering.lock().unwrap_or_else(|p| p.into_inner()) =
                     SteeringState::On(kernel);
             }
+            Err(e) if had_xdp => bail!("taking over the old process's XDP programs: {e}"),
             Err(e) => {
                 tracing::warn!("eBPF steering unavailable, running on plain SO_REUSEPORT: {e}");
                 *control.steering.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -138,9 +138,40 @@ impl Control {
             return Err("this process is draining; upgrade the one that serves".into());
         }
         tracing::info!(binary = %self.launch.exe.display(), "upgrade: starting the new binary");
-        let state = upgrade::save_state(&self.cell.load());
+        let mut state = upgrade::save_state(&self.cell.load());
         let sockets = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-        let result = upgrade::start_new(&self.launch, &sockets, state);
+        // The kernel half goes too: the deny list as it is now, and the XDP links, which the
+        // new process swaps its program into. Held locked until the new process answers, so
+        // that nothing changes the deny list in between.
+        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+        let kernel = match &*steering {
+            SteeringState::On(kernel) => {
+                state.deny = kernel
+                    .deny_entries()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|(a, l)| format!("{a}/{l}"))
+                    .collect();
+                upgrade::Kernel {
+                    xdp_links: kernel.xdp_links(),
+                    socket_map: kernel.socket_map().ok(),
+                }
+            }
+            _ => upgrade::Kernel::default(),
+        };
+        let result = upgrade::start_new(&self.launch, &sockets, &kernel, state);
+        drop(kernel);
+        if let (Err(_), SteeringState::On(kernel)) = (&result, &mut *steering) {
+            // The new process may have swapped its program in and taken the sockets out of
+            // this one's array before it failed (it has exited by now).
+            if let Err(e) = kernel.reclaim_xdp() {
+                tracing::error!("putting this process's XDP program back failed: {e}");
+            }
+            if let Err(e) = kernel.refill_sockets(&sockets.steered()) {
+                tracing::error!("putting this process's sockets back in its steering map failed: {e}");
+            }
+        }
+        drop(steering);
         match &result {
             Ok(pid) => {
                 self.upgraded.store(true, Ordering::SeqCst);

@@ -60,19 +60,59 @@ pub struct State {
     /// Rate-limit keys and the time each owes, in microseconds.
     #[serde(default)]
     pub rates: Vec<(u64, u64)>,
+    /// The XDP deny list as it is, the admin API's additions and removals included.
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Handover {
     sockets: Vec<SocketInfo>,
+    /// The interfaces whose XDP links follow the sockets' descriptors, in this order.
+    #[serde(default)]
+    xdp_links: Vec<String>,
+    /// The SK_REUSEPORT socket array's descriptor comes last.
+    #[serde(default)]
+    socket_map: bool,
     #[serde(flatten)]
     state: State,
+}
+
+/// The kernel half an old process hands over: its XDP links by interface, and its
+/// SK_REUSEPORT socket array.
+#[derive(Default)]
+pub struct Kernel<'a> {
+    pub xdp_links: Vec<(String, std::os::fd::BorrowedFd<'a>)>,
+    pub socket_map: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// The old process's copies of its listening sockets, kept to hand over.
 #[derive(Debug, Default)]
 pub struct Sockets {
     pub list: Vec<(SocketInfo, OwnedFd)>,
+}
+
+impl Sockets {
+    /// The workers' sockets as the steering map keys them: `(listener index, worker, fd)`,
+    /// listeners in config order (the admin API's socket is not steered).
+    pub fn steered(&self) -> Vec<(u32, u32, std::os::fd::BorrowedFd<'_>)> {
+        let mut names: Vec<&str> = Vec::new();
+        let mut out = Vec::new();
+        for (info, fd) in &self.list {
+            if info.listener.is_empty() {
+                continue;
+            }
+            let l = match names.iter().position(|n| *n == info.listener) {
+                Some(l) => l,
+                None => {
+                    names.push(&info.listener);
+                    names.len() - 1
+                }
+            };
+            out.push((l as u32, info.worker as u32, std::os::fd::AsFd::as_fd(fd)));
+        }
+        out
+    }
 }
 
 /// The buffers of one message that carries descriptors: a byte of data, and room for a
@@ -210,7 +250,13 @@ impl Launch {
 /// Starts the new binary, hands it `sockets` and `splits`, and waits until it is ready.
 /// `Ok`: its PID; the caller then drains. `Err`: why not; this process serves on as if
 /// nothing happened.
-pub fn start_new(launch: &Launch, sockets: &Sockets, state: State) -> Result<u32, String> {
+pub fn start_new(
+    launch: &Launch,
+    sockets: &Sockets,
+    kernel: &Kernel<'_>,
+    state: State,
+) -> Result<u32, String> {
+    let xdp_links = &kernel.xdp_links;
     use std::os::unix::process::CommandExt;
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
     let fd = theirs.as_raw_fd();
@@ -249,13 +295,21 @@ pub fn start_new(launch: &Launch, sockets: &Sockets, state: State) -> Result<u32
     };
     let header = Handover {
         sockets: sockets.list.iter().map(|(i, _)| i.clone()).collect(),
+        xdp_links: xdp_links.iter().map(|(i, _)| i.clone()).collect(),
+        socket_map: kernel.socket_map.is_some(),
         state,
     };
     let text = match serde_json::to_vec(&header) {
         Ok(t) => t,
         Err(e) => return Err(fail(&mut child, format!("handover: {e}"))),
     };
-    let fds: Vec<RawFd> = sockets.list.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    let fds: Vec<RawFd> = sockets
+        .list
+        .iter()
+        .map(|(_, fd)| fd.as_raw_fd())
+        .chain(xdp_links.iter().map(|(_, fd)| fd.as_raw_fd()))
+        .chain(kernel.socket_map.map(|fd| fd.as_raw_fd()))
+        .collect();
     let sent = (&ours)
         .write_all(&(text.len() as u32).to_be_bytes())
         .and_then(|()| (&ours).write_all(&text))
@@ -294,6 +348,9 @@ pub fn start_new(launch: &Launch, sockets: &Sockets, state: State) -> Result<u32
 pub struct Inherited {
     stream: UnixStream,
     sockets: Vec<(SocketInfo, Option<OwnedFd>)>,
+    xdp_links: Vec<(String, Option<OwnedFd>)>,
+    /// The old process's SK_REUSEPORT socket array.
+    pub socket_map: Option<OwnedFd>,
     pub state: State,
 }
 
@@ -329,11 +386,14 @@ impl Inherited {
             .map_err(|e| format!("upgrade handover: {e}"))?;
         let header: Handover =
             serde_json::from_slice(&text).map_err(|e| format!("upgrade handover: {e}"))?;
-        let fds = recv_fds(&stream, header.sockets.len())
-            .map_err(|e| format!("upgrade handover: {e}"))?;
-        if fds.len() != header.sockets.len() {
+        let expected =
+            header.sockets.len() + header.xdp_links.len() + usize::from(header.socket_map);
+        let mut fds = recv_fds(&stream, expected).map_err(|e| format!("upgrade handover: {e}"))?;
+        if fds.len() != expected {
             return Err("upgrade handover: descriptors missing".into());
         }
+        let socket_map = if header.socket_map { fds.pop() } else { None };
+        let links = fds.split_off(header.sockets.len());
         Ok(Inherited {
             stream,
             sockets: header
@@ -341,6 +401,12 @@ impl Inherited {
                 .into_iter()
                 .zip(fds.into_iter().map(Some))
                 .collect(),
+            xdp_links: header
+                .xdp_links
+                .into_iter()
+                .zip(links.into_iter().map(Some))
+                .collect(),
+            socket_map,
             state: header.state,
         })
     }
@@ -360,6 +426,19 @@ impl Inherited {
                 && i.configured == configured.to_string()
         })?;
         fd.take().map(std::net::TcpListener::from)
+    }
+
+    /// Whether the old process had XDP attached: this one must take it over or fail.
+    pub fn has_xdp_links(&self) -> bool {
+        !self.xdp_links.is_empty()
+    }
+
+    /// The old process's XDP link on `iface`, if it had one.
+    pub fn take_xdp_link(&mut self, iface: &str) -> Option<OwnedFd> {
+        self.xdp_links
+            .iter_mut()
+            .find(|(i, fd)| i == iface && fd.is_some())
+            .and_then(|(_, fd)| fd.take())
     }
 
     /// The address a listener's worker-0 socket is bound to, to bind more workers' sockets
@@ -408,6 +487,7 @@ pub fn save_state(snap: &crate::snapshot::Snapshot) -> State {
         splits: save_splits(snap),
         endpoints,
         rates: crate::ratelimit::table().export(crate::ratelimit::now_us()),
+        deny: Vec::new(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! them, their maps (deny lists, SYN guard, worker sockets and loads, counters), and running
 //! the XDP program on test packets through `BPF_PROG_TEST_RUN`.
 
+pub mod link;
 pub mod load;
 pub mod testrun;
 
@@ -56,9 +57,11 @@ pub enum SteeringError {
     Map(&'static str, String),
 }
 
-/// The loaded XDP program and its maps.
+/// The loaded XDP program and its maps, and the interfaces it is attached to.
 pub struct XdpFilter {
     ebpf: Ebpf,
+    /// Each interface's XDP link: the program stays attached while it is open.
+    links: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
 impl XdpFilter {
@@ -75,7 +78,10 @@ impl XdpFilter {
             .map_err(|e: aya::programs::ProgramError| SteeringError::Load(e.to_string()))?;
         prog.load()
             .map_err(|e| SteeringError::Load(e.to_string()))?;
-        Ok(XdpFilter { ebpf })
+        Ok(XdpFilter {
+            ebpf,
+            links: Vec::new(),
+        })
     }
 
     /// The program's file descriptor, for test runs.
@@ -185,21 +191,70 @@ impl XdpFilter {
 
     /// Attaches the XDP program to `iface`.
     pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), SteeringError> {
-        use aya::programs::xdp::XdpMode as AyaMode;
-        let flags = match mode {
-            XdpMode::Auto => AyaMode::Default,
-            XdpMode::Native => AyaMode::Driver,
-            XdpMode::Generic => AyaMode::Skb,
-        };
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut("lb_xdp")
-            .ok_or_else(|| SteeringError::Load("no program lb_xdp".into()))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| SteeringError::Load(e.to_string()))?;
-        prog.attach(iface, flags)
-            .map(|_| ())
-            .map_err(|e| SteeringError::Load(format!("attaching XDP to {iface}: {e}")))
+        let fd = link::create(self.program_fd()?, iface, mode)?;
+        self.links.push((iface.to_string(), fd));
+        Ok(())
+    }
+
+    /// Takes over `iface`'s XDP link from an old process (a binary upgrade): this program
+    /// replaces the old one in one step, and the link is this process's from now on.
+    pub fn take_over_xdp(
+        &mut self,
+        iface: &str,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<(), SteeringError> {
+        link::update(fd.as_fd(), self.program_fd()?)?;
+        self.links.push((iface.to_string(), fd));
+        Ok(())
+    }
+
+    /// The SK_REUSEPORT socket array, to hand to a new process.
+    pub fn socket_map(&self) -> Result<std::os::fd::BorrowedFd<'_>, SteeringError> {
+        match self.ebpf.map("LB_SOCKETS") {
+            Some(aya::maps::Map::ReusePortSockArray(data)) => Ok(data.fd().as_fd()),
+            _ => Err(SteeringError::Map("LB_SOCKETS", "not a socket array".into())),
+        }
+    }
+
+    /// Takes every socket out of an old process's socket array (a binary upgrade): a socket
+    /// is in one array at a time, and this process puts them in its own. Until its program
+    /// replaces the old one, the kernel's own SO_REUSEPORT hashing picks for the keys taken.
+    pub fn release_sockets_of(old: std::os::fd::BorrowedFd<'_>) {
+        use lb_common::{MAX_LISTENERS, MAX_WORKERS};
+        link::delete_keys(old, 0..MAX_LISTENERS * MAX_WORKERS);
+    }
+
+    /// Puts `sockets` back in this process's socket array (`(listener, worker, socket)`),
+    /// after a new process that took them out failed to start.
+    pub fn refill_sockets(
+        &mut self,
+        sockets: &[(u32, u32, std::os::fd::BorrowedFd<'_>)],
+    ) -> Result<(), SteeringError> {
+        use aya::maps::ReusePortSockArray;
+        let mut arr: ReusePortSockArray<_> = ReusePortSockArray::try_from(self.map("LB_SOCKETS")?)
+            .map_err(|e| SteeringError::Map("LB_SOCKETS", e.to_string()))?;
+        for (l, w, sock) in sockets {
+            arr.set(l * lb_common::MAX_WORKERS + w, sock, 0)
+                .map_err(|e| SteeringError::Map("LB_SOCKETS", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Each interface and its XDP link, to hand to a new process.
+    pub fn xdp_links(&self) -> Vec<(String, std::os::fd::BorrowedFd<'_>)> {
+        self.links
+            .iter()
+            .map(|(i, fd)| (i.clone(), fd.as_fd()))
+            .collect()
+    }
+
+    /// Puts this process's program back on its links, after a new process that took them
+    /// over failed to start.
+    pub fn reclaim_xdp(&self) -> Result<(), SteeringError> {
+        for (_, fd) in &self.links {
+            link::update(fd.as_fd(), self.program_fd()?)?;
+        }
+        Ok(())
     }
 
     /// Replaces the deny list with `entries`.
