@@ -121,6 +121,10 @@ fn the_package_installs_checks_keeps_edited_config_and_purges_clean() {
         edited
     );
 
+    // Upgrading the package under a running lb (started by hand here: no systemd runs in
+    // this sandbox) hands its sockets to the new binary: no request fails.
+    upgrade_in_place(&deb);
+
     // Purged: no file left, nothing of it running.
     ok("dpkg", &["--purge", "lb"]);
     for f in [
@@ -136,4 +140,121 @@ fn the_package_installs_checks_keeps_edited_config_and_purges_clean() {
         .filter_map(|e| std::fs::read_link(e.path().join("exe")).ok())
         .any(|exe| exe.to_string_lossy().starts_with("/usr/bin/lb"));
     assert!(!running, "a process of the removed package still runs");
+}
+
+/// Runs lb from the package with a config of the test's, puts load on it, installs the
+/// package again (an upgrade: postinst runs `lb upgrade`), and checks that the old process
+/// handed over and exited, the new one serves, and no request failed. Stops the new process
+/// by its PID.
+fn upgrade_in_place(deb: &str) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let backend = common::Backend::start(common::echo("app")).expect("backend");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let (listen, admin) = (free(), free());
+    let config = format!(
+        "[server]\nworkers = 2\ndrain_timeout = \"10s\"\n[[listeners]]\naddr = \"{listen}\"\n\
+         [admin]\naddr = \"{admin}\"\n[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+         [[routes]]\ncluster = \"app\"\n",
+        backend.addr
+    );
+    std::fs::write("/etc/lb/lb.toml", &config).expect("config");
+    let dir = common::scratch_dir("package-upgrade");
+    let ready = dir.join("ready.json");
+    let mut old = Command::new("/usr/bin/lb")
+        .args(["run", "--config", "/etc/lb/lb.toml", "--ready-file"])
+        .arg(&ready)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("lb.log")).expect("log"))
+        .spawn()
+        .expect("start lb");
+    common::wait_until("the packaged lb to be ready", || ready.exists());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                    let mut c = common::Client::connect(listen);
+                    c.send(format!("GET / HTTP/1.1\r\nHost: {listen}\r\n\r\n").as_bytes());
+                    match c.try_response(false) {
+                        Ok(r) if r.status == 200 => {
+                            served.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => failures
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    common::wait_until("load before the upgrade", || {
+        served.load(Ordering::SeqCst) > 100
+    });
+    let out = ok("dpkg", &["-i", "--force-confold", deb]);
+    let old_pid = old.id();
+    // The old process drains and exits: reaped here, as this test started it. If the
+    // postinst did not upgrade it, it is stopped here and the test fails.
+    let mut exited = None;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while exited.is_none() {
+        exited = old.try_wait().expect("old lb");
+        if exited.is_none() && std::time::Instant::now() > until {
+            let _ = old.kill();
+            let _ = old.wait();
+            stop.store(true, Ordering::SeqCst);
+            panic!("the package's postinst did not upgrade the running lb:\n{out}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = exited.expect("exited");
+    assert!(
+        status.success(),
+        "the old lb exits cleanly after the upgrade: {status}\n{out}"
+    );
+    let after = served.load(Ordering::SeqCst);
+    common::wait_until("the new process to serve", || {
+        served.load(Ordering::SeqCst) > after + 100
+    });
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        let _ = t.join();
+    }
+    // The new process: its PID from the admin API, stopped by it.
+    let mut c = common::Client::connect(admin);
+    c.send(format!("GET /stats HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes());
+    let stats = c.response().json();
+    let new_pid = stats["pid"].as_i64().expect("pid") as i32;
+    assert_ne!(new_pid as u32, old_pid, "a new process serves: {out}");
+    // SAFETY: kill with the PID of the lb the upgrade started for this test.
+    unsafe {
+        libc::kill(new_pid, libc::SIGTERM);
+    }
+    common::wait_until("the new lb to stop", || {
+        !Path::new(&format!("/proc/{new_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{new_pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+    });
+    let failed = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the package upgrade: {:?}",
+        failed.len(),
+        served.load(Ordering::SeqCst) + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

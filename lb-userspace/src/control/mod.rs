@@ -168,7 +168,9 @@ impl Control {
                 tracing::error!("putting this process's XDP program back failed: {e}");
             }
             if let Err(e) = kernel.refill_sockets(&sockets.steered()) {
-                tracing::error!("putting this process's sockets back in its steering map failed: {e}");
+                tracing::error!(
+                    "putting this process's sockets back in its steering map failed: {e}"
+                );
             }
         }
         drop(steering);

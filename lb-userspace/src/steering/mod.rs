@@ -212,7 +212,10 @@ impl XdpFilter {
     pub fn socket_map(&self) -> Result<std::os::fd::BorrowedFd<'_>, SteeringError> {
         match self.ebpf.map("LB_SOCKETS") {
             Some(aya::maps::Map::ReusePortSockArray(data)) => Ok(data.fd().as_fd()),
-            _ => Err(SteeringError::Map("LB_SOCKETS", "not a socket array".into())),
+            _ => Err(SteeringError::Map(
+                "LB_SOCKETS",
+                "not a socket array".into(),
+            )),
         }
     }
 
