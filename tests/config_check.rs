@@ -34,6 +34,29 @@ fn good_config_passes() {
 
 #[test]
 fn each_bad_config_names_its_key_path() {
+    let v = |versions: &str| {
+        format!("[[listeners]]\naddr = \"127.0.0.1:1\"\n[[clusters]]\nname = \"a\"\nendpoints = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nversions = {versions}\n")
+    };
+    let version_cases = [
+        (v("{ from = \"cookie:v\", map = { \"1\" = \"a\" } }"), "routes[0].versions.from"),
+        (v("{ from = \"path:/api/v\", map = { \"1\" = \"a\" } }"), "routes[0].versions.from"),
+        (v("{ from = \"accept\", map = {} }"), "routes[0].versions.map"),
+        (v("{ from = \"accept\", map = { \"1\" = \"ghost\" } }"), "routes[0].versions.map.\"1\".cluster"),
+        (v("{ from = \"accept\", default = \"2\", map = { \"1\" = \"a\" } }"), "routes[0].versions.default"),
+        (v("{ from = \"accept\", map = { \"1\" = { cluster = \"a\", successor = \"9\" } } }"), "routes[0].versions.map.\"1\".successor"),
+        (v("{ from = \"accept\", map = { \"1\" = { cluster = \"a\", deprecated = \"2027-01-01T00:00:00Z\", sunset = \"2026-01-01T00:00:00Z\" } } }"), "routes[0].versions.map.\"1\".sunset"),
+        (v("{ from = \"accept\", map = { \"1\" = { cluster = \"a\", sunset = \"soon\" } } }"), "routes[0].versions.map.\"1\".sunset"),
+        (v("{ from = \"accept\", map = { \"v 1\" = \"a\" } }"), "routes[0].versions.map.\"v 1\""),
+        (format!("{}cluster = \"a\"\n", v("{ from = \"accept\", map = { \"1\" = \"a\" } }")), "routes[0]"),
+    ];
+    for (text, path) in &version_cases {
+        let (ok, out) = check(text);
+        assert!(!ok, "{text} should fail");
+        assert!(
+            out.contains(&format!("{path}:")),
+            "{text}: expected {path} in:\n{out}"
+        );
+    }
     let cases: &[(&str, &str)] = &[
         ("[[listeners]]\naddr = \"nope\"\n", "listeners[0].addr"),
         ("[server]\nworkers = \"many\"\n[[listeners]]\naddr = \"127.0.0.1:1\"\n", "server.workers"),

@@ -166,13 +166,23 @@ fn upgrade_in_place(deb: &str) {
     std::fs::write("/etc/lb/lb.toml", &config).expect("config");
     let dir = common::scratch_dir("package-upgrade");
     let ready = dir.join("ready.json");
-    let mut old = Command::new("/usr/bin/lb")
-        .args(["run", "--config", "/etc/lb/lb.toml", "--ready-file"])
-        .arg(&ready)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("lb.log")).expect("log"))
-        .spawn()
-        .expect("start lb");
+    /// The lb this test starts: stopped and reaped however the test ends.
+    struct Started(std::process::Child);
+    impl Drop for Started {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut old = Started(
+        Command::new("/usr/bin/lb")
+            .args(["run", "--config", "/etc/lb/lb.toml", "--ready-file"])
+            .arg(&ready)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("lb.log")).expect("log"))
+            .spawn()
+            .expect("start lb"),
+    );
     common::wait_until("the packaged lb to be ready", || ready.exists());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -203,16 +213,14 @@ fn upgrade_in_place(deb: &str) {
         served.load(Ordering::SeqCst) > 100
     });
     let out = ok("dpkg", &["-i", "--force-confold", deb]);
-    let old_pid = old.id();
+    let old_pid = old.0.id();
     // The old process drains and exits: reaped here, as this test started it. If the
     // postinst did not upgrade it, it is stopped here and the test fails.
     let mut exited = None;
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while exited.is_none() {
-        exited = old.try_wait().expect("old lb");
+        exited = old.0.try_wait().expect("old lb");
         if exited.is_none() && std::time::Instant::now() > until {
-            let _ = old.kill();
-            let _ = old.wait();
             stop.store(true, Ordering::SeqCst);
             panic!("the package's postinst did not upgrade the running lb:\n{out}");
         }

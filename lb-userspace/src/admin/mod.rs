@@ -145,6 +145,7 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
         ("GET", "/routes") => (200, routes(control)),
         ("GET", "/certificates") => (200, certificates(control)),
         ("GET", "/jwt") => (200, jwt_providers(control)),
+        ("GET", "/deprecations") => (200, deprecations(control)),
         ("POST", "/upgrade") => match control.upgrade() {
             Ok(pid) => (
                 200,
@@ -231,6 +232,40 @@ fn clusters(control: &Control) -> Value {
         })
         .collect();
     json!({ "version": snap.version, "clusters": list })
+}
+
+/// Every version of a versioned route that is deprecated, in its warning phase or past its
+/// sunset, with the consumers still calling it: requests and when last seen.
+fn deprecations(control: &Control) -> Value {
+    use crate::routing::version::{now, usage, Phase};
+    let snap = control.cell.load();
+    let unix = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut list = Vec::new();
+    for r in snap.routes.routes() {
+        let Some(v) = &r.versions else { continue };
+        for e in &v.entries {
+            let phase = e.life.phase(now());
+            let mut consumers = usage().of(&r.name, &e.name);
+            if phase == Phase::Active && consumers.is_empty() {
+                continue;
+            }
+            consumers.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then(a.0.cmp(&b.0)));
+            list.push(json!({
+                "route": r.name,
+                "version": e.name,
+                "phase": phase.name(),
+                "deprecated_unix": e.life.deprecated.map(unix),
+                "sunset_unix": e.life.sunset.map(unix),
+                "successor": e.life.successor,
+                "consumers": consumers.iter().map(|(name, seen)| json!({
+                    "consumer": name,
+                    "requests": seen.requests,
+                    "last_seen_unix": seen.last_unix,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    json!({ "versions": list })
 }
 
 /// Routes in declaration order, with what they match and do.

@@ -513,6 +513,8 @@ pub struct RawRoute {
     pub request_headers: Option<RawHeaderOps>,
     pub response_headers: Option<RawHeaderOps>,
     pub deprecation: Option<RawDeprecation>,
+    /// Versions of the route's API, each to its cluster (instead of `cluster`).
+    pub versions: Option<RawVersions>,
     pub timeouts: Option<RawTimeouts>,
     /// Consumer metadata that must match (`{ environment = "test" }`); implies a valid key.
     pub consumer: Option<std::collections::BTreeMap<String, String>>,
@@ -731,4 +733,41 @@ pub struct RawDeprecation {
     pub successor: Option<String>,
     /// Human documentation (`Link: <…>; rel="deprecation"`).
     pub link: Option<String>,
+}
+
+/// `versions = { from = "accept", map = { "1" = "users-v1", "2" = "users-v2" }, default = "2" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersions {
+    /// `path:/api/v{version}/`, `header:NAME`, `accept`, `accept:VENDOR` or `query:NAME`.
+    pub from: String,
+    pub map: std::collections::BTreeMap<String, RawVersion>,
+    /// The version of a request that names none; without it such a request gets 400.
+    pub default: Option<String>,
+    /// Tell the client the version that answered, in this response header.
+    pub echo_header: Option<String>,
+}
+
+/// A version: its cluster, or its cluster and lifecycle.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawVersion {
+    Cluster(String),
+    Full(RawVersionFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersionFull {
+    pub cluster: String,
+    /// RFC 3339 instant the version was deprecated.
+    pub deprecated: Option<String>,
+    /// RFC 3339 instant after which it answers 410 Gone.
+    pub sunset: Option<String>,
+    /// Days before the sunset that the warning phase starts (30 by default).
+    pub warning_days: Option<u32>,
+    /// The version to move to (one of the map's).
+    pub successor: Option<String>,
+    /// The deprecation policy or migration guide (a URL, `Link: <…>; rel="deprecation"`).
+    pub policy: Option<String>,
 }

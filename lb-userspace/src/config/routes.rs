@@ -139,15 +139,26 @@ pub(super) fn validate_route(
     let split = r.split.as_ref().and_then(|sp| {
         super::release::validate_split(&at("split"), &route_name, sp, clusters, errs)
     });
+    let versions = r
+        .versions
+        .as_ref()
+        .and_then(|v| versions(&at("versions"), v, clusters, errs));
     let actions = usize::from(r.cluster.is_some())
         + usize::from(r.redirect.is_some())
         + usize::from(r.respond.is_some())
-        + usize::from(r.split.is_some());
+        + usize::from(r.split.is_some())
+        + usize::from(r.versions.is_some());
     let action = if actions != 1 {
         errs.push(
             format!("routes[{i}]"),
-            "set exactly one of cluster, split, redirect or respond",
+            "set exactly one of cluster, split, versions, redirect or respond",
         );
+        None
+    } else if let Some(v) = &versions {
+        // Planning picks the version's cluster; this is the default's, for what reads the
+        // route's action alone.
+        Some(Action::Forward(v.entries[v.default.unwrap_or(0)].cluster))
+    } else if r.versions.is_some() {
         None
     } else if let Some(sp) = &split {
         Some(Action::Forward(sp.targets[sp.default_target].cluster))
@@ -431,6 +442,135 @@ pub(super) fn validate_route(
         split: split.map(std::sync::Arc::new),
         rate_limit,
         metrics,
+        versions: versions.map(std::sync::Arc::new),
+    })
+}
+
+/// A route's `versions`.
+fn versions(
+    key: &str,
+    v: &super::raw::RawVersions,
+    clusters: &[super::ClusterConfig],
+    errs: &mut Errors,
+) -> Option<crate::routing::version::Versions> {
+    use super::raw::RawVersion;
+    use crate::routing::version::{Lifecycle, VersionEntry, VersionSource, Versions};
+    let before = errs.0.len();
+    let source = VersionSource::parse(&v.from)
+        .map_err(|e| errs.push(format!("{key}.from"), e))
+        .ok();
+    if v.map.is_empty() {
+        errs.push(format!("{key}.map"), "list at least one version");
+    }
+    let instant = |what: String, t: &str, errs: &mut Errors| {
+        humantime::parse_rfc3339(t)
+            .map_err(|e| {
+                errs.push(
+                    what,
+                    format!("expected an RFC 3339 instant such as \"2027-01-31T00:00:00Z\", got {t:?} ({e})"),
+                )
+            })
+            .ok()
+    };
+    let mut entries = Vec::new();
+    for (name, target) in &v.map {
+        let at = format!("{key}.map.{name:?}");
+        if name.is_empty()
+            || name.len() > 32
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            errs.push(
+                at.clone(),
+                "a version is 1 to 32 letters, digits, '.', '_' or '-'",
+            );
+        }
+        let (cluster, life) = match target {
+            RawVersion::Cluster(c) => (c.as_str(), Lifecycle::default()),
+            RawVersion::Full(f) => {
+                let deprecated = f
+                    .deprecated
+                    .as_deref()
+                    .and_then(|t| instant(format!("{at}.deprecated"), t, errs));
+                let sunset = f
+                    .sunset
+                    .as_deref()
+                    .and_then(|t| instant(format!("{at}.sunset"), t, errs));
+                if let (Some(d), Some(s)) = (deprecated, sunset) {
+                    if s < d {
+                        errs.push(
+                            format!("{at}.sunset"),
+                            "the sunset comes before the deprecation",
+                        );
+                    }
+                }
+                if let Some(s) = &f.successor {
+                    if !v.map.contains_key(s) || s == name {
+                        errs.push(
+                            format!("{at}.successor"),
+                            format!("expected another version of this map, got {s:?}"),
+                        );
+                    }
+                }
+                if f.policy.as_deref().is_some_and(|p| {
+                    p.is_empty()
+                        || p.bytes()
+                            .any(|b| b <= b' ' || b == b'<' || b == b'>' || b == 0x7f)
+                }) {
+                    errs.push(
+                        format!("{at}.policy"),
+                        "expected a URI without spaces or angle brackets",
+                    );
+                }
+                let life = Lifecycle {
+                    deprecated,
+                    sunset,
+                    warning: std::time::Duration::from_secs(
+                        86_400 * u64::from(f.warning_days.unwrap_or(30)),
+                    ),
+                    successor: f.successor.clone(),
+                    policy: f.policy.clone(),
+                };
+                (f.cluster.as_str(), life)
+            }
+        };
+        match clusters.iter().position(|c| c.name == cluster) {
+            Some(c) => entries.push(VersionEntry::new(name.clone(), c, life)),
+            None => errs.push(
+                format!("{at}.cluster"),
+                format!("no cluster named {cluster:?}"),
+            ),
+        }
+    }
+    let names: Vec<String> = v.map.keys().cloned().collect();
+    let default = match &v.default {
+        None => None,
+        Some(d) => match names.iter().position(|n| n == d) {
+            Some(i) => Some(i),
+            None => {
+                errs.push(
+                    format!("{key}.default"),
+                    format!("{d:?} is not one of the versions {names:?}"),
+                );
+                None
+            }
+        },
+    };
+    if let Some(h) = &v.echo_header {
+        if h.is_empty() || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            errs.push(format!("{key}.echo_header"), "expected a header name");
+        }
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(Versions {
+        source: source?,
+        names,
+        entries,
+        default,
+        echo: v.echo_header.clone(),
     })
 }
 

@@ -85,3 +85,6 @@ pub const GEOIP_LOOKUPS: &str = "lb_geoip_lookups_total";
 pub const SECONDS_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Requests to each version of a versioned route, by lifecycle phase (`active`,
+/// `deprecated`, `warning`, `sunset`).
+pub const API_VERSION_REQUESTS: &str = "lb_api_version_requests_total";

@@ -1026,6 +1026,9 @@ fn parse_head(
     let route = &view.snap.routes.routes()[plan.route];
     let keep = plan.keep_alive && !ctx.w.draining();
     let p = head::write_response_head(out, &res, plan.minor, keep, http, route);
+    if let (Some(i), Some(v)) = (plan.version, &route.versions) {
+        version_headers(out, v, i as usize);
+    }
     if let Some((si, t)) = plan.variant {
         let split = &view.snap.splits[si].config;
         if let Some(ab) = &split.ab_test {
@@ -1109,6 +1112,37 @@ enum HeadStep {
     Upgrade(usize),
     Final(u16, usize, Framing, bool, head::ResponsePlan),
     NeedMore,
+}
+
+/// The chosen version's response headers: the lifecycle's (deprecation, sunset, links,
+/// warning), the echo header, and `Vary: Accept` where `Accept` chose it.
+fn version_headers(out: &mut Vec<u8>, v: &crate::routing::version::Versions, i: usize) {
+    use crate::routing::version::{now, VersionSource};
+    let Some(e) = v.entries.get(i) else {
+        return;
+    };
+    let successor = match (&v.source, &e.life.successor) {
+        (VersionSource::Path { before, after }, Some(s)) => Some(format!(
+            "{}{s}{}",
+            String::from_utf8_lossy(before),
+            String::from_utf8_lossy(after)
+        )),
+        _ => None,
+    };
+    let mut lines = e.life.headers(e.life.phase(now()), successor.as_deref());
+    if let Some(name) = &v.echo {
+        lines.push((name.clone(), e.name.clone()));
+    }
+    if matches!(v.source, VersionSource::Accept { .. }) {
+        lines.push(("Vary".into(), "Accept".into()));
+    }
+    if !lines.is_empty() {
+        let pairs: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        head::insert_headers(out, &pairs);
+    }
 }
 
 #[cfg(test)]

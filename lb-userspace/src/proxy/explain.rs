@@ -150,6 +150,12 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
             if let Some(h) = plan.key_hash {
                 let _ = writeln!(text, "hash key present: {h:016x}");
             }
+            let route = &snap.routes.routes()[plan.route];
+            if let (Some(i), Some(v)) = (plan.version, &route.versions) {
+                let e = &v.entries[i as usize];
+                let phase = e.life.phase(crate::routing::version::now());
+                let _ = writeln!(text, "API version: {} ({})", e.name, phase.name());
+            }
             let _ = writeln!(text, "\nsent upstream:\n{}", indent(&output));
             None
         }

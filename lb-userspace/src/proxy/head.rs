@@ -522,6 +522,7 @@ mod tests {
             split: None,
             rate_limit: None,
             metrics: None,
+            versions: None,
         }
     }
 

@@ -121,6 +121,8 @@ pub struct Plan {
     pub grpc_deadline: Option<std::time::Duration>,
     /// A gRPC call (`content-type: application/grpc...`).
     pub grpc: bool,
+    /// The API version chosen, by index into the route's versions.
+    pub version: Option<u16>,
 }
 
 /// What metrics and the access log learn about one request as it goes.

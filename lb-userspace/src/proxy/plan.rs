@@ -471,6 +471,9 @@ fn plan(
             ));
         }
     }
+    if let Some(v) = &r.route.versions {
+        return versioned(snap, h, r, v, out, rec);
+    }
     match &r.route.action {
         Action::Forward(cluster) => forward(snap, h, r, *cluster, out, rec),
         Action::Redirect { status, location } => {
@@ -600,7 +603,142 @@ fn forward(
         websocket,
         grpc_deadline,
         grpc,
+        version: None,
     }))
+}
+
+/// A versioned route: the version the request asks for, or a problem+json answer that lists
+/// the versions there are; then the version's lifecycle (410 past its sunset), and its
+/// cluster.
+fn versioned(
+    snap: &Snapshot,
+    h: &Head<'_, '_, '_>,
+    r: &Routed<'_, '_>,
+    v: &crate::routing::version::Versions,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+) -> Result<Decision, Reject> {
+    use crate::routing::version::{self, problem, Asked, Phase, VersionSource};
+    // Every field of the name, joined: a client may split Accept over several.
+    let header = |name: &str| {
+        let mut joined: Option<Vec<u8>> = None;
+        for x in h
+            .req
+            .headers
+            .iter()
+            .filter(|x| x.name.eq_ignore_ascii_case(name))
+        {
+            let j = joined.get_or_insert_with(Vec::new);
+            if !j.is_empty() {
+                j.extend_from_slice(b", ");
+            }
+            j.extend_from_slice(x.value);
+        }
+        joined
+    };
+    let accept = matches!(v.source, VersionSource::Accept { .. });
+    let refuse = |status: u16, title: &str, detail: String, out: &mut Vec<u8>| {
+        let body = problem(
+            status,
+            title,
+            &detail,
+            serde_json::json!({ "supported_versions": v.names, "default_version": v.default.map(|d| &v.names[d]) }),
+        );
+        Ok(local(
+            h,
+            r.route,
+            out,
+            status,
+            "application/problem+json",
+            None,
+            &body,
+        ))
+    };
+    let i = match v.source.asked(r.vars.path, header, r.vars.query, &v.names) {
+        Asked::Version(i) => i,
+        Asked::Nothing => match v.default {
+            Some(d) => d,
+            None => {
+                return refuse(
+                    400,
+                    "API version required",
+                    format!(
+                        "this API needs a version; supported: {}",
+                        v.names.join(", ")
+                    ),
+                    out,
+                )
+            }
+        },
+        Asked::Unsupported(asked) => {
+            let (status, title) = if accept {
+                (406, "Not Acceptable")
+            } else {
+                (400, "Unsupported API version")
+            };
+            return refuse(
+                status,
+                title,
+                format!(
+                    "version {asked:?} is not supported; supported: {}",
+                    v.names.join(", ")
+                ),
+                out,
+            );
+        }
+        Asked::Malformed => {
+            return refuse(
+                400,
+                "Malformed Accept header",
+                "the Accept header could not be parsed as media ranges".into(),
+                out,
+            )
+        }
+    };
+    let e = &v.entries[i];
+    let phase = e.life.phase(version::now());
+    if !crate::dryrun::active() {
+        e.count(&r.route.name, phase);
+        if phase != Phase::Active {
+            let consumer = match r.identity {
+                Identity::Known(c) => snap.consumers.list[c].name.clone(),
+                _ => r
+                    .claims
+                    .as_deref()
+                    .and_then(|c| crate::client::jwt::claim(&c.value, "sub"))
+                    .and_then(crate::client::jwt::claim_text)
+                    .map_or_else(|| "anonymous".to_string(), |t| t.to_string()),
+            };
+            version::usage().record(&r.route.name, &e.name, &consumer);
+        }
+    }
+    if phase == Phase::Sunset {
+        let body = problem(
+            410,
+            "API version retired",
+            &format!("version {} of this API has passed its sunset", e.name),
+            serde_json::json!({
+                "version": e.name,
+                "sunset": e.life.sunset.map(httpdate::fmt_http_date),
+                "successor_version": e.life.successor,
+                "migration_guide": e.life.policy,
+            }),
+        );
+        return Ok(local(
+            h,
+            r.route,
+            out,
+            410,
+            "application/problem+json",
+            None,
+            &body,
+        ));
+    }
+    let mut d = forward(snap, h, r, e.cluster, out, rec)?;
+    if let Decision::Forward(p) = &mut d {
+        p.version = Some(i as u16);
+    }
+    Ok(d)
 }
 
 /// The route's provider's `forward_claims`, as headers the backend can trust (the client's

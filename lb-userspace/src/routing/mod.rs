@@ -15,6 +15,7 @@
 pub mod actions;
 pub mod matchers;
 pub mod template;
+pub mod version;
 
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -68,6 +69,8 @@ pub struct Route {
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
     /// The series it asked for (`metrics = ...`); `None` takes `[metrics] routes`.
     pub metrics: Option<crate::metrics::RouteSeries>,
+    /// Versions of its API, each with a cluster and a lifecycle (instead of one cluster).
+    pub versions: Option<std::sync::Arc<version::Versions>>,
 }
 
 /// Per-route timeout overrides; `None` keeps the cluster's.

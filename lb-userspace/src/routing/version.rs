@@ -7,12 +7,17 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionSource {
     /// The text of the path around `{version}`: `/api/v` and `/` for `/api/v{version}/`.
-    Path { before: Vec<u8>, after: Vec<u8> },
+    Path {
+        before: Vec<u8>,
+        after: Vec<u8>,
+    },
     /// A header, lower-case.
     Header(String),
     /// `Accept`; with a vendor, only `application/vnd.VENDOR.vN...` media types count (and
     /// `version=` parameters on any type).
-    Accept { vendor: Option<String> },
+    Accept {
+        vendor: Option<String>,
+    },
     Query(Vec<u8>),
 }
 
@@ -97,7 +102,10 @@ impl VersionSource {
                 let end = if after.is_empty() {
                     rest.iter().position(|&b| b == b'/').unwrap_or(rest.len())
                 } else {
-                    match rest.windows(after.len()).position(|w| w == after.as_slice()) {
+                    match rest
+                        .windows(after.len())
+                        .position(|w| w == after.as_slice())
+                    {
                         Some(i) => i,
                         // `/api/v2` without the trailing part.
                         None if after.as_slice() == b"/" => rest.len(),
@@ -135,8 +143,14 @@ impl VersionSource {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -250,6 +264,219 @@ pub fn newer(a: &str, b: &str) -> bool {
     }
 }
 
+/// A route's versions: where the version comes from, each version's cluster and lifecycle,
+/// the default, and the header that tells the client which version answered.
+#[derive(Debug)]
+pub struct Versions {
+    pub source: VersionSource,
+    /// The supported versions' names, as `entries`.
+    pub names: Vec<String>,
+    pub entries: Vec<VersionEntry>,
+    pub default: Option<usize>,
+    /// Tell the client the version chosen in this response header.
+    pub echo: Option<String>,
+}
+
+/// One version of a route's API.
+#[derive(Debug)]
+pub struct VersionEntry {
+    pub name: String,
+    pub cluster: usize,
+    pub life: Lifecycle,
+    /// `lb_api_version_requests_total` by phase, made at first use.
+    counters: [std::sync::OnceLock<metrics::Counter>; 4],
+}
+
+impl VersionEntry {
+    pub fn new(name: String, cluster: usize, life: Lifecycle) -> VersionEntry {
+        VersionEntry {
+            name,
+            cluster,
+            life,
+            counters: Default::default(),
+        }
+    }
+
+    /// Counts one request to this version of `route`, in `phase`.
+    pub fn count(&self, route: &str, phase: Phase) {
+        self.counters[phase as usize]
+            .get_or_init(|| {
+                metrics::counter!(
+                    crate::metrics::names::API_VERSION_REQUESTS,
+                    "route" => route.to_string(),
+                    "version" => self.name.clone(),
+                    "phase" => phase.name(),
+                )
+            })
+            .increment(1);
+    }
+}
+
+/// Where a version is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Active = 0,
+    /// Past its deprecation date: `Deprecation`, `Sunset` and `Link` headers.
+    Deprecated = 1,
+    /// The last days before its sunset: a `Warning` header on top.
+    Warning = 2,
+    /// Past its sunset: `410 Gone`.
+    Sunset = 3,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Active => "active",
+            Phase::Deprecated => "deprecated",
+            Phase::Warning => "warning",
+            Phase::Sunset => "sunset",
+        }
+    }
+}
+
+/// A version's dates and where to send its clients.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    pub deprecated: Option<std::time::SystemTime>,
+    pub sunset: Option<std::time::SystemTime>,
+    /// How long before the sunset the warning phase starts (30 days by default).
+    pub warning: std::time::Duration,
+    /// The version to move to.
+    pub successor: Option<String>,
+    /// The deprecation policy or migration guide (a URL).
+    pub policy: Option<String>,
+}
+
+impl Lifecycle {
+    /// The phase at `now`: from the dates alone, so it moves on without a reload.
+    pub fn phase(&self, now: std::time::SystemTime) -> Phase {
+        match (self.deprecated, self.sunset) {
+            (_, Some(s)) if now >= s => Phase::Sunset,
+            (_, Some(s)) if now + self.warning >= s => Phase::Warning,
+            (Some(d), _) if now >= d => Phase::Deprecated,
+            _ => Phase::Active,
+        }
+    }
+
+    /// The response headers of `phase` (RFC 9745 `Deprecation`, RFC 8594 `Sunset`, `Link`
+    /// to the successor and the policy, and a `Warning` in the warning phase).
+    pub fn headers(&self, phase: Phase, successor_url: Option<&str>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if phase == Phase::Active {
+            return out;
+        }
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        if let Some(d) = self.deprecated.or(self.sunset) {
+            out.push(("Deprecation".into(), format!("@{}", unix(d))));
+        }
+        if let Some(s) = self.sunset {
+            out.push(("Sunset".into(), httpdate::fmt_http_date(s)));
+        }
+        if let Some(url) = successor_url {
+            out.push(("Link".into(), format!("<{url}>; rel=\"successor-version\"")));
+        }
+        if let Some(p) = &self.policy {
+            out.push(("Link".into(), format!("<{p}>; rel=\"deprecation\"")));
+        }
+        if phase == Phase::Warning {
+            let when = self.sunset.map(httpdate::fmt_http_date).unwrap_or_default();
+            out.push((
+                "Warning".into(),
+                format!("299 lb \"this API version is deprecated and goes away on {when}\""),
+            ));
+        }
+        out
+    }
+}
+
+/// The clock the lifecycle phases read. `LB_TEST_NOW` (Unix seconds), read once at start,
+/// fixes it for tests, so that a test moves a version through its phases without waiting.
+pub fn now() -> std::time::SystemTime {
+    static FIXED: std::sync::OnceLock<Option<std::time::SystemTime>> = std::sync::OnceLock::new();
+    FIXED
+        .get_or_init(|| {
+            std::env::var("LB_TEST_NOW")
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        })
+        .unwrap_or_else(std::time::SystemTime::now)
+}
+
+/// An RFC 9457 problem: `application/problem+json`.
+pub fn problem(status: u16, title: &str, detail: &str, extra: serde_json::Value) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    });
+    if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    let mut body = v.to_string().into_bytes();
+    body.push(b'\n');
+    body
+}
+
+/// Who still calls deprecated versions: per (route, version), per consumer, requests and the
+/// last time. At most [`MAX_CONSUMERS`] consumers per version; the rest count as `other`.
+#[derive(Default)]
+pub struct Usage {
+    table: std::sync::Mutex<
+        std::collections::BTreeMap<(String, String), std::collections::BTreeMap<String, Seen>>,
+    >,
+}
+
+/// Requests from one consumer to one version.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    pub requests: u64,
+    pub last_unix: u64,
+}
+
+/// Consumers tracked per version before the rest count as `other`.
+pub const MAX_CONSUMERS: usize = 1000;
+
+impl Usage {
+    /// Counts a request by `consumer` to `version` of `route`.
+    pub fn record(&self, route: &str, version: &str, consumer: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let per = t
+            .entry((route.to_string(), version.to_string()))
+            .or_default();
+        let key = if per.contains_key(consumer) || per.len() < MAX_CONSUMERS {
+            consumer
+        } else {
+            "other"
+        };
+        let seen = per.entry(key.to_string()).or_default();
+        seen.requests += 1;
+        seen.last_unix = now;
+    }
+
+    /// Every consumer of `version` of `route`.
+    pub fn of(&self, route: &str, version: &str) -> Vec<(String, Seen)> {
+        let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        t.get(&(route.to_string(), version.to_string()))
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The process's usage table.
+pub fn usage() -> &'static Usage {
+    static USAGE: std::sync::OnceLock<Usage> = std::sync::OnceLock::new();
+    USAGE.get_or_init(Usage::default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,7 +525,13 @@ mod tests {
             accept("application/vnd.example.v2+json;q=0"),
             Asked::Unsupported("none acceptable".into())
         );
-        for bad in ["application", "application/json;q=2", "text/html;q=0.1234", "/json", "a/b;x"] {
+        for bad in [
+            "application",
+            "application/json;q=2",
+            "text/html;q=0.1234",
+            "/json",
+            "a/b;x",
+        ] {
             assert_eq!(accept(bad), Asked::Malformed, "{bad}");
         }
     }
@@ -328,9 +561,53 @@ mod tests {
             q.asked(b"/", none, Some(b"api-version=7"), &s),
             Asked::Unsupported("7".into())
         );
-        for bad in ["path:/api/v", "path:api/{version}", "header:", "cookie:x", "query:a=b"] {
+        for bad in [
+            "path:/api/v",
+            "path:api/{version}",
+            "header:",
+            "cookie:x",
+            "query:a=b",
+        ] {
             assert!(VersionSource::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn phases_follow_the_dates() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let day = Duration::from_secs(86_400);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let life = Lifecycle {
+            deprecated: Some(t0),
+            sunset: Some(t0 + day * 90),
+            warning: day * 30,
+            successor: Some("2".into()),
+            policy: None,
+        };
+        assert_eq!(life.phase(t0 - day), Phase::Active);
+        assert_eq!(life.phase(t0), Phase::Deprecated);
+        assert_eq!(life.phase(t0 + day * 59), Phase::Deprecated);
+        assert_eq!(life.phase(t0 + day * 60), Phase::Warning);
+        assert_eq!(life.phase(t0 + day * 90), Phase::Sunset);
+        let h = life.headers(Phase::Warning, Some("/api/v2"));
+        let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Deprecation", "Sunset", "Link", "Warning"]);
+        assert!(life.headers(Phase::Active, None).is_empty());
+    }
+
+    #[test]
+    fn usage_is_bounded_per_version() {
+        let u = Usage::default();
+        for i in 0..MAX_CONSUMERS + 5 {
+            u.record("r", "1", &format!("c{i}"));
+        }
+        u.record("r", "1", "c0");
+        let seen = u.of("r", "1");
+        assert_eq!(seen.len(), MAX_CONSUMERS + 1);
+        let other = seen.iter().find(|(n, _)| n == "other").expect("other");
+        assert_eq!(other.1.requests, 5);
+        let c0 = seen.iter().find(|(n, _)| n == "c0").expect("c0");
+        assert_eq!(c0.1.requests, 2);
     }
 
     #[test]

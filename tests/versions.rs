@@ -1,0 +1,315 @@
+//! API versions: a route's version map chosen from the path, a header, `Accept` (with
+//! q-values) or the query; problem+json answers that list the versions; each version's
+//! lifecycle from active to sunset at its dates (the clock set with `LB_TEST_NOW`); usage per
+//! consumer on the admin API.
+
+mod common;
+
+use std::ffi::OsStr;
+
+use common::*;
+use serde_json::{json, Value};
+
+const ALICE: &str = "72ee9d4355ccb9d3a4c9dbf37382e38e75c1b1a225b5bd1f729ee91bbda30c20";
+const BOB: &str = "9b94dc1a51a38769f135edf04033ad7f2f487b6c25929be7a861cfc1ab10cf98";
+
+/// 2026-12-01T00:00:00Z, and days.
+const DEC1: u64 = 1_796_083_200;
+const DAY: u64 = 86_400;
+
+struct Apis {
+    _v1: Backend,
+    _v2: Backend,
+    _v3: Backend,
+    lb: Lb,
+}
+
+/// Three versions behind three routes, one per source: v1 deprecated on Dec 1 with its
+/// sunset on Mar 1 (so the warning phase starts on Jan 30), v2 current, v3 current.
+fn start(now: Option<u64>) -> Apis {
+    let v1 = Backend::start(echo("users-v1")).expect("backend");
+    let v2 = Backend::start(echo("users-v2")).expect("backend");
+    let v3 = Backend::start(echo("users-v3")).expect("backend");
+    let versions = |from: &str, default: &str| {
+        format!(
+            "versions = {{ from = \"{from}\", {default} echo_header = \"API-Version\", map = {{ \
+             \"1\" = {{ cluster = \"v1\", deprecated = \"2026-12-01T00:00:00Z\", sunset = \"2027-03-01T00:00:00Z\", successor = \"2\", policy = \"https://docs.example.com/migrate\" }}, \
+             \"2\" = \"v2\", \"10\" = \"v3\" }} }}"
+        )
+    };
+    let cfg = config(&format!(
+        "[[consumers]]\nname = \"alice\"\nkey_sha256 = \"{ALICE}\"\n\
+         [[consumers]]\nname = \"bob\"\nkey_sha256 = \"{BOB}\"\n\
+         [[clusters]]\nname = \"v1\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+         [[clusters]]\nname = \"v2\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+         [[clusters]]\nname = \"v3\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+         [[routes]]\nname = \"by-path\"\npath_prefix = \"/api\"\n{}\n\
+         [[routes]]\nname = \"by-header\"\npath_prefix = \"/h\"\n{}\n\
+         [[routes]]\nname = \"by-accept\"\npath_prefix = \"/a\"\n{}\n\
+         [[routes]]\nname = \"by-query\"\npath_prefix = \"/q\"\n{}\n",
+        v1.addr,
+        v2.addr,
+        v3.addr,
+        versions("path:/api/v{version}/", ""),
+        versions("header:X-API-Version", "default = \"2\","),
+        versions("accept:example", "default = \"2\","),
+        versions("query:api-version", ""),
+    ));
+    let now_text = now.map(|n| n.to_string()).unwrap_or_default();
+    let env: Vec<(&str, &OsStr)> = match now {
+        Some(_) => vec![("LB_TEST_NOW", OsStr::new(&now_text))],
+        None => vec![],
+    };
+    let lb = Lb::start_with_env(&cfg, &env);
+    Apis {
+        _v1: v1,
+        _v2: v2,
+        _v3: v3,
+        lb,
+    }
+}
+
+fn backend(r: &Response) -> String {
+    r.header("x-backend").unwrap_or("").to_string()
+}
+
+#[test]
+fn every_source_chooses_the_version() {
+    let a = start(Some(DEC1 - DAY));
+    let lb = &a.lb;
+    // The path.
+    let r = get(lb.addr, "/api/v2/users/7");
+    assert_eq!((r.status, backend(&r).as_str()), (200, "users-v2"));
+    assert_eq!(r.header("api-version"), Some("2"), "echoed");
+    assert_eq!(backend(&get(lb.addr, "/api/v10/users")), "users-v3");
+    // A header, with a default.
+    let r = get_with(lb.addr, "/h/users", &[("X-API-Version", "1")]);
+    assert_eq!(backend(&r), "users-v1");
+    assert_eq!(
+        backend(&get(lb.addr, "/h/users")),
+        "users-v2",
+        "the default"
+    );
+    // Accept: the highest q, then the newest; a version parameter; Vary.
+    let accept = |v: &str| get_with(lb.addr, "/a/users", &[("Accept", v)]);
+    let r = accept("application/vnd.example.v1+json, application/vnd.example.v10+json");
+    assert_eq!(backend(&r), "users-v3", "equal q: the newest");
+    assert_eq!(r.header("vary"), Some("Accept"));
+    assert_eq!(
+        backend(&accept(
+            "application/vnd.example.v10+json;q=0.2, application/vnd.example.v1+json;q=0.9"
+        )),
+        "users-v1",
+        "the higher q"
+    );
+    assert_eq!(backend(&accept("application/json; version=10")), "users-v3");
+    assert_eq!(
+        backend(&accept("application/json")),
+        "users-v2",
+        "no version: the default"
+    );
+    // The query.
+    assert_eq!(
+        backend(&get(lb.addr, "/q/users?x=1&api-version=1")),
+        "users-v1"
+    );
+}
+
+/// A problem+json answer that names the supported versions.
+fn problem(r: &Response, status: u16) -> Value {
+    assert_eq!(r.status, status, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let v = r.json();
+    assert_eq!(v["status"], status);
+    assert_eq!(
+        v["supported_versions"],
+        json!(["1", "10", "2"]),
+        "the versions there are: {v}"
+    );
+    v
+}
+
+#[test]
+fn unknown_missing_and_malformed_versions_get_problems() {
+    let a = start(Some(DEC1 - DAY));
+    let lb = &a.lb;
+    let v = problem(&get(lb.addr, "/api/v3/users"), 400);
+    assert!(
+        v["detail"].as_str().is_some_and(|d| d.contains("\"3\"")),
+        "{v}"
+    );
+    problem(&get_with(lb.addr, "/h/x", &[("X-API-Version", "9")]), 400);
+    problem(&get(lb.addr, "/q/users?api-version=beta"), 400);
+    // No version and no default.
+    let v = problem(&get(lb.addr, "/q/users"), 400);
+    assert_eq!(v["title"], "API version required");
+    // Accept: only unsupported versions is 406; a malformed header is 400.
+    problem(
+        &get_with(
+            lb.addr,
+            "/a/x",
+            &[("Accept", "application/vnd.example.v7+json")],
+        ),
+        406,
+    );
+    problem(
+        &get_with(
+            lb.addr,
+            "/a/x",
+            &[("Accept", "application/vnd.example.v2+json;q=0")],
+        ),
+        406,
+    );
+    let v = problem(
+        &get_with(lb.addr, "/a/x", &[("Accept", "application/json;q=7")]),
+        400,
+    );
+    assert_eq!(v["title"], "Malformed Accept header");
+}
+
+#[test]
+fn a_version_moves_through_its_phases_at_its_dates() {
+    // Before its deprecation: no lifecycle header.
+    let a = start(Some(DEC1 - DAY));
+    let r = get(a.lb.addr, "/api/v1/users");
+    assert_eq!(backend(&r), "users-v1");
+    assert_eq!(r.header("deprecation"), None);
+    drop(a);
+
+    // Deprecated.
+    let a = start(Some(DEC1 + DAY));
+    let r = get(a.lb.addr, "/api/v1/users");
+    assert_eq!(backend(&r), "users-v1");
+    assert_eq!(r.header("deprecation"), Some(format!("@{DEC1}").as_str()));
+    assert_eq!(r.header("sunset"), Some("Mon, 01 Mar 2027 00:00:00 GMT"));
+    let links: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("link"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        links.contains(&"</api/v2/>; rel=\"successor-version\"")
+            && links.contains(&"<https://docs.example.com/migrate>; rel=\"deprecation\""),
+        "{links:?}"
+    );
+    assert_eq!(r.header("warning"), None);
+    assert_eq!(get(a.lb.addr, "/api/v2/users").header("deprecation"), None);
+    drop(a);
+
+    // The last 30 days: a warning as well.
+    let a = start(Some(DEC1 + 70 * DAY));
+    let r = get(a.lb.addr, "/api/v1/users");
+    assert_eq!(backend(&r), "users-v1");
+    assert!(
+        r.header("warning")
+            .is_some_and(|w| w.starts_with("299 lb ") && w.contains("01 Mar 2027")),
+        "{:?}",
+        r.header("warning")
+    );
+    drop(a);
+
+    // Past its sunset: 410 with where to go.
+    let a = start(Some(DEC1 + 91 * DAY));
+    let r = get(a.lb.addr, "/api/v1/users");
+    assert_eq!(r.status, 410);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let v = r.json();
+    assert_eq!(v["successor_version"], "2", "{v}");
+    assert_eq!(v["migration_guide"], "https://docs.example.com/migrate");
+    assert_eq!(backend(&get(a.lb.addr, "/api/v2/users")), "users-v2");
+    let m = a.lb.scrape();
+    assert_eq!(
+        metric(
+            &m,
+            "lb_api_version_requests_total",
+            &[("route", "by-path"), ("version", "1"), ("phase", "sunset")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "lb_api_version_requests_total",
+            &[("route", "by-path"), ("version", "2"), ("phase", "active")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn deprecated_versions_list_who_still_calls_them() {
+    let a = start(Some(DEC1 + DAY));
+    let lb = &a.lb;
+    for _ in 0..3 {
+        get_with(lb.addr, "/api/v1/users", &[("X-API-Key", "alice-key")]);
+    }
+    get_with(
+        lb.addr,
+        "/h/users",
+        &[("X-API-Key", "bob-key"), ("X-API-Version", "1")],
+    );
+    get(lb.addr, "/api/v1/users");
+    // The current version is not tracked.
+    get_with(lb.addr, "/api/v2/users", &[("X-API-Key", "alice-key")]);
+    let (status, v) = lb.admin("GET", "/deprecations");
+    assert_eq!(status, 200, "{v}");
+    let entry = |route: &str| {
+        v["versions"]
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|e| e["route"] == route && e["version"] == "1")
+            })
+            .cloned()
+            .unwrap_or_default()
+    };
+    let by_path = entry("by-path");
+    assert_eq!(by_path["phase"], "deprecated", "{v}");
+    assert_eq!(by_path["sunset_unix"], DEC1 + 90 * DAY);
+    let consumers = by_path["consumers"].as_array().expect("consumers");
+    assert_eq!(
+        consumers[0]["consumer"], "alice",
+        "most requests first: {by_path}"
+    );
+    assert_eq!(consumers[0]["requests"], 3);
+    assert!(consumers[0]["last_seen_unix"]
+        .as_u64()
+        .is_some_and(|t| t > 0));
+    assert_eq!(consumers[1]["consumer"], "anonymous");
+    assert_eq!(entry("by-header")["consumers"][0]["consumer"], "bob");
+    assert!(
+        !v["versions"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|e| e["version"] == "2"),
+        "active versions nobody tracks are not listed: {v}"
+    );
+}
+
+#[test]
+fn explain_names_the_version() {
+    let a = start(Some(DEC1 + DAY));
+    let (status, x) = a.lb.admin_json(
+        "POST",
+        "/explain",
+        &json!({ "url": "http://x.example/a/users", "headers": ["Accept: application/vnd.example.v1+json"] }),
+    );
+    assert_eq!(status, 200, "{x}");
+    assert_eq!(x["cluster"], "v1", "{x}");
+    assert!(
+        x["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("API version: 1 (deprecated)")),
+        "{x}"
+    );
+    // The explanation is not a caller: nothing is counted.
+    let (_, v) = a.lb.admin("GET", "/deprecations");
+    assert!(
+        v["versions"].as_array().is_some_and(|l| l
+            .iter()
+            .all(|e| e["consumers"].as_array().is_some_and(|c| c.is_empty()))),
+        "{v}"
+    );
+}
