@@ -291,6 +291,22 @@ fn the_console_shows_the_demo_and_acts_on_its_canary() {
     });
     b.screenshot(&shots.join("certificates.png"));
 
+    // API versions: the demo's users API v1, deprecated, with the consumer that called it.
+    let r = get_with(
+        demo.addr,
+        "/api/users/7",
+        &[("Accept", "application/vnd.demo.v1+json")],
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("warning").is_some(), "v1 is in its warning phase");
+    b.goto(&format!("{ui}#versions"));
+    b.wait_text(
+        "[data-version='users/1']",
+        "the users API's v1 and its caller",
+        |t| t.contains("warning") && t.contains("anonymous: 1"),
+    );
+    b.screenshot(&shots.join("versions.png"));
+
     // Releases: each button asks first, then calls the admin API.
     b.goto(&format!("{ui}#releases"));
     b.wait_text("#split-checkout", "the checkout split", |t| {

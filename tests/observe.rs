@@ -370,8 +370,11 @@ fn dashboard_and_alerts_use_only_metrics_that_exist() {
         dir.join("c.pem").display(),
         dir.join("c.key").display()
     );
-    let (lb, _orders) = setup(&tls);
-    for p in ["/orders/1", "/orders/fail", "/nowhere"] {
+    // A versioned route with a deprecated version, for the API-version series.
+    let versions = "\n[[routes]]\nname = \"versioned\"\npath_prefix = \"/versioned/\"\n\
+        versions = { from = \"path:/versioned/v{version}/\", map = { \"1\" = { cluster = \"orders\", deprecated = \"2020-01-01T00:00:00Z\" } } }\n";
+    let (lb, _orders) = setup(&format!("{tls}{versions}"));
+    for p in ["/orders/1", "/orders/fail", "/nowhere", "/versioned/v1/x"] {
         get(lb.addr, p);
     }
     // One TLS handshake (the certificate is self-signed: the client does not verify it; the

@@ -342,6 +342,15 @@ fn routes(control: &Control) -> Value {
         .iter()
         .map(|r| {
             let action = match &r.action {
+                _ if r.versions.is_some() => {
+                    let v = r.versions.as_deref().map(|v| {
+                        v.entries
+                            .iter()
+                            .map(|e| (e.name.clone(), json!(snap.clusters[e.cluster].name)))
+                            .collect::<serde_json::Map<String, Value>>()
+                    });
+                    json!({ "versions": v })
+                }
                 crate::routing::actions::Action::Forward(c) => {
                     json!({ "cluster": snap.clusters[*c].name })
                 }

@@ -185,7 +185,11 @@ fn print_banner(config: &Config, ca: &Path) {
     );
     println!("try:");
     println!("  curl -s {base}/api/orders/42          # alternates between orders-1 and orders-2");
-    println!("  curl -s {base}/api/users/7            # served by users-1");
+    println!("  curl -s {base}/api/users/7            # API version 2 (the default): users-v2-1");
+    println!("  curl -si -H 'Accept: application/vnd.demo.v1+json' {base}/api/users/7   # v1: deprecated, a Warning before its sunset");
+    println!(
+        "  curl -si {base}/users/v9/7            # 400 problem+json: the versions are 1 and 2"
+    );
     println!("  curl -s -X POST --data 'hello' {base}/api/orders");
     let port = DEMO_HTTPS.rsplit(':').next().unwrap_or("8443");
     println!(
@@ -207,6 +211,10 @@ fn print_banner(config: &Config, ca: &Path) {
     if let Some(a) = &config.admin {
         println!("  curl -s http://{}/splits                # ...and gets rolled back: canary weight 0, with the reason", a.addr);
         println!("  curl -s http://{}/config", a.addr);
+        println!(
+            "  curl -s http://{}/deprecations          # who still calls v1 of the users API",
+            a.addr
+        );
         println!("  curl -s http://{}/metrics | grep lb_canary", a.addr);
         println!(
             "console: open http://{}/ui in a browser (Releases shows the canary's rollback)",

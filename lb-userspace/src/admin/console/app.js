@@ -326,7 +326,8 @@ pages.routes = {
       const rate = state.routeRates[r.name] || { rps: 0, eps: 0 };
       const t = totals[r.name] || [0, 0];
       const a = r.action;
-      const action = a.cluster !== undefined ? "→ " + a.cluster : a.redirect !== undefined ? "redirect " + a.redirect : "respond " + a.respond;
+      const action = a.versions ? "versions: " + Object.entries(a.versions).map(([v, c]) => `${v} → ${c}`).join(", ")
+        : a.cluster !== undefined ? "→ " + a.cluster : a.redirect !== undefined ? "redirect " + a.redirect : "respond " + a.respond;
       const match = el("ul", { class: "matchers" }, (r.matchers || []).map((m) => el("li", {}, m)));
       return { attrs: { "data-route": r.name }, cells: [r.name, match, action,
         r.deprecated ? badge("deprecated", "warn") : "", fmtRate(rate.rps), fmtRate(rate.eps), t[0], t[1]] };
@@ -507,6 +508,29 @@ pages.certificates = {
             badge(`${days} days`, days < 14 ? "bad" : days < 30 ? "warn" : "ok")), x.key_type, x.source, (x.sha256 || "").slice(0, 16) + "…"] };
         }), { id: "cert-table" })
         : el("p", { class: "muted" }, "No listener serves TLS.")));
+  },
+};
+
+pages.versions = {
+  build(root) { root.append(el("div", { id: "versions" })); },
+  async refresh(check) {
+    const d = await api("GET", "/deprecations");
+    check();
+    const now = Date.now() / 1000;
+    const kind = { active: "ok", deprecated: "warn", warning: "bad", sunset: "bad" };
+    document.getElementById("versions").replaceChildren(el("div", { class: "card" },
+      el("h2", {}, "Deprecated API versions and who still calls them"),
+      d.versions.length ? table(["route", "version", "phase", "deprecated", "sunset", "successor", "consumers (requests, last seen)"],
+        d.versions.map((v) => ({ attrs: { "data-version": `${v.route}/${v.version}` }, cells: [
+          v.route, v.version, badge(v.phase, kind[v.phase] || ""),
+          fmtTime(v.deprecated_unix),
+          v.sunset_unix ? el("span", {}, fmtTime(v.sunset_unix), " ", badge(`${Math.floor((v.sunset_unix - now) / 86400)} days`, "")) : "–",
+          v.successor || "–",
+          v.consumers.length ? el("ul", { class: "matchers" }, v.consumers.slice(0, 10).map((c) =>
+            el("li", { "data-consumer": c.consumer }, `${c.consumer}: ${c.requests} (${fmtTime(c.last_seen_unix)})`)))
+            : el("span", { class: "muted" }, "nobody yet"),
+        ] })), { id: "versions-table" })
+        : el("p", { class: "muted" }, "No route has a deprecated version.")));
   },
 };
 
