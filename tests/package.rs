@@ -194,10 +194,10 @@ fn upgrade_in_place(deb: &str) {
             std::thread::spawn(move || {
                 let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
                 while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < until {
-                    let mut c = common::Client::connect(listen);
-                    c.send(format!("GET / HTTP/1.1\r\nHost: {listen}\r\n\r\n").as_bytes());
-                    match c.try_response(false) {
-                        Ok(r) if r.status == 200 => {
+                    // A refused or reset connection counts as failed, as a wrong answer does.
+                    let result = one_get(listen);
+                    match result {
+                        Ok(200) => {
                             served.fetch_add(1, Ordering::SeqCst);
                         }
                         other => failures
@@ -232,12 +232,36 @@ fn upgrade_in_place(deb: &str) {
         "the old lb exits cleanly after the upgrade: {status}\n{out}"
     );
     let after = served.load(Ordering::SeqCst);
+    // From here the new lb (not this test's child) is stopped however the test ends.
+    struct NewLb(std::net::SocketAddr);
+    impl Drop for NewLb {
+        fn drop(&mut self) {
+            if let Ok(mut c) = std::net::TcpStream::connect(self.0) {
+                use std::io::{Read, Write};
+                let _ = write!(
+                    c,
+                    "GET /stats HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                    self.0
+                );
+                let mut text = String::new();
+                let _ = c.read_to_string(&mut text);
+                let pid = text
+                    .split_once("\"pid\":")
+                    .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|p| p.parse::<i32>().ok());
+                if let Some(pid) = pid {
+                    stop_pid(pid);
+                }
+            }
+        }
+    }
+    let _new = NewLb(admin);
     common::wait_until("the new process to serve", || {
         served.load(Ordering::SeqCst) > after + 100
     });
     stop.store(true, Ordering::SeqCst);
     for t in load {
-        let _ = t.join();
+        assert!(t.join().is_ok(), "a load thread failed");
     }
     // The new process: its PID from the admin API, stopped by it.
     let mut c = common::Client::connect(admin);
@@ -245,17 +269,7 @@ fn upgrade_in_place(deb: &str) {
     let stats = c.response().json();
     let new_pid = stats["pid"].as_i64().expect("pid") as i32;
     assert_ne!(new_pid as u32, old_pid, "a new process serves: {out}");
-    // SAFETY: kill with the PID of the lb the upgrade started for this test.
-    unsafe {
-        libc::kill(new_pid, libc::SIGTERM);
-    }
-    common::wait_until("the new lb to stop", || {
-        !Path::new(&format!("/proc/{new_pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{new_pid}/stat")).is_ok_and(|s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-    });
+    stop_pid(new_pid);
     let failed = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert!(
         failed.is_empty(),
@@ -265,4 +279,37 @@ fn upgrade_in_place(deb: &str) {
         &failed[..failed.len().min(5)]
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One GET on a new connection: the status, or why there was none.
+fn one_get(addr: std::net::SocketAddr) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let mut text = Vec::new();
+    s.read_to_end(&mut text).map_err(|e| format!("read: {e}"))?;
+    let head = String::from_utf8_lossy(&text);
+    head.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {:?}", &head[..head.len().min(80)]))
+}
+
+/// Stops the lb with this PID (one the test's upgrade started) and waits until it is gone.
+fn stop_pid(pid: i32) {
+    // SAFETY: kill with the PID of an lb this test's package upgrade started.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    common::wait_until("the new lb to stop", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    });
 }

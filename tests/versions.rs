@@ -86,6 +86,11 @@ fn every_source_chooses_the_version() {
     let r = get_with(lb.addr, "/h/users", &[("X-API-Version", "1")]);
     assert_eq!(backend(&r), "users-v1");
     assert_eq!(
+        r.header("vary"),
+        Some("x-api-version"),
+        "caches key on the header"
+    );
+    assert_eq!(
         backend(&get(lb.addr, "/h/users")),
         "users-v2",
         "the default"
@@ -107,6 +112,13 @@ fn every_source_chooses_the_version() {
         backend(&accept("application/json")),
         "users-v2",
         "no version: the default"
+    );
+    // Java's default Accept (a range that does not parse, and wildcards): the default.
+    assert_eq!(
+        backend(&accept(
+            "text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2"
+        )),
+        "users-v2"
     );
     // The query.
     assert_eq!(
@@ -144,13 +156,16 @@ fn unknown_missing_and_malformed_versions_get_problems() {
     let v = problem(&get(lb.addr, "/q/users"), 400);
     assert_eq!(v["title"], "API version required");
     // Accept: only unsupported versions is 406; a malformed header is 400.
-    problem(
-        &get_with(
-            lb.addr,
-            "/a/x",
-            &[("Accept", "application/vnd.example.v7+json")],
-        ),
-        406,
+    let r = get_with(
+        lb.addr,
+        "/a/x",
+        &[("Accept", "application/vnd.example.v7+json")],
+    );
+    problem(&r, 406);
+    assert_eq!(
+        r.header("vary"),
+        Some("Accept"),
+        "a cache keeps it per Accept"
     );
     problem(
         &get_with(

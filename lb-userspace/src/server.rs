@@ -32,9 +32,9 @@ fn start_steering(
     // After an upgrade, the deny list as the old process had it (the admin API's changes
     // last until a reload, not until an upgrade).
     if let Some(i) = inherited.as_deref() {
-        if !i.state.deny.is_empty() {
+        if let Some(deny) = &i.state.deny {
             let mut list = Vec::new();
-            for p in &i.state.deny {
+            for p in deny {
                 if let Ok(entry) = crate::config::parse_prefix(p) {
                     list.push(entry);
                 }
@@ -44,8 +44,11 @@ fn start_steering(
     }
     kernel.set_syn_limit(cfg.syn_rate, cfg.syn_burst)?;
     // The old process's socket array lets go of the sockets, for this one's to take them.
-    if let Some(old) = inherited.as_deref().and_then(|i| i.socket_map.as_ref()) {
-        XdpFilter::release_sockets_of(std::os::fd::AsFd::as_fd(old));
+    if let Some(i) = inherited.as_deref_mut() {
+        if let Some(old) = i.socket_map.as_ref() {
+            XdpFilter::release_sockets_of(std::os::fd::AsFd::as_fd(old));
+            i.took_kernel = true;
+        }
     }
     // XDP first: if an interface refuses it, nothing was attached to the sockets yet, and
     // dropping `kernel` detaches what was attached to interfaces. An interface the old

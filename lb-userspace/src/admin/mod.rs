@@ -746,6 +746,12 @@ fn steering_edit(control: &Control, body: &[u8], deny: bool) -> (u16, Value) {
         Ok(p) => p,
         Err(e) => return bad(e),
     };
+    if control.upgrading() {
+        return (
+            409,
+            json!({ "error": "upgrade_in_progress", "reason": "the deny list is being handed to a new process; try again once the upgrade is done" }),
+        );
+    }
     let mut state = control.steering.lock().unwrap_or_else(|p| p.into_inner());
     let SteeringState::On(kernel) = &mut *state else {
         return (

@@ -113,7 +113,11 @@ pub fn merge(text: &str, file: &Path) -> Result<Option<Merged>, ConfigErrors> {
             )]))
         }
     };
-    let base = file.parent().unwrap_or(Path::new("."));
+    // `lb check --config lb.toml`: the parent of a bare name is "", which means ".".
+    let base = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let mut files = Vec::new();
     for (i, p) in patterns.iter().enumerate() {
         match expand(base, p) {
@@ -127,6 +131,9 @@ pub fn merge(text: &str, file: &Path) -> Result<Option<Merged>, ConfigErrors> {
             Err(message) => return Err(wrap(vec![error(None, &format!("include[{i}]"), message)])),
         }
     }
+    // A pattern that matches the main file itself (`*.toml` beside it) does not include it.
+    let main = std::fs::canonicalize(file).ok();
+    files.retain(|f| std::fs::canonicalize(f).ok() != main || main.is_none());
     let mut origins = Origins::default();
     for (s, section) in SECTIONS.iter().enumerate() {
         origins.main[s] = match table.get(*section) {
@@ -281,6 +288,7 @@ fn expand(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
         .map(|e| e.path())
         .collect();
     out.sort();
+    out.dedup();
     Ok(out)
 }
 
@@ -319,7 +327,10 @@ pub fn included_files(path: &Path) -> Vec<PathBuf> {
     let Ok(table) = text.parse::<toml::Table>() else {
         return Vec::new();
     };
-    let base = path.parent().unwrap_or(Path::new("."));
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     table
         .get("include")
         .and_then(toml::Value::as_array)

@@ -127,6 +127,11 @@ impl Control {
         }
     }
 
+    /// Whether an upgrade is running now.
+    pub fn upgrading(&self) -> bool {
+        self.upgrading.try_lock().is_err()
+    }
+
     /// Starts the new binary and hands it the sockets and release state; `Ok` with its PID
     /// once it serves. The caller then drains this process. On `Err` nothing changed.
     pub fn upgrade(&self) -> Result<u32, String> {
@@ -140,37 +145,46 @@ impl Control {
         tracing::info!(binary = %self.launch.exe.display(), "upgrade: starting the new binary");
         let mut state = upgrade::save_state(&self.cell.load());
         let sockets = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-        // The kernel half goes too: the deny list as it is now, and the XDP links, which the
-        // new process swaps its program into. Held locked until the new process answers, so
-        // that nothing changes the deny list in between.
-        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
-        let kernel = match &*steering {
+        // The kernel half goes too: the deny list as it is now, and copies of the XDP links'
+        // and the socket array's descriptors. The lock is not held while the new process
+        // starts (the admin API's scrapes need it); deny list edits are refused meanwhile.
+        let kernel = match &*self.steering.lock().unwrap_or_else(|p| p.into_inner()) {
             SteeringState::On(kernel) => {
-                state.deny = kernel
-                    .deny_entries()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|(a, l)| format!("{a}/{l}"))
-                    .collect();
+                state.deny = Some(
+                    kernel
+                        .deny_entries()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|(a, l)| format!("{a}/{l}"))
+                        .collect(),
+                );
                 upgrade::Kernel {
-                    xdp_links: kernel.xdp_links(),
-                    socket_map: kernel.socket_map().ok(),
+                    xdp_links: kernel
+                        .xdp_links()
+                        .into_iter()
+                        .filter_map(|(i, fd)| fd.try_clone_to_owned().ok().map(|fd| (i, fd)))
+                        .collect(),
+                    socket_map: kernel
+                        .socket_map()
+                        .ok()
+                        .and_then(|fd| fd.try_clone_to_owned().ok()),
                 }
             }
             _ => upgrade::Kernel::default(),
         };
         let result = upgrade::start_new(&self.launch, &sockets, &kernel, state);
         drop(kernel);
-        if let (Err(_), SteeringState::On(kernel)) = (&result, &mut *steering) {
+        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+        let took_kernel = matches!(&result, Err(f) if f.took_kernel);
+        let result = result.map_err(|f| f.reason);
+        if let (true, SteeringState::On(kernel)) = (took_kernel, &mut *steering) {
             // The new process may have swapped its program in and taken the sockets out of
             // this one's array before it failed (it has exited by now).
             if let Err(e) = kernel.reclaim_xdp() {
                 tracing::error!("putting this process's XDP program back failed: {e}");
             }
-            if let Err(e) = kernel.refill_sockets(&sockets.steered()) {
-                tracing::error!(
-                    "putting this process's sockets back in its steering map failed: {e}"
-                );
+            if let Err(e) = kernel.reclaim_steering(&sockets.steered()) {
+                tracing::error!("putting this process's socket steering back failed: {e}");
             }
         }
         drop(steering);

@@ -60,9 +60,10 @@ pub struct State {
     /// Rate-limit keys and the time each owes, in microseconds.
     #[serde(default)]
     pub rates: Vec<(u64, u64)>,
-    /// The XDP deny list as it is, the admin API's additions and removals included.
+    /// The XDP deny list as it is, the admin API's additions and removals included (`None`:
+    /// steering was off; an empty list is a list too).
     #[serde(default)]
-    pub deny: Vec<String>,
+    pub deny: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,12 +79,12 @@ struct Handover {
     state: State,
 }
 
-/// The kernel half an old process hands over: its XDP links by interface, and its
-/// SK_REUSEPORT socket array.
+/// The kernel half an old process hands over: copies of its XDP links' descriptors by
+/// interface, and of its SK_REUSEPORT socket array's.
 #[derive(Default)]
-pub struct Kernel<'a> {
-    pub xdp_links: Vec<(String, std::os::fd::BorrowedFd<'a>)>,
-    pub socket_map: Option<std::os::fd::BorrowedFd<'a>>,
+pub struct Kernel {
+    pub xdp_links: Vec<(String, OwnedFd)>,
+    pub socket_map: Option<OwnedFd>,
 }
 
 /// The old process's copies of its listening sockets, kept to hand over.
@@ -253,9 +254,9 @@ impl Launch {
 pub fn start_new(
     launch: &Launch,
     sockets: &Sockets,
-    kernel: &Kernel<'_>,
+    kernel: &Kernel,
     state: State,
-) -> Result<u32, String> {
+) -> Result<u32, Failed> {
     let xdp_links = &kernel.xdp_links;
     use std::os::unix::process::CommandExt;
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
@@ -301,46 +302,81 @@ pub fn start_new(
     };
     let text = match serde_json::to_vec(&header) {
         Ok(t) => t,
-        Err(e) => return Err(fail(&mut child, format!("handover: {e}"))),
+        Err(e) => return Err(fail(&mut child, format!("handover: {e}")).into()),
     };
     let fds: Vec<RawFd> = sockets
         .list
         .iter()
         .map(|(_, fd)| fd.as_raw_fd())
         .chain(xdp_links.iter().map(|(_, fd)| fd.as_raw_fd()))
-        .chain(kernel.socket_map.map(|fd| fd.as_raw_fd()))
+        .chain(kernel.socket_map.as_ref().map(|fd| fd.as_raw_fd()))
         .collect();
     let sent = (&ours)
         .write_all(&(text.len() as u32).to_be_bytes())
         .and_then(|()| (&ours).write_all(&text))
         .and_then(|()| send_fds(&ours, &fds));
     if let Err(e) = sent {
-        return Err(fail(
-            &mut child,
-            format!("handing the sockets over failed: {e}"),
-        ));
+        return Err(fail(&mut child, format!("handing the sockets over failed: {e}")).into());
     }
     let _ = ours.set_read_timeout(Some(READY_TIMEOUT));
     let mut line = String::new();
     let read = BufReader::new(&ours).read_line(&mut line);
+    // From here a failure may come after the new process took the kernel half over: the
+    // caller takes it back, unless the new process said it never touched it.
     match (read, line.trim_end().split_once(' ')) {
-        (Ok(_), Some(("ready", pid))) => pid
-            .parse()
-            .map_err(|_| fail(&mut child, format!("the new process said {line:?}"))),
-        (Ok(_), Some(("error", why))) => Err(fail(
+        (Ok(_), Some(("ready", pid))) => pid.parse().map_err(|_| {
+            Failed::took_kernel(fail(&mut child, format!("the new process said {line:?}")))
+        }),
+        (Ok(_), Some(("error", why))) => Err(Failed::before_kernel(fail(
             &mut child,
             format!("the new binary refused to start: {why}"),
-        )),
-        (Err(e), _) if e.kind() == std::io::ErrorKind::WouldBlock => Err(fail(
+        ))),
+        (Ok(_), Some(("error-kernel", why))) => Err(Failed::took_kernel(fail(
             &mut child,
-            format!("the new process was not ready within {READY_TIMEOUT:?}"),
-        )),
+            format!("the new binary refused to start: {why}"),
+        ))),
+        (Err(e), _) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(Failed::took_kernel(fail(
+                &mut child,
+                format!("the new process was not ready within {READY_TIMEOUT:?}"),
+            )))
+        }
         _ => {
             let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            Err(format!(
+            Err(Failed::took_kernel(format!(
                 "the new process exited ({status}) before it was ready; its log says why"
-            ))
+            )))
         }
+    }
+}
+
+/// Why an upgrade failed, and whether the new process may have taken the kernel half (XDP
+/// links, the socket array) before it did.
+#[derive(Debug)]
+pub struct Failed {
+    pub reason: String,
+    pub took_kernel: bool,
+}
+
+impl Failed {
+    fn before_kernel(reason: String) -> Failed {
+        Failed {
+            reason,
+            took_kernel: false,
+        }
+    }
+
+    fn took_kernel(reason: String) -> Failed {
+        Failed {
+            reason,
+            took_kernel: true,
+        }
+    }
+}
+
+impl From<String> for Failed {
+    fn from(reason: String) -> Failed {
+        Failed::before_kernel(reason)
     }
 }
 
@@ -352,6 +388,9 @@ pub struct Inherited {
     /// The old process's SK_REUSEPORT socket array.
     pub socket_map: Option<OwnedFd>,
     pub state: State,
+    /// This process changed the kernel half it was handed (an XDP link, the socket array):
+    /// if it fails now, the old process must take it back.
+    pub took_kernel: bool,
 }
 
 impl Inherited {
@@ -408,6 +447,7 @@ impl Inherited {
                 .collect(),
             socket_map,
             state: header.state,
+            took_kernel: false,
         })
     }
 
@@ -435,10 +475,13 @@ impl Inherited {
 
     /// The old process's XDP link on `iface`, if it had one.
     pub fn take_xdp_link(&mut self, iface: &str) -> Option<OwnedFd> {
-        self.xdp_links
+        let link = self
+            .xdp_links
             .iter_mut()
             .find(|(i, fd)| i == iface && fd.is_some())
-            .and_then(|(_, fd)| fd.take())
+            .and_then(|(_, fd)| fd.take());
+        self.took_kernel |= link.is_some();
+        link
     }
 
     /// The address a listener's worker-0 socket is bound to, to bind more workers' sockets
@@ -467,7 +510,12 @@ impl Inherited {
 
     /// Tells the old process this one could not start, and why.
     pub fn failed(&self, why: &str) {
-        let line = format!("error {}\n", why.replace('\n', " "));
+        let kind = if self.took_kernel {
+            "error-kernel"
+        } else {
+            "error"
+        };
+        let line = format!("{kind} {}\n", why.replace('\n', " "));
         let _ = (&self.stream).write_all(line.as_bytes());
     }
 }
@@ -487,7 +535,7 @@ pub fn save_state(snap: &crate::snapshot::Snapshot) -> State {
         splits: save_splits(snap),
         endpoints,
         rates: crate::ratelimit::table().export(crate::ratelimit::now_us()),
-        deny: Vec::new(),
+        deny: None,
     }
 }
 

@@ -1133,8 +1133,8 @@ fn version_headers(out: &mut Vec<u8>, v: &crate::routing::version::Versions, i: 
     if let Some(name) = &v.echo {
         lines.push((name.clone(), e.name.clone()));
     }
-    if matches!(v.source, VersionSource::Accept { .. }) {
-        lines.push(("Vary".into(), "Accept".into()));
+    if let Some(h) = v.source.vary() {
+        lines.push(("Vary".into(), h.to_string()));
     }
     if !lines.is_empty() {
         let pairs: Vec<(&str, &str)> = lines

@@ -644,7 +644,7 @@ fn versioned(
             &detail,
             serde_json::json!({ "supported_versions": v.names, "default_version": v.default.map(|d| &v.names[d]) }),
         );
-        Ok(local(
+        let d = local(
             h,
             r.route,
             out,
@@ -652,7 +652,11 @@ fn versioned(
             "application/problem+json",
             None,
             &body,
-        ))
+        );
+        if let Some(vary) = v.source.vary() {
+            head::insert_headers(out, &[("Vary", vary)]);
+        }
+        Ok(d)
     };
     let i = match v.source.asked(r.vars.path, header, r.vars.query, &v.names) {
         Asked::Version(i) => i,
@@ -724,7 +728,7 @@ fn versioned(
                 "migration_guide": e.life.policy,
             }),
         );
-        return Ok(local(
+        let d = local(
             h,
             r.route,
             out,
@@ -732,7 +736,11 @@ fn versioned(
             "application/problem+json",
             None,
             &body,
-        ));
+        );
+        if let Some(vary) = v.source.vary() {
+            head::insert_headers(out, &[("Vary", vary)]);
+        }
+        return Ok(d);
     }
     let mut d = forward(snap, h, r, e.cluster, out, rec)?;
     if let Decision::Forward(p) = &mut d {

@@ -73,6 +73,16 @@ impl VersionSource {
         }
     }
 
+    /// The request header the choice depends on, for `Vary` (shared caches must not give one
+    /// version's answer to a request for another).
+    pub fn vary(&self) -> Option<&str> {
+        match self {
+            VersionSource::Header(name) => Some(name),
+            VersionSource::Accept { .. } => Some("Accept"),
+            VersionSource::Path { .. } | VersionSource::Query(_) => None,
+        }
+    }
+
     /// The version the request asks for, among `supported`.
     pub fn asked(
         &self,
@@ -86,8 +96,13 @@ impl VersionSource {
             if v.is_empty() {
                 return Asked::Nothing;
             }
-            let v = v.strip_prefix(b"v").filter(|r| !r.is_empty()).unwrap_or(v);
-            match supported.iter().position(|s| s.as_bytes() == v) {
+            // The name as written (a version may be called `v2`), else without a `v`.
+            let bare = v.strip_prefix(b"v").filter(|r| !r.is_empty());
+            let found = supported
+                .iter()
+                .position(|s| s.as_bytes() == v)
+                .or_else(|| bare.and_then(|b| supported.iter().position(|s| s.as_bytes() == b)));
+            match found {
                 Some(i) => Asked::Version(i),
                 None => Asked::Unsupported(
                     String::from_utf8_lossy(&v[..v.len().min(MAX_VERSION)]).into_owned(),
@@ -163,17 +178,23 @@ fn from_accept(value: &[u8], vendor: Option<&str>, supported: &[String]) -> Aske
     let mut best: Option<(u32, usize)> = None;
     let mut unsupported: Option<String> = None;
     let mut versioned = false;
-    for range in text.split(',') {
+    // A wildcard range (`*/*`, `application/*`) with q above 0 takes any version: the
+    // default serves it when no named version is supported.
+    let mut wildcard = false;
+    // Ranges that do not parse are skipped, as real clients send some (Java's `*; q=.2`);
+    // only a header with no range that parses is refused.
+    let mut parsed = 0;
+    'ranges: for range in text.split(',') {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         if media.is_empty() {
             continue;
         }
         let Some((kind, sub)) = media.split_once('/') else {
-            return Asked::Malformed;
+            continue;
         };
         if kind.is_empty() || sub.is_empty() {
-            return Asked::Malformed;
+            continue;
         }
         let mut q = 1000u32;
         let mut param_version = None;
@@ -182,17 +203,21 @@ fn from_accept(value: &[u8], vendor: Option<&str>, supported: &[String]) -> Aske
                 if p.trim().is_empty() {
                     continue;
                 }
-                return Asked::Malformed;
+                continue 'ranges;
             };
             let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"'));
             match k.as_str() {
                 "q" => match parse_q(v) {
                     Some(x) => q = x,
-                    None => return Asked::Malformed,
+                    None => continue 'ranges,
                 },
                 "version" => param_version = Some(v.to_string()),
                 _ => {}
             }
+        }
+        parsed += 1;
+        if sub == "*" && q > 0 {
+            wildcard = true;
         }
         // `application/vnd.NAME.vN+json` (or without a suffix).
         let vendor_version = sub.strip_prefix("vnd.").and_then(|tree| {
@@ -228,8 +253,10 @@ fn from_accept(value: &[u8], vendor: Option<&str>, supported: &[String]) -> Aske
     }
     match (best, unsupported) {
         (Some((_, i)), _) => Asked::Version(i),
+        (None, _) if wildcard => Asked::Nothing,
         (None, Some(v)) => Asked::Unsupported(v),
         (None, None) if versioned => Asked::Unsupported("none acceptable".into()),
+        (None, None) if parsed == 0 && !text.trim().is_empty() => Asked::Malformed,
         (None, None) => Asked::Nothing,
     }
 }
@@ -241,10 +268,13 @@ fn parse_q(v: &str) -> Option<u32> {
         return None;
     }
     let whole = match int {
-        "0" => 0,
+        "0" | "" => 0,
         "1" => 1000,
         _ => return None,
     };
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
     let mut f = frac.to_string();
     while f.len() < 3 {
         f.push('0');
@@ -445,6 +475,11 @@ pub const MAX_CONSUMERS: usize = 1000;
 impl Usage {
     /// Counts a request by `consumer` to `version` of `route`.
     pub fn record(&self, route: &str, version: &str, consumer: &str) {
+        // A JWT subject is the client's text: kept to a sane length.
+        let consumer = match consumer.char_indices().nth(128) {
+            Some((cut, _)) => &consumer[..cut],
+            None => consumer,
+        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -534,6 +569,27 @@ mod tests {
         ] {
             assert_eq!(accept(bad), Asked::Malformed, "{bad}");
         }
+        // Ranges that do not parse are skipped when others do (Java's default Accept).
+        assert_eq!(
+            accept("text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2"),
+            Asked::Nothing
+        );
+        assert_eq!(
+            accept("application/vnd.example.v1+json;q=oops, application/vnd.example.v2+json"),
+            Asked::Version(1)
+        );
+        // A wildcard takes the default when no named version is supported.
+        assert_eq!(
+            accept("application/vnd.example.v7+json, */*;q=0.1"),
+            Asked::Nothing
+        );
+        // A version named `v2` is found as written.
+        let named = vec!["v1".to_string(), "v2".to_string()];
+        let h = VersionSource::Header("x".into());
+        assert_eq!(
+            h.asked(b"/", |_| Some(b"v2".to_vec()), None, &named),
+            Asked::Version(1)
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! XDP attachments as bpf links that this process holds by descriptor. A binary upgrade
+//! XDP attachments as bpf links that this process holds by descriptor (`BPF_LINK_CREATE`
+//! for XDP needs Linux 5.9 or later). A binary upgrade
 //! hands the descriptor to the new process, which swaps its own program in with one
 //! `BPF_LINK_UPDATE`: the interface is never without a program, and the old process's exit
 //! (closing its copy) detaches nothing. The SK_REUSEPORT socket array goes the same way: a
@@ -87,19 +88,35 @@ pub fn update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> Result<(), Steering
         .map_err(|e| SteeringError::Load(format!("replacing the XDP program: {e}")))
 }
 
+/// `union bpf_attr` as the map element commands lay it out, and zeroes after.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+    rest: [u64; 10],
+}
+
 /// Removes `keys` from the map `map` (absent keys are fine).
 pub fn delete_keys(map: BorrowedFd<'_>, keys: impl Iterator<Item = u32>) {
     for key in keys {
-        // `map_delete_elem`'s attr: the map's descriptor, then (at offset 8) a pointer to
-        // the key.
-        let key_ptr = &key as *const u32 as u64;
-        let attr = Attr {
-            a: map.as_raw_fd() as u32,
-            b: 0,
-            c: key_ptr as u32,
-            d: (key_ptr >> 32) as u32,
-            ..Attr::default()
+        let attr = MapElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            ..MapElemAttr::default()
         };
-        let _ = bpf(BPF_MAP_DELETE_ELEM, &attr);
+        // SAFETY: `attr` is laid out as BPF_MAP_DELETE_ELEM expects and points at `key`,
+        // which lives through the call; the kernel only reads both.
+        let _ = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_ELEM,
+                &attr as *const MapElemAttr,
+                std::mem::size_of::<MapElemAttr>(),
+            )
+        };
     }
 }

@@ -227,18 +227,46 @@ impl XdpFilter {
         link::delete_keys(old, 0..MAX_LISTENERS * MAX_WORKERS);
     }
 
-    /// Puts `sockets` back in this process's socket array (`(listener, worker, socket)`),
-    /// after a new process that took them out failed to start.
-    pub fn refill_sockets(
+    /// Puts this process's steering back after a new process that took it over failed to
+    /// start: `sockets` (`(listener, worker, socket)`) into this process's array, and this
+    /// process's program on each group. A socket stays in the failed process's array until
+    /// the kernel frees that array (shortly after the process exits), so each is tried again
+    /// for up to two seconds.
+    pub fn reclaim_steering(
         &mut self,
         sockets: &[(u32, u32, std::os::fd::BorrowedFd<'_>)],
     ) -> Result<(), SteeringError> {
         use aya::maps::ReusePortSockArray;
-        let mut arr: ReusePortSockArray<_> = ReusePortSockArray::try_from(self.map("LB_SOCKETS")?)
-            .map_err(|e| SteeringError::Map("LB_SOCKETS", e.to_string()))?;
-        for (l, w, sock) in sockets {
-            arr.set(l * lb_common::MAX_WORKERS + w, sock, 0)
-                .map_err(|e| SteeringError::Map("LB_SOCKETS", e.to_string()))?;
+        use aya::programs::SkReuseport;
+        {
+            let mut arr: ReusePortSockArray<_> =
+                ReusePortSockArray::try_from(self.map("LB_SOCKETS")?)
+                    .map_err(|e| SteeringError::Map("LB_SOCKETS", e.to_string()))?;
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            for (l, w, sock) in sockets {
+                let key = l * lb_common::MAX_WORKERS + w;
+                loop {
+                    match arr.set(key, sock, 0) {
+                        Ok(()) => break,
+                        Err(e) if std::time::Instant::now() > until => {
+                            return Err(SteeringError::Map("LB_SOCKETS", e.to_string()))
+                        }
+                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    }
+                }
+            }
+        }
+        let prog: &mut SkReuseport = self
+            .ebpf
+            .program_mut("lb_reuseport")
+            .ok_or_else(|| SteeringError::Load("no program lb_reuseport".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| SteeringError::Load(e.to_string()))?;
+        for (_, w, sock) in sockets {
+            if *w == 0 {
+                prog.attach(sock)
+                    .map_err(|e| SteeringError::Load(e.to_string()))?;
+            }
         }
         Ok(())
     }
