@@ -328,3 +328,41 @@ fn explain_names_the_version() {
         "{v}"
     );
 }
+
+/// `${version}` renders the chosen version in a route's rewrite, and the access log says the
+/// version and, past its deprecation, the phase.
+#[test]
+fn the_version_reaches_templates_and_the_access_log() {
+    let backend = Backend::start(echo("api")).expect("backend");
+    let dir = scratch_dir("versions-log");
+    let log = dir.join("access.log");
+    let cfg = config(&format!(
+        "[access_log]\npath = \"{}\"\n\
+         [[clusters]]\nname = \"api\"\nendpoints = [{{ addr = \"{}\" }}]\n\
+         [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\n\
+         rewrite = {{ path = \"/internal/v${{version}}${{path}}\" }}\n\
+         versions = {{ from = \"header:X-API-Version\", default = \"2\", map = {{ \
+         \"1\" = {{ cluster = \"api\", deprecated = \"2020-01-01T00:00:00Z\" }}, \"2\" = \"api\" }} }}\n",
+        log.display(),
+        backend.addr
+    ));
+    let lb = Lb::start(&cfg);
+    let r = get_with(lb.addr, "/api/users", &[("X-API-Version", "1")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/internal/v1/api/users", "{:?}", r.json());
+    let r = get(lb.addr, "/api/users");
+    assert_eq!(r.json()["path"], "/internal/v2/api/users");
+    wait_until("two access log lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 2)
+    });
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines[0]["api_version"], "1", "{text}");
+    assert_eq!(lines[0]["api_version_phase"], "deprecated", "{text}");
+    assert_eq!(lines[1]["api_version"], "2", "{text}");
+    assert!(lines[1].get("api_version_phase").is_none(), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

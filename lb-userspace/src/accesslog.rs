@@ -47,6 +47,12 @@ pub struct Line<'a> {
     /// The client's country, with `[geoip]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub country: Option<&'a str>,
+    /// On a versioned route: the API version, and its lifecycle phase when it is past its
+    /// deprecation (`deprecated`, `warning`, `sunset`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version_phase: Option<&'static str>,
 }
 
 impl Line<'_> {

@@ -217,7 +217,7 @@ pub(super) fn validate_route(
     };
 
     let rewrite = r.rewrite.as_ref().map(|rw| {
-        if r.cluster.is_none() && r.split.is_none() {
+        if r.cluster.is_none() && r.split.is_none() && r.versions.is_none() {
             errs.push(at("rewrite"), "rewrite only applies to routes that forward to a cluster");
         }
         if rw.path.is_some() && (rw.strip_prefix.is_some() || rw.add_prefix.is_some()) {

@@ -543,6 +543,7 @@ mod tests {
             query,
             host: None,
             captures: &[],
+            version: None,
         };
         write_request_head(
             &mut out,
@@ -596,6 +597,7 @@ mod tests {
             query: None,
             host: None,
             captures: &[],
+            version: None,
         };
         let mut out = Vec::new();
         write_request_head(

@@ -57,6 +57,10 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
         return;
     }
     let route = rec.route.and_then(|r| snap.routes.routes().get(r));
+    let version = route
+        .and_then(|r| r.versions.as_deref())
+        .zip(rec.version)
+        .and_then(|(v, i)| v.entries.get(i as usize));
     let line = accesslog::Line {
         time: std::time::SystemTime::now(),
         client: rec
@@ -90,6 +94,11 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
             .country
             .as_ref()
             .and_then(|c| std::str::from_utf8(c).ok()),
+        api_version: version.map(|e| e.name.as_str()),
+        api_version_phase: version
+            .map(|e| e.life.phase(crate::routing::version::now()))
+            .filter(|p| *p != crate::routing::version::Phase::Active)
+            .map(|p| p.name()),
     };
     w.log_access(|buf| line.write(buf));
 }

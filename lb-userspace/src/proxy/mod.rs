@@ -165,6 +165,8 @@ pub struct Record {
     pub forwarded: Option<(std::net::IpAddr, AddrSource)>,
     /// The request was a gRPC call (`content-type: application/grpc...` over HTTP/2).
     pub grpc: bool,
+    /// The API version chosen, by index into the route's versions.
+    pub version: Option<u16>,
 }
 
 /// The protocol a request came in with.

@@ -321,6 +321,7 @@ fn route<'s, 'p>(
             query,
             host,
             captures: &values[..n],
+            version: None,
         },
     })
 }
@@ -700,6 +701,7 @@ fn versioned(
         }
     };
     let e = &v.entries[i];
+    rec.version = Some(i as u16);
     let phase = e.life.phase(version::now());
     if !crate::dryrun::active() {
         e.count(&r.route.name, phase);
@@ -742,7 +744,22 @@ fn versioned(
         }
         return Ok(d);
     }
-    let mut d = forward(snap, h, r, e.cluster, out, rec)?;
+    // `${version}` in the route's templates renders the version chosen.
+    let chosen = Routed {
+        route: r.route,
+        identity: r.identity,
+        consumer: r.consumer,
+        vars: Vars {
+            path: r.vars.path,
+            query: r.vars.query,
+            host: r.vars.host,
+            captures: r.vars.captures,
+            version: Some(e.name.as_bytes()),
+        },
+        claims: r.claims.clone(),
+        jwt_failure: r.jwt_failure,
+    };
+    let mut d = forward(snap, h, &chosen, e.cluster, out, rec)?;
     if let Decision::Forward(p) = &mut d {
         p.version = Some(i as u16);
     }

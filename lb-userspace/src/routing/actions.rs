@@ -187,6 +187,7 @@ mod tests {
                 query: query.map(str::as_bytes),
                 host: None,
                 captures: &[],
+                version: None,
             },
         );
         String::from_utf8(out).unwrap()

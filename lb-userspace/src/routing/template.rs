@@ -3,7 +3,8 @@
 //!
 //! Variables: `${params.NAME}` (a capture of the route's path pattern or regex),
 //! `${query.NAME}` (a raw query parameter value), `${path}` (the request path without query),
-//! `${query}` (the raw query string), `${host}` (the request host without port).
+//! `${query}` (the raw query string), `${host}` (the request host without port), `${version}`
+//! (the API version a versioned route chose; see `docs/versions.md`).
 //! A variable with no value renders empty. Values are inserted as received (still
 //! percent-encoded), never decoded.
 
@@ -17,6 +18,7 @@ pub enum Part {
     Path,
     QueryString,
     Host,
+    Version,
 }
 
 /// A parsed template.
@@ -34,6 +36,8 @@ pub struct Vars<'a> {
     pub host: Option<&'a [u8]>,
     /// Captured values, by capture index.
     pub captures: &'a [&'a [u8]],
+    /// The API version chosen, on a versioned route.
+    pub version: Option<&'a [u8]>,
 }
 
 impl Template {
@@ -68,9 +72,10 @@ impl Template {
                     "path" => Part::Path,
                     "query" => Part::QueryString,
                     "host" => Part::Host,
+                    "version" => Part::Version,
                     _ => {
                         return Err(format!(
-                            "unknown template variable ${{{var}}}: expected params.NAME, query.NAME, path, query or host"
+                            "unknown template variable ${{{var}}}: expected params.NAME, query.NAME, path, query, host or version"
                         ))
                     }
                 }
@@ -112,6 +117,7 @@ impl Template {
                 Part::Path => out.extend_from_slice(vars.path),
                 Part::QueryString => out.extend_from_slice(vars.query.unwrap_or_default()),
                 Part::Host => out.extend_from_slice(vars.host.unwrap_or_default()),
+                Part::Version => out.extend_from_slice(vars.version.unwrap_or_default()),
             }
         }
     }
@@ -137,6 +143,7 @@ mod tests {
                 query: Some(b"x=1&ref=mail"),
                 host: Some(b"api.example.com"),
                 captures: &[b"42"],
+                version: None,
             },
         );
         assert_eq!(
@@ -157,6 +164,7 @@ mod tests {
                 query: None,
                 host: None,
                 captures: &[],
+                version: None,
             },
         );
         assert_eq!(out, b"/a///p");
