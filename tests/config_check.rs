@@ -48,6 +48,8 @@ fn each_bad_config_names_its_key_path() {
         (v("{ from = \"accept\", map = { \"1\" = { cluster = \"a\", sunset = \"soon\" } } }"), "routes[0].versions.map.\"1\".sunset"),
         (v("{ from = \"accept\", map = { \"v 1\" = \"a\" } }"), "routes[0].versions.map.\"v 1\""),
         (format!("{}cluster = \"a\"\n", v("{ from = \"accept\", map = { \"1\" = \"a\" } }")), "routes[0]"),
+        (v("{ from = \"accept\", map = { \"1\" = { deprecated = \"2027-01-01T00:00:00Z\" } } }"), "routes[0].versions.map.\"1\""),
+        (format!("{}[[routes]]\npath_prefix = \"/b\"\n[routes.split]\nname = \"s\"\ntargets = [{{ name = \"a\", cluster = \"a\", weight = 100 }}]\n", v("{ from = \"accept\", map = { \"1\" = { split = { name = \"s\", targets = [{ name = \"a\", cluster = \"a\", weight = 100 }] } } } }")), "routes[1].split.name"),
     ];
     for (text, path) in &version_cases {
         let (ok, out) = check(text);

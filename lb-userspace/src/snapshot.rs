@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub splits: Vec<SplitRuntime>,
     /// Index into `splits` by route index.
     pub route_split: Vec<Option<usize>>,
+    /// Index into `splits` by route index and version index, for versions with a split.
+    pub version_split: Vec<Vec<Option<usize>>>,
     pub consumers: crate::identity::Consumers,
     /// Some route needs to know who the consumer is: keys are looked up only then.
     pub needs_identity: bool,
@@ -254,7 +256,21 @@ impl Snapshot {
             .collect();
         let mut splits = Vec::new();
         let mut route_split = vec![None; config.routes.len()];
+        let mut version_split = vec![Vec::new(); config.routes.len()];
         for r in &config.routes {
+            for e in r.versions.iter().flat_map(|v| &v.entries) {
+                let index = e.split.as_ref().map(|sc| {
+                    let names: Vec<String> = sc.targets.iter().map(|t| t.name.clone()).collect();
+                    splits.push(SplitRuntime {
+                        config: sc.clone(),
+                        state: registry.split(sc),
+                        route: r.index,
+                        metrics: SplitMetrics::new(&sc.name, &names),
+                    });
+                    splits.len() - 1
+                });
+                version_split[r.index].push(index);
+            }
             if let Some(sc) = &r.split {
                 route_split[r.index] = Some(splits.len());
                 let names: Vec<String> = sc.targets.iter().map(|t| t.name.clone()).collect();
@@ -282,6 +298,7 @@ impl Snapshot {
             jwt,
             splits,
             route_split,
+            version_split,
             needs_identity: !config.consumers.list.is_empty()
                 || config.routes.iter().any(|r| r.auth_required),
             consumers: config.consumers.clone(),

@@ -1135,6 +1135,31 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             routes.push(route);
         }
     }
+    // Split names are how the admin API, the metrics and an upgrade find a split's state.
+    let mut split_names: Vec<&str> = Vec::new();
+    for r in &routes {
+        let inside = r.versions.iter().flat_map(|v| {
+            v.entries.iter().filter_map(move |e| {
+                e.split.as_ref().map(|s| {
+                    (
+                        s,
+                        format!("routes[{}].versions.map.{:?}.split.name", r.index, e.name),
+                    )
+                })
+            })
+        });
+        let own = r
+            .split
+            .as_ref()
+            .map(|s| (s, format!("routes[{}].split.name", r.index)));
+        for (s, key) in own.into_iter().chain(inside) {
+            if split_names.contains(&s.name.as_str()) {
+                errs.push(key, format!("another split is already named {:?}", s.name));
+            } else {
+                split_names.push(&s.name);
+            }
+        }
+    }
 
     if errs.0.is_empty() {
         Ok(Config {

@@ -759,7 +759,9 @@ pub enum RawVersion {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVersionFull {
-    pub cluster: String,
+    /// The version's cluster; or its `split`, for a canary inside the version.
+    pub cluster: Option<String>,
+    pub split: Option<RawSplit>,
     /// RFC 3339 instant the version was deprecated.
     pub deprecated: Option<String>,
     /// RFC 3339 instant after which it answers 410 Gone.

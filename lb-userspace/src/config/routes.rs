@@ -142,7 +142,7 @@ pub(super) fn validate_route(
     let versions = r
         .versions
         .as_ref()
-        .and_then(|v| versions(&at("versions"), v, clusters, errs));
+        .and_then(|v| versions(&at("versions"), &route_name, v, clusters, errs));
     let actions = usize::from(r.cluster.is_some())
         + usize::from(r.redirect.is_some())
         + usize::from(r.respond.is_some())
@@ -449,6 +449,7 @@ pub(super) fn validate_route(
 /// A route's `versions`.
 fn versions(
     key: &str,
+    route_name: &str,
     v: &super::raw::RawVersions,
     clusters: &[super::ClusterConfig],
     errs: &mut Errors,
@@ -486,6 +487,7 @@ fn versions(
                 "a version is 1 to 32 letters, digits, '.', '_' or '-'",
             );
         }
+        let mut split = None;
         let (cluster, life) = match target {
             RawVersion::Cluster(c) => (c.as_str(), Lifecycle::default()),
             RawVersion::Full(f) => {
@@ -532,11 +534,37 @@ fn versions(
                     successor: f.successor.clone(),
                     policy: f.policy.clone(),
                 };
-                (f.cluster.as_str(), life)
+                match (&f.cluster, &f.split) {
+                    (Some(c), None) => (c.as_str(), life),
+                    (None, Some(sp)) => {
+                        split = super::release::validate_split(
+                            &format!("{at}.split"),
+                            route_name,
+                            sp,
+                            clusters,
+                            errs,
+                        );
+                        let default = split
+                            .as_ref()
+                            .map(|s| clusters[s.targets[s.default_target].cluster].name.as_str());
+                        (default.unwrap_or(""), life)
+                    }
+                    _ => {
+                        errs.push(at.clone(), "set exactly one of cluster or split");
+                        ("", life)
+                    }
+                }
             }
         };
+        if errs.0.len() > before {
+            continue;
+        }
         match clusters.iter().position(|c| c.name == cluster) {
-            Some(c) => entries.push(VersionEntry::new(name.clone(), c, life)),
+            Some(c) => {
+                let mut e = VersionEntry::new(name.clone(), c, life);
+                e.split = split.map(std::sync::Arc::new);
+                entries.push(e);
+            }
             None => errs.push(
                 format!("{at}.cluster"),
                 format!("no cluster named {cluster:?}"),

@@ -76,6 +76,8 @@ struct Routed<'s, 'p> {
     claims: Option<Rc<Claims>>,
     /// Why the token a route requires did not verify (the answer is 401).
     jwt_failure: Option<Failure>,
+    /// On a versioned route, the version chosen (an index into its versions).
+    version: Option<u16>,
 }
 
 /// Parses and routes the head at the front of `data`, and writes into `out` either the
@@ -316,6 +318,7 @@ fn route<'s, 'p>(
         route,
         identity,
         consumer,
+        version: None,
         vars: Vars {
             path,
             query,
@@ -758,6 +761,7 @@ fn versioned(
         },
         claims: r.claims.clone(),
         jwt_failure: r.jwt_failure,
+        version: Some(i as u16),
     };
     let mut d = forward(snap, h, &chosen, e.cluster, out, rec)?;
     if let Decision::Forward(p) = &mut d {
@@ -826,7 +830,16 @@ fn choose_cluster(
     default_cluster: usize,
     rec: &mut Record,
 ) -> (usize, Option<(usize, usize)>) {
-    let Some(si) = snap.route_split[r.route.index] else {
+    let si = match r.version {
+        Some(v) => snap
+            .version_split
+            .get(r.route.index)
+            .and_then(|l| l.get(v as usize))
+            .copied()
+            .flatten(),
+        None => snap.route_split[r.route.index],
+    };
+    let Some(si) = si else {
         return (default_cluster, None);
     };
     let split = &snap.splits[si];

@@ -311,8 +311,11 @@ pub struct Versions {
 #[derive(Debug)]
 pub struct VersionEntry {
     pub name: String,
+    /// Its cluster (its split's default target's, with a split).
     pub cluster: usize,
     pub life: Lifecycle,
+    /// A split inside this version: a canary of v2 while v1 has none.
+    pub split: Option<std::sync::Arc<crate::release::SplitConfig>>,
     /// `lb_api_version_requests_total` by phase, made at first use.
     counters: [std::sync::OnceLock<metrics::Counter>; 4],
 }
@@ -323,6 +326,7 @@ impl VersionEntry {
             name,
             cluster,
             life,
+            split: None,
             counters: Default::default(),
         }
     }
