@@ -753,7 +753,7 @@ pub struct RawVersions {
 #[serde(untagged)]
 pub enum RawVersion {
     Cluster(String),
-    Full(RawVersionFull),
+    Full(Box<RawVersionFull>),
 }
 
 #[derive(Debug, Deserialize)]
