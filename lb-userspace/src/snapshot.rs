@@ -257,30 +257,23 @@ impl Snapshot {
         let mut splits = Vec::new();
         let mut route_split = vec![None; config.routes.len()];
         let mut version_split = vec![Vec::new(); config.routes.len()];
+        // A split of a route or of one of its versions: its live state and metric handles;
+        // its index in `splits`.
+        let mut add = |sc: &Arc<SplitConfig>, route: usize| {
+            let names: Vec<String> = sc.targets.iter().map(|t| t.name.clone()).collect();
+            splits.push(SplitRuntime {
+                config: sc.clone(),
+                state: registry.split(sc),
+                route,
+                metrics: SplitMetrics::new(&sc.name, &names),
+            });
+            splits.len() - 1
+        };
         for r in &config.routes {
             for e in r.versions.iter().flat_map(|v| &v.entries) {
-                let index = e.split.as_ref().map(|sc| {
-                    let names: Vec<String> = sc.targets.iter().map(|t| t.name.clone()).collect();
-                    splits.push(SplitRuntime {
-                        config: sc.clone(),
-                        state: registry.split(sc),
-                        route: r.index,
-                        metrics: SplitMetrics::new(&sc.name, &names),
-                    });
-                    splits.len() - 1
-                });
-                version_split[r.index].push(index);
+                version_split[r.index].push(e.split.as_ref().map(|sc| add(sc, r.index)));
             }
-            if let Some(sc) = &r.split {
-                route_split[r.index] = Some(splits.len());
-                let names: Vec<String> = sc.targets.iter().map(|t| t.name.clone()).collect();
-                splits.push(SplitRuntime {
-                    config: sc.clone(),
-                    state: registry.split(sc),
-                    route: r.index,
-                    metrics: SplitMetrics::new(&sc.name, &names),
-                });
-            }
+            route_split[r.index] = r.split.as_ref().map(|sc| add(sc, r.index));
         }
         let jwt = config
             .jwt_providers

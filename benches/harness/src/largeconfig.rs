@@ -246,16 +246,13 @@ fn scrape_bytes(admin: SocketAddr) -> Result<usize> {
 
 /// Runs the scenario for lb and nginx (those of `opts.proxies`); the report section.
 pub fn run(opts: &Opts) -> Result<Value> {
-    let dir = opts.out.join("large-config");
-    std::fs::create_dir_all(dir.join("nginx-body"))?;
-    std::fs::create_dir_all(dir.join("nginx-proxy"))?;
-    let dir = dir.canonicalize()?;
-    let port = |i: u16| SocketAddr::from(([127, 0, 0, 1], opts.base_port + 30 + i));
-    let (listen, admin, backend) = (port(0), port(1), port(2));
-    let mut hello = procs::pinned(1, &opts.hello);
-    hello.arg(backend.to_string());
-    let mut backend_proc = Proc::spawn("hello", hello, &dir.join("hello.log"))?;
-    procs::wait_listening(backend, &mut backend_proc.child)?;
+    let crate::scenarios::ScenarioBase {
+        dir,
+        listen,
+        admin,
+        backend,
+        hello: backend_proc,
+    } = crate::scenarios::scenario_base(opts, "large-config", 30)?;
     let setup = Setup {
         lb: opts.lb.clone(),
         dir: dir.clone(),

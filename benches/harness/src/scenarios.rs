@@ -742,6 +742,37 @@ fn idle_tls_connections(addr: SocketAddr, pid: u32, n: usize, dir: &Path) -> Res
     Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
+/// What a scenario with proxies of its own starts from: its directory (with nginx's temp
+/// directories), three loopback ports from `base_port + offset` (listener, admin API,
+/// backend), and the hello backend listening on the third.
+pub struct ScenarioBase {
+    pub dir: std::path::PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub backend: SocketAddr,
+    pub hello: procs::Proc,
+}
+
+pub fn scenario_base(opts: &crate::Opts, name: &str, offset: u16) -> Result<ScenarioBase> {
+    let dir = opts.out.join(name);
+    std::fs::create_dir_all(dir.join("nginx-body"))?;
+    std::fs::create_dir_all(dir.join("nginx-proxy"))?;
+    let dir = dir.canonicalize()?;
+    let port = |i: u16| SocketAddr::from(([127, 0, 0, 1], opts.base_port + offset + i));
+    let (listen, admin, backend) = (port(0), port(1), port(2));
+    let mut cmd = procs::pinned(1, &opts.hello);
+    cmd.arg(backend.to_string());
+    let mut hello = procs::Proc::spawn("hello", cmd, &dir.join("hello.log"))?;
+    procs::wait_listening(backend, &mut hello.child)?;
+    Ok(ScenarioBase {
+        dir,
+        listen,
+        admin,
+        backend,
+        hello,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::procs::{self, Proc};
+use crate::procs;
 use crate::Opts;
 
 /// How long one upgrade may take, from asking to the old process being gone.
@@ -34,16 +34,13 @@ const UPGRADE_BOUND: Duration = Duration::from_secs(30);
 
 /// Runs the scenario for each proxy of `opts.proxies`; the report section.
 pub fn run(opts: &Opts) -> Result<Value> {
-    let dir = opts.out.join("upgrades");
-    std::fs::create_dir_all(dir.join("nginx-body"))?;
-    std::fs::create_dir_all(dir.join("nginx-proxy"))?;
-    let dir = dir.canonicalize()?;
-    let port = |i: u16| SocketAddr::from(([127, 0, 0, 1], opts.base_port + 40 + i));
-    let (listen, admin, backend) = (port(0), port(1), port(2));
-    let mut hello = procs::pinned(1, &opts.hello);
-    hello.arg(backend.to_string());
-    let mut backend_proc = Proc::spawn("hello", hello, &dir.join("hello.log"))?;
-    procs::wait_listening(backend, &mut backend_proc.child)?;
+    let crate::scenarios::ScenarioBase {
+        dir,
+        listen,
+        admin,
+        backend,
+        hello: backend_proc,
+    } = crate::scenarios::scenario_base(opts, "upgrades", 40)?;
     let setup = Setup {
         lb: opts.lb.clone(),
         dir,

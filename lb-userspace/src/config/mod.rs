@@ -420,20 +420,8 @@ impl Config {
             errors,
         };
         let de = toml::Deserializer::new(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let mut message = inner.message().to_string();
-            if let Some(span) = inner.span() {
-                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                message = format!("{message} (line {line})");
-            }
-            wrap(vec![ConfigError {
-                path,
-                message,
-                file: None,
-            }])
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| wrap(vec![deserialize_error(e, Some(text))]))?;
         let base = file.parent().unwrap_or(Path::new("."));
         validate(raw, base).map_err(wrap)
     }
@@ -452,19 +440,30 @@ impl Config {
             }
         };
         let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(merged.table))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let message = e.into_inner().message().to_string();
-                wrap(vec![ConfigError {
-                    path,
-                    message,
-                    file: None,
-                }])
-            })?;
+            .map_err(|e| wrap(vec![deserialize_error(e, None)]))?;
         let base = file.parent().unwrap_or(Path::new("."));
         let mut config = validate(raw, base).map_err(wrap)?;
         config.origins = std::sync::Arc::new(origins);
         Ok(config)
+    }
+}
+
+/// A deserialisation error at its key path; with the text it came from, its line too.
+fn deserialize_error(
+    e: serde_path_to_error::Error<toml::de::Error>,
+    text: Option<&str>,
+) -> ConfigError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let mut message = inner.message().to_string();
+    if let (Some(span), Some(text)) = (inner.span(), text) {
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        message = format!("{message} (line {line})");
+    }
+    ConfigError {
+        path,
+        message,
+        file: None,
     }
 }
 
