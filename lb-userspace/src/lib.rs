@@ -22,6 +22,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod net;
+pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
 pub mod release;

@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// OpenAPI documents (3.0 and 3.1, JSON or YAML).
+    Openapi {
+        #[command(subcommand)]
+        command: OpenapiCommand,
+    },
     /// Show what lb would do with one request: which route matches and why the others do
     /// not, the rewritten request, and the cluster. Runs the same code as the workers.
     Explain {
@@ -89,6 +94,67 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum OpenapiCommand {
+    /// The changes from OLD to NEW, breaking ones first (removed endpoints, methods and
+    /// response fields, changed types, optional fields made required, removed enum values,
+    /// stricter validation); additions are listed as compatible. Exits 1 on a breaking
+    /// change, 2 if a document cannot be read, 0 otherwise: a CI pipeline can gate on it.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print JSON: `{"breaking": [...], "compatible": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn openapi(command: OpenapiCommand) -> ExitCode {
+    match command {
+        OpenapiCommand::Diff { old, new, json } => {
+            let (a, b) = match (lb::openapi::load(&old), lb::openapi::load(&new)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("lb openapi diff: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let changes = lb::openapi::diff(&a, &b);
+            let breaking: Vec<&str> = changes
+                .iter()
+                .filter(|c| c.breaking)
+                .map(|c| c.text.as_str())
+                .collect();
+            let compatible: Vec<&str> = changes
+                .iter()
+                .filter(|c| !c.breaking)
+                .map(|c| c.text.as_str())
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "breaking": breaking, "compatible": compatible })
+                );
+            } else {
+                for c in &breaking {
+                    println!("BREAKING   {c}");
+                }
+                for c in &compatible {
+                    println!("compatible {c}");
+                }
+                if changes.is_empty() {
+                    println!("no changes");
+                }
+            }
+            if breaking.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // No transparent huge pages for lb's heap. mimalloc reserves its arenas in large aligned
     // blocks, which the kernel backs with 2 MiB pages where THP is "always": that tripled
@@ -111,6 +177,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Diff { old, new, json } => return diff(&old, &new, json),
+        Command::Openapi { command } => return openapi(command),
         Command::Upgrade { config } => return upgrade(&config),
         Command::Explain {
             config,

@@ -1,0 +1,192 @@
+//! `lb openapi diff OLD NEW` on pairs of specs: one pair per rule, YAML and JSON, and the exit
+//! codes a CI pipeline gates on.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// The old spec, YAML: users with an id, a name and a role; a list and a create.
+const OLD: &str = r##"
+openapi: 3.0.3
+info: { title: users, version: "1" }
+paths:
+  /users:
+    get:
+      parameters:
+        - { name: limit, in: query, required: false, schema: { type: integer, maximum: 100 } }
+      responses:
+        "200":
+          description: the users
+          content:
+            application/json:
+              schema: { type: array, items: { $ref: "#/components/schemas/User" } }
+    post:
+      requestBody:
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/NewUser" }
+      responses:
+        "201": { description: made }
+  /users/{id}:
+    get:
+      parameters: [ { name: id, in: path, required: true, schema: { type: string } } ]
+      responses:
+        "200":
+          description: a user
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/User" }
+    delete:
+      parameters: [ { name: id, in: path, required: true, schema: { type: string } } ]
+      responses:
+        "204": { description: gone }
+components:
+  schemas:
+    User:
+      type: object
+      properties:
+        id: { type: string }
+        name: { type: string }
+        role: { type: string, enum: [admin, member, guest] }
+    NewUser:
+      type: object
+      required: [name]
+      properties:
+        name: { type: string, maxLength: 100 }
+        email: { type: string }
+        role: { type: string, enum: [admin, member, guest] }
+"##;
+
+fn diff(dir: &Path, old: &str, new: &str, ext: &str) -> (Option<i32>, String) {
+    let (a, b) = (
+        dir.join(format!("old.{ext}")),
+        dir.join(format!("new.{ext}")),
+    );
+    std::fs::write(&a, old).expect("write");
+    std::fs::write(&b, new).expect("write");
+    let out = Command::new(lb_bin())
+        .args(["openapi", "diff"])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .expect("lb");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn each_breaking_rule_is_found_and_fails_the_diff() {
+    let dir = scratch_dir("openapi");
+    let cases: &[(&str, &str, &str)] = &[
+        ("removed endpoint", "    delete:\n      parameters: [ { name: id, in: path, required: true, schema: { type: string } } ]\n      responses:\n        \"204\": { description: gone }\n", "DELETE /users/{id}: endpoint removed"),
+        ("removed response field", "        role: { type: string, enum: [admin, member, guest] }\n    NewUser:", "GET /users/{id}: response 200: field role removed"),
+        ("type changed", "        id: { type: string }", "type changed from string to integer"),
+        ("optional made required", "      required: [name]\n", "POST /users: request body: field email is required now"),
+        ("enum value removed", "        role: { type: string, enum: [admin, member, guest] }\n\"#", "enum value \"guest\" removed"),
+        ("stricter maxLength", "        name: { type: string, maxLength: 100 }", "stricter validation: maxLength 100 -> 50"),
+        ("stricter maximum", "schema: { type: integer, maximum: 100 }", "query parameter limit: stricter validation: maximum 100 -> 10"),
+        ("parameter made required", "{ name: limit, in: query, required: false,", "query parameter limit is required now"),
+        ("new required field", "        email: { type: string }\n", "field phone added as required"),
+    ];
+    let edits: &[(&str, &str)] = &[
+        ("    delete:\n      parameters: [ { name: id, in: path, required: true, schema: { type: string } } ]\n      responses:\n        \"204\": { description: gone }\n", ""),
+        ("        role: { type: string, enum: [admin, member, guest] }\n    NewUser:", "    NewUser:"),
+        ("        id: { type: string }", "        id: { type: integer }"),
+        ("      required: [name]\n", "      required: [name, email]\n"),
+        ("      required: [name]\n      properties:\n        name: { type: string, maxLength: 100 }\n        email: { type: string }\n        role: { type: string, enum: [admin, member, guest] }", "      required: [name]\n      properties:\n        name: { type: string, maxLength: 100 }\n        email: { type: string }\n        role: { type: string, enum: [admin, member] }"),
+        ("        name: { type: string, maxLength: 100 }", "        name: { type: string, maxLength: 50 }"),
+        ("schema: { type: integer, maximum: 100 }", "schema: { type: integer, maximum: 10 }"),
+        ("{ name: limit, in: query, required: false,", "{ name: limit, in: query, required: true,"),
+        ("      required: [name]\n      properties:\n        name: { type: string, maxLength: 100 }\n", "      required: [name, phone]\n      properties:\n        phone: { type: string }\n        name: { type: string, maxLength: 100 }\n"),
+    ];
+    for ((what, _, expect), (from, to)) in cases.iter().zip(edits) {
+        assert!(OLD.contains(from), "{what}: the edit does not apply");
+        let new = OLD.replacen(from, to, 1);
+        let (code, out) = diff(&dir, OLD, &new, "yaml");
+        assert_eq!(
+            code,
+            Some(1),
+            "{what}: a breaking change fails the diff:\n{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("BREAKING") && l.contains(expect)),
+            "{what}: expected {expect:?} in:\n{out}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn additions_are_compatible_and_renames_are_removals() {
+    let dir = scratch_dir("openapi-add");
+    // An endpoint, an optional field, a response field and an enum value added; a path
+    // parameter renamed (the same endpoint).
+    let new = OLD
+        .replace("  /users/{id}:\n", "  /users/{userId}:\n")
+        .replace("name: id, in: path", "name: userId, in: path")
+        .replace(
+            "        email: { type: string }\n",
+            "        email: { type: string }\n        nickname: { type: string }\n",
+        )
+        .replace(
+            "        role: { type: string, enum: [admin, member, guest] }\n    NewUser:",
+            "        role: { type: string, enum: [admin, member, guest, owner] }\n        created: { type: string }\n    NewUser:",
+        )
+        + "";
+    let new = new.replace(
+        "components:\n",
+        "  /health:\n    get:\n      responses:\n        \"200\": { description: ok }\ncomponents:\n",
+    );
+    let (code, out) = diff(&dir, OLD, &new, "yaml");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("BREAKING"), "{out}");
+    for expect in [
+        "GET /health: endpoint added",
+        "field nickname added",
+        "field created added",
+        "enum value \"owner\" added",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("compatible") && l.contains(expect)),
+            "{expect:?} in:\n{out}"
+        );
+    }
+    // A real rename of a path is a removal.
+    let renamed = OLD.replace("  /users/{id}:\n", "  /people/{id}:\n");
+    let (code, out) = diff(&dir, OLD, &renamed, "yaml");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("GET /users/{id}: endpoint removed"), "{out}");
+    assert!(out.contains("GET /people/{id}: endpoint added"), "{out}");
+    // The same spec: nothing.
+    let (code, out) = diff(&dir, OLD, OLD, "yaml");
+    assert_eq!((code, out.trim()), (Some(0), "no changes"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn json_specs_and_unreadable_ones() {
+    let dir = scratch_dir("openapi-json");
+    let old = r#"{"openapi":"3.1.0","info":{"title":"t","version":"1"},"paths":{"/a":{"get":{"responses":{"200":{"description":"x","content":{"application/json":{"schema":{"type":"object","properties":{"n":{"type":["integer","null"]}}}}}}}}}}}"#;
+    let new = old.replace("[\"integer\",\"null\"]", "\"string\"");
+    let (code, out) = diff(&dir, old, &new, "json");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("type changed from integer to string"), "{out}");
+    // Not OpenAPI 3, not JSON, missing: exit 2 with the reason.
+    let (code, out) = diff(&dir, r#"{"swagger":"2.0","paths":{}}"#, old, "json");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not an OpenAPI 3 document"), "{out}");
+    let (code, out) = diff(&dir, "{ nope", old, "json");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not JSON"), "{out}");
+    let (code, out) = diff(&dir, "openapi: 3.0.0\npaths: [\n", old, "yaml");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not YAML"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
