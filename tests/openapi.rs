@@ -190,3 +190,64 @@ fn json_specs_and_unreadable_ones() {
     assert!(out.contains("not YAML"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `lb openapi import` makes routes that `lb check` accepts and that route the spec's paths
+/// and methods to the cluster, and nothing else.
+#[test]
+fn import_round_trips_through_check() {
+    let dir = scratch_dir("openapi-import");
+    let spec = dir.join("users.yaml");
+    let extra = OLD.replace(
+        "components:\n",
+        "  /files/{name}.{ext}:\n    get:\n      responses:\n        \"200\": { description: a file }\ncomponents:\n",
+    );
+    std::fs::write(&spec, extra).expect("write");
+    let out = Command::new(lb_bin())
+        .args(["openapi", "import"])
+        .arg(&spec)
+        .args(["--cluster", "users", "--prefix", "/api"])
+        .output()
+        .expect("lb");
+    assert!(out.status.success(), "{out:?}");
+    let routes = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        routes.contains("path_pattern = \"/api/users/:id\""),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("methods = [\"GET\", \"DELETE\"]"),
+        "{routes}"
+    );
+    assert!(routes.contains("path_regex"), "{routes}");
+    let config = dir.join("lb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\naddr = \"127.0.0.1:8080\"\n[[clusters]]\nname = \"users\"\nendpoints = [{{ addr = \"127.0.0.1:9001\" }}]\n{routes}"
+        ),
+    )
+    .expect("write");
+    let check = Command::new(lb_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("lb");
+    assert!(check.status.success(), "{check:?}\n{routes}");
+    let explain = |method: &str, path: &str| {
+        let out = Command::new(lb_bin())
+            .args(["explain", "--config"])
+            .arg(&config)
+            .args([method, &format!("http://x.example{path}")])
+            .output()
+            .expect("lb");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(explain("GET", "/api/users/7").contains("cluster: users"));
+    assert!(explain("GET", "/api/files/a.txt").contains("cluster: users"));
+    let refused = explain("PUT", "/api/users/7");
+    assert!(
+        !refused.contains("cluster: users"),
+        "not a method of the spec: {refused}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

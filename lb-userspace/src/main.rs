@@ -96,6 +96,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum OpenapiCommand {
+    /// Print route TOML for every path of SPEC: path templates become exact paths,
+    /// patterns (`/users/:id`) or regexes, methods become matchers. Paste it into the config
+    /// (or a `conf.d` file) and `lb check` it.
+    Import {
+        spec: PathBuf,
+        /// The cluster the routes forward to.
+        #[arg(long)]
+        cluster: String,
+        /// A path prefix put before every path (`/api/v2`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
     /// The changes from OLD to NEW, breaking ones first (removed endpoints, methods and
     /// response fields, changed types, optional fields made required, removed enum values,
     /// stricter validation); additions are listed as compatible. Exits 1 on a breaking
@@ -111,6 +123,20 @@ enum OpenapiCommand {
 
 fn openapi(command: OpenapiCommand) -> ExitCode {
     match command {
+        OpenapiCommand::Import {
+            spec,
+            cluster,
+            prefix,
+        } => match lb::openapi::load(&spec) {
+            Ok(doc) => {
+                print!("{}", lb::openapi::import(&doc, &cluster, &prefix));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb openapi import: {e}");
+                ExitCode::from(2)
+            }
+        },
         OpenapiCommand::Diff { old, new, json } => {
             let (a, b) = match (lb::openapi::load(&old), lb::openapi::load(&new)) {
                 (Ok(a), Ok(b)) => (a, b),

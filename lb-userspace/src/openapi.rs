@@ -88,6 +88,122 @@ fn yaml_to_json(y: yaml_rust2::Yaml) -> Result<Value, String> {
     })
 }
 
+/// `lb openapi import`: route TOML for every path of `doc`, to `cluster`, under `prefix`.
+/// A path without parameters becomes an exact `path`; one whose parameters fill whole
+/// segments a `path_pattern` (`/users/:id`); one with a parameter inside a segment
+/// (`/files/{name}.{ext}`) a `path_regex`. Each route matches the path's methods.
+pub fn import(doc: &Value, cluster: &str, prefix: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    let title = doc["info"]["title"].as_str().unwrap_or("API");
+    let version = doc["info"]["version"].as_str().unwrap_or("");
+    let mut out = format!(
+        "# Routes for {title} {version}, made by `lb openapi import`: one per path, matching its methods.\n"
+    );
+    let mut names: Vec<String> = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        let full = format!("{prefix}{path}");
+        let ms: Vec<String> = methods(item).iter().map(|m| m.to_uppercase()).collect();
+        if ms.is_empty() {
+            continue;
+        }
+        let mut name = format!("{cluster}-{}", slug(path));
+        if names.contains(&name) {
+            name = format!("{name}-{}", names.len());
+        }
+        names.push(name.clone());
+        let matcher = match path_matcher(&full) {
+            PathKind::Exact(p) => format!("path = {}", toml_string(&p)),
+            PathKind::Pattern(p) => format!("path_pattern = {}", toml_string(&p)),
+            PathKind::Regex(r) => format!("path_regex = {}", toml_string(&r)),
+        };
+        let methods = ms
+            .iter()
+            .map(|m| toml_string(m))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "\n[[routes]]\nname = {}\n{matcher}\nmethods = [{methods}]\ncluster = {}\n",
+            toml_string(&name),
+            toml_string(cluster)
+        ));
+    }
+    out
+}
+
+enum PathKind {
+    Exact(String),
+    Pattern(String),
+    Regex(String),
+}
+
+fn path_matcher(path: &str) -> PathKind {
+    if !path.contains('{') {
+        return PathKind::Exact(path.to_string());
+    }
+    let segs: Vec<&str> = path.split('/').collect();
+    let whole = |s: &str| s.starts_with('{') && s.ends_with('}') && s.matches('{').count() == 1;
+    if segs.iter().all(|s| !s.contains('{') || whole(s)) {
+        let pattern = segs
+            .iter()
+            .map(|s| {
+                if whole(s) {
+                    let name: String = s[1..s.len() - 1]
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                        .collect();
+                    format!(":{name}")
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        return PathKind::Pattern(pattern);
+    }
+    let mut re = String::from("^");
+    let mut inside = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                inside = true;
+                re.push_str("[^/]+");
+            }
+            '}' => inside = false,
+            _ if inside => {}
+            c if c.is_ascii_alphanumeric() || c == '/' || c == '-' || c == '_' => re.push(c),
+            c => {
+                re.push('\\');
+                re.push(c);
+            }
+        }
+    }
+    re.push('$');
+    PathKind::Regex(re)
+}
+
+fn slug(path: &str) -> String {
+    let s: String = path
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let parts: Vec<&str> = s.split('-').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        "root".into()
+    } else {
+        parts.join("-")
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
 /// One difference, breaking or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
