@@ -136,9 +136,12 @@ fn additions_are_compatible_and_renames_are_removals() {
         )
         .replace(
             "        role: { type: string, enum: [admin, member, guest] }\n    NewUser:",
-            "        role: { type: string, enum: [admin, member, guest, owner] }\n        created: { type: string }\n    NewUser:",
+            "        role: { type: string, enum: [admin, member, guest] }\n        created: { type: string }\n    NewUser:",
         )
-        + "";
+        .replace(
+            "        nickname: { type: string }\n        role: { type: string, enum: [admin, member, guest] }",
+            "        nickname: { type: string }\n        role: { type: string, enum: [admin, member, guest, owner] }",
+        );
     let new = new.replace(
         "components:\n",
         "  /health:\n    get:\n      responses:\n        \"200\": { description: ok }\ncomponents:\n",
@@ -158,6 +161,45 @@ fn additions_are_compatible_and_renames_are_removals() {
             "{expect:?} in:\n{out}"
         );
     }
+    // A value a client may receive that it has never seen breaks it; one it may no longer
+    // receive does not.
+    let response_enum = OLD.replace(
+        "        role: { type: string, enum: [admin, member, guest] }\n    NewUser:",
+        "        role: { type: string, enum: [admin, member, owner] }\n    NewUser:",
+    );
+    let (code, out) = diff(&dir, OLD, &response_enum, "yaml");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("BREAKING")
+            && l.contains("response 200: field role: enum value \"owner\" added")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("compatible")
+            && l.contains("response 200: field role: enum value \"guest\" removed")),
+        "{out}"
+    );
+    // A schema that refers to itself is compared once, and the diff ends.
+    let tree = |extra: &str| {
+        format!(
+            "openapi: 3.1.0\ninfo: {{ title: t, version: \"1\" }}\npaths:\n  /tree:\n    get:\n      responses:\n        \"200\":\n          description: x\n          content:\n            application/json:\n              schema: {{ $ref: \"#/components/schemas/Node\" }}\n\
+             components:\n  schemas:\n    Node:\n      type: object\n      properties:\n        left: {{ $ref: \"#/components/schemas/Node\" }}\n        right: {{ $ref: \"#/components/schemas/Node\" }}\n{extra}"
+        )
+    };
+    let (code, out) = diff(
+        &dir,
+        &tree("        label: { type: string }\n"),
+        &tree(""),
+        "yaml",
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("field label removed"))
+            .count(),
+        1,
+        "reported once: {out}"
+    );
     // A real rename of a path is a removal.
     let renamed = OLD.replace("  /users/{id}:\n", "  /people/{id}:\n");
     let (code, out) = diff(&dir, OLD, &renamed, "yaml");
@@ -197,9 +239,14 @@ fn json_specs_and_unreadable_ones() {
 fn import_round_trips_through_check() {
     let dir = scratch_dir("openapi-import");
     let spec = dir.join("users.yaml");
+    // Paths a pattern cannot say: a parameter inside a segment, names that collide once
+    // cleaned, a literal segment with a colon.
     let extra = OLD.replace(
         "components:\n",
-        "  /files/{name}.{ext}:\n    get:\n      responses:\n        \"200\": { description: a file }\ncomponents:\n",
+        "  /files/{name}.{ext}:\n    get:\n      responses:\n        \"200\": { description: a file }\n\
+           \x20\x20/pairs/{a-b}/{a_b}:\n    get:\n      responses:\n        \"200\": { description: a pair }\n\
+           \x20\x20/jobs:search/{id}:\n    post:\n      responses:\n        \"200\": { description: found }\n\
+         components:\n",
     );
     std::fs::write(&spec, extra).expect("write");
     let out = Command::new(lb_bin())
@@ -244,7 +291,10 @@ fn import_round_trips_through_check() {
     };
     assert!(explain("GET", "/api/users/7").contains("cluster: users"));
     assert!(explain("GET", "/api/files/a.txt").contains("cluster: users"));
+    assert!(explain("GET", "/api/pairs/1/2").contains("cluster: users"));
+    assert!(explain("POST", "/api/jobs:search/9").contains("cluster: users"));
     let refused = explain("PUT", "/api/users/7");
+    assert!(refused.contains("404"), "no route: {refused}");
     assert!(
         !refused.contains("cluster: users"),
         "not a method of the spec: {refused}"

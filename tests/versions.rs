@@ -386,7 +386,9 @@ fn a_version_can_have_its_own_canary() {
          [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\n\
          [routes.versions]\nfrom = \"path:/api/v{{version}}/\"\n\
          map.\"1\" = \"v1\"\n\
-         map.\"2\" = {{ split = {{ name = \"v2-rollout\", targets = [{{ name = \"stable\", cluster = \"v2\", weight = 100 }}, {{ name = \"canary\", cluster = \"v2c\", weight = 0 }}], override = [{{ header = \"X-Canary\", value = \"true\", target = \"canary\" }}] }} }}\n",
+         map.\"2\" = {{ split = {{ name = \"v2-rollout\", targets = [{{ name = \"stable\", cluster = \"v2\", weight = 100 }}, {{ name = \"canary\", cluster = \"v2c\", weight = 0 }}], override = [{{ header = \"X-Canary\", value = \"true\", target = \"canary\" }}] }} }}\n\
+         [[routes]]\nname = \"other\"\npath_prefix = \"/other\"\n\
+         [routes.split]\nname = \"other-rollout\"\ntargets = [{{ name = \"only\", cluster = \"v1\", weight = 100 }}]\n",
         v1.addr, v2.addr, v2c.addr
     )));
     assert_eq!(backend(&get(lb.addr, "/api/v2/x")), "v2");
@@ -401,6 +403,9 @@ fn a_version_can_have_its_own_canary() {
     );
     let split = lb.split("v2-rollout");
     assert_eq!(split["route"], "api", "{split}");
+    // A route's own split beside it keeps working.
+    assert_eq!(backend(&get(lb.addr, "/other/x")), "v1");
+    assert_eq!(lb.split("other-rollout")["route"], "other");
     // Its weights move through the admin API like any split's.
     let (status, body) = lb.admin_json(
         "POST",

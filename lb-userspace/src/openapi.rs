@@ -32,6 +32,13 @@ pub fn load(path: &std::path::Path) -> Result<Value, String> {
     let doc = if json {
         serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?
     } else {
+        // The YAML loader expands aliases by copying: a small file could grow without bound.
+        if yaml_alias(&text) {
+            return Err(format!(
+                "{}: YAML aliases (*name) are not supported; write the document out",
+                path.display()
+            ));
+        }
         let docs = yaml_rust2::YamlLoader::load_from_str(&text)
             .map_err(|e| format!("{}: not YAML: {e}", path.display()))?;
         let first = docs
@@ -54,6 +61,19 @@ pub fn load(path: &std::path::Path) -> Result<Value, String> {
         return Err(format!("{}: `paths` must be a mapping", path.display()));
     }
     Ok(doc)
+}
+
+/// Whether YAML `text` uses an alias (`*name` where a value starts).
+fn yaml_alias(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.split(" #").next().unwrap_or("");
+        line.match_indices('*').any(|(i, _)| {
+            let before = line[..i].trim_end();
+            let next = line[i + 1..].chars().next();
+            (before.is_empty() || before.ends_with([':', '-', '[', ',', '{']))
+                && next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    })
 }
 
 fn yaml_to_json(y: yaml_rust2::Yaml) -> Result<Value, String> {
@@ -94,8 +114,14 @@ fn yaml_to_json(y: yaml_rust2::Yaml) -> Result<Value, String> {
 /// (`/files/{name}.{ext}`) a `path_regex`. Each route matches the path's methods.
 pub fn import(doc: &Value, cluster: &str, prefix: &str) -> String {
     let prefix = prefix.trim_end_matches('/');
-    let title = doc["info"]["title"].as_str().unwrap_or("API");
-    let version = doc["info"]["version"].as_str().unwrap_or("");
+    // One line of comment, whatever the spec holds.
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    let title = clean(doc["info"]["title"].as_str().unwrap_or("API"));
+    let version = clean(doc["info"]["version"].as_str().unwrap_or(""));
     let mut out = format!(
         "# Routes for {title} {version}, made by `lb openapi import`: one per path, matching its methods.\n"
     );
@@ -106,9 +132,12 @@ pub fn import(doc: &Value, cluster: &str, prefix: &str) -> String {
         if ms.is_empty() {
             continue;
         }
-        let mut name = format!("{cluster}-{}", slug(path));
-        if names.contains(&name) {
-            name = format!("{name}-{}", names.len());
+        let base = format!("{cluster}-{}", slug(path));
+        let mut name = base.clone();
+        let mut n = 2;
+        while names.contains(&name) {
+            name = format!("{base}-{n}");
+            n += 1;
         }
         names.push(name.clone());
         let matcher = match path_matcher(&full) {
@@ -140,6 +169,8 @@ fn path_matcher(path: &str) -> PathKind {
     if !path.contains('{') {
         return PathKind::Exact(path.to_string());
     }
+    // Parameters that fill whole segments: a pattern, if lb reads it back as one (distinct
+    // names, no `:` or `*` in literal segments); anything else a regex.
     let segs: Vec<&str> = path.split('/').collect();
     let whole = |s: &str| s.starts_with('{') && s.ends_with('}') && s.matches('{').count() == 1;
     if segs.iter().all(|s| !s.contains('{') || whole(s)) {
@@ -158,25 +189,27 @@ fn path_matcher(path: &str) -> PathKind {
             })
             .collect::<Vec<_>>()
             .join("/");
-        return PathKind::Pattern(pattern);
+        if crate::routing::matchers::Pattern::parse(&pattern).is_ok() {
+            return PathKind::Pattern(pattern);
+        }
     }
     let mut re = String::from("^");
+    let mut literal = String::new();
     let mut inside = false;
     for c in path.chars() {
         match c {
             '{' => {
+                re.push_str(&regex::escape(&literal));
+                literal.clear();
                 inside = true;
                 re.push_str("[^/]+");
             }
             '}' => inside = false,
             _ if inside => {}
-            c if c.is_ascii_alphanumeric() || c == '/' || c == '-' || c == '_' => re.push(c),
-            c => {
-                re.push('\\');
-                re.push(c);
-            }
+            c => literal.push(c),
         }
     }
+    re.push_str(&regex::escape(&literal));
     re.push('$');
     PathKind::Regex(re)
 }
@@ -217,6 +250,7 @@ pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
         old,
         new,
         out: Vec::new(),
+        refs: Vec::new(),
     };
     let paths = |doc: &Value| -> Vec<(String, String)> {
         doc["paths"]
@@ -260,6 +294,8 @@ pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
     }
     let mut out = d.out;
     out.sort_by_key(|c| !c.breaking);
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|c| seen.insert(c.text.clone()));
     out
 }
 
@@ -309,6 +345,9 @@ struct Diff<'a> {
     old: &'a Value,
     new: &'a Value,
     out: Vec<Change>,
+    /// The `$ref` pairs being compared on the way here: a schema that refers to itself is
+    /// compared once.
+    refs: Vec<(String, String)>,
 }
 
 /// How deep schemas are followed (through `$ref`s, properties and items).
@@ -393,7 +432,7 @@ impl Diff<'_> {
             resolve(self.old, &o["requestBody"], 0),
             resolve(self.new, &n["requestBody"], 0),
         );
-        if nb["required"] == true && ob["required"] != true && !ob.is_null() {
+        if nb["required"] == true && ob["required"] != true {
             self.breaking(format!("{at}: the request body is required now"));
         }
         if let (Some(os), Some(ns)) = (json_schema(ob), json_schema(nb)) {
@@ -426,6 +465,30 @@ impl Diff<'_> {
         if depth > MAX_DEPTH {
             return;
         }
+        let pair = (
+            o.get("$ref")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            n.get("$ref")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        );
+        let referenced = !pair.0.is_empty() || !pair.1.is_empty();
+        if referenced {
+            if self.refs.contains(&pair) {
+                return;
+            }
+            self.refs.push(pair);
+        }
+        self.schema_inner(at, side, o, n, depth);
+        if referenced {
+            self.refs.pop();
+        }
+    }
+
+    fn schema_inner(&mut self, at: &str, side: Side, o: &Value, n: &Value, depth: usize) {
         let (o, n) = (resolve(self.old, o, 0), resolve(self.new, n, 0));
         if o.is_null() || n.is_null() {
             return;
@@ -440,12 +503,22 @@ impl Diff<'_> {
             return;
         }
         // Enum values.
+        // Enum values: a client may send only the old ones (a removal breaks it) and must
+        // understand every one it may receive (an addition breaks it).
         if let (Some(oe), Some(ne)) = (o["enum"].as_array(), n["enum"].as_array()) {
             for v in oe.iter().filter(|v| !ne.contains(v)) {
-                self.breaking(format!("{at}: enum value {v} removed"));
+                let text = format!("{at}: enum value {v} removed");
+                match side {
+                    Side::Request => self.breaking(text),
+                    Side::Response => self.compatible(text),
+                }
             }
             for v in ne.iter().filter(|v| !oe.contains(v)) {
-                self.compatible(format!("{at}: enum value {v} added"));
+                let text = format!("{at}: enum value {v} added");
+                match side {
+                    Side::Request => self.compatible(text),
+                    Side::Response => self.breaking(text),
+                }
             }
         }
         if side == Side::Request {
@@ -474,7 +547,9 @@ impl Diff<'_> {
             }
             for name in np.keys().filter(|k| !op.contains_key(*k)) {
                 let field = format!("{at}: field {name}");
-                if side == Side::Request && required(n, name) {
+                // A read-only field is never sent by clients.
+                let read_only = np[name]["readOnly"] == true;
+                if side == Side::Request && required(n, name) && !read_only {
                     self.breaking(format!("{field} added as required"));
                 } else {
                     self.compatible(format!("{field} added"));

@@ -1135,7 +1135,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
         }
     }
     // Split names are how the admin API, the metrics and an upgrade find a split's state.
-    let mut split_names: Vec<&str> = Vec::new();
+    let mut split_names: Vec<(&str, String)> = Vec::new();
     for r in &routes {
         let inside = r.versions.iter().flat_map(|v| {
             v.entries.iter().filter_map(move |e| {
@@ -1152,10 +1152,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             .as_ref()
             .map(|s| (s, format!("routes[{}].split.name", r.index)));
         for (s, key) in own.into_iter().chain(inside) {
-            if split_names.contains(&s.name.as_str()) {
-                errs.push(key, format!("another split is already named {:?}", s.name));
-            } else {
-                split_names.push(&s.name);
+            match split_names.iter().find(|(n, _)| *n == s.name) {
+                Some((_, first)) => errs.push(
+                    key,
+                    format!("the split at {first} is already named {:?}", s.name),
+                ),
+                None => split_names.push((&s.name, key)),
             }
         }
     }

@@ -286,9 +286,20 @@ pub(super) fn validate_route(
         .continent
         .as_ref()
         .map_or_else(Vec::new, |c| codes(&c.list(), &at("continent"), errs));
+    // The route's split and its versions' splits.
+    let splits: Vec<&super::raw::RawSplit> = r
+        .split
+        .iter()
+        .chain(r.versions.iter().flat_map(|v| {
+            v.map.values().filter_map(|t| match t {
+                super::raw::RawVersion::Full(f) => f.split.as_ref(),
+                super::raw::RawVersion::Cluster(_) => None,
+            })
+        }))
+        .collect();
     let uses_geo = r.country.is_some()
         || r.continent.is_some()
-        || r.split.as_ref().is_some_and(|sp| {
+        || splits.iter().any(|sp| {
             sp.include
                 .iter()
                 .chain(&sp.exclude)
@@ -312,7 +323,7 @@ pub(super) fn validate_route(
             "claim conditions need the route's jwt = { provider = \"...\" }",
         );
     }
-    let uses_claims = r.split.as_ref().is_some_and(|sp| {
+    let uses_claims = splits.iter().any(|sp| {
         sp.sticky.as_deref().is_some_and(|k| k.starts_with("jwt:"))
             || sp.overrides.iter().any(|o| o.jwt_claim.is_some())
             || sp
@@ -476,6 +487,7 @@ fn versions(
     let mut entries = Vec::new();
     for (name, target) in &v.map {
         let at = format!("{key}.map.{name:?}");
+        let entry_errors = errs.0.len();
         if name.is_empty()
             || name.len() > 32
             || !name
@@ -537,9 +549,10 @@ fn versions(
                 match (&f.cluster, &f.split) {
                     (Some(c), None) => (c.as_str(), life),
                     (None, Some(sp)) => {
+                        // Unnamed, it is called `ROUTE.VERSION`.
                         split = super::release::validate_split(
                             &format!("{at}.split"),
-                            route_name,
+                            &format!("{route_name}.{name}"),
                             sp,
                             clusters,
                             errs,
@@ -556,7 +569,7 @@ fn versions(
                 }
             }
         };
-        if errs.0.len() > before {
+        if errs.0.len() > entry_errors {
             continue;
         }
         match clusters.iter().position(|c| c.name == cluster) {
