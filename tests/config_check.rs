@@ -169,3 +169,25 @@ fn routes_that_can_never_match_are_warned_about() {
         "{out}"
     );
 }
+
+#[test]
+fn the_etcd_source_is_checked_before_anything_is_read_from_it() {
+    let src = |etcd: &str| format!("{BASE}[source]\netcd = {etcd}\n");
+    let cases = [
+        (src("{ endpoints = [], prefix = \"/lb\" }"), "source.etcd.endpoints:"),
+        (src("{ endpoints = [\"127.0.0.1:2379\"], prefix = \"/lb\" }"), "source.etcd.endpoints[0]: expected http://HOST:PORT"),
+        (src("{ endpoints = [\"https://127.0.0.1:2379\"], prefix = \"/lb\" }"), "source.etcd.endpoints[0]: an https endpoint needs source.etcd.tls"),
+        (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"lb\" }"), "source.etcd.prefix: expected a key prefix"),
+        (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/\" }"), "source.etcd.prefix: expected a key prefix"),
+        (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", keepalive = \"0s\" }"), "source.etcd.keepalive: must be more than 0"),
+        (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", auth = { user = \"lb\", password_file = \"/nonexistent/pw\" } }"), "source.etcd.auth.password_file: cannot read"),
+        (src("{ endpoints = [\"https://127.0.0.1:2379\"], prefix = \"/lb\", tls = { ca = \"/nonexistent/ca.pem\", cert = \"c.pem\" } }"), "source.etcd.tls.ca: /nonexistent/ca.pem does not exist"),
+        (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", bogus = 1 }"), "source.etcd.bogus"),
+        (format!("{BASE}[source]\nstate_dir = \"/tmp\"\n"), "source.state_dir: only a config from etcd is persisted"),
+    ];
+    for (text, want) in &cases {
+        let (ok, out) = check(text);
+        assert!(!ok, "{text} should fail");
+        assert!(out.contains(want), "{text}: expected {want:?} in:\n{out}");
+    }
+}

@@ -16,6 +16,7 @@ pub mod connlimit;
 pub mod control;
 pub mod demo;
 pub mod dryrun;
+pub mod fleet;
 pub mod h2io;
 pub mod hash;
 pub mod http;

@@ -84,6 +84,27 @@ enum Command {
         #[arg(long)]
         http2: bool,
     },
+    /// Validate a config document and write it to etcd as the fleet's config
+    /// (`PREFIX/config`), in a transaction guarded by the revision read first: if someone
+    /// pushed meanwhile, nothing is written. Exits 0 when written (or already there), 1 if
+    /// the document is invalid, 2 if etcd refused or could not be reached.
+    Push {
+        /// The fleet's config document (TOML; its `include`s are merged into it).
+        file: PathBuf,
+        /// A host's local file: its `[source.etcd]` says where to push (with its TLS and
+        /// credentials), and the document is validated merged into it.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// etcd endpoints, comma-separated, instead of `--config`.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// The key prefix, with `--etcd` (`/lb/prod`).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Write only if the document in etcd is at this revision (0: there is none yet).
+        #[arg(long)]
+        expect_revision: Option<i64>,
+    },
     /// Run the embedded demo config with built-in echo backends.
     Demo {
         /// Do not start the built-in backends (bring your own on the demo's addresses).
@@ -222,9 +243,17 @@ fn main() -> ExitCode {
             };
             return explain(&config, &req);
         }
-        Command::Run { config, ready_file } => {
-            server::run(ConfigSource::File(config), RunOptions { ready_file })
-        }
+        Command::Push {
+            file,
+            config,
+            etcd,
+            prefix,
+            expect_revision,
+        } => return push(&file, config.as_deref(), etcd, prefix, expect_revision),
+        Command::Run { config, ready_file } => match host_source(&config, true) {
+            Ok(source) => server::run(source, RunOptions { ready_file }),
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        },
         Command::Demo {
             no_backends,
             ready_file,
@@ -239,9 +268,137 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where a host's config comes from: the file, or the file with the fleet's document from
+/// etcd (the persisted one if etcd cannot be reached). `persist` keeps what was read from
+/// etcd in the state directory (`lb run`), which `lb check` and the like do not touch.
+fn host_source(path: &std::path::Path, persist: bool) -> Result<ConfigSource, String> {
+    match lb::config::source::read(path).map_err(|e| e.to_string())? {
+        None => Ok(ConfigSource::File(path.to_path_buf())),
+        Some(settings) => lb::fleet::etcd::open(path, settings, persist).map(ConfigSource::Etcd),
+    }
+}
+
+/// The config of a host, as `lb run` would read it now.
+fn load_host(path: &std::path::Path) -> Result<(Config, String), String> {
+    host_source(path, false)?.load().map_err(|e| e.to_string())
+}
+
+fn push(
+    file: &std::path::Path,
+    local: Option<&std::path::Path>,
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    expect: Option<i64>,
+) -> ExitCode {
+    let fail = |code: u8, e: &dyn std::fmt::Display| {
+        eprintln!("lb push: {e}");
+        ExitCode::from(code)
+    };
+    let settings = match (local, endpoints.is_empty(), prefix) {
+        (Some(l), true, None) => match lb::config::source::read(l) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return fail(
+                    2,
+                    &format!("{} has no [source.etcd] to push to", l.display()),
+                )
+            }
+            Err(e) => return fail(1, &e),
+        },
+        (None, false, Some(prefix)) => {
+            let raw = lb::config::source::RawSource {
+                etcd: Some(lb::config::source::RawEtcd {
+                    endpoints,
+                    prefix,
+                    tls: None,
+                    auth: None,
+                    keepalive: None,
+                    startup_timeout: None,
+                }),
+                state_dir: None,
+            };
+            match lb::config::source::validate(&raw, std::path::Path::new(".")) {
+                Ok(Some(s)) => s,
+                Ok(None) => return fail(2, &"no etcd settings"),
+                Err(errors) => {
+                    let lines: Vec<String> = errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.path.replace("source.etcd.", "--"), e.message))
+                        .collect();
+                    return fail(2, &lines.join("\n"));
+                }
+            }
+        }
+        _ => return fail(
+            2,
+            &"say where to push: --config HOST.toml, or --etcd URL[,URL...] with --prefix /PREFIX",
+        ),
+    };
+    // What is validated is what is written: the document with its includes merged.
+    let text = match lb::config::include::flatten(file) {
+        Ok(t) => t,
+        Err(e) => return fail(1, &e),
+    };
+    let checked = match local {
+        Some(l) => {
+            let doc = lb::config::include::Document {
+                name: format!("{} (for etcd {})", file.display(), settings.config_key()),
+                text: text.clone(),
+            };
+            Config::load_with(l, Some(&doc)).map(|(c, _)| c)
+        }
+        // Listeners are usually each host's: without a host's file, the document is checked
+        // as if merged into one that has just a listener.
+        None if !text
+            .parse::<toml::Table>()
+            .is_ok_and(|t| t.contains_key("listeners")) =>
+        {
+            eprintln!(
+                "lb push: checked without a host's local file (--config HOST.toml checks it with one)"
+            );
+            let doc = lb::config::include::Document {
+                name: file.display().to_string(),
+                text: text.clone(),
+            };
+            Config::parse_with(
+                "[[listeners]]\nname = \"host\"\naddr = \"127.0.0.1:0\"\n",
+                std::path::Path::new("(a host's local file)"),
+                &doc,
+            )
+        }
+        None => Config::parse(&text, file),
+    };
+    match checked {
+        Ok(config) => {
+            for w in config.warnings() {
+                eprintln!("{}: warning: {w}", file.display());
+            }
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s); nothing pushed", errors.errors.len());
+            return ExitCode::FAILURE;
+        }
+    }
+    match lb::fleet::etcd::push(&settings, &text, expect) {
+        Ok(lb::fleet::etcd::Pushed::Written(rev)) => {
+            println!("{}: pushed as revision {rev}", settings.config_key());
+            ExitCode::SUCCESS
+        }
+        Ok(lb::fleet::etcd::Pushed::Unchanged(rev)) => {
+            println!(
+                "{}: already this document (revision {rev}); nothing written",
+                settings.config_key()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(2, &e),
+    }
+}
+
 fn upgrade(path: &std::path::Path) -> ExitCode {
     use std::io::{Read, Write};
-    let admin = match Config::load(path) {
+    let admin = match load_host(path) {
         Ok((config, _)) => config.admin,
         Err(errors) => {
             eprintln!("{errors}");
@@ -323,7 +480,14 @@ fn diff(old: &std::path::Path, new: &std::path::Path, json: bool) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
+    let loaded = match host_source(path, false) {
+        Ok(source) => source.load(),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match loaded {
         Ok((config, _)) => {
             for w in config.warnings() {
                 eprintln!("{}: warning: {w}", path.display());
@@ -346,12 +510,10 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn explain(path: &std::path::Path, req: &lb::proxy::explain::ExplainRequest) -> ExitCode {
-    let loaded = Config::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|(config, text)| {
-            lb::snapshot::Snapshot::build(config, &text, &lb::snapshot::StateRegistry::default())
-                .map_err(|errors| format!("{errors:?}"))
-        });
+    let loaded = load_host(path).and_then(|(config, text)| {
+        lb::snapshot::Snapshot::build(config, &text, &lb::snapshot::StateRegistry::default())
+            .map_err(|errors| format!("{errors:?}"))
+    });
     let snap = match loaded {
         Ok(s) => std::sync::Arc::new(s),
         Err(e) => {

@@ -102,6 +102,20 @@ fn serve(
     // Before any snapshot: its metric handles must come from the installed recorder.
     crate::metrics::install();
     let (config, text) = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let ConfigSource::Etcd(src) = &source {
+        crate::metrics::register_etcd();
+        if let Some(r) = src.applied() {
+            crate::metrics::etcd_revision(r.revision);
+        }
+        let rejected = src
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rejected;
+        for _ in 0..rejected {
+            crate::metrics::etcd_rejected();
+        }
+    }
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
@@ -225,9 +239,11 @@ fn serve(
         }
     }
 
-    if let (Some(every), ConfigSource::File(path)) = (config.server.watch_config, control.source())
-    {
-        spawn_watch(path.clone(), every, control.clone())?;
+    if let (Some(every), Some(path)) = (config.server.watch_config, control.source().local_file()) {
+        spawn_watch(path.to_path_buf(), every, control.clone())?;
+    }
+    if let ConfigSource::Etcd(src) = control.source() {
+        crate::fleet::etcd::spawn(control.clone(), src.clone())?;
     }
 
     let admin_addr = match &config.admin {

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;
+pub mod fleet;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

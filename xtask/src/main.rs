@@ -28,6 +28,7 @@ fn main() -> Result<()> {
         "build-ebpf" => build_ebpf(),
         "fuzz" => fuzz(rest),
         "soak" => soak(rest),
+        "setup" => ensure_packages(&BUILD_TOOLS),
         _ => {
             eprintln!("usage: cargo xtask <demo | test | build | ci>");
             eprintln!("  demo   build lb and run the embedded demo config with built-in backends");
@@ -36,6 +37,7 @@ fn main() -> Result<()> {
             eprintln!(
                 "  deb    the Debian package, in target/debian (installs cargo-deb if missing)"
             );
+            eprintln!("  setup  install what building lb needs (protoc)");
             eprintln!("  ci     cargo fmt --check, clippy -D warnings, then test");
             eprintln!("  bench  micro benchmarks and the load benchmark (--micro, --load)");
             eprintln!(
@@ -55,6 +57,7 @@ fn main() -> Result<()> {
 /// Builds lb and the soak driver (release), then runs `lb-soak` for [SECONDS] (600 by
 /// default). The report goes to stdout and `target/soak/report.md`.
 fn soak(extra: &[String]) -> Result<()> {
+    ensure_packages(&BUILD_TOOLS)?;
     let seconds = extra.first().map_or("600", String::as_str);
     let mut c = cargo();
     c.args([
@@ -84,6 +87,7 @@ const FUZZ_TARGETS: [&str; 5] = ["request", "response", "config", "path", "forwa
 /// rustup nightly; installs cargo-fuzz when missing. Inputs that crash are left in
 /// `fuzz/artifacts/TARGET/` and fail the run; fix them and keep them as regression tests.
 fn fuzz(extra: &[String]) -> Result<()> {
+    ensure_packages(&BUILD_TOOLS)?;
     let seconds: u64 = match extra.first() {
         None => 60,
         Some(s) => s
@@ -265,7 +269,11 @@ fn deb() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// What building lb itself needs: the etcd client's gRPC code is generated with protoc.
+const BUILD_TOOLS: [(&str, &str); 1] = [("protoc", "protobuf-compiler")];
+
 fn build() -> Result<()> {
+    ensure_packages(&BUILD_TOOLS)?;
     build_ebpf()?;
     let mut c = cargo();
     c.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
@@ -280,7 +288,7 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 19] = [
+const TEST_TOOLS: [(&str, &str); 23] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
@@ -309,6 +317,11 @@ const TEST_TOOLS: [(&str, &str); 19] = [
     // The console tests: a real browser, driven over WebDriver.
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
+    // The fleet tests: a real etcd and Redis, and etcd's own client.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    ("redis-server", "redis-server"),
+    ("protoc", "protobuf-compiler"),
 ];
 
 fn have(bin: &str) -> bool {
@@ -450,6 +463,7 @@ const BENCH_TOOLS: [(&str, &str); 5] = [
 /// the side-by-side load benchmark (see benches/harness). Options after the mode go to
 /// `lb-bench` (`--seconds`, `--rounds`, `--scenario`, `--proxy`, `--idle`).
 fn bench(extra: &[String]) -> Result<()> {
+    ensure_packages(&BUILD_TOOLS)?;
     let (micro, load) = match extra.first().map(String::as_str) {
         Some("--micro") => (true, false),
         Some("--load") => (false, true),
@@ -490,6 +504,7 @@ fn bench(extra: &[String]) -> Result<()> {
 }
 
 fn ci() -> Result<()> {
+    ensure_packages(&BUILD_TOOLS)?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     run(fmt)?;

@@ -129,6 +129,7 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
                     "version": snap.version,
                     "loaded_at_unix": loaded_at,
                     "source": control.source().describe(),
+                    "etcd": etcd_status(control),
                     "routes": snap.config.routes.len(),
                     "clusters": snap.config.clusters.iter().map(|c| &c.name).collect::<Vec<_>>(),
                 }),
@@ -189,6 +190,28 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
             json!({ "error": "not_found", "reason": format!("no admin endpoint {path}") }),
         ),
     }
+}
+
+/// Where the fleet's config stands in etcd: the revision in service, the watch, and the
+/// latest revision refused. `null` when the config comes from a file alone.
+fn etcd_status(control: &Control) -> Value {
+    let crate::control::ConfigSource::Etcd(src) = control.source() else {
+        return Value::Null;
+    };
+    let st = src.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    json!({
+        "endpoints": src.settings.endpoints,
+        "key": src.settings.config_key(),
+        "revision": src.applied().map(|r| r.revision),
+        "started_from": st.started_from.label(),
+        "connected": st.connected,
+        "sync_age_seconds": st.last_sync.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64()),
+        "rejected": st.rejected,
+        "last_rejected": st.last_rejected.map(|(revision, errors)| json!({"revision": revision, "errors": errors})),
+        "reconnects": st.reconnects,
+        "full_reads": st.full_reads,
+        "last_error": st.last_error,
+    })
 }
 
 /// Every cluster with its endpoints' health, breaker, ejection and load.

@@ -85,6 +85,7 @@ impl Fingerprint {
                 ("metrics", hash(&raw.metrics)),
                 ("jwt_providers", hash(&raw.jwt_providers)),
                 ("geoip", hash(&raw.geoip)),
+                ("source", hash(&raw.source)),
             ],
         }
     }

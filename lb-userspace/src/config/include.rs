@@ -215,6 +215,141 @@ pub fn merge(text: &str, file: &Path) -> Result<Option<Merged>, ConfigErrors> {
     }))
 }
 
+/// The text of the config file at `path` with its included files merged in (as one TOML
+/// document; comments are lost only when it includes files). A document for etcd must not
+/// hold `[source]`: that is each host's own.
+pub fn flatten(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("{}: {}", path.display(), e.message()))?;
+    if table.contains_key("source") {
+        return Err(format!(
+            "{}: [source] belongs in each host's local file, not in the fleet's config",
+            path.display()
+        ));
+    }
+    if !table.contains_key("include") {
+        return Ok(text);
+    }
+    match merge(&text, path).map_err(|e| e.to_string())? {
+        Some(m) => toml::to_string(&m.table).map_err(|e| e.to_string()),
+        None => Ok(text),
+    }
+}
+
+/// A config document from elsewhere (etcd) merged into the local file: `name` says where it
+/// is in messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub name: String,
+    pub text: String,
+}
+
+/// The local file `text` (at `file`) with its included files and then `doc` merged in. The
+/// document may hold any section but `source` and `include`; its routes, clusters and
+/// consumers come after the local file's, and any other section must be in one of the two.
+/// `Ok(None)` when the local file is not TOML (the usual parse says where).
+pub fn with_document(
+    text: &str,
+    file: &Path,
+    doc: &Document,
+) -> Result<Option<Merged>, ConfigErrors> {
+    let mut merged = match merge(text, file)? {
+        Some(m) => m,
+        None => {
+            let Ok(table) = text.parse::<toml::Table>() else {
+                return Ok(None);
+            };
+            let mut origins = Origins::default();
+            for (s, section) in SECTIONS.iter().enumerate() {
+                origins.main[s] = match table.get(*section) {
+                    None => 0,
+                    Some(toml::Value::Array(a)) => a.len(),
+                    Some(_) => return Ok(None),
+                };
+            }
+            Merged {
+                table,
+                origins,
+                text: text.to_string(),
+            }
+        }
+    };
+    let shown = PathBuf::from(&doc.name);
+    let wrap = |errors| ConfigErrors {
+        file: file.to_path_buf(),
+        errors,
+    };
+    let part: toml::Table = doc.text.parse().map_err(|e: toml::de::Error| {
+        let t = &doc.text;
+        let line = e
+            .span()
+            .map(|s| t[..s.start.min(t.len())].matches('\n').count() + 1);
+        let message = e.message().to_string();
+        wrap(vec![error(
+            Some(&shown),
+            ".",
+            match line {
+                Some(l) => format!("{message} (line {l})"),
+                None => message,
+            },
+        )])
+    })?;
+    let mut errors = Vec::new();
+    let index = merged.origins.files.len();
+    merged.origins.files.push(shown.clone());
+    for (key, value) in part {
+        if key == "source" || key == "include" {
+            errors.push(error(
+                Some(&shown),
+                &key,
+                format!("[{key}] belongs in each host's local file, not in the fleet's config"),
+            ));
+            continue;
+        }
+        if let Some(s) = SECTIONS.iter().position(|x| *x == key) {
+            let toml::Value::Array(entries) = value else {
+                errors.push(error(
+                    Some(&shown),
+                    &key,
+                    format!("expected [[{key}]] entries"),
+                ));
+                continue;
+            };
+            merged.origins.entries[s].extend((0..entries.len()).map(|k| (index, k)));
+            if let toml::Value::Array(list) = merged
+                .table
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Array(Vec::new()))
+            {
+                list.extend(entries);
+            }
+            continue;
+        }
+        if merged.table.contains_key(&key) {
+            errors.push(error(
+                Some(&shown),
+                &key,
+                format!(
+                    "{key} is also set in the local file {}: a section other than routes, clusters and consumers lives in one of the two",
+                    file.display()
+                ),
+            ));
+            continue;
+        }
+        merged.table.insert(key, value);
+    }
+    duplicates(&merged.table, &merged.origins, &mut errors);
+    if !errors.is_empty() {
+        return Err(wrap(errors));
+    }
+    merged.text.push_str(&format!("\n# {}\n", doc.name));
+    merged.text.push_str(&doc.text);
+    Ok(Some(merged))
+}
+
 /// A name defined twice across the files: both places.
 fn duplicates(table: &toml::Table, origins: &Origins, errors: &mut Vec<ConfigError>) {
     for section in SECTIONS {

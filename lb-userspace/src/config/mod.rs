@@ -10,6 +10,7 @@ pub mod jwt;
 pub mod raw;
 mod release;
 mod routes;
+pub mod source;
 pub mod units;
 
 use std::collections::HashSet;
@@ -92,6 +93,8 @@ pub struct Config {
     pub origins: std::sync::Arc<include::Origins>,
     /// Its entries as written, for telling what a reload changes.
     pub fingerprint: std::sync::Arc<diff::Fingerprint>,
+    /// `[source.etcd]`: the fleet's config comes from etcd.
+    pub etcd: Option<source::EtcdConfig>,
 }
 
 /// `[metrics]`: the series routes get when they do not say (`metrics = ...` on a route).
@@ -281,6 +284,26 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<(Config, String), ConfigErrors> {
+        Config::load_with(path, None)
+    }
+
+    /// Validates local file text (as if at `file`) with `doc` merged in.
+    pub fn parse_with(
+        text: &str,
+        file: &Path,
+        doc: &include::Document,
+    ) -> Result<Config, ConfigErrors> {
+        match include::with_document(text, file, doc)? {
+            Some(merged) => Config::from_merged(merged, file),
+            None => Config::parse(text, file),
+        }
+    }
+
+    /// Reads and validates a config file with a document from elsewhere (etcd) merged in.
+    pub fn load_with(
+        path: &Path,
+        doc: Option<&include::Document>,
+    ) -> Result<(Config, String), ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: path.to_path_buf(),
             errors: vec![ConfigError {
@@ -289,6 +312,12 @@ impl Config {
                 file: None,
             }],
         })?;
+        if let Some(doc) = doc {
+            if let Some(merged) = include::with_document(&text, path, doc)? {
+                let all = merged.text.clone();
+                return Config::from_merged(merged, path).map(|c| (c, all));
+            }
+        }
         if text.contains("include") {
             if let Some(merged) = include::merge(&text, path)? {
                 let all = merged.text.clone();
@@ -495,6 +524,9 @@ pub fn restart_only_changes(old: &Config, new: &Config, buf_size: usize) -> Vec<
     }
     if o.watch_config != n.watch_config {
         need("server.watch_config", "the config file watch");
+    }
+    if old.etcd != new.etcd {
+        need("source", "where the config comes from");
     }
     // Certificates and whether a listener terminates TLS apply at reload; its socket does not.
     let sockets = |c: &Config| {
@@ -976,6 +1008,14 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let http = validate_http(&raw.http, &mut errs);
     let http2 = validate_http2(&raw.http2, &mut errs);
     let metrics = validate_metrics(&raw.metrics, &mut errs);
+    let etcd = match raw.source.as_ref().map(|s| source::validate(s, base)) {
+        None => None,
+        Some(Ok(e)) => e,
+        Some(Err(errors)) => {
+            errs.0.extend(errors);
+            None
+        }
+    };
 
     if raw.listeners.is_empty() {
         errs.push("listeners", "at least one [[listeners]] entry is required");
@@ -1180,6 +1220,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             geo,
             origins: Default::default(),
             fingerprint,
+            etcd,
         })
     } else {
         Err(errs.0)

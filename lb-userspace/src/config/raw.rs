@@ -33,6 +33,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub jwt_providers: Vec<RawJwtProvider>,
     pub geoip: Option<RawGeoip>,
+    /// Where the config comes from besides this file (etcd).
+    pub source: Option<super::source::RawSource>,
 }
 
 /// `[geoip]`: a MaxMind DB country (or city) database.

@@ -202,7 +202,8 @@ impl Control {
     }
 }
 
-/// A config file on disk, or the embedded demo config.
+/// A config file on disk, the embedded demo config, or a local file with the fleet's
+/// document from etcd.
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
     File(PathBuf),
@@ -210,16 +211,38 @@ pub enum ConfigSource {
         name: &'static str,
         text: &'static str,
     },
+    Etcd(Arc<crate::fleet::etcd::EtcdSource>),
 }
 
 impl ConfigSource {
     /// Reads and validates the config; returns it with its text.
     pub fn load(&self) -> Result<(Config, String), ConfigErrors> {
+        self.load_with(None)
+    }
+
+    /// Like [`ConfigSource::load`], with `candidate` in place of the etcd document applied.
+    fn load_with(
+        &self,
+        candidate: Option<&crate::fleet::etcd::Revision>,
+    ) -> Result<(Config, String), ConfigErrors> {
         match self {
             ConfigSource::File(p) => Config::load(p),
             ConfigSource::Embedded { name, text } => {
                 Config::parse(text, Path::new(name)).map(|c| (c, text.to_string()))
             }
+            ConfigSource::Etcd(src) => {
+                let doc = candidate.cloned().or_else(|| src.applied());
+                Config::load_with(&src.local, doc.map(|d| src.document(&d)).as_ref())
+            }
+        }
+    }
+
+    /// The local file a watch follows, if any.
+    pub fn local_file(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::File(p) => Some(p),
+            ConfigSource::Etcd(src) => Some(&src.local),
+            ConfigSource::Embedded { .. } => None,
         }
     }
 
@@ -227,6 +250,7 @@ impl ConfigSource {
         match self {
             ConfigSource::File(p) => p.display().to_string(),
             ConfigSource::Embedded { name, .. } => format!("{name} (embedded)"),
+            ConfigSource::Etcd(src) => src.describe(),
         }
     }
 }
@@ -234,8 +258,24 @@ impl ConfigSource {
 impl Control {
     /// Validates the source again and publishes it. An invalid config changes nothing.
     pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        self.reload_from(None)
+    }
+
+    /// Validates the local file with this revision of the fleet's etcd document and
+    /// publishes it, whole or not at all.
+    pub fn reload_revision(
+        &self,
+        rev: &crate::fleet::etcd::Revision,
+    ) -> Result<Reloaded, ConfigErrors> {
+        self.reload_from(Some(rev))
+    }
+
+    fn reload_from(
+        &self,
+        candidate: Option<&crate::fleet::etcd::Revision>,
+    ) -> Result<Reloaded, ConfigErrors> {
         notify::reloading();
-        let result = self.try_reload();
+        let result = self.try_reload(candidate);
         crate::metrics::reload(result.is_ok());
         *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadOutcome {
             at: std::time::SystemTime::now(),
@@ -255,9 +295,12 @@ impl Control {
         result
     }
 
-    fn try_reload(&self) -> Result<Reloaded, ConfigErrors> {
+    fn try_reload(
+        &self,
+        candidate: Option<&crate::fleet::etcd::Revision>,
+    ) -> Result<Reloaded, ConfigErrors> {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let (config, text) = self.source.load()?;
+        let (config, text) = self.source.load_with(candidate)?;
         for w in config.warnings() {
             tracing::warn!("{w}");
         }
@@ -294,6 +337,11 @@ impl Control {
             unix_seconds(snap.loaded_at),
         );
         self.cell.publish(snap);
+        // Under the reload lock: a reload of the local file meanwhile cannot go back to the
+        // previous document.
+        if let (Some(rev), ConfigSource::Etcd(src)) = (candidate, &self.source) {
+            src.set_applied(rev);
+        }
         tracing::info!(version = %version, "config reloaded: {}", changes.to_string().trim_end().replace('\n', "; "));
         Ok(Reloaded { version, changes })
     }

@@ -534,6 +534,39 @@ pub fn reload(ok: bool) {
     counter!(CONFIG_RELOADS_TOTAL, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
+/// The fleet config's etcd revision now in service.
+pub fn etcd_revision(revision: i64) {
+    gauge!(ETCD_REVISION).set(revision as f64);
+}
+
+pub fn etcd_sync_age(seconds: f64) {
+    gauge!(ETCD_SYNC_AGE).set(seconds);
+}
+
+pub fn etcd_rejected() {
+    counter!(ETCD_REJECTED_TOTAL).increment(1);
+}
+
+pub fn etcd_reconnect() {
+    counter!(ETCD_RECONNECTS_TOTAL).increment(1);
+}
+
+pub fn etcd_full_read() {
+    counter!(ETCD_FULL_READS_TOTAL).increment(1);
+}
+
+pub fn etcd_connected(up: bool) {
+    gauge!(ETCD_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Registers the etcd source's series at 0, when the config comes from etcd.
+pub fn register_etcd() {
+    counter!(ETCD_REJECTED_TOTAL).increment(0);
+    counter!(ETCD_RECONNECTS_TOTAL).increment(0);
+    counter!(ETCD_FULL_READS_TOTAL).increment(0);
+    gauge!(ETCD_CONNECTED).set(0.0);
+}
+
 /// Registers the process-wide counters that dashboards graph, at 0, so a fresh install's
 /// panels show 0 rather than "no data". `refusal_reasons` are the connection refusal labels.
 pub fn register_at_zero(refusal_reasons: &[&'static str]) {

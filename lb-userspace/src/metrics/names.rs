@@ -54,6 +54,18 @@ pub const CONFIG_RELOADS_TOTAL: &str = "lb_config_reloads_total";
 pub const CONFIG_INFO: &str = "lb_config_info";
 /// Unix time the active config was loaded.
 pub const CONFIG_LOADED_SECONDS: &str = "lb_config_loaded_timestamp_seconds";
+/// The etcd revision of the fleet's config document in service.
+pub const ETCD_REVISION: &str = "lb_config_etcd_revision";
+/// Seconds since the etcd watch last confirmed the config was current.
+pub const ETCD_SYNC_AGE: &str = "lb_config_etcd_sync_age_seconds";
+/// Revisions of the fleet's config refused (invalid, or needing a restart).
+pub const ETCD_REJECTED_TOTAL: &str = "lb_config_etcd_rejected_total";
+/// Times the etcd watch was lost and made again.
+pub const ETCD_RECONNECTS_TOTAL: &str = "lb_config_etcd_reconnects_total";
+/// Full reads of the fleet's config (at start, and when the watch's revision was compacted).
+pub const ETCD_FULL_READS_TOTAL: &str = "lb_config_etcd_full_reads_total";
+/// 1 while the etcd watch is established.
+pub const ETCD_CONNECTED: &str = "lb_config_etcd_connected";
 
 /// TLS handshakes, by `result` (`ok`, `error`, `incomplete`: the client left or timed out),
 /// `version` (`1.2`, `1.3`,

@@ -1,0 +1,294 @@
+//! `[source]`: where the config comes from besides the local file. With `etcd`, the local
+//! file holds `[source]` and whatever is particular to this host; the fleet's config is one
+//! TOML document at `PREFIX/config` in etcd, merged into it (see `docs/fleet.md`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, ConfigErrors};
+
+/// `[source]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub etcd: Option<RawEtcd>,
+    /// Where the last config applied from etcd is kept (default /var/lib/lb).
+    pub state_dir: Option<String>,
+}
+
+/// `etcd = { endpoints = [...], prefix = "/lb/prod", tls = {...}, auth = {...} }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub tls: Option<RawEtcdTls>,
+    pub auth: Option<RawEtcdAuth>,
+    /// HTTP/2 keepalive pings on the etcd connection, and how long a ping may go unanswered
+    /// before the connection counts as dead (default 5s).
+    pub keepalive: Option<String>,
+    /// How long `lb run` waits for etcd at start before it falls back to the persisted
+    /// config (default 5s).
+    pub startup_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcdTls {
+    /// The CA certificates that sign etcd's server certificates (PEM).
+    pub ca: String,
+    /// A client certificate and its key (PEM), for etcd's `--client-cert-auth`.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcdAuth {
+    pub user: String,
+    /// A file holding the password (its trailing newline is ignored); the password is
+    /// never written in the config itself.
+    pub password_file: String,
+}
+
+/// The validated `[source.etcd]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Without a trailing `/`.
+    pub prefix: String,
+    pub tls: Option<EtcdTls>,
+    /// User name and password.
+    pub auth: Option<(String, Password)>,
+    pub keepalive: Duration,
+    pub startup_timeout: Duration,
+    pub state_dir: PathBuf,
+}
+
+/// A password, which `Debug` does not print.
+#[derive(Clone, PartialEq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl EtcdConfig {
+    /// The key the fleet's config document is stored at.
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    /// Where the last applied document is persisted.
+    pub fn persisted_path(&self) -> PathBuf {
+        self.state_dir.join("etcd-config.json")
+    }
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lb";
+
+/// Validates `[source]`; paths are relative to `base`.
+pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut err = |path: &str, message: String| {
+        errors.push(ConfigError {
+            path: path.into(),
+            message,
+            file: None,
+        })
+    };
+    let Some(e) = &raw.etcd else {
+        if raw.state_dir.is_some() {
+            err(
+                "source.state_dir",
+                "only a config from etcd is persisted: set source.etcd too, or remove it".into(),
+            );
+        }
+        return if errors.is_empty() {
+            Ok(None)
+        } else {
+            Err(errors)
+        };
+    };
+    if e.endpoints.is_empty() {
+        err(
+            "source.etcd.endpoints",
+            "at least one endpoint is required, such as \"http://10.0.0.1:2379\"".into(),
+        );
+    }
+    for (i, ep) in e.endpoints.iter().enumerate() {
+        let scheme_ok = ep.starts_with("http://") || ep.starts_with("https://");
+        let rest = ep.split_once("://").map_or("", |(_, r)| r);
+        if !scheme_ok || rest.is_empty() || rest.contains('/') {
+            err(
+                &format!("source.etcd.endpoints[{i}]"),
+                format!("expected http://HOST:PORT or https://HOST:PORT, got {ep:?}"),
+            );
+        } else if ep.starts_with("https://") && e.tls.is_none() {
+            err(
+                &format!("source.etcd.endpoints[{i}]"),
+                "an https endpoint needs source.etcd.tls = { ca = \"...\" }".into(),
+            );
+        } else if ep.starts_with("http://") && e.tls.is_some() {
+            err(
+                &format!("source.etcd.endpoints[{i}]"),
+                "source.etcd.tls is set: use https:// endpoints".into(),
+            );
+        }
+    }
+    let prefix = e.prefix.trim_end_matches('/').to_string();
+    if !e.prefix.starts_with('/') || prefix.is_empty() {
+        err(
+            "source.etcd.prefix",
+            format!(
+                "expected a key prefix such as \"/lb/prod\" (starting with /), got {:?}",
+                e.prefix
+            ),
+        );
+    }
+    let duration = |path: &str, v: &Option<String>, default: Duration, errs: &mut Vec<_>| match v {
+        None => default,
+        Some(t) => match super::units::parse_duration(t) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                errs.push(ConfigError {
+                    path: path.into(),
+                    message: "must be more than 0".into(),
+                    file: None,
+                });
+                default
+            }
+            Err(m) => {
+                errs.push(ConfigError {
+                    path: path.into(),
+                    message: m,
+                    file: None,
+                });
+                default
+            }
+        },
+    };
+    let keepalive = duration(
+        "source.etcd.keepalive",
+        &e.keepalive,
+        Duration::from_secs(5),
+        &mut errors,
+    );
+    let startup_timeout = duration(
+        "source.etcd.startup_timeout",
+        &e.startup_timeout,
+        Duration::from_secs(5),
+        &mut errors,
+    );
+    let mut err = |path: &str, message: String| {
+        errors.push(ConfigError {
+            path: path.into(),
+            message,
+            file: None,
+        })
+    };
+    let tls = e.tls.as_ref().map(|t| {
+        for (key, p) in [
+            ("ca", Some(&t.ca)),
+            ("cert", t.cert.as_ref()),
+            ("key", t.key.as_ref()),
+        ] {
+            if let Some(p) = p {
+                if !base.join(p).is_file() {
+                    err(
+                        &format!("source.etcd.tls.{key}"),
+                        format!("{} does not exist", base.join(p).display()),
+                    );
+                }
+            }
+        }
+        if t.cert.is_some() != t.key.is_some() {
+            err(
+                "source.etcd.tls",
+                "a client certificate needs both cert and key".into(),
+            );
+        }
+        EtcdTls {
+            ca: base.join(&t.ca),
+            identity: t
+                .cert
+                .as_ref()
+                .zip(t.key.as_ref())
+                .map(|(c, k)| (base.join(c), base.join(k))),
+        }
+    });
+    let auth = e.auth.as_ref().and_then(|a| {
+        let file = base.join(&a.password_file);
+        match std::fs::read_to_string(&file) {
+            Ok(p) => Some((
+                a.user.clone(),
+                Password(p.trim_end_matches(['\r', '\n']).to_string()),
+            )),
+            Err(x) => {
+                err(
+                    "source.etcd.auth.password_file",
+                    format!("cannot read {}: {x}", file.display()),
+                );
+                None
+            }
+        }
+    });
+    let state_dir = base.join(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Some(EtcdConfig {
+        endpoints: e.endpoints.clone(),
+        prefix,
+        tls,
+        auth,
+        keepalive,
+        startup_timeout,
+        state_dir,
+    }))
+}
+
+/// Reads only `[source]` of the config file at `path`: what `lb run` needs before it can
+/// read the rest (which may be in etcd). `Ok(None)` when the config comes from the file
+/// alone (or the file is not TOML: the full read says where).
+pub fn read(path: &Path) -> Result<Option<EtcdConfig>, ConfigErrors> {
+    let wrap = |errors| ConfigErrors {
+        file: path.to_path_buf(),
+        errors,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        wrap(vec![ConfigError {
+            path: ".".into(),
+            message: format!("cannot read the file: {e}"),
+            file: None,
+        }])
+    })?;
+    let Ok(mut table) = text.parse::<toml::Table>() else {
+        return Ok(None);
+    };
+    let Some(source) = table.remove("source") else {
+        return Ok(None);
+    };
+    let raw: RawSource = serde_path_to_error::deserialize(source).map_err(|e| {
+        wrap(vec![ConfigError {
+            path: format!("source.{}", e.path()),
+            message: e.inner().to_string(),
+            file: None,
+        }])
+    })?;
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    validate(&raw, base).map_err(wrap)
+}

@@ -1,0 +1,630 @@
+//! The fleet's config in etcd: one TOML document at `PREFIX/config`, merged into each host's
+//! local file. A control thread with its own tokio runtime keeps a watch on it and applies
+//! each revision as a whole, validated snapshot, or not at all; the last one applied is kept
+//! in the state directory for starts while etcd is unreachable. `lb push` writes it in a
+//! transaction guarded by the revision it read.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, Identity, TlsOptions, Txn,
+    TxnOp, WatchOptions,
+};
+
+use crate::config::include::Document;
+use crate::config::source::EtcdConfig;
+use crate::control::Control;
+
+/// One revision of the fleet's config document: its text and the revision that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    pub text: String,
+    pub revision: i64,
+}
+
+/// Where the running config came from at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartedFrom {
+    /// Read from etcd.
+    Etcd,
+    /// etcd had no document yet: the local file alone.
+    LocalOnly,
+    /// etcd was unreachable (or its document invalid): the last one applied, from disk.
+    Persisted,
+}
+
+impl StartedFrom {
+    pub fn label(self) -> &'static str {
+        match self {
+            StartedFrom::Etcd => "etcd",
+            StartedFrom::LocalOnly => "local file only (no config in etcd yet)",
+            StartedFrom::Persisted => "persisted (etcd was unreachable at start)",
+        }
+    }
+}
+
+/// How the watch is doing, for the admin API.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub started_from: StartedFrom,
+    pub connected: bool,
+    /// When the watch last confirmed it was up to date.
+    pub last_sync: Option<SystemTime>,
+    pub rejected: u64,
+    /// The latest revision refused, and why.
+    pub last_rejected: Option<(i64, Vec<String>)>,
+    pub reconnects: u64,
+    pub full_reads: u64,
+    pub last_error: Option<String>,
+}
+
+/// The local file plus the fleet's document in etcd.
+#[derive(Debug)]
+pub struct EtcdSource {
+    pub local: PathBuf,
+    pub settings: EtcdConfig,
+    /// The document the running config was built from; `None` while etcd has none.
+    applied: Mutex<Option<Revision>>,
+    pub status: Mutex<Status>,
+}
+
+impl EtcdSource {
+    /// The document as merged into the local file, named by key and revision.
+    pub fn document(&self, rev: &Revision) -> Document {
+        Document {
+            name: format!(
+                "etcd {} (revision {})",
+                self.settings.config_key(),
+                rev.revision
+            ),
+            text: rev.text.clone(),
+        }
+    }
+
+    pub fn applied(&self) -> Option<Revision> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records `rev` as the document in service and persists it. Called with the reload
+    /// lock held, right after the snapshot built from it was published.
+    pub fn set_applied(&self, rev: &Revision) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(rev.clone());
+        crate::metrics::etcd_revision(rev.revision);
+        if let Err(e) = persist(&self.settings, rev) {
+            tracing::error!(
+                "keeping the applied config in {} failed: {e}",
+                self.settings.persisted_path().display()
+            );
+        }
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn describe(&self) -> String {
+        match self.applied() {
+            Some(r) => format!(
+                "etcd {} revision {} with {}",
+                self.settings.config_key(),
+                r.revision,
+                self.local.display()
+            ),
+            None => format!(
+                "{} (etcd {} has no config yet)",
+                self.local.display(),
+                self.settings.config_key()
+            ),
+        }
+    }
+}
+
+/// Connects to the endpoints with the configured TLS, credentials and keepalive.
+pub async fn connect(s: &EtcdConfig) -> Result<Client, String> {
+    let mut opts = ConnectOptions::new()
+        .with_keep_alive(s.keepalive, s.keepalive)
+        .with_keep_alive_while_idle(true)
+        .with_connect_timeout(s.keepalive)
+        // A member cut off from the others has no leader: its watch fails, and the next
+        // attempt may reach a member that has one.
+        .with_require_leader(true);
+    if let Some((user, password)) = &s.auth {
+        opts = opts.with_user(user.clone(), password.0.clone());
+    }
+    if let Some(tls) = &s.tls {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca)?));
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        opts = opts.with_tls(t);
+    }
+    Client::connect(&s.endpoints, Some(opts))
+        .await
+        .map_err(|e| format!("connecting to etcd {}: {e}", s.endpoints.join(",")))
+}
+
+/// The document now in etcd (`None` if there is none) and the store's revision.
+async fn read(client: &mut Client, key: &str) -> Result<(Option<Revision>, i64), String> {
+    let resp = client
+        .get(key, None)
+        .await
+        .map_err(|e| format!("reading {key}: {e}"))?;
+    let store = resp.header().map_or(0, |h| h.revision());
+    let doc = match resp.kvs().first() {
+        None => None,
+        Some(kv) => Some(Revision {
+            text: kv
+                .value_str()
+                .map_err(|_| format!("{key} is not UTF-8 text"))?
+                .to_string(),
+            revision: kv.mod_revision(),
+        }),
+    };
+    Ok((doc, store))
+}
+
+/// A current-thread runtime for the control side.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the etcd client's runtime: {e}"))
+}
+
+/// The persisted document, as written by [`persist`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    key: String,
+    revision: i64,
+    applied_at_unix: u64,
+    text: String,
+}
+
+fn persist(s: &EtcdConfig, rev: &Revision) -> Result<(), String> {
+    let path = s.persisted_path();
+    std::fs::create_dir_all(&s.state_dir)
+        .map_err(|e| format!("creating {}: {e}", s.state_dir.display()))?;
+    let body = serde_json::to_vec_pretty(&Persisted {
+        key: s.config_key(),
+        revision: rev.revision,
+        applied_at_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        text: rev.text.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    // Written whole to a new file and renamed over the old: a crash leaves one or the other.
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.write_all(&body)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The persisted document, if there is one for this key.
+fn persisted(s: &EtcdConfig) -> Result<Option<Revision>, String> {
+    let path = s.persisted_path();
+    let body = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let p: Persisted = serde_json::from_slice(&body)
+        .map_err(|e| format!("{}: not a persisted config: {e}", path.display()))?;
+    if p.key != s.config_key() {
+        return Err(format!(
+            "{} holds {}, not {}: ignored",
+            path.display(),
+            p.key,
+            s.config_key()
+        ));
+    }
+    Ok(Some(Revision {
+        text: p.text,
+        revision: p.revision,
+    }))
+}
+
+/// Reads the fleet's document for `lb run`: from etcd within the startup timeout, else the
+/// persisted one (saying so). An invalid document in etcd is passed over for a valid
+/// persisted one. Fails only when there is neither.
+///
+/// `persist` keeps what was read in the state directory (`lb run`); `lb check` passes false.
+pub fn open(
+    local: &Path,
+    settings: EtcdConfig,
+    persist_it: bool,
+) -> Result<Arc<EtcdSource>, String> {
+    let rt = runtime()?;
+    let key = settings.config_key();
+    let fetched = rt.block_on(async {
+        tokio::time::timeout(settings.startup_timeout, async {
+            let mut client = connect(&settings).await?;
+            read(&mut client, &key).await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "etcd {} did not answer within {:?}",
+                settings.endpoints.join(","),
+                settings.startup_timeout
+            ))
+        })
+    });
+    let source = |applied: Option<Revision>, from: StartedFrom| {
+        Arc::new(EtcdSource {
+            local: local.to_path_buf(),
+            settings: settings.clone(),
+            applied: Mutex::new(applied),
+            status: Mutex::new(Status {
+                started_from: from,
+                connected: false,
+                last_sync: None,
+                rejected: 0,
+                last_rejected: None,
+                reconnects: 0,
+                full_reads: 0,
+                last_error: None,
+            }),
+        })
+    };
+    let saved = persisted(&settings).unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        None
+    });
+    match fetched {
+        Ok((None, _)) => {
+            tracing::warn!(
+                "etcd has no config at {key} yet: serving the local file alone until one is pushed"
+            );
+            Ok(source(None, StartedFrom::LocalOnly))
+        }
+        Ok((Some(doc), _)) => {
+            let src = source(Some(doc.clone()), StartedFrom::Etcd);
+            match crate::config::Config::load_with(local, Some(&src.document(&doc))) {
+                Ok(_) => {
+                    tracing::info!(revision = doc.revision, "config read from etcd {key}");
+                    if let Err(e) = if persist_it {
+                        persist(&settings, &doc)
+                    } else {
+                        Ok(())
+                    } {
+                        tracing::error!("keeping the config read from etcd failed: {e}");
+                    }
+                    Ok(src)
+                }
+                Err(errors) => {
+                    crate::metrics::etcd_rejected();
+                    let Some(saved) = saved else {
+                        // Nothing better: `lb run` reports these errors.
+                        return Ok(src);
+                    };
+                    tracing::error!(revision = doc.revision, "the config in etcd is invalid; starting from the last one applied (revision {}):\n{errors}", saved.revision);
+                    let src = source(Some(saved), StartedFrom::Persisted);
+                    src.status().rejected = 1;
+                    src.status().last_rejected = Some((doc.revision, lines(&errors)));
+                    Ok(src)
+                }
+            }
+        }
+        Err(e) => match saved {
+            Some(saved) => {
+                tracing::warn!(
+                    revision = saved.revision,
+                    "{e}; starting from the config last applied, kept in {}",
+                    settings.persisted_path().display()
+                );
+                let src = source(Some(saved), StartedFrom::Persisted);
+                src.status().last_error = Some(e);
+                Ok(src)
+            }
+            None => Err(format!(
+                "{e}, and no config from it was ever applied on this host ({} does not exist)",
+                settings.persisted_path().display()
+            )),
+        },
+    }
+}
+
+fn lines(errors: &crate::config::ConfigErrors) -> Vec<String> {
+    errors
+        .errors
+        .iter()
+        .map(|e| match &e.file {
+            Some(f) => format!("{}: {}: {}", f.display(), e.path, e.message),
+            None => format!("{}: {}", e.path, e.message),
+        })
+        .collect()
+}
+
+/// Starts the control thread that watches the fleet's document and applies each revision.
+pub fn spawn(control: Arc<Control>, source: Arc<EtcdSource>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("lb-etcd".into())
+        .spawn(move || {
+            crate::control::background_thread();
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("{e}: the config from etcd will not follow changes");
+                    return;
+                }
+            };
+            rt.block_on(watch(control, source));
+        })
+        .map(|_| ())
+}
+
+/// Why a watch session ended.
+enum Ended {
+    /// Reconnect after a pause, and resume from the revision after the last seen.
+    Lost(String),
+    /// The revision to resume from was compacted: read the whole document again.
+    Compacted(i64),
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+async fn watch(control: Arc<Control>, source: Arc<EtcdSource>) {
+    use std::sync::atomic::Ordering;
+    // The store revision up to which every change was seen; 0 forces a full read first.
+    let mut seen: i64 = 0;
+    let mut backoff = BACKOFF_MIN;
+    let age = tokio::spawn(sync_age(source.clone()));
+    loop {
+        if control.draining.load(Ordering::SeqCst) {
+            break;
+        }
+        let started = Instant::now();
+        let ended = session(&control, &source, &mut seen).await;
+        source.status().connected = false;
+        crate::metrics::etcd_connected(false);
+        match ended {
+            Ended::Compacted(at) => {
+                tracing::warn!(
+                    resume_from = seen + 1,
+                    compacted_to = at,
+                    "etcd compacted the revisions this watch had not seen: reading the config again"
+                );
+                seen = 0;
+                backoff = BACKOFF_MIN;
+                continue;
+            }
+            Ended::Lost(e) => {
+                tracing::warn!("etcd watch lost: {e}; reconnecting");
+                let mut st = source.status();
+                st.last_error = Some(e);
+                st.reconnects += 1;
+                drop(st);
+                crate::metrics::etcd_reconnect();
+            }
+        }
+        // A session that lasted resets the backoff; quick failures double it.
+        if started.elapsed() > BACKOFF_MAX * 2 {
+            backoff = BACKOFF_MIN;
+        }
+        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    age.abort();
+}
+
+/// Keeps the sync age gauge current.
+async fn sync_age(source: Arc<EtcdSource>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let last = source.status().last_sync;
+        if let Some(age) = last.and_then(|t| t.elapsed().ok()) {
+            crate::metrics::etcd_sync_age(age.as_secs_f64());
+        }
+    }
+}
+
+/// One connection: a full read if needed, then the watch from the revision after `seen`,
+/// until it fails.
+async fn session(control: &Control, source: &EtcdSource, seen: &mut i64) -> Ended {
+    let key = source.settings.config_key();
+    let mut client = match connect(&source.settings).await {
+        Ok(c) => c,
+        Err(e) => return Ended::Lost(e),
+    };
+    if *seen == 0 {
+        let (doc, store) = match read(&mut client, &key).await {
+            Ok(r) => r,
+            Err(e) => return Ended::Lost(e),
+        };
+        source.status().full_reads += 1;
+        crate::metrics::etcd_full_read();
+        match doc {
+            Some(doc) if source.applied().as_ref() != Some(&doc) => apply(control, source, doc),
+            Some(_) => {}
+            None if source.applied().is_some() => tracing::warn!(
+                "{key} is gone from etcd: the running config stays until a new one is pushed"
+            ),
+            None => {}
+        }
+        *seen = store;
+        synced(source);
+    }
+    let options = WatchOptions::new()
+        .with_start_revision(*seen + 1)
+        .with_progress_notify();
+    let mut stream = match client.watch(key.as_str(), Some(options)).await {
+        Ok(s) => s,
+        Err(e) => return Ended::Lost(format!("watching {key}: {e}")),
+    };
+    source.status().connected = true;
+    crate::metrics::etcd_connected(true);
+    tracing::info!(from = *seen + 1, "watching etcd {key}");
+    let every = source.settings.keepalive;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A progress request unanswered for three intervals means the stream is stuck even if
+    // the connection's pings are answered.
+    let mut asked: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Ended::Lost("etcd closed the watch".into()),
+                    Err(e) => return Ended::Lost(e.to_string()),
+                };
+                if resp.canceled() {
+                    if resp.compact_revision() > 0 {
+                        return Ended::Compacted(resp.compact_revision());
+                    }
+                    return Ended::Lost(format!("etcd canceled the watch: {}", resp.cancel_reason()));
+                }
+                asked = None;
+                // Several revisions may come at once (after a reconnect): only the latest
+                // document is applied.
+                let mut latest = None;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    match ev.event_type() {
+                        EventType::Put => match kv.value_str() {
+                            Ok(text) => latest = Some(Revision { text: text.to_string(), revision: kv.mod_revision() }),
+                            Err(_) => {
+                                reject(source, kv.mod_revision(), vec![format!("{key}: the value is not UTF-8 text")]);
+                                latest = None;
+                            }
+                        },
+                        EventType::Delete => {
+                            tracing::warn!(revision = kv.mod_revision(), "{key} was deleted from etcd: the running config stays until a new one is pushed");
+                            latest = None;
+                        }
+                    }
+                }
+                if let Some(doc) = latest {
+                    apply(control, source, doc);
+                }
+                if let Some(h) = resp.header() {
+                    *seen = (*seen).max(h.revision());
+                }
+                synced(source);
+            }
+            _ = tick.tick() => {
+                if asked.is_some_and(|t| t.elapsed() > every * 3) {
+                    return Ended::Lost(format!("no progress from the etcd watch in {:?}", every * 3));
+                }
+                if let Err(e) = stream.request_progress().await {
+                    return Ended::Lost(e.to_string());
+                }
+                asked.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+}
+
+fn synced(source: &EtcdSource) {
+    source.status().last_sync = Some(SystemTime::now());
+    crate::metrics::etcd_sync_age(0.0);
+}
+
+fn reject(source: &EtcdSource, revision: i64, errors: Vec<String>) {
+    tracing::error!(
+        revision,
+        "config revision {revision} from etcd refused; the running config stays:\n{}",
+        errors.join("\n")
+    );
+    crate::metrics::etcd_rejected();
+    let mut st = source.status();
+    st.rejected += 1;
+    st.last_rejected = Some((revision, errors));
+}
+
+/// Validates and publishes one revision, whole or not at all.
+fn apply(control: &Control, source: &EtcdSource, doc: Revision) {
+    match control.reload_revision(&doc) {
+        Ok(r) => tracing::info!(
+            revision = doc.revision,
+            version = %r.version,
+            "config revision {} from etcd applied",
+            doc.revision
+        ),
+        Err(errors) => reject(source, doc.revision, lines(&errors)),
+    }
+}
+
+/// What `lb push` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Written at this revision.
+    Written(i64),
+    /// etcd already holds this text (at this revision).
+    Unchanged(i64),
+}
+
+/// Writes `text` as the fleet's document, in a transaction that succeeds only if the key is
+/// still at the revision read first (or at `expect`, if given): two operators pushing at
+/// once cannot overwrite each other's change unseen.
+pub fn push(settings: &EtcdConfig, text: &str, expect: Option<i64>) -> Result<Pushed, String> {
+    let rt = runtime()?;
+    let key = settings.config_key();
+    rt.block_on(async {
+        tokio::time::timeout(settings.startup_timeout.max(Duration::from_secs(10)), async {
+            let mut client = connect(settings).await?;
+            let (current, _) = read(&mut client, &key).await?;
+            let at = current.as_ref().map_or(0, |c| c.revision);
+            if let Some(want) = expect {
+                if want != at {
+                    return Err(format!(
+                        "{key} is at revision {at}, not {want}: someone pushed since; nothing written"
+                    ));
+                }
+            }
+            if let Some(c) = current.as_ref().filter(|c| c.text == text) {
+                return Ok(Pushed::Unchanged(c.revision));
+            }
+            // mod_revision 0 is "the key does not exist".
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, at)])
+                .and_then([TxnOp::put(key.as_str(), text, None)]);
+            let resp = client
+                .txn(txn)
+                .await
+                .map_err(|e| format!("writing {key}: {e}"))?;
+            if !resp.succeeded() {
+                return Err(format!(
+                    "{key} changed after it was read at revision {at}: someone else pushed; nothing written (check theirs, then push again)"
+                ));
+            }
+            Ok(Pushed::Written(resp.header().map_or(0, |h| h.revision())))
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("etcd {} did not answer in time", settings.endpoints.join(","))))
+    })
+}
+
+/// The document now in etcd, for `lb check` of a host's local file.
+pub fn fetch(settings: &EtcdConfig) -> Result<Option<Revision>, String> {
+    let rt = runtime()?;
+    let key = settings.config_key();
+    rt.block_on(async {
+        tokio::time::timeout(settings.startup_timeout, async {
+            let mut client = connect(settings).await?;
+            read(&mut client, &key).await.map(|(d, _)| d)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "etcd {} did not answer in time",
+                settings.endpoints.join(",")
+            ))
+        })
+    })
+}

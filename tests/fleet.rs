@@ -1,0 +1,313 @@
+//! A fleet of appliances sharing a real etcd: the config pushed once reaches every lb, a bad
+//! revision reaches none, and each lb rides out etcd going away (down, frozen, partitioned,
+//! compacted past its watch) and starts from its persisted copy when etcd is unreachable.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fleet::{Etcd, Relay};
+use common::*;
+
+const PREFIX: &str = "/lb/fleet-test";
+
+/// A host's local file: listeners and admin here, the rest from etcd through `endpoint`.
+fn local(endpoint: &str, state: &Path) -> String {
+    format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nname = \"http\"\naddr = \"127.0.0.1:0\"\n\n\
+         [admin]\naddr = \"127.0.0.1:0\"\n\n\
+         [source]\nstate_dir = \"{}\"\n\
+         etcd = {{ endpoints = [\"{endpoint}\"], prefix = \"{PREFIX}\", keepalive = \"1s\", startup_timeout = \"2s\" }}\n",
+        state.display()
+    )
+}
+
+/// The fleet's document: one route answering `body`.
+fn doc(body: &str) -> String {
+    format!("[[routes]]\nname = \"all\"\nrespond = {{ body = \"{body}\\n\" }}\n")
+}
+
+/// `lb ARGS` in `dir`: exit code and output.
+fn lb(args: &[&str], dir: &Path) -> (Option<i32>, String) {
+    let out = Command::new(lb_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run lb");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// `lb push` of `text` to `etcd`; exit code and output.
+fn push(etcd: &Etcd, dir: &Path, text: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let file = dir.join("push.toml");
+    std::fs::write(&file, text).expect("write doc");
+    let file = file.display().to_string();
+    let endpoint = etcd.endpoint();
+    let mut args = vec!["push", &file, "--etcd", &endpoint, "--prefix", PREFIX];
+    args.extend_from_slice(extra);
+    lb(&args, dir)
+}
+
+fn push_ok(etcd: &Etcd, dir: &Path, text: &str) {
+    let (code, out) = push(etcd, dir, text, &[]);
+    assert_eq!(code, Some(0), "lb push: {out}");
+}
+
+fn body(lb: &Lb) -> String {
+    String::from_utf8_lossy(&get(lb.addr, "/").body)
+        .trim()
+        .to_string()
+}
+
+fn etcd_status(lb: &Lb) -> serde_json::Value {
+    let (status, v) = lb.admin("GET", "/config");
+    assert_eq!(status, 200);
+    v["etcd"].clone()
+}
+
+fn state_dir(tag: &str) -> PathBuf {
+    scratch_dir(tag)
+}
+
+#[test]
+fn a_pushed_config_reaches_every_appliance_and_a_bad_revision_none() {
+    let Some(etcd) = Etcd::start("a_pushed_config_reaches_every_appliance_and_a_bad_revision_none")
+    else {
+        return;
+    };
+    let dir = scratch_dir("fleet-push");
+    push_ok(&etcd, &dir, &doc("v1"));
+    let states: Vec<PathBuf> = (0..3).map(|i| state_dir(&format!("state{i}"))).collect();
+    let lbs: Vec<Lb> = states
+        .iter()
+        .map(|s| Lb::start(&local(&etcd.endpoint(), s)))
+        .collect();
+    for lb in &lbs {
+        assert_eq!(body(lb), "v1");
+        assert_eq!(etcd_status(lb)["started_from"], "etcd");
+    }
+
+    // One push, three appliances.
+    push_ok(&etcd, &dir, &doc("v2"));
+    for lb in &lbs {
+        wait_until("v2 on every appliance", || body(lb) == "v2");
+    }
+
+    // lb push refuses an invalid document before it reaches etcd.
+    let bad = "[[routes]]\nname = \"all\"\nrespond = { body = \"v3\" }\nbogus = 1\n";
+    let (code, out) = push(&etcd, &dir, bad, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("bogus") && out.contains("nothing pushed"),
+        "{out}"
+    );
+    // Written past lb push, it reaches etcd, and no appliance takes it.
+    etcd.ctl(&["put", &format!("{PREFIX}/config"), bad]);
+    let bad_revision = etcd.revision();
+    for lb in &lbs {
+        wait_until("the bad revision refused", || {
+            etcd_status(lb)["rejected"] == 1
+        });
+        let st = etcd_status(lb);
+        assert_eq!(st["last_rejected"]["revision"], bad_revision, "{st}");
+        assert!(
+            st["last_rejected"]["errors"].to_string().contains("bogus"),
+            "{st}"
+        );
+        assert_eq!(st["revision"].as_i64(), Some(bad_revision - 1), "{st}");
+        assert_eq!(body(lb), "v2");
+        assert_eq!(
+            metric(&lb.scrape(), "lb_config_etcd_rejected_total", &[]),
+            1.0
+        );
+    }
+    // A revision that would need a restart (a section the local files also set) is refused
+    // the same way.
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}/config"),
+        &(doc("v3") + "[server]\nworkers = 4\n"),
+    ]);
+    for lb in &lbs {
+        wait_until("the conflicting revision refused", || {
+            etcd_status(lb)["rejected"] == 2
+        });
+        assert_eq!(body(lb), "v2");
+    }
+
+    // The guarded write: a push that read an older revision writes nothing.
+    let now = etcd.revision();
+    let stale = (now - 1).to_string();
+    let (code, out) = push(&etcd, &dir, &doc("v4"), &["--expect-revision", &stale]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("nothing written"), "{out}");
+    assert_eq!(etcd.revision(), now, "a refused push wrote");
+    let current = now.to_string();
+    let (code, out) = push(&etcd, &dir, &doc("v4"), &["--expect-revision", &current]);
+    assert_eq!(code, Some(0), "{out}");
+    for lb in &lbs {
+        wait_until("v4 everywhere", || body(lb) == "v4");
+        let samples = lb.scrape();
+        assert_eq!(
+            metric(&samples, "lb_config_etcd_revision", &[]),
+            (now + 1) as f64
+        );
+        assert_eq!(metric(&samples, "lb_config_etcd_connected", &[]), 1.0);
+    }
+    // Pushing the same document again writes nothing.
+    let (code, out) = push(&etcd, &dir, &doc("v4"), &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("nothing written"), "{out}");
+    assert_eq!(etcd.revision(), now + 1);
+
+    // lb check on a host's local file checks it with the fleet's document.
+    let host = dir.join("host.toml");
+    std::fs::write(&host, local(&etcd.endpoint(), &states[0])).expect("write");
+    let (code, out) = lb(&["check", "--config", &host.display().to_string()], &dir);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("1 routes"), "{out}");
+
+    drop(lbs);
+    for s in states {
+        let _ = std::fs::remove_dir_all(s);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn etcd_down_frozen_or_restarted_leaves_the_config_serving_then_resyncs() {
+    let Some(mut etcd) =
+        Etcd::start("etcd_down_frozen_or_restarted_leaves_the_config_serving_then_resyncs")
+    else {
+        return;
+    };
+    let dir = scratch_dir("fleet-down");
+    let state = state_dir("state");
+    push_ok(&etcd, &dir, &doc("v1"));
+    let lb = Lb::start(&local(&etcd.endpoint(), &state));
+    assert_eq!(body(&lb), "v1");
+    wait_until("the watch", || etcd_status(&lb)["connected"] == true);
+
+    // Frozen: the connection stays open and nothing answers. Keepalive finds it dead.
+    // SAFETY: signals to the etcd process this test started.
+    assert_eq!(unsafe { libc::kill(etcd.pid(), libc::SIGSTOP) }, 0);
+    wait_until("the dead connection noticed", || {
+        etcd_status(&lb)["connected"] == false
+    });
+    assert_eq!(body(&lb), "v1");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(etcd.pid(), libc::SIGCONT) }, 0);
+    wait_until("the watch again", || etcd_status(&lb)["connected"] == true);
+
+    // Down: lb serves on; the watch comes back with etcd and picks up what changed.
+    etcd.stop();
+    wait_until("the watch lost", || etcd_status(&lb)["connected"] == false);
+    for _ in 0..20 {
+        assert_eq!(body(&lb), "v1");
+    }
+    let samples = lb.scrape();
+    assert!(metric(&samples, "lb_config_etcd_reconnects_total", &[]) >= 2.0);
+    assert_eq!(metric(&samples, "lb_config_etcd_connected", &[]), 0.0);
+    etcd.run();
+    push_ok(&etcd, &dir, &doc("v2"));
+    wait_until("v2 after etcd came back", || body(&lb) == "v2");
+    assert_eq!(etcd_status(&lb)["connected"], true);
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_compacted_revision_forces_a_full_read() {
+    let Some(etcd) = Etcd::start("a_compacted_revision_forces_a_full_read") else {
+        return;
+    };
+    let dir = scratch_dir("fleet-compact");
+    let state = state_dir("state");
+    let relay = Relay::start(etcd.client);
+    push_ok(&etcd, &dir, &doc("v1"));
+    let lb = Lb::start(&local(&format!("http://{}", relay.addr), &state));
+    assert_eq!(body(&lb), "v1");
+    wait_until("the watch", || etcd_status(&lb)["connected"] == true);
+    assert_eq!(etcd_status(&lb)["full_reads"], 1);
+
+    // Partitioned from etcd while two revisions come and the history is compacted past
+    // the one its watch would resume from.
+    relay.cut();
+    wait_until("the watch lost", || etcd_status(&lb)["connected"] == false);
+    push_ok(&etcd, &dir, &doc("v2"));
+    push_ok(&etcd, &dir, &doc("v3"));
+    etcd.ctl(&["compact", &etcd.revision().to_string()]);
+    relay.restore();
+    wait_until("v3 after the partition", || body(&lb) == "v3");
+    let st = etcd_status(&lb);
+    assert_eq!(st["full_reads"], 2, "{st}");
+    assert!(
+        lb.log()
+            .contains("compacted the revisions this watch had not seen"),
+        "{}",
+        lb.log()
+    );
+    assert_eq!(
+        metric(&lb.scrape(), "lb_config_etcd_full_reads_total", &[]),
+        2.0
+    );
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_lb_started_while_etcd_is_down_serves_its_persisted_config() {
+    let Some(mut etcd) =
+        Etcd::start("an_lb_started_while_etcd_is_down_serves_its_persisted_config")
+    else {
+        return;
+    };
+    let dir = scratch_dir("fleet-persist");
+    let state = state_dir("state");
+    push_ok(&etcd, &dir, &doc("v1"));
+    let first = Lb::start(&local(&etcd.endpoint(), &state));
+    assert_eq!(body(&first), "v1");
+    push_ok(&etcd, &dir, &doc("v2"));
+    wait_until("v2", || body(&first) == "v2");
+    drop(first);
+    assert!(state.join("etcd-config.json").is_file());
+
+    etcd.stop();
+    let second = Lb::start(&local(&etcd.endpoint(), &state));
+    assert_eq!(body(&second), "v2");
+    let st = etcd_status(&second);
+    assert!(
+        st["started_from"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("persisted")),
+        "{st}"
+    );
+    assert!(second
+        .log()
+        .contains("starting from the config last applied"));
+    // And it follows the fleet again once etcd is back.
+    etcd.run();
+    push_ok(&etcd, &dir, &doc("v3"));
+    wait_until("v3 after etcd came back", || body(&second) == "v3");
+    drop(second);
+
+    // No etcd and nothing persisted: lb says so and does not start.
+    etcd.stop();
+    let empty = state_dir("empty");
+    let host = dir.join("host.toml");
+    std::fs::write(&host, local(&etcd.endpoint(), &empty)).expect("write");
+    let (code, out) = lb(&["run", "--config", &host.display().to_string()], &dir);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("no config from it was ever applied on this host"),
+        "{out}"
+    );
+    for d in [&state, &empty, &dir] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
