@@ -6,6 +6,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::fleet::{Etcd, Relay};
 use common::*;
@@ -14,11 +17,16 @@ const PREFIX: &str = "/lb/fleet-test";
 
 /// A host's local file: listeners and admin here, the rest from etcd through `endpoint`.
 fn local(endpoint: &str, state: &Path) -> String {
+    local_with(endpoint, state, "")
+}
+
+/// [`local`] with more `[source.etcd]` settings (`, node = "a"`).
+fn local_with(endpoint: &str, state: &Path, more: &str) -> String {
     format!(
         "[server]\nworkers = 1\n\n[[listeners]]\nname = \"http\"\naddr = \"127.0.0.1:0\"\n\n\
          [admin]\naddr = \"127.0.0.1:0\"\n\n\
          [source]\nstate_dir = \"{}\"\n\
-         etcd = {{ endpoints = [\"{endpoint}\"], prefix = \"{PREFIX}\", keepalive = \"1s\", startup_timeout = \"2s\" }}\n",
+         etcd = {{ endpoints = [\"{endpoint}\"], prefix = \"{PREFIX}\", keepalive = \"1s\", startup_timeout = \"2s\"{more} }}\n",
         state.display()
     )
 }
@@ -310,4 +318,212 @@ fn an_lb_started_while_etcd_is_down_serves_its_persisted_config() {
     for d in [&state, &empty, &dir] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// The shop split of the fleet tests: stable and canary at 50% each, sticky by user, with
+/// an analysis that needs 30 canary requests.
+fn shop(stable: std::net::SocketAddr, canary: std::net::SocketAddr) -> String {
+    format!(
+        "[[clusters]]\nname = \"stable\"\nendpoints = [{{ addr = \"{stable}\" }}]\n\n\
+         [[clusters]]\nname = \"canary\"\nendpoints = [{{ addr = \"{canary}\" }}]\n\n\
+         [[routes]]\nname = \"shop\"\npath_prefix = \"/\"\n\
+         [routes.split]\nname = \"shop\"\nsticky = \"header:X-User-ID\"\nsalt = \"fleet\"\n\
+         targets = [{{ name = \"stable\", cluster = \"stable\", weight = 50 }}, {{ name = \"canary\", cluster = \"canary\", weight = 50 }}]\n\
+         analysis = {{ baseline = \"stable\", canary = \"canary\", window = \"60s\", interval = \"200ms\", min_requests = 30, max_error_rate_increase = 0.1 }}\n"
+    )
+}
+
+fn variant(lb: &Lb, user: &str) -> String {
+    get_with(lb.addr, "/", &[("X-User-ID", user)])
+        .header("x-backend")
+        .unwrap_or("")
+        .to_string()
+}
+
+fn weights(lb: &Lb) -> (f64, f64) {
+    let s = lb.split("shop");
+    (
+        s["targets"][0]["weight_percent"].as_f64().unwrap_or(-1.0),
+        s["targets"][1]["weight_percent"].as_f64().unwrap_or(-1.0),
+    )
+}
+
+fn all(lbs: &[Option<Lb>]) -> Vec<&Lb> {
+    lbs.iter().flatten().collect()
+}
+
+fn leaders(lbs: &[Option<Lb>]) -> Vec<usize> {
+    lbs.iter()
+        .enumerate()
+        .filter(|(_, l)| l.as_ref().is_some_and(|l| etcd_status(l)["leader"] == true))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn the_fleet_shares_release_state_and_judges_a_canary_on_its_sums() {
+    let Some(mut etcd) =
+        Etcd::start("the_fleet_shares_release_state_and_judges_a_canary_on_its_sums")
+    else {
+        return;
+    };
+    let dir = scratch_dir("fleet-canary");
+    let failing = Arc::new(AtomicBool::new(false));
+    let stable = Backend::start(Arc::new(|_req, res| {
+        res.send(200, &[("X-Backend", "stable")], b"stable")
+    }))
+    .expect("stable");
+    let f = failing.clone();
+    let canary = Backend::start(Arc::new(move |_req, res| {
+        let status = if f.load(Ordering::SeqCst) { 500 } else { 200 };
+        res.send(status, &[("X-Backend", "canary")], b"canary")
+    }))
+    .expect("canary");
+    push_ok(&etcd, &dir, &shop(stable.addr, canary.addr));
+    let states: Vec<PathBuf> = (0..3).map(|i| state_dir(&format!("state{i}"))).collect();
+    let lease = Duration::from_secs(2);
+    let mut lbs: Vec<Option<Lb>> = states
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(s, node)| {
+            Some(Lb::start(&local_with(
+                &etcd.endpoint(),
+                s,
+                &format!(", node = \"{node}\", lease = \"2s\""),
+            )))
+        })
+        .collect();
+    wait_until("one leader", || leaders(&lbs).len() == 1);
+
+    // Same user, same variant, on every appliance.
+    for u in 0..30 {
+        let user = format!("user-{u}");
+        let seen: Vec<String> = all(&lbs).iter().map(|l| variant(l, &user)).collect();
+        assert!(seen.iter().all(|v| *v == seen[0]), "{user}: {seen:?}");
+    }
+
+    // A weight change through one appliance's admin API reaches the others.
+    let (status, body) = all(&lbs)[0].admin_json(
+        "POST",
+        "/splits/shop/weights",
+        &serde_json::json!({ "stable": 80, "canary": 20 }),
+    );
+    assert_eq!(status, 200, "{body}");
+    for lb in all(&lbs) {
+        wait_until("80/20 everywhere", || weights(lb) == (80.0, 20.0));
+    }
+    let (status, body) = all(&lbs)[1].admin_json(
+        "POST",
+        "/splits/shop/weights",
+        &serde_json::json!({ "stable": 50, "canary": 50 }),
+    );
+    assert_eq!(status, 200, "{body}");
+    for lb in all(&lbs) {
+        wait_until("50/50 everywhere", || weights(lb) == (50.0, 50.0));
+    }
+
+    // The canary fails, spread thin: no appliance alone sees min_requests (30) canary
+    // requests, the fleet does. Requests go round the three until each has rolled back.
+    failing.store(true, Ordering::SeqCst);
+    let mut canary_seen = [0usize; 3];
+    let mut n = 0;
+    while !all(&lbs)
+        .iter()
+        .all(|l| l.split("shop")["rolled_back"] == true)
+    {
+        let i = n % 3;
+        if variant(all(&lbs)[i], &format!("spread-{n}")) == "canary" {
+            canary_seen[i] += 1;
+        }
+        n += 1;
+        assert!(n < 2_000, "no rollback after {n} requests: {canary_seen:?}");
+        if canary_seen.iter().sum::<usize>() >= 45 {
+            // Enough sent; wait for the decision to reach everyone.
+            for lb in all(&lbs) {
+                wait_until("the fleet's rollback", || {
+                    lb.split("shop")["rolled_back"] == true
+                });
+            }
+        }
+    }
+    assert!(
+        canary_seen.iter().all(|&c| c < 30),
+        "an appliance saw min_requests alone: {canary_seen:?}"
+    );
+    for lb in all(&lbs) {
+        assert_eq!(weights(lb), (100.0, 0.0));
+        let reason = lb.split("shop")["last_decision"]["reason"].to_string();
+        assert!(reason.contains("fleet counts from"), "{reason}");
+        assert_eq!(
+            metric(
+                &lb.scrape(),
+                "lb_canary_rollbacks_total",
+                &[("split", "shop")]
+            ),
+            1.0
+        );
+        for u in 0..10 {
+            assert_eq!(variant(lb, &format!("after-{u}")), "stable");
+        }
+    }
+    let leader = leaders(&lbs)[0];
+    let leader_log = lbs[leader].as_ref().map(Lb::log).unwrap_or_default();
+    assert!(leader_log.contains("fleet decision"), "{leader_log}");
+
+    // The leader dies: another takes the analysis over within the lease.
+    let killed = Instant::now();
+    lbs[leader] = None;
+    wait_until("a new leader", || leaders(&lbs).len() == 1);
+    let took = killed.elapsed();
+    assert!(
+        took <= lease + Duration::from_secs(3),
+        "the analysis was leaderless for {took:?}, with a lease of {lease:?}"
+    );
+    let new_leader = leaders(&lbs)[0];
+    assert_ne!(new_leader, leader);
+    // The canary back at 50% through a survivor: the new leader judges it (on the window
+    // that still holds its errors) and rolls it back on every appliance again.
+    let (status, body) = all(&lbs)[0].admin_json(
+        "POST",
+        "/splits/shop/weights",
+        &serde_json::json!({ "stable": 50, "canary": 50 }),
+    );
+    assert_eq!(status, 200, "{body}");
+    for lb in all(&lbs) {
+        wait_until("the second rollback", || {
+            metric(
+                &lb.scrape(),
+                "lb_canary_rollbacks_total",
+                &[("split", "shop")],
+            ) == 2.0
+        });
+        assert_eq!(weights(lb), (100.0, 0.0));
+    }
+    let log = lbs[new_leader].as_ref().map(Lb::log).unwrap_or_default();
+    assert!(log.contains("fleet decision"), "{log}");
+
+    // Without etcd, a change through the admin API is refused, and nothing changes.
+    etcd.stop();
+    let survivor = all(&lbs)[0];
+    wait_until("the watch lost", || {
+        etcd_status(survivor)["connected"] == false
+    });
+    let (status, body) = survivor.admin_json(
+        "POST",
+        "/splits/shop/weights",
+        &serde_json::json!({ "stable": 10, "canary": 90 }),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reason"].to_string().contains("nothing changed"),
+        "{body}"
+    );
+    assert_eq!(weights(survivor), (100.0, 0.0));
+    assert_eq!(variant(survivor, "after-0"), "stable");
+
+    drop(lbs);
+    for s in states {
+        let _ = std::fs::remove_dir_all(s);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

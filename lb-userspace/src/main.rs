@@ -314,6 +314,8 @@ fn push(
                     auth: None,
                     keepalive: None,
                     startup_timeout: None,
+                    node: None,
+                    lease: None,
                 }),
                 state_dir: None,
             };

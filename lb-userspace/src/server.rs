@@ -358,8 +358,11 @@ fn spawn_release_control(control: Arc<Control>) -> std::io::Result<()> {
                 }
                 let snap = control.cell.load();
                 let now = crate::clock::now_ms();
-                for s in &snap.splits {
-                    crate::release::analysis::evaluate(&s.config, &s.state, now);
+                // In a fleet, the elected appliance judges the fleet's sums instead.
+                if control.fleet().is_none() {
+                    for s in &snap.splits {
+                        crate::release::analysis::evaluate(&s.config, &s.state, now);
+                    }
                 }
                 drop(snap);
                 // What of a freed snapshot this thread's heap holds goes back to the kernel

@@ -211,6 +211,8 @@ fn etcd_status(control: &Control) -> Value {
         "reconnects": st.reconnects,
         "full_reads": st.full_reads,
         "last_error": st.last_error,
+        "node": src.fleet.node,
+        "leader": src.fleet.is_leader(),
     })
 }
 
@@ -577,6 +579,15 @@ fn split_control(method: &str, path: &str, body: &[u8], control: &Control) -> (u
         );
     };
     let (cfg, state) = (&s.config, &s.state);
+    // In a fleet, the change is made here and written for every appliance; if it cannot
+    // be written, it is undone here too.
+    let fleet = control.fleet().map(|f| {
+        (
+            f,
+            f.known_revision(name),
+            crate::control::upgrade::SplitSaved::of(name, state),
+        )
+    });
     // Baseline and canary: from the analysis, else the default target and the first other.
     let baseline = cfg
         .analysis
@@ -683,6 +694,14 @@ fn split_control(method: &str, path: &str, body: &[u8], control: &Control) -> (u
                 404,
                 json!({ "error": "not_found", "reason": format!("no split action {other:?}") }),
             )
+        }
+    }
+    if let Some((fleet, base, before)) = fleet {
+        if let Err(reason) = fleet.publish(name, state, cfg.targets.len(), base, &before) {
+            return (
+                503,
+                json!({ "error": "fleet_unavailable", "reason": format!("{reason}; nothing changed") }),
+            );
         }
     }
     let weights: serde_json::Map<String, Value> = cfg

@@ -32,6 +32,11 @@ pub struct RawEtcd {
     /// How long `lb run` waits for etcd at start before it falls back to the persisted
     /// config (default 5s).
     pub startup_timeout: Option<String>,
+    /// This appliance's name in the fleet (default: the host name and the process ID).
+    pub node: Option<String>,
+    /// The time to live of this appliance's lease: its published counts and its
+    /// leadership of the fleet's canary analysis outlive it by at most this (default 5s).
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +70,9 @@ pub struct EtcdConfig {
     pub keepalive: Duration,
     pub startup_timeout: Duration,
     pub state_dir: PathBuf,
+    /// `None`: the host name and process ID, filled in at start.
+    pub node: Option<String>,
+    pub lease: Duration,
 }
 
 /// A password, which `Debug` does not print.
@@ -87,6 +95,22 @@ impl EtcdConfig {
     /// The key the fleet's config document is stored at.
     pub fn config_key(&self) -> String {
         format!("{}/config", self.prefix)
+    }
+
+    /// This appliance's name in the fleet.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            let mut buf = [0u8; 256];
+            // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer.
+            let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+            let host = if rc == 0 {
+                let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+                String::from_utf8_lossy(&buf[..end]).into_owned()
+            } else {
+                "lb".into()
+            };
+            format!("{host}-{}", std::process::id())
+        })
     }
 
     /// Where the last applied document is persisted.
@@ -190,6 +214,12 @@ pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<
         Duration::from_secs(5),
         &mut errors,
     );
+    let lease = duration(
+        "source.etcd.lease",
+        &e.lease,
+        Duration::from_secs(5),
+        &mut errors,
+    );
     let mut err = |path: &str, message: String| {
         errors.push(ConfigError {
             path: path.into(),
@@ -197,6 +227,24 @@ pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<
             file: None,
         })
     };
+    if lease < Duration::from_secs(1) || lease.subsec_nanos() != 0 {
+        err(
+            "source.etcd.lease",
+            "etcd leases count whole seconds: 1s or more".into(),
+        );
+    }
+    if let Some(n) = &e.node {
+        if n.is_empty()
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            err(
+                "source.etcd.node",
+                format!("expected letters, digits, '-', '_' or '.', got {n:?}"),
+            );
+        }
+    }
     let tls = e.tls.as_ref().map(|t| {
         for (key, p) in [
             ("ca", Some(&t.ca)),
@@ -255,6 +303,8 @@ pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<
         keepalive,
         startup_timeout,
         state_dir,
+        node: e.node.clone(),
+        lease,
     }))
 }
 

@@ -336,11 +336,16 @@ impl Control {
             Some(&current.version),
             unix_seconds(snap.loaded_at),
         );
-        self.cell.publish(snap);
-        // Under the reload lock: a reload of the local file meanwhile cannot go back to the
-        // previous document.
+        // Kept (and on disk) before it serves, under the reload lock: a reload of the local
+        // file meanwhile cannot go back to the previous document, and a crash right after
+        // it serves restarts with it.
         if let (Some(rev), ConfigSource::Etcd(src)) = (candidate, &self.source) {
             src.set_applied(rev);
+        }
+        self.cell.publish(snap);
+        // Splits whose config changed start afresh; the fleet's state for them applies.
+        if let Some(fleet) = self.fleet() {
+            fleet.reapply(&self.cell.load());
         }
         tracing::info!(version = %version, "config reloaded: {}", changes.to_string().trim_end().replace('\n', "; "));
         Ok(Reloaded { version, changes })
@@ -371,6 +376,14 @@ impl Control {
 
     pub fn source(&self) -> &ConfigSource {
         &self.source
+    }
+
+    /// The fleet's release state, when the config comes from etcd.
+    pub fn fleet(&self) -> Option<&crate::fleet::release::Fleet> {
+        match &self.source {
+            ConfigSource::Etcd(src) => Some(&src.fleet),
+            _ => None,
+        }
     }
 
     /// Marks the appliance draining and stops the health checks.

@@ -36,7 +36,7 @@ pub struct SocketInfo {
 }
 
 /// A split's runtime state as operators and the analysis left it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SplitSaved {
     pub name: String,
     pub fingerprint: u64,
@@ -574,54 +574,60 @@ pub fn restore_state(snap: &crate::snapshot::Snapshot, state: &State) -> Restore
 
 /// The release state of every split, to carry over.
 fn save_splits(snap: &crate::snapshot::Snapshot) -> Vec<SplitSaved> {
-    use std::sync::atomic::Ordering::Relaxed;
     snap.splits
         .iter()
-        .map(|s| {
-            let st = &s.state;
-            let d = st.decision.lock().unwrap_or_else(|p| p.into_inner());
-            SplitSaved {
-                name: s.config.name.clone(),
-                fingerprint: st.fingerprint.load(Relaxed),
-                weights: st.weights().to_vec(),
-                runtime_weights: st.runtime_weights.load(Relaxed),
-                paused: st.paused.load(Relaxed),
-                rolled_back: st.rolled_back.load(Relaxed),
-                step: st.step.load(Relaxed),
-                rollbacks: st.rollbacks.load(Relaxed),
-                decision: (d.at_unix, d.action.clone(), d.reason.clone()),
-            }
-        })
+        .map(|s| SplitSaved::of(&s.config.name, &s.state))
         .collect()
+}
+
+impl SplitSaved {
+    /// The release state of split `name`.
+    pub fn of(name: &str, st: &crate::release::state::SplitState) -> SplitSaved {
+        use std::sync::atomic::Ordering::Relaxed;
+        let d = st.decision.lock().unwrap_or_else(|p| p.into_inner());
+        SplitSaved {
+            name: name.to_string(),
+            fingerprint: st.fingerprint.load(Relaxed),
+            weights: st.weights().to_vec(),
+            runtime_weights: st.runtime_weights.load(Relaxed),
+            paused: st.paused.load(Relaxed),
+            rolled_back: st.rolled_back.load(Relaxed),
+            step: st.step.load(Relaxed),
+            rollbacks: st.rollbacks.load(Relaxed),
+            decision: (d.at_unix, d.action.clone(), d.reason.clone()),
+        }
+    }
+
+    /// Puts this state into `st`, if it is for the same config of the split; whether it did.
+    pub fn apply_to(&self, st: &crate::release::state::SplitState, targets: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.fingerprint != st.fingerprint.load(Relaxed) || self.weights.len() != targets {
+            return false;
+        }
+        st.set_weights(self.weights.clone());
+        st.runtime_weights.store(self.runtime_weights, Relaxed);
+        st.paused.store(self.paused, Relaxed);
+        st.rolled_back.store(self.rolled_back, Relaxed);
+        if st.step.swap(self.step, Relaxed) != self.step {
+            st.step_started_ms.store(crate::clock::now_ms(), Relaxed);
+        }
+        st.rollbacks.store(self.rollbacks, Relaxed);
+        let mut d = st.decision.lock().unwrap_or_else(|p| p.into_inner());
+        d.at_unix = self.decision.0;
+        d.action = self.decision.1.clone();
+        d.reason = self.decision.2.clone();
+        true
+    }
 }
 
 /// Puts carried-over state into the splits of `snap` that have the same name and config.
 /// A split whose config changed starts afresh, as a reload would.
 fn restore_splits(snap: &crate::snapshot::Snapshot, saved: &[SplitSaved]) -> usize {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut restored = 0;
     for s in &snap.splits {
-        let st = &s.state;
-        let Some(v) = saved
-            .iter()
-            .find(|v| v.name == s.config.name && v.fingerprint == st.fingerprint.load(Relaxed))
-        else {
-            continue;
-        };
-        if v.weights.len() != s.config.targets.len() {
-            continue;
+        if let Some(v) = saved.iter().find(|v| v.name == s.config.name) {
+            restored += usize::from(v.apply_to(&s.state, s.config.targets.len()));
         }
-        st.set_weights(v.weights.clone());
-        st.runtime_weights.store(v.runtime_weights, Relaxed);
-        st.paused.store(v.paused, Relaxed);
-        st.rolled_back.store(v.rolled_back, Relaxed);
-        st.step.store(v.step, Relaxed);
-        st.rollbacks.store(v.rollbacks, Relaxed);
-        let mut d = st.decision.lock().unwrap_or_else(|p| p.into_inner());
-        d.at_unix = v.decision.0;
-        d.action = v.decision.1.clone();
-        d.reason = v.decision.2.clone();
-        restored += 1;
     }
     restored
 }

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, Identity, TlsOptions, Txn,
-    TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 
 use crate::config::include::Document;
 use crate::config::source::EtcdConfig;
+use crate::control::upgrade::SplitSaved;
 use crate::control::Control;
 
 /// One revision of the fleet's config document: its text and the revision that wrote it.
@@ -68,6 +69,8 @@ pub struct EtcdSource {
     /// The document the running config was built from; `None` while etcd has none.
     applied: Mutex<Option<Revision>>,
     pub status: Mutex<Status>,
+    /// The fleet's release state and canary analysis.
+    pub fleet: crate::fleet::release::Fleet,
 }
 
 impl EtcdSource {
@@ -276,6 +279,7 @@ pub fn open(
                 full_reads: 0,
                 last_error: None,
             }),
+            fleet: crate::fleet::release::Fleet::new(settings.node_name()),
         })
     };
     let saved = persisted(&settings).unwrap_or_else(|e| {
@@ -381,15 +385,23 @@ async fn watch(control: Arc<Control>, source: Arc<EtcdSource>) {
     // The store revision up to which every change was seen; 0 forces a full read first.
     let mut seen: i64 = 0;
     let mut backoff = BACKOFF_MIN;
+    let Some(mut requests) = source.fleet.take_requests() else {
+        tracing::error!("the etcd watch was started twice");
+        return;
+    };
     let age = tokio::spawn(sync_age(source.clone()));
     loop {
         if control.draining.load(Ordering::SeqCst) {
             break;
         }
         let started = Instant::now();
-        let ended = session(&control, &source, &mut seen).await;
+        let ended = session(&control, &source, &mut seen, &mut requests).await;
         source.status().connected = false;
+        if source.fleet.leader.swap(false, Ordering::SeqCst) {
+            tracing::warn!("no longer leading the fleet's canary analysis");
+        }
         crate::metrics::etcd_connected(false);
+        crate::metrics::fleet_leader(false);
         match ended {
             Ended::Compacted(at) => {
                 tracing::warn!(
@@ -409,6 +421,10 @@ async fn watch(control: Arc<Control>, source: Arc<EtcdSource>) {
                 drop(st);
                 crate::metrics::etcd_reconnect();
             }
+        }
+        // Writes asked for meanwhile cannot be made: whoever asked is told now.
+        while let Ok(put) = requests.try_recv() {
+            let _ = put.reply.send(Err("etcd is unreachable".into()));
         }
         // A session that lasted resets the backoff; quick failures double it.
         if started.elapsed() > BACKOFF_MAX * 2 {
@@ -433,45 +449,126 @@ async fn sync_age(source: Arc<EtcdSource>) {
     }
 }
 
+/// The keys one watch follows: the config document and the splits' state, which sort
+/// together (`config` < `leader...` < `splits/...` < `splits0`); the appliances' counts
+/// (`windows/...`) are read by the leader only.
+struct Keys {
+    config: String,
+    splits: String,
+    end: String,
+    windows: String,
+    election: String,
+}
+
+impl Keys {
+    fn of(s: &EtcdConfig) -> Keys {
+        Keys {
+            config: s.config_key(),
+            splits: format!("{}/splits/", s.prefix),
+            end: format!("{}/splits0", s.prefix),
+            windows: format!("{}/windows/", s.prefix),
+            election: format!("{}/leader", s.prefix),
+        }
+    }
+}
+
+/// How often an appliance publishes its window counts, and the leader evaluates.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+const LEAD_EVERY: Duration = Duration::from_millis(200);
+
 /// One connection: a full read if needed, then the watch from the revision after `seen`,
-/// until it fails.
-async fn session(control: &Control, source: &EtcdSource, seen: &mut i64) -> Ended {
-    let key = source.settings.config_key();
+/// this appliance's lease, its candidacy for the fleet's analysis, its counts, and the
+/// writes asked for; until something fails.
+async fn session(
+    control: &Control,
+    source: &EtcdSource,
+    seen: &mut i64,
+    requests: &mut tokio::sync::mpsc::UnboundedReceiver<crate::fleet::release::Put>,
+) -> Ended {
+    use std::sync::atomic::Ordering;
+    let keys = Keys::of(&source.settings);
+    let fleet = &source.fleet;
     let mut client = match connect(&source.settings).await {
         Ok(c) => c,
         Err(e) => return Ended::Lost(e),
     };
     if *seen == 0 {
-        let (doc, store) = match read(&mut client, &key).await {
+        let range = GetOptions::new().with_range(keys.end.as_str());
+        let resp = match client.get(keys.config.as_str(), Some(range)).await {
             Ok(r) => r,
-            Err(e) => return Ended::Lost(e),
+            Err(e) => return Ended::Lost(format!("reading {}: {e}", keys.config)),
         };
         source.status().full_reads += 1;
         crate::metrics::etcd_full_read();
+        let mut doc = None;
+        for kv in resp.kvs() {
+            let key = kv.key_str().unwrap_or_default();
+            if key == keys.config {
+                match kv.value_str() {
+                    Ok(text) => {
+                        doc = Some(Revision {
+                            text: text.to_string(),
+                            revision: kv.mod_revision(),
+                        })
+                    }
+                    Err(_) => reject(
+                        source,
+                        kv.mod_revision(),
+                        vec![format!("{}: the value is not UTF-8 text", keys.config)],
+                    ),
+                }
+            }
+        }
         match doc {
             Some(doc) if source.applied().as_ref() != Some(&doc) => apply(control, source, doc),
             Some(_) => {}
             None if source.applied().is_some() => tracing::warn!(
-                "{key} is gone from etcd: the running config stays until a new one is pushed"
+                "{} is gone from etcd: the running config stays until a new one is pushed",
+                keys.config
             ),
             None => {}
         }
-        *seen = store;
+        // Split state after the config: it is for the splits the config has.
+        for kv in resp.kvs() {
+            split_state(control, source, &keys, kv);
+        }
+        *seen = resp.header().map_or(0, |h| h.revision());
         synced(source);
     }
     let options = WatchOptions::new()
+        .with_range(keys.end.as_str())
         .with_start_revision(*seen + 1)
         .with_progress_notify();
-    let mut stream = match client.watch(key.as_str(), Some(options)).await {
+    let mut stream = match client.watch(keys.config.as_str(), Some(options)).await {
         Ok(s) => s,
-        Err(e) => return Ended::Lost(format!("watching {key}: {e}")),
+        Err(e) => return Ended::Lost(format!("watching {}: {e}", keys.config)),
     };
+    // This appliance's lease: its counts and its candidacy end with it.
+    let ttl = source.settings.lease.as_secs().max(1) as i64;
+    let lease = match client.lease_grant(ttl, None).await {
+        Ok(l) => l.id(),
+        Err(e) => return Ended::Lost(format!("granting a lease: {e}")),
+    };
+    let (mut keeper, mut kept) = match client.lease_keep_alive(lease).await {
+        Ok(k) => k,
+        Err(e) => return Ended::Lost(format!("keeping the lease alive: {e}")),
+    };
+    let mut candidate = client.clone();
+    let campaign = candidate.campaign(keys.election.as_str(), fleet.node.as_str(), lease);
+    tokio::pin!(campaign);
+    let mut campaigning = true;
+
     source.status().connected = true;
     crate::metrics::etcd_connected(true);
-    tracing::info!(from = *seen + 1, "watching etcd {key}");
+    tracing::info!(from = *seen + 1, node = %fleet.node, "watching etcd {}", keys.config);
     let every = source.settings.keepalive;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renew = tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 3).max(300)));
+    let mut publish = tokio::time::interval(PUBLISH_EVERY);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lead = tokio::time::interval(LEAD_EVERY);
+    lead.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A progress request unanswered for three intervals means the stream is stuck even if
     // the connection's pings are answered.
     let mut asked: Option<Instant> = None;
@@ -495,16 +592,22 @@ async fn session(control: &Control, source: &EtcdSource, seen: &mut i64) -> Ende
                 let mut latest = None;
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
+                    if kv.key() != keys.config.as_bytes() {
+                        if ev.event_type() == EventType::Put {
+                            split_state(control, source, &keys, kv);
+                        }
+                        continue;
+                    }
                     match ev.event_type() {
                         EventType::Put => match kv.value_str() {
                             Ok(text) => latest = Some(Revision { text: text.to_string(), revision: kv.mod_revision() }),
                             Err(_) => {
-                                reject(source, kv.mod_revision(), vec![format!("{key}: the value is not UTF-8 text")]);
+                                reject(source, kv.mod_revision(), vec![format!("{}: the value is not UTF-8 text", keys.config)]);
                                 latest = None;
                             }
                         },
                         EventType::Delete => {
-                            tracing::warn!(revision = kv.mod_revision(), "{key} was deleted from etcd: the running config stays until a new one is pushed");
+                            tracing::warn!(revision = kv.mod_revision(), "{} was deleted from etcd: the running config stays until a new one is pushed", keys.config);
                             latest = None;
                         }
                     }
@@ -526,8 +629,163 @@ async fn session(control: &Control, source: &EtcdSource, seen: &mut i64) -> Ende
                 }
                 asked.get_or_insert_with(Instant::now);
             }
+            _ = renew.tick() => {
+                if let Err(e) = keeper.keep_alive().await {
+                    return Ended::Lost(format!("renewing the lease: {e}"));
+                }
+            }
+            k = kept.message() => match k {
+                Ok(Some(r)) if r.ttl() > 0 => {}
+                Ok(Some(_)) => return Ended::Lost("this appliance's lease expired".into()),
+                Ok(None) => return Ended::Lost("etcd closed the lease stream".into()),
+                Err(e) => return Ended::Lost(format!("the lease stream: {e}")),
+            },
+            won = &mut campaign, if campaigning => {
+                campaigning = false;
+                match won {
+                    Ok(_) => {
+                        fleet.leader.store(true, Ordering::SeqCst);
+                        crate::metrics::fleet_leader(true);
+                        tracing::info!(node = %fleet.node, "leading the fleet's canary analysis");
+                    }
+                    Err(e) => return Ended::Lost(format!("campaigning for the fleet's analysis: {e}")),
+                }
+            }
+            Some(put) = requests.recv() => {
+                let result = if Instant::now() > put.deadline {
+                    Err("too late: the caller gave up".into())
+                } else {
+                    write_split(&mut client, &keys, fleet, &put.name, &put.doc, put.base).await
+                };
+                let _ = put.reply.send(result);
+            }
+            _ = publish.tick() => {
+                let snap = control.cell.load();
+                for (split, json) in crate::fleet::release::publishable(&snap, &fleet.node, crate::clock::now_ms()) {
+                    let key = format!("{}{split}/{}", keys.windows, fleet.node);
+                    if let Err(e) = client.put(key, json, Some(PutOptions::new().with_lease(lease))).await {
+                        return Ended::Lost(format!("publishing this appliance's counts: {e}"));
+                    }
+                }
+            }
+            _ = lead.tick(), if fleet.is_leader() => {
+                if let Err(e) = analyse(&mut client, control, &keys, fleet).await {
+                    return Ended::Lost(e);
+                }
+            }
         }
     }
+}
+
+/// A split's state from a key under `splits/`.
+fn split_state(control: &Control, source: &EtcdSource, keys: &Keys, kv: &etcd_client::KeyValue) {
+    let Some(name) = kv
+        .key_str()
+        .ok()
+        .and_then(|k| k.strip_prefix(keys.splits.as_str()))
+    else {
+        return;
+    };
+    match serde_json::from_slice::<SplitSaved>(kv.value()) {
+        Ok(doc) => {
+            let snap = control.cell.load();
+            source
+                .fleet
+                .apply_remote(&snap, name, doc, kv.mod_revision());
+        }
+        Err(e) => tracing::warn!(
+            split = name,
+            "ignoring the fleet state of split {name}: {e}"
+        ),
+    }
+}
+
+/// Writes split `name`'s state if etcd still holds revision `base` of it.
+async fn write_split(
+    client: &mut Client,
+    keys: &Keys,
+    fleet: &crate::fleet::release::Fleet,
+    name: &str,
+    doc: &SplitSaved,
+    base: i64,
+) -> Result<(), String> {
+    let key = format!("{}{name}", keys.splits);
+    let json = serde_json::to_string(doc).map_err(|e| e.to_string())?;
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, base)])
+        .and_then([TxnOp::put(key.as_str(), json, None)]);
+    let resp = client
+        .txn(txn)
+        .await
+        .map_err(|e| format!("writing {key}: {e}"))?;
+    if !resp.succeeded() {
+        return Err(format!(
+            "split {name} was changed by another appliance meanwhile (this change was made on revision {base}): its state is applied; look, then try again"
+        ));
+    }
+    fleet.set_known(name, doc.clone(), resp.header().map_or(0, |h| h.revision()));
+    Ok(())
+}
+
+/// The leader's round: each split whose analysis is due is judged on the fleet's sums, and
+/// what it decides is written for every appliance.
+async fn analyse(
+    client: &mut Client,
+    control: &Control,
+    keys: &Keys,
+    fleet: &crate::fleet::release::Fleet,
+) -> Result<(), String> {
+    use crate::fleet::release::{basis, sum, Published};
+    use std::sync::atomic::Ordering::Relaxed;
+    let snap = control.cell.load();
+    let now = crate::clock::now_ms();
+    for s in &snap.splits {
+        let Some(a) = &s.config.analysis else {
+            continue;
+        };
+        let last = s.state.last_evaluated_ms.load(Relaxed);
+        if last != 0 && now.saturating_sub(last) < a.interval.as_millis() as u64 {
+            continue;
+        }
+        let name = &s.config.name;
+        let resp = client
+            .get(
+                format!("{}{name}/", keys.windows),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| format!("reading the fleet's counts: {e}"))?;
+        let published: Vec<Published> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect();
+        let (sums, appliances) = sum(
+            &published,
+            s.state.fingerprint.load(Relaxed),
+            s.config.targets.len(),
+        );
+        // A change made here through the admin API and not yet written is not judged
+        // before it is: the write would then find the split changed under it.
+        let base = fleet.known_revision(name);
+        let before = SplitSaved::of(name, &s.state);
+        if fleet.known(name).is_some_and(|k| k != before) {
+            continue;
+        }
+        crate::release::analysis::evaluate_on(&s.config, &s.state, now, |cfg| {
+            let (b, c) = (&sums[cfg.baseline], &sums[cfg.canary]);
+            (b.stats(), c.stats(), basis(b, c, appliances))
+        });
+        let after = SplitSaved::of(name, &s.state);
+        if after != before {
+            tracing::info!(split = %name, action = %after.decision.1, reason = %after.decision.2, "fleet decision");
+            if let Err(e) = write_split(client, keys, fleet, name, &after, base).await {
+                tracing::error!(split = %name, "the fleet decision could not be written, so it is undone here: {e}");
+                fleet.revert(&snap, name);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn synced(source: &EtcdSource) {

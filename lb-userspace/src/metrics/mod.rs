@@ -559,12 +559,17 @@ pub fn etcd_connected(up: bool) {
     gauge!(ETCD_CONNECTED).set(if up { 1.0 } else { 0.0 });
 }
 
+pub fn fleet_leader(leading: bool) {
+    gauge!(FLEET_LEADER).set(if leading { 1.0 } else { 0.0 });
+}
+
 /// Registers the etcd source's series at 0, when the config comes from etcd.
 pub fn register_etcd() {
     counter!(ETCD_REJECTED_TOTAL).increment(0);
     counter!(ETCD_RECONNECTS_TOTAL).increment(0);
     counter!(ETCD_FULL_READS_TOTAL).increment(0);
     gauge!(ETCD_CONNECTED).set(0.0);
+    gauge!(FLEET_LEADER).set(0.0);
 }
 
 /// Registers the process-wide counters that dashboards graph, at 0, so a fresh install's

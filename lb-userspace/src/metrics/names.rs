@@ -66,6 +66,8 @@ pub const ETCD_RECONNECTS_TOTAL: &str = "lb_config_etcd_reconnects_total";
 pub const ETCD_FULL_READS_TOTAL: &str = "lb_config_etcd_full_reads_total";
 /// 1 while the etcd watch is established.
 pub const ETCD_CONNECTED: &str = "lb_config_etcd_connected";
+/// 1 while this appliance leads the fleet's canary analysis.
+pub const FLEET_LEADER: &str = "lb_fleet_leader";
 
 /// TLS handshakes, by `result` (`ok`, `error`, `incomplete`: the client left or timed out),
 /// `version` (`1.2`, `1.3`,

@@ -90,8 +90,26 @@ pub fn set_canary(state: &SplitState, canary: usize, baseline: usize, ppm: u32) 
     state.set_weights(w);
 }
 
-/// One evaluation of a split at `now_ms`: analysis, then promotion.
+/// One evaluation of a split at `now_ms` on this appliance's own counts: analysis, then
+/// promotion.
 pub fn evaluate(split: &SplitConfig, state: &SplitState, now_ms: u64) {
+    evaluate_on(split, state, now_ms, |cfg| {
+        (
+            state.stats[cfg.baseline].window(now_ms, cfg.window),
+            state.stats[cfg.canary].window(now_ms, cfg.window),
+            String::new(),
+        )
+    })
+}
+
+/// One evaluation on the windows `windows` gives (baseline, canary, and what they are: a
+/// note appended to a decision's reason), asked for only when an analysis is due.
+pub fn evaluate_on(
+    split: &SplitConfig,
+    state: &SplitState,
+    now_ms: u64,
+    windows: impl FnOnce(&AnalysisConfig) -> (WindowStats, WindowStats, String),
+) {
     let Some(cfg) = &split.analysis else {
         return promote_if_due(split, state, now_ms, true);
     };
@@ -103,8 +121,7 @@ pub fn evaluate(split: &SplitConfig, state: &SplitState, now_ms: u64) {
     if state.rolled_back.load(Ordering::SeqCst) || state.weights()[cfg.canary] == 0 {
         return;
     }
-    let baseline = state.stats[cfg.baseline].window(now_ms, cfg.window);
-    let canary = state.stats[cfg.canary].window(now_ms, cfg.window);
+    let (baseline, canary, note) = windows(cfg);
     let verdict = judge(cfg, &baseline, &canary);
     *state.last_verdict.lock().unwrap_or_else(|p| p.into_inner()) = match verdict {
         Verdict::NotEnoughData => "not_enough_data",
@@ -112,7 +129,7 @@ pub fn evaluate(split: &SplitConfig, state: &SplitState, now_ms: u64) {
         Verdict::Breach(_) => "breach",
     };
     match verdict {
-        Verdict::Breach(reason) => rollback(split, state, cfg.canary, cfg.baseline, reason),
+        Verdict::Breach(reason) => rollback(split, state, cfg.canary, cfg.baseline, reason + &note),
         Verdict::Healthy => promote_if_due(split, state, now_ms, true),
         Verdict::NotEnoughData => {}
     }

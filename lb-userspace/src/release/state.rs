@@ -82,6 +82,43 @@ impl WindowStats {
     }
 }
 
+/// A window's requests, 5xx responses and latency histogram: sums of these over
+/// appliances are the fleet's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            requests: 0,
+            errors: 0,
+            latency: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            *a += b;
+        }
+    }
+
+    pub fn stats(&self) -> WindowStats {
+        WindowStats {
+            requests: self.requests,
+            errors: self.errors,
+            p99: p99_of(&self.latency),
+        }
+    }
+}
+
 /// One window bucket summed over workers.
 struct Bucket {
     requests: u64,
@@ -146,21 +183,21 @@ impl TargetStats {
 
     /// The window's totals, summed over every worker's cell.
     pub fn window(&self, now_ms: u64, window: Duration) -> WindowStats {
-        let mut requests = 0;
-        let mut errors = 0;
-        let mut hist = [0u64; LATENCY_BUCKETS];
+        self.counts(now_ms, window).stats()
+    }
+
+    /// The window's counts, summed over every worker's cell: what an appliance publishes
+    /// for the fleet's analysis.
+    pub fn counts(&self, now_ms: u64, window: Duration) -> Counts {
+        let mut c = Counts::default();
         for b in self.buckets(now_ms, window) {
-            requests += b.requests;
-            errors += b.errors;
-            for (h, n) in hist.iter_mut().zip(&b.latency) {
+            c.requests += b.requests;
+            c.errors += b.errors;
+            for (h, n) in c.latency.iter_mut().zip(&b.latency) {
                 *h += n;
             }
         }
-        WindowStats {
-            requests,
-            errors,
-            p99: p99_of(&hist),
-        }
+        c
     }
 
     /// The window bucket by bucket, oldest first: what the console draws. Each bucket is a
