@@ -184,6 +184,15 @@ fn the_etcd_source_is_checked_before_anything_is_read_from_it() {
         (src("{ endpoints = [\"https://127.0.0.1:2379\"], prefix = \"/lb\", tls = { ca = \"/nonexistent/ca.pem\", cert = \"c.pem\" } }"), "source.etcd.tls.ca: /nonexistent/ca.pem does not exist"),
         (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", bogus = 1 }"), "source.etcd.bogus"),
         (format!("{BASE}[source]\nstate_dir = \"/tmp\"\n"), "source.state_dir: only a config from etcd is persisted"),
+        (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", lease = \"500ms\" }"), "source.etcd.lease: etcd leases count whole seconds"),
+        (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", node = \"a b\" }"), "source.etcd.node: expected letters"),
+        (format!("{BASE}[redis]\nurl = \"127.0.0.1:6379\"\n"), "redis.url: expected redis://HOST:PORT"),
+        (format!("{BASE}[redis]\n"), "redis: set either url, or sentinels with master"),
+        (format!("{BASE}[redis]\nsentinels = [\"redis://127.0.0.1:26379\"]\n"), "redis: set either url, or sentinels with master"),
+        (format!("{BASE}[redis]\nurl = \"redis://127.0.0.1:6379\"\non_failure = \"maybe\"\n"), "redis.on_failure: expected \"fail_open\" or \"fail_closed\""),
+        (format!("{BASE}[redis]\nurl = \"redis://127.0.0.1:6379\"\nsync_interval = \"0s\"\n"), "redis.sync_interval: must be at least 1ms"),
+        ("[[listeners]]\naddr = \"127.0.0.1:8080\"\n[[routes]]\nrespond = { body = \"x\" }\nrate_limit = { key = \"client_ip\", scope = \"fleet\", limits = [{ requests = 1, per = \"1s\" }] }\n".to_string(), "routes[0].rate_limit.scope: a fleet-scoped rate limit needs [redis]"),
+        ("[[listeners]]\naddr = \"127.0.0.1:8080\"\n[[routes]]\nrespond = { body = \"x\" }\nrate_limit = { key = \"client_ip\", scope = \"world\", limits = [{ requests = 1, per = \"1s\" }] }\n".to_string(), "routes[0].rate_limit.scope: expected \"local\" or \"fleet\""),
     ];
     for (text, want) in &cases {
         let (ok, out) = check(text);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fleet::{Etcd, Relay};
+use common::fleet::{Etcd, Redis, Relay};
 use common::*;
 
 const PREFIX: &str = "/lb/fleet-test";
@@ -526,4 +526,119 @@ fn the_fleet_shares_release_state_and_judges_a_canary_on_its_sums() {
         let _ = std::fs::remove_dir_all(s);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two local routes: `/fleet`, limited across the fleet, and `/local`, limited here only.
+fn limited(redis: &str, on_failure: &str) -> String {
+    config(&format!(
+        "[redis]\nurl = \"{redis}\"\non_failure = \"{on_failure}\"\n\n\
+         [[routes]]\nname = \"fleet\"\npath_prefix = \"/fleet\"\nrespond = {{ body = \"ok\" }}\n\
+         rate_limit = {{ key = \"header:X-Key\", scope = \"fleet\", limits = [{{ requests = 100, per = \"1s\" }}] }}\n\n\
+         [[routes]]\nname = \"local\"\npath_prefix = \"/local\"\nrespond = {{ body = \"ok\" }}\n\
+         rate_limit = {{ key = \"header:X-Key\", limits = [{{ requests = 50, per = \"1s\" }}] }}\n"
+    ))
+}
+
+/// Requests to `path` with key `key` on one keep-alive connection for `span`: how many
+/// were admitted (200) and refused (429).
+fn hammer(addr: std::net::SocketAddr, path: &str, key: &str, span: Duration) -> (u64, u64) {
+    let until = Instant::now() + span;
+    let (mut ok, mut refused) = (0, 0);
+    let mut c = Client::connect(addr);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Key: {key}\r\n\r\n");
+    // Bounded in time and in count.
+    for _ in 0..200_000 {
+        if Instant::now() >= until {
+            break;
+        }
+        c.send(req.as_bytes());
+        match c.response().status {
+            200 => ok += 1,
+            429 => refused += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    (ok, refused)
+}
+
+#[test]
+fn a_fleet_rate_limit_holds_across_appliances_within_the_documented_bound() {
+    let Some(mut redis) =
+        Redis::start("a_fleet_rate_limit_holds_across_appliances_within_the_documented_bound")
+    else {
+        return;
+    };
+    let lbs = [
+        Lb::start(&limited(&redis.url(), "fail_open")),
+        Lb::start(&limited(&redis.url(), "fail_open")),
+    ];
+    let closed = Lb::start(&limited(&redis.url(), "fail_closed"));
+    for lb in lbs.iter().chain([&closed]) {
+        wait_until("Redis up", || {
+            metric(&lb.scrape(), "lb_ratelimit_redis_up", &[]) == 1.0
+        });
+    }
+
+    // One key, 100/s, five seconds of load split between two appliances.
+    let span = Duration::from_secs(5);
+    let started = Instant::now();
+    let counts: Vec<(u64, u64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = lbs
+            .iter()
+            .map(|lb| s.spawn(move || hammer(lb.addr, "/fleet", "k1", span)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("load"))
+            .collect()
+    });
+    let took = started.elapsed().as_secs_f64();
+    let admitted: u64 = counts.iter().map(|c| c.0).sum();
+    // docs/fleet.md: rate × span + burst, plus what each of N appliances can admit between
+    // two syncs: N × rate × interval, and (N − 1) × burst when all start on a full bucket.
+    let (rate, burst, n, interval) = (100.0, 100.0, 2.0, 0.1);
+    let bound = rate * took + burst + n * rate * interval + (n - 1.0) * burst;
+    assert!(
+        (admitted as f64) <= bound,
+        "admitted {admitted} over {took:.2}s (per appliance {counts:?}) is above the bound {bound:.0}"
+    );
+    assert!(
+        admitted as f64 >= rate * took * 0.9,
+        "admitted {admitted} over {took:.2}s: the fleet limit refuses more than it should"
+    );
+    // Each appliance alone would have admitted about its own 100/s.
+    assert!(
+        counts.iter().all(|c| c.1 > 0),
+        "both appliances refused some: {counts:?}"
+    );
+
+    // Redis down. fail_open: each appliance holds the limit alone; fail_closed: the
+    // fleet-scoped route refuses all. Local limits work either way.
+    redis.stop();
+    for lb in lbs.iter().chain([&closed]) {
+        wait_until("Redis down noticed", || {
+            metric(&lb.scrape(), "lb_ratelimit_redis_up", &[]) == 0.0
+        });
+    }
+    let (ok, _) = hammer(lbs[0].addr, "/fleet", "k2", Duration::from_secs(2));
+    assert!(
+        ok > 0 && ok as f64 <= 100.0 * 2.5 + 100.0,
+        "fail_open admitted {ok} in 2s with a local limit of 100/s"
+    );
+    assert!(metric(&lbs[0].scrape(), "lb_ratelimit_redis_errors_total", &[]) >= 1.0);
+    let (ok, refused) = hammer(closed.addr, "/fleet", "k3", Duration::from_millis(500));
+    assert_eq!(ok, 0, "fail_closed admitted {ok} with Redis down");
+    assert!(refused > 0);
+    assert!(metric(&closed.scrape(), "lb_ratelimit_fail_closed_total", &[]) >= refused as f64);
+    let (ok, refused) = hammer(closed.addr, "/local", "k3", Duration::from_millis(500));
+    assert!(
+        ok > 0 && ok <= 50 + 50,
+        "the local limit: {ok} admitted, {refused} refused"
+    );
+
+    // Redis back: the fail_closed appliance admits again.
+    redis.run();
+    wait_until("fail_closed lifted", || {
+        get_with(closed.addr, "/fleet", &[("X-Key", "k4")]).status == 200
+    });
 }

@@ -142,6 +142,15 @@ impl Table {
         taken
     }
 
+    /// Moves `key`'s theoretical arrival time up to `tat` (µs, this process's clock) if it
+    /// is behind: what the fleet's count says the key has used.
+    pub fn raise(&self, key: u64, tat: u64) {
+        let key = key.max(1);
+        if let Some(slot) = self.slot(key, crate::ratelimit::now_us()) {
+            slot.tat.fetch_max(tat, Ordering::AcqRel);
+        }
+    }
+
     /// The slot that holds `key`, without claiming one.
     fn find(&self, key: u64, now_us: u64) -> Option<&Slot> {
         let n = self.slots.len();
@@ -270,4 +279,6 @@ pub struct RateRule {
 pub struct RateLimitConfig {
     pub key: RateKey,
     pub rules: Vec<RateRule>,
+    /// Counted across the fleet through `[redis]` (`scope = "fleet"`).
+    pub fleet: bool,
 }

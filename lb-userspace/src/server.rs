@@ -160,6 +160,9 @@ fn serve(
     spawn_cert_watch(control.clone())?;
     crate::control::acme::spawn(control.clone())?;
     spawn_release_control(control.clone())?;
+    if let Some(redis) = &config.redis {
+        crate::fleet::ratelimit::spawn(control.clone(), redis.clone())?;
+    }
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = match config.server.workers {

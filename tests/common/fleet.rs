@@ -244,3 +244,85 @@ impl Drop for Relay {
         self.cut();
     }
 }
+
+/// A Redis server on loopback, without persistence; stopped (by PID) on drop.
+pub struct Redis {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Redis {
+    /// Starts `redis-server`; `None` (reported as skipped) without it.
+    pub fn start(test: &str) -> Option<Redis> {
+        if !have("redis-server") {
+            skip(test, "redis-server is not installed (Debian redis-server)");
+            return None;
+        }
+        let mut r = Redis {
+            child: None,
+            addr: dead_addr(),
+            dir: scratch_dir("redis"),
+        };
+        r.run();
+        Some(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Starts the server and waits until it answers PING.
+    pub fn run(&mut self) {
+        assert!(self.child.is_none(), "redis already runs");
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.addr.port().to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let until = Instant::now() + BOUND;
+        loop {
+            if self.ping() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("redis-server exited with {status}");
+            }
+            assert!(Instant::now() < until, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 16];
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

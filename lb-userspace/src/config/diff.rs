@@ -86,6 +86,7 @@ impl Fingerprint {
                 ("jwt_providers", hash(&raw.jwt_providers)),
                 ("geoip", hash(&raw.geoip)),
                 ("source", hash(&raw.source)),
+                ("redis", hash(&raw.redis)),
             ],
         }
     }

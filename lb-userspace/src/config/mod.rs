@@ -95,6 +95,8 @@ pub struct Config {
     pub fingerprint: std::sync::Arc<diff::Fingerprint>,
     /// `[source.etcd]`: the fleet's config comes from etcd.
     pub etcd: Option<source::EtcdConfig>,
+    /// `[redis]`: where fleet-scoped rate limits are counted.
+    pub redis: Option<source::RedisConfig>,
 }
 
 /// `[metrics]`: the series routes get when they do not say (`metrics = ...` on a route).
@@ -527,6 +529,9 @@ pub fn restart_only_changes(old: &Config, new: &Config, buf_size: usize) -> Vec<
     }
     if old.etcd != new.etcd {
         need("source", "where the config comes from");
+    }
+    if old.redis != new.redis {
+        need("redis", "the Redis server of fleet rate limits");
     }
     // Certificates and whether a listener terminates TLS apply at reload; its socket does not.
     let sockets = |c: &Config| {
@@ -1008,6 +1013,14 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let http = validate_http(&raw.http, &mut errs);
     let http2 = validate_http2(&raw.http2, &mut errs);
     let metrics = validate_metrics(&raw.metrics, &mut errs);
+    let redis = match raw.redis.as_ref().map(source::validate_redis) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(errors)) => {
+            errs.0.extend(errors);
+            None
+        }
+    };
     let etcd = match raw.source.as_ref().map(|s| source::validate(s, base)) {
         None => None,
         Some(Ok(e)) => e,
@@ -1202,6 +1215,17 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
         }
     }
 
+    if redis.is_none() {
+        for r in routes
+            .iter()
+            .filter(|r| r.rate_limit.as_ref().is_some_and(|l| l.fleet))
+        {
+            errs.push(
+                format!("routes[{}].rate_limit.scope", r.index),
+                "a fleet-scoped rate limit needs [redis] with the server the fleet shares",
+            );
+        }
+    }
     if errs.0.is_empty() {
         Ok(Config {
             listener_tls,
@@ -1221,6 +1245,7 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
             origins: Default::default(),
             fingerprint,
             etcd,
+            redis,
         })
     } else {
         Err(errs.0)

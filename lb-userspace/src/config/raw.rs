@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub geoip: Option<RawGeoip>,
     /// Where the config comes from besides this file (etcd).
     pub source: Option<super::source::RawSource>,
+    /// The Redis that rate limits with `scope = "fleet"` share.
+    pub redis: Option<super::source::RawRedis>,
 }
 
 /// `[geoip]`: a MaxMind DB country (or city) database.
@@ -642,6 +644,8 @@ pub struct RawPromotion {
 pub struct RawRateLimit {
     /// `"client_ip"`, `"header:NAME"` or `"consumer"`.
     pub key: String,
+    /// `"local"` (default: this appliance's count) or `"fleet"` (shared through `[redis]`).
+    pub scope: Option<String>,
     pub limits: Vec<RawLimitRule>,
 }
 

@@ -411,7 +411,22 @@ pub(super) fn validate_rate_limit(
             },
         });
     }
-    Some(RateLimitConfig { key: rkey, rules })
+    let fleet = match r.scope.as_deref() {
+        None | Some("local") => false,
+        Some("fleet") => true,
+        Some(other) => {
+            errs.push(
+                format!("{key}.scope"),
+                format!("expected \"local\" or \"fleet\", got {other:?}"),
+            );
+            false
+        }
+    };
+    Some(RateLimitConfig {
+        key: rkey,
+        rules,
+        fleet,
+    })
 }
 
 pub(super) fn validate_consumers(

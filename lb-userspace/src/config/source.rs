@@ -342,3 +342,160 @@ pub fn read(path: &Path) -> Result<Option<EtcdConfig>, ConfigErrors> {
     };
     validate(&raw, base).map_err(wrap)
 }
+
+/// `[redis]`: where rate limits with `scope = "fleet"` meet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://HOST:PORT[/DB]` (or `rediss://`) of a standalone server.
+    pub url: Option<String>,
+    /// Sentinels (`redis://HOST:PORT`) to ask for the master named `master`.
+    pub sentinels: Option<Vec<String>>,
+    pub master: Option<String>,
+    /// How often each appliance brings its counts to Redis and the fleet's back (100ms).
+    pub sync_interval: Option<String>,
+    /// How long a Redis call may take before it counts as failed (250ms).
+    pub timeout: Option<String>,
+    /// `"fail_open"` (default: each appliance enforces the limit alone) or
+    /// `"fail_closed"` (fleet-scoped limits refuse every request) while Redis is down.
+    pub on_failure: Option<String>,
+    /// Key prefix in Redis (default `"lb:rl"`).
+    pub prefix: Option<String>,
+}
+
+/// Where the Redis server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Url(String),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
+/// The validated `[redis]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    pub target: RedisTarget,
+    pub sync_interval: Duration,
+    pub timeout: Duration,
+    pub fail_closed: bool,
+    pub prefix: String,
+}
+
+impl RedisConfig {
+    pub fn describe(&self) -> String {
+        match &self.target {
+            RedisTarget::Url(u) => redact(u),
+            RedisTarget::Sentinel { sentinels, master } => format!(
+                "master {master} through sentinels {}",
+                sentinels
+                    .iter()
+                    .map(|s| redact(s))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+}
+
+/// A URL without its password.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://...{}", &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+pub fn validate_redis(r: &RawRedis) -> Result<RedisConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut err = |path: &str, message: String| {
+        errors.push(ConfigError {
+            path: path.into(),
+            message,
+            file: None,
+        })
+    };
+    let url_ok = |u: &str| {
+        (u.starts_with("redis://") || u.starts_with("rediss://")) && u.len() > "redis://".len()
+    };
+    let target = match (&r.url, &r.sentinels, &r.master) {
+        (Some(u), None, None) => {
+            if !url_ok(u) {
+                err(
+                    "redis.url",
+                    format!("expected redis://HOST:PORT or rediss://HOST:PORT, got {u:?}"),
+                );
+            }
+            RedisTarget::Url(u.clone())
+        }
+        (None, Some(list), Some(master)) => {
+            if list.is_empty() {
+                err(
+                    "redis.sentinels",
+                    "at least one sentinel is required".into(),
+                );
+            }
+            for (i, u) in list.iter().enumerate() {
+                if !url_ok(u) {
+                    err(
+                        &format!("redis.sentinels[{i}]"),
+                        format!("expected redis://HOST:PORT, got {u:?}"),
+                    );
+                }
+            }
+            if master.is_empty() {
+                err("redis.master", "name the master the sentinels watch".into());
+            }
+            RedisTarget::Sentinel {
+                sentinels: list.clone(),
+                master: master.clone(),
+            }
+        }
+        _ => {
+            err("redis", "set either url, or sentinels with master".into());
+            RedisTarget::Url(String::new())
+        }
+    };
+    let mut duration = |path: &str, v: &Option<String>, default: Duration| match v {
+        None => default,
+        Some(t) => match super::units::parse_duration(t) {
+            Ok(d) if d >= Duration::from_millis(1) => d,
+            Ok(_) => {
+                err(path, "must be at least 1ms".into());
+                default
+            }
+            Err(m) => {
+                err(path, m);
+                default
+            }
+        },
+    };
+    let sync_interval = duration(
+        "redis.sync_interval",
+        &r.sync_interval,
+        Duration::from_millis(100),
+    );
+    let timeout = duration("redis.timeout", &r.timeout, Duration::from_millis(250));
+    let fail_closed = match r.on_failure.as_deref() {
+        None | Some("fail_open") => false,
+        Some("fail_closed") => true,
+        Some(other) => {
+            err(
+                "redis.on_failure",
+                format!("expected \"fail_open\" or \"fail_closed\", got {other:?}"),
+            );
+            false
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RedisConfig {
+        target,
+        sync_interval,
+        timeout,
+        fail_closed,
+        prefix: r.prefix.clone().unwrap_or_else(|| "lb:rl".into()),
+    })
+}

@@ -559,6 +559,24 @@ pub fn etcd_connected(up: bool) {
     gauge!(ETCD_CONNECTED).set(if up { 1.0 } else { 0.0 });
 }
 
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+    counter!(REDIS_ERRORS_TOTAL).increment(0);
+    counter!(FLEET_LIMIT_REFUSED_TOTAL).increment(0);
+}
+
+pub fn redis_error() {
+    counter!(REDIS_ERRORS_TOTAL).increment(1);
+}
+
+pub fn redis_synced(keys: usize) {
+    counter!(REDIS_SYNCED_KEYS_TOTAL).increment(keys as u64);
+}
+
+pub fn fleet_limit_refused() {
+    counter!(FLEET_LIMIT_REFUSED_TOTAL).increment(1);
+}
+
 pub fn fleet_leader(leading: bool) {
     gauge!(FLEET_LEADER).set(if leading { 1.0 } else { 0.0 });
 }

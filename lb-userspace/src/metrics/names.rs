@@ -68,6 +68,14 @@ pub const ETCD_FULL_READS_TOTAL: &str = "lb_config_etcd_full_reads_total";
 pub const ETCD_CONNECTED: &str = "lb_config_etcd_connected";
 /// 1 while this appliance leads the fleet's canary analysis.
 pub const FLEET_LEADER: &str = "lb_fleet_leader";
+/// 1 while the Redis of fleet-scoped rate limits answers.
+pub const REDIS_UP: &str = "lb_ratelimit_redis_up";
+/// Failed syncs with the Redis of fleet-scoped rate limits.
+pub const REDIS_ERRORS_TOTAL: &str = "lb_ratelimit_redis_errors_total";
+/// Fleet-scoped keys brought to Redis and back.
+pub const REDIS_SYNCED_KEYS_TOTAL: &str = "lb_ratelimit_redis_synced_keys_total";
+/// Requests refused because Redis was down and `on_failure = "fail_closed"`.
+pub const FLEET_LIMIT_REFUSED_TOTAL: &str = "lb_ratelimit_fail_closed_total";
 
 /// TLS handshakes, by `result` (`ok`, `error`, `incomplete`: the client left or timed out),
 /// `version` (`1.2`, `1.3`,

@@ -429,11 +429,25 @@ fn rate_limit(
             _ => crate::hash::fnv1a(k, b"\0anonymous"),
         },
     };
-    Some(crate::ratelimit::table().check(
-        crate::hash::mix(k),
-        rule.rate,
-        crate::ratelimit::now_us(),
-    ))
+    let key = crate::hash::mix(k);
+    if rl.fleet && crate::fleet::ratelimit::closed() {
+        // Redis is down and the operator chose fail_closed.
+        if !crate::dryrun::active() {
+            crate::metrics::fleet_limit_refused();
+        }
+        return Some(crate::ratelimit::Verdict {
+            allowed: false,
+            limit: rule.rate.burst,
+            remaining: 0,
+            retry_after: 1,
+            reset: 1,
+        });
+    }
+    let v = crate::ratelimit::table().check(key, rule.rate, crate::ratelimit::now_us());
+    if rl.fleet && !crate::dryrun::active() {
+        crate::fleet::ratelimit::note(key, &rule.rate, v.allowed);
+    }
+    Some(v)
 }
 
 /// A 429 answer with `Retry-After` and the RateLimit headers.
