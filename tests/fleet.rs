@@ -59,9 +59,22 @@ fn push(etcd: &Etcd, dir: &Path, text: &str, extra: &[&str]) -> (Option<i32>, St
     lb(&args, dir)
 }
 
-fn push_ok(etcd: &Etcd, dir: &Path, text: &str) {
+/// `lb push` that must write; the revision it wrote.
+fn push_ok(etcd: &Etcd, dir: &Path, text: &str) -> i64 {
     let (code, out) = push(etcd, dir, text, &[]);
     assert_eq!(code, Some(0), "lb push: {out}");
+    pushed_revision(&out)
+}
+
+fn pushed_revision(out: &str) -> i64 {
+    out.split("pushed as revision ")
+        .nth(1)
+        .and_then(|r| {
+            r.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no revision in {out:?}"))
 }
 
 fn body(lb: &Lb) -> String {
@@ -99,7 +112,7 @@ fn a_pushed_config_reaches_every_appliance_and_a_bad_revision_none() {
     }
 
     // One push, three appliances.
-    push_ok(&etcd, &dir, &doc("v2"));
+    let v2 = push_ok(&etcd, &dir, &doc("v2"));
     for lb in &lbs {
         wait_until("v2 on every appliance", || body(lb) == "v2");
     }
@@ -125,7 +138,7 @@ fn a_pushed_config_reaches_every_appliance_and_a_bad_revision_none() {
             st["last_rejected"]["errors"].to_string().contains("bogus"),
             "{st}"
         );
-        assert_eq!(st["revision"].as_i64(), Some(bad_revision - 1), "{st}");
+        assert_eq!(st["revision"].as_i64(), Some(v2), "{st}");
         assert_eq!(body(lb), "v2");
         assert_eq!(
             metric(&lb.scrape(), "lb_config_etcd_rejected_total", &[]),
@@ -156,20 +169,36 @@ fn a_pushed_config_reaches_every_appliance_and_a_bad_revision_none() {
     let current = now.to_string();
     let (code, out) = push(&etcd, &dir, &doc("v4"), &["--expect-revision", &current]);
     assert_eq!(code, Some(0), "{out}");
+    let v4 = pushed_revision(&out);
     for lb in &lbs {
         wait_until("v4 everywhere", || body(lb) == "v4");
         let samples = lb.scrape();
-        assert_eq!(
-            metric(&samples, "lb_config_etcd_revision", &[]),
-            (now + 1) as f64
-        );
+        assert_eq!(metric(&samples, "lb_config_etcd_revision", &[]), v4 as f64);
         assert_eq!(metric(&samples, "lb_config_etcd_connected", &[]), 1.0);
     }
     // Pushing the same document again writes nothing.
     let (code, out) = push(&etcd, &dir, &doc("v4"), &[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("nothing written"), "{out}");
-    assert_eq!(etcd.revision(), now + 1);
+    assert_eq!(etcd.revision(), v4);
+
+    // Every etcd series the alert rules use is exported.
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf/prometheus/alerts.yml"),
+    )
+    .expect("alert rules");
+    let scraped: Vec<String> = lbs[0].scrape().into_iter().map(|s| s.name).collect();
+    let used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("lb_config_etcd_") || w.starts_with("lb_fleet_"))
+        .collect();
+    assert!(used.len() >= 3, "{used:?}");
+    for f in used {
+        assert!(
+            scraped.iter().any(|s| s == f),
+            "{f} is used by an alert but not exported"
+        );
+    }
 
     // lb check on a host's local file checks it with the fleet's document.
     let host = dir.join("host.toml");
@@ -535,7 +564,9 @@ fn limited(redis: &str, on_failure: &str) -> String {
          [[routes]]\nname = \"fleet\"\npath_prefix = \"/fleet\"\nrespond = {{ body = \"ok\" }}\n\
          rate_limit = {{ key = \"header:X-Key\", scope = \"fleet\", limits = [{{ requests = 100, per = \"1s\" }}] }}\n\n\
          [[routes]]\nname = \"local\"\npath_prefix = \"/local\"\nrespond = {{ body = \"ok\" }}\n\
-         rate_limit = {{ key = \"header:X-Key\", limits = [{{ requests = 50, per = \"1s\" }}] }}\n"
+         rate_limit = {{ key = \"header:X-Key\", limits = [{{ requests = 50, per = \"1s\" }}] }}\n\n\
+         [[routes]]\nname = \"login\"\npath_prefix = \"/login\"\nrespond = {{ body = \"ok\" }}\n\
+         rate_limit = {{ key = \"header:X-Key\", scope = \"fleet\", strict = true, limits = [{{ requests = 5, per = \"1m\" }}] }}\n"
     ))
 }
 
@@ -552,10 +583,16 @@ fn hammer(addr: std::net::SocketAddr, path: &str, key: &str, span: Duration) -> 
             break;
         }
         c.send(req.as_bytes());
-        match c.response().status {
+        let r = c.response();
+        match r.status {
             200 => ok += 1,
             429 => refused += 1,
             s => panic!("unexpected status {s}"),
+        }
+        if r.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            c = Client::connect(addr);
         }
     }
     (ok, refused)
@@ -612,6 +649,24 @@ fn a_fleet_rate_limit_holds_across_appliances_within_the_documented_bound() {
         "both appliances refused some: {counts:?}"
     );
 
+    // A strict limit asks Redis on each request: exactly 5 a minute across the fleet,
+    // however the requests are spread.
+    let mut admitted = 0;
+    for i in 0..20 {
+        let r = get_with(lbs[i % 2].addr, "/login", &[("X-Key", "alice")]);
+        match r.status {
+            200 => admitted += 1,
+            429 => assert!(r.header("retry-after").is_some(), "{r:?}"),
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(admitted, 5, "a strict fleet limit of 5 admitted {admitted}");
+    assert_eq!(
+        get_with(closed.addr, "/login", &[("X-Key", "alice")]).status,
+        429,
+        "the third appliance shares the count"
+    );
+
     // Redis down. fail_open: each appliance holds the limit alone; fail_closed: the
     // fleet-scoped route refuses all. Local limits work either way.
     redis.stop();
@@ -635,10 +690,104 @@ fn a_fleet_rate_limit_holds_across_appliances_within_the_documented_bound() {
         ok > 0 && ok <= 50 + 50,
         "the local limit: {ok} admitted, {refused} refused"
     );
+    // Strict limits without Redis: fail_open counts here alone, fail_closed refuses.
+    let (ok, _) = hammer(lbs[0].addr, "/login", "bob", Duration::from_millis(300));
+    assert_eq!(
+        ok, 5,
+        "fail_open strict falls back to this appliance's own limit"
+    );
+    assert!(metric(&lbs[0].scrape(), "lb_ratelimit_strict_fallback_total", &[]) >= 1.0);
+    let (ok, _) = hammer(closed.addr, "/login", "carol", Duration::from_millis(300));
+    assert_eq!(ok, 0, "fail_closed strict admitted {ok} with Redis down");
 
     // Redis back: the fail_closed appliance admits again.
     redis.run();
     wait_until("fail_closed lifted", || {
         get_with(closed.addr, "/fleet", &[("X-Key", "k4")]).status == 200
     });
+}
+
+#[test]
+fn etcd_over_tls_with_credentials() {
+    let Some(mut etcd) = Etcd::start_tls("etcd_over_tls_with_credentials") else {
+        return;
+    };
+    etcd.enable_auth("lb", "s3cret", "/lb/");
+    let dir = scratch_dir("fleet-tls");
+    let state = state_dir("state");
+    std::fs::write(dir.join("password"), "s3cret\n").expect("write");
+    let host = |password_file: &str| {
+        local_with(
+            &etcd.endpoint(),
+            &state,
+            &format!(
+                ", tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}, auth = {{ user = \"lb\", password_file = \"{}\" }}",
+                etcd.tls_dir().join("ca.pem").display(),
+                etcd.tls_dir().join("cert.pem").display(),
+                etcd.tls_dir().join("key.pem").display(),
+                dir.join(password_file).display()
+            ),
+        )
+    };
+    let host_file = dir.join("host.toml");
+    std::fs::write(&host_file, host("password")).expect("write");
+    // lb push with the host's file: over TLS, as user lb.
+    std::fs::write(dir.join("doc.toml"), doc("secure")).expect("write");
+    let (code, out) = lb(
+        &[
+            "push",
+            "doc.toml",
+            "--config",
+            &host_file.display().to_string(),
+        ],
+        &dir,
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let lb1 = Lb::start(&host("password"));
+    assert_eq!(body(&lb1), "secure");
+    // The watch, the lease and the candidacy work with the same credentials.
+    wait_until("leading over TLS", || etcd_status(&lb1)["leader"] == true);
+    drop(lb1);
+
+    // A wrong password, and nothing persisted for it: lb says why it cannot start.
+    std::fs::write(dir.join("wrong"), "nope\n").expect("write");
+    let _ = std::fs::remove_dir_all(&state);
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, host("wrong")).expect("write");
+    let (code, out) = lb(&["run", "--config", &bad.display().to_string()], &dir);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.to_lowercase().contains("authentication failed"),
+        "{out}"
+    );
+    for d in [&state, &dir] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn fleet_rate_limits_find_redis_through_sentinel() {
+    let Some(redis) = Redis::start("fleet_rate_limits_find_redis_through_sentinel") else {
+        return;
+    };
+    let sentinel = common::fleet::Sentinel::start(&redis, "lbmaster");
+    let cfg = |_: ()| {
+        config(&format!(
+            "[redis]\nsentinels = [\"redis://{}\"]\nmaster = \"lbmaster\"\n\n\
+             [[routes]]\nname = \"login\"\npath_prefix = \"/login\"\nrespond = {{ body = \"ok\" }}\n\
+             rate_limit = {{ key = \"header:X-Key\", scope = \"fleet\", strict = true, limits = [{{ requests = 3, per = \"1m\" }}] }}\n",
+            sentinel.addr
+        ))
+    };
+    let lbs = [Lb::start(&cfg(())), Lb::start(&cfg(()))];
+    let mut admitted = 0;
+    for i in 0..10 {
+        if get_with(lbs[i % 2].addr, "/login", &[("X-Key", "dave")]).status == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(
+        admitted, 3,
+        "through the sentinel's master, a strict limit of 3"
+    );
 }

@@ -54,6 +54,19 @@ pub fn table() -> &'static Table {
     })
 }
 
+impl Verdict {
+    /// A refusal with nothing left, to try again in a second.
+    pub fn refused(limit: u32) -> Verdict {
+        Verdict {
+            allowed: false,
+            limit,
+            remaining: 0,
+            retry_after: 1,
+            reset: 1,
+        }
+    }
+}
+
 /// What a request arriving at `now_us` against theoretical arrival time `tat` gets, and the
 /// new theoretical arrival time if it is allowed.
 fn decide(tat: u64, rate: Rate, now_us: u64) -> (Verdict, u64) {
@@ -281,4 +294,6 @@ pub struct RateLimitConfig {
     pub rules: Vec<RateRule>,
     /// Counted across the fleet through `[redis]` (`scope = "fleet"`).
     pub fleet: bool,
+    /// Fleet-scoped and checked in Redis on each request (`strict = true`).
+    pub strict: bool,
 }

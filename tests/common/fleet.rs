@@ -18,6 +18,10 @@ pub struct Etcd {
     pub client: SocketAddr,
     peer: SocketAddr,
     pub dir: PathBuf,
+    /// Serve clients over TLS with `dir/tls/{ca,cert,key}.pem`.
+    tls: bool,
+    /// etcdctl's credentials once auth is on.
+    user: Option<String>,
 }
 
 fn have(bin: &str) -> bool {
@@ -40,13 +44,69 @@ impl Etcd {
             client: dead_addr(),
             peer: dead_addr(),
             dir: scratch_dir("etcd"),
+            tls: false,
+            user: None,
         };
         e.run();
         Some(e)
     }
 
+    /// Like [`Etcd::start`], serving clients over TLS with a certificate for 127.0.0.1
+    /// signed by `tls_dir()/ca.pem`, and asking clients for one signed by the same CA (the
+    /// same certificate serves as the clients').
+    pub fn start_tls(test: &str) -> Option<Etcd> {
+        if !have("etcd") || !have("etcdctl") {
+            skip(
+                test,
+                "etcd and etcdctl are not installed (Debian etcd-server, etcd-client)",
+            );
+            return None;
+        }
+        let mut e = Etcd {
+            child: None,
+            client: dead_addr(),
+            peer: dead_addr(),
+            dir: scratch_dir("etcd"),
+            tls: true,
+            user: None,
+        };
+        std::fs::create_dir_all(e.tls_dir()).expect("tls dir");
+        super::write_ca_and_cert(&e.tls_dir(), "etcd test CA", &["127.0.0.1", "localhost"]);
+        e.run();
+        Some(e)
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// Turns auth on with a root user (`root`/`rootpw`) and a user `name` with `password`
+    /// that may read and write keys under `prefix`.
+    pub fn enable_auth(&mut self, name: &str, password: &str, prefix: &str) {
+        self.ctl(&["user", "add", "root", "--new-user-password=rootpw"]);
+        self.ctl(&[
+            "user",
+            "add",
+            name,
+            &format!("--new-user-password={password}"),
+        ]);
+        self.ctl(&["role", "add", "lb"]);
+        self.ctl(&[
+            "role",
+            "grant-permission",
+            "lb",
+            "--prefix=true",
+            "readwrite",
+            prefix,
+        ]);
+        self.ctl(&["user", "grant-role", name, "lb"]);
+        self.ctl(&["auth", "enable"]);
+        self.user = Some("root:rootpw".into());
+    }
+
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     /// Starts the server on its data directory and waits until it answers.
@@ -58,7 +118,15 @@ impl Etcd {
             .open(self.dir.join("etcd.log"))
             .expect("etcd log");
         let peer = format!("http://{}", self.peer);
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if self.tls {
+            let t = self.tls_dir();
+            cmd.arg(format!("--cert-file={}", t.join("cert.pem").display()))
+                .arg(format!("--key-file={}", t.join("key.pem").display()))
+                .arg(format!("--trusted-ca-file={}", t.join("ca.pem").display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name=t")
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={}", self.endpoint()))
@@ -107,7 +175,17 @@ impl Etcd {
     }
 
     fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("etcdctl")
+        let mut cmd = Command::new("etcdctl");
+        if self.tls {
+            let t = self.tls_dir();
+            cmd.arg(format!("--cacert={}", t.join("ca.pem").display()))
+                .arg(format!("--cert={}", t.join("cert.pem").display()))
+                .arg(format!("--key={}", t.join("key.pem").display()));
+        }
+        if let Some(u) = &self.user {
+            cmd.arg(format!("--user={u}"));
+        }
+        let out = cmd
             .arg(format!("--endpoints={}", self.endpoint()))
             .arg("--dial-timeout=1s")
             .arg("--command-timeout=3s")
@@ -323,6 +401,72 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Sentinel watching `redis` as master `name`; stopped (by PID) on drop.
+pub struct Sentinel {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Sentinel {
+    pub fn start(redis: &Redis, name: &str) -> Sentinel {
+        let dir = scratch_dir("sentinel");
+        let addr = dead_addr();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {name} 1000\n",
+                addr.port(),
+                dir.display(),
+                redis.addr.port()
+            ),
+        )
+        .expect("sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        let mut s = Sentinel { child, addr, dir };
+        // Ready once it names the master.
+        let until = Instant::now() + BOUND;
+        loop {
+            let ok = TcpStream::connect_timeout(&s.addr, Duration::from_millis(200))
+                .ok()
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                    c.write_all(format!("SENTINEL get-master-addr-by-name {name}\r\n").as_bytes())
+                        .ok()?;
+                    let mut buf = [0u8; 256];
+                    let n = c.read(&mut buf).ok()?;
+                    Some(
+                        String::from_utf8_lossy(&buf[..n]).contains(&redis.addr.port().to_string()),
+                    )
+                })
+                .unwrap_or(false);
+            if ok {
+                return s;
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("redis sentinel exited with {status}");
+            }
+            assert!(Instant::now() < until, "the sentinel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

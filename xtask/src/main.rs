@@ -449,7 +449,7 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the load benchmark compares against and drives.
-const BENCH_TOOLS: [(&str, &str); 5] = [
+const BENCH_TOOLS: [(&str, &str); 6] = [
     ("nginx", "nginx-light"),
     ("haproxy", "haproxy"),
     ("wrk", "wrk"),
@@ -457,6 +457,8 @@ const BENCH_TOOLS: [(&str, &str); 5] = [
     ("openssl", "openssl"),
     // h2load drives the HTTP/2 scenario.
     ("h2load", "nghttp2-client"),
+    // The fleet scenario's shared etcd.
+    ("etcd", "etcd-server"),
 ];
 
 /// `cargo xtask bench [--micro | --load] [load options…]`: criterion micro benchmarks, then

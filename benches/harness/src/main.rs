@@ -13,6 +13,7 @@
 //! Before any load, `samework` checks on the wire that every proxy forwards the same
 //! headers; `--check-only` runs just that check and prints what it saw.
 
+mod fleet;
 mod largeconfig;
 mod openloop;
 mod procs;
@@ -50,7 +51,7 @@ pub struct Opts {
     pub fd_limit: u64,
 }
 
-pub const ALL_SCENARIOS: [&str; 14] = [
+pub const ALL_SCENARIOS: [&str; 15] = [
     "small_keepalive",
     "response_16k",
     "upload_1m",
@@ -65,6 +66,7 @@ pub const ALL_SCENARIOS: [&str; 14] = [
     "grpc_unary",
     "large_config",
     "upgrades",
+    "fleet",
 ];
 pub const ALL_PROXIES: [&str; 3] = ["lb", "nginx", "haproxy"];
 

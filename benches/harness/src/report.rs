@@ -262,6 +262,7 @@ pub fn build(opts: &Opts, run: &Run) -> Value {
         "same_work": run.same_work,
         "large_config": run.large_config,
         "upgrades": run.upgrades,
+        "fleet": run.fleet,
     });
     if let Some(p) = &run.profile {
         report["profile"] = p.clone();
@@ -397,6 +398,10 @@ pub fn markdown(r: &Value) -> String {
     if let Some(l) = r.get("large_config").filter(|l| !l.is_null()) {
         s.push('\n');
         s.push_str(&crate::largeconfig::markdown(l));
+    }
+    if let Some(f) = r.get("fleet").filter(|f| !f.is_null()) {
+        s.push('\n');
+        s.push_str(&crate::fleet::markdown(f));
     }
     if let Some(u) = r.get("upgrades").filter(|u| !u.is_null()) {
         s.push('\n');

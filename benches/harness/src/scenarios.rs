@@ -394,6 +394,8 @@ pub struct Run {
     pub large_config: Option<serde_json::Value>,
     /// The upgrades scenario's figures, when it ran.
     pub upgrades: Option<serde_json::Value>,
+    /// The fleet scenario's figures, when it ran.
+    pub fleet: Option<serde_json::Value>,
 }
 
 /// Writes the configs and checks on the wire that the proxies do the same work.
@@ -429,7 +431,7 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
     for scenario in opts
         .scenarios
         .iter()
-        .filter(|s| *s != "large_config" && *s != "upgrades")
+        .filter(|s| *s != "large_config" && *s != "upgrades" && *s != "fleet")
     {
         let mut per_proxy: Vec<(String, Vec<Sample>)> = opts
             .proxies
@@ -498,12 +500,19 @@ pub fn run_all(opts: &Opts) -> Result<Run> {
     } else {
         None
     };
+    let fleet = if opts.scenarios.iter().any(|s| s == "fleet") {
+        eprintln!("bench: fleet canary analysis");
+        Some(crate::fleet::run(opts)?)
+    } else {
+        None
+    };
     Ok(Run {
         results,
         profile,
         same_work,
         large_config,
         upgrades,
+        fleet,
     })
 }
 

@@ -141,7 +141,11 @@ fn tools_present(bins: &[&str]) -> bool {
 /// `lb-bench` with the debug lb, the hello backend, `out` and ports from `base`.
 fn lb_bench(out: &Path, base: u16) -> Command {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let lb = root.join("target/debug/lb");
+    // The workspace's target directory, wherever CARGO_TARGET_DIR puts it.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let lb = target.join("debug/lb");
     assert!(lb.is_file(), "build the lb binary first: {}", lb.display());
     let mut c = Command::new(env!("CARGO_BIN_EXE_lb-bench"));
     c.arg("--lb")

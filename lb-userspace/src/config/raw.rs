@@ -646,6 +646,9 @@ pub struct RawRateLimit {
     pub key: String,
     /// `"local"` (default: this appliance's count) or `"fleet"` (shared through `[redis]`).
     pub scope: Option<String>,
+    /// With `scope = "fleet"`: ask Redis on every request, for an exact fleet-wide count
+    /// (low-rate keys such as logins), instead of syncing counts every interval.
+    pub strict: Option<bool>,
     pub limits: Vec<RawLimitRule>,
 }
 

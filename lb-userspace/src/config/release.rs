@@ -422,10 +422,18 @@ pub(super) fn validate_rate_limit(
             false
         }
     };
+    let strict = r.strict.unwrap_or(false);
+    if strict && !fleet {
+        errs.push(
+            format!("{key}.strict"),
+            "strict checks a fleet-wide count in Redis: set scope = \"fleet\" too",
+        );
+    }
     Some(RateLimitConfig {
         key: rkey,
         rules,
         fleet,
+        strict,
     })
 }
 

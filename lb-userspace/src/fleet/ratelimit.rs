@@ -54,6 +54,8 @@ fn slots() -> &'static [Slot] {
 
 /// Set while Redis is unreachable and `on_failure = "fail_closed"`.
 static CLOSED: AtomicBool = AtomicBool::new(false);
+/// Set while the sync thread finds Redis unreachable: strict checks do not wait for it.
+static DOWN: AtomicBool = AtomicBool::new(false);
 
 /// Whether fleet-scoped limits refuse everything now (Redis down, `fail_closed`).
 pub fn closed() -> bool {
@@ -175,9 +177,160 @@ fn connect(cfg: &RedisConfig) -> redis::RedisResult<redis::Connection> {
     Ok(conn)
 }
 
-/// Starts the control thread that syncs fleet-scoped counts with Redis.
+/// A `strict` limit to ask Redis about: the key (as in the local table) and its rate.
+#[derive(Debug, Clone, Copy)]
+pub struct StrictCheck {
+    pub key: u64,
+    pub rate: Rate,
+    /// The route, for its rate-limited count.
+    pub route: usize,
+}
+
+/// One strict question for the Redis thread, and where its answer goes.
+struct Ask {
+    check: StrictCheck,
+    reply: futures::channel::oneshot::Sender<Result<crate::ratelimit::Verdict, String>>,
+}
+
+struct Strict {
+    asks: std::sync::Mutex<std::sync::mpsc::Sender<Ask>>,
+    timeout: Duration,
+    fail_closed: bool,
+}
+
+static STRICT: OnceLock<Strict> = OnceLock::new();
+
+/// GCRA in Redis for one request of a strict limit: `{allowed, remaining, retry µs, reset µs}`.
+const STRICT_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new = tat + interval
+if new - now > tolerance then
+  return {0, 0, new - now - tolerance, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
+return {1, math.floor((tolerance - (new - now)) / interval), 0, new - now}
+"#;
+
+/// Asks Redis whether one request of a strict limit may pass: `None` if it may, the refusal
+/// if not. Redis unreachable or slower than `[redis] timeout`: `fail_closed` refuses,
+/// `fail_open` falls back to this appliance's own count.
+pub async fn strict(check: &StrictCheck) -> Option<crate::ratelimit::Verdict> {
+    let local = |c: &StrictCheck| {
+        let v = crate::ratelimit::table().check(c.key, c.rate, crate::ratelimit::now_us());
+        (!v.allowed).then_some(v)
+    };
+    let Some(st) = STRICT.get() else {
+        return local(check);
+    };
+    let (reply, answer) = futures::channel::oneshot::channel();
+    let sent = !DOWN.load(Ordering::Relaxed)
+        && st
+            .asks
+            .lock()
+            .map(|tx| {
+                tx.send(Ask {
+                    check: *check,
+                    reply,
+                })
+                .is_ok()
+            })
+            .unwrap_or(false);
+    let answer = if DOWN.load(Ordering::Relaxed) {
+        Err("Redis is unreachable".to_string())
+    } else if sent {
+        match crate::timer::timeout(st.timeout, answer).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err("the Redis thread stopped".to_string()),
+            Err(_) => Err(format!("no answer within {:?}", st.timeout)),
+        }
+    } else {
+        Err("the Redis thread stopped".to_string())
+    };
+    match answer {
+        Ok(v) => (!v.allowed).then_some(v),
+        Err(_) if st.fail_closed => {
+            crate::metrics::fleet_limit_refused();
+            Some(crate::ratelimit::Verdict::refused(check.rate.burst))
+        }
+        Err(_) => {
+            crate::metrics::redis_strict_fallback();
+            local(check)
+        }
+    }
+}
+
+/// The thread that answers strict questions, one Redis call each, on a connection of its
+/// own (a slow sync never delays them).
+fn strict_loop(cfg: &RedisConfig, asks: std::sync::mpsc::Receiver<Ask>) {
+    let script = redis::Script::new(STRICT_SCRIPT);
+    let mut conn: Option<redis::Connection> = None;
+    while let Ok(ask) = asks.recv() {
+        if ask.reply.is_canceled() {
+            continue;
+        }
+        let c = ask.check;
+        let interval = (c.rate.period.as_micros() as u64 / c.rate.requests.max(1) as u64).max(1);
+        let tolerance = interval * c.rate.burst.max(1) as u64;
+        let result = (|| -> Result<crate::ratelimit::Verdict, String> {
+            if conn.is_none() {
+                conn = Some(connect(cfg).map_err(|e| format!("connecting: {e}"))?);
+            }
+            let Some(conn) = conn.as_mut() else {
+                return Err("no connection".into());
+            };
+            let r: Vec<i64> = script
+                .key(format!("{}:{:016x}", cfg.prefix, c.key))
+                .arg(interval)
+                .arg(tolerance)
+                .invoke(conn)
+                .map_err(|e| e.to_string())?;
+            let [allowed, remaining, retry, reset] = r[..] else {
+                return Err(format!("unexpected answer {r:?}"));
+            };
+            let secs = |us: i64| (us.max(0) as u64).div_ceil(1_000_000);
+            Ok(crate::ratelimit::Verdict {
+                allowed: allowed == 1,
+                limit: c.rate.burst,
+                remaining: remaining.max(0) as u32,
+                retry_after: if allowed == 1 { 0 } else { secs(retry).max(1) },
+                reset: secs(reset),
+            })
+        })();
+        if result.is_err() {
+            conn = None;
+            crate::metrics::redis_error();
+        }
+        let _ = ask.reply.send(result);
+    }
+}
+
+/// Starts the control threads that sync fleet-scoped counts with Redis and answer strict
+/// limits' questions.
 pub fn spawn(control: Arc<Control>, cfg: RedisConfig) -> std::io::Result<()> {
     crate::metrics::redis_up(false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let first = STRICT
+        .set(Strict {
+            asks: std::sync::Mutex::new(tx),
+            timeout: cfg.timeout,
+            fail_closed: cfg.fail_closed,
+        })
+        .is_ok();
+    if first {
+        let c = cfg.clone();
+        std::thread::Builder::new()
+            .name("lb-redis-strict".into())
+            .spawn(move || {
+                crate::control::background_thread();
+                strict_loop(&c, rx);
+            })?;
+    }
     std::thread::Builder::new()
         .name("lb-redis".into())
         .spawn(move || {
@@ -243,6 +396,7 @@ fn sync_loop(control: &Control, cfg: &RedisConfig) {
                     tracing::info!(redis = %cfg.describe(), "Redis reachable: fleet rate limits are shared");
                     crate::metrics::redis_up(true);
                     CLOSED.store(false, Ordering::SeqCst);
+                    DOWN.store(false, Ordering::SeqCst);
                     up = Some(true);
                 }
             }
@@ -258,6 +412,7 @@ fn sync_loop(control: &Control, cfg: &RedisConfig) {
                     }
                     crate::metrics::redis_up(false);
                     CLOSED.store(cfg.fail_closed, Ordering::SeqCst);
+                    DOWN.store(true, Ordering::SeqCst);
                     up = Some(false);
                 }
             }

@@ -563,6 +563,8 @@ pub fn redis_up(up: bool) {
     gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
     counter!(REDIS_ERRORS_TOTAL).increment(0);
     counter!(FLEET_LIMIT_REFUSED_TOTAL).increment(0);
+    counter!(REDIS_STRICT_FALLBACK_TOTAL).increment(0);
+    counter!(REDIS_SYNCED_KEYS_TOTAL).increment(0);
 }
 
 pub fn redis_error() {
@@ -571,6 +573,10 @@ pub fn redis_error() {
 
 pub fn redis_synced(keys: usize) {
     counter!(REDIS_SYNCED_KEYS_TOTAL).increment(keys as u64);
+}
+
+pub fn redis_strict_fallback() {
+    counter!(REDIS_STRICT_FALLBACK_TOTAL).increment(1);
 }
 
 pub fn fleet_limit_refused() {

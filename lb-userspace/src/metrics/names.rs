@@ -74,6 +74,9 @@ pub const REDIS_UP: &str = "lb_ratelimit_redis_up";
 pub const REDIS_ERRORS_TOTAL: &str = "lb_ratelimit_redis_errors_total";
 /// Fleet-scoped keys brought to Redis and back.
 pub const REDIS_SYNCED_KEYS_TOTAL: &str = "lb_ratelimit_redis_synced_keys_total";
+/// Strict fleet limits decided on this appliance's own count because Redis did not answer
+/// in time (`fail_open`).
+pub const REDIS_STRICT_FALLBACK_TOTAL: &str = "lb_ratelimit_strict_fallback_total";
 /// Requests refused because Redis was down and `on_failure = "fail_closed"`.
 pub const FLEET_LIMIT_REFUSED_TOTAL: &str = "lb_ratelimit_fail_closed_total";
 

@@ -126,15 +126,21 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
         client.source = source;
     }
     describe_client(&snap, &client, &mut text);
-    route_verdicts(&snap, &raw, rec.route, client, &mut text);
+    route_verdicts(
+        &snap,
+        &raw,
+        rec.route.map(|r| r as usize),
+        client,
+        &mut text,
+    );
 
     let route = rec
         .route
-        .and_then(|i| snap.routes.routes().get(i))
+        .and_then(|i| snap.routes.routes().get(i as usize))
         .map(|r| r.name.clone());
     let cluster = rec
         .cluster
-        .and_then(|i| snap.clusters.get(i))
+        .and_then(|i| snap.clusters.get(i as usize))
         .map(|c| c.name.clone());
     let output = String::from_utf8_lossy(&out).into_owned();
     let status = match &decision {

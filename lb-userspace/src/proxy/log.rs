@@ -22,7 +22,7 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
     let took = rec.started.map_or(Duration::ZERO, |s| s.elapsed());
     let metrics = rec
         .route
-        .and_then(|r| snap.route_metrics.get(r))
+        .and_then(|r| snap.route_metrics.get(r as usize))
         .unwrap_or(&snap.unrouted_metrics);
     metrics.record(w.id, rec.protocol == super::Protocol::H2, rec.status, took);
     let grpc_status = rec.grpc_status.map(|code| {
@@ -38,7 +38,10 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
         || rec
             .grpc_status
             .is_some_and(|c| c < 32 && snap.http2.grpc_error_codes & 1 << c != 0);
-    if let (Some(e), Some(c)) = (rec.error, rec.cluster.and_then(|c| snap.clusters.get(c))) {
+    if let (Some(e), Some(c)) = (
+        rec.error,
+        rec.cluster.and_then(|c| snap.clusters.get(c as usize)),
+    ) {
         c.metrics.error(e.code_slot(), e.code());
     }
     if let Some((si, t, _)) = rec.variant {
@@ -56,7 +59,7 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
     if !w.access_log_on() {
         return;
     }
-    let route = rec.route.and_then(|r| snap.routes.routes().get(r));
+    let route = rec.route.and_then(|r| snap.routes.routes().get(r as usize));
     let version = route
         .and_then(|r| r.versions.as_deref())
         .zip(rec.version)
@@ -73,7 +76,7 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
         route: route.map(|r| r.name.as_str()),
         cluster: rec
             .cluster
-            .and_then(|c| snap.clusters.get(c))
+            .and_then(|c| snap.clusters.get(c as usize))
             .map(|c| c.name.as_str()),
         endpoint: rec.endpoint,
         variant: rec.variant.and_then(|(si, t, _)| {

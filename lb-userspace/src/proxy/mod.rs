@@ -132,8 +132,9 @@ pub struct Record {
     pub view: Option<std::rc::Rc<View>>,
     /// Status sent to the client; 0 if none was.
     pub status: u16,
-    pub route: Option<usize>,
-    pub cluster: Option<usize>,
+    /// Route and cluster indexes (u32: the record lives in every connection's future).
+    pub route: Option<u32>,
+    pub cluster: Option<u32>,
     pub endpoint: Option<SocketAddr>,
     /// From having an upstream connection to the response head.
     pub upstream: Option<std::time::Duration>,
@@ -150,6 +151,9 @@ pub struct Record {
     pub variant: Option<(usize, usize, Reason)>,
     /// A copy of the request for the split's mirror, to send once planning is done.
     pub mirror: Option<(usize, Vec<u8>)>,
+    /// A fleet rate limit to check in Redis before the request goes on (`strict = true`).
+    /// Boxed: the record lives in every connection's future.
+    pub strict: Option<Box<crate::fleet::ratelimit::StrictCheck>>,
     /// Why the request failed, if it did past planning.
     pub error: Option<error::ProxyError>,
     /// It came over TLS.
@@ -167,6 +171,38 @@ pub struct Record {
     pub grpc: bool,
     /// The API version chosen, by index into the route's versions.
     pub version: Option<u16>,
+}
+
+/// A `strict` fleet rate limit, asked of Redis now that planning is done: when it refuses,
+/// the decision becomes a 429 (and the connection closes after it: the request's body, if
+/// any, is not read).
+pub(crate) async fn strict_rate_limit(
+    snap: &crate::snapshot::Snapshot,
+    decision: &mut Decision,
+    out: &mut Vec<u8>,
+    rec: &mut Record,
+) {
+    let Some(check) = rec.strict.take() else {
+        return;
+    };
+    let Some(v) = crate::fleet::ratelimit::strict(&check).await else {
+        return;
+    };
+    snap.route_metrics[check.route].rate_limited();
+    let head_len = match *decision {
+        Decision::Forward(p) => p.head_len,
+        Decision::Local { head_len, .. } => head_len,
+    };
+    rec.mirror = None;
+    rec.variant = None;
+    rec.status = 429;
+    out.clear();
+    plan::write_rate_limited(out, &v, true);
+    *decision = Decision::Local {
+        head_len,
+        keep_alive: false,
+        status: 429,
+    };
 }
 
 /// The protocol a request came in with.
@@ -573,8 +609,13 @@ async fn read_head(
                 client_cert: client.client_cert(),
             };
             match plan::plan_request(&current, client.data(), &side, out, rec, w.access_log_on()) {
-                Ok(Some(d)) => {
+                Ok(Some(mut d)) => {
                     rec.view = Some(current.clone());
+                    if rec.strict.is_some() {
+                        // Boxed: the rare wait on Redis does not grow every connection's
+                        // future.
+                        Box::pin(strict_rate_limit(&current.snap, &mut d, out, rec)).await;
+                    }
                     return Ok((d, current));
                 }
                 Ok(None) => {}

@@ -286,7 +286,7 @@ fn route<'s, 'p>(
     let Some(route) = snap.routes.find(&rreq, &mut caps) else {
         return Err(h.refuse(404, "no_route", "no route matches this request"));
     };
-    rec.route = Some(route.index);
+    rec.route = Some(route.index as u32);
     if route.auth_required && consumer.is_none() {
         let message = if identity == Identity::Anonymous {
             "this route needs an API key"
@@ -371,7 +371,16 @@ fn admit_rate(
     out: &mut Vec<u8>,
     rec: &mut Record,
 ) -> Option<Decision> {
-    let v = rate_limit(snap, h, r)?;
+    let v = match rate_limit(snap, h, r)? {
+        Limited::Now(v) => v,
+        Limited::Strict(check) => {
+            // Asked of Redis once planning is done (a dry run asks nothing).
+            if !crate::dryrun::active() {
+                rec.strict = Some(Box::new(check));
+            }
+            return None;
+        }
+    };
     if v.allowed {
         return None;
     }
@@ -387,12 +396,14 @@ fn admit_rate(
     })
 }
 
+/// What a route's rate limit says now: a verdict, or a strict fleet limit to ask Redis.
+enum Limited {
+    Now(crate::ratelimit::Verdict),
+    Strict(crate::fleet::ratelimit::StrictCheck),
+}
+
 /// Looks the request up in its route's rate limit; `None` if no rule applies.
-fn rate_limit(
-    snap: &Snapshot,
-    h: &Head<'_, '_, '_>,
-    r: &Routed<'_, '_>,
-) -> Option<crate::ratelimit::Verdict> {
+fn rate_limit(snap: &Snapshot, h: &Head<'_, '_, '_>, r: &Routed<'_, '_>) -> Option<Limited> {
     let rl = r.route.rate_limit.as_ref()?;
     let (i, rule) = rl.rules.iter().enumerate().find(|(_, x)| {
         crate::identity::metadata_matches(r.consumer, &x.when)
@@ -430,28 +441,31 @@ fn rate_limit(
         },
     };
     let key = crate::hash::mix(k);
+    if rl.strict {
+        return Some(Limited::Strict(crate::fleet::ratelimit::StrictCheck {
+            key,
+            rate: rule.rate,
+            route: r.route.index,
+        }));
+    }
     if rl.fleet && crate::fleet::ratelimit::closed() {
         // Redis is down and the operator chose fail_closed.
         if !crate::dryrun::active() {
             crate::metrics::fleet_limit_refused();
         }
-        return Some(crate::ratelimit::Verdict {
-            allowed: false,
-            limit: rule.rate.burst,
-            remaining: 0,
-            retry_after: 1,
-            reset: 1,
-        });
+        return Some(Limited::Now(crate::ratelimit::Verdict::refused(
+            rule.rate.burst,
+        )));
     }
     let v = crate::ratelimit::table().check(key, rule.rate, crate::ratelimit::now_us());
     if rl.fleet && !crate::dryrun::active() {
         crate::fleet::ratelimit::note(key, &rule.rate, v.allowed);
     }
-    Some(v)
+    Some(Limited::Now(v))
 }
 
 /// A 429 answer with `Retry-After` and the RateLimit headers.
-fn write_rate_limited(out: &mut Vec<u8>, v: &crate::ratelimit::Verdict, close: bool) {
+pub(crate) fn write_rate_limited(out: &mut Vec<u8>, v: &crate::ratelimit::Verdict, close: bool) {
     error_response(
         out,
         429,
@@ -553,7 +567,7 @@ fn forward(
 ) -> Result<Decision, Reject> {
     let req = h.req;
     let (cluster, variant) = choose_cluster(snap, h, r, default_cluster, rec);
-    rec.cluster = Some(cluster);
+    rec.cluster = Some(cluster as u32);
     let c = &snap.clusters[cluster];
     let key_hash = c
         .hash_key

@@ -324,6 +324,16 @@ async fn answer(
             return;
         }
     };
+    let mut decision = decision;
+    if rec.strict.is_some() {
+        Box::pin(super::strict_rate_limit(
+            &view.snap,
+            &mut decision,
+            out,
+            rec,
+        ))
+        .await;
+    }
     rec.view = Some(view.clone());
     if let Some((split, copy)) = rec.mirror.take() {
         let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
