@@ -159,6 +159,27 @@ fn a_pushed_config_reaches_every_appliance_and_a_bad_revision_none() {
         assert_eq!(body(lb), "v2");
     }
 
+    // A revision that only a restart could apply (a Redis for fleet rate limits where the
+    // appliances started without one) is refused too, saying so.
+    etcd.ctl(&[
+        "put",
+        &format!("{PREFIX}/config"),
+        &(doc("v3") + "[redis]\nurl = \"redis://127.0.0.1:1\"\n"),
+    ]);
+    for lb in &lbs {
+        wait_until("the restart-only revision refused", || {
+            etcd_status(lb)["rejected"] == 3
+        });
+        let st = etcd_status(lb);
+        assert!(
+            st["last_rejected"]["errors"]
+                .to_string()
+                .contains("restart lb to apply it"),
+            "{st}"
+        );
+        assert_eq!(body(lb), "v2");
+    }
+
     // The guarded write: a push that read an older revision writes nothing.
     let now = etcd.revision();
     let stale = (now - 1).to_string();
@@ -222,38 +243,53 @@ fn etcd_down_frozen_or_restarted_leaves_the_config_serving_then_resyncs() {
         return;
     };
     let dir = scratch_dir("fleet-down");
-    let state = state_dir("state");
+    let states: Vec<PathBuf> = (0..3).map(|i| state_dir(&format!("state{i}"))).collect();
     push_ok(&etcd, &dir, &doc("v1"));
-    let lb = Lb::start(&local(&etcd.endpoint(), &state));
-    assert_eq!(body(&lb), "v1");
-    wait_until("the watch", || etcd_status(&lb)["connected"] == true);
+    let lbs: Vec<Lb> = states
+        .iter()
+        .map(|s| Lb::start(&local(&etcd.endpoint(), s)))
+        .collect();
+    for lb in &lbs {
+        assert_eq!(body(lb), "v1");
+        wait_until("the watch", || etcd_status(lb)["connected"] == true);
+    }
 
-    // Frozen: the connection stays open and nothing answers. Keepalive finds it dead.
+    // Frozen: the connections stay open and nothing answers. Keepalive finds them dead.
     // SAFETY: signals to the etcd process this test started.
     assert_eq!(unsafe { libc::kill(etcd.pid(), libc::SIGSTOP) }, 0);
-    wait_until("the dead connection noticed", || {
-        etcd_status(&lb)["connected"] == false
-    });
-    assert_eq!(body(&lb), "v1");
+    for lb in &lbs {
+        wait_until("the dead connection noticed", || {
+            etcd_status(lb)["connected"] == false
+        });
+        assert_eq!(body(lb), "v1");
+    }
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(etcd.pid(), libc::SIGCONT) }, 0);
-    wait_until("the watch again", || etcd_status(&lb)["connected"] == true);
-
-    // Down: lb serves on; the watch comes back with etcd and picks up what changed.
-    etcd.stop();
-    wait_until("the watch lost", || etcd_status(&lb)["connected"] == false);
-    for _ in 0..20 {
-        assert_eq!(body(&lb), "v1");
+    for lb in &lbs {
+        wait_until("the watch again", || etcd_status(lb)["connected"] == true);
     }
-    let samples = lb.scrape();
-    assert!(metric(&samples, "lb_config_etcd_reconnects_total", &[]) >= 2.0);
-    assert_eq!(metric(&samples, "lb_config_etcd_connected", &[]), 0.0);
+
+    // Down: every lb serves on; the watches come back with etcd and pick up what changed.
+    etcd.stop();
+    for lb in &lbs {
+        wait_until("the watch lost", || etcd_status(lb)["connected"] == false);
+        for _ in 0..20 {
+            assert_eq!(body(lb), "v1");
+        }
+        let samples = lb.scrape();
+        assert!(metric(&samples, "lb_config_etcd_reconnects_total", &[]) >= 2.0);
+        assert_eq!(metric(&samples, "lb_config_etcd_connected", &[]), 0.0);
+    }
     etcd.run();
     push_ok(&etcd, &dir, &doc("v2"));
-    wait_until("v2 after etcd came back", || body(&lb) == "v2");
-    assert_eq!(etcd_status(&lb)["connected"], true);
-    drop(lb);
-    let _ = std::fs::remove_dir_all(&state);
+    for lb in &lbs {
+        wait_until("v2 after etcd came back", || body(lb) == "v2");
+        wait_until("the watch again", || etcd_status(lb)["connected"] == true);
+    }
+    drop(lbs);
+    for s in states {
+        let _ = std::fs::remove_dir_all(s);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -263,37 +299,62 @@ fn a_compacted_revision_forces_a_full_read() {
         return;
     };
     let dir = scratch_dir("fleet-compact");
-    let state = state_dir("state");
+    let states: Vec<PathBuf> = (0..3).map(|i| state_dir(&format!("state{i}"))).collect();
     let relay = Relay::start(etcd.client);
     push_ok(&etcd, &dir, &doc("v1"));
-    let lb = Lb::start(&local(&format!("http://{}", relay.addr), &state));
-    assert_eq!(body(&lb), "v1");
-    wait_until("the watch", || etcd_status(&lb)["connected"] == true);
-    assert_eq!(etcd_status(&lb)["full_reads"], 1);
+    let lbs: Vec<Lb> = states
+        .iter()
+        .map(|s| Lb::start(&local(&format!("http://{}", relay.addr), s)))
+        .collect();
+    for lb in &lbs {
+        assert_eq!(body(lb), "v1");
+        wait_until("the watch", || etcd_status(lb)["connected"] == true);
+        assert_eq!(etcd_status(lb)["full_reads"], 1);
+    }
 
-    // Partitioned from etcd while two revisions come and the history is compacted past
-    // the one its watch would resume from.
+    // Partitioned from etcd while a revision comes: back, each resumes its watch from
+    // the revision after the last it saw, with no full read.
     relay.cut();
-    wait_until("the watch lost", || etcd_status(&lb)["connected"] == false);
+    for lb in &lbs {
+        wait_until("the watch lost", || etcd_status(lb)["connected"] == false);
+    }
     push_ok(&etcd, &dir, &doc("v2"));
+    relay.restore();
+    for lb in &lbs {
+        wait_until("v2 after the first partition", || body(lb) == "v2");
+        wait_until("the watch again", || etcd_status(lb)["connected"] == true);
+        assert_eq!(etcd_status(lb)["full_reads"], 1, "{}", etcd_status(lb));
+    }
+
+    // Partitioned while two revisions come and the history is compacted past the one the
+    // watches would resume from: a full read.
+    relay.cut();
+    for lb in &lbs {
+        wait_until("the watch lost", || etcd_status(lb)["connected"] == false);
+    }
     push_ok(&etcd, &dir, &doc("v3"));
+    push_ok(&etcd, &dir, &doc("v4"));
     etcd.ctl(&["compact", &etcd.revision().to_string()]);
     relay.restore();
-    wait_until("v3 after the partition", || body(&lb) == "v3");
-    let st = etcd_status(&lb);
-    assert_eq!(st["full_reads"], 2, "{st}");
-    assert!(
-        lb.log()
-            .contains("compacted the revisions this watch had not seen"),
-        "{}",
-        lb.log()
-    );
-    assert_eq!(
-        metric(&lb.scrape(), "lb_config_etcd_full_reads_total", &[]),
-        2.0
-    );
-    drop(lb);
-    let _ = std::fs::remove_dir_all(&state);
+    for lb in &lbs {
+        wait_until("v4 after the partition", || body(lb) == "v4");
+        let st = etcd_status(lb);
+        assert_eq!(st["full_reads"], 2, "{st}");
+        assert!(
+            lb.log()
+                .contains("compacted the revisions this watch had not seen"),
+            "{}",
+            lb.log()
+        );
+        assert_eq!(
+            metric(&lb.scrape(), "lb_config_etcd_full_reads_total", &[]),
+            2.0
+        );
+    }
+    drop(lbs);
+    for s in states {
+        let _ = std::fs::remove_dir_all(s);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -331,7 +392,15 @@ fn an_lb_started_while_etcd_is_down_serves_its_persisted_config() {
     etcd.run();
     push_ok(&etcd, &dir, &doc("v3"));
     wait_until("v3 after etcd came back", || body(&second) == "v3");
+    // The key deleted: the running lb keeps its config, and so does one started now.
+    etcd.ctl(&["del", &format!("{PREFIX}/config")]);
     drop(second);
+    let third = Lb::start(&local(&etcd.endpoint(), &state));
+    assert_eq!(body(&third), "v3");
+    assert!(etcd_status(&third)["started_from"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("persisted")));
+    drop(third);
 
     // No etcd and nothing persisted: lb says so and does not start.
     etcd.stop();
@@ -424,8 +493,9 @@ fn the_fleet_shares_release_state_and_judges_a_canary_on_its_sums() {
         .collect();
     wait_until("one leader", || leaders(&lbs).len() == 1);
 
-    // Same user, same variant, on every appliance.
-    for u in 0..30 {
+    // Same user, same variant, on every appliance (few users: each appliance's window
+    // keeps these canary requests, and none may reach min_requests alone below).
+    for u in 0..10 {
         let user = format!("user-{u}");
         let seen: Vec<String> = all(&lbs).iter().map(|l| variant(l, &user)).collect();
         assert!(seen.iter().all(|v| *v == seen[0]), "{user}: {seen:?}");
@@ -449,6 +519,44 @@ fn the_fleet_shares_release_state_and_judges_a_canary_on_its_sums() {
     assert_eq!(status, 200, "{body}");
     for lb in all(&lbs) {
         wait_until("50/50 everywhere", || weights(lb) == (50.0, 50.0));
+    }
+    // Pause, roll back and resume likewise, each through another appliance.
+    let (status, body) = all(&lbs)[2].admin("POST", "/splits/shop/pause");
+    assert_eq!(status, 200, "{body}");
+    for lb in all(&lbs) {
+        wait_until("paused everywhere", || lb.split("shop")["paused"] == true);
+    }
+    let (status, body) = all(&lbs)[0].admin("POST", "/splits/shop/rollback");
+    assert_eq!(status, 200, "{body}");
+    for lb in all(&lbs) {
+        wait_until("rolled back everywhere", || {
+            lb.split("shop")["rolled_back"] == true && weights(lb) == (100.0, 0.0)
+        });
+    }
+    let (status, body) = all(&lbs)[1].admin("POST", "/splits/shop/resume");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = all(&lbs)[1].admin_json(
+        "POST",
+        "/splits/shop/weights",
+        &serde_json::json!({ "stable": 50, "canary": 50 }),
+    );
+    assert_eq!(status, 200, "{body}");
+    for lb in all(&lbs) {
+        wait_until("resumed at 50/50 everywhere", || {
+            let s = lb.split("shop");
+            s["paused"] == false && s["rolled_back"] == false && weights(lb) == (50.0, 50.0)
+        });
+    }
+    for lb in all(&lbs) {
+        assert_eq!(
+            metric(
+                &lb.scrape(),
+                "lb_canary_rollbacks_total",
+                &[("split", "shop")]
+            ),
+            1.0,
+            "the admin rollback counts once on each appliance"
+        );
     }
 
     // The canary fails, spread thin: no appliance alone sees min_requests (30) canary
@@ -482,14 +590,17 @@ fn the_fleet_shares_release_state_and_judges_a_canary_on_its_sums() {
     for lb in all(&lbs) {
         assert_eq!(weights(lb), (100.0, 0.0));
         let reason = lb.split("shop")["last_decision"]["reason"].to_string();
-        assert!(reason.contains("fleet counts from"), "{reason}");
+        assert!(
+            reason.contains("fleet counts from 3 appliances"),
+            "{reason}"
+        );
         assert_eq!(
             metric(
                 &lb.scrape(),
                 "lb_canary_rollbacks_total",
                 &[("split", "shop")]
             ),
-            1.0
+            2.0
         );
         for u in 0..10 {
             assert_eq!(variant(lb, &format!("after-{u}")), "stable");
@@ -505,7 +616,7 @@ fn the_fleet_shares_release_state_and_judges_a_canary_on_its_sums() {
     wait_until("a new leader", || leaders(&lbs).len() == 1);
     let took = killed.elapsed();
     assert!(
-        took <= lease + Duration::from_secs(3),
+        took <= lease + Duration::from_millis(1500),
         "the analysis was leaderless for {took:?}, with a lease of {lease:?}"
     );
     let new_leader = leaders(&lbs)[0];
@@ -524,7 +635,7 @@ fn the_fleet_shares_release_state_and_judges_a_canary_on_its_sums() {
                 &lb.scrape(),
                 "lb_canary_rollbacks_total",
                 &[("split", "shop")],
-            ) == 2.0
+            ) == 3.0
         });
         assert_eq!(weights(lb), (100.0, 0.0));
     }
@@ -560,7 +671,7 @@ fn the_fleet_shares_release_state_and_judges_a_canary_on_its_sums() {
 /// Two local routes: `/fleet`, limited across the fleet, and `/local`, limited here only.
 fn limited(redis: &str, on_failure: &str) -> String {
     config(&format!(
-        "[redis]\nurl = \"{redis}\"\non_failure = \"{on_failure}\"\n\n\
+        "[redis]\nurl = \"{redis}\"\non_failure = \"{on_failure}\"\ntimeout = \"2s\"\n\n\
          [[routes]]\nname = \"fleet\"\npath_prefix = \"/fleet\"\nrespond = {{ body = \"ok\" }}\n\
          rate_limit = {{ key = \"header:X-Key\", scope = \"fleet\", limits = [{{ requests = 100, per = \"1s\" }}] }}\n\n\
          [[routes]]\nname = \"local\"\npath_prefix = \"/local\"\nrespond = {{ body = \"ok\" }}\n\
@@ -573,14 +684,29 @@ fn limited(redis: &str, on_failure: &str) -> String {
 /// Requests to `path` with key `key` on one keep-alive connection for `span`: how many
 /// were admitted (200) and refused (429).
 fn hammer(addr: std::net::SocketAddr, path: &str, key: &str, span: Duration) -> (u64, u64) {
-    let until = Instant::now() + span;
+    paced(addr, path, key, span, Duration::ZERO)
+}
+
+/// [`hammer`] with at least `gap` between requests.
+fn paced(
+    addr: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+    span: Duration,
+    gap: Duration,
+) -> (u64, u64) {
+    let started = Instant::now();
+    let until = started + span;
     let (mut ok, mut refused) = (0, 0);
     let mut c = Client::connect(addr);
     let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Key: {key}\r\n\r\n");
     // Bounded in time and in count.
-    for _ in 0..200_000 {
+    for i in 0..200_000u32 {
         if Instant::now() >= until {
             break;
+        }
+        if let Some(wait) = (started + gap * i).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
         }
         c.send(req.as_bytes());
         let r = c.response();
@@ -622,7 +748,11 @@ fn a_fleet_rate_limit_holds_across_appliances_within_the_documented_bound() {
     let counts: Vec<(u64, u64)> = std::thread::scope(|s| {
         let handles: Vec<_> = lbs
             .iter()
-            .map(|lb| s.spawn(move || hammer(lb.addr, "/fleet", "k1", span)))
+            // 500 requests/s per appliance, five times the limit: enough to be refused,
+            // and the CPU left for the sync threads to keep their interval.
+            .map(|lb| {
+                s.spawn(move || paced(lb.addr, "/fleet", "k1", span, Duration::from_millis(2)))
+            })
             .collect();
         handles
             .into_iter()

@@ -101,9 +101,14 @@ enum Command {
         /// The key prefix, with `--etcd` (`/lb/prod`).
         #[arg(long)]
         prefix: Option<String>,
-        /// Write only if the document in etcd is at this revision (0: there is none yet).
+        /// Write only if the document in etcd is at this revision (0: there is none yet):
+        /// the revision the change was based on, so that a push built on an older document
+        /// fails rather than overwrite a newer one.
         #[arg(long)]
         expect_revision: Option<i64>,
+        /// Check the document (as it would be pushed) and write nothing; no etcd needed.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run the embedded demo config with built-in echo backends.
     Demo {
@@ -249,7 +254,17 @@ fn main() -> ExitCode {
             etcd,
             prefix,
             expect_revision,
-        } => return push(&file, config.as_deref(), etcd, prefix, expect_revision),
+            dry_run,
+        } => {
+            return push(
+                &file,
+                config.as_deref(),
+                etcd,
+                prefix,
+                expect_revision,
+                dry_run,
+            )
+        }
         Command::Run { config, ready_file } => match host_source(&config, true) {
             Ok(source) => server::run(source, RunOptions { ready_file }),
             Err(e) => Err(anyhow::anyhow!("{e}")),
@@ -289,6 +304,7 @@ fn push(
     endpoints: Vec<String>,
     prefix: Option<String>,
     expect: Option<i64>,
+    dry_run: bool,
 ) -> ExitCode {
     let fail = |code: u8, e: &dyn std::fmt::Display| {
         eprintln!("lb push: {e}");
@@ -381,6 +397,14 @@ fn push(
             eprintln!("{} error(s); nothing pushed", errors.errors.len());
             return ExitCode::FAILURE;
         }
+    }
+    if dry_run {
+        println!(
+            "{}: ok; would push to {} (dry run: nothing written)",
+            file.display(),
+            settings.config_key()
+        );
+        return ExitCode::SUCCESS;
     }
     match lb::fleet::etcd::push(&settings, &text, expect) {
         Ok(lb::fleet::etcd::Pushed::Written(rev)) => {

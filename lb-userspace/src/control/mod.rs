@@ -4,6 +4,7 @@
 //! request path.
 
 pub mod acme;
+pub mod fleet;
 pub mod health;
 pub mod notify;
 pub mod upgrade;
@@ -211,7 +212,7 @@ pub enum ConfigSource {
         name: &'static str,
         text: &'static str,
     },
-    Etcd(Arc<crate::fleet::etcd::EtcdSource>),
+    Etcd(Arc<fleet::EtcdSource>),
 }
 
 impl ConfigSource {
@@ -223,7 +224,7 @@ impl ConfigSource {
     /// Like [`ConfigSource::load`], with `candidate` in place of the etcd document applied.
     fn load_with(
         &self,
-        candidate: Option<&crate::fleet::etcd::Revision>,
+        candidate: Option<&fleet::Revision>,
     ) -> Result<(Config, String), ConfigErrors> {
         match self {
             ConfigSource::File(p) => Config::load(p),
@@ -263,17 +264,11 @@ impl Control {
 
     /// Validates the local file with this revision of the fleet's etcd document and
     /// publishes it, whole or not at all.
-    pub fn reload_revision(
-        &self,
-        rev: &crate::fleet::etcd::Revision,
-    ) -> Result<Reloaded, ConfigErrors> {
+    pub fn reload_revision(&self, rev: &fleet::Revision) -> Result<Reloaded, ConfigErrors> {
         self.reload_from(Some(rev))
     }
 
-    fn reload_from(
-        &self,
-        candidate: Option<&crate::fleet::etcd::Revision>,
-    ) -> Result<Reloaded, ConfigErrors> {
+    fn reload_from(&self, candidate: Option<&fleet::Revision>) -> Result<Reloaded, ConfigErrors> {
         notify::reloading();
         let result = self.try_reload(candidate);
         crate::metrics::reload(result.is_ok());
@@ -295,10 +290,7 @@ impl Control {
         result
     }
 
-    fn try_reload(
-        &self,
-        candidate: Option<&crate::fleet::etcd::Revision>,
-    ) -> Result<Reloaded, ConfigErrors> {
+    fn try_reload(&self, candidate: Option<&fleet::Revision>) -> Result<Reloaded, ConfigErrors> {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let (config, text) = self.source.load_with(candidate)?;
         for w in config.warnings() {
@@ -379,7 +371,7 @@ impl Control {
     }
 
     /// The fleet's release state, when the config comes from etcd.
-    pub fn fleet(&self) -> Option<&crate::fleet::release::Fleet> {
+    pub fn fleet(&self) -> Option<&fleet::Fleet> {
         match &self.source {
             ConfigSource::Etcd(src) => Some(&src.fleet),
             _ => None,

@@ -4,8 +4,8 @@
 //! in the state directory for starts while etcd is unreachable. `lb push` writes it in a
 //! transaction guarded by the revision it read.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
@@ -13,119 +13,10 @@ use etcd_client::{
     PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 
-use crate::config::include::Document;
 use crate::config::source::EtcdConfig;
+use crate::control::fleet::{persist, persisted, EtcdSource, Fleet, Put, Revision, StartedFrom};
 use crate::control::upgrade::SplitSaved;
 use crate::control::Control;
-
-/// One revision of the fleet's config document: its text and the revision that wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revision {
-    pub text: String,
-    pub revision: i64,
-}
-
-/// Where the running config came from at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartedFrom {
-    /// Read from etcd.
-    Etcd,
-    /// etcd had no document yet: the local file alone.
-    LocalOnly,
-    /// etcd was unreachable (or its document invalid): the last one applied, from disk.
-    Persisted,
-}
-
-impl StartedFrom {
-    pub fn label(self) -> &'static str {
-        match self {
-            StartedFrom::Etcd => "etcd",
-            StartedFrom::LocalOnly => "local file only (no config in etcd yet)",
-            StartedFrom::Persisted => "persisted (etcd was unreachable at start)",
-        }
-    }
-}
-
-/// How the watch is doing, for the admin API.
-#[derive(Debug, Clone)]
-pub struct Status {
-    pub started_from: StartedFrom,
-    pub connected: bool,
-    /// When the watch last confirmed it was up to date.
-    pub last_sync: Option<SystemTime>,
-    pub rejected: u64,
-    /// The latest revision refused, and why.
-    pub last_rejected: Option<(i64, Vec<String>)>,
-    pub reconnects: u64,
-    pub full_reads: u64,
-    pub last_error: Option<String>,
-}
-
-/// The local file plus the fleet's document in etcd.
-#[derive(Debug)]
-pub struct EtcdSource {
-    pub local: PathBuf,
-    pub settings: EtcdConfig,
-    /// The document the running config was built from; `None` while etcd has none.
-    applied: Mutex<Option<Revision>>,
-    pub status: Mutex<Status>,
-    /// The fleet's release state and canary analysis.
-    pub fleet: crate::fleet::release::Fleet,
-}
-
-impl EtcdSource {
-    /// The document as merged into the local file, named by key and revision.
-    pub fn document(&self, rev: &Revision) -> Document {
-        Document {
-            name: format!(
-                "etcd {} (revision {})",
-                self.settings.config_key(),
-                rev.revision
-            ),
-            text: rev.text.clone(),
-        }
-    }
-
-    pub fn applied(&self) -> Option<Revision> {
-        self.applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Records `rev` as the document in service and persists it. Called with the reload
-    /// lock held, right after the snapshot built from it was published.
-    pub fn set_applied(&self, rev: &Revision) {
-        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(rev.clone());
-        crate::metrics::etcd_revision(rev.revision);
-        if let Err(e) = persist(&self.settings, rev) {
-            tracing::error!(
-                "keeping the applied config in {} failed: {e}",
-                self.settings.persisted_path().display()
-            );
-        }
-    }
-
-    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn describe(&self) -> String {
-        match self.applied() {
-            Some(r) => format!(
-                "etcd {} revision {} with {}",
-                self.settings.config_key(),
-                r.revision,
-                self.local.display()
-            ),
-            None => format!(
-                "{} (etcd {} has no config yet)",
-                self.local.display(),
-                self.settings.config_key()
-            ),
-        }
-    }
-}
 
 /// Connects to the endpoints with the configured TLS, credentials and keepalive.
 pub async fn connect(s: &EtcdConfig) -> Result<Client, String> {
@@ -180,64 +71,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("starting the etcd client's runtime: {e}"))
 }
 
-/// The persisted document, as written by [`persist`].
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Persisted {
-    key: String,
-    revision: i64,
-    applied_at_unix: u64,
-    text: String,
-}
-
-fn persist(s: &EtcdConfig, rev: &Revision) -> Result<(), String> {
-    let path = s.persisted_path();
-    std::fs::create_dir_all(&s.state_dir)
-        .map_err(|e| format!("creating {}: {e}", s.state_dir.display()))?;
-    let body = serde_json::to_vec_pretty(&Persisted {
-        key: s.config_key(),
-        revision: rev.revision,
-        applied_at_unix: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        text: rev.text.clone(),
-    })
-    .map_err(|e| e.to_string())?;
-    // Written whole to a new file and renamed over the old: a crash leaves one or the other.
-    let tmp = path.with_extension("json.tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        f.write_all(&body)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The persisted document, if there is one for this key.
-fn persisted(s: &EtcdConfig) -> Result<Option<Revision>, String> {
-    let path = s.persisted_path();
-    let body = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let p: Persisted = serde_json::from_slice(&body)
-        .map_err(|e| format!("{}: not a persisted config: {e}", path.display()))?;
-    if p.key != s.config_key() {
-        return Err(format!(
-            "{} holds {}, not {}: ignored",
-            path.display(),
-            p.key,
-            s.config_key()
-        ));
-    }
-    Ok(Some(Revision {
-        text: p.text,
-        revision: p.revision,
-    }))
-}
-
 /// Reads the fleet's document for `lb run`: from etcd within the startup timeout, else the
 /// persisted one (saying so). An invalid document in etcd is passed over for a valid
 /// persisted one. Fails only when there is neither.
@@ -265,28 +98,26 @@ pub fn open(
         })
     });
     let source = |applied: Option<Revision>, from: StartedFrom| {
-        Arc::new(EtcdSource {
-            local: local.to_path_buf(),
-            settings: settings.clone(),
-            applied: Mutex::new(applied),
-            status: Mutex::new(Status {
-                started_from: from,
-                connected: false,
-                last_sync: None,
-                rejected: 0,
-                last_rejected: None,
-                reconnects: 0,
-                full_reads: 0,
-                last_error: None,
-            }),
-            fleet: crate::fleet::release::Fleet::new(settings.node_name()),
-        })
+        EtcdSource::new(local.to_path_buf(), settings.clone(), applied, from)
     };
     let saved = persisted(&settings).unwrap_or_else(|e| {
         tracing::warn!("{e}");
         None
     });
     match fetched {
+        // The key gone (deleted, or a new prefix): a running appliance keeps its config in
+        // that case, and so does one that restarts.
+        Ok((None, _)) if saved.is_some() => {
+            let Some(saved) = saved else {
+                return Ok(source(None, StartedFrom::LocalOnly));
+            };
+            tracing::warn!(
+                revision = saved.revision,
+                "etcd has no config at {key}: starting from the config last applied, kept in {}",
+                settings.persisted_path().display()
+            );
+            Ok(source(Some(saved), StartedFrom::Persisted))
+        }
         Ok((None, _)) => {
             tracing::warn!(
                 "etcd has no config at {key} yet: serving the local file alone until one is pushed"
@@ -353,6 +184,25 @@ fn lines(errors: &crate::config::ConfigErrors) -> Vec<String> {
 
 /// Starts the control thread that watches the fleet's document and applies each revision.
 pub fn spawn(control: Arc<Control>, source: Arc<EtcdSource>) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<Revision>();
+    source.set_applier(tx);
+    let (c, src) = (control.clone(), source.clone());
+    std::thread::Builder::new()
+        .name("lb-etcd-apply".into())
+        .spawn(move || {
+            crate::control::background_thread();
+            while let Ok(mut doc) = rx.recv() {
+                // Revisions that came meanwhile: only the latest is applied.
+                while let Ok(next) = rx.try_recv() {
+                    doc = next;
+                }
+                let refused = src.status().last_rejected.as_ref().map(|(r, _)| *r);
+                if refused == Some(doc.revision) || src.applied().as_ref() == Some(&doc) {
+                    continue;
+                }
+                apply(&c, &src, doc);
+            }
+        })?;
     std::thread::Builder::new()
         .name("lb-etcd".into())
         .spawn(move || {
@@ -483,7 +333,7 @@ async fn session(
     control: &Control,
     source: &EtcdSource,
     seen: &mut i64,
-    requests: &mut tokio::sync::mpsc::UnboundedReceiver<crate::fleet::release::Put>,
+    requests: &mut tokio::sync::mpsc::UnboundedReceiver<Put>,
 ) -> Ended {
     use std::sync::atomic::Ordering;
     let keys = Keys::of(&source.settings);
@@ -520,7 +370,7 @@ async fn session(
             }
         }
         match doc {
-            Some(doc) if source.applied().as_ref() != Some(&doc) => apply(control, source, doc),
+            Some(doc) if source.applied().as_ref() != Some(&doc) => source.submit(doc),
             Some(_) => {}
             None if source.applied().is_some() => tracing::warn!(
                 "{} is gone from etcd: the running config stays until a new one is pushed",
@@ -557,6 +407,11 @@ async fn session(
     let campaign = candidate.campaign(keys.election.as_str(), fleet.node.as_str(), lease);
     tokio::pin!(campaign);
     let mut campaigning = true;
+    // The election key this appliance holds while it leads: its decisions are written only
+    // while the key still exists.
+    let mut leader_key: Option<(Vec<u8>, i64)> = None;
+    let lease_ttl = Duration::from_secs(ttl as u64);
+    let mut last_ack = Instant::now();
 
     source.status().connected = true;
     crate::metrics::etcd_connected(true);
@@ -572,19 +427,19 @@ async fn session(
     // A progress request unanswered for three intervals means the stream is stuck even if
     // the connection's pings are answered.
     let mut asked: Option<Instant> = None;
-    loop {
+    let ended = loop {
         tokio::select! {
             msg = stream.message() => {
                 let resp = match msg {
                     Ok(Some(r)) => r,
-                    Ok(None) => return Ended::Lost("etcd closed the watch".into()),
-                    Err(e) => return Ended::Lost(e.to_string()),
+                    Ok(None) => break Ended::Lost("etcd closed the watch".into()),
+                    Err(e) => break Ended::Lost(e.to_string()),
                 };
                 if resp.canceled() {
                     if resp.compact_revision() > 0 {
-                        return Ended::Compacted(resp.compact_revision());
+                        break Ended::Compacted(resp.compact_revision());
                     }
-                    return Ended::Lost(format!("etcd canceled the watch: {}", resp.cancel_reason()));
+                    break Ended::Lost(format!("etcd canceled the watch: {}", resp.cancel_reason()));
                 }
                 asked = None;
                 // Several revisions may come at once (after a reconnect): only the latest
@@ -613,68 +468,102 @@ async fn session(
                     }
                 }
                 if let Some(doc) = latest {
-                    apply(control, source, doc);
+                    source.submit(doc);
                 }
-                if let Some(h) = resp.header() {
-                    *seen = (*seen).max(h.revision());
+                // Up to where every change was seen: the events' revisions; the header's
+                // only on a progress answer (a created or catching-up answer's header is
+                // the store's revision, not how far this watch got).
+                let newest = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
+                match (newest, resp.header()) {
+                    (Some(r), _) => *seen = (*seen).max(r),
+                    (None, Some(h)) if !resp.created() => *seen = (*seen).max(h.revision()),
+                    _ => {}
                 }
                 synced(source);
             }
             _ = tick.tick() => {
                 if asked.is_some_and(|t| t.elapsed() > every * 3) {
-                    return Ended::Lost(format!("no progress from the etcd watch in {:?}", every * 3));
+                    break Ended::Lost(format!("no progress from the etcd watch in {:?}", every * 3));
                 }
                 if let Err(e) = stream.request_progress().await {
-                    return Ended::Lost(e.to_string());
+                    break Ended::Lost(e.to_string());
                 }
                 asked.get_or_insert_with(Instant::now);
             }
             _ = renew.tick() => {
+                // Not renewed for a whole TTL: the lease may be gone, and with it this
+                // appliance's leadership; stop acting on it now.
+                if last_ack.elapsed() >= lease_ttl {
+                    break Ended::Lost("the lease was not renewed within its time to live".into());
+                }
+                if control.draining.load(Ordering::SeqCst) {
+                    break Ended::Lost("draining".into());
+                }
                 if let Err(e) = keeper.keep_alive().await {
-                    return Ended::Lost(format!("renewing the lease: {e}"));
+                    break Ended::Lost(format!("renewing the lease: {e}"));
                 }
             }
             k = kept.message() => match k {
-                Ok(Some(r)) if r.ttl() > 0 => {}
-                Ok(Some(_)) => return Ended::Lost("this appliance's lease expired".into()),
-                Ok(None) => return Ended::Lost("etcd closed the lease stream".into()),
-                Err(e) => return Ended::Lost(format!("the lease stream: {e}")),
+                Ok(Some(r)) if r.ttl() > 0 => last_ack = Instant::now(),
+                Ok(Some(_)) => break Ended::Lost("this appliance's lease expired".into()),
+                Ok(None) => break Ended::Lost("etcd closed the lease stream".into()),
+                Err(e) => break Ended::Lost(format!("the lease stream: {e}")),
             },
             won = &mut campaign, if campaigning => {
                 campaigning = false;
                 match won {
-                    Ok(_) => {
+                    Ok(r) => {
+                        leader_key = r.leader().map(|k| (k.key().to_vec(), k.rev()));
                         fleet.leader.store(true, Ordering::SeqCst);
                         crate::metrics::fleet_leader(true);
                         tracing::info!(node = %fleet.node, "leading the fleet's canary analysis");
                     }
-                    Err(e) => return Ended::Lost(format!("campaigning for the fleet's analysis: {e}")),
+                    Err(e) => break Ended::Lost(format!("campaigning for the fleet's analysis: {e}")),
                 }
             }
             Some(put) = requests.recv() => {
-                let result = if Instant::now() > put.deadline {
-                    Err("too late: the caller gave up".into())
-                } else {
-                    write_split(&mut client, &keys, fleet, &put.name, &put.doc, put.base).await
+                // Bounded by the caller's deadline; past it, whether etcd took the change is
+                // unknown, and the caller says so.
+                let left = put.deadline.saturating_duration_since(Instant::now());
+                let result = match tokio::time::timeout(
+                    left,
+                    write_split(&mut client, &keys, fleet, &put.name, &put.doc, put.base, None),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(
+                        "etcd did not confirm the change in time: whether it applies, GET /splits shows once etcd answers".to_string()
+                    ),
                 };
                 let _ = put.reply.send(result);
             }
             _ = publish.tick() => {
                 let snap = control.cell.load();
-                for (split, json) in crate::fleet::release::publishable(&snap, &fleet.node, crate::clock::now_ms()) {
+                let mut failed = None;
+                for (split, json) in crate::control::fleet::publishable(&snap, &fleet.node, crate::clock::now_ms()) {
                     let key = format!("{}{split}/{}", keys.windows, fleet.node);
                     if let Err(e) = client.put(key, json, Some(PutOptions::new().with_lease(lease))).await {
-                        return Ended::Lost(format!("publishing this appliance's counts: {e}"));
+                        failed = Some(e);
+                        break;
                     }
+                }
+                if let Some(e) = failed {
+                    break Ended::Lost(format!("publishing this appliance's counts: {e}"));
                 }
             }
             _ = lead.tick(), if fleet.is_leader() => {
-                if let Err(e) = analyse(&mut client, control, &keys, fleet).await {
-                    return Ended::Lost(e);
+                if let Err(e) = analyse(&mut client, control, &keys, fleet, leader_key.as_ref()).await {
+                    break Ended::Lost(e);
                 }
             }
         }
-    }
+    };
+    // Leadership and published counts end now rather than when the lease runs out (best
+    // effort: etcd may be the reason the session ended).
+    fleet.leader.store(false, Ordering::SeqCst);
+    let _ = tokio::time::timeout(Duration::from_millis(300), client.lease_revoke(lease)).await;
+    ended
 }
 
 /// A split's state from a key under `splits/`.
@@ -704,15 +593,21 @@ fn split_state(control: &Control, source: &EtcdSource, keys: &Keys, kv: &etcd_cl
 async fn write_split(
     client: &mut Client,
     keys: &Keys,
-    fleet: &crate::fleet::release::Fleet,
+    fleet: &Fleet,
     name: &str,
     doc: &SplitSaved,
     base: i64,
+    leader: Option<&(Vec<u8>, i64)>,
 ) -> Result<(), String> {
     let key = format!("{}{name}", keys.splits);
     let json = serde_json::to_string(doc).map_err(|e| e.to_string())?;
+    let mut compares = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, base)];
+    // A decision of the leader's holds only while it still leads.
+    if let Some((k, rev)) = leader {
+        compares.push(Compare::create_revision(k.clone(), CompareOp::Equal, *rev));
+    }
     let txn = Txn::new()
-        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, base)])
+        .when(compares)
         .and_then([TxnOp::put(key.as_str(), json, None)]);
     let resp = client
         .txn(txn)
@@ -720,7 +615,7 @@ async fn write_split(
         .map_err(|e| format!("writing {key}: {e}"))?;
     if !resp.succeeded() {
         return Err(format!(
-            "split {name} was changed by another appliance meanwhile (this change was made on revision {base}): its state is applied; look, then try again"
+            "split {name} was changed by another appliance meanwhile (this change was made on revision {base}), or this appliance no longer leads: etcd's state is applied; look, then try again"
         ));
     }
     fleet.set_known(name, doc.clone(), resp.header().map_or(0, |h| h.revision()));
@@ -733,9 +628,10 @@ async fn analyse(
     client: &mut Client,
     control: &Control,
     keys: &Keys,
-    fleet: &crate::fleet::release::Fleet,
+    fleet: &Fleet,
+    leader: Option<&(Vec<u8>, i64)>,
 ) -> Result<(), String> {
-    use crate::fleet::release::{basis, sum, Published};
+    use crate::control::fleet::{basis, sum, Published};
     use std::sync::atomic::Ordering::Relaxed;
     let snap = control.cell.load();
     let now = crate::clock::now_ms();
@@ -779,7 +675,7 @@ async fn analyse(
         let after = SplitSaved::of(name, &s.state);
         if after != before {
             tracing::info!(split = %name, action = %after.decision.1, reason = %after.decision.2, "fleet decision");
-            if let Err(e) = write_split(client, keys, fleet, name, &after, base).await {
+            if let Err(e) = write_split(client, keys, fleet, name, &after, base, leader).await {
                 tracing::error!(split = %name, "the fleet decision could not be written, so it is undone here: {e}");
                 fleet.revert(&snap, name);
             }

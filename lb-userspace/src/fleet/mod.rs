@@ -5,4 +5,3 @@
 
 pub mod etcd;
 pub mod ratelimit;
-pub mod release;

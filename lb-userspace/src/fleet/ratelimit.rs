@@ -13,131 +13,16 @@
 //! `fail_closed` fleet-scoped limits refuse every request until a sync succeeds again.
 //! Either way, local limits are untouched.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::source::{RedisConfig, RedisTarget};
 use crate::control::Control;
-use crate::ratelimit::Rate;
+use crate::ratelimit::fleet::{set_reachable, take, Ask};
 
-/// Fleet keys tracked between syncs.
-const SLOTS: usize = 1 << 14;
-const PROBES: usize = 32;
-/// A key neither seen nor owing a count for this long gives its slot up.
-const IDLE_MS: u64 = 60_000;
 /// Keys per script call.
 const BATCH: usize = 512;
-
-struct Slot {
-    key: AtomicU64,
-    /// Requests admitted here since the last sync.
-    delta: AtomicU64,
-    /// The limit's emission interval (µs per request).
-    interval_us: AtomicU64,
-    seen_ms: AtomicU64,
-}
-
-fn slots() -> &'static [Slot] {
-    static SLOTS_: OnceLock<Vec<Slot>> = OnceLock::new();
-    SLOTS_.get_or_init(|| {
-        (0..SLOTS)
-            .map(|_| Slot {
-                key: AtomicU64::new(0),
-                delta: AtomicU64::new(0),
-                interval_us: AtomicU64::new(0),
-                seen_ms: AtomicU64::new(0),
-            })
-            .collect()
-    })
-}
-
-/// Set while Redis is unreachable and `on_failure = "fail_closed"`.
-static CLOSED: AtomicBool = AtomicBool::new(false);
-/// Set while the sync thread finds Redis unreachable: strict checks do not wait for it.
-static DOWN: AtomicBool = AtomicBool::new(false);
-
-/// Whether fleet-scoped limits refuse everything now (Redis down, `fail_closed`).
-pub fn closed() -> bool {
-    CLOSED.load(Ordering::Relaxed)
-}
-
-fn slot(key: u64, now_ms: u64) -> Option<&'static Slot> {
-    let all = slots();
-    let start = (crate::hash::mix(key) as usize) % all.len();
-    for i in 0..PROBES {
-        let s = &all[(start + i) % all.len()];
-        let owner = s.key.load(Ordering::Acquire);
-        if owner == key {
-            return Some(s);
-        }
-        let idle = owner != 0
-            && s.delta.load(Ordering::Acquire) == 0
-            && now_ms.saturating_sub(s.seen_ms.load(Ordering::Acquire)) > IDLE_MS;
-        if (owner == 0 || idle)
-            && s.key
-                .compare_exchange(owner, key, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            return Some(s);
-        }
-    }
-    None
-}
-
-/// Notes one request of fleet key `key` (the local table's key): seen, and counted if it
-/// was admitted.
-pub fn note(key: u64, rate: &Rate, admitted: bool) {
-    let now = crate::clock::now_ms();
-    let Some(s) = slot(key, now) else {
-        return;
-    };
-    let interval = (rate.period.as_micros() as u64 / rate.requests.max(1) as u64).max(1);
-    s.interval_us.store(interval, Ordering::Relaxed);
-    s.seen_ms.store(now, Ordering::Relaxed);
-    if admitted {
-        s.delta.fetch_add(1, Ordering::AcqRel);
-    }
-}
-
-/// One key's share of a sync.
-struct Pending {
-    key: u64,
-    delta: u64,
-    interval_us: u64,
-}
-
-/// The keys seen since `since_ms` or owing a count, their counts taken.
-fn take(since_ms: u64) -> Vec<Pending> {
-    slots()
-        .iter()
-        .filter_map(|s| {
-            let key = s.key.load(Ordering::Acquire);
-            if key == 0 {
-                return None;
-            }
-            let seen = s.seen_ms.load(Ordering::Acquire) >= since_ms;
-            if !seen && s.delta.load(Ordering::Acquire) == 0 {
-                return None;
-            }
-            Some(Pending {
-                key,
-                delta: s.delta.swap(0, Ordering::AcqRel),
-                interval_us: s.interval_us.load(Ordering::Relaxed),
-            })
-        })
-        .collect()
-}
-
-/// Counts that could not be synced go back, to be charged next time.
-fn give_back(batch: &[Pending]) {
-    let now = crate::clock::now_ms();
-    for p in batch.iter().filter(|p| p.delta > 0) {
-        if let Some(s) = slot(p.key, now) {
-            s.delta.fetch_add(p.delta, Ordering::AcqRel);
-        }
-    }
-}
 
 /// Charges each key's count to its shared theoretical arrival time (µs, Redis's clock) and
 /// answers how far ahead of now each stands. Keys expire once their time has passed.
@@ -159,46 +44,46 @@ end
 return out
 "#;
 
-fn connect(cfg: &RedisConfig) -> redis::RedisResult<redis::Connection> {
-    let conn = match &cfg.target {
-        RedisTarget::Url(url) => {
-            redis::Client::open(url.as_str())?.get_connection_with_timeout(cfg.timeout)?
-        }
-        RedisTarget::Sentinel { sentinels, master } => redis::sentinel::SentinelClient::build(
-            sentinels.clone(),
-            master.clone(),
-            None,
-            redis::sentinel::SentinelServerType::Master,
-        )?
-        .get_connection()?,
-    };
-    conn.set_read_timeout(Some(cfg.timeout))?;
-    conn.set_write_timeout(Some(cfg.timeout))?;
+fn open(url: &str, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let conn = redis::Client::open(url)?.get_connection_with_timeout(timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
     Ok(conn)
 }
 
-/// A `strict` limit to ask Redis about: the key (as in the local table) and its rate.
-#[derive(Debug, Clone, Copy)]
-pub struct StrictCheck {
-    pub key: u64,
-    pub rate: Rate,
-    /// The route, for its rate-limited count.
-    pub route: usize,
+/// A connection to the Redis server, or to the master the sentinels name now (asked on
+/// every connection, so a failover is followed on the next one). Every step is bounded by
+/// the timeout.
+fn connect(cfg: &RedisConfig) -> redis::RedisResult<redis::Connection> {
+    match &cfg.target {
+        RedisTarget::Url(url) => open(url, cfg.timeout),
+        RedisTarget::Sentinel { sentinels, master } => {
+            let mut last = None;
+            for s in sentinels {
+                let asked = open(s, cfg.timeout).and_then(|mut c| {
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg(master)
+                        .query::<(String, u16)>(&mut c)
+                });
+                match asked {
+                    Ok((host, port)) => {
+                        let host = if host.contains(':') {
+                            format!("[{host}]")
+                        } else {
+                            host
+                        };
+                        return open(&format!("redis://{host}:{port}"), cfg.timeout);
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Io, "no sentinel configured"))
+            }))
+        }
+    }
 }
-
-/// One strict question for the Redis thread, and where its answer goes.
-struct Ask {
-    check: StrictCheck,
-    reply: futures::channel::oneshot::Sender<Result<crate::ratelimit::Verdict, String>>,
-}
-
-struct Strict {
-    asks: std::sync::Mutex<std::sync::mpsc::Sender<Ask>>,
-    timeout: Duration,
-    fail_closed: bool,
-}
-
-static STRICT: OnceLock<Strict> = OnceLock::new();
 
 /// GCRA in Redis for one request of a strict limit: `{allowed, remaining, retry µs, reset µs}`.
 const STRICT_SCRIPT: &str = r#"
@@ -215,55 +100,6 @@ end
 redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.floor((new - now) / 1000) + 1000)
 return {1, math.floor((tolerance - (new - now)) / interval), 0, new - now}
 "#;
-
-/// Asks Redis whether one request of a strict limit may pass: `None` if it may, the refusal
-/// if not. Redis unreachable or slower than `[redis] timeout`: `fail_closed` refuses,
-/// `fail_open` falls back to this appliance's own count.
-pub async fn strict(check: &StrictCheck) -> Option<crate::ratelimit::Verdict> {
-    let local = |c: &StrictCheck| {
-        let v = crate::ratelimit::table().check(c.key, c.rate, crate::ratelimit::now_us());
-        (!v.allowed).then_some(v)
-    };
-    let Some(st) = STRICT.get() else {
-        return local(check);
-    };
-    let (reply, answer) = futures::channel::oneshot::channel();
-    let sent = !DOWN.load(Ordering::Relaxed)
-        && st
-            .asks
-            .lock()
-            .map(|tx| {
-                tx.send(Ask {
-                    check: *check,
-                    reply,
-                })
-                .is_ok()
-            })
-            .unwrap_or(false);
-    let answer = if DOWN.load(Ordering::Relaxed) {
-        Err("Redis is unreachable".to_string())
-    } else if sent {
-        match crate::timer::timeout(st.timeout, answer).await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err("the Redis thread stopped".to_string()),
-            Err(_) => Err(format!("no answer within {:?}", st.timeout)),
-        }
-    } else {
-        Err("the Redis thread stopped".to_string())
-    };
-    match answer {
-        Ok(v) => (!v.allowed).then_some(v),
-        Err(_) if st.fail_closed => {
-            crate::metrics::fleet_limit_refused();
-            Some(crate::ratelimit::Verdict::refused(check.rate.burst))
-        }
-        Err(_) => {
-            crate::metrics::redis_strict_fallback();
-            local(check)
-        }
-    }
-}
 
 /// The thread that answers strict questions, one Redis call each, on a connection of its
 /// own (a slow sync never delays them).
@@ -314,15 +150,7 @@ fn strict_loop(cfg: &RedisConfig, asks: std::sync::mpsc::Receiver<Ask>) {
 /// limits' questions.
 pub fn spawn(control: Arc<Control>, cfg: RedisConfig) -> std::io::Result<()> {
     crate::metrics::redis_up(false);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let first = STRICT
-        .set(Strict {
-            asks: std::sync::Mutex::new(tx),
-            timeout: cfg.timeout,
-            fail_closed: cfg.fail_closed,
-        })
-        .is_ok();
-    if first {
+    if let Some(rx) = crate::ratelimit::fleet::install_strict(cfg.timeout, cfg.fail_closed) {
         let c = cfg.clone();
         std::thread::Builder::new()
             .name("lb-redis-strict".into())
@@ -395,14 +223,15 @@ fn sync_loop(control: &Control, cfg: &RedisConfig) {
                 if up != Some(true) {
                     tracing::info!(redis = %cfg.describe(), "Redis reachable: fleet rate limits are shared");
                     crate::metrics::redis_up(true);
-                    CLOSED.store(false, Ordering::SeqCst);
-                    DOWN.store(false, Ordering::SeqCst);
+                    set_reachable(true, cfg.fail_closed);
                     up = Some(true);
                 }
             }
             Err(e) => {
+                // What was admitted while Redis could not be reached is not charged later:
+                // the local limit bounded it, and charging a long outage at once would lock
+                // busy keys out for as long again.
                 conn = None;
-                give_back(&batch);
                 crate::metrics::redis_error();
                 if up != Some(false) {
                     if cfg.fail_closed {
@@ -411,8 +240,7 @@ fn sync_loop(control: &Control, cfg: &RedisConfig) {
                         tracing::error!(redis = %cfg.describe(), "Redis unreachable ({e}): each appliance enforces fleet-scoped limits alone until it is back (fail_open)");
                     }
                     crate::metrics::redis_up(false);
-                    CLOSED.store(cfg.fail_closed, Ordering::SeqCst);
-                    DOWN.store(true, Ordering::SeqCst);
+                    set_reachable(false, cfg.fail_closed);
                     up = Some(false);
                 }
             }

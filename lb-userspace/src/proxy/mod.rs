@@ -153,7 +153,7 @@ pub struct Record {
     pub mirror: Option<(usize, Vec<u8>)>,
     /// A fleet rate limit to check in Redis before the request goes on (`strict = true`).
     /// Boxed: the record lives in every connection's future.
-    pub strict: Option<Box<crate::fleet::ratelimit::StrictCheck>>,
+    pub strict: Option<Box<crate::ratelimit::fleet::StrictCheck>>,
     /// Why the request failed, if it did past planning.
     pub error: Option<error::ProxyError>,
     /// It came over TLS.
@@ -185,7 +185,7 @@ pub(crate) async fn strict_rate_limit(
     let Some(check) = rec.strict.take() else {
         return;
     };
-    let Some(v) = crate::fleet::ratelimit::strict(&check).await else {
+    let Some(v) = crate::ratelimit::fleet::strict(&check).await else {
         return;
     };
     snap.route_metrics[check.route].rate_limited();

@@ -399,7 +399,7 @@ fn admit_rate(
 /// What a route's rate limit says now: a verdict, or a strict fleet limit to ask Redis.
 enum Limited {
     Now(crate::ratelimit::Verdict),
-    Strict(crate::fleet::ratelimit::StrictCheck),
+    Strict(crate::ratelimit::fleet::StrictCheck),
 }
 
 /// Looks the request up in its route's rate limit; `None` if no rule applies.
@@ -442,13 +442,13 @@ fn rate_limit(snap: &Snapshot, h: &Head<'_, '_, '_>, r: &Routed<'_, '_>) -> Opti
     };
     let key = crate::hash::mix(k);
     if rl.strict {
-        return Some(Limited::Strict(crate::fleet::ratelimit::StrictCheck {
+        return Some(Limited::Strict(crate::ratelimit::fleet::StrictCheck {
             key,
             rate: rule.rate,
             route: r.route.index,
         }));
     }
-    if rl.fleet && crate::fleet::ratelimit::closed() {
+    if rl.fleet && crate::ratelimit::fleet::closed() {
         // Redis is down and the operator chose fail_closed.
         if !crate::dryrun::active() {
             crate::metrics::fleet_limit_refused();
@@ -459,7 +459,7 @@ fn rate_limit(snap: &Snapshot, h: &Head<'_, '_, '_>, r: &Routed<'_, '_>) -> Opti
     }
     let v = crate::ratelimit::table().check(key, rule.rate, crate::ratelimit::now_us());
     if rl.fleet && !crate::dryrun::active() {
-        crate::fleet::ratelimit::note(key, &rule.rate, v.allowed);
+        crate::ratelimit::fleet::note(key, &rule.rate, v.allowed);
     }
     Some(Limited::Now(v))
 }

@@ -2,6 +2,8 @@
 //! lock-free table of atomics. Each key's state is one theoretical arrival time, updated by
 //! compare-and-swap, so N workers share one limit exactly and nothing takes a lock.
 
+pub mod fleet;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;

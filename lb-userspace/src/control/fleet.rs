@@ -1,20 +1,247 @@
-//! Release state shared by the fleet. With the etcd source on, each split's runtime state
-//! (weights set through the admin API, rollback, pause, the promotion step) lives at
-//! `PREFIX/splits/NAME`, and every appliance applies what it holds: an admin call on any
-//! appliance changes all of them. Each appliance publishes its window counts per target at
+//! What the control side holds of a fleet (see `docs/fleet.md`): the fleet's config document
+//! from etcd as applied here, the watch's status, and the release state the appliances share.
+//! The etcd and Redis clients that fill these in are in the `fleet` module; this one talks
+//! to neither.
+//!
+//! Release state: with the etcd source on, each split's runtime state (weights set through
+//! the admin API, rollback, pause, the promotion step) lives at `PREFIX/splits/NAME`, and
+//! every appliance applies what it holds: an admin call on any appliance changes all of
+//! them. Each appliance publishes its window counts per target at
 //! `PREFIX/windows/SPLIT/NODE` under its lease; the one elected at `PREFIX/leader` runs the
 //! canary analysis on their sums and writes its decisions back.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::include::Document;
+use crate::config::source::EtcdConfig;
 use crate::control::upgrade::SplitSaved;
 use crate::release::state::{Counts, SplitState};
 use crate::snapshot::Snapshot;
+
+/// One revision of the fleet's config document: its text and the revision that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    pub text: String,
+    pub revision: i64,
+}
+
+/// Where the running config came from at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartedFrom {
+    /// Read from etcd.
+    Etcd,
+    /// etcd had no document yet: the local file alone.
+    LocalOnly,
+    /// etcd was unreachable (or its document invalid): the last one applied, from disk.
+    Persisted,
+}
+
+impl StartedFrom {
+    pub fn label(self) -> &'static str {
+        match self {
+            StartedFrom::Etcd => "etcd",
+            StartedFrom::LocalOnly => "local file only (no config in etcd yet)",
+            StartedFrom::Persisted => {
+                "persisted (etcd was unreachable, or had no valid config, at start)"
+            }
+        }
+    }
+}
+
+/// How the watch is doing, for the admin API.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub started_from: StartedFrom,
+    pub connected: bool,
+    /// When the watch last confirmed it was up to date.
+    pub last_sync: Option<SystemTime>,
+    pub rejected: u64,
+    /// The latest revision refused, and why.
+    pub last_rejected: Option<(i64, Vec<String>)>,
+    pub reconnects: u64,
+    pub full_reads: u64,
+    pub last_error: Option<String>,
+}
+
+/// The local file plus the fleet's document in etcd.
+#[derive(Debug)]
+pub struct EtcdSource {
+    pub local: PathBuf,
+    pub settings: EtcdConfig,
+    /// The document the running config was built from; `None` while etcd has none.
+    applied: Mutex<Option<Revision>>,
+    pub status: Mutex<Status>,
+    /// The fleet's release state and canary analysis.
+    pub fleet: Fleet,
+    /// Revisions of the document to apply, for the thread that reloads (a reload builds a
+    /// snapshot and may resolve names: never on the thread that renews the lease).
+    applier: Mutex<Option<std::sync::mpsc::Sender<Revision>>>,
+}
+
+impl EtcdSource {
+    pub fn new(
+        local: PathBuf,
+        settings: EtcdConfig,
+        applied: Option<Revision>,
+        started_from: StartedFrom,
+    ) -> Arc<EtcdSource> {
+        let node = settings.node_name();
+        Arc::new(EtcdSource {
+            local,
+            settings,
+            applied: Mutex::new(applied),
+            status: Mutex::new(Status {
+                started_from,
+                connected: false,
+                last_sync: None,
+                rejected: 0,
+                last_rejected: None,
+                reconnects: 0,
+                full_reads: 0,
+                last_error: None,
+            }),
+            fleet: Fleet::new(node),
+            applier: Mutex::new(None),
+        })
+    }
+
+    /// Where [`EtcdSource::submit`] sends revisions: the thread that applies them.
+    pub(crate) fn set_applier(&self, tx: std::sync::mpsc::Sender<Revision>) {
+        *self.applier.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// The document as merged into the local file, named by key and revision.
+    pub fn document(&self, rev: &Revision) -> Document {
+        Document {
+            name: format!(
+                "etcd {} (revision {})",
+                self.settings.config_key(),
+                rev.revision
+            ),
+            text: rev.text.clone(),
+        }
+    }
+
+    /// Hands a revision of the document to the applying thread.
+    pub(crate) fn submit(&self, doc: Revision) {
+        if let Some(tx) = self
+            .applier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(doc);
+        }
+    }
+
+    pub fn applied(&self) -> Option<Revision> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records `rev` as the document in service and persists it. Called with the reload
+    /// lock held, right after the snapshot built from it was published.
+    pub fn set_applied(&self, rev: &Revision) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(rev.clone());
+        crate::metrics::etcd_revision(rev.revision);
+        if let Err(e) = persist(&self.settings, rev) {
+            tracing::error!(
+                "keeping the applied config in {} failed: {e}",
+                self.settings.persisted_path().display()
+            );
+        }
+    }
+
+    pub(crate) fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn describe(&self) -> String {
+        match self.applied() {
+            Some(r) => format!(
+                "etcd {} revision {} with {}",
+                self.settings.config_key(),
+                r.revision,
+                self.local.display()
+            ),
+            None => format!(
+                "{} (etcd {} has no config yet)",
+                self.local.display(),
+                self.settings.config_key()
+            ),
+        }
+    }
+}
+
+/// The persisted document, as written by [`persist`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    key: String,
+    revision: i64,
+    applied_at_unix: u64,
+    text: String,
+}
+
+pub(crate) fn persist(s: &EtcdConfig, rev: &Revision) -> Result<(), String> {
+    let path = s.persisted_path();
+    std::fs::create_dir_all(&s.state_dir)
+        .map_err(|e| format!("creating {}: {e}", s.state_dir.display()))?;
+    let body = serde_json::to_vec_pretty(&Persisted {
+        key: s.config_key(),
+        revision: rev.revision,
+        applied_at_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        text: rev.text.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    // Written whole to a new file and renamed over the old: a crash leaves one or the other.
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.write_all(&body)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The rename itself is durable once the directory is.
+    std::fs::File::open(&s.state_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", s.state_dir.display()))
+}
+
+/// The persisted document, if there is one for this key.
+pub(crate) fn persisted(s: &EtcdConfig) -> Result<Option<Revision>, String> {
+    let path = s.persisted_path();
+    let body = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let p: Persisted = serde_json::from_slice(&body)
+        .map_err(|e| format!("{}: not a persisted config: {e}", path.display()))?;
+    if p.key != s.config_key() {
+        return Err(format!(
+            "{} holds {}, not {}: ignored",
+            path.display(),
+            p.key,
+            s.config_key()
+        ));
+    }
+    Ok(Some(Revision {
+        text: p.text,
+        revision: p.revision,
+    }))
+}
 
 /// How long an admin call waits for its change to be written to etcd.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,7 +350,7 @@ impl Fleet {
                 .recv_timeout(WRITE_TIMEOUT + Duration::from_millis(500))
                 .unwrap_or_else(|_| {
                     Err(format!(
-                        "etcd did not take the change within {WRITE_TIMEOUT:?}"
+                        "etcd did not confirm the change within {WRITE_TIMEOUT:?}: GET /splits shows whether it applies once etcd answers"
                     ))
                 }),
         };
@@ -139,6 +366,10 @@ impl Fleet {
     /// A split's state from etcd: remembered, and applied to the local split of that name
     /// and config. Logs (and counts) a rollback it brings.
     pub fn apply_remote(&self, snap: &Snapshot, name: &str, doc: SplitSaved, revision: i64) {
+        // An event older than what this appliance wrote or saw since changes nothing.
+        if revision < self.known_revision(name) {
+            return;
+        }
         self.set_known(name, doc.clone(), revision);
         let Some(s) = snap.splits.iter().find(|s| s.config.name == name) else {
             return;
