@@ -263,6 +263,9 @@ pub struct Fleet {
     pub node: String,
     /// Whether this appliance runs the fleet's analysis now.
     pub leader: AtomicBool,
+    /// Whether the etcd session is up: without it, a change is refused at once rather than
+    /// after the write's timeout.
+    pub connected: AtomicBool,
     /// Each split's state as etcd holds it, with the revision that wrote it.
     known: Mutex<HashMap<String, (SplitSaved, i64)>>,
     tx: tokio::sync::mpsc::UnboundedSender<Put>,
@@ -284,6 +287,7 @@ impl Fleet {
         Fleet {
             node,
             leader: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
             known: Mutex::new(HashMap::new()),
             tx,
             rx: Mutex::new(Some(rx)),
@@ -336,6 +340,13 @@ impl Fleet {
         base: i64,
         before: &SplitSaved,
     ) -> Result<(), String> {
+        if !self.connected.load(Ordering::SeqCst) {
+            self.known(name)
+                .as_ref()
+                .unwrap_or(before)
+                .apply_to(state, targets);
+            return Err("etcd is unreachable".into());
+        }
         let (reply, answer) = std::sync::mpsc::channel();
         let sent = self.tx.send(Put {
             name: name.to_string(),

@@ -414,6 +414,7 @@ async fn session(
     let mut last_ack = Instant::now();
 
     source.status().connected = true;
+    fleet.connected.store(true, Ordering::SeqCst);
     crate::metrics::etcd_connected(true);
     tracing::info!(from = *seen + 1, node = %fleet.node, "watching etcd {}", keys.config);
     let every = source.settings.keepalive;
@@ -562,6 +563,7 @@ async fn session(
     // Leadership and published counts end now rather than when the lease runs out (best
     // effort: etcd may be the reason the session ended).
     fleet.leader.store(false, Ordering::SeqCst);
+    fleet.connected.store(false, Ordering::SeqCst);
     let _ = tokio::time::timeout(Duration::from_millis(300), client.lease_revoke(lease)).await;
     ended
 }
