@@ -179,7 +179,7 @@ fn the_etcd_source_is_checked_before_anything_is_read_from_it() {
         (src("{ endpoints = [\"https://127.0.0.1:2379\"], prefix = \"/lb\" }"), "source.etcd.endpoints[0]: an https endpoint needs source.etcd.tls"),
         (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"lb\" }"), "source.etcd.prefix: expected a key prefix"),
         (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/\" }"), "source.etcd.prefix: expected a key prefix"),
-        (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", keepalive = \"0s\" }"), "source.etcd.keepalive: must be more than 0"),
+        (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", keepalive = \"0s\" }"), "source.etcd.keepalive: must be at least 1ms"),
         (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", auth = { user = \"lb\", password_file = \"/nonexistent/pw\" } }"), "source.etcd.auth.password_file: cannot read"),
         (src("{ endpoints = [\"https://127.0.0.1:2379\"], prefix = \"/lb\", tls = { ca = \"/nonexistent/ca.pem\", cert = \"c.pem\" } }"), "source.etcd.tls.ca: /nonexistent/ca.pem does not exist"),
         (src("{ endpoints = [\"http://127.0.0.1:2379\"], prefix = \"/lb\", bogus = 1 }"), "source.etcd.bogus"),

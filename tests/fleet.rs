@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,18 +35,6 @@ fn doc(body: &str) -> String {
     format!("[[routes]]\nname = \"all\"\nrespond = {{ body = \"{body}\\n\" }}\n")
 }
 
-/// `lb ARGS` in `dir`: exit code and output.
-fn lb(args: &[&str], dir: &Path) -> (Option<i32>, String) {
-    let out = Command::new(lb_bin())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run lb");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
-}
-
 /// `lb push` of `text` to `etcd`; exit code and output.
 fn push(etcd: &Etcd, dir: &Path, text: &str, extra: &[&str]) -> (Option<i32>, String) {
     let file = dir.join("push.toml");
@@ -56,7 +43,7 @@ fn push(etcd: &Etcd, dir: &Path, text: &str, extra: &[&str]) -> (Option<i32>, St
     let endpoint = etcd.endpoint();
     let mut args = vec!["push", &file, "--etcd", &endpoint, "--prefix", PREFIX];
     args.extend_from_slice(extra);
-    lb(&args, dir)
+    lb_in(&args, dir)
 }
 
 /// `lb push` that must write; the revision it wrote.
@@ -93,6 +80,25 @@ fn state_dir(tag: &str) -> PathBuf {
     scratch_dir(tag)
 }
 
+/// Three appliances following the etcd at `endpoint`, each with its own state directory.
+fn three(endpoint: &str) -> (Vec<PathBuf>, Vec<Lb>) {
+    let states: Vec<PathBuf> = (0..3).map(|i| state_dir(&format!("state{i}"))).collect();
+    let lbs = states
+        .iter()
+        .map(|s| Lb::start(&local(endpoint, s)))
+        .collect();
+    (states, lbs)
+}
+
+/// Stops the appliances, then removes their state directories and `dir`.
+fn clean_up<T>(lbs: T, states: Vec<PathBuf>, dir: &Path) {
+    drop(lbs);
+    for s in states {
+        let _ = std::fs::remove_dir_all(s);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn a_pushed_config_reaches_every_appliance_and_a_bad_revision_none() {
     let Some(etcd) = Etcd::start("a_pushed_config_reaches_every_appliance_and_a_bad_revision_none")
@@ -101,11 +107,7 @@ fn a_pushed_config_reaches_every_appliance_and_a_bad_revision_none() {
     };
     let dir = scratch_dir("fleet-push");
     push_ok(&etcd, &dir, &doc("v1"));
-    let states: Vec<PathBuf> = (0..3).map(|i| state_dir(&format!("state{i}"))).collect();
-    let lbs: Vec<Lb> = states
-        .iter()
-        .map(|s| Lb::start(&local(&etcd.endpoint(), s)))
-        .collect();
+    let (states, lbs) = three(&etcd.endpoint());
     for lb in &lbs {
         assert_eq!(body(lb), "v1");
         assert_eq!(etcd_status(lb)["started_from"], "etcd");
@@ -224,15 +226,11 @@ fn a_pushed_config_reaches_every_appliance_and_a_bad_revision_none() {
     // lb check on a host's local file checks it with the fleet's document.
     let host = dir.join("host.toml");
     std::fs::write(&host, local(&etcd.endpoint(), &states[0])).expect("write");
-    let (code, out) = lb(&["check", "--config", &host.display().to_string()], &dir);
+    let (code, out) = lb_in(&["check", "--config", &host.display().to_string()], &dir);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("1 routes"), "{out}");
 
-    drop(lbs);
-    for s in states {
-        let _ = std::fs::remove_dir_all(s);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    clean_up(lbs, states, &dir);
 }
 
 #[test]
@@ -243,12 +241,8 @@ fn etcd_down_frozen_or_restarted_leaves_the_config_serving_then_resyncs() {
         return;
     };
     let dir = scratch_dir("fleet-down");
-    let states: Vec<PathBuf> = (0..3).map(|i| state_dir(&format!("state{i}"))).collect();
     push_ok(&etcd, &dir, &doc("v1"));
-    let lbs: Vec<Lb> = states
-        .iter()
-        .map(|s| Lb::start(&local(&etcd.endpoint(), s)))
-        .collect();
+    let (states, lbs) = three(&etcd.endpoint());
     for lb in &lbs {
         assert_eq!(body(lb), "v1");
         wait_until("the watch", || etcd_status(lb)["connected"] == true);
@@ -286,11 +280,7 @@ fn etcd_down_frozen_or_restarted_leaves_the_config_serving_then_resyncs() {
         wait_until("v2 after etcd came back", || body(lb) == "v2");
         wait_until("the watch again", || etcd_status(lb)["connected"] == true);
     }
-    drop(lbs);
-    for s in states {
-        let _ = std::fs::remove_dir_all(s);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    clean_up(lbs, states, &dir);
 }
 
 #[test]
@@ -299,13 +289,9 @@ fn a_compacted_revision_forces_a_full_read() {
         return;
     };
     let dir = scratch_dir("fleet-compact");
-    let states: Vec<PathBuf> = (0..3).map(|i| state_dir(&format!("state{i}"))).collect();
     let relay = Relay::start(etcd.client);
     push_ok(&etcd, &dir, &doc("v1"));
-    let lbs: Vec<Lb> = states
-        .iter()
-        .map(|s| Lb::start(&local(&format!("http://{}", relay.addr), s)))
-        .collect();
+    let (states, lbs) = three(&format!("http://{}", relay.addr));
     for lb in &lbs {
         assert_eq!(body(lb), "v1");
         wait_until("the watch", || etcd_status(lb)["connected"] == true);
@@ -351,11 +337,7 @@ fn a_compacted_revision_forces_a_full_read() {
             2.0
         );
     }
-    drop(lbs);
-    for s in states {
-        let _ = std::fs::remove_dir_all(s);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    clean_up(lbs, states, &dir);
 }
 
 #[test]
@@ -407,7 +389,7 @@ fn an_lb_started_while_etcd_is_down_serves_its_persisted_config() {
     let empty = state_dir("empty");
     let host = dir.join("host.toml");
     std::fs::write(&host, local(&etcd.endpoint(), &empty)).expect("write");
-    let (code, out) = lb(&["run", "--config", &host.display().to_string()], &dir);
+    let (code, out) = lb_in(&["run", "--config", &host.display().to_string()], &dir);
     assert_ne!(code, Some(0), "{out}");
     assert!(
         out.contains("no config from it was ever applied on this host"),
@@ -661,11 +643,7 @@ fn the_fleet_shares_release_state_and_judges_a_canary_on_its_sums() {
     assert_eq!(weights(survivor), (100.0, 0.0));
     assert_eq!(variant(survivor, "after-0"), "stable");
 
-    drop(lbs);
-    for s in states {
-        let _ = std::fs::remove_dir_all(s);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    clean_up(lbs, states, &dir);
 }
 
 /// Two local routes: `/fleet`, limited across the fleet, and `/local`, limited here only.
@@ -863,7 +841,7 @@ fn etcd_over_tls_with_credentials() {
     std::fs::write(&host_file, host("password")).expect("write");
     // lb push with the host's file: over TLS, as user lb.
     std::fs::write(dir.join("doc.toml"), doc("secure")).expect("write");
-    let (code, out) = lb(
+    let (code, out) = lb_in(
         &[
             "push",
             "doc.toml",
@@ -884,7 +862,7 @@ fn etcd_over_tls_with_credentials() {
     let _ = std::fs::remove_dir_all(&state);
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, host("wrong")).expect("write");
-    let (code, out) = lb(&["run", "--config", &bad.display().to_string()], &dir);
+    let (code, out) = lb_in(&["run", "--config", &bad.display().to_string()], &dir);
     assert_ne!(code, Some(0), "{out}");
     assert!(
         out.to_lowercase().contains("authentication failed"),

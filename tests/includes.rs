@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -14,18 +13,6 @@ fn write(dir: &Path, name: &str, text: &str) {
         std::fs::create_dir_all(parent).expect("dir");
     }
     std::fs::write(path, text).expect("write");
-}
-
-/// `lb` with `args`: success, and stdout and stderr together.
-fn lb(args: &[&str], dir: &Path) -> (Option<i32>, String) {
-    let out = Command::new(lb_bin())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run lb");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
 }
 
 const MAIN: &str = "include = [\"conf.d/*.toml\"]\n\
@@ -54,12 +41,12 @@ fn included_files_merge_in_name_order() {
     // Not matched by the pattern: ignored.
     write(&dir, "conf.d/notes.txt", "not toml");
     write(&dir, "conf.d/.30-draft.toml", "[[routes]]\nbogus = 1\n");
-    let (code, out) = lb(&["check", "--config", "lb.toml"], &dir);
+    let (code, out) = lb_in(&["check", "--config", "lb.toml"], &dir);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("3 clusters, 3 routes"), "{out}");
 
     // The merged routes are in order: main first, then 10-users, then 20-orders.
-    let (code, out) = lb(
+    let (code, out) = lb_in(
         &[
             "explain",
             "--config",
@@ -90,7 +77,7 @@ fn include_errors_name_the_file_and_the_key() {
         "[[routes]]\nname = \"ok\"\ncluster = \"main\"\n\
          [[routes]]\nname = \"bad\"\ncluster = \"nowhere\"\n",
     );
-    let (code, out) = lb(&["check", "--config", "lb.toml"], &dir);
+    let (code, out) = lb_in(&["check", "--config", "lb.toml"], &dir);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("conf.d/a.toml: routes[1].cluster"),
@@ -103,7 +90,7 @@ fn include_errors_name_the_file_and_the_key() {
         "conf.d/a.toml",
         "[[clusters]]\nname = \"main\"\nendpoints = [{ addr = \"127.0.0.1:9009\" }]\n",
     );
-    let (code, out) = lb(&["check", "--config", "lb.toml"], &dir);
+    let (code, out) = lb_in(&["check", "--config", "lb.toml"], &dir);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("conf.d/a.toml: clusters[0].name")
@@ -114,7 +101,7 @@ fn include_errors_name_the_file_and_the_key() {
 
     // Anything but routes, clusters and consumers belongs in the main file.
     write(&dir, "conf.d/a.toml", "[http]\nmax_headers = 10\n");
-    let (code, out) = lb(&["check", "--config", "lb.toml"], &dir);
+    let (code, out) = lb_in(&["check", "--config", "lb.toml"], &dir);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("conf.d/a.toml: http") && out.contains("main file"),
@@ -123,7 +110,7 @@ fn include_errors_name_the_file_and_the_key() {
 
     // Not TOML: the file and the line.
     write(&dir, "conf.d/a.toml", "[[routes]]\nname = \n");
-    let (code, out) = lb(&["check", "--config", "lb.toml"], &dir);
+    let (code, out) = lb_in(&["check", "--config", "lb.toml"], &dir);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("conf.d/a.toml") && out.contains("line 2"),
@@ -136,7 +123,7 @@ fn include_errors_name_the_file_and_the_key() {
         "conf.d/a.toml",
         "[[routes]]\ncluster = \"main\"\nbogus = 1\n",
     );
-    let (code, out) = lb(&["check", "--config", "lb.toml"], &dir);
+    let (code, out) = lb_in(&["check", "--config", "lb.toml"], &dir);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("conf.d/a.toml") && out.contains("bogus"),
@@ -149,14 +136,14 @@ fn include_errors_name_the_file_and_the_key() {
         "lb.toml",
         &MAIN.replace("conf.d/*.toml", "extra.toml"),
     );
-    let (code, out) = lb(&["check", "--config", "lb.toml"], &dir);
+    let (code, out) = lb_in(&["check", "--config", "lb.toml"], &dir);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("include[0]") && out.contains("does not exist"),
         "{out}"
     );
     write(&dir, "lb.toml", &MAIN.replace("conf.d/*.toml", "*/x.toml"));
-    let (code, out) = lb(&["check", "--config", "lb.toml"], &dir);
+    let (code, out) = lb_in(&["check", "--config", "lb.toml"], &dir);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("file name only"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -179,7 +166,7 @@ fn diff_shows_what_a_reload_would_change() {
         [[routes]]\nname = \"added\"\npath_prefix = \"/n\"\ncluster = \"new\"\n";
     write(&dir, "old.toml", old);
     write(&dir, "new.toml", new);
-    let (code, out) = lb(&["diff", "old.toml", "new.toml"], &dir);
+    let (code, out) = lb_in(&["diff", "old.toml", "new.toml"], &dir);
     assert_eq!(code, Some(0), "{out}");
     for line in [
         "+ route added",
@@ -203,7 +190,7 @@ fn diff_shows_what_a_reload_would_change() {
         "new.toml",
         &new.replace("127.0.0.1:8080", "127.0.0.1:8081"),
     );
-    let (code, out) = lb(&["diff", "--json", "old.toml", "new.toml"], &dir);
+    let (code, out) = lb_in(&["diff", "--json", "old.toml", "new.toml"], &dir);
     assert_eq!(code, Some(3), "{out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(v["routes"]["added"], serde_json::json!(["added"]));
@@ -214,11 +201,11 @@ fn diff_shows_what_a_reload_would_change() {
         "{v}"
     );
     // The same config: nothing.
-    let (code, out) = lb(&["diff", "old.toml", "old.toml"], &dir);
+    let (code, out) = lb_in(&["diff", "old.toml", "old.toml"], &dir);
     assert_eq!((code, out.trim()), (Some(0), "no changes"));
     // An invalid side: its errors, exit 1.
     write(&dir, "new.toml", "[[routes]]\nbogus = 1\n");
-    let (code, out) = lb(&["diff", "old.toml", "new.toml"], &dir);
+    let (code, out) = lb_in(&["diff", "old.toml", "new.toml"], &dir);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("bogus"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -32,29 +32,17 @@ fn have(bin: &str) -> bool {
 impl Etcd {
     /// Starts a one-member etcd; `None` (reported as skipped) without the etcd binaries.
     pub fn start(test: &str) -> Option<Etcd> {
-        if !have("etcd") || !have("etcdctl") {
-            skip(
-                test,
-                "etcd and etcdctl are not installed (Debian etcd-server, etcd-client)",
-            );
-            return None;
-        }
-        let mut e = Etcd {
-            child: None,
-            client: dead_addr(),
-            peer: dead_addr(),
-            dir: scratch_dir("etcd"),
-            tls: false,
-            user: None,
-        };
-        e.run();
-        Some(e)
+        Etcd::launch(test, false)
     }
 
     /// Like [`Etcd::start`], serving clients over TLS with a certificate for 127.0.0.1
     /// signed by `tls_dir()/ca.pem`, and asking clients for one signed by the same CA (the
     /// same certificate serves as the clients').
     pub fn start_tls(test: &str) -> Option<Etcd> {
+        Etcd::launch(test, true)
+    }
+
+    fn launch(test: &str, tls: bool) -> Option<Etcd> {
         if !have("etcd") || !have("etcdctl") {
             skip(
                 test,
@@ -67,11 +55,13 @@ impl Etcd {
             client: dead_addr(),
             peer: dead_addr(),
             dir: scratch_dir("etcd"),
-            tls: true,
+            tls,
             user: None,
         };
-        std::fs::create_dir_all(e.tls_dir()).expect("tls dir");
-        super::write_ca_and_cert(&e.tls_dir(), "etcd test CA", &["127.0.0.1", "localhost"]);
+        if tls {
+            std::fs::create_dir_all(e.tls_dir()).expect("tls dir");
+            super::write_ca_and_cert(&e.tls_dir(), "etcd test CA", &["127.0.0.1", "localhost"]);
+        }
         e.run();
         Some(e)
     }

@@ -76,6 +76,18 @@ pub fn lb_bin() -> &'static str {
     env!("CARGO_BIN_EXE_lb")
 }
 
+/// `lb ARGS` run in `dir`: the exit code, and stdout and stderr together.
+pub fn lb_in(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(lb_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run lb");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
 impl Lb {
     /// Starts `lb run` with `config` (TOML text) and waits until it reports ready.
     pub fn start(config: &str) -> Lb {

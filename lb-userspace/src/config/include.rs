@@ -134,15 +134,14 @@ pub fn merge(text: &str, file: &Path) -> Result<Option<Merged>, ConfigErrors> {
     // A pattern that matches the main file itself (`*.toml` beside it) does not include it.
     let main = std::fs::canonicalize(file).ok();
     files.retain(|f| std::fs::canonicalize(f).ok() != main || main.is_none());
-    let mut origins = Origins::default();
-    for (s, section) in SECTIONS.iter().enumerate() {
-        origins.main[s] = match table.get(*section) {
-            None => 0,
-            Some(toml::Value::Array(a)) => a.len(),
-            // Not a list: the usual parse says so.
-            Some(_) => return Ok(None),
-        };
-    }
+    // A section that is not a list: the usual parse says so.
+    let Some(main) = main_entries(&table) else {
+        return Ok(None);
+    };
+    let mut origins = Origins {
+        main,
+        ..Origins::default()
+    };
     let mut all_text = text.to_string();
     let mut errors = Vec::new();
     for path in &files {
@@ -186,22 +185,13 @@ pub fn merge(text: &str, file: &Path) -> Result<Option<Merged>, ConfigErrors> {
                 ));
                 continue;
             };
-            let toml::Value::Array(entries) = value else {
-                errors.push(error(
-                    Some(&shown),
-                    &key,
-                    format!("expected [[{key}]] entries"),
-                ));
-                continue;
-            };
-            origins.entries[s].extend((0..entries.len()).map(|k| (index, k)));
-            // The main file's section is a list or absent (checked above).
-            if let toml::Value::Array(merged) = table
-                .entry(key.clone())
-                .or_insert_with(|| toml::Value::Array(Vec::new()))
-            {
-                merged.extend(entries);
-            }
+            append(
+                &mut table,
+                &mut origins,
+                (s, key, value),
+                (index, &shown),
+                &mut errors,
+            );
         }
     }
     duplicates(&table, &origins, &mut errors);
@@ -262,14 +252,13 @@ pub fn with_document(
             let Ok(table) = text.parse::<toml::Table>() else {
                 return Ok(None);
             };
-            let mut origins = Origins::default();
-            for (s, section) in SECTIONS.iter().enumerate() {
-                origins.main[s] = match table.get(*section) {
-                    None => 0,
-                    Some(toml::Value::Array(a)) => a.len(),
-                    Some(_) => return Ok(None),
-                };
-            }
+            let Some(main) = main_entries(&table) else {
+                return Ok(None);
+            };
+            let origins = Origins {
+                main,
+                ..Origins::default()
+            };
             Merged {
                 table,
                 origins,
@@ -310,22 +299,13 @@ pub fn with_document(
             continue;
         }
         if let Some(s) = SECTIONS.iter().position(|x| *x == key) {
-            let toml::Value::Array(entries) = value else {
-                errors.push(error(
-                    Some(&shown),
-                    &key,
-                    format!("expected [[{key}]] entries"),
-                ));
-                continue;
-            };
-            merged.origins.entries[s].extend((0..entries.len()).map(|k| (index, k)));
-            if let toml::Value::Array(list) = merged
-                .table
-                .entry(key.clone())
-                .or_insert_with(|| toml::Value::Array(Vec::new()))
-            {
-                list.extend(entries);
-            }
+            append(
+                &mut merged.table,
+                &mut merged.origins,
+                (s, key, value),
+                (index, &shown),
+                &mut errors,
+            );
             continue;
         }
         if merged.table.contains_key(&key) {
@@ -348,6 +328,46 @@ pub fn with_document(
     merged.text.push_str(&format!("\n# {}\n", doc.name));
     merged.text.push_str(&doc.text);
     Ok(Some(merged))
+}
+
+/// Appends the entries of section `s` (`key`, `value`) from file `index` (`shown`) to the
+/// merged table, noting where each came from. The merged section is a list or absent (its
+/// caller checked).
+fn append(
+    table: &mut toml::Table,
+    origins: &mut Origins,
+    (s, key, value): (usize, String, toml::Value),
+    (index, shown): (usize, &Path),
+    errors: &mut Vec<ConfigError>,
+) {
+    let toml::Value::Array(entries) = value else {
+        errors.push(error(
+            Some(shown),
+            &key,
+            format!("expected [[{key}]] entries"),
+        ));
+        return;
+    };
+    origins.entries[s].extend((0..entries.len()).map(|k| (index, k)));
+    if let toml::Value::Array(merged) = table
+        .entry(key)
+        .or_insert_with(|| toml::Value::Array(Vec::new()))
+    {
+        merged.extend(entries);
+    }
+}
+
+/// How many entries of each section the main file has; `None` if one is not a list.
+fn main_entries(table: &toml::Table) -> Option<[usize; 3]> {
+    let mut out = [0; 3];
+    for (s, section) in SECTIONS.iter().enumerate() {
+        out[s] = match table.get(*section) {
+            None => 0,
+            Some(toml::Value::Array(a)) => a.len(),
+            Some(_) => return None,
+        };
+    }
+    Some(out)
 }
 
 /// A name defined twice across the files: both places.

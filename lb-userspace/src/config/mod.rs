@@ -989,6 +989,22 @@ impl Errors {
         }
     }
 
+    /// A duration of at least `min` (or `default` when unset).
+    fn duration_at_least(
+        &mut self,
+        path: &str,
+        value: &Option<String>,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        let d = self.duration(path, value, default);
+        if d < min {
+            self.push(path, format!("must be at least {min:?}"));
+            return default;
+        }
+        d
+    }
+
     fn addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
         match text.parse::<SocketAddr>() {
             Ok(a) => Some(a),

@@ -123,56 +123,49 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/lb";
 
 /// Validates `[source]`; paths are relative to `base`.
 pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let mut err = |path: &str, message: String| {
-        errors.push(ConfigError {
-            path: path.into(),
-            message,
-            file: None,
-        })
-    };
+    let mut errs = super::Errors(Vec::new());
     let Some(e) = &raw.etcd else {
         if raw.state_dir.is_some() {
-            err(
+            errs.push(
                 "source.state_dir",
-                "only a config from etcd is persisted: set source.etcd too, or remove it".into(),
+                "only a config from etcd is persisted: set source.etcd too, or remove it",
             );
         }
-        return if errors.is_empty() {
+        return if errs.0.is_empty() {
             Ok(None)
         } else {
-            Err(errors)
+            Err(errs.0)
         };
     };
     if e.endpoints.is_empty() {
-        err(
+        errs.push(
             "source.etcd.endpoints",
-            "at least one endpoint is required, such as \"http://10.0.0.1:2379\"".into(),
+            "at least one endpoint is required, such as \"http://10.0.0.1:2379\"",
         );
     }
     for (i, ep) in e.endpoints.iter().enumerate() {
         let scheme_ok = ep.starts_with("http://") || ep.starts_with("https://");
         let rest = ep.split_once("://").map_or("", |(_, r)| r);
         if !scheme_ok || rest.is_empty() || rest.contains('/') {
-            err(
-                &format!("source.etcd.endpoints[{i}]"),
+            errs.push(
+                format!("source.etcd.endpoints[{i}]"),
                 format!("expected http://HOST:PORT or https://HOST:PORT, got {ep:?}"),
             );
         } else if ep.starts_with("https://") && e.tls.is_none() {
-            err(
-                &format!("source.etcd.endpoints[{i}]"),
-                "an https endpoint needs source.etcd.tls = { ca = \"...\" }".into(),
+            errs.push(
+                format!("source.etcd.endpoints[{i}]"),
+                "an https endpoint needs source.etcd.tls = { ca = \"...\" }",
             );
         } else if ep.starts_with("http://") && e.tls.is_some() {
-            err(
-                &format!("source.etcd.endpoints[{i}]"),
-                "source.etcd.tls is set: use https:// endpoints".into(),
+            errs.push(
+                format!("source.etcd.endpoints[{i}]"),
+                "source.etcd.tls is set: use https:// endpoints",
             );
         }
     }
     let prefix = e.prefix.trim_end_matches('/').to_string();
     if !e.prefix.starts_with('/') || prefix.is_empty() {
-        err(
+        errs.push(
             "source.etcd.prefix",
             format!(
                 "expected a key prefix such as \"/lb/prod\" (starting with /), got {:?}",
@@ -180,57 +173,24 @@ pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<
             ),
         );
     }
-    let duration = |path: &str, v: &Option<String>, default: Duration, errs: &mut Vec<_>| match v {
-        None => default,
-        Some(t) => match super::units::parse_duration(t) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                errs.push(ConfigError {
-                    path: path.into(),
-                    message: "must be more than 0".into(),
-                    file: None,
-                });
-                default
-            }
-            Err(m) => {
-                errs.push(ConfigError {
-                    path: path.into(),
-                    message: m,
-                    file: None,
-                });
-                default
-            }
-        },
-    };
-    let keepalive = duration(
+    let second = Duration::from_secs(1);
+    let keepalive = errs.duration_at_least(
         "source.etcd.keepalive",
         &e.keepalive,
         Duration::from_secs(5),
-        &mut errors,
+        Duration::from_millis(1),
     );
-    let startup_timeout = duration(
+    let startup_timeout = errs.duration_at_least(
         "source.etcd.startup_timeout",
         &e.startup_timeout,
         Duration::from_secs(5),
-        &mut errors,
+        Duration::from_millis(1),
     );
-    let lease = duration(
-        "source.etcd.lease",
-        &e.lease,
-        Duration::from_secs(5),
-        &mut errors,
-    );
-    let mut err = |path: &str, message: String| {
-        errors.push(ConfigError {
-            path: path.into(),
-            message,
-            file: None,
-        })
-    };
-    if lease < Duration::from_secs(1) || lease.subsec_nanos() != 0 {
-        err(
+    let lease = errs.duration("source.etcd.lease", &e.lease, Duration::from_secs(5));
+    if lease < second || lease.subsec_nanos() != 0 {
+        errs.push(
             "source.etcd.lease",
-            "etcd leases count whole seconds: 1s or more".into(),
+            "etcd leases count whole seconds: 1s or more",
         );
     }
     if let Some(n) = &e.node {
@@ -239,7 +199,7 @@ pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
-            err(
+            errs.push(
                 "source.etcd.node",
                 format!("expected letters, digits, '-', '_' or '.', got {n:?}"),
             );
@@ -253,17 +213,17 @@ pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<
         ] {
             if let Some(p) = p {
                 if !base.join(p).is_file() {
-                    err(
-                        &format!("source.etcd.tls.{key}"),
+                    errs.push(
+                        format!("source.etcd.tls.{key}"),
                         format!("{} does not exist", base.join(p).display()),
                     );
                 }
             }
         }
         if t.cert.is_some() != t.key.is_some() {
-            err(
+            errs.push(
                 "source.etcd.tls",
-                "a client certificate needs both cert and key".into(),
+                "a client certificate needs both cert and key",
             );
         }
         EtcdTls {
@@ -283,7 +243,7 @@ pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<
                 Password(p.trim_end_matches(['\r', '\n']).to_string()),
             )),
             Err(x) => {
-                err(
+                errs.push(
                     "source.etcd.auth.password_file",
                     format!("cannot read {}: {x}", file.display()),
                 );
@@ -292,8 +252,8 @@ pub fn validate(raw: &RawSource, base: &Path) -> Result<Option<EtcdConfig>, Vec<
         }
     });
     let state_dir = base.join(raw.state_dir.as_deref().unwrap_or(DEFAULT_STATE_DIR));
-    if !errors.is_empty() {
-        return Err(errors);
+    if !errs.0.is_empty() {
+        return Err(errs.0);
     }
     Ok(Some(EtcdConfig {
         endpoints: e.endpoints.clone(),
@@ -408,21 +368,14 @@ fn redact(url: &str) -> String {
 }
 
 pub fn validate_redis(r: &RawRedis) -> Result<RedisConfig, Vec<ConfigError>> {
-    let mut errors = Vec::new();
-    let mut err = |path: &str, message: String| {
-        errors.push(ConfigError {
-            path: path.into(),
-            message,
-            file: None,
-        })
-    };
+    let mut errs = super::Errors(Vec::new());
     let url_ok = |u: &str| {
         (u.starts_with("redis://") || u.starts_with("rediss://")) && u.len() > "redis://".len()
     };
     let target = match (&r.url, &r.sentinels, &r.master) {
         (Some(u), None, None) => {
             if !url_ok(u) {
-                err(
+                errs.push(
                     "redis.url",
                     format!("expected redis://HOST:PORT or rediss://HOST:PORT, got {u:?}"),
                 );
@@ -431,21 +384,18 @@ pub fn validate_redis(r: &RawRedis) -> Result<RedisConfig, Vec<ConfigError>> {
         }
         (None, Some(list), Some(master)) => {
             if list.is_empty() {
-                err(
-                    "redis.sentinels",
-                    "at least one sentinel is required".into(),
-                );
+                errs.push("redis.sentinels", "at least one sentinel is required");
             }
             for (i, u) in list.iter().enumerate() {
                 if !url_ok(u) {
-                    err(
-                        &format!("redis.sentinels[{i}]"),
+                    errs.push(
+                        format!("redis.sentinels[{i}]"),
                         format!("expected redis://HOST:PORT, got {u:?}"),
                     );
                 }
             }
             if master.is_empty() {
-                err("redis.master", "name the master the sentinels watch".into());
+                errs.push("redis.master", "name the master the sentinels watch");
             }
             RedisTarget::Sentinel {
                 sentinels: list.clone(),
@@ -453,43 +403,32 @@ pub fn validate_redis(r: &RawRedis) -> Result<RedisConfig, Vec<ConfigError>> {
             }
         }
         _ => {
-            err("redis", "set either url, or sentinels with master".into());
+            errs.push("redis", "set either url, or sentinels with master");
             RedisTarget::Url(String::new())
         }
     };
-    let mut duration = |path: &str, v: &Option<String>, default: Duration| match v {
-        None => default,
-        Some(t) => match super::units::parse_duration(t) {
-            Ok(d) if d >= Duration::from_millis(1) => d,
-            Ok(_) => {
-                err(path, "must be at least 1ms".into());
-                default
-            }
-            Err(m) => {
-                err(path, m);
-                default
-            }
-        },
-    };
-    let sync_interval = duration(
+    let ms = Duration::from_millis(1);
+    let sync_interval = errs.duration_at_least(
         "redis.sync_interval",
         &r.sync_interval,
         Duration::from_millis(100),
+        ms,
     );
-    let timeout = duration("redis.timeout", &r.timeout, Duration::from_millis(250));
+    let timeout =
+        errs.duration_at_least("redis.timeout", &r.timeout, Duration::from_millis(250), ms);
     let fail_closed = match r.on_failure.as_deref() {
         None | Some("fail_open") => false,
         Some("fail_closed") => true,
         Some(other) => {
-            err(
+            errs.push(
                 "redis.on_failure",
                 format!("expected \"fail_open\" or \"fail_closed\", got {other:?}"),
             );
             false
         }
     };
-    if !errors.is_empty() {
-        return Err(errors);
+    if !errs.0.is_empty() {
+        return Err(errs.0);
     }
     Ok(RedisConfig {
         target,

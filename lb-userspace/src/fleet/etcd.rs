@@ -608,20 +608,33 @@ async fn write_split(
     if let Some((k, rev)) = leader {
         compares.push(Compare::create_revision(k.clone(), CompareOp::Equal, *rev));
     }
+    let Some(revision) = put_if(client, &key, json, compares).await? else {
+        return Err(format!(
+            "split {name} was changed by another appliance meanwhile (this change was made on revision {base}), or this appliance no longer leads: etcd's state is applied; look, then try again"
+        ));
+    };
+    fleet.set_known(name, doc.clone(), revision);
+    Ok(())
+}
+
+/// Puts `value` at `key` if every compare holds: the revision written, or `None` if one
+/// did not.
+async fn put_if(
+    client: &mut Client,
+    key: &str,
+    value: String,
+    compares: Vec<Compare>,
+) -> Result<Option<i64>, String> {
     let txn = Txn::new()
         .when(compares)
-        .and_then([TxnOp::put(key.as_str(), json, None)]);
+        .and_then([TxnOp::put(key, value, None)]);
     let resp = client
         .txn(txn)
         .await
         .map_err(|e| format!("writing {key}: {e}"))?;
-    if !resp.succeeded() {
-        return Err(format!(
-            "split {name} was changed by another appliance meanwhile (this change was made on revision {base}), or this appliance no longer leads: etcd's state is applied; look, then try again"
-        ));
-    }
-    fleet.set_known(name, doc.clone(), resp.header().map_or(0, |h| h.revision()));
-    Ok(())
+    Ok(resp
+        .succeeded()
+        .then(|| resp.header().map_or(0, |h| h.revision())))
 }
 
 /// The leader's round: each split whose analysis is due is judged on the fleet's sums, and
@@ -747,19 +760,13 @@ pub fn push(settings: &EtcdConfig, text: &str, expect: Option<i64>) -> Result<Pu
                 return Ok(Pushed::Unchanged(c.revision));
             }
             // mod_revision 0 is "the key does not exist".
-            let txn = Txn::new()
-                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, at)])
-                .and_then([TxnOp::put(key.as_str(), text, None)]);
-            let resp = client
-                .txn(txn)
-                .await
-                .map_err(|e| format!("writing {key}: {e}"))?;
-            if !resp.succeeded() {
-                return Err(format!(
+            let guard = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, at)];
+            match put_if(&mut client, &key, text.to_string(), guard).await? {
+                Some(revision) => Ok(Pushed::Written(revision)),
+                None => Err(format!(
                     "{key} changed after it was read at revision {at}: someone else pushed; nothing written (check theirs, then push again)"
-                ));
+                )),
             }
-            Ok(Pushed::Written(resp.header().map_or(0, |h| h.revision())))
         })
         .await
         .unwrap_or_else(|_| Err(format!("etcd {} did not answer in time", settings.endpoints.join(","))))
