@@ -697,11 +697,21 @@ fn split_control(method: &str, path: &str, body: &[u8], control: &Control) -> (u
         }
     }
     if let Some((fleet, base, before)) = fleet {
-        if let Err(reason) = fleet.publish(name, state, cfg.targets.len(), base, &before) {
-            return (
-                503,
-                json!({ "error": "fleet_unavailable", "reason": format!("{reason}; nothing changed") }),
-            );
+        use crate::control::fleet::WriteError;
+        match fleet.publish(name, state, cfg.targets.len(), base, &before) {
+            Ok(()) => {}
+            Err(WriteError::Refused(reason)) => {
+                return (
+                    503,
+                    json!({ "error": "fleet_unavailable", "reason": format!("{reason}; nothing changed") }),
+                )
+            }
+            Err(WriteError::Unknown(reason)) => {
+                return (
+                    504,
+                    json!({ "error": "fleet_outcome_unknown", "reason": format!("{reason}: it may still apply, on every appliance; GET /splits shows what the fleet holds before you try again") }),
+                )
+            }
         }
     }
     let weights: serde_json::Map<String, Value> = cfg

@@ -246,6 +246,15 @@ pub(crate) fn persisted(s: &EtcdConfig) -> Result<Option<Revision>, String> {
 /// How long an admin call waits for its change to be written to etcd.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a split state was not confirmed written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// etcd refused it or could not be reached: nothing was written.
+    Refused(String),
+    /// No answer in time: it may still be written (the watch will tell).
+    Unknown(String),
+}
+
 /// A split state to write, and who waits for the answer.
 pub struct Put {
     pub name: String,
@@ -255,7 +264,7 @@ pub struct Put {
     pub base: i64,
     /// Not written after this: whoever asked has given up and put things back.
     pub deadline: Instant,
-    pub reply: std::sync::mpsc::Sender<Result<(), String>>,
+    pub reply: std::sync::mpsc::Sender<Result<(), WriteError>>,
 }
 
 /// This appliance's part in the fleet's release state.
@@ -339,13 +348,13 @@ impl Fleet {
         targets: usize,
         base: i64,
         before: &SplitSaved,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         if !self.connected.load(Ordering::SeqCst) {
             self.known(name)
                 .as_ref()
                 .unwrap_or(before)
                 .apply_to(state, targets);
-            return Err("etcd is unreachable".into());
+            return Err(WriteError::Refused("etcd is unreachable".into()));
         }
         let (reply, answer) = std::sync::mpsc::channel();
         let sent = self.tx.send(Put {
@@ -356,15 +365,17 @@ impl Fleet {
             reply,
         });
         let result = match sent {
-            Err(_) => Err("the etcd client has stopped".to_string()),
+            Err(_) => Err(WriteError::Refused("the etcd client has stopped".into())),
             Ok(()) => answer
                 .recv_timeout(WRITE_TIMEOUT + Duration::from_millis(500))
                 .unwrap_or_else(|_| {
-                    Err(format!(
-                        "etcd did not confirm the change within {WRITE_TIMEOUT:?}: GET /splits shows whether it applies once etcd answers"
-                    ))
+                    Err(WriteError::Unknown(format!(
+                        "etcd did not confirm the change within {WRITE_TIMEOUT:?}"
+                    )))
                 }),
         };
+        // Here, the split follows what etcd holds: if an unconfirmed change lands after
+        // all, its watch event (a newer revision) applies it on every appliance.
         if result.is_err() {
             self.known(name)
                 .as_ref()

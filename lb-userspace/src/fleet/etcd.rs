@@ -138,17 +138,15 @@ pub fn open(
                     }
                     Ok(src)
                 }
+                // Not counted here: the watch's first full read, right after start, judges
+                // the same revision again and counts it.
                 Err(errors) => {
-                    crate::metrics::etcd_rejected();
                     let Some(saved) = saved else {
                         // Nothing better: `lb run` reports these errors.
                         return Ok(src);
                     };
                     tracing::error!(revision = doc.revision, "the config in etcd is invalid; starting from the last one applied (revision {}):\n{errors}", saved.revision);
-                    let src = source(Some(saved), StartedFrom::Persisted);
-                    src.status().rejected = 1;
-                    src.status().last_rejected = Some((doc.revision, lines(&errors)));
-                    Ok(src)
+                    Ok(source(Some(saved), StartedFrom::Persisted))
                 }
             }
         }
@@ -196,8 +194,7 @@ pub fn spawn(control: Arc<Control>, source: Arc<EtcdSource>) -> std::io::Result<
                 while let Ok(next) = rx.try_recv() {
                     doc = next;
                 }
-                let refused = src.status().last_rejected.as_ref().map(|(r, _)| *r);
-                if refused == Some(doc.revision) || src.applied().as_ref() == Some(&doc) {
+                if src.applied().as_ref() == Some(&doc) {
                     continue;
                 }
                 apply(&c, &src, doc);
@@ -225,6 +222,8 @@ enum Ended {
     Lost(String),
     /// The revision to resume from was compacted: read the whole document again.
     Compacted(i64),
+    /// This process drains: no reconnect.
+    Draining,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -263,6 +262,7 @@ async fn watch(control: Arc<Control>, source: Arc<EtcdSource>) {
                 backoff = BACKOFF_MIN;
                 continue;
             }
+            Ended::Draining => break,
             Ended::Lost(e) => {
                 tracing::warn!("etcd watch lost: {e}; reconnecting");
                 let mut st = source.status();
@@ -274,7 +274,11 @@ async fn watch(control: Arc<Control>, source: Arc<EtcdSource>) {
         }
         // Writes asked for meanwhile cannot be made: whoever asked is told now.
         while let Ok(put) = requests.try_recv() {
-            let _ = put.reply.send(Err("etcd is unreachable".into()));
+            let _ = put
+                .reply
+                .send(Err(crate::control::fleet::WriteError::Refused(
+                    "etcd is unreachable".into(),
+                )));
         }
         // A session that lasted resets the backoff; quick failures double it.
         if started.elapsed() > BACKOFF_MAX * 2 {
@@ -410,8 +414,36 @@ async fn session(
     // The election key this appliance holds while it leads: its decisions are written only
     // while the key still exists.
     let mut leader_key: Option<(Vec<u8>, i64)> = None;
-    let lease_ttl = Duration::from_secs(ttl as u64);
-    let mut last_ack = Instant::now();
+    // Renewed by a task of its own: a slow write or leader round awaited below never holds
+    // up the renewal. The task ends (and says why) when the lease cannot be kept.
+    let (lost_tx, mut lost) = tokio::sync::oneshot::channel::<String>();
+    let renewal = tokio::spawn(async move {
+        let ttl_d = Duration::from_secs(ttl as u64);
+        let mut every =
+            tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 3).max(300)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut acked = Instant::now();
+        let why = loop {
+            every.tick().await;
+            // Not renewed for a whole TTL (counted from the last renewal sent before an
+            // answer): the lease may be gone, and with it this appliance's leadership.
+            if acked.elapsed() >= ttl_d {
+                break "the lease was not renewed within its time to live".to_string();
+            }
+            let sent = Instant::now();
+            if let Err(e) = keeper.keep_alive().await {
+                break format!("renewing the lease: {e}");
+            }
+            match tokio::time::timeout(ttl_d, kept.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => acked = sent,
+                Ok(Ok(Some(_))) => break "this appliance's lease expired".to_string(),
+                Ok(Ok(None)) => break "etcd closed the lease stream".to_string(),
+                Ok(Err(e)) => break format!("the lease stream: {e}"),
+                Err(_) => break "the lease was not renewed within its time to live".to_string(),
+            }
+        };
+        let _ = lost_tx.send(why);
+    });
 
     source.status().connected = true;
     fleet.connected.store(true, Ordering::SeqCst);
@@ -420,7 +452,7 @@ async fn session(
     let every = source.settings.keepalive;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renew = tokio::time::interval(Duration::from_millis((ttl as u64 * 1000 / 3).max(300)));
+    let mut draining = tokio::time::interval(Duration::from_millis(200));
     let mut publish = tokio::time::interval(PUBLISH_EVERY);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lead = tokio::time::interval(LEAD_EVERY);
@@ -474,11 +506,11 @@ async fn session(
                 // Up to where every change was seen: the events' revisions; the header's
                 // only on a progress answer (a created or catching-up answer's header is
                 // the store's revision, not how far this watch got).
+                // (Progress answers are not trusted for it either: etcd before 3.4.24 and
+                // 3.5.8 could send one ahead of events still queued, etcd-io/etcd#15220.)
                 let newest = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
-                match (newest, resp.header()) {
-                    (Some(r), _) => *seen = (*seen).max(r),
-                    (None, Some(h)) if !resp.created() => *seen = (*seen).max(h.revision()),
-                    _ => {}
+                if let Some(r) = newest {
+                    *seen = (*seen).max(r);
                 }
                 synced(source);
             }
@@ -491,30 +523,22 @@ async fn session(
                 }
                 asked.get_or_insert_with(Instant::now);
             }
-            _ = renew.tick() => {
-                // Not renewed for a whole TTL: the lease may be gone, and with it this
-                // appliance's leadership; stop acting on it now.
-                if last_ack.elapsed() >= lease_ttl {
-                    break Ended::Lost("the lease was not renewed within its time to live".into());
-                }
+            why = &mut lost => {
+                break Ended::Lost(why.unwrap_or_else(|_| "the lease renewal stopped".into()));
+            }
+            _ = draining.tick() => {
                 if control.draining.load(Ordering::SeqCst) {
-                    break Ended::Lost("draining".into());
-                }
-                if let Err(e) = keeper.keep_alive().await {
-                    break Ended::Lost(format!("renewing the lease: {e}"));
+                    break Ended::Draining;
                 }
             }
-            k = kept.message() => match k {
-                Ok(Some(r)) if r.ttl() > 0 => last_ack = Instant::now(),
-                Ok(Some(_)) => break Ended::Lost("this appliance's lease expired".into()),
-                Ok(None) => break Ended::Lost("etcd closed the lease stream".into()),
-                Err(e) => break Ended::Lost(format!("the lease stream: {e}")),
-            },
             won = &mut campaign, if campaigning => {
                 campaigning = false;
                 match won {
                     Ok(r) => {
-                        leader_key = r.leader().map(|k| (k.key().to_vec(), k.rev()));
+                        let Some(k) = r.leader() else {
+                            break Ended::Lost("etcd elected this appliance without naming its key".into());
+                        };
+                        leader_key = Some((k.key().to_vec(), k.rev()));
                         fleet.leader.store(true, Ordering::SeqCst);
                         crate::metrics::fleet_leader(true);
                         tracing::info!(node = %fleet.node, "leading the fleet's canary analysis");
@@ -526,17 +550,19 @@ async fn session(
                 // Bounded by the caller's deadline; past it, whether etcd took the change is
                 // unknown, and the caller says so.
                 let left = put.deadline.saturating_duration_since(Instant::now());
-                let result = match tokio::time::timeout(
+                let result = if left.is_zero() {
+                    Err(crate::control::fleet::WriteError::Refused("too late: the admin call gave up".into()))
+                } else { match tokio::time::timeout(
                     left,
                     write_split(&mut client, &keys, fleet, &put.name, &put.doc, put.base, None),
                 )
                 .await
                 {
-                    Ok(r) => r,
-                    Err(_) => Err(
-                        "etcd did not confirm the change in time: whether it applies, GET /splits shows once etcd answers".to_string()
-                    ),
-                };
+                    Ok(r) => r.map_err(crate::control::fleet::WriteError::Refused),
+                    Err(_) => Err(crate::control::fleet::WriteError::Unknown(
+                        "etcd did not confirm the change in time".into(),
+                    )),
+                } };
                 let _ = put.reply.send(result);
             }
             _ = publish.tick() => {
@@ -564,6 +590,7 @@ async fn session(
     // effort: etcd may be the reason the session ended).
     fleet.leader.store(false, Ordering::SeqCst);
     fleet.connected.store(false, Ordering::SeqCst);
+    renewal.abort();
     let _ = tokio::time::timeout(Duration::from_millis(300), client.lease_revoke(lease)).await;
     ended
 }
@@ -693,6 +720,22 @@ async fn analyse(
             if let Err(e) = write_split(client, keys, fleet, name, &after, base, leader).await {
                 tracing::error!(split = %name, "the fleet decision could not be written, so it is undone here: {e}");
                 fleet.revert(&snap, name);
+                // Perhaps because this appliance no longer leads: then it stops, and campaigns
+                // again in its next session.
+                if let Some((key, rev)) = leader {
+                    let held = client
+                        .get(key.clone(), None)
+                        .await
+                        .map_err(|e| format!("reading the election key: {e}"))?
+                        .kvs()
+                        .first()
+                        .is_some_and(|kv| kv.create_revision() == *rev);
+                    if !held {
+                        return Err(
+                            "this appliance's election key is gone: it no longer leads".into()
+                        );
+                    }
+                }
             }
         }
     }

@@ -138,12 +138,17 @@ pub struct Ask {
 }
 
 struct Strict {
-    asks: std::sync::Mutex<std::sync::mpsc::Sender<Ask>>,
+    /// Bounded: past `STRICT_BACKLOG` questions waiting, a request does not queue behind
+    /// them (it is decided as if Redis were down).
+    asks: std::sync::mpsc::SyncSender<Ask>,
     timeout: Duration,
     fail_closed: bool,
 }
 
 static STRICT: OnceLock<Strict> = OnceLock::new();
+
+/// Strict questions that may wait for the Redis thread at once.
+const STRICT_BACKLOG: usize = 256;
 
 /// Sets up strict checks: their questions come out of the returned queue, for the thread
 /// that asks Redis. `None` if they were set up already.
@@ -151,10 +156,10 @@ pub fn install_strict(
     timeout: Duration,
     fail_closed: bool,
 ) -> Option<std::sync::mpsc::Receiver<Ask>> {
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(STRICT_BACKLOG);
     STRICT
         .set(Strict {
-            asks: std::sync::Mutex::new(tx),
+            asks: tx,
             timeout,
             fail_closed,
         })
@@ -177,15 +182,11 @@ pub async fn strict(check: &StrictCheck) -> Option<Verdict> {
     let sent = !DOWN.load(Ordering::Relaxed)
         && st
             .asks
-            .lock()
-            .map(|tx| {
-                tx.send(Ask {
-                    check: *check,
-                    reply,
-                })
-                .is_ok()
+            .try_send(Ask {
+                check: *check,
+                reply,
             })
-            .unwrap_or(false);
+            .is_ok();
     let answer = if DOWN.load(Ordering::Relaxed) {
         Err("Redis is unreachable".to_string())
     } else if sent {
@@ -196,7 +197,7 @@ pub async fn strict(check: &StrictCheck) -> Option<Verdict> {
             Err(_) => Err(format!("no answer within {:?}", st.timeout)),
         }
     } else {
-        Err("the Redis thread stopped".to_string())
+        Err("the Redis thread is busy or stopped".to_string())
     };
     match answer {
         Ok(v) => (!v.allowed).then_some(v),
