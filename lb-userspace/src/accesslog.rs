@@ -53,6 +53,10 @@ pub struct Line<'a> {
     pub api_version: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_version_phase: Option<&'static str>,
+    /// On a route validated against an API spec: `valid`, `invalid` (refused, or passed in
+    /// report mode: the status says which) or `too_large`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<&'static str>,
 }
 
 impl Line<'_> {

@@ -34,4 +34,5 @@ pub mod steering;
 pub mod timer;
 pub mod tls;
 pub mod upstream;
+pub mod validation;
 pub mod worker;

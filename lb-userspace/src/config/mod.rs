@@ -1198,8 +1198,12 @@ fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
         providers: &jwt_providers,
         geo: geo.is_some(),
     };
+    let specs = routes::SpecFiles {
+        base,
+        read: Default::default(),
+    };
     for (i, r) in raw.routes.iter().enumerate() {
-        if let Some(route) = routes::validate_route(i, r, &ctx, &mut errs) {
+        if let Some(route) = routes::validate_route(i, r, &ctx, &specs, &mut errs) {
             routes.push(route);
         }
     }

@@ -519,6 +519,8 @@ pub struct RawRoute {
     pub deprecation: Option<RawDeprecation>,
     /// Versions of the route's API, each to its cluster (instead of `cluster`).
     pub versions: Option<RawVersions>,
+    /// Validate requests against an OpenAPI document or JSON Schemas.
+    pub validate: Option<RawValidate>,
     pub timeouts: Option<RawTimeouts>,
     /// Consumer metadata that must match (`{ environment = "test" }`); implies a valid key.
     pub consumer: Option<std::collections::BTreeMap<String, String>>,
@@ -781,4 +783,26 @@ pub struct RawVersionFull {
     pub successor: Option<String>,
     /// The deprecation policy or migration guide (a URL, `Link: <…>; rel="deprecation"`).
     pub policy: Option<String>,
+    /// This version's validation (instead of the route's).
+    pub validate: Option<RawValidate>,
+}
+
+/// Request validation: `{ openapi = "specs/users-v2.yaml" }` or `{ schema = { POST =
+/// "schemas/new-user.json" } }`, with how to apply it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValidate {
+    /// An OpenAPI 3.0 or 3.1 document, JSON or YAML.
+    pub openapi: Option<String>,
+    /// A JSON Schema for request bodies, per method.
+    pub schema: Option<std::collections::BTreeMap<String, String>>,
+    /// Removed from the request's path before it is looked up in the spec (default: the
+    /// path of the spec's first server URL).
+    pub prefix: Option<String>,
+    /// `"enforce"` (default) or `"report"`.
+    pub mode: Option<String>,
+    /// Bodies are buffered for validation up to this size (default 1 MiB).
+    pub max_body: Option<toml::Value>,
+    /// A body over `max_body`: `"reject"` (413, default) or `"pass"` (unchecked).
+    pub oversize: Option<String>,
 }

@@ -12,6 +12,7 @@ use crate::routing::matchers::{
 };
 use crate::routing::template::Template;
 use crate::routing::{Route, RouteTimeouts};
+use crate::validation::{Settings, Validation};
 
 /// Headers a route may not set: `lb` owns connection management and framing.
 pub(super) const RESERVED: [&str; 8] = [
@@ -31,6 +32,16 @@ pub(super) struct RouteContext<'a> {
     pub providers: &'a [super::jwt::JwtSpec],
     /// `[geoip]` is configured.
     pub geo: bool,
+}
+
+/// An OpenAPI document compiled (and the path of its first server URL), or why not.
+pub(super) type CompiledSpec = Result<(std::sync::Arc<crate::validation::Spec>, String), String>;
+
+/// What routes are validated against, besides: where relative paths start, and the API specs
+/// read so far (a spec several routes name is read and compiled once).
+pub(super) struct SpecFiles<'a> {
+    pub base: &'a std::path::Path,
+    pub read: std::cell::RefCell<std::collections::BTreeMap<std::path::PathBuf, CompiledSpec>>,
 }
 
 /// Two-letter codes at `key` (countries or continents), upper-cased.
@@ -60,6 +71,7 @@ pub(super) fn validate_route(
     i: usize,
     r: &RawRoute,
     ctx: &RouteContext<'_>,
+    specs: &SpecFiles<'_>,
     errs: &mut Errors,
 ) -> Option<Route> {
     let (clusters, providers) = (ctx.clusters, ctx.providers);
@@ -139,10 +151,26 @@ pub(super) fn validate_route(
     let split = r.split.as_ref().and_then(|sp| {
         super::release::validate_split(&at("split"), &route_name, sp, clusters, errs)
     });
-    let versions = r
-        .versions
+    let validate = r
+        .validate
         .as_ref()
-        .and_then(|v| versions(&at("versions"), &route_name, v, clusters, errs));
+        .and_then(|v| validation(&at("validate"), v, specs, errs));
+    if r.validate.is_some() && r.cluster.is_none() && r.split.is_none() && r.versions.is_none() {
+        errs.push(
+            at("validate"),
+            "validation only applies to routes that forward to a cluster",
+        );
+    }
+    let versions = r.versions.as_ref().and_then(|v| {
+        let on = VersionsOn {
+            key: at("versions"),
+            route_name: &route_name,
+            clusters,
+            validate: validate.as_ref(),
+            specs,
+        };
+        versions(&on, v, errs)
+    });
     let actions = usize::from(r.cluster.is_some())
         + usize::from(r.redirect.is_some())
         + usize::from(r.respond.is_some())
@@ -415,6 +443,9 @@ pub(super) fn validate_route(
     if errs.0.len() != before {
         return None;
     }
+    let route_validation = validate
+        .filter(|_| r.versions.is_none())
+        .map(|v| std::sync::Arc::new(Validation::new(&v, &route_name, "")));
     Some(Route {
         sni,
         client_cert: r.client_cert,
@@ -453,18 +484,165 @@ pub(super) fn validate_route(
         split: split.map(std::sync::Arc::new),
         rate_limit,
         metrics,
+        validate: route_validation,
         versions: versions.map(std::sync::Arc::new),
     })
 }
 
+/// A route's or version's `validate`: its spec read and compiled, its settings checked.
+fn validation(
+    key: &str,
+    v: &super::raw::RawValidate,
+    specs: &SpecFiles<'_>,
+    errs: &mut Errors,
+) -> Option<Settings> {
+    use crate::validation::{Mode, Oversize, Spec};
+    let before = errs.0.len();
+    let mode = match v.mode.as_deref() {
+        None | Some("enforce") => Mode::Enforce,
+        Some("report") => Mode::Report,
+        Some(other) => {
+            errs.push(
+                format!("{key}.mode"),
+                format!("expected \"enforce\" or \"report\", got {other:?}"),
+            );
+            Mode::Enforce
+        }
+    };
+    let oversize = match v.oversize.as_deref() {
+        None | Some("reject") => Oversize::Reject,
+        Some("pass") => Oversize::Pass,
+        Some(other) => {
+            errs.push(
+                format!("{key}.oversize"),
+                format!("expected \"reject\" or \"pass\", got {other:?}"),
+            );
+            Oversize::Reject
+        }
+    };
+    let max_body = match v.max_body.as_ref().map(super::units::parse_size) {
+        None => 1 << 20,
+        Some(Ok(0)) => {
+            errs.push(format!("{key}.max_body"), "expected a size above zero");
+            0
+        }
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            errs.push(format!("{key}.max_body"), e);
+            0
+        }
+    };
+    if let Some(p) = &v.prefix {
+        if !p.is_empty() && !valid_path(p) {
+            errs.push(
+                format!("{key}.prefix"),
+                format!("expected a path starting with '/', got {p:?}"),
+            );
+        }
+    }
+    let (spec, source, default_prefix) = match (&v.openapi, &v.schema) {
+        (Some(file), None) => match openapi_spec(specs, file) {
+            Ok((s, prefix)) => (s, file.clone(), prefix),
+            Err(e) => {
+                errs.push(format!("{key}.openapi"), e);
+                return None;
+            }
+        },
+        (None, Some(map)) if !map.is_empty() => {
+            let mut list = Vec::new();
+            for (method, file) in map {
+                if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    errs.push(
+                        format!("{key}.schema.{method}"),
+                        "expected an upper-case method such as POST",
+                    );
+                }
+                let path = specs.base.join(file);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: cannot read the file: {e}", path.display()))
+                    .and_then(|t| {
+                        serde_json::from_str::<serde_json::Value>(&t)
+                            .map_err(|e| format!("{}: not JSON: {e}", path.display()))
+                    });
+                match text {
+                    Ok(schema) => list.push((method.clone(), schema)),
+                    Err(e) => errs.push(format!("{key}.schema.{method}"), e),
+                }
+            }
+            if errs.0.len() > before {
+                return None;
+            }
+            match Spec::schemas(&list) {
+                Ok(s) => {
+                    let names: Vec<&str> = map.values().map(String::as_str).collect();
+                    (std::sync::Arc::new(s), names.join(", "), String::new())
+                }
+                Err(e) => {
+                    errs.push(format!("{key}.schema"), e);
+                    return None;
+                }
+            }
+        }
+        _ => {
+            errs.push(
+                key.to_string(),
+                "set openapi (a document) or schema (one per method), not both",
+            );
+            return None;
+        }
+    };
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(Settings {
+        spec,
+        source,
+        mode,
+        max_body,
+        oversize,
+        prefix: v
+            .prefix
+            .clone()
+            .unwrap_or(default_prefix)
+            .trim_end_matches('/')
+            .to_string(),
+    })
+}
+
+/// The OpenAPI document at `file` (from the config's directory), read and compiled once
+/// however many routes name it.
+fn openapi_spec(specs: &SpecFiles<'_>, file: &str) -> CompiledSpec {
+    let path = specs.base.join(file);
+    let mut cache = specs.read.borrow_mut();
+    cache
+        .entry(path.clone())
+        .or_insert_with(|| {
+            let doc = crate::openapi::load(&path)?;
+            let prefix = crate::validation::server_prefix(&doc);
+            crate::validation::Spec::openapi(&doc)
+                .map(|s| (std::sync::Arc::new(s), prefix))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .clone()
+}
+
+/// What a route's versions are validated with.
+struct VersionsOn<'a> {
+    key: String,
+    route_name: &'a str,
+    clusters: &'a [super::ClusterConfig],
+    /// The route's validation, for versions without their own.
+    validate: Option<&'a Settings>,
+    specs: &'a SpecFiles<'a>,
+}
+
 /// A route's `versions`.
 fn versions(
-    key: &str,
-    route_name: &str,
+    on: &VersionsOn<'_>,
     v: &super::raw::RawVersions,
-    clusters: &[super::ClusterConfig],
     errs: &mut Errors,
 ) -> Option<crate::routing::version::Versions> {
+    let (key, route_name, clusters) = (on.key.as_str(), on.route_name, on.clusters);
     use super::raw::RawVersion;
     use crate::routing::version::{Lifecycle, VersionEntry, VersionSource, Versions};
     let before = errs.0.len();
@@ -500,9 +678,13 @@ fn versions(
             );
         }
         let mut split = None;
+        let mut validate = on.validate.cloned();
         let (cluster, life) = match target {
             RawVersion::Cluster(c) => (c.as_str(), Lifecycle::default()),
             RawVersion::Full(f) => {
+                if let Some(raw) = &f.validate {
+                    validate = validation(&format!("{at}.validate"), raw, on.specs, errs);
+                }
                 let deprecated = f
                     .deprecated
                     .as_deref()
@@ -576,6 +758,8 @@ fn versions(
             Some(c) => {
                 let mut e = VersionEntry::new(name.clone(), c, life);
                 e.split = split.map(std::sync::Arc::new);
+                e.validate =
+                    validate.map(|s| std::sync::Arc::new(Validation::new(&s, route_name, name)));
                 entries.push(e);
             }
             None => errs.push(

@@ -100,6 +100,22 @@ fn escapes(s: &str) -> usize {
     s.bytes().filter(|&b| b == b'"' || b == b'\\').count()
 }
 
+/// An RFC 9457 problem: `application/problem+json`.
+pub fn problem(status: u16, title: &str, detail: &str, extra: serde_json::Value) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    });
+    if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    let mut body = v.to_string().into_bytes();
+    body.push(b'\n');
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,3 +113,6 @@ pub const SECONDS_BUCKETS: [f64; 14] = [
 /// Requests to each version of a versioned route, by lifecycle phase (`active`,
 /// `deprecated`, `warning`, `sunset`).
 pub const API_VERSION_REQUESTS: &str = "lb_api_version_requests_total";
+/// Requests checked against their route's or version's API spec, by result (`valid`,
+/// `invalid`, `too_large`), whatever the mode (enforce or report).
+pub const API_VALIDATIONS: &str = "lb_api_validations_total";

@@ -523,6 +523,7 @@ mod tests {
             rate_limit: None,
             metrics: None,
             versions: None,
+            validate: None,
         }
     }
 

@@ -102,6 +102,7 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
             .map(|e| e.life.phase(crate::routing::version::now()))
             .filter(|p| *p != crate::routing::version::Phase::Active)
             .map(|p| p.name()),
+        validation: rec.validation.map(|o| o.label()),
     };
     w.log_access(|buf| line.write(buf));
 }

@@ -14,6 +14,7 @@ mod side;
 #[cfg(test)]
 mod testio;
 mod tunnel;
+mod validate;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -171,6 +172,8 @@ pub struct Record {
     pub grpc: bool,
     /// The API version chosen, by index into the route's versions.
     pub version: Option<u16>,
+    /// How the request's validation against its API spec ended, if it was validated.
+    pub validation: Option<crate::validation::Outcome>,
 }
 
 /// A `strict` fleet rate limit, asked of Redis now that planning is done: when it refuses,
@@ -615,6 +618,15 @@ async fn read_head(
                         // Boxed: the rare wait on Redis does not grow every connection's
                         // future.
                         Box::pin(strict_rate_limit(&current.snap, &mut d, out, rec)).await;
+                    }
+                    if let Some(v) = validate::of(&current, &d) {
+                        // Boxed: only validated routes pay for it.
+                        let v = v.clone();
+                        if let Some(flow) =
+                            Box::pin(validate::check(&current, &v, client, &mut d, out, rec)).await
+                        {
+                            return Err(flow);
+                        }
                     }
                     return Ok((d, current));
                 }

@@ -650,7 +650,8 @@ fn versioned(
     out: &mut Vec<u8>,
     rec: &mut Record,
 ) -> Result<Decision, Reject> {
-    use crate::routing::version::{self, problem, Asked, Phase, VersionSource};
+    use crate::http::write::problem;
+    use crate::routing::version::{self, Asked, Phase, VersionSource};
     // Every field of the name, joined: a client may split Accept over several.
     let header = |name: &str| {
         let mut joined: Option<Vec<u8>> = None;

@@ -70,6 +70,8 @@ pub struct Route {
     /// The series it asked for (`metrics = ...`); `None` takes `[metrics] routes`.
     pub metrics: Option<crate::metrics::RouteSeries>,
     /// Versions of its API, each with a cluster and a lifecycle (instead of one cluster).
+    /// Requests are validated against an API spec (on a versioned route, each version's own).
+    pub validate: Option<std::sync::Arc<crate::validation::Validation>>,
     pub versions: Option<std::sync::Arc<version::Versions>>,
 }
 

@@ -316,6 +316,8 @@ pub struct VersionEntry {
     pub life: Lifecycle,
     /// A split inside this version: a canary of v2 while v1 has none.
     pub split: Option<std::sync::Arc<crate::release::SplitConfig>>,
+    /// Requests to this version are validated against its API spec (or the route's).
+    pub validate: Option<std::sync::Arc<crate::validation::Validation>>,
     /// `lb_api_version_requests_total` by phase, made at first use.
     counters: [std::sync::OnceLock<metrics::Counter>; 4],
 }
@@ -327,6 +329,7 @@ impl VersionEntry {
             cluster,
             life,
             split: None,
+            validate: None,
             counters: Default::default(),
         }
     }
@@ -439,22 +442,6 @@ pub fn now() -> std::time::SystemTime {
                 .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
         })
         .unwrap_or_else(std::time::SystemTime::now)
-}
-
-/// An RFC 9457 problem: `application/problem+json`.
-pub fn problem(status: u16, title: &str, detail: &str, extra: serde_json::Value) -> Vec<u8> {
-    let mut v = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    });
-    if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
-        o.extend(e);
-    }
-    let mut body = v.to_string().into_bytes();
-    body.push(b'\n');
-    body
 }
 
 /// Who still calls deprecated versions: per (route, version), per consumer, requests and the
