@@ -280,6 +280,18 @@ fn import_round_trips_through_check() {
         .output()
         .expect("lb");
     assert!(check.status.success(), "{check:?}\n{routes}");
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        !said.contains("warning"),
+        "the imported routes match the spec: {said}"
+    );
+    assert!(
+        routes.contains(&format!(
+            "validate = {{ openapi = \"{}\", prefix = \"/api\" }}",
+            spec.canonicalize().expect("path").display()
+        )),
+        "{routes}"
+    );
     let explain = |method: &str, path: &str| {
         let out = Command::new(lb_bin())
             .args(["explain", "--config"])

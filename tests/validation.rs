@@ -484,5 +484,33 @@ fn check_refuses_a_spec_that_does_not_compile() {
     write("{ openapi = \"ok.yaml\", max_body = \"64KiB\" }");
     let (code, text) = lb_in(&["check", "--config", "lb.toml"], &dir);
     assert_eq!(code, Some(0), "{text}");
+    // Routes whose paths the spec does not have: warned of, each with why.
+    std::fs::write(
+        &cfg,
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[clusters]]\nname = \"v2\"\nendpoints = [{ addr = \"127.0.0.1:9\" }]\n\
+         [[routes]]\nname = \"fine\"\npath_pattern = \"/api/v2/users/:id\"\nmethods = [\"GET\"]\ncluster = \"v2\"\nvalidate = { openapi = \"ok.yaml\" }\n\
+         [[routes]]\nname = \"orders\"\npath = \"/api/v2/orders\"\ncluster = \"v2\"\nvalidate = { openapi = \"ok.yaml\" }\n\
+         [[routes]]\nname = \"delete\"\npath_pattern = \"/api/v2/users/:id\"\nmethods = [\"DELETE\"]\ncluster = \"v2\"\nvalidate = { openapi = \"ok.yaml\" }\n\
+         [[routes]]\nname = \"outside\"\npath = \"/v3/users\"\ncluster = \"v2\"\nvalidate = { openapi = \"ok.yaml\" }\n\
+         [[routes]]\nname = \"elsewhere\"\npath_prefix = \"/api/v2/billing\"\ncluster = \"v2\"\nvalidate = { openapi = \"ok.yaml\" }\n\
+         [[routes]]\nname = \"under\"\npath_prefix = \"/api/v2/users\"\ncluster = \"v2\"\nvalidate = { openapi = \"ok.yaml\" }\n",
+    )
+    .expect("config");
+    let (code, text) = lb_in(&["check", "--config", "lb.toml"], &dir);
+    assert_eq!(code, Some(0), "warnings only: {text}");
+    let warned: Vec<&str> = text.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warned.len(), 4, "{text}");
+    for (route, why) in [
+        ("routes[1] (orders)", "/api/v2/orders, which its spec"),
+        ("routes[2] (delete)", "DELETE /api/v2/users/1"),
+        ("routes[3] (outside)", "outside the prefix \"/api/v2\""),
+        ("routes[4] (elsewhere)", "under /api/v2/billing"),
+    ] {
+        assert!(
+            warned.iter().any(|l| l.contains(route) && l.contains(why)),
+            "{route}: {text}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

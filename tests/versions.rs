@@ -33,7 +33,7 @@ fn start(now: Option<u64>) -> Apis {
     let versions = |from: &str, default: &str| {
         format!(
             "versions = {{ from = \"{from}\", {default} echo_header = \"API-Version\", map = {{ \
-             \"1\" = {{ cluster = \"v1\", deprecated = \"2026-12-01T00:00:00Z\", sunset = \"2027-03-01T00:00:00Z\", successor = \"2\", policy = \"https://docs.example.com/migrate\" }}, \
+             \"1\" = {{ cluster = \"v1\", deprecated = \"2026-12-01T00:00:00Z\", sunset = \"2027-03-01T00:00:00Z\", successor = \"2\", policy = \"https://docs.example.com/migrate\", deprecation_field = true }}, \
              \"2\" = \"v2\", \"10\" = \"v3\" }} }}"
         )
     };
@@ -209,6 +209,10 @@ fn a_version_moves_through_its_phases_at_its_dates() {
         "{links:?}"
     );
     assert_eq!(r.header("warning"), None);
+    assert!(
+        r.json().get("_deprecation").is_none(),
+        "only in the warning phase"
+    );
     assert_eq!(get(a.lb.addr, "/api/v2/users").header("deprecation"), None);
     drop(a);
 
@@ -222,6 +226,27 @@ fn a_version_moves_through_its_phases_at_its_dates() {
         "{:?}",
         r.header("warning")
     );
+    // The opted-in `_deprecation` member, first in the backend's object, with the length
+    // adjusted: a second request on the same connection still reads cleanly.
+    let mut c = Client::connect(a.lb.addr);
+    for _ in 0..2 {
+        c.send(b"GET /api/v1/users HTTP/1.1\r\nHost: x\r\n\r\n");
+        let body = c.response().json();
+        assert_eq!(body["backend"], "users-v1", "{body}");
+        let d = &body["_deprecation"];
+        assert_eq!(
+            (d["version"].as_str(), d["phase"].as_str()),
+            (Some("1"), Some("warning")),
+            "{body}"
+        );
+        assert_eq!(d["successor_version"], "2");
+        assert_eq!(d["sunset"], "Mon, 01 Mar 2027 00:00:00 GMT");
+        assert_eq!(d["policy"], "https://docs.example.com/migrate");
+    }
+    assert!(get(a.lb.addr, "/api/v2/users")
+        .json()
+        .get("_deprecation")
+        .is_none());
     drop(a);
 
     // Past its sunset: 410 with where to go.

@@ -123,8 +123,9 @@ enum Command {
 #[derive(Subcommand)]
 enum OpenapiCommand {
     /// Print route TOML for every path of SPEC: path templates become exact paths,
-    /// patterns (`/users/:id`) or regexes, methods become matchers. Paste it into the config
-    /// (or a `conf.d` file) and `lb check` it.
+    /// patterns (`/users/:id`) or regexes, methods become matchers, and each route validates
+    /// its requests against SPEC. Paste it into the config (or a `conf.d` file) and `lb
+    /// check` it.
     Import {
         spec: PathBuf,
         /// The cluster the routes forward to.
@@ -155,7 +156,10 @@ fn openapi(command: OpenapiCommand) -> ExitCode {
             prefix,
         } => match lb::openapi::load(&spec) {
             Ok(doc) => {
-                print!("{}", lb::openapi::import(&doc, &cluster, &prefix));
+                // The routes may land in any file: they name the spec by its absolute path.
+                let path = std::fs::canonicalize(&spec).unwrap_or(spec);
+                let path = path.to_string_lossy();
+                print!("{}", lb::openapi::import(&doc, &path, &cluster, &prefix));
                 ExitCode::SUCCESS
             }
             Err(e) => {

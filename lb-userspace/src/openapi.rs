@@ -112,7 +112,9 @@ fn yaml_to_json(y: yaml_rust2::Yaml) -> Result<Value, String> {
 /// A path without parameters becomes an exact `path`; one whose parameters fill whole
 /// segments a `path_pattern` (`/users/:id`); one with a parameter inside a segment
 /// (`/files/{name}.{ext}`) a `path_regex`. Each route matches the path's methods.
-pub fn import(doc: &Value, cluster: &str, prefix: &str) -> String {
+/// Each route validates its requests against the spec (`validate = { openapi = SPEC }`, with
+/// the prefix).
+pub fn import(doc: &Value, spec: &str, cluster: &str, prefix: &str) -> String {
     let prefix = prefix.trim_end_matches('/');
     // One line of comment, whatever the spec holds.
     let clean = |s: &str| -> String {
@@ -151,9 +153,11 @@ pub fn import(doc: &Value, cluster: &str, prefix: &str) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         out.push_str(&format!(
-            "\n[[routes]]\nname = {}\n{matcher}\nmethods = [{methods}]\ncluster = {}\n",
+            "\n[[routes]]\nname = {}\n{matcher}\nmethods = [{methods}]\ncluster = {}\nvalidate = {{ openapi = {}, prefix = {} }}\n",
             toml_string(&name),
-            toml_string(cluster)
+            toml_string(cluster),
+            toml_string(spec),
+            toml_string(prefix),
         ));
     }
     out

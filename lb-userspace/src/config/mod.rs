@@ -336,6 +336,7 @@ impl Config {
         let mut out = self.certificate_warnings();
         out.extend(self.uncovered_host_warnings());
         out.extend(self.route_warnings());
+        out.extend(self.spec_warnings());
         out.extend(self.jwt_providers.iter().enumerate().flat_map(|(i, p)| {
             p.keys.iter().flat_map(|k| &k.problems).map(move |problem| {
                 format!(
@@ -424,6 +425,86 @@ impl Config {
                             format!("expires in {} days", left / 86_400)
                         }
                     ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Routes validated against an OpenAPI document whose path (or methods) the document
+    /// does not have: such requests would all fail validation (404 or 405).
+    fn spec_warnings(&self) -> Vec<String> {
+        use crate::routing::matchers::{PatSeg, PathMatch};
+        let mut out = Vec::new();
+        for r in &self.routes {
+            let mut checks: Vec<(&crate::validation::Validation, String)> = Vec::new();
+            if let Some(v) = &r.validate {
+                checks.push((v, String::new()));
+            }
+            for e in r.versions.iter().flat_map(|vs| vs.entries.iter()) {
+                if let Some(v) = &e.validate {
+                    checks.push((v, format!(" version {}", e.name)));
+                }
+            }
+            let sample = match &r.path {
+                PathMatch::Exact(p) => Some(String::from_utf8_lossy(p).into_owned()),
+                PathMatch::Pattern(p) => Some(
+                    p.segs
+                        .iter()
+                        .map(|s| match s {
+                            PatSeg::Lit(l) => String::from_utf8_lossy(l).into_owned(),
+                            PatSeg::Param => "1".into(),
+                            PatSeg::Rest => "x".into(),
+                        })
+                        .fold(String::new(), |acc, s| acc + "/" + &s),
+                ),
+                _ => None,
+            };
+            let versioned_by_path = r.versions.as_ref().is_some_and(|v| {
+                matches!(
+                    v.source,
+                    crate::routing::version::VersionSource::Path { .. }
+                )
+            });
+            for (v, which) in checks {
+                let what = format!("routes[{}] ({}){which}", r.index, r.name);
+                let source = &v.source;
+                if let Some(path) = &sample {
+                    let Some(p) = v.spec_path(path.as_bytes()) else {
+                        out.push(format!(
+                            "{what} matches {path}, outside the prefix {:?} of its spec {source}",
+                            v.prefix
+                        ));
+                        continue;
+                    };
+                    let p = String::from_utf8_lossy(p);
+                    if v.spec.has(&p, None) == Some(false) {
+                        out.push(format!(
+                            "{what} matches {path}, which its spec {source} does not have (requests to it fail validation)"
+                        ));
+                        continue;
+                    }
+                    for m in &r.methods {
+                        if v.spec.has(&p, Some(m)) == Some(false) {
+                            out.push(format!(
+                                "{what} matches {m} {path}, which its spec {source} does not have"
+                            ));
+                        }
+                    }
+                } else if let (PathMatch::Prefix(pre), false) = (&r.path, versioned_by_path) {
+                    let pre = String::from_utf8_lossy(pre);
+                    let under = v.spec.templates().iter().any(|t| {
+                        let full = format!("{}{t}", v.prefix);
+                        // The literal part of the spec's path, up to its first parameter.
+                        let literal = full.split('{').next().unwrap_or("");
+                        full.starts_with(pre.as_ref())
+                            || pre.starts_with(literal) && full.contains('{')
+                    });
+                    if !under && !v.spec.templates().is_empty() {
+                        out.push(format!(
+                            "{what} matches paths under {pre}, where its spec {source} has none"
+                        ));
+                    }
                 }
             }
         }

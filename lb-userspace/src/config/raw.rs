@@ -785,6 +785,11 @@ pub struct RawVersionFull {
     pub policy: Option<String>,
     /// This version's validation (instead of the route's).
     pub validate: Option<RawValidate>,
+    /// In the warning phase, add a `_deprecation` member to JSON object responses (each is
+    /// read whole and parsed: opt-in).
+    pub deprecation_field: Option<bool>,
+    /// Responses up to this size get the field (default 32 KiB, at most 60 KiB).
+    pub deprecation_field_max: Option<toml::Value>,
 }
 
 /// Request validation: `{ openapi = "specs/users-v2.yaml" }` or `{ schema = { POST =

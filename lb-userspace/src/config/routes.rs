@@ -626,6 +626,45 @@ fn openapi_spec(specs: &SpecFiles<'_>, file: &str) -> CompiledSpec {
         .clone()
 }
 
+/// The size up to which a warning-phase version's JSON responses get a `_deprecation`
+/// member; `None` when it is off. The body is read into the backend connection's buffer
+/// (64 KiB), so the cap stays under it.
+fn deprecation_field(at: &str, f: &super::raw::RawVersionFull, errs: &mut Errors) -> Option<u64> {
+    const MAX: u64 = 60 * 1024;
+    let max = match f
+        .deprecation_field_max
+        .as_ref()
+        .map(super::units::parse_size)
+    {
+        None => 32 * 1024,
+        Some(Ok(n)) if (1..=MAX).contains(&n) => n,
+        Some(Ok(n)) => {
+            errs.push(
+                format!("{at}.deprecation_field_max"),
+                format!("expected a size from 1 byte to 60KiB, got {n}"),
+            );
+            return None;
+        }
+        Some(Err(e)) => {
+            errs.push(format!("{at}.deprecation_field_max"), e);
+            return None;
+        }
+    };
+    if f.deprecation_field_max.is_some() && f.deprecation_field != Some(true) {
+        errs.push(
+            format!("{at}.deprecation_field_max"),
+            "set deprecation_field = true for it to apply",
+        );
+    }
+    if f.deprecation_field == Some(true) && f.sunset.is_none() {
+        errs.push(
+            format!("{at}.deprecation_field"),
+            "a version without a sunset has no warning phase for the field",
+        );
+    }
+    (f.deprecation_field == Some(true)).then_some(max)
+}
+
 /// What a route's versions are validated with.
 struct VersionsOn<'a> {
     key: String,
@@ -727,6 +766,7 @@ fn versions(
                     ),
                     successor: f.successor.clone(),
                     policy: f.policy.clone(),
+                    field_max: deprecation_field(&at, f, errs),
                 };
                 match (&f.cluster, &f.split) {
                     (Some(c), None) => (c.as_str(), life),

@@ -1025,9 +1025,20 @@ fn parse_head(
     }
     let route = &view.snap.routes.routes()[plan.route];
     let keep = plan.keep_alive && !ctx.w.draining();
-    let p = head::write_response_head(out, &res, plan.minor, keep, http, route);
+    let mut p = head::write_response_head(out, &res, plan.minor, keep, http, route);
     if let (Some(i), Some(v)) = (plan.version, &route.versions) {
         version_headers(out, v, i as usize);
+        p.deprecation_field = wants_field(&res, *plan, v, i as usize);
+        if let (true, Framing::Length(n)) = (p.deprecation_field, res.framing) {
+            // The body is read whole with the head (under the response timeout), so that it
+            // can go out with the member; one that does not fit the buffer goes as it came.
+            if up.data().len() < res.head_len + n as usize {
+                if !up.is_full() {
+                    return Ok(HeadStep::NeedMore);
+                }
+                p.deprecation_field = false;
+            }
+        }
     }
     if let Some((si, t)) = plan.variant {
         let split = &view.snap.splits[si].config;
@@ -1047,6 +1058,79 @@ fn parse_head(
     ))
 }
 
+/// Whether this response gets a `_deprecation` member: its version is in its warning phase
+/// and asks for it, and the response is a 2xx JSON body with a length under the cap, not
+/// encoded, to a request other than HEAD.
+fn wants_field(
+    res: &crate::http::response::ResponseHead<'_, '_>,
+    plan: Plan,
+    v: &crate::routing::version::Versions,
+    i: usize,
+) -> bool {
+    use crate::routing::version::{now, Phase};
+    let Some(e) = v.entries.get(i) else {
+        return false;
+    };
+    let Some(max) = e.life.field_max else {
+        return false;
+    };
+    let header = |name: &str| {
+        res.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let json = header("content-type").is_some_and(|ct| {
+        let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        essence == "application/json"
+            || essence.starts_with("application/") && essence.ends_with("+json")
+    });
+    (200..300).contains(&res.status)
+        && res.status != 204
+        && plan.method != Method::Head
+        && matches!(res.framing, Framing::Length(n) if n > 0 && n <= max)
+        && json
+        && header("content-encoding").is_none()
+        && e.life.phase(now()) == Phase::Warning
+}
+
+/// Writes a JSON object response (all buffered: the head waited for it) after the head in
+/// `out` with a `_deprecation` member first, the head's `Content-Length` adjusted; its new
+/// length. `None`: it is not a JSON object (or already has the member), and goes as it came.
+fn with_field(ctx: &Ctx<'_>, out: &mut Vec<u8>, up: &mut Upstream, n: u64) -> Option<u64> {
+    let n = n as usize;
+    let body = up.data().get(..n)?;
+    let map = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body).ok()?;
+    if map.contains_key("_deprecation") {
+        return None;
+    }
+    let route = &ctx.view.snap.routes.routes()[ctx.plan.route];
+    let (Some(v), Some(i)) = (&route.versions, ctx.plan.version) else {
+        return None;
+    };
+    let e = v.entries.get(usize::from(i))?;
+    const LENGTH: &[u8] = b"\r\nContent-Length: ";
+    let at = out.windows(LENGTH.len()).position(|w| w == LENGTH)?;
+    let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
+    let field = format!(
+        "\"_deprecation\":{}{}",
+        e.life.field(&e.name),
+        if map.is_empty() { "" } else { "," }
+    );
+    let total = n + field.len();
+    let start = at + LENGTH.len();
+    let end = start + out[start..].iter().position(|&b| b == b'\r').unwrap_or(0);
+    let mut length = Vec::new();
+    crate::http::write::push_dec(&mut length, total as u64);
+    out.splice(start..end, length);
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(&body[open + 1..]);
+    up.consume(n);
+    Some(total as u64)
+}
+
 /// Sends the response head in `out` and streams the body; returns the body bytes sent.
 async fn send_response<C: Downstream>(
     ctx: &Ctx<'_>,
@@ -1060,7 +1144,13 @@ async fn send_response<C: Downstream>(
     // The head goes out with as much of a small body as is already here.
     let mut rest = framing;
     let mut bytes = 0;
-    if let Framing::Length(n) = framing {
+    if let (Framing::Length(n), true) = (framing, plan_out.deprecation_field) {
+        if let Some(total) = with_field(ctx, out, up, n) {
+            rest = Framing::None;
+            bytes = total;
+        }
+    }
+    if let (Framing::Length(n), Framing::Length(_)) = (framing, rest) {
         if n as usize <= INLINE_RESPONSE_MAX && up.data().len() as u64 >= n {
             out.extend_from_slice(&up.data()[..n as usize]);
             up.consume(n as usize);

@@ -284,6 +284,9 @@ fn push_via(out: &mut Vec<u8>, minor: u8, http: &HttpConfig) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponsePlan {
     pub chunked_out: bool,
+    /// A warning-phase version's JSON object response gets a `_deprecation` member: the
+    /// body is read whole (it has a length, under the version's cap).
+    pub deprecation_field: bool,
     /// The client connection stays open after this response.
     pub client_keep_alive: bool,
 }
@@ -347,6 +350,7 @@ pub fn write_response_head(
     }
     out.extend_from_slice(b"\r\n");
     ResponsePlan {
+        deprecation_field: false,
         chunked_out,
         client_keep_alive: keep,
     }

@@ -619,11 +619,10 @@ async fn read_head(
                         // future.
                         Box::pin(strict_rate_limit(&current.snap, &mut d, out, rec)).await;
                     }
-                    if let Some(v) = validate::of(&current, &d) {
+                    if validate::of(&current, &d).is_some() {
                         // Boxed: only validated routes pay for it.
-                        let v = v.clone();
                         if let Some(flow) =
-                            Box::pin(validate::check(&current, &v, client, &mut d, out, rec)).await
+                            Box::pin(validate::check(&current, client, &mut d, out, rec)).await
                         {
                             return Err(flow);
                         }

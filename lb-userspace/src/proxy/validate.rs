@@ -30,12 +30,13 @@ pub(super) fn of<'v>(view: &'v View, d: &Decision) -> Option<&'v Arc<Validation>
 /// local answer that replaced it); `Some`: it was answered here.
 pub(super) async fn check<C: Downstream>(
     view: &View,
-    v: &Validation,
     client: &mut C,
     decision: &mut Decision,
     out: &mut Vec<u8>,
     rec: &mut Record,
 ) -> Option<Flow> {
+    let v = of(view, decision)?.clone();
+    let v = v.as_ref();
     let Decision::Forward(plan) = *decision else {
         return None;
     };

@@ -383,6 +383,9 @@ pub struct Lifecycle {
     pub successor: Option<String>,
     /// The deprecation policy or migration guide (a URL).
     pub policy: Option<String>,
+    /// In the warning phase, JSON object responses up to this size get a `_deprecation`
+    /// member (`None`: off).
+    pub field_max: Option<u64>,
 }
 
 impl Lifecycle {
@@ -427,6 +430,20 @@ impl Lifecycle {
             ));
         }
         out
+    }
+}
+
+impl Lifecycle {
+    /// The `_deprecation` member a warning-phase JSON response gets (as JSON text).
+    pub fn field(&self, version: &str) -> String {
+        serde_json::json!({
+            "version": version,
+            "phase": Phase::Warning.name(),
+            "sunset": self.sunset.map(httpdate::fmt_http_date),
+            "successor_version": self.successor,
+            "policy": self.policy,
+        })
+        .to_string()
     }
 }
 
@@ -630,6 +647,7 @@ mod tests {
             warning: day * 30,
             successor: Some("2".into()),
             policy: None,
+            field_max: None,
         };
         assert_eq!(life.phase(t0 - day), Phase::Active);
         assert_eq!(life.phase(t0), Phase::Deprecated);

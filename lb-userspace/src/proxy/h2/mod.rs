@@ -335,21 +335,13 @@ async fn answer(
         .await;
     }
     rec.view = Some(view.clone());
-    if let Some(v) = super::validate::of(&view, &decision) {
-        let v = v.clone();
-        if Box::pin(super::validate::check(
-            &view,
-            &v,
-            s,
-            &mut decision,
-            out,
-            rec,
-        ))
-        .await
-        .is_some()
-        {
-            return;
-        }
+    // Boxed: only validated routes pay for it.
+    if super::validate::of(&view, &decision).is_some()
+        && Box::pin(super::validate::check(&view, s, &mut decision, out, rec))
+            .await
+            .is_some()
+    {
+        return;
     }
     if let Some((split, copy)) = rec.mirror.take() {
         let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
