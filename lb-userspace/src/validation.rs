@@ -13,6 +13,10 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
+mod doc;
+
+use doc::{Body, Doc};
+
 /// The operations of a path item, as OpenAPI names them.
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -232,13 +236,13 @@ struct PathItem {
 
 enum Described {
     OpenApi {
-        validators: jsonschema::ValidatorMap,
+        validators: jsonschema::ValidatorMap<Body>,
         /// Concrete paths first, then by fewer parameters: `/users/me` wins over
         /// `/users/{id}`.
         paths: Vec<PathItem>,
     },
     /// A JSON Schema for the body, per upper-case method.
-    Schemas(Vec<(String, jsonschema::Validator)>),
+    Schemas(Vec<(String, jsonschema::Validator<Body>)>),
 }
 
 /// A compiled API description.
@@ -278,7 +282,7 @@ pub struct Request<'a> {
 
 /// What is left to check once the head passed: a JSON body against its schema.
 pub struct BodyCheck<'s> {
-    validator: &'s jsonschema::Validator,
+    validator: &'s jsonschema::Validator<Body>,
 }
 
 impl Spec {
@@ -375,7 +379,7 @@ impl Spec {
     pub fn schemas(list: &[(String, Value)]) -> Result<Spec, String> {
         let mut out = Vec::new();
         for (method, schema) in list {
-            let v = jsonschema::options()
+            let v = jsonschema::options_for::<Body>()
                 .should_validate_formats(true)
                 .build(schema)
                 .map_err(|e| format!("the {method} schema is not valid JSON Schema: {e}"))?;
@@ -537,14 +541,18 @@ impl Spec {
 impl BodyCheck<'_> {
     /// Checks a JSON body against its schema.
     pub fn check(&self, body: &[u8], fails: &mut Failures) {
-        let value: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
+        let doc = match Doc::parse(body) {
+            Ok(d) => d,
             Err(e) => {
                 fails.push(Place::Body, "", format!("the body is not JSON: {e}"));
                 return;
             }
         };
-        for e in self.validator.iter_errors(&value) {
+        // The valid case first: it stops at nothing and builds no error.
+        if self.validator.is_valid(doc.root()) {
+            return;
+        }
+        for e in self.validator.iter_errors(doc.root()) {
             fails.push(Place::Body, e.instance_path().to_string(), e.to_string());
         }
     }
@@ -562,7 +570,7 @@ fn accepted(body: &RequestBody) -> String {
 
 /// Checks one parameter's values (none if absent) against its schema.
 fn check_param(
-    validators: &jsonschema::ValidatorMap,
+    validators: &jsonschema::ValidatorMap<Body>,
     p: &Param,
     values: &[String],
     fails: &mut Failures,
@@ -600,7 +608,11 @@ fn check_param(
             Value::Array(items.into_iter().map(|s| scalar(item, s)).collect())
         }
     };
-    for e in v.iter_errors(&value) {
+    let doc = Doc::of(&value);
+    if v.is_valid(doc.root()) {
+        return;
+    }
+    for e in v.iter_errors(doc.root()) {
         fails.push(place, &p.name, e.to_string());
     }
 }
@@ -909,7 +921,7 @@ fn fragment(ptr: &str) -> String {
 
 /// Compiles the document's schemas that `keys` name. OpenAPI 3.0 schemas are draft 4 with
 /// `nullable`, which becomes a `"null"` type; 3.1's are JSON Schema 2020-12.
-fn compile(doc: &Value, v31: bool, keys: &Keys) -> Result<jsonschema::ValidatorMap, String> {
+fn compile(doc: &Value, v31: bool, keys: &Keys) -> Result<jsonschema::ValidatorMap<Body>, String> {
     let mut doc = doc.clone();
     if !v31 {
         nullable(&mut doc, 0);
@@ -937,7 +949,7 @@ fn compile(doc: &Value, v31: bool, keys: &Keys) -> Result<jsonschema::ValidatorM
     } else {
         jsonschema::Draft::Draft4
     };
-    let map = jsonschema::options()
+    let map = jsonschema::options_for::<Body>()
         .with_draft(draft)
         .should_validate_formats(true)
         .build_map(&doc)
