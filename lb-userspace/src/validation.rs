@@ -553,7 +553,15 @@ impl BodyCheck<'_> {
             return;
         }
         for e in self.validator.iter_errors(doc.root()) {
-            fails.push(Place::Body, e.instance_path().to_string(), e.to_string());
+            // A missing member is named by where it should be.
+            let mut at = e.instance_path().to_string();
+            if let jsonschema::error::ValidationErrorKind::Required {
+                property: Value::String(name),
+            } = e.kind()
+            {
+                at = format!("{at}/{}", escape(name));
+            }
+            fails.push(Place::Body, at, e.to_string());
         }
     }
 }
@@ -1047,6 +1055,11 @@ impl Validation {
             version: version.to_string(),
             counters: Default::default(),
         }
+    }
+
+    /// The API version it validates ("" on a route without versions).
+    pub fn version(&self) -> Option<&str> {
+        Some(self.version.as_str()).filter(|v| !v.is_empty())
     }
 
     /// Counts one request's outcome.

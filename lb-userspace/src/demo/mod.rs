@@ -102,6 +102,38 @@ fn demo_tls(dir: &Path) -> anyhow::Result<String> {
     ))
 }
 
+/// Version 2 of the demo's users API, as OpenAPI.
+pub const USERS_V2_SPEC: &str = include_str!("../../../conf/specs/users-v2.yaml");
+
+/// Writes the users API's v2 spec into `dir`; returns the two versioned routes: chosen by
+/// `Accept` on `/api/users`, by the path on `/v1/users` and `/v2/users`. v1 is deprecated
+/// and in its warning phase (its last days before the sunset; the long `warning_days` keeps
+/// the demo there), with the `_deprecation` member in its JSON answers; v2 is current and
+/// validates its requests.
+fn demo_versions(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("users-v2.yaml");
+    std::fs::write(&path, USERS_V2_SPEC).with_context(|| format!("writing {}", path.display()))?;
+    let v1 = "{ cluster = \"users\", deprecated = \"2026-01-01T00:00:00Z\", sunset = \"2030-01-01T00:00:00Z\", \
+              warning_days = 3650, successor = \"2\", policy = \"https://docs.example.com/users-v2-migration\", \
+              deprecation_field = true }";
+    let v2 = |prefix: &str| {
+        format!(
+            "{{ cluster = \"users-v2\", validate = {{ openapi = \"{}\", prefix = \"{prefix}\" }} }}",
+            path.display()
+        )
+    };
+    Ok(format!(
+        "\n[[routes]]\nname = \"users\"\npath_prefix = \"/api/users\"\n\
+         [routes.versions]\nfrom = \"accept:demo\"\ndefault = \"2\"\necho_header = \"API-Version\"\n\
+         map.\"1\" = {v1}\nmap.\"2\" = {}\n\n\
+         [[routes]]\nname = \"users-by-path\"\npath_regex = \"^/v[0-9]+/users(/|$)\"\n\
+         [routes.versions]\nfrom = \"path:/v{{version}}/\"\necho_header = \"API-Version\"\n\
+         map.\"1\" = {v1}\nmap.\"2\" = {}\n",
+        v2("/api"),
+        v2("/v2"),
+    ))
+}
+
 /// Writes the demo's country database into `dir`; returns the `[geoip]` table and the
 /// route that sends European clients to the EU shop.
 fn demo_geo(dir: &Path) -> anyhow::Result<String> {
@@ -145,9 +177,10 @@ pub fn run(with_backends: bool, opts: RunOptions) -> anyhow::Result<()> {
     // too: one demo runs at a time).
     let tls_dir = std::env::temp_dir().join("lb-demo");
     let text = format!(
-        "{DEMO_CONFIG}{}{}",
+        "{DEMO_CONFIG}{}{}{}",
         demo_tls(&tls_dir)?,
-        demo_geo(&tls_dir)?
+        demo_geo(&tls_dir)?,
+        demo_versions(&tls_dir)?
     );
     print_banner(&config, &tls_dir.join("ca.pem"));
     // The process serves this config until it exits.
@@ -187,9 +220,12 @@ fn print_banner(config: &Config, ca: &Path) {
     println!("  curl -s {base}/api/orders/42          # alternates between orders-1 and orders-2");
     println!("  curl -s {base}/api/users/7            # API version 2 (the default): users-v2-1");
     println!("  curl -si -H 'Accept: application/vnd.demo.v1+json' {base}/api/users/7   # v1: deprecated, a Warning before its sunset");
+    println!("  curl -s {base}/v1/users/7             # v1 by the path: a _deprecation member in the answer");
     println!(
-        "  curl -si {base}/users/v9/7            # 400 problem+json: the versions are 1 and 2"
+        "  curl -si {base}/v9/users/7            # 400 problem+json: the versions are 1 and 2"
     );
+    println!("  curl -si -H 'Content-Type: application/json' --data '{{\"email\":\"nope\",\"plan\":\"gold\"}}' {base}/api/users   # v2 validates: 400 naming /email, /plan and the missing name");
+    println!("  curl -si {base}/v2/users/abc          # 400: the id is an integer in v2's spec");
     println!("  curl -s -X POST --data 'hello' {base}/api/orders");
     let port = DEMO_HTTPS.rsplit(':').next().unwrap_or("8443");
     println!(

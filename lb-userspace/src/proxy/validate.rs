@@ -281,7 +281,7 @@ async fn failed<C: Downstream>(
         status,
         title,
         &detail,
-        serde_json::json!({ "errors": fails.json() }),
+        serde_json::json!({ "errors": fails.json(), "version": v.version() }),
     );
     rec.variant = None;
     rec.mirror = None;
