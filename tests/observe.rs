@@ -375,10 +375,21 @@ fn dashboard_and_alerts_use_only_metrics_that_exist() {
         versions = { from = \"path:/versioned/v{version}/\", map = { \"1\" = { cluster = \"orders\", deprecated = \"2020-01-01T00:00:00Z\" } } }\n";
     // A Redis for fleet rate limits where nothing listens, for the Redis series.
     let redis = format!("\n[redis]\nurl = \"redis://{}\"\n", dead_addr());
-    let (lb, _orders) = setup(&format!("{tls}{versions}{redis}"));
+    // A validated route, for the validation series.
+    let schema = dir.join("note.json");
+    std::fs::write(&schema, r#"{"type": "object", "required": ["text"]}"#).unwrap();
+    let validated = format!(
+        "\n[[routes]]\nname = \"validated\"\npath_prefix = \"/validated\"\ncluster = \"orders\"\n\
+         validate = {{ schema = {{ POST = \"{}\" }} }}\n",
+        schema.display()
+    );
+    let (lb, _orders) = setup(&format!("{tls}{versions}{redis}{validated}"));
     for p in ["/orders/1", "/orders/fail", "/nowhere", "/versioned/v1/x"] {
         get(lb.addr, p);
     }
+    let mut c = Client::connect(lb.addr);
+    c.send(b"POST /validated HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    assert_eq!(c.response().status, 400, "an invalid body");
     // One TLS handshake (the certificate is self-signed: the client does not verify it; the
     // handshake completes all the same).
     let ready: serde_json::Value =
