@@ -122,6 +122,133 @@ fn each_breaking_rule_is_found_and_fails_the_diff() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Pets: a response and a request body made of `allOf` members, a nullable field shared by
+/// both, and a `oneOf` in the request.
+const PETS: &str = r##"
+openapi: 3.0.3
+info: { title: pets, version: "1" }
+paths:
+  /pets:
+    post:
+      requestBody:
+        content:
+          application/json:
+            schema: { $ref: "#/components/schemas/NewPet" }
+      responses:
+        "200":
+          description: the pet
+          content:
+            application/json:
+              schema: { $ref: "#/components/schemas/Pet" }
+components:
+  schemas:
+    Base:
+      type: object
+      properties:
+        name: { type: string }
+        tag: { type: string, nullable: true }
+    Pet:
+      allOf:
+        - $ref: "#/components/schemas/Base"
+        - type: object
+          properties:
+            id: { type: integer }
+            owner: { type: string }
+    NewPet:
+      allOf:
+        - $ref: "#/components/schemas/Base"
+        - type: object
+          properties:
+            kind:
+              oneOf:
+                - { type: string }
+                - { type: integer }
+"##;
+
+/// `allOf` members are compared as the schema they make; `nullable` and `oneOf` by who
+/// reads them.
+#[test]
+fn composition_and_nullability_are_compared() {
+    let dir = scratch_dir("openapi-allof");
+    let (code, out) = diff(&dir, PETS, PETS, "yaml");
+    assert_eq!(code, Some(0), "no change: {out}");
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "a field of an allOf member",
+            "            owner: { type: string }\n",
+            "",
+            "POST /pets: response 200: field owner removed",
+        ),
+        (
+            "a field of the shared member",
+            "        name: { type: string }\n",
+            "",
+            "POST /pets: response 200: field name removed",
+        ),
+        (
+            "null no longer taken",
+            "tag: { type: string, nullable: true }",
+            "tag: { type: string }",
+            "POST /pets: request body: field tag: null no longer accepted",
+        ),
+        (
+            "null now sent",
+            "            id: { type: integer }",
+            "            id: { type: integer, nullable: true }",
+            "POST /pets: response 200: field id: may be null now",
+        ),
+        (
+            "a oneOf alternative removed",
+            "                - { type: integer }\n",
+            "",
+            "POST /pets: request body: field kind: oneOf alternative removed",
+        ),
+        (
+            "a type inside a oneOf",
+            "                - { type: string }",
+            "                - { type: boolean }",
+            "field kind (oneOf[0]): type changed from string to boolean",
+        ),
+    ];
+    for (what, from, to, expect) in cases {
+        assert!(PETS.contains(from), "{what}: the edit does not apply");
+        let new = PETS.replacen(from, to, 1);
+        let (code, out) = diff(&dir, PETS, &new, "yaml");
+        assert_eq!(code, Some(1), "{what}: breaking:\n{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("BREAKING") && l.contains(expect)),
+            "{what}: expected {expect:?} in:\n{out}"
+        );
+    }
+    // The other way round is compatible: null accepted in a request, a field added to an
+    // allOf member of a response.
+    let new = PETS.replacen(
+        "        name: { type: string }\n",
+        "        name: { type: string, nullable: true }\n",
+        1,
+    );
+    let (code, out) = diff(&dir, PETS, &new, "yaml");
+    assert!(
+        out.contains("compatible POST /pets: request body: field name: null accepted now"),
+        "{out}"
+    );
+    assert_eq!(
+        code,
+        Some(1),
+        "the same field may now be null in the response: {out}"
+    );
+    let new = PETS.replacen(
+        "            owner: { type: string }\n",
+        "            owner: { type: string }\n            born: { type: string }\n",
+        1,
+    );
+    let (code, out) = diff(&dir, PETS, &new, "yaml");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("field born added"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn additions_are_compatible_and_renames_are_removals() {
     let dir = scratch_dir("openapi-add");

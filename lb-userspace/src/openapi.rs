@@ -10,6 +10,10 @@
 //! - a stricter validation: a lower `maxLength`/`maximum`/`maxItems`, a higher
 //!   `minLength`/`minimum`/`minItems`, a new or changed `pattern`, `additionalProperties`
 //!   turned off.
+//! - `null` no longer accepted in a request, or possible now in a response;
+//! - a `oneOf`/`anyOf` alternative removed from a request or added to a response.
+//!
+//! `allOf` members are compared as the one schema they make.
 //!
 //! Compatible (listed): endpoints, methods, optional fields, parameters, response fields and
 //! enum values added.
@@ -493,10 +497,14 @@ impl Diff<'_> {
     }
 
     fn schema_inner(&mut self, at: &str, side: Side, o: &Value, n: &Value, depth: usize) {
-        let (o, n) = (resolve(self.old, o, 0), resolve(self.new, n, 0));
+        let (old, new) = (self.old, self.new);
+        let (o, n) = (resolve(old, o, 0), resolve(new, n, 0));
         if o.is_null() || n.is_null() {
             return;
         }
+        // `allOf` members are compared as the one schema they make.
+        let (o, n) = (flatten(old, o, 0), flatten(new, n, 0));
+        let (o, n) = (o.as_ref(), n.as_ref());
         let (ot, nt) = (type_of(o), type_of(n));
         if ot.is_some() && nt.is_some() && ot != nt {
             self.breaking(format!(
@@ -509,6 +517,8 @@ impl Diff<'_> {
         // Enum values.
         // Enum values: a client may send only the old ones (a removal breaks it) and must
         // understand every one it may receive (an addition breaks it).
+        self.nullability(at, side, o, n);
+        self.alternatives(at, side, o, n, depth);
         if let (Some(oe), Some(ne)) = (o["enum"].as_array(), n["enum"].as_array()) {
             for v in oe.iter().filter(|v| !ne.contains(v)) {
                 let text = format!("{at}: enum value {v} removed");
@@ -572,6 +582,56 @@ impl Diff<'_> {
         }
     }
 
+    /// `null` accepted or sent (3.0's `nullable`, 3.1's `"null"` type): a request that no
+    /// longer takes it, or a response that may now hold it, breaks clients.
+    fn nullability(&mut self, at: &str, side: Side, o: &Value, n: &Value) {
+        let nullable = |s: &Value| {
+            s["nullable"] == true
+                || s["type"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == "null"))
+        };
+        match (side, nullable(o), nullable(n)) {
+            (Side::Request, true, false) => self.breaking(format!("{at}: null no longer accepted")),
+            (Side::Request, false, true) => self.compatible(format!("{at}: null accepted now")),
+            (Side::Response, false, true) => self.breaking(format!("{at}: may be null now")),
+            (Side::Response, true, false) => self.compatible(format!("{at}: never null now")),
+            _ => {}
+        }
+    }
+
+    /// `oneOf` and `anyOf`: an alternative removed from what clients send, or added to what
+    /// they receive, breaks them; alternatives in the same place are compared one to one.
+    fn alternatives(&mut self, at: &str, side: Side, o: &Value, n: &Value, depth: usize) {
+        for key in ["oneOf", "anyOf"] {
+            match (o[key].as_array(), n[key].as_array()) {
+                (Some(oa), Some(na)) => {
+                    if na.len() < oa.len() {
+                        let text = format!("{at}: {key} alternative removed");
+                        match side {
+                            Side::Request => self.breaking(text),
+                            Side::Response => self.compatible(text),
+                        }
+                    }
+                    if na.len() > oa.len() {
+                        let text = format!("{at}: {key} alternative added");
+                        match side {
+                            Side::Request => self.compatible(text),
+                            Side::Response => self.breaking(text),
+                        }
+                    }
+                    for (i, (a, b)) in oa.iter().zip(na).enumerate() {
+                        self.schema(&format!("{at} ({key}[{i}])"), side, a, b, depth + 1);
+                    }
+                }
+                (None, Some(_)) if side == Side::Request => {
+                    self.breaking(format!("{at}: stricter validation: {key} added"));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// A request schema that accepts less than before.
     fn stricter(&mut self, at: &str, o: &Value, n: &Value) {
         let num = |s: &Value, k: &str| s[k].as_f64();
@@ -628,6 +688,48 @@ fn json_schema(v: &Value) -> Option<&Value> {
         })
         .map(|(_, m)| &m["schema"])
         .filter(|s| !s.is_null())
+}
+
+/// `s` with its `allOf` members merged in (after their `$ref`s): properties, required
+/// fields and the first type, enum and bounds each member gives. Nested `allOf`s merge too,
+/// at most [`MAX_DEPTH`] deep.
+fn flatten<'a>(doc: &'a Value, s: &'a Value, depth: usize) -> std::borrow::Cow<'a, Value> {
+    use std::borrow::Cow;
+    let Some(members) = s.get("allOf").and_then(Value::as_array) else {
+        return Cow::Borrowed(s);
+    };
+    if depth >= MAX_DEPTH {
+        return Cow::Borrowed(s);
+    }
+    let mut out = s.as_object().cloned().unwrap_or_default();
+    out.remove("allOf");
+    for m in members {
+        let m = flatten(doc, resolve(doc, m, 0), depth + 1);
+        let Some(m) = m.as_object() else { continue };
+        for (k, v) in m {
+            match (k.as_str(), out.get_mut(k)) {
+                ("properties", Some(Value::Object(props))) => {
+                    if let Value::Object(more) = v {
+                        for (name, p) in more {
+                            props.entry(name.clone()).or_insert_with(|| p.clone());
+                        }
+                    }
+                }
+                ("required", Some(Value::Array(req))) => {
+                    for r in v.as_array().into_iter().flatten() {
+                        if !req.contains(r) {
+                            req.push(r.clone());
+                        }
+                    }
+                }
+                (_, Some(_)) => {}
+                (_, None) => {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    Cow::Owned(Value::Object(out))
 }
 
 /// `v` with local `$ref`s followed (`#/components/...`), at most [`MAX_DEPTH`] of them.
