@@ -365,6 +365,157 @@ fn an_invalid_request_keeps_its_connection_when_its_body_was_read() {
     assert_eq!(r.json()["body_length"], GOOD_USER.len());
 }
 
+/// Requests in one write, the first refused after its body was read: the second is still
+/// read from where the first ended.
+#[test]
+fn pipelined_requests_after_an_invalid_body() {
+    let a = start();
+    let mut c = Client::connect(a.lb.addr);
+    let req = |body: &str| {
+        format!(
+            "POST /api/v2/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let both = req(r#"{"email":"a"}"#) + &req(GOOD_USER);
+    c.send(both.as_bytes());
+    assert_eq!(c.response().status, 400);
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_length"], GOOD_USER.len());
+}
+
+/// `Expect: 100-continue`: lb answers `100 Continue` itself (the body is needed before the
+/// backend is chosen), and only then does the client send it.
+#[test]
+fn a_client_that_waits_for_100_continue_gets_it() {
+    use std::io::{Read, Write};
+    let a = start();
+    let mut s = std::net::TcpStream::connect(a.lb.addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let head = format!(
+        "POST /api/v2/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        GOOD_USER.len()
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s
+            .read(&mut buf)
+            .expect("the interim answer, before any body byte");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(GOOD_USER.as_bytes()).expect("body");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    got.extend_from_slice(&rest);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+    assert_eq!(
+        text.matches("100 Continue").count(),
+        1,
+        "one interim answer: {text}"
+    );
+    assert!(
+        text.contains(&format!("\"body_length\": {}", GOOD_USER.len())),
+        "{text}"
+    );
+}
+
+#[test]
+fn head_requests_405s_and_repeated_members() {
+    let a = start();
+    let r = curl(&["-I", &url(&a, "/api/v2/users/17")]);
+    assert_eq!(r.status, 200, "HEAD is checked as GET");
+    let r = curl(&["-I", &url(&a, "/api/v2/users/x17")]);
+    assert_eq!(r.status, 400);
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-X",
+            "PUT",
+            &url(&a, "/api/v2/users/17"),
+        ])
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 405") && head.contains("allow: get\r\n"),
+        "{head}"
+    );
+    // A member twice: parsers disagree on which counts, so it is refused.
+    let r = post_json(
+        &a,
+        "/api/v2/users",
+        r#"{"email":"ok@example.com","address":{"city":"x"},"email":5}"#,
+        &[],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("appears twice"), "{}", r.body);
+}
+
+/// An HTTP/2 body without a length (DATA frames as they come) is read whole and checked.
+#[test]
+fn an_http2_body_without_a_length() {
+    use std::io::Write;
+    let a = start();
+    let h2 = format!("http://{}/api/v2/users", a.h2c);
+    let send = |body: &str| {
+        let mut child = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-T",
+                "-",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                &h2,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (status.parse::<u16>().unwrap_or(0), body.to_string())
+    };
+    let (status, body) = send(GOOD_USER);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("\"body_length\": {}", GOOD_USER.len())),
+        "{body}"
+    );
+    let (status, body) = send(r#"{"email":"a"}"#);
+    assert_eq!(status, 400, "{body}");
+}
+
 #[test]
 fn report_mode_passes_and_counts() {
     let a = start();

@@ -109,19 +109,42 @@ pub struct Failure {
     pub detail: String,
 }
 
+/// Why an encoded body is refused.
+const ENCODED: &str = "an encoded body (Content-Encoding) cannot be validated; send it as is";
+
+/// At most this many characters of a failure's text (the validator quotes the value).
+const MAX_DETAIL: usize = 200;
+
 /// The failures of one request.
 #[derive(Debug, Default)]
-pub struct Failures(pub Vec<Failure>);
+pub struct Failures(pub Vec<Failure>, pub FailuresExtra);
+
+/// What else a refusal says.
+#[derive(Debug, Default)]
+pub struct FailuresExtra {
+    /// For a method the path does not have: the ones it has (`Allow`).
+    pub allow: Option<String>,
+}
 
 impl Failures {
     pub fn push(&mut self, place: Place, name: impl Into<String>, detail: impl Into<String>) {
         if self.0.len() < MAX_FAILURES {
             self.0.push(Failure {
                 place,
-                name: name.into(),
-                detail: detail.into(),
+                name: clip(name.into()),
+                detail: clip(detail.into()),
             });
         }
+    }
+
+    /// The methods the path has, for a method it does not (`Allow`).
+    pub fn allow(&self) -> Option<&str> {
+        self.1.allow.as_deref()
+    }
+
+    /// Whether there is room for another failure.
+    pub fn full(&self) -> bool {
+        self.0.len() >= MAX_FAILURES
     }
 
     pub fn is_empty(&self) -> bool {
@@ -164,6 +187,16 @@ impl Failures {
     }
 }
 
+/// `s`, cut to [`MAX_DETAIL`] characters (a validator's message quotes the value: a large
+/// body must not come back whole, or fill a log).
+fn clip(mut s: String) -> String {
+    if let Some((at, _)) = s.char_indices().nth(MAX_DETAIL) {
+        s.truncate(at);
+        s.push('…');
+    }
+    s
+}
+
 /// A parameter's type, for reading its text as the schema expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -198,8 +231,11 @@ struct Param {
     at: In,
     required: bool,
     kind: Kind,
-    /// Repeated query parameters (`form` style, the default) rather than one comma list.
+    /// Repeated query parameters (`form` style, the default) rather than one list.
     explode: bool,
+    /// What separates a list's items in one value: `,`, or ` ` and `|` for the
+    /// `spaceDelimited` and `pipeDelimited` styles.
+    delimiter: char,
     /// Its schema's key in the compiled map.
     schema: Option<String>,
 }
@@ -344,6 +380,7 @@ impl Spec {
                             required: true,
                             kind: Kind::Opaque,
                             explode: false,
+                            delimiter: ',',
                             schema: None,
                         });
                     }
@@ -417,7 +454,22 @@ impl Spec {
         req: &Request<'_>,
         fails: &mut Failures,
     ) -> Option<BodyCheck<'s>> {
+        let content_types = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-type"))
+            .count();
+        if content_types > 1 {
+            // Which one counts is the reader's guess: the backend's may not be the one
+            // checked.
+            fails.push(Place::ContentType, "", "several Content-Type fields");
+            return None;
+        }
         let content_type = header(req.headers, "content-type");
+        // A body lb cannot read as sent is not passed as checked.
+        let encoded = req.has_body
+            && header(req.headers, "content-encoding")
+                .is_some_and(|e| !e.trim_ascii().eq_ignore_ascii_case(b"identity"));
         match &self.described {
             Described::Schemas(list) => {
                 let m = std::str::from_utf8(req.method).unwrap_or("");
@@ -427,6 +479,10 @@ impl Spec {
                     return None;
                 }
                 match content_type.map(media_type) {
+                    Some(_) if encoded => {
+                        fails.push(Place::ContentType, "", ENCODED);
+                        None
+                    }
                     Some(t) if is_json(&t) => Some(BodyCheck { validator: v }),
                     Some(t) => {
                         fails.push(
@@ -462,9 +518,17 @@ impl Spec {
                     );
                     return None;
                 };
-                let Some((_, op)) = item.ops.iter().find(|(m, _)| m.as_bytes() == req.method)
-                else {
+                let find = |m: &[u8]| item.ops.iter().find(|(om, _)| om.as_bytes() == m);
+                // HEAD is GET without the body; OPTIONS (a CORS preflight, say) is not the
+                // API's to describe: checked only where the spec has it.
+                let found = match req.method {
+                    b"HEAD" => find(b"HEAD").or_else(|| find(b"GET")),
+                    b"OPTIONS" if find(b"OPTIONS").is_none() => return None,
+                    m => find(m),
+                };
+                let Some((_, op)) = found else {
                     let allowed: Vec<&str> = item.ops.iter().map(|(m, _)| m.as_str()).collect();
+                    fails.1.allow = Some(allowed.join(", "));
                     fails.push(
                         Place::Method,
                         String::from_utf8_lossy(req.method),
@@ -516,6 +580,10 @@ impl Spec {
                     );
                     return None;
                 };
+                if encoded {
+                    fails.push(Place::ContentType, "", ENCODED);
+                    return None;
+                }
                 let t = media_type(ct);
                 let Some(m) = body.media.iter().find(|m| range_matches(&m.range, &t)) else {
                     fails.push(
@@ -552,7 +620,7 @@ impl BodyCheck<'_> {
         if self.validator.is_valid(doc.root()) {
             return;
         }
-        for e in self.validator.iter_errors(doc.root()) {
+        for e in self.validator.iter_errors(doc.root()).take(MAX_FAILURES) {
             // A missing member is named by where it should be.
             let mut at = e.instance_path().to_string();
             if let jsonschema::error::ValidationErrorKind::Required {
@@ -588,6 +656,11 @@ fn check_param(
         In::Header => Place::Header,
         In::Path => Place::PathParam,
     };
+    // An object in the query is spread over keys of its own (`?a=1&b=2`, `filter[a]=1`):
+    // not checked.
+    if p.kind == Kind::Opaque && p.at == In::Query {
+        return;
+    }
     if values.is_empty() {
         if p.required {
             fails.push(
@@ -611,7 +684,7 @@ fn check_param(
             let items: Vec<&str> = if p.explode && p.at == In::Query {
                 values.iter().map(String::as_str).collect()
             } else {
-                values.iter().flat_map(|s| s.split(',')).collect()
+                values.iter().flat_map(|s| s.split(p.delimiter)).collect()
             };
             Value::Array(items.into_iter().map(|s| scalar(item, s)).collect())
         }
@@ -620,7 +693,10 @@ fn check_param(
     if v.is_valid(doc.root()) {
         return;
     }
-    for e in v.iter_errors(doc.root()) {
+    for e in v.iter_errors(doc.root()).take(MAX_FAILURES) {
+        if fails.full() {
+            break;
+        }
         fails.push(place, &p.name, e.to_string());
     }
 }
@@ -810,17 +886,21 @@ fn param(doc: &Value, p: &Value, ptr: &str, keys: &mut Keys) -> Result<Option<Pa
         }
     };
     let required = at == In::Path || p.get("required").and_then(Value::as_bool).unwrap_or(false);
-    let explode = p.get("explode").and_then(Value::as_bool).unwrap_or(
-        p.get("style")
-            .and_then(Value::as_str)
-            .is_none_or(|s| s == "form")
-            && at == In::Query,
-    );
+    let style = p.get("style").and_then(Value::as_str);
+    let delimiter = match style {
+        Some("spaceDelimited") => ' ',
+        Some("pipeDelimited") => '|',
+        _ => ',',
+    };
+    let explode = p
+        .get("explode")
+        .and_then(Value::as_bool)
+        .unwrap_or(style.is_none_or(|s| s == "form") && at == In::Query);
     let (kind, schema) = match p.get("schema") {
         None => (Kind::Opaque, None),
         Some(s) => {
             let (resolved, _) = follow(doc, s, &format!("{ptr}/schema"))?;
-            let kind = match type_name(resolved) {
+            let kind = match type_name(doc, resolved, 0) {
                 Some("integer") => Kind::Integer,
                 Some("number") => Kind::Number,
                 Some("boolean") => Kind::Boolean,
@@ -830,7 +910,7 @@ fn param(doc: &Value, p: &Value, ptr: &str, keys: &mut Keys) -> Result<Option<Pa
                         .get("items")
                         .map(|i| follow(doc, i, &ptr))
                         .transpose()?;
-                    Kind::Array(match items.and_then(|(i, _)| type_name(i)) {
+                    Kind::Array(match items.and_then(|(i, _)| type_name(doc, i, 0)) {
                         Some("integer") => Scalar::Integer,
                         Some("number") => Scalar::Number,
                         Some("boolean") => Scalar::Boolean,
@@ -848,17 +928,30 @@ fn param(doc: &Value, p: &Value, ptr: &str, keys: &mut Keys) -> Result<Option<Pa
         required,
         kind,
         explode,
+        delimiter,
         schema,
     }))
 }
 
-/// A schema's type (3.1 may list several: the first that is not "null").
-fn type_name(s: &Value) -> Option<&str> {
-    match s.get("type")? {
-        Value::String(t) => Some(t),
-        Value::Array(list) => list.iter().filter_map(Value::as_str).find(|t| *t != "null"),
-        _ => None,
+/// A schema's type (3.1 may list several: the first that is not "null"), or the first its
+/// `allOf`, `anyOf` or `oneOf` members give.
+fn type_name<'a>(doc: &'a Value, s: &'a Value, depth: usize) -> Option<&'a str> {
+    match s.get("type") {
+        Some(Value::String(t)) => return Some(t),
+        Some(Value::Array(list)) => {
+            return list.iter().filter_map(Value::as_str).find(|t| *t != "null")
+        }
+        _ => {}
     }
+    if depth > 8 {
+        return None;
+    }
+    ["allOf", "anyOf", "oneOf"]
+        .iter()
+        .filter_map(|k| s.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|m| follow(doc, m, "").ok())
+        .find_map(|(m, _)| type_name(doc, m, depth + 1))
 }
 
 fn request_body(doc: &Value, b: &Value, ptr: &str, keys: &mut Keys) -> Result<RequestBody, String> {
@@ -1104,13 +1197,14 @@ pub fn server_prefix(doc: &Value) -> String {
         .and_then(|s| s.get("url"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    if url.contains('{') {
-        return String::new();
-    }
     let path = match url.find("://") {
         Some(i) => url[i + 3..].find('/').map_or("", |j| &url[i + 3 + j..]),
         None => url,
     };
+    // A variable in the host is fine; one in the path leaves no fixed prefix.
+    if path.contains('{') {
+        return String::new();
+    }
     path.trim_end_matches('/').to_string()
 }
 

@@ -489,6 +489,9 @@ pub(super) fn validate_route(
     })
 }
 
+/// The largest body validation reads: it is held whole, and parsed, per request.
+const MAX_VALIDATED_BODY: u64 = 16 << 20;
+
 /// A route's or version's `validate`: its spec read and compiled, its settings checked.
 fn validation(
     key: &str,
@@ -522,8 +525,11 @@ fn validation(
     };
     let max_body = match v.max_body.as_ref().map(super::units::parse_size) {
         None => 1 << 20,
-        Some(Ok(0)) => {
-            errs.push(format!("{key}.max_body"), "expected a size above zero");
+        Some(Ok(n)) if n == 0 || n > MAX_VALIDATED_BODY => {
+            errs.push(
+                format!("{key}.max_body"),
+                format!("expected a size from 1 byte to 16MiB, got {n}"),
+            );
             0
         }
         Some(Ok(n)) => n,

@@ -1088,6 +1088,7 @@ fn wants_field(
     });
     (200..300).contains(&res.status)
         && res.status != 204
+        && res.status != 206
         && plan.method != Method::Head
         && matches!(res.framing, Framing::Length(n) if n > 0 && n <= max)
         && json
@@ -1110,6 +1111,9 @@ fn with_field(ctx: &Ctx<'_>, out: &mut Vec<u8>, up: &mut Upstream, n: u64) -> Op
         return None;
     };
     let e = v.entries.get(usize::from(i))?;
+    // The body changes: a digest of the backend's bytes no longer holds, and a strong
+    // validator becomes a weak one.
+    rework_head(out);
     const LENGTH: &[u8] = b"\r\nContent-Length: ";
     let at = out.windows(LENGTH.len()).position(|w| w == LENGTH)?;
     let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
@@ -1129,6 +1133,39 @@ fn with_field(ctx: &Ctx<'_>, out: &mut Vec<u8>, up: &mut Upstream, n: u64) -> Op
     out.extend_from_slice(&body[open + 1..]);
     up.consume(n);
     Some(total as u64)
+}
+
+/// The response head in `out` for a body lb changed: digests of the backend's bytes
+/// dropped, a strong `ETag` made weak (`W/"…"`).
+fn rework_head(out: &mut Vec<u8>) {
+    const DIGESTS: [&[u8]; 4] = [b"content-md5", b"digest", b"content-digest", b"repr-digest"];
+    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let mut head: Vec<u8> = Vec::with_capacity(end + 4);
+    for (i, line) in out[..end].split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if i > 0 {
+            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+            if DIGESTS.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"etag") {
+                let value = line.get(name.len() + 1..).unwrap_or(b"").trim_ascii();
+                if value.starts_with(b"\"") {
+                    head.extend_from_slice(b"ETag: W/");
+                    head.extend_from_slice(value);
+                    head.extend_from_slice(b"\r\n");
+                    continue;
+                }
+            }
+        }
+        head.extend_from_slice(line);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    out.truncate(0);
+    out.extend_from_slice(&head);
 }
 
 /// Sends the response head in `out` and streams the body; returns the body bytes sent.

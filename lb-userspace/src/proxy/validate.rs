@@ -41,14 +41,27 @@ pub(super) async fn check<C: Downstream>(
         return None;
     };
     let mut fails = Failures::default();
-    let body = head_check(v, client.data(), &plan, &mut fails);
+    let body = head_check(view, v, client.data(), &plan, &mut fails);
     if !fails.is_empty() {
         return failed(view, v, client, decision, out, rec, &fails, plan.head_len).await;
     }
     let Some(body) = body else {
         return valid(v, rec);
     };
-    let timeout = view.snap.http.client_body_timeout;
+    let http = &view.snap.http;
+    let head_request = plan.method == crate::http::Method::Head;
+    // Over the cap, or over what the exchange takes at all: decided before the client is
+    // invited to send its body.
+    if let Framing::Length(n) = plan.framing {
+        if http.max_request_body > 0 && n > http.max_request_body {
+            // The exchange answers 413 without reading it.
+            return None;
+        }
+        if n > v.max_body {
+            return too_large(view, v, client, out, rec, head_request).await;
+        }
+    }
+    let timeout = http.client_body_timeout;
     if plan.expect_continue {
         // The client waits for this before it sends the body lb must read.
         let mut interim = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
@@ -62,28 +75,34 @@ pub(super) async fn check<C: Downstream>(
     }
     let read = match read_body(v, client, &plan, timeout).await {
         Ok(r) => r,
-        Err(IoFail::Timeout) => {
-            let e = super::Reject {
-                status: 408,
-                code: "request_timeout",
-                message: "the request body did not arrive in time",
+        Err(e) => {
+            let (status, code, message) = match e {
+                ReadFail::Io(IoFail::Timeout) => (
+                    408,
+                    "request_timeout",
+                    "the request body did not arrive in time",
+                ),
+                ReadFail::Io(_) => return Some(Flow::Close),
+                ReadFail::Framing => (400, "bad_request", "malformed chunked request body"),
+            };
+            let r = super::Reject {
+                status,
+                code,
+                message,
                 head_len: 0,
                 close: true,
             };
-            super::send_error(client, out, &e, view, rec).await;
+            super::send_error(client, out, &r, view, rec).await;
             return Some(Flow::Close);
         }
-        Err(_) => return Some(Flow::Close),
     };
-    let Some((body_bytes, end)) = read else {
-        v.count(Outcome::TooLarge);
-        rec.validation = Some(Outcome::TooLarge);
-        if v.oversize == Oversize::Pass {
-            return None;
-        }
-        return too_large(view, v, client, out, rec).await;
+    let Some((decoded, end)) = read else {
+        return too_large(view, v, client, out, rec, head_request).await;
     };
-    body.check(&body_bytes, &mut fails);
+    match &decoded {
+        Some(b) => body.check(b, &mut fails),
+        None => body.check(&client.data()[plan.head_len..end], &mut fails),
+    }
     if fails.is_empty() {
         return valid(v, rec);
     }
@@ -96,27 +115,42 @@ fn valid(v: &Validation, rec: &mut Record) -> Option<Flow> {
     None
 }
 
-/// Checks the head (buffered at the front of `data`); the body's check, if one is due.
+/// Checks the head (buffered at the front of `data`) on the path routing saw (normalised);
+/// the body's check, if one is due.
 fn head_check<'s>(
+    view: &View,
     v: &'s Validation,
     data: &[u8],
     plan: &Plan,
     fails: &mut Failures,
 ) -> Option<BodyCheck<'s>> {
-    let mut slots: Vec<crate::http::HeaderSlot<'_>> = (0..crate::config::MAX_HEADERS_LIMIT)
-        .map(|_| std::mem::MaybeUninit::uninit())
-        .collect();
-    let head = data.get(..plan.head_len)?;
+    use crate::validation::Place;
+    let mut slots = crate::http::header_slots::<{ crate::config::MAX_HEADERS_LIMIT }>();
     // Planning parsed this head already: it parses.
-    let req = crate::http::request::parse(head, &mut slots).ok()??;
-    let (path, query) = match req.path.iter().position(|&b| b == b'?') {
+    let parsed = data
+        .get(..plan.head_len)
+        .and_then(|head| crate::http::request::parse(head, &mut slots).ok().flatten());
+    let Some(req) = parsed else {
+        fails.push(Place::Path, "", "the request head could not be read again");
+        return None;
+    };
+    let (raw, query) = match req.path.iter().position(|&b| b == b'?') {
         Some(q) => (&req.path[..q], Some(&req.path[q + 1..])),
         None => (req.path, None),
     };
-    let Some(path) = v.spec_path(path) else {
+    let mut scratch = Vec::new();
+    let Ok(normal) = crate::http::path::normalize(raw, view.snap.http.path, &mut scratch) else {
         fails.push(
-            crate::validation::Place::Path,
-            String::from_utf8_lossy(path),
+            Place::Path,
+            String::from_utf8_lossy(raw),
+            "not a path lb can read",
+        );
+        return None;
+    };
+    let Some(path) = v.spec_path(normal) else {
+        fails.push(
+            Place::Path,
+            String::from_utf8_lossy(normal),
             format!("not under the API's prefix {:?}", v.prefix),
         );
         return None;
@@ -131,15 +165,33 @@ fn head_check<'s>(
     v.spec.check_head(&r, fails)
 }
 
+/// Why a body could not be read.
+enum ReadFail {
+    Io(IoFail),
+    /// Not chunked framing: the exchange would refuse it too.
+    Framing,
+}
+
+impl From<IoFail> for ReadFail {
+    fn from(e: IoFail) -> ReadFail {
+        ReadFail::Io(e)
+    }
+}
+
+/// Buffers grow as the body arrives, by at least this much: a length the client declares
+/// reserves nothing before its bytes come.
+const GROW: usize = 64 * 1024;
+
 /// Reads the whole body into the client's buffer, after the head. `Ok(None)`: it is over the
-/// cap (what came of it stays buffered). `Ok(Some((body, end)))`: the body (chunked framing
-/// removed) and where it ends in the buffer.
+/// cap (what came of it stays buffered). `Ok(Some((decoded, end)))`: where the body ends in
+/// the buffer, and for a chunked one the body without its framing (a body with a length is
+/// the buffer's bytes from the head's end).
 async fn read_body<C: Downstream>(
     v: &Validation,
     client: &mut C,
     plan: &Plan,
     timeout: std::time::Duration,
-) -> Result<Option<(Vec<u8>, usize)>, IoFail> {
+) -> Result<Option<(Option<Vec<u8>>, usize)>, ReadFail> {
     let start = plan.head_len;
     let cap = usize::try_from(v.max_body).unwrap_or(usize::MAX);
     match plan.framing {
@@ -154,77 +206,69 @@ async fn read_body<C: Downstream>(
                 make_room(client, start + n);
                 client.fill(timeout).await?;
             }
-            Ok(Some((client.data()[start..start + n].to_vec(), start + n)))
+            Ok(Some((None, start + n)))
         }
         Framing::Chunked => {
             // Framing may add to the body: the buffer holds at most this.
             let limit = start.saturating_add(cap).saturating_add(cap / 4 + 4096);
+            // The decoder goes on from where it stopped: each byte is decoded once.
+            let mut dec = ChunkedDecoder::new();
+            let mut at = start;
+            let mut body = Vec::new();
             loop {
-                match dechunk(&client.data()[start..], cap) {
-                    Chunks::Done(body, len) => return Ok(Some((body, start + len))),
-                    Chunks::TooLarge => return Ok(None),
-                    Chunks::Bad => return Err(IoFail::Eof),
-                    Chunks::More => {}
+                loop {
+                    match dec.step(&client.data()[at..]) {
+                        Ok(Step::Data(n)) => {
+                            body.extend_from_slice(&client.data()[at..at + n]);
+                            if body.len() > cap {
+                                return Ok(None);
+                            }
+                            at += n;
+                        }
+                        Ok(Step::Skip(n) | Step::LastChunk(n) | Step::Trailer(n)) => at += n,
+                        Ok(Step::End(n)) => return Ok(Some((Some(body), at + n))),
+                        Ok(Step::NeedMore) => break,
+                        Err(_) => return Err(ReadFail::Framing),
+                    }
                 }
                 if client.data().len() >= limit {
                     return Ok(None);
                 }
-                make_room(client, limit.min(client.data().len() * 2 + 4096));
+                make_room(client, limit);
                 client.fill(timeout).await?;
             }
         }
-        _ => Ok(Some((Vec::new(), start))),
+        _ => Ok(Some((None, start))),
     }
 }
 
-/// Gives the client a buffer that holds `need` bytes once it is full (a body's own, for this
-/// request: the connection returns to a pooled one after it).
-fn make_room<C: Downstream>(client: &mut C, need: usize) {
-    if client.is_full() || client.buf_capacity() < need {
-        let bigger = Vec::with_capacity(need.max(client.buf_capacity() * 2));
-        let _ = client.swap_buf(bigger);
+/// Gives a full client buffer room to grow towards `most` bytes: double, by at least
+/// [`GROW`] (a body's own buffer, for this request: the connection returns to a pooled one
+/// after it).
+fn make_room<C: Downstream>(client: &mut C, most: usize) {
+    let held = client.data().len();
+    if held < client.buf_capacity() && !client.is_full() {
+        return;
     }
+    let size = (held * 2).max(held + GROW).min(most.max(held + 1));
+    let _ = client.swap_buf(Vec::with_capacity(size));
 }
 
-enum Chunks {
-    /// The body, and the bytes its chunked form took.
-    Done(Vec<u8>, usize),
-    More,
-    TooLarge,
-    /// Not chunked framing: the exchange would refuse it too.
-    Bad,
-}
-
-/// Decodes a chunked body from the front of `data`, if it is all there.
-fn dechunk(data: &[u8], cap: usize) -> Chunks {
-    let mut dec = ChunkedDecoder::new();
-    let mut body = Vec::new();
-    let mut at = 0;
-    loop {
-        match dec.step(&data[at..]) {
-            Ok(Step::Data(n)) => {
-                body.extend_from_slice(&data[at..at + n]);
-                if body.len() > cap {
-                    return Chunks::TooLarge;
-                }
-                at += n;
-            }
-            Ok(Step::Skip(n) | Step::LastChunk(n) | Step::Trailer(n)) => at += n,
-            Ok(Step::End(n)) => return Chunks::Done(body, at + n),
-            Ok(Step::NeedMore) => return Chunks::More,
-            Err(_) => return Chunks::Bad,
-        }
-    }
-}
-
-/// Answers `413` and closes: the body is not read.
+/// A body over the cap: counted; `413` and closed (the body is not read), or passed on.
 async fn too_large<C: Downstream>(
     view: &View,
     v: &Validation,
     client: &mut C,
     out: &mut Vec<u8>,
     rec: &mut Record,
+    head_request: bool,
 ) -> Option<Flow> {
+    v.count(Outcome::TooLarge);
+    rec.validation = Some(Outcome::TooLarge);
+    // Passed on unchecked when the operator says so, and always in report mode.
+    if v.oversize == Oversize::Pass || v.mode == Mode::Report {
+        return None;
+    }
     let body = crate::http::write::problem(
         413,
         "Content Too Large",
@@ -234,7 +278,15 @@ async fn too_large<C: Downstream>(
         ),
         serde_json::json!({}),
     );
-    answer(view, client, out, rec, 413, &body, false).await
+    out.clear();
+    let what = head::LocalResponse {
+        status: 413,
+        content_type: "application/problem+json",
+        location: None,
+        body: &body,
+    };
+    head::write_bare_response(out, &what, head_request, false, 1);
+    send_and_close(view, client, out, rec, 413).await
 }
 
 /// A request that failed validation: counted; refused in enforce mode (`consumed`: the bytes
@@ -289,10 +341,8 @@ async fn failed<C: Downstream>(
     // another request: the answer closes it.
     let whole =
         consumed > plan.head_len || matches!(plan.framing, Framing::None | Framing::Length(0));
-    if !whole && client.connection().is_some() {
-        return answer(view, client, out, rec, status, &body, false).await;
-    }
-    let keep = plan.keep_alive;
+    let close = !whole && client.connection().is_some();
+    let keep = plan.keep_alive && !close;
     let route = &view.snap.routes.routes()[plan.route];
     out.clear();
     let what = head::LocalResponse {
@@ -309,6 +359,12 @@ async fn failed<C: Downstream>(
         keep,
         plan.minor,
     );
+    if let Some(allow) = fails.allow() {
+        head::insert_headers(out, &[("Allow", allow)]);
+    }
+    if close {
+        return send_and_close(view, client, out, rec, status).await;
+    }
     *decision = Decision::Local {
         head_len: consumed.max(plan.head_len),
         keep_alive: keep,
@@ -317,24 +373,14 @@ async fn failed<C: Downstream>(
     None
 }
 
-/// Writes a whole answer and closes, lingering for what the client still sends.
-async fn answer<C: Downstream>(
+/// Writes the answer in `out` and closes, lingering for what the client still sends.
+async fn send_and_close<C: Downstream>(
     view: &View,
     client: &mut C,
     out: &mut Vec<u8>,
     rec: &mut Record,
     status: u16,
-    body: &[u8],
-    keep: bool,
 ) -> Option<Flow> {
-    out.clear();
-    let what = head::LocalResponse {
-        status,
-        content_type: "application/problem+json",
-        location: None,
-        body,
-    };
-    head::write_bare_response(out, &what, false, keep, 1);
     rec.status = status;
     let ok = client
         .write_all(out, view.snap.http.client_body_timeout)

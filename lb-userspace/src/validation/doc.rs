@@ -25,6 +25,10 @@ enum Item<'a> {
     Object(u32, u32),
 }
 
+/// The most values a body may hold: each takes 32 bytes here, so a dense array (`[0,0,…]`)
+/// cannot make one request's document much larger than a few MiB.
+pub const MAX_VALUES: usize = 1 << 17;
+
 /// A parsed JSON document; its root is the last value pushed.
 #[derive(Debug, Default)]
 pub struct Doc<'a> {
@@ -37,10 +41,10 @@ pub struct Doc<'a> {
 impl<'a> Doc<'a> {
     /// Parses JSON text (serde_json's grammar and nesting limit).
     pub fn parse(text: &'a [u8]) -> Result<Doc<'a>, serde_json::Error> {
-        // Roughly one value per 8 bytes of text: most bodies fill these without growing.
+        // Roughly one value per 16 bytes of text: most bodies fill these with little growth.
         let mut doc = Doc {
-            items: Vec::with_capacity(text.len() / 8 + 1),
-            members: Vec::with_capacity(text.len() / 12 + 1),
+            items: Vec::with_capacity((text.len() / 16 + 1).min(MAX_VALUES)),
+            members: Vec::with_capacity((text.len() / 24 + 1).min(MAX_VALUES)),
             elements: Vec::new(),
             root: 0,
         };
@@ -91,6 +95,16 @@ impl<'a> Doc<'a> {
     fn push(&mut self, item: Item<'a>) -> u32 {
         self.items.push(item);
         (self.items.len() - 1) as u32
+    }
+
+    /// Pushes a parsed value, refusing a document of more than [`MAX_VALUES`].
+    fn add<E: serde::de::Error>(&mut self, item: Item<'a>) -> Result<u32, E> {
+        if self.items.len() >= MAX_VALUES {
+            return Err(E::custom(format_args!(
+                "more than {MAX_VALUES} values in one body"
+            )));
+        }
+        Ok(self.push(item))
     }
 
     /// The root value.
@@ -155,41 +169,41 @@ impl<'de: 'a, 'a> Visitor<'de> for Seed<'_, 'a> {
         f.write_str("a JSON value")
     }
 
-    fn visit_unit<E>(self) -> Result<u32, E> {
-        Ok(self.doc.push(Item::Null))
+    fn visit_unit<E: serde::de::Error>(self) -> Result<u32, E> {
+        self.doc.add(Item::Null)
     }
 
-    fn visit_none<E>(self) -> Result<u32, E> {
-        Ok(self.doc.push(Item::Null))
+    fn visit_none<E: serde::de::Error>(self) -> Result<u32, E> {
+        self.doc.add(Item::Null)
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<u32, E> {
-        Ok(self.doc.push(Item::Bool(v)))
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<u32, E> {
+        self.doc.add(Item::Bool(v))
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<u32, E> {
-        Ok(self.doc.push(Item::Number(v.into())))
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+        self.doc.add(Item::Number(v.into()))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<u32, E> {
-        Ok(self.doc.push(Item::Number(v.into())))
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+        self.doc.add(Item::Number(v.into()))
     }
 
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u32, E> {
         let n = serde_json::Number::from_f64(v).ok_or_else(|| E::custom("not a finite number"))?;
-        Ok(self.doc.push(Item::Number(n)))
+        self.doc.add(Item::Number(n))
     }
 
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<u32, E> {
-        Ok(self.doc.push(Item::Str(Cow::Borrowed(v))))
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<u32, E> {
+        self.doc.add(Item::Str(Cow::Borrowed(v)))
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<u32, E> {
-        Ok(self.doc.push(Item::Str(Cow::Owned(v.to_string()))))
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u32, E> {
+        self.doc.add(Item::Str(Cow::Owned(v.to_string())))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<u32, E> {
-        Ok(self.doc.push(Item::Str(Cow::Owned(v))))
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<u32, E> {
+        self.doc.add(Item::Str(Cow::Owned(v)))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u32, A::Error> {
@@ -207,12 +221,34 @@ impl<'de: 'a, 'a> Visitor<'de> for Seed<'_, 'a> {
         let start = self.doc.elements.len() as u32;
         let len = (self.stack.elements.len() - mark) as u32;
         self.doc.elements.extend(self.stack.elements.drain(mark..));
-        Ok(self.doc.push(Item::Array(start, len)))
+        self.doc.add(Item::Array(start, len))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u32, A::Error> {
+        use serde::de::Error;
         let mark = self.stack.members.len();
+        // Past a few members, names are found in a set rather than by a scan.
+        let mut seen: Option<std::collections::HashSet<Cow<'a, str>>> = None;
         while let Some(Key(key)) = map.next_key::<Key<'a>>()? {
+            // A repeated member is refused: parsers disagree on which one counts (most keep
+            // the last), so the backend could read a value the schema never saw.
+            let ours = &self.stack.members[mark..];
+            let repeated = match seen.as_mut() {
+                Some(set) => !set.insert(key.clone()),
+                None if ours.len() < 16 => ours.iter().any(|(k, _)| *k == key),
+                None => {
+                    let mut set: std::collections::HashSet<Cow<'a, str>> =
+                        ours.iter().map(|(k, _)| k.clone()).collect();
+                    let repeated = !set.insert(key.clone());
+                    seen = Some(set);
+                    repeated
+                }
+            };
+            if repeated {
+                return Err(A::Error::custom(format_args!(
+                    "the member {key:?} appears twice"
+                )));
+            }
             let seed = Seed {
                 doc: &mut *self.doc,
                 stack: &mut *self.stack,
@@ -223,7 +259,7 @@ impl<'de: 'a, 'a> Visitor<'de> for Seed<'_, 'a> {
         let start = self.doc.members.len() as u32;
         let len = (self.stack.members.len() - mark) as u32;
         self.doc.members.extend(self.stack.members.drain(mark..));
-        Ok(self.doc.push(Item::Object(start, len)))
+        self.doc.add(Item::Object(start, len))
     }
 }
 
@@ -235,8 +271,9 @@ impl Json for Body {
     type PreparedKey = String;
     type StringBuffer = Doc<'static>;
 
-    // A lookup scans the members: a members pass is never dearer.
-    const KEYS_PER_LOOKUP: usize = usize::MAX;
+    // A lookup scans the members: a members pass is never dearer. (jsonschema multiplies
+    // this: large, not the maximum.)
+    const KEYS_PER_LOOKUP: usize = 1 << 20;
     const ACYCLIC: bool = true;
 
     fn prepare_key(key: &str) -> String {
@@ -471,6 +508,14 @@ mod tests {
         assert_eq!(Doc::of(&value).root().to_value().into_owned(), value);
         assert!(Doc::parse(b"{\"a\":1} x").is_err(), "trailing bytes");
         assert!(Doc::parse(b"{\"a\":").is_err());
+        let dup = Doc::parse(br#"{"a":{"b":1,"c":2,"b":3}}"#).expect_err("a repeated member");
+        assert!(dup.to_string().contains("\"b\" appears twice"), "{dup}");
+        assert!(
+            Doc::parse(br#"[{"b":1},{"b":2}]"#).is_ok(),
+            "the same name in two objects"
+        );
+        let dense = format!("[{}0]", "0,".repeat(MAX_VALUES));
+        assert!(Doc::parse(dense.as_bytes()).is_err(), "too many values");
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(
             Doc::parse(deep.as_bytes()).is_err(),

@@ -192,7 +192,7 @@ fn content_types_and_bodies_are_checked() {
         got.sort();
         assert_eq!(
             got,
-            [("body", "/address".into()), ("body", "/email".into())],
+            [("body", "/address/city".into()), ("body", "/email".into())],
             "{v}"
         );
         let mut f = Failures::default();
@@ -252,6 +252,11 @@ fn prefixes_come_from_servers_and_are_stripped() {
     assert_eq!(server_prefix(&json!({"servers": [{"url": "/v1/"}]})), "/v1");
     assert_eq!(
         server_prefix(&json!({"servers": [{"url": "https://{env}.example.com/v1"}]})),
+        "/v1",
+        "a variable in the host"
+    );
+    assert_eq!(
+        server_prefix(&json!({"servers": [{"url": "https://api.example.com/{version}"}]})),
         ""
     );
     assert_eq!(server_prefix(&json!({})), "");
@@ -269,4 +274,126 @@ fn prefixes_come_from_servers_and_are_stripped() {
     assert_eq!(v.spec_path(b"/api/v20/users"), None);
     assert_eq!(v.spec_path(b"/other"), None);
     assert_eq!(percent_decode(b"a%20b+c%zz%4", true), "a b c%zz%4");
+}
+
+#[test]
+fn head_options_and_the_allowed_methods() {
+    let spec = Spec::openapi(&users_spec("3.1.0")).expect("compiles");
+    let (f, _) = head_check(&spec, "HEAD", "/users/42", &[], false);
+    assert!(f.is_empty(), "HEAD is checked as GET: {:?}", f.0);
+    let (f, _) = head_check(&spec, "HEAD", "/users/x", &[], false);
+    assert_eq!(places(&f), [("path", "id".into())]);
+    let (f, _) = head_check(&spec, "OPTIONS", "/users/42", &[], false);
+    assert!(
+        f.is_empty(),
+        "a preflight the spec does not describe passes"
+    );
+    let (f, _) = head_check(&spec, "PATCH", "/users/42", &[], false);
+    assert_eq!((f.status(), f.allow()), (405, Some("GET, PUT")));
+}
+
+#[test]
+fn content_type_and_encoding_must_be_unambiguous() {
+    let spec = Spec::openapi(&users_spec("3.1.0")).expect("compiles");
+    let two = [
+        ("Content-Type", "text/csv"),
+        ("Content-Type", "application/json"),
+    ];
+    let (f, body) = head_check(&spec, "POST", "/users", &two, true);
+    assert!(!f.is_empty() && !body, "several Content-Type fields");
+    let gz = [
+        ("Content-Type", "application/json"),
+        ("Content-Encoding", "gzip"),
+    ];
+    let (f, body) = head_check(&spec, "POST", "/users", &gz, true);
+    assert_eq!((f.status(), body), (415, false));
+    let id = [
+        ("Content-Type", "application/json"),
+        ("Content-Encoding", "identity"),
+    ];
+    let (f, body) = head_check(&spec, "POST", "/users", &id, true);
+    assert!(f.is_empty() && body);
+}
+
+#[test]
+fn parameter_styles_and_types_through_composition() {
+    let doc = json!({
+        "openapi": "3.1.0",
+        "paths": {"/search": {"get": {"parameters": [
+            {"name": "ids", "in": "query", "style": "pipeDelimited", "explode": false,
+             "schema": {"type": "array", "items": {"type": "integer"}}},
+            {"name": "limit", "in": "query", "schema": {"allOf": [{"$ref": "#/components/schemas/Small"}]}},
+            {"name": "filter", "in": "query", "required": true, "style": "deepObject",
+             "schema": {"type": "object"}}
+        ]}}},
+        "components": {"schemas": {"Small": {"type": "integer", "maximum": 10}}}
+    });
+    let spec = Spec::openapi(&doc).expect("compiles");
+    let (f, _) = head_check(
+        &spec,
+        "GET",
+        "/search?ids=1|2|3&limit=5&filter[a]=x",
+        &[],
+        false,
+    );
+    assert!(f.is_empty(), "{:?}", f.0);
+    let (f, _) = head_check(&spec, "GET", "/search?ids=1|x&limit=50", &[], false);
+    assert_eq!(
+        places(&f),
+        [("query", "ids".into()), ("query", "limit".into())]
+    );
+}
+
+/// Three or more required names: jsonschema multiplies the representation's lookup cost by
+/// their count (an overflow there panics a debug build).
+#[test]
+fn many_required_members_and_repeated_ones() {
+    let spec = Spec::schemas(&[(
+        "POST".into(),
+        json!({"type": "object", "required": ["a", "b", "c", "d"],
+               "properties": {"a": {"type": "integer"}, "b": {}, "c": {}, "d": {}}}),
+    )])
+    .expect("compiles");
+    let ct = [("Content-Type", "application/json")];
+    let hs: Vec<httparse::Header<'_>> = ct
+        .iter()
+        .map(|(n, v)| httparse::Header {
+            name: n,
+            value: v.as_bytes(),
+        })
+        .collect();
+    let req = Request {
+        method: b"POST",
+        path: b"/",
+        query: None,
+        headers: &hs,
+        has_body: true,
+    };
+    let mut f = Failures::default();
+    let check = spec.check_head(&req, &mut f).expect("a body check");
+    check.check(br#"{"a":1,"b":2,"c":3,"d":4}"#, &mut f);
+    assert!(f.is_empty(), "{:?}", f.0);
+    check.check(br#"{"a":1,"b":2}"#, &mut f);
+    assert_eq!(f.0.len(), 2, "{:?}", f.0);
+    // A repeated member: which one counts is up to the reader, so the body is refused.
+    let mut f = Failures::default();
+    let many: String = (0..20).map(|i| format!("\"x{i}\":{i},")).collect();
+    check.check(
+        format!(r#"{{"a":1,"b":2,"c":3,"d":4,{many}"a":"five"}}"#).as_bytes(),
+        &mut f,
+    );
+    assert!(
+        f.0.iter().any(|x| x.detail.contains("appears twice")),
+        "{:?}",
+        f.0
+    );
+    // Failure texts are cut: a value is not echoed whole.
+    let mut f = Failures::default();
+    let long = format!(r#"{{"a":"{}","b":1,"c":1,"d":1}}"#, "y".repeat(5000));
+    check.check(long.as_bytes(), &mut f);
+    assert!(
+        f.0[0].detail.chars().count() <= 201,
+        "{}",
+        f.0[0].detail.len()
+    );
 }
