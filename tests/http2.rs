@@ -58,30 +58,12 @@ fn have(tool: &str) -> bool {
 
 /// curl with `args`; (HTTP version, status, body).
 fn curl(args: &[&str]) -> (String, u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_version} %{http_code}",
-        ])
-        .args(args)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", ""));
+    let (body, tail, stderr, ok) = curl_with(args, "%{http_version} %{http_code}");
     let mut parts = tail.split_whitespace();
     let version = parts.next().unwrap_or("").to_string();
     let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    assert!(
-        out.status.success() || status != 0,
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (version, status, body.to_string())
+    assert!(ok || status != 0, "curl {args:?}: {stderr}");
+    (version, status, body)
 }
 
 #[test]

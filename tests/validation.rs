@@ -151,26 +151,12 @@ impl Got {
 }
 
 fn curl(args: &[&str]) -> Got {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code} %{content_type}",
-        ])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", ""));
-    let (status, ct) = tail.split_once(' ').unwrap_or((tail, ""));
+    let (body, tail, _, _) = curl_with(args, "%{http_code} %{content_type}");
+    let (status, ct) = tail.split_once(' ').unwrap_or((&tail, ""));
     Got {
         status: status.parse().unwrap_or(0),
         content_type: ct.to_string(),
-        body: body.to_string(),
+        body,
     }
 }
 

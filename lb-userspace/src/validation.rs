@@ -1094,8 +1094,9 @@ fn nullable(v: &mut Value, depth: usize) {
     }
 }
 
-/// A route's (or version's) validation: its spec and how to apply it.
-pub struct Validation {
+/// A validation's settings, as the config gives them.
+#[derive(Debug, Clone)]
+pub struct Settings {
     pub spec: Arc<Spec>,
     /// The spec file, as the config named it.
     pub source: String,
@@ -1105,45 +1106,40 @@ pub struct Validation {
     pub oversize: Oversize,
     /// Removed from the request's path before it is looked up in the spec (`/api/v2`).
     pub prefix: String,
+}
+
+/// A route's (or version's) validation: its settings (through `Deref`), and its counters.
+pub struct Validation {
+    settings: Settings,
     route: String,
     version: String,
     /// `lb_api_validations_total` by outcome, made at first use.
     counters: [OnceLock<metrics::Counter>; 3],
 }
 
-impl std::fmt::Debug for Validation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Validation")
-            .field("source", &self.source)
-            .field("mode", &self.mode)
-            .field("max_body", &self.max_body)
-            .field("oversize", &self.oversize)
-            .field("prefix", &self.prefix)
-            .finish()
+impl std::ops::Deref for Validation {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
     }
 }
 
-/// A validation's settings, as the config gives them.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub spec: Arc<Spec>,
-    pub source: String,
-    pub mode: Mode,
-    pub max_body: u64,
-    pub oversize: Oversize,
-    pub prefix: String,
+impl std::fmt::Debug for Validation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validation")
+            .field("settings", &self.settings)
+            .field("route", &self.route)
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 impl Validation {
     /// The validation of `route` (and `version`, on a versioned route: "" otherwise).
     pub fn new(s: &Settings, route: &str, version: &str) -> Validation {
         Validation {
-            spec: s.spec.clone(),
-            source: s.source.clone(),
-            mode: s.mode,
-            max_body: s.max_body,
-            oversize: s.oversize,
-            prefix: s.prefix.clone(),
+            settings: s.clone(),
             route: route.to_string(),
             version: version.to_string(),
             counters: Default::default(),

@@ -224,6 +224,25 @@ pub fn dead_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+/// curl (`-sS`, 10 s at most) with `args`, writing `write_out` (a `-w` format) on a line of
+/// its own after the body: (the body, that line, curl's stderr, whether curl succeeded).
+pub fn curl_with(args: &[&str], write_out: &str) -> (String, String, String, bool) {
+    let format = format!("\n{write_out}");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", &format])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (
+        body.to_string(),
+        tail.to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
 /// A parsed response.
 #[derive(Debug)]
 pub struct Response {
