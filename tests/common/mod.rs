@@ -296,7 +296,14 @@ impl Client {
     /// Reads more into the buffer; false on EOF.
     fn fill(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; 64 * 1024];
-        let n = self.stream.read(&mut chunk)?;
+        // A signal to the test process (a child's exit, in tests that run tools) interrupts
+        // a read without ending it: read again.
+        let n = loop {
+            match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n > 0)
     }
