@@ -322,7 +322,9 @@ fn a_failed_upgrade_keeps_the_old_process_serving() {
 }
 
 /// SIGUSR2 upgrades too; under systemd the old main process hands the service over with
-/// `MAINPID=`, and says nothing about stopping as it drains.
+/// `MAINPID=` (ready, the watchdog petted), and says nothing about stopping as it drains;
+/// the new process pets the watchdog from then on. (tests/package.rs runs this under a real
+/// systemd.)
 #[test]
 fn sigusr2_upgrades_and_systemd_hears_the_new_main_pid() {
     let dir = scratch_dir("upgrade-notify");
@@ -333,16 +335,29 @@ fn sigusr2_upgrades_and_systemd_hears_the_new_main_pid() {
         "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n[[routes]]\ncluster = \"app\"\n",
         backend.addr
     ));
-    let lb = Lb::start_with_env(&cfg, &[("NOTIFY_SOCKET", notify.path.as_os_str())]);
+    let lb = Lb::start_with_env(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", notify.path.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("200000")),
+        ],
+    );
     assert!(next().lines().any(|l| l == "READY=1"));
     let old = lb.pid();
     lb.signal(libc::SIGUSR2);
-    let new = loop {
+    let (new, handover) = loop {
         let m = next();
         if let Some(pid) = m.lines().find_map(|l| l.strip_prefix("MAINPID=")) {
-            break pid.parse::<i32>().expect("a pid");
+            break (pid.parse::<i32>().expect("a pid"), m.clone());
         }
+        // Before the handover only the old process speaks (the new one's READY=1 would be
+        // a stranger's to systemd).
+        assert!(!m.contains("READY=1"), "READY=1 before MAINPID=: {m:?}");
     };
+    assert!(
+        handover.lines().any(|l| l == "READY=1") && handover.lines().any(|l| l == "WATCHDOG=1"),
+        "{handover:?}"
+    );
     let _owned = Owned(new);
     assert_ne!(new, old);
     assert_eq!(get(lb.addr, "/x").status, 200);
@@ -352,6 +367,10 @@ fn sigusr2_upgrades_and_systemd_hears_the_new_main_pid() {
         !rest.iter().any(|m| m.contains("STOPPING=1")),
         "the old process told systemd it stops: {rest:?}"
     );
+    // Only the new process is left: the watchdog pings that come now are its own.
+    wait_until("the new process to pet the watchdog", || {
+        notify.pending().iter().any(|m| m == "WATCHDOG=1")
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -425,4 +444,67 @@ fn ejections_and_rate_limits_survive_an_upgrade() {
         429,
         "the limited client is still limited"
     );
+}
+
+/// `lb stop PID` (the unit's ExecStop): lb drains, and the command returns only once lb has
+/// exited, after the request in flight got its answer. It refuses a PID that is not lb's
+/// and does nothing without one.
+#[test]
+fn lb_stop_waits_for_the_drain_and_refuses_other_processes() {
+    let release = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicBool::new(false));
+    let (r, h) = (release.clone(), held.clone());
+    let backend = Backend::start(Arc::new(move |_req, res| {
+        h.store(true, Ordering::SeqCst);
+        let until = Instant::now() + BOUND;
+        while !r.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        res.send(200, &[], b"late")
+    }))
+    .expect("backend");
+    let lb = Lb::start(&config(&format!(
+        "[[clusters]]\nname = \"app\"\nendpoints = [{{ addr = \"{}\" }}]\n[[routes]]\ncluster = \"app\"\n",
+        backend.addr
+    )));
+    let stop = |args: &[&str]| {
+        std::process::Command::new(lb_bin())
+            .arg("stop")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("lb stop")
+    };
+    let refused = stop(&[&std::process::id().to_string()])
+        .wait_with_output()
+        .expect("lb stop");
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not lb"));
+    let refused = stop(&["0"]).wait_with_output().expect("lb stop");
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let nothing = stop(&[]).wait_with_output().expect("lb stop");
+    assert!(nothing.status.success(), "{nothing:?}");
+
+    let addr = lb.addr;
+    let request = std::thread::spawn(move || get(addr, "/slow"));
+    wait_until("the request to reach the backend", || {
+        held.load(Ordering::SeqCst)
+    });
+    let mut stopping = stop(&[&lb.pid().to_string()]);
+    // lb drains (it says so in its log) while the request is still held.
+    wait_until("lb to drain", || {
+        std::fs::read_to_string(lb.dir.join("lb.log")).is_ok_and(|l| l.contains("draining"))
+    });
+    assert!(
+        stopping.try_wait().expect("lb stop").is_none(),
+        "lb stop returned while a request was in flight"
+    );
+    release.store(true, Ordering::SeqCst);
+    let answer = request.join().expect("request thread");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, b"late");
+    let out = stopping.wait_with_output().expect("lb stop");
+    assert!(out.status.success(), "{out:?}");
+    assert!(gone(lb.pid()), "lb has exited when lb stop returns");
 }

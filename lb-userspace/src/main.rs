@@ -40,6 +40,17 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Stop running lb processes as the systemd unit's ExecStop does: SIGTERM to each (it
+    /// drains), then wait until each has exited. systemd waits by itself for a main process
+    /// that is its child, but not for one a binary upgrade started. No PID (systemd knows
+    /// the service ended): nothing to do.
+    Stop {
+        /// The PIDs of lb processes (`$MAINPID` in the unit).
+        pids: Vec<i32>,
+        /// How long to wait for them to exit, in seconds, before giving up (exit 1).
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// Validate a config file and print every error; exits non-zero if there is any.
     Check {
         /// The TOML config file.
@@ -235,6 +246,9 @@ fn main() -> ExitCode {
         Command::Diff { old, new, json } => return diff(&old, &new, json),
         Command::Openapi { command } => return openapi(command),
         Command::Upgrade { config } => return upgrade(&config),
+        Command::Stop { pids, timeout_secs } => {
+            return stop(&pids, std::time::Duration::from_secs(timeout_secs))
+        }
         Command::Explain {
             config,
             method,
@@ -423,6 +437,55 @@ fn push(
             ExitCode::SUCCESS
         }
         Err(e) => fail(2, &e),
+    }
+}
+
+fn stop(pids: &[i32], timeout: std::time::Duration) -> ExitCode {
+    // Only lb processes: a PID of 0 or below would signal a process group, and a stale
+    // PID may name another program by now.
+    let is_lb =
+        |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "lb");
+    for &pid in pids {
+        if pid <= 1 {
+            eprintln!("lb stop: {pid} is not the PID of an lb process");
+            return ExitCode::from(2);
+        }
+        match is_lb(pid) {
+            Ok(true) => {}
+            // Gone already.
+            Err(_) => continue,
+            Ok(false) => {
+                eprintln!("lb stop: process {pid} is not lb");
+                return ExitCode::from(2);
+            }
+        }
+        // SAFETY: kill has no memory preconditions; pid > 1 names one process, an lb.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                eprintln!("lb stop: signalling {pid}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // Exited: gone from /proc, or a zombie its parent has yet to reap.
+    let running = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| running(p)).collect();
+        if left.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        if std::time::Instant::now() > until {
+            eprintln!("lb stop: {left:?} still running after {timeout:?}");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

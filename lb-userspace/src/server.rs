@@ -323,16 +323,19 @@ fn serve(
         write_ready_file(path, &bound, admin_addr)?;
     }
     // After an upgrade the old process names this one the main one (systemd takes that only
-    // from the main process); until then this READY=1 is this process's word alone.
-    crate::control::notify::notify(&format!(
-        "READY=1\nSTATUS=serving config {}",
-        control.cell.load().version
-    ));
+    // from the main process, and would drop this one's READY=1 as a stranger's): its
+    // MAINPID= says the service is ready.
+    let upgraded = inherited.is_some();
     if let Some(i) = inherited.take() {
         i.ready();
         tracing::info!("upgrade: serving; the old process drains");
+    } else {
+        crate::control::notify::notify(&format!(
+            "READY=1\nSTATUS=serving config {}",
+            control.cell.load().version
+        ));
     }
-    crate::control::notify::spawn_watchdog()?;
+    crate::control::notify::spawn_watchdog(upgraded)?;
 
     // The main thread reloads on SIGHUP; every worker has started by now (and threads
     // started later, for health checks, run at the control threads' priority).

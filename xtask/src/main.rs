@@ -288,7 +288,7 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 23] = [
+const TEST_TOOLS: [(&str, &str); 24] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
@@ -301,6 +301,8 @@ const TEST_TOOLS: [(&str, &str); 23] = [
     // The appliance tests: the unit file checked offline, a network namespace for the
     // sysctl drop-in.
     ("systemd-analyze", "systemd"),
+    // A container booting systemd, for the package upgrade under a live service.
+    ("systemd-nspawn", "systemd-container"),
     ("unshare", "util-linux"),
     ("ip", "iproute2"),
     ("sysctl", "procps"),

@@ -194,7 +194,7 @@ impl Control {
                 self.upgraded.store(true, Ordering::SeqCst);
                 // The service's main process is the new one now: its notifications (the
                 // watchdog, reloads) count, this one's no longer do.
-                notify::notify(&format!("MAINPID={pid}\nSTATUS=upgraded to pid {pid}"));
+                notify::hand_over(*pid);
                 tracing::info!(pid, "upgrade: the new process serves; this one drains");
             }
             Err(e) => tracing::error!("upgrade failed, this process serves on: {e}"),

@@ -6,10 +6,18 @@
 //! namespace); without it, nothing is sent.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Set once this process named another the service's main process: from then on it tells
+/// systemd nothing (its watchdog pings and `STOPPING=1` would be a stranger's).
+static HANDED_OVER: AtomicBool = AtomicBool::new(false);
 
 /// Sends `state` (newline-separated `KEY=value` lines) to systemd, if it listens.
 pub fn notify(state: &str) {
+    if HANDED_OVER.load(Ordering::SeqCst) {
+        return;
+    }
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -32,6 +40,15 @@ fn send(target: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Names the process `pid` (a binary upgrade's new process, which serves now) the service's
+/// main process, ready, and pets the watchdog for it once; this one falls silent.
+pub fn hand_over(pid: u32) {
+    notify(&format!(
+        "MAINPID={pid}\nREADY=1\nWATCHDOG=1\nSTATUS=upgraded to pid {pid}"
+    ));
+    HANDED_OVER.store(true, Ordering::SeqCst);
+}
+
 /// `RELOADING=1` with the `CLOCK_MONOTONIC` time systemd asks for, in microseconds.
 pub fn reloading() {
     let mut ts = libc::timespec {
@@ -45,8 +62,10 @@ pub fn reloading() {
 }
 
 /// When the unit sets a watchdog (`$WATCHDOG_USEC`, for this process when `$WATCHDOG_PID`
-/// says so), a thread pets it at half the interval for as long as lb runs.
-pub fn spawn_watchdog() -> std::io::Result<()> {
+/// says so), a thread pets it at half the interval for as long as lb runs. A process that
+/// took over in an upgrade waits a moment first: systemd takes its pings only once the old
+/// process has named it the main one (which pets the watchdog for it as it does).
+pub fn spawn_watchdog(upgraded: bool) -> std::io::Result<()> {
     let Some(usec) = std::env::var("WATCHDOG_USEC")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -62,9 +81,14 @@ pub fn spawn_watchdog() -> std::io::Result<()> {
     let every = Duration::from_micros(usec / 2);
     std::thread::Builder::new()
         .name("lb-watchdog".into())
-        .spawn(move || loop {
-            notify("WATCHDOG=1");
-            std::thread::sleep(every);
+        .spawn(move || {
+            if upgraded {
+                std::thread::sleep(every.min(Duration::from_millis(500)));
+            }
+            while !HANDED_OVER.load(Ordering::SeqCst) {
+                notify("WATCHDOG=1");
+                std::thread::sleep(every);
+            }
         })?;
     Ok(())
 }

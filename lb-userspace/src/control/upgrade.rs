@@ -262,7 +262,11 @@ pub fn start_new(
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
     let fd = theirs.as_raw_fd();
     let mut cmd = std::process::Command::new(&launch.exe);
-    cmd.args(&launch.args).env(ENV_FD, fd.to_string());
+    // WATCHDOG_PID names this process: the new one, soon the main one, pets the watchdog
+    // too (systemd takes its pings once this process has named it with MAINPID=).
+    cmd.args(&launch.args)
+        .env(ENV_FD, fd.to_string())
+        .env_remove("WATCHDOG_PID");
     // SAFETY: between fork and exec only close_range and fcntl run, both plain system
     // calls (async-signal-safe). Every descriptor but the standard ones and the child's end
     // of the socket closes at exec: io_uring accepts sockets without CLOEXEC, and a client
