@@ -470,6 +470,75 @@ fn two_cpus(test: &str) -> bool {
     true
 }
 
+/// An upgrade whose new process takes the kernel half and then fails (here: its config's
+/// admin address is taken, which it finds only after it swapped its XDP program in and put
+/// its sockets in the steering array) leaves the old process in charge of it again: its
+/// own program on the interface, its sockets in the array (every new connection is
+/// answered), its maps the ones in force.
+#[test]
+fn a_failed_upgrade_after_the_kernel_takeover_gives_the_kernel_back() {
+    if !privileged() {
+        return;
+    }
+    let _one = NETNS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ns) = Netns::create() else { return };
+    let backend = Backend::start(echo("b")).unwrap();
+    let listen = format!("{}:0", ns.host_ip);
+    let steering = format!(
+        "mode = \"xdp\"\npolicy = \"hash\"\ninterfaces = [\"{}\"]\nxdp_mode = \"generic\"",
+        ns.host_if
+    );
+    let lb = Lb::start(&steering_config(backend.addr, &steering, &listen));
+    let url = format!("http://{}/", lb.addr);
+    assert_eq!(ns.curl(&url), Some(200));
+    let before = xdp_prog_id(&ns.host_if).expect("an XDP program on the interface");
+
+    // The config on disk now names an admin address something else holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    let text = std::fs::read_to_string(&lb.config_path).expect("config");
+    let text = text.replacen(
+        "[admin]\naddr = \"127.0.0.1:0\"",
+        &format!("[admin]\naddr = \"{taken_addr}\""),
+        1,
+    );
+    assert!(text.contains(&taken_addr.to_string()), "{text}");
+    std::fs::write(&lb.config_path, text).expect("config");
+    let (status, v) = lb.admin("POST", "/upgrade");
+    assert_ne!(status, 200, "{v}");
+    assert!(
+        v["reason"].as_str().is_some_and(|r| r.contains("admin")),
+        "{v}"
+    );
+    let log = lb.log();
+    assert!(
+        !log.contains("putting this process's"),
+        "taking the kernel back failed:\n{log}"
+    );
+
+    // The old process's program is back on the interface, and every new connection, on
+    // whichever socket the hash picks, is answered by a socket of the old process.
+    assert_eq!(
+        xdp_prog_id(&ns.host_if),
+        Some(before),
+        "the old process's XDP program"
+    );
+    for _ in 0..20 {
+        assert_eq!(ns.curl(&url), Some(200), "{}", lb.log());
+    }
+    let (_, st) = lb.admin("GET", "/steering");
+    assert_eq!(st["status"], "on", "{st}");
+    // Its maps are the ones the program reads: a deny through its admin API holds.
+    let (status, body) = lb.admin_json(
+        "POST",
+        "/steering/deny",
+        &serde_json::json!({ "prefix": format!("{}/32", ns.ns_ip) }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ns.curl(&url), None, "denied through the old process's map");
+    drop(taken);
+}
+
 /// Two tests each make a namespace named after the process: one at a time.
 static NETNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

@@ -228,10 +228,12 @@ impl XdpFilter {
     }
 
     /// Puts this process's steering back after a new process that took it over failed to
-    /// start: `sockets` (`(listener, worker, socket)`) into this process's array, and this
-    /// process's program on each group. A socket stays in the failed process's array until
-    /// the kernel frees that array (shortly after the process exits), so each is tried again
-    /// for up to two seconds.
+    /// start: this process's program on each group first, then `sockets` (`(listener,
+    /// worker, socket)`) into this process's array. The failed process's program, attached
+    /// to the groups, holds its array, and a socket is in one array at a time: only once
+    /// this program replaced that one can the kernel free that array (shortly after), so
+    /// each socket is tried again for up to two seconds. Meanwhile the kernel's own
+    /// SO_REUSEPORT hashing picks among this process's sockets for the keys not yet back.
     pub fn reclaim_steering(
         &mut self,
         sockets: &[(u32, u32, std::os::fd::BorrowedFd<'_>)],
@@ -239,33 +241,32 @@ impl XdpFilter {
         use aya::maps::ReusePortSockArray;
         use aya::programs::SkReuseport;
         {
-            let mut arr: ReusePortSockArray<_> =
-                ReusePortSockArray::try_from(self.map("LB_SOCKETS")?)
-                    .map_err(|e| SteeringError::Map("LB_SOCKETS", e.to_string()))?;
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            for (l, w, sock) in sockets {
-                let key = l * lb_common::MAX_WORKERS + w;
-                loop {
-                    match arr.set(key, sock, 0) {
-                        Ok(()) => break,
-                        Err(e) if std::time::Instant::now() > until => {
-                            return Err(SteeringError::Map("LB_SOCKETS", e.to_string()))
-                        }
-                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-                    }
+            let prog: &mut SkReuseport = self
+                .ebpf
+                .program_mut("lb_reuseport")
+                .ok_or_else(|| SteeringError::Load("no program lb_reuseport".into()))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| SteeringError::Load(e.to_string()))?;
+            for (_, w, sock) in sockets {
+                if *w == 0 {
+                    prog.attach(sock)
+                        .map_err(|e| SteeringError::Load(e.to_string()))?;
                 }
             }
         }
-        let prog: &mut SkReuseport = self
-            .ebpf
-            .program_mut("lb_reuseport")
-            .ok_or_else(|| SteeringError::Load("no program lb_reuseport".into()))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| SteeringError::Load(e.to_string()))?;
-        for (_, w, sock) in sockets {
-            if *w == 0 {
-                prog.attach(sock)
-                    .map_err(|e| SteeringError::Load(e.to_string()))?;
+        let mut arr: ReusePortSockArray<_> = ReusePortSockArray::try_from(self.map("LB_SOCKETS")?)
+            .map_err(|e| SteeringError::Map("LB_SOCKETS", e.to_string()))?;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        for (l, w, sock) in sockets {
+            let key = l * lb_common::MAX_WORKERS + w;
+            loop {
+                match arr.set(key, sock, 0) {
+                    Ok(()) => break,
+                    Err(e) if std::time::Instant::now() > until => {
+                        return Err(SteeringError::Map("LB_SOCKETS", e.to_string()))
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
             }
         }
         Ok(())
