@@ -191,11 +191,7 @@ pub async fn open_stream(
         return Err(protocol());
     }
     let parts = conn.hand_over();
-    let tcp = parts
-        .stream
-        .try_into_poll_io()
-        .map_err(|(e, _)| ConnectError::Io(e))?;
-    let io = crate::h2io::H2Io::new(tcp, parts.tls, parts.pending, None);
+    let io = crate::h2io::H2Io::new(parts.stream, parts.tls, parts.pending, None);
     let left = timeout.saturating_sub(started.elapsed());
     let handshake = h2::client::Builder::new().handshake::<_, Bytes>(io);
     let (send, connection) = match crate::timer::timeout(left, handshake).await {

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, IntoPollIo};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 const SMALL: &[u8] =
@@ -70,11 +70,8 @@ const GRPC_REPLY: &[u8] = b"\x00\x00\x00\x00\x07\x0a\x05hello";
 async fn grpc_accept_loop(listener: TcpListener) {
     while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
-        let Ok(tcp) = stream.into_poll_io() else {
-            continue;
-        };
         monoio::spawn(async move {
-            let io = lb::h2io::H2Io::new(tcp, None, Vec::new(), None);
+            let io = lb::h2io::H2Io::new(stream, None, Vec::new(), None);
             let Ok(mut conn) = h2::server::handshake(io).await else {
                 return;
             };

@@ -65,11 +65,7 @@ async fn call(target: &Target, service: &str, timeout: Duration) -> Result<u16, 
         "http"
     };
     let parts = conn.hand_over();
-    let tcp = parts
-        .stream
-        .try_into_poll_io()
-        .map_err(|(x, _)| e("poll")(format_args!("{x}")))?;
-    let io = crate::h2io::H2Io::new(tcp, parts.tls, parts.pending, None);
+    let io = crate::h2io::H2Io::new(parts.stream, parts.tls, parts.pending, None);
     let (send, connection) = h2::client::handshake(io)
         .await
         .map_err(|x| e("http2")(format_args!("{x}")))?;

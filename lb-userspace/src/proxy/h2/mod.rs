@@ -15,8 +15,6 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use monoio::net::TcpStream;
-
 use super::{log, mirror, plan, send_error, side::Sink, ClientSide, Decision, Record, Reject};
 use crate::http::h2::{Flood, FrameWatch, H2Settings, Trip};
 use crate::net::BufConn;
@@ -66,9 +64,8 @@ async fn handshake(
     tripped: &Rc<Trip>,
 ) -> Option<ServerConn> {
     let parts = client.hand_over();
-    let tcp = poll_mode(parts.stream)?;
     let watch = FrameWatch::new(settings.flood, tripped.clone());
-    let io = crate::h2io::H2Io::new(tcp, parts.tls, parts.pending, Some(watch));
+    let io = crate::h2io::H2Io::new(parts.stream, parts.tls, parts.pending, Some(watch));
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(settings.max_concurrent_streams)
@@ -144,17 +141,6 @@ async fn accept_streams(
                 return;
             }
             Some(None) | None => return,
-        }
-    }
-}
-
-/// The socket in poll mode, for the h2 crate's readiness-driven IO.
-fn poll_mode(stream: TcpStream) -> Option<monoio::net::tcp::stream_poll::TcpStreamPoll> {
-    match stream.try_into_poll_io() {
-        Ok(s) => Some(s),
-        Err((e, _)) => {
-            tracing::debug!(error = %e, "HTTP/2 connection could not switch to poll IO");
-            None
         }
     }
 }
@@ -262,6 +248,14 @@ async fn serve_stream(
     rec.grpc_status = s.grpc_status();
     rec.grpc = s.is_grpc();
     w.out_bufs.give(out);
+    // The request buffer goes back to the pool it came from (a large body swapped in one
+    // of the upstream pool's): a stream per request would otherwise allocate one each.
+    let buf = s.take_buf();
+    if buf.capacity() >= w.up_bufs.size() {
+        w.up_bufs.give(buf);
+    } else {
+        w.bufs.give(buf);
+    }
     if rec.status != 0 {
         log::finish(w, &rec, info.conn);
     }

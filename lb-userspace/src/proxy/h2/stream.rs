@@ -236,6 +236,11 @@ impl H2Stream {
         }
     }
 
+    /// The request buffer, for the worker's pool once the stream is done.
+    pub fn take_buf(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.req.buf)
+    }
+
     /// Ends the stream once the pipeline is done with it: a body delimited by the end of
     /// the exchange ends here; one cut short (or no answer at all) resets the stream, so the
     /// client never takes a partial answer for a whole one.
