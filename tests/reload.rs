@@ -286,6 +286,34 @@ fn reload_applies_limits_token_and_drain_timeout() {
     assert!(status.success(), "{status}");
 }
 
+/// `admin.hosts` applies at reload: a name the running config refuses (DNS rebinding
+/// defence) is taken after a reload that lists it, and refused again after one that drops it.
+#[test]
+fn reload_applies_admin_hosts() {
+    let a = Backend::start(echo("a")).unwrap();
+    let base = version_config(a.addr, "");
+    let lb = Lb::start(&base);
+    let admin = lb.admin.expect("admin");
+    let by_name = || {
+        let mut c = Client::connect(admin);
+        c.send(b"GET /stats HTTP/1.1\r\nHost: lb.example.test\r\nConnection: close\r\n\r\n");
+        c.response().status
+    };
+    assert_eq!(by_name(), 403);
+    write_config(
+        &lb,
+        &base.replace(
+            "[admin]\naddr = \"127.0.0.1:0\"",
+            "[admin]\naddr = \"127.0.0.1:0\"\nhosts = [\"lb.example.test\"]",
+        ),
+    );
+    assert_eq!(lb.admin("POST", "/reload").0, 200);
+    assert_eq!(by_name(), 200);
+    write_config(&lb, &base);
+    assert_eq!(lb.admin("POST", "/reload").0, 200);
+    assert_eq!(by_name(), 403);
+}
+
 /// systemd's notification protocol, to a datagram socket of the test's own standing in for
 /// systemd's: READY=1 once lb serves, RELOADING=1 with the monotonic time of the reload and
 /// READY=1 again around a SIGHUP (also when the new config is refused), STOPPING=1 on

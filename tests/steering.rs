@@ -539,6 +539,48 @@ fn a_failed_upgrade_after_the_kernel_takeover_gives_the_kernel_back() {
     drop(taken);
 }
 
+/// `steering.deny` applies at reload: a prefix the new config denies is dropped by the
+/// program in force, and one it no longer denies gets through again.
+#[test]
+fn a_reload_applies_the_deny_list() {
+    if !privileged() {
+        return;
+    }
+    let _one = NETNS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ns) = Netns::create() else { return };
+    let backend = Backend::start(echo("b")).unwrap();
+    let listen = format!("{}:0", ns.host_ip);
+    let steering = |deny: &str| {
+        format!(
+            "mode = \"xdp\"\npolicy = \"hash\"\ninterfaces = [\"{}\"]\nxdp_mode = \"generic\"\ndeny = [{deny}]",
+            ns.host_if
+        )
+    };
+    let lb = Lb::start(&steering_config(backend.addr, &steering(""), &listen));
+    let url = format!("http://{}/", lb.addr);
+    assert_eq!(ns.curl(&url), Some(200));
+    let reload = |deny: &str| {
+        let text = steering_config(backend.addr, &steering(deny), &listen);
+        let tmp = lb.config_path.with_extension("new");
+        std::fs::write(&tmp, text).expect("config");
+        std::fs::rename(&tmp, &lb.config_path).expect("config");
+        let (status, v) = lb.admin("POST", "/reload");
+        assert_eq!(status, 200, "{v}");
+    };
+    reload(&format!("\"{}/32\"", ns.ns_ip));
+    assert_eq!(ns.curl(&url), None, "denied by the reloaded config");
+    let (_, st) = lb.admin("GET", "/steering");
+    assert_eq!(
+        st["deny"],
+        serde_json::json!([format!("{}/32", ns.ns_ip)]),
+        "{st}"
+    );
+    reload("\"192.0.2.0/24\"");
+    assert_eq!(ns.curl(&url), Some(200), "allowed again");
+    let (_, st) = lb.admin("GET", "/steering");
+    assert_eq!(st["deny"], serde_json::json!(["192.0.2.0/24"]), "{st}");
+}
+
 /// Two tests each make a namespace named after the process: one at a time.
 static NETNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
