@@ -1476,6 +1476,60 @@ mod tests {
         }
     }
 
+    /// A POST whose 1 MiB body is on its way when the backend resets the connection (after
+    /// the head and 64 KiB): the write fails mid-body. Nothing of an answer came, so the
+    /// client gets a 502 and its connection closes (the rest of its body was never read); a
+    /// request that is not idempotent and whose body went partly out is not sent again.
+    #[test]
+    fn a_reset_while_the_body_is_written_is_a_502_and_is_not_retried() {
+        let (addr, count) = backend(|_, mut s| {
+            if !read_request(&mut s) {
+                return;
+            }
+            let mut got = vec![0u8; 64 * 1024];
+            if s.read_exact(&mut got).is_ok() {
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            }
+        });
+        let w = worker(&config(
+            &[addr],
+            "retry = { attempts = 3, retry_on = [\"reset\"] }",
+        ));
+        let (flow, error, got) = rt().block_on(async {
+            let (mut client, peer) = buf_pair();
+            let mut request =
+                b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+            request.extend(std::iter::repeat_n(b'x', 1 << 20));
+            let reader = super::super::testio::collect(peer.try_clone().expect("clone"));
+            let sender = super::super::testio::send(peer, request, 16 * 1024, false);
+            client.fill(Duration::from_secs(5)).await.expect("head");
+            let view = w.view();
+            let mut out = Vec::new();
+            let mut rec = Record::default();
+            let peer_addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+            let d = plan::plan_request(
+                &view,
+                client.data(),
+                &super::super::ClientSide::plain(peer_addr),
+                &mut out,
+                &mut rec,
+                false,
+            );
+            let Ok(Some(Decision::Forward(plan))) = d else {
+                panic!("not forwarded")
+            };
+            let flow = proxy(&w, &view, &mut client, &mut out, plan, &mut rec).await;
+            drop(client);
+            let _ = sender.join();
+            (flow, rec.error, reader.join().expect("reader"))
+        });
+        assert_eq!(flow, Flow::Close);
+        assert_eq!(error.map(|e| e.kind), Some(ErrorKind::ResetBeforeResponse));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+        assert_eq!(count.load(Ordering::SeqCst), 1, "not sent again");
+    }
+
     #[test]
     fn a_retryable_status_is_held_back_and_tried_elsewhere() {
         let (busy, _) = backend(|_, mut s| {
