@@ -144,8 +144,11 @@ impl Socket {
                         return Poll::Pending;
                     };
                     self.wr = Half::Idle(half);
-                    buf.clear();
-                    self.spare = buf;
+                    // A burst's large buffer is not kept for the connection's lifetime.
+                    if buf.capacity() <= 2 * WRITE_QUEUE {
+                        buf.clear();
+                        self.spare = buf;
+                    }
                     if let Err(e) = result {
                         return Poll::Ready(Err(e));
                     }
@@ -339,7 +342,11 @@ impl AsyncWrite for H2Io {
             tls.send_close_notify();
         }
         ready!(this.poll_flush_tls(cx))?;
-        // SAFETY: shutdown on the socket this adapter's halves hold open; no memory is
+        // The writing half is idle (drained): it holds the descriptor open.
+        if !matches!(this.sock.wr, Half::Idle(_)) {
+            return Poll::Ready(Err(gone()));
+        }
+        // SAFETY: shutdown on the socket the idle writing half holds open; no memory is
         // passed.
         if unsafe { libc::shutdown(this.sock.fd, libc::SHUT_WR) } != 0 {
             let e = io::Error::last_os_error();

@@ -441,52 +441,86 @@ fn push(
 }
 
 fn stop(pids: &[i32], timeout: std::time::Duration) -> ExitCode {
-    // Only lb processes: a PID of 0 or below would signal a process group, and a stale
-    // PID may name another program by now.
-    let is_lb =
-        |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "lb");
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // Run by systemd (ExecStop), only a process of this unit: one in this cgroup.
+    let own_cgroup = std::env::var_os("INVOCATION_ID")
+        .and_then(|_| std::fs::read_to_string("/proc/self/cgroup").ok());
+    let exited = |fd: &OwnedFd, wait_ms: i32| {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd that lives on this stack frame.
+        unsafe { libc::poll(&mut p, 1, wait_ms) > 0 }
+    };
+    let mut waiting = Vec::new();
     for &pid in pids {
+        // 0 or below would name a process group.
         if pid <= 1 {
             eprintln!("lb stop: {pid} is not the PID of an lb process");
             return ExitCode::from(2);
         }
-        match is_lb(pid) {
-            Ok(true) => {}
-            // Gone already.
-            Err(_) => continue,
-            Ok(false) => {
-                eprintln!("lb stop: process {pid} is not lb");
-                return ExitCode::from(2);
+        // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                continue;
             }
+            eprintln!("lb stop: {pid}: {e}");
+            return ExitCode::FAILURE;
         }
-        // SAFETY: kill has no memory preconditions; pid > 1 names one process, an lb.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // The descriptor holds the process: while it has not exited, its PID is not
+        // reused, so what /proc says below is about this process.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok();
+        if exited(&pidfd, 0) {
+            continue;
+        }
+        if comm.trim() != "lb" {
+            eprintln!("lb stop: process {pid} is not lb");
+            return ExitCode::from(2);
+        }
+        if own_cgroup.is_some() && cgroup != own_cgroup {
+            eprintln!("lb stop: process {pid} is not of this service (another cgroup)");
+            return ExitCode::from(2);
+        }
+        // SAFETY: pidfd_send_signal with a pidfd this process owns, no siginfo, no flags.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGTERM,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if sent != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::ESRCH) {
                 eprintln!("lb stop: signalling {pid}: {e}");
                 return ExitCode::FAILURE;
             }
         }
+        waiting.push((pid, pidfd));
     }
-    // Exited: gone from /proc, or a zombie its parent has yet to reap.
-    let running = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-    };
     let until = std::time::Instant::now() + timeout;
-    loop {
-        let left: Vec<i32> = pids.iter().copied().filter(|&p| running(p)).collect();
-        if left.is_empty() {
-            return ExitCode::SUCCESS;
+    for (pid, pidfd) in waiting {
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if exited(&pidfd, left.as_millis().min(1000) as i32) {
+                break;
+            }
+            if left.is_zero() {
+                eprintln!("lb stop: {pid} still running after {timeout:?}");
+                return ExitCode::FAILURE;
+            }
         }
-        if std::time::Instant::now() > until {
-            eprintln!("lb stop: {left:?} still running after {timeout:?}");
-            return ExitCode::FAILURE;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    ExitCode::SUCCESS
 }
 
 fn upgrade(path: &std::path::Path) -> ExitCode {

@@ -13,11 +13,19 @@ use std::time::Duration;
 /// systemd nothing (its watchdog pings and `STOPPING=1` would be a stranger's).
 static HANDED_OVER: AtomicBool = AtomicBool::new(false);
 
+/// Held while a notification goes out, so that none leaves after the handover's.
+static SENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Sends `state` (newline-separated `KEY=value` lines) to systemd, if it listens.
 pub fn notify(state: &str) {
+    let _one = SENDING.lock().unwrap_or_else(|p| p.into_inner());
     if HANDED_OVER.load(Ordering::SeqCst) {
         return;
     }
+    send_now(state);
+}
+
+fn send_now(state: &str) {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -43,10 +51,13 @@ fn send(target: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
 /// Names the process `pid` (a binary upgrade's new process, which serves now) the service's
 /// main process, ready, and pets the watchdog for it once; this one falls silent.
 pub fn hand_over(pid: u32) {
-    notify(&format!(
+    let _one = SENDING.lock().unwrap_or_else(|p| p.into_inner());
+    if HANDED_OVER.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    send_now(&format!(
         "MAINPID={pid}\nREADY=1\nWATCHDOG=1\nSTATUS=upgraded to pid {pid}"
     ));
-    HANDED_OVER.store(true, Ordering::SeqCst);
 }
 
 /// `RELOADING=1` with the `CLOCK_MONOTONIC` time systemd asks for, in microseconds.
@@ -73,7 +84,9 @@ pub fn spawn_watchdog(upgraded: bool) -> std::io::Result<()> {
     else {
         return Ok(());
     };
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+    // A process that took over in an upgrade pets the watchdog whatever WATCHDOG_PID says:
+    // an older lb that started it passed on its own.
+    if let (false, Ok(pid)) = (upgraded, std::env::var("WATCHDOG_PID")) {
         if pid.parse::<u32>().ok() != Some(std::process::id()) {
             return Ok(());
         }

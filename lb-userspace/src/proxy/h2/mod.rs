@@ -251,10 +251,10 @@ async fn serve_stream(
     // The request buffer goes back to the pool it came from (a large body swapped in one
     // of the upstream pool's): a stream per request would otherwise allocate one each.
     let buf = s.take_buf();
-    if buf.capacity() >= w.up_bufs.size() {
-        w.up_bufs.give(buf);
-    } else {
+    if (w.bufs.size()..=4 * w.bufs.size()).contains(&buf.capacity()) {
         w.bufs.give(buf);
+    } else {
+        w.up_bufs.give(buf);
     }
     if rec.status != 0 {
         log::finish(w, &rec, info.conn);
