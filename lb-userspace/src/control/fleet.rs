@@ -388,8 +388,11 @@ impl Fleet {
     /// A split's state from etcd: remembered, and applied to the local split of that name
     /// and config. Logs (and counts) a rollback it brings.
     pub fn apply_remote(&self, snap: &Snapshot, name: &str, doc: SplitSaved, revision: i64) {
-        // An event older than what this appliance wrote or saw since changes nothing.
-        if revision < self.known_revision(name) {
+        // An event older than what this appliance wrote or saw since changes nothing; nor
+        // does one it has seen already (a full read after a reconnect repeats the latest):
+        // applied again, it would undo a local change not yet confirmed and count a
+        // rollback twice.
+        if revision <= self.known_revision(name) {
             return;
         }
         self.set_known(name, doc.clone(), revision);
