@@ -49,6 +49,24 @@ impl Drop for Installed {
     }
 }
 
+/// The package's path, when the test can install it: it was built (`LB_DEB`) and this is
+/// root. Otherwise the test `name` is skipped.
+fn package_as_root(name: &str) -> Option<std::ffi::OsString> {
+    let Some(deb) = std::env::var_os("LB_DEB") else {
+        skip(
+            name,
+            "LB_DEB is not set (cargo xtask test builds the package)",
+        );
+        return None;
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip(name, "installing a package needs root");
+        return None;
+    }
+    Some(deb)
+}
+
 /// The tests here one at a time: each installs the package (on this machine, or in a
 /// container whose processes this machine sees) and looks for processes of it.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -56,18 +74,9 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 #[test]
 fn the_package_installs_checks_keeps_edited_config_and_purges_clean() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(deb) = std::env::var_os("LB_DEB") else {
-        skip(
-            "package",
-            "LB_DEB is not set (cargo xtask test builds the package)",
-        );
+    let Some(deb) = package_as_root("package") else {
         return;
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip("package", "installing a package needs root");
-        return;
-    }
     if run("dpkg", &["-s", "lb"]).status.success() {
         skip(
             "package",
@@ -159,18 +168,9 @@ fn the_package_installs_checks_keeps_edited_config_and_purges_clean() {
 #[test]
 fn under_systemd_a_package_upgrade_moves_the_main_pid_and_drops_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(deb) = std::env::var_os("LB_DEB") else {
-        skip(
-            "package under systemd",
-            "LB_DEB is not set (cargo xtask test builds the package)",
-        );
+    let Some(deb) = package_as_root("package under systemd") else {
         return;
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        skip("package under systemd", "a container needs root");
-        return;
-    }
     for tool in [
         "/usr/bin/systemd-nspawn",
         "/lib/systemd/systemd",

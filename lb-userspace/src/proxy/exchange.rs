@@ -1356,6 +1356,31 @@ mod tests {
         true
     }
 
+    /// Reads a request head from `client`, plans it and runs it through [`proxy`].
+    async fn plan_and_proxy(
+        w: &Rc<Worker>,
+        client: &mut crate::net::BufConn,
+    ) -> (Flow, Option<ProxyError>) {
+        client.fill(Duration::from_secs(5)).await.expect("head");
+        let view = w.view();
+        let mut out = Vec::new();
+        let mut rec = Record::default();
+        let peer_addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let d = plan::plan_request(
+            &view,
+            client.data(),
+            &super::super::ClientSide::plain(peer_addr),
+            &mut out,
+            &mut rec,
+            false,
+        );
+        let Ok(Some(Decision::Forward(plan))) = d else {
+            panic!("not forwarded")
+        };
+        let flow = proxy(w, &view, client, &mut out, plan, &mut rec).await;
+        (flow, rec.error)
+    }
+
     /// Sends `GET /` from one client `times` times, runs each request through planning and
     /// [`proxy`], and returns each flow and error; the last entry also has every byte the
     /// client received.
@@ -1366,24 +1391,8 @@ mod tests {
             for _ in 0..times {
                 peer.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
                     .expect("send");
-                client.fill(Duration::from_secs(5)).await.expect("head");
-                let view = w.view();
-                let mut out = Vec::new();
-                let mut rec = Record::default();
-                let peer_addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-                let d = plan::plan_request(
-                    &view,
-                    client.data(),
-                    &super::super::ClientSide::plain(peer_addr),
-                    &mut out,
-                    &mut rec,
-                    false,
-                );
-                let Ok(Some(Decision::Forward(plan))) = d else {
-                    panic!("not forwarded")
-                };
-                let flow = proxy(w, &view, &mut client, &mut out, plan, &mut rec).await;
-                results.push((flow, rec.error, Vec::new()));
+                let (flow, error) = plan_and_proxy(w, &mut client).await;
+                results.push((flow, error, Vec::new()));
                 if flow == Flow::Close {
                     break;
                 }
@@ -1502,26 +1511,10 @@ mod tests {
             request.extend(std::iter::repeat_n(b'x', 1 << 20));
             let reader = super::super::testio::collect(peer.try_clone().expect("clone"));
             let sender = super::super::testio::send(peer, request, 16 * 1024, false);
-            client.fill(Duration::from_secs(5)).await.expect("head");
-            let view = w.view();
-            let mut out = Vec::new();
-            let mut rec = Record::default();
-            let peer_addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-            let d = plan::plan_request(
-                &view,
-                client.data(),
-                &super::super::ClientSide::plain(peer_addr),
-                &mut out,
-                &mut rec,
-                false,
-            );
-            let Ok(Some(Decision::Forward(plan))) = d else {
-                panic!("not forwarded")
-            };
-            let flow = proxy(&w, &view, &mut client, &mut out, plan, &mut rec).await;
+            let (flow, error) = plan_and_proxy(&w, &mut client).await;
             drop(client);
             let _ = sender.join();
-            (flow, rec.error, reader.join().expect("reader"))
+            (flow, error, reader.join().expect("reader"))
         });
         assert_eq!(flow, Flow::Close);
         assert_eq!(error.map(|e| e.kind), Some(ErrorKind::ResetBeforeResponse));
