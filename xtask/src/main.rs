@@ -269,8 +269,15 @@ fn deb() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// What building lb itself needs: the etcd client's gRPC code is generated with protoc.
-const BUILD_TOOLS: [(&str, &str); 1] = [("protoc", "protobuf-compiler")];
+/// What building lb itself needs: the etcd client's gRPC code is generated with protoc, which
+/// needs the well-known types (a recommended package, not a dependency: named here).
+const BUILD_TOOLS: [(&str, &str); 2] = [
+    ("protoc", "protobuf-compiler"),
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+    ),
+];
 
 fn build() -> Result<()> {
     ensure_packages(&BUILD_TOOLS)?;
@@ -288,7 +295,7 @@ fn demo(extra: &[String]) -> Result<()> {
 }
 
 /// Tools the tests use, and the Debian package that brings each.
-const TEST_TOOLS: [(&str, &str); 24] = [
+const TEST_TOOLS: [(&str, &str); 25] = [
     ("promtool", "prometheus"),
     ("wrk", "wrk"),
     ("ethtool", "ethtool"),
@@ -324,9 +331,17 @@ const TEST_TOOLS: [(&str, &str); 24] = [
     ("etcdctl", "etcd-client"),
     ("redis-server", "redis-server"),
     ("protoc", "protobuf-compiler"),
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+    ),
 ];
 
+/// Whether `bin` is on the PATH (or, given as an absolute path, whether that file exists).
 fn have(bin: &str) -> bool {
+    if bin.starts_with('/') {
+        return Path::new(bin).is_file();
+    }
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(bin).is_file()))
 }

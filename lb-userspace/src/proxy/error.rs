@@ -4,6 +4,7 @@
 //! derive from it; retry decisions match on it, never on strings.
 
 use crate::config::RetryConfig;
+use crate::http::request::RequestError;
 use crate::upstream::tls::TlsFailure;
 use crate::upstream::Limit;
 
@@ -64,6 +65,12 @@ pub enum ErrorKind {
 pub enum RetryClass {
     /// Nothing reached the backend: safe for any method.
     Always,
+    /// The connection closed before any byte of the answer. On a pooled connection that is
+    /// the keep-alive race (the backend closed it as the request arrived, unseen), or an
+    /// HTTP/2 stream the backend refused unprocessed: any method goes once more, on a fresh
+    /// connection. On a fresh connection the backend may have seen the request, so it is
+    /// [`RetryClass::Idempotent`].
+    OnReusedConnection,
     /// The request may have been seen: only idempotent (or explicitly allowed) requests.
     Idempotent,
     /// Never: the client is at fault, or the answer already started.
@@ -199,9 +206,8 @@ impl ProxyError {
             ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::Tls(_) => {
                 RetryClass::Always
             }
-            ErrorKind::ResetBeforeResponse
-            | ErrorKind::Timeout(_)
-            | ErrorKind::RetryableStatus(_) => RetryClass::Idempotent,
+            ErrorKind::ResetBeforeResponse => RetryClass::OnReusedConnection,
+            ErrorKind::Timeout(_) | ErrorKind::RetryableStatus(_) => RetryClass::Idempotent,
             _ => RetryClass::Never,
         }
     }
@@ -230,9 +236,150 @@ impl ProxyError {
     }
 }
 
+/// Why a request was answered by `lb` with an error before any backend saw it (or, for
+/// [`Refusal::Proxy`], after its attempts failed). The status, the JSON error code and the
+/// message derive from it, as for [`ProxyError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The head does not parse, or asks for something `lb` does not do.
+    Request(RequestError),
+    /// The head is larger than `http.max_header_bytes`.
+    HeadTooLarge,
+    /// The target is longer than `http.max_uri_bytes`.
+    UriTooLong,
+    /// The head did not arrive within `client_header_timeout`.
+    HeadTimeout,
+    /// A body read whole (for validation) did not arrive in time.
+    BodyTimeout,
+    /// A body read whole has broken chunked framing.
+    BadChunked,
+    /// The path does not normalise; the reason says why.
+    BadPath(&'static str),
+    /// The request cannot be forwarded as it is (a header it would need is malformed, or the
+    /// HTTP/2 head does not map to HTTP/1.1); the reason says why.
+    BadHead(&'static str),
+    /// No route matches.
+    NoRoute,
+    /// The route's authentication refused; the reason says why.
+    Unauthorized(&'static str),
+    /// The proxied request failed, or a limit refused it.
+    Proxy(ProxyError),
+}
+
+impl Refusal {
+    /// The status the client gets.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Request(e) => e.status(),
+            Refusal::HeadTooLarge => 431,
+            Refusal::UriTooLong => 414,
+            Refusal::HeadTimeout | Refusal::BodyTimeout => 408,
+            Refusal::BadChunked | Refusal::BadPath(_) | Refusal::BadHead(_) => 400,
+            Refusal::NoRoute => 404,
+            Refusal::Unauthorized(_) => 401,
+            Refusal::Proxy(e) => e.status(),
+        }
+    }
+
+    /// The `error` field of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Request(RequestError::Malformed(_)) => "bad_request",
+            Refusal::Request(RequestError::TooManyHeaders) => "too_many_headers",
+            Refusal::Request(RequestError::Expectation) => "expectation_failed",
+            Refusal::Request(RequestError::Connect | RequestError::UnsupportedCoding) => {
+                "not_implemented"
+            }
+            Refusal::HeadTooLarge => "header_too_large",
+            Refusal::UriTooLong => "uri_too_long",
+            Refusal::HeadTimeout | Refusal::BodyTimeout => "request_timeout",
+            Refusal::BadChunked | Refusal::BadPath(_) | Refusal::BadHead(_) => "bad_request",
+            Refusal::NoRoute => "no_route",
+            Refusal::Unauthorized(_) => "unauthorized",
+            Refusal::Proxy(e) => e.code(),
+        }
+    }
+
+    /// The `message` field of the JSON body.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Refusal::Request(RequestError::Malformed(m)) => m,
+            Refusal::Request(RequestError::TooManyHeaders) => "too many header fields",
+            Refusal::Request(RequestError::Expectation) => "only Expect: 100-continue is supported",
+            Refusal::Request(RequestError::Connect) => {
+                "CONNECT is not supported: this is a reverse proxy"
+            }
+            Refusal::Request(RequestError::UnsupportedCoding) => {
+                "only the chunked transfer coding is implemented"
+            }
+            Refusal::HeadTooLarge => "request head exceeds the configured limit",
+            Refusal::UriTooLong => "the request target exceeds the configured limit",
+            Refusal::HeadTimeout => "the request head did not arrive in time",
+            Refusal::BodyTimeout => "the request body did not arrive in time",
+            Refusal::BadChunked => "malformed chunked request body",
+            Refusal::NoRoute => "no route matches this request",
+            Refusal::BadPath(m) | Refusal::BadHead(m) | Refusal::Unauthorized(m) => m,
+            Refusal::Proxy(e) => e.message(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_has_one_answer() {
+        let proxied = ProxyError::internal(ErrorKind::Limit(Limit::MaxPending));
+        let cases = [
+            (
+                Refusal::Request(RequestError::Malformed("m")),
+                400,
+                "bad_request",
+                "m",
+            ),
+            (
+                Refusal::Request(RequestError::TooManyHeaders),
+                431,
+                "too_many_headers",
+                "",
+            ),
+            (
+                Refusal::Request(RequestError::Expectation),
+                417,
+                "expectation_failed",
+                "",
+            ),
+            (
+                Refusal::Request(RequestError::Connect),
+                501,
+                "not_implemented",
+                "",
+            ),
+            (Refusal::HeadTooLarge, 431, "header_too_large", ""),
+            (Refusal::UriTooLong, 414, "uri_too_long", ""),
+            (Refusal::HeadTimeout, 408, "request_timeout", ""),
+            (Refusal::BodyTimeout, 408, "request_timeout", ""),
+            (Refusal::BadChunked, 400, "bad_request", ""),
+            (Refusal::BadPath("p"), 400, "bad_request", "p"),
+            (Refusal::BadHead("h"), 400, "bad_request", "h"),
+            (Refusal::NoRoute, 404, "no_route", ""),
+            (Refusal::Unauthorized("u"), 401, "unauthorized", "u"),
+            (
+                Refusal::Proxy(proxied),
+                503,
+                "limit_reached",
+                proxied.message(),
+            ),
+        ];
+        for (r, status, code, message) in cases {
+            assert_eq!((r.status(), r.code()), (status, code), "{r:?}");
+            assert!(!r.message().is_empty(), "{r:?}");
+            if !message.is_empty() {
+                assert_eq!(r.message(), message, "{r:?}");
+            }
+        }
+    }
 
     #[test]
     fn every_kind_has_one_answer() {
@@ -244,7 +391,11 @@ mod tests {
                 502,
                 RetryClass::Always,
             ),
-            (ErrorKind::ResetBeforeResponse, 502, RetryClass::Idempotent),
+            (
+                ErrorKind::ResetBeforeResponse,
+                502,
+                RetryClass::OnReusedConnection,
+            ),
             (ErrorKind::Timeout("t"), 504, RetryClass::Idempotent),
             (ErrorKind::BadResponse("b"), 502, RetryClass::Never),
             (ErrorKind::RetryableStatus(503), 502, RetryClass::Idempotent),

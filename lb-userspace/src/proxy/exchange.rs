@@ -147,9 +147,7 @@ impl Ctx<'_> {
 /// The answer to a failed request, in the form the connection's error writer takes.
 fn refusal(e: ProxyError, close: bool) -> super::Reject {
     super::Reject {
-        status: e.status(),
-        code: e.code(),
-        message: e.message(),
+        why: super::error::Refusal::Proxy(e),
         head_len: 0,
         close,
     }
@@ -321,6 +319,8 @@ fn retry_verdict<'a, C: Downstream>(
     // one, so it needs neither idempotence nor the budget (only `attempts` bounds it), as
     // with nginx's next upstream on connect errors.
     let reserved = matches!(e.kind, ErrorKind::RetryableStatus(_));
+    // A reset on a reused connection went once more, fresh, in `try_endpoint` already; on
+    // another endpoint it is retried as any idempotent failure.
     let class = e.retry_class();
     let never_sent = class == RetryClass::Always;
     let wanted = e.policy_retries(retry)
@@ -517,7 +517,7 @@ async fn try_endpoint<C: Downstream>(
                 return Attempt::Finished(done.flow);
             }
             Err(e)
-                if e.kind == ErrorKind::ResetBeforeResponse
+                if e.retry_class() == RetryClass::OnReusedConnection
                     && !again
                     && (up.reused || up.refused())
                     && ctx.replayable(client) =>

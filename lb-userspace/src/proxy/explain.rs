@@ -175,8 +175,15 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
         }
         Ok(None) => return Err("the request head is incomplete".into()),
         Err(r) => {
-            let _ = writeln!(text, "\nrefused: {} {} ({})", r.status, r.code, r.message);
-            Some(r.status)
+            let why = r.why;
+            let _ = writeln!(
+                text,
+                "\nrefused: {} {} ({})",
+                why.status(),
+                why.code(),
+                why.message()
+            );
+            Some(why.status())
         }
     };
     Ok(Explanation {

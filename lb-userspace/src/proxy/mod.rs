@@ -23,12 +23,12 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use crate::client::{AddrSource, ClientAddr};
-use crate::http::request::RequestError;
 use crate::http::write::error_response;
 use crate::http::{Framing, Method};
 use crate::net::{BufConn, IoFail};
 use crate::release::Reason;
 use crate::worker::{View, Worker};
+use error::Refusal;
 
 /// Where a connection came from: the client's address and the listener it arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -226,12 +226,10 @@ impl Protocol {
     }
 }
 
-/// A request refused before it reaches a backend.
+/// A request refused before it reaches a backend, and what becomes of its connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Reject {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: &'static str,
+    pub why: error::Refusal,
     /// Bytes of the head to consume if the connection stays open; 0 means it must close.
     pub head_len: usize,
     pub close: bool,
@@ -285,29 +283,21 @@ impl Record {
 }
 
 impl Reject {
-    fn from_request_error(e: RequestError) -> Reject {
-        let (code, message) = match e {
-            RequestError::Malformed(m) => ("bad_request", m),
-            RequestError::TooManyHeaders => ("too_many_headers", "too many header fields"),
-            RequestError::Expectation => (
-                "expectation_failed",
-                "only Expect: 100-continue is supported",
-            ),
-            RequestError::Connect => (
-                "not_implemented",
-                "CONNECT is not supported: this is a reverse proxy",
-            ),
-            RequestError::UnsupportedCoding => (
-                "not_implemented",
-                "only the chunked transfer coding is implemented",
-            ),
-        };
+    /// A refusal after which the connection closes.
+    pub(crate) fn closing(why: error::Refusal) -> Reject {
         Reject {
-            status: e.status(),
-            code,
-            message,
+            why,
             head_len: 0,
             close: true,
+        }
+    }
+
+    /// A refusal after which an HTTP/2 stream's connection carries on (the stream ends).
+    pub(crate) fn of_stream(why: error::Refusal) -> Reject {
+        Reject {
+            why,
+            head_len: 0,
+            close: false,
         }
     }
 }
@@ -588,13 +578,6 @@ async fn read_head(
     // The first request's head is due by a deadline counted from accept; later ones from
     // their first byte.
     let mut deadline: Option<u64> = head_deadline;
-    let refuse = |status, code, message| Reject {
-        status,
-        code,
-        message,
-        head_len: 0,
-        close: true,
-    };
     loop {
         if !client.data().is_empty() {
             if out.capacity() == 0 {
@@ -633,11 +616,7 @@ async fn read_head(
                 Err(r) => return Err(reject(client, out, r, &view, rec).await),
             }
             if client.is_full() || client.data().len() >= http.max_header_bytes {
-                let r = refuse(
-                    431,
-                    "header_too_large",
-                    "request head exceeds the configured limit",
-                );
+                let r = Reject::closing(Refusal::HeadTooLarge);
                 return Err(reject(client, out, r, &view, rec).await);
             }
         }
@@ -656,11 +635,7 @@ async fn read_head(
                 });
             }
             Err(IoFail::Timeout) if !client.data().is_empty() => {
-                let r = refuse(
-                    408,
-                    "request_timeout",
-                    "the request head did not arrive in time",
-                );
+                let r = Reject::closing(Refusal::HeadTimeout);
                 return Err(reject(client, out, r, &view, rec).await);
             }
             Err(_) => return Err(Flow::Close),
@@ -696,8 +671,8 @@ pub(crate) async fn send_error<C: side::Downstream>(
     rec: &mut Record,
 ) -> bool {
     let close = r.close;
-    rec.status = r.status;
-    error_response(out, r.status, r.code, r.message, close);
+    rec.status = r.why.status();
+    error_response(out, r.why.status(), r.why.code(), r.why.message(), close);
     let ok = client
         .write_all(out, view.snap.http.client_body_timeout)
         .await

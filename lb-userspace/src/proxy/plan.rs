@@ -6,6 +6,7 @@
 
 use std::time::SystemTime;
 
+use super::error::Refusal;
 use super::{head, ClientSide, Decision, Plan, Record, Reject};
 use std::rc::Rc;
 
@@ -44,24 +45,11 @@ struct Head<'r, 'h, 'b> {
 
 impl Head<'_, '_, '_> {
     /// A refusal of this request that keeps the connection if its framing allows.
-    fn refuse(&self, status: u16, code: &'static str, message: &'static str) -> Reject {
+    fn refuse(&self, why: Refusal) -> Reject {
         Reject {
-            status,
-            code,
-            message,
+            why,
             head_len: self.req.head_len,
             close: self.close_after_error,
-        }
-    }
-
-    /// A refusal after which the connection must close (the head itself is at fault).
-    fn refuse_and_close(status: u16, code: &'static str, message: &'static str) -> Reject {
-        Reject {
-            status,
-            code,
-            message,
-            head_len: 0,
-            close: true,
         }
     }
 }
@@ -93,8 +81,8 @@ pub(super) fn plan_request(
     let snap = &view.snap;
     let mut storage = crate::http::header_slots::<MAX_HEADERS_LIMIT>();
     let max_headers = snap.http.max_headers.min(MAX_HEADERS_LIMIT);
-    let Some(req) =
-        request::parse(data, &mut storage[..max_headers]).map_err(Reject::from_request_error)?
+    let Some(req) = request::parse(data, &mut storage[..max_headers])
+        .map_err(|e| Reject::closing(Refusal::Request(e)))?
     else {
         return Ok(None);
     };
@@ -147,18 +135,11 @@ fn admit_head(snap: &Snapshot, h: &Head<'_, '_, '_>) -> Result<(), Reject> {
     // A head that arrived whole in one read is held to the limit too (the buffer can be
     // larger than the limit after a reload lowered it).
     if h.req.head_len > snap.http.max_header_bytes {
-        return Err(Head::refuse_and_close(
-            431,
-            "header_too_large",
-            "request head exceeds the configured limit",
-        ));
+        // The head itself is at fault: the connection closes.
+        return Err(Reject::closing(Refusal::HeadTooLarge));
     }
     if h.req.path.len() > snap.http.max_uri_bytes {
-        return Err(Head::refuse_and_close(
-            414,
-            "uri_too_long",
-            "the request target exceeds the configured limit",
-        ));
+        return Err(Reject::closing(Refusal::UriTooLong));
     }
     Ok(())
 }
@@ -248,7 +229,7 @@ fn normalised_path<'a>(
             crate::http::path::normalize(raw_path, snap.http.path, scratch)
         }
     });
-    normal.map_err(|e| h.refuse(400, "bad_request", e.message()))
+    normal.map_err(|e| h.refuse(Refusal::BadPath(e.message())))
 }
 
 /// Route: the consumer, the most specific matching route, its auth, and the template
@@ -284,7 +265,7 @@ fn route<'s, 'p>(
     };
     let mut caps = Captures::default();
     let Some(route) = snap.routes.find(&rreq, &mut caps) else {
-        return Err(h.refuse(404, "no_route", "no route matches this request"));
+        return Err(h.refuse(Refusal::NoRoute));
     };
     rec.route = Some(route.index as u32);
     if route.auth_required && consumer.is_none() {
@@ -293,7 +274,7 @@ fn route<'s, 'p>(
         } else {
             "the API key is not known"
         };
-        return Err(h.refuse(401, "unauthorized", message));
+        return Err(h.refuse(Refusal::Unauthorized(message)));
     }
     let n = caps.values(path, values);
     let (mut claims, mut jwt_failure) = (None, None);
@@ -583,7 +564,7 @@ fn forward(
         head::write_request_head(out, req, client, &snap.http, &c.name, r.route, &r.vars)
     {
         out.clear();
-        return Err(h.refuse(400, "bad_request", message));
+        return Err(h.refuse(Refusal::BadHead(message)));
     }
     // Upgrade and Connection are hop-by-hop; a WebSocket upgrade is passed on on purpose.
     // Other upgrades are not performed: the request goes on as plain HTTP.

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::error::Refusal;
 use super::side::Downstream;
 use super::{head, Decision, Flow, Plan, Record};
 use crate::http::chunked::{ChunkedDecoder, Step};
@@ -76,22 +77,12 @@ pub(super) async fn check<C: Downstream>(
     let read = match read_body(v, client, &plan, timeout).await {
         Ok(r) => r,
         Err(e) => {
-            let (status, code, message) = match e {
-                ReadFail::Io(IoFail::Timeout) => (
-                    408,
-                    "request_timeout",
-                    "the request body did not arrive in time",
-                ),
+            let why = match e {
+                ReadFail::Io(IoFail::Timeout) => Refusal::BodyTimeout,
                 ReadFail::Io(_) => return Some(Flow::Close),
-                ReadFail::Framing => (400, "bad_request", "malformed chunked request body"),
+                ReadFail::Framing => Refusal::BadChunked,
             };
-            let r = super::Reject {
-                status,
-                code,
-                message,
-                head_len: 0,
-                close: true,
-            };
+            let r = super::Reject::closing(why);
             super::send_error(client, out, &r, view, rec).await;
             return Some(Flow::Close);
         }

@@ -15,6 +15,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use super::error::Refusal;
 use super::{log, mirror, plan, send_error, side::Sink, ClientSide, Decision, Record, Reject};
 use crate::http::h2::{Flood, FrameWatch, H2Settings, Trip};
 use crate::net::BufConn;
@@ -229,13 +230,7 @@ async fn serve_stream(
     let view = w.view();
     rec.tls = info.tls;
     if let Err(message) = built {
-        let r = Reject {
-            status: 400,
-            code: "bad_request",
-            message,
-            head_len: 0,
-            close: false,
-        };
+        let r = Reject::of_stream(Refusal::BadHead(message));
         rec.started = Some(crate::clock::stamp());
         send_error(&mut s, &mut out, &r, &view, &mut rec).await;
     } else {
@@ -303,13 +298,7 @@ async fn answer(
     let decision = match plan::plan_request(&view, s.data(), &side, out, rec, w.access_log_on()) {
         Ok(Some(d)) => d,
         Ok(None) => {
-            let r = Reject {
-                status: 400,
-                code: "bad_request",
-                message: "the request head could not be read",
-                head_len: 0,
-                close: false,
-            };
+            let r = Reject::of_stream(Refusal::BadHead("the request head could not be read"));
             send_error(s, out, &r, &view, rec).await;
             return;
         }
