@@ -138,6 +138,7 @@ fn jwt(c: &mut Criterion) {
                 keys: KeySource::Secret,
                 forward_claims: Vec::new(),
                 strip_token: false,
+                consumer_claim: "sub".into(),
             },
             std::sync::Arc::new(KeyHolder::new(set.clone())),
         );

@@ -528,8 +528,9 @@ fn deprecation_before_and_after_sunset() {
     assert_eq!(catalog_before, "catalog");
     let r = send(&s.lb, "GET", "a", "/api/beta/products/3", &[]);
     assert_eq!(r.status, 410);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
     let v = r.json();
-    assert_eq!(v["error"], "gone");
+    assert_eq!(v["code"], "gone");
     assert_eq!(v["successor"], "/api/v1/products");
     assert_eq!(r.header("sunset"), Some("Sun, 01 Jun 2025 00:00:00 GMT"));
 }

@@ -33,7 +33,8 @@ fn start(now: Option<u64>) -> Apis {
     let versions = |from: &str, default: &str| {
         format!(
             "versions = {{ from = \"{from}\", {default} echo_header = \"API-Version\", map = {{ \
-             \"1\" = {{ cluster = \"v1\", deprecated = \"2026-12-01T00:00:00Z\", sunset = \"2027-03-01T00:00:00Z\", successor = \"2\", policy = \"https://docs.example.com/migrate\", deprecation_field = true }}, \
+             \"1\" = {{ cluster = \"v1\", deprecated = \"2026-12-01T00:00:00Z\", sunset = \"2027-03-01T00:00:00Z\", successor = \"2\", policy = \"https://docs.example.com/migrate\", deprecation_field = true, \
+             gone = {{ type = \"https://docs.example.com/errors/retired\", title = \"Users v${{version}} is retired\", detail = \"Move to v${{successor}}: ${{guide}}\", code = \"users_v${{version}}_retired\" }} }}, \
              \"2\" = \"v2\", \"10\" = \"v3\" }} }}"
         )
     };
@@ -46,7 +47,10 @@ fn start(now: Option<u64>) -> Apis {
          [[routes]]\nname = \"by-path\"\npath_prefix = \"/api\"\n{}\n\
          [[routes]]\nname = \"by-header\"\npath_prefix = \"/h\"\n{}\n\
          [[routes]]\nname = \"by-accept\"\npath_prefix = \"/a\"\n{}\n\
-         [[routes]]\nname = \"by-query\"\npath_prefix = \"/q\"\n{}\n",
+         [[routes]]\nname = \"by-query\"\npath_prefix = \"/q\"\n{}\n\
+         [[routes]]\nname = \"legacy\"\npath_prefix = \"/legacy\"\ncluster = \"v1\"\n\
+         deprecation = {{ since = \"2026-12-01T00:00:00Z\", sunset = \"2027-03-01T00:00:00Z\", successor = \"/api/v2/\", \
+         link = \"https://docs.example.com/migrate\", warning_days = 10, gone = {{ detail = \"${{route}} is gone since ${{sunset}}\" }} }}\n",
         v1.addr,
         v2.addr,
         v3.addr,
@@ -182,31 +186,40 @@ fn unknown_missing_and_malformed_versions_get_problems() {
     assert_eq!(v["title"], "Malformed Accept header");
 }
 
+/// Moves the running lb's lifecycle clock (it was started with `LB_TEST_NOW`).
+fn set_clock(lb: &Lb, unix: u64) {
+    let (status, v) = lb.admin_json("PUT", "/test/clock", &json!(unix));
+    assert_eq!((status, &v["now_unix"]), (200, &json!(unix)), "{v}");
+}
+
+fn links(r: &Response) -> Vec<&str> {
+    r.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("link"))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 #[test]
 fn a_version_moves_through_its_phases_at_its_dates() {
-    // Before its deprecation: no lifecycle header.
+    // One lb for every phase: the phase follows the clock, with no reload or restart.
     let a = start(Some(DEC1 - DAY));
+    // Before its deprecation: no lifecycle header.
     let r = get(a.lb.addr, "/api/v1/users");
     assert_eq!(backend(&r), "users-v1");
     assert_eq!(r.header("deprecation"), None);
-    drop(a);
 
     // Deprecated.
-    let a = start(Some(DEC1 + DAY));
+    set_clock(&a.lb, DEC1 + DAY);
     let r = get(a.lb.addr, "/api/v1/users");
     assert_eq!(backend(&r), "users-v1");
     assert_eq!(r.header("deprecation"), Some(format!("@{DEC1}").as_str()));
     assert_eq!(r.header("sunset"), Some("Mon, 01 Mar 2027 00:00:00 GMT"));
-    let links: Vec<&str> = r
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("link"))
-        .map(|(_, v)| v.as_str())
-        .collect();
+    let l = links(&r);
     assert!(
-        links.contains(&"</api/v2/>; rel=\"successor-version\"")
-            && links.contains(&"<https://docs.example.com/migrate>; rel=\"deprecation\""),
-        "{links:?}"
+        l.contains(&"</api/v2/>; rel=\"successor-version\"")
+            && l.contains(&"<https://docs.example.com/migrate>; rel=\"deprecation\""),
+        "{l:?}"
     );
     assert_eq!(r.header("warning"), None);
     assert!(
@@ -214,10 +227,9 @@ fn a_version_moves_through_its_phases_at_its_dates() {
         "only in the warning phase"
     );
     assert_eq!(get(a.lb.addr, "/api/v2/users").header("deprecation"), None);
-    drop(a);
 
     // The last 30 days: a warning as well.
-    let a = start(Some(DEC1 + 70 * DAY));
+    set_clock(&a.lb, DEC1 + 70 * DAY);
     let r = get(a.lb.addr, "/api/v1/users");
     assert_eq!(backend(&r), "users-v1");
     assert!(
@@ -247,33 +259,137 @@ fn a_version_moves_through_its_phases_at_its_dates() {
         .json()
         .get("_deprecation")
         .is_none());
-    drop(a);
 
-    // Past its sunset: 410 with where to go.
-    let a = start(Some(DEC1 + 91 * DAY));
+    // Past its sunset: 410 in the operator's words, with where to go.
+    set_clock(&a.lb, DEC1 + 91 * DAY);
     let r = get(a.lb.addr, "/api/v1/users");
     assert_eq!(r.status, 410);
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     let v = r.json();
+    assert_eq!(v["type"], "https://docs.example.com/errors/retired", "{v}");
+    assert_eq!(v["title"], "Users v1 is retired", "{v}");
+    assert_eq!(
+        v["detail"], "Move to v2: https://docs.example.com/migrate",
+        "{v}"
+    );
+    assert_eq!(v["code"], "users_v1_retired", "{v}");
     assert_eq!(v["successor_version"], "2", "{v}");
     assert_eq!(v["migration_guide"], "https://docs.example.com/migrate");
     assert_eq!(backend(&get(a.lb.addr, "/api/v2/users")), "users-v2");
     let m = a.lb.scrape();
+    for (version, phase, n) in [
+        ("1", "active", 1.0),
+        ("1", "deprecated", 1.0),
+        ("1", "warning", 3.0),
+        ("1", "sunset", 1.0),
+        ("2", "active", 3.0),
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                "lb_api_version_requests_total",
+                &[("route", "by-path"), ("version", version), ("phase", phase)]
+            ),
+            n,
+            "version {version} in {phase}"
+        );
+    }
+    // A process without LB_TEST_NOW reads the system clock: nobody can move it.
+    let plain = start(None);
+    let (status, v) = plain.lb.admin_json("PUT", "/test/clock", &json!(DEC1));
+    assert_eq!(status, 404, "{v}");
+}
+
+#[test]
+fn a_route_without_versions_has_the_same_lifecycle() {
+    let a = start(Some(DEC1 - DAY));
+    let lb = &a.lb;
+    // Announced ahead (RFC 9745 allows a future date), nobody tracked yet.
+    let r = get(lb.addr, "/legacy/users");
+    assert_eq!((r.status, backend(&r)), (200, "users-v1".to_string()));
+    assert_eq!(r.header("deprecation"), Some(format!("@{DEC1}").as_str()));
+    assert_eq!(r.header("warning"), None);
+
+    // Deprecated (its warning phase is 10 days, so still deprecated on Feb 9).
+    set_clock(lb, DEC1 + 70 * DAY);
+    let r = get_with(lb.addr, "/legacy/users", &[("X-API-Key", "alice-key")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("sunset"), Some("Mon, 01 Mar 2027 00:00:00 GMT"));
+    assert!(
+        links(&r).contains(&"</api/v2/>; rel=\"successor-version\""),
+        "{:?}",
+        links(&r)
+    );
+    assert_eq!(r.header("warning"), None, "warning_days = 10");
+
+    // Its last 10 days: a warning.
+    set_clock(lb, DEC1 + 85 * DAY);
+    let r = get_with(lb.addr, "/legacy/users", &[("X-API-Key", "bob-key")]);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("warning")
+            .is_some_and(|w| w.starts_with("299 lb ") && w.contains("01 Mar 2027")),
+        "{:?}",
+        r.header("warning")
+    );
+    get_with(lb.addr, "/legacy/users", &[("X-API-Key", "bob-key")]);
+
+    // Who still calls it, listed with no version.
+    let (status, v) = lb.admin("GET", "/deprecations");
+    assert_eq!(status, 200, "{v}");
+    let entry = v["versions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["route"] == "legacy"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["version"], Value::Null, "{v}");
+    assert_eq!(entry["phase"], "warning", "{v}");
+    assert_eq!(entry["successor"], "/api/v2/", "{v}");
+    let consumers: Vec<(String, u64)> = entry["consumers"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|c| {
+                    (
+                        c["consumer"].as_str().unwrap_or("").to_string(),
+                        c["requests"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     assert_eq!(
-        metric(
-            &m,
-            "lb_api_version_requests_total",
-            &[("route", "by-path"), ("version", "1"), ("phase", "sunset")]
-        ),
-        1.0
+        consumers,
+        vec![("bob".to_string(), 2), ("alice".to_string(), 1)],
+        "{entry}"
+    );
+
+    // Past its sunset: a problem+json 410 in the operator's words; the backend sees nothing.
+    set_clock(lb, DEC1 + 90 * DAY);
+    let before = a._v1.requests();
+    let r = get(lb.addr, "/legacy/users");
+    assert_eq!(r.status, 410);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let p = r.json();
+    assert_eq!(
+        p["detail"], "legacy is gone since Mon, 01 Mar 2027 00:00:00 GMT",
+        "{p}"
     );
     assert_eq!(
+        (p["status"].as_u64(), p["code"].as_str()),
+        (Some(410), Some("gone")),
+        "{p}"
+    );
+    assert_eq!(p["successor"], "/api/v2/", "{p}");
+    assert_eq!(a._v1.requests(), before);
+    let m = lb.scrape();
+    assert_eq!(
         metric(
             &m,
             "lb_api_version_requests_total",
-            &[("route", "by-path"), ("version", "2"), ("phase", "active")]
+            &[("route", "legacy"), ("phase", "warning")]
         ),
-        1.0
+        2.0
     );
 }
 
@@ -440,4 +556,86 @@ fn a_version_can_have_its_own_canary() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(backend(&get(lb.addr, "/api/v2/x")), "v2-canary");
     assert_eq!(backend(&get(lb.addr, "/api/v1/x")), "v1");
+}
+
+#[test]
+fn jwt_consumers_are_named_by_their_providers_claim() {
+    use lb::client::jwt::sign::{jwks, SigningKey};
+    use lb::client::jwt::{unix_now, Alg};
+    let key = SigningKey::generate(Alg::ES256).expect("key");
+    let token = |claims: Value| {
+        let mut c = json!({ "iss": "https://id.test", "exp": unix_now() + 600 });
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), claims.as_object()) {
+            c.extend(extra.clone());
+        }
+        let t = key
+            .sign(&json!({ "alg": "ES256", "kid": "k", "typ": "JWT" }), &c)
+            .expect("sign");
+        format!("Bearer {t}")
+    };
+    let dir = scratch_dir("versions-jwt");
+    std::fs::write(dir.join("jwks.json"), jwks(&[("k", &key)])).expect("jwks");
+    let v1 = Backend::start(echo("users-v1")).expect("backend");
+    let provider = |name: &str, extra: &str| {
+        format!(
+            "[[jwt_providers]]\nname = \"{name}\"\nissuer = \"https://id.test\"\njwks_file = \"{}\"\n{extra}\n",
+            dir.join("jwks.json").display()
+        )
+    };
+    let route = |name: &str, prefix: &str, provider: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\njwt = {{ provider = \"{provider}\", required = false }}\n\
+             versions = {{ from = \"header:X-API-Version\", default = \"1\", map = {{ \
+             \"1\" = {{ cluster = \"v1\", deprecated = \"2026-01-01T00:00:00Z\" }} }} }}\n"
+        )
+    };
+    let cfg = config(&format!(
+        "{}{}[[clusters]]\nname = \"v1\"\nendpoints = [{{ addr = \"{}\" }}]\n{}{}",
+        provider("apps", "consumer_claim = \"client_id\""),
+        provider("people", ""),
+        v1.addr,
+        route("by-app", "/apps", "apps"),
+        route("by-person", "/people", "people"),
+    ));
+    let lb = Lb::start(&cfg);
+    let mobile = token(json!({ "sub": "user-1", "client_id": "mobile-app" }));
+    for _ in 0..2 {
+        let r = get_with(lb.addr, "/apps/users", &[("Authorization", &mobile)]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let no_client = token(json!({ "sub": "user-2" }));
+    get_with(lb.addr, "/apps/users", &[("Authorization", &no_client)]);
+    get_with(lb.addr, "/people/users", &[("Authorization", &mobile)]);
+    let (status, v) = lb.admin("GET", "/deprecations");
+    assert_eq!(status, 200, "{v}");
+    let consumers = |route: &str| -> Vec<(String, u64)> {
+        v["versions"]
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["route"] == route))
+            .and_then(|e| e["consumers"].as_array())
+            .map(|l| {
+                l.iter()
+                    .map(|c| {
+                        (
+                            c["consumer"].as_str().unwrap_or("").to_string(),
+                            c["requests"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The `apps` provider names consumers by `client_id`; a token without it is anonymous.
+    assert_eq!(
+        consumers("by-app"),
+        vec![("mobile-app".to_string(), 2), ("anonymous".to_string(), 1)],
+        "{v}"
+    );
+    // The `people` provider by the subject.
+    assert_eq!(
+        consumers("by-person"),
+        vec![("user-1".to_string(), 1)],
+        "{v}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

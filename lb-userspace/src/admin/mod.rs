@@ -147,6 +147,7 @@ fn handle_json(req: &AdminRequest, control: &Control) -> (u16, Value) {
         ("GET", "/certificates") => (200, certificates(control)),
         ("GET", "/jwt") => (200, jwt_providers(control)),
         ("GET", "/deprecations") => (200, deprecations(control)),
+        ("PUT", "/test/clock") => test_clock(&req.body),
         ("POST", "/upgrade") => match control.upgrade() {
             Ok(pid) => (
                 200,
@@ -259,16 +260,46 @@ fn clusters(control: &Control) -> Value {
     json!({ "version": snap.version, "clusters": list })
 }
 
-/// Every version of a versioned route that is deprecated, in its warning phase or past its
-/// sunset, with the consumers still calling it: requests and when last seen.
+/// Moves the lifecycle clock of a process started with `LB_TEST_NOW` (the body: Unix
+/// seconds). Any other process refuses: its phases follow the system clock.
+fn test_clock(body: &[u8]) -> (u16, Value) {
+    let Some(unix) = std::str::from_utf8(body)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    else {
+        return (
+            400,
+            json!({ "error": "bad_request", "reason": "the body must be Unix seconds" }),
+        );
+    };
+    if !crate::routing::version::set_test_clock(unix) {
+        return (
+            404,
+            json!({ "error": "not_found",
+                    "reason": "no test clock: this process was not started with LB_TEST_NOW" }),
+        );
+    }
+    (200, json!({ "result": "set", "now_unix": unix }))
+}
+
+/// Every version of a versioned route, and every route with a lifecycle of its own
+/// (`version` null), that is deprecated, in its warning phase or past its sunset, with the
+/// consumers still calling it: requests and when last seen.
 fn deprecations(control: &Control) -> Value {
     use crate::routing::version::{now, usage, Phase};
     let snap = control.cell.load();
     let unix = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut list = Vec::new();
     for r in snap.routes.routes() {
-        let Some(v) = &r.versions else { continue };
-        for e in &v.entries {
+        let own = r
+            .deprecation
+            .as_deref()
+            .map(|d| (&d.entry, d.successor.as_deref()));
+        let versions = r.versions.iter().flat_map(|v| &v.entries);
+        for (e, successor) in own
+            .into_iter()
+            .chain(versions.map(|e| (e, e.life.successor.as_deref())))
+        {
             let phase = e.life.phase(now());
             let mut consumers = usage().of(&r.name, &e.name);
             if phase == Phase::Active && consumers.is_empty() {
@@ -277,11 +308,11 @@ fn deprecations(control: &Control) -> Value {
             consumers.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then(a.0.cmp(&b.0)));
             list.push(json!({
                 "route": r.name,
-                "version": e.name,
+                "version": (!e.name.is_empty()).then_some(&e.name),
                 "phase": phase.name(),
                 "deprecated_unix": e.life.deprecated.map(unix),
                 "sunset_unix": e.life.sunset.map(unix),
-                "successor": e.life.successor,
+                "successor": successor,
                 "consumers": consumers.iter().map(|(name, seen)| json!({
                     "consumer": name,
                     "requests": seen.requests,

@@ -107,6 +107,13 @@ pub(super) fn validate_providers(
             },
         };
         let strip_token = p.strip_token.unwrap_or(false);
+        let consumer_claim = p.consumer_claim.clone().unwrap_or_else(|| "sub".into());
+        if consumer_claim.is_empty() {
+            errs.push(
+                at("consumer_claim"),
+                "expected a claim name, such as \"client_id\"",
+            );
+        }
         let mut forward_claims = Vec::new();
         for (claim, header) in &p.forward_claims {
             if header.is_empty() || !header.bytes().all(crate::http::chunked::is_tchar) {
@@ -245,6 +252,7 @@ pub(super) fn validate_providers(
                 keys: source,
                 forward_claims,
                 strip_token,
+                consumer_claim,
             },
             keys,
             fetch,

@@ -94,6 +94,9 @@ pub struct RawJwtProvider {
     #[serde(default)]
     pub forward_claims: std::collections::BTreeMap<String, String>,
     pub strip_token: Option<bool>,
+    /// The claim that names the consumer in the usage of deprecated API versions (default
+    /// `sub`).
+    pub consumer_claim: Option<String>,
 }
 
 /// A route's `jwt = { provider = "...", required = true }`.
@@ -744,6 +747,22 @@ pub struct RawDeprecation {
     pub successor: Option<String>,
     /// Human documentation (`Link: <…>; rel="deprecation"`).
     pub link: Option<String>,
+    /// Days before the sunset that the warning phase starts (30 by default).
+    pub warning_days: Option<u32>,
+    /// The 410 answer past the sunset, in the operator's words.
+    pub gone: Option<RawGone>,
+}
+
+/// `gone = { type, title, detail, code }`: problem+json members of the 410 answer past a
+/// sunset; each may name `${route}`, `${version}`, `${sunset}`, `${successor}`, `${guide}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGone {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    pub detail: Option<String>,
+    pub code: Option<String>,
 }
 
 /// `versions = { from = "accept", map = { "1" = "users-v1", "2" = "users-v2" }, default = "2" }`.
@@ -783,6 +802,8 @@ pub struct RawVersionFull {
     pub successor: Option<String>,
     /// The deprecation policy or migration guide (a URL, `Link: <…>; rel="deprecation"`).
     pub policy: Option<String>,
+    /// The 410 answer past the sunset, in the operator's words.
+    pub gone: Option<RawGone>,
     /// This version's validation (instead of the route's).
     pub validate: Option<RawValidate>,
     /// In the warning phase, add a `_deprecation` member to JSON object responses (each is

@@ -3,7 +3,7 @@
 
 use regex::bytes::Regex;
 
-use super::raw::{RawDeprecation, RawHeaderOps, RawRoute};
+use super::raw::{RawDeprecation, RawGone, RawHeaderOps, RawRoute};
 use super::{ClusterConfig, Errors};
 use crate::http::chunked::is_tchar;
 use crate::routing::actions::{Action, Deprecation, HeaderOps, Rewrite};
@@ -11,6 +11,7 @@ use crate::routing::matchers::{
     HeaderCond, HostMatch, PathMatch, Pattern, QueryCond, ValueTest, MAX_CAPTURES,
 };
 use crate::routing::template::Template;
+use crate::routing::version::{Gone, Lifecycle};
 use crate::routing::{Route, RouteTimeouts};
 use crate::validation::{Settings, Validation};
 
@@ -372,7 +373,8 @@ pub(super) fn validate_route(
     let deprecation = r
         .deprecation
         .as_ref()
-        .and_then(|d| deprecation(&at("deprecation"), d, errs));
+        .and_then(|d| deprecation(&at("deprecation"), d, errs))
+        .map(std::sync::Arc::new);
     let timeouts = r
         .timeouts
         .as_ref()
@@ -689,7 +691,7 @@ fn versions(
 ) -> Option<crate::routing::version::Versions> {
     let (key, route_name, clusters) = (on.key.as_str(), on.route_name, on.clusters);
     use super::raw::RawVersion;
-    use crate::routing::version::{Lifecycle, VersionEntry, VersionSource, Versions};
+    use crate::routing::version::{VersionEntry, VersionSource, Versions};
     let before = errs.0.len();
     let source = VersionSource::parse(&v.from)
         .map_err(|e| errs.push(format!("{key}.from"), e))
@@ -754,11 +756,7 @@ fn versions(
                         );
                     }
                 }
-                if f.policy.as_deref().is_some_and(|p| {
-                    p.is_empty()
-                        || p.bytes()
-                            .any(|b| b <= b' ' || b == b'<' || b == b'>' || b == 0x7f)
-                }) {
+                if f.policy.as_deref().is_some_and(|p| !is_link_uri(p)) {
                     errs.push(
                         format!("{at}.policy"),
                         "expected a URI without spaces or angle brackets",
@@ -767,12 +765,11 @@ fn versions(
                 let life = Lifecycle {
                     deprecated,
                     sunset,
-                    warning: std::time::Duration::from_secs(
-                        86_400 * u64::from(f.warning_days.unwrap_or(30)),
-                    ),
+                    warning: warning_days(f.warning_days),
                     successor: f.successor.clone(),
                     policy: f.policy.clone(),
                     field_max: deprecation_field(&at, f, errs),
+                    gone: gone(&at, f.gone.as_ref(), errs),
                 };
                 match (&f.cluster, &f.split) {
                     (Some(c), None) => (c.as_str(), life),
@@ -1063,24 +1060,69 @@ fn deprecation(key: &str, d: &RawDeprecation, errs: &mut Errors) -> Option<Depre
         }
     }
     for (what, v) in [("successor", &d.successor), ("link", &d.link)] {
-        if v.as_deref().is_some_and(|s| {
-            s.is_empty()
-                || s.bytes()
-                    .any(|b| b <= b' ' || b == b'>' || b == b'<' || b == 0x7f)
-        }) {
+        if v.as_deref().is_some_and(|s| !is_link_uri(s)) {
             errs.push(
                 format!("{key}.{what}"),
                 "expected a URI without spaces or angle brackets",
             );
         }
     }
+    let gone = gone(key, d.gone.as_ref(), errs);
     if d.sunset.is_some() && sunset.is_none() {
         return None;
     }
-    Some(Deprecation::new(
-        since?,
+    let life = Lifecycle {
+        deprecated: Some(since?),
         sunset,
-        d.successor.clone(),
-        d.link.clone(),
-    ))
+        warning: warning_days(d.warning_days),
+        successor: None,
+        policy: d.link.clone(),
+        field_max: None,
+        gone,
+    };
+    Some(Deprecation::new(life, d.successor.clone()))
+}
+
+/// A URI that can go between a `Link` header's angle brackets.
+fn is_link_uri(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .bytes()
+            .any(|b| b <= b' ' || b == b'>' || b == b'<' || b == 0x7f)
+}
+
+/// The warning phase's length: `warning_days` before the sunset (30 by default).
+fn warning_days(days: Option<u32>) -> std::time::Duration {
+    std::time::Duration::from_secs(86_400 * u64::from(days.unwrap_or(30)))
+}
+
+/// The operator's 410 answer: each member at most 1,024 bytes, naming only the variables
+/// there are; `type` a URI.
+fn gone(key: &str, g: Option<&RawGone>, errs: &mut Errors) -> Gone {
+    let Some(g) = g else {
+        return Gone::default();
+    };
+    let members = [
+        ("type", &g.kind),
+        ("title", &g.title),
+        ("detail", &g.detail),
+        ("code", &g.code),
+    ];
+    for (what, v) in members {
+        let Some(text) = v.as_deref() else { continue };
+        let at = format!("{key}.gone.{what}");
+        if text.is_empty() || text.len() > 1024 {
+            errs.push(at, "expected 1 to 1,024 bytes of text");
+        } else if let Some(problem) = Gone::template_problem(text) {
+            errs.push(at, problem);
+        } else if what == "type" && !is_link_uri(text) {
+            errs.push(at, "expected a URI without spaces or angle brackets");
+        }
+    }
+    Gone {
+        kind: g.kind.clone(),
+        title: g.title.clone(),
+        detail: g.detail.clone(),
+        code: g.code.clone(),
+    }
 }

@@ -389,11 +389,15 @@ pub fn insert_headers(out: &mut Vec<u8>, headers: &[(&str, &str)]) {
     out[at..].rotate_right(added);
 }
 
-/// The route's response header additions and deprecation headers.
+/// The route's response header additions and deprecation headers (with a `Warning` in the
+/// last days before its sunset).
 fn write_route_extras(out: &mut Vec<u8>, route: &Route) {
     route.response_headers.write_added(out);
     if let Some(d) = &route.deprecation {
         out.extend_from_slice(&d.header_lines);
+        if d.phase(crate::routing::version::now()) == crate::routing::version::Phase::Warning {
+            out.extend_from_slice(&d.warning_line);
+        }
     }
 }
 

@@ -64,6 +64,12 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
         .and_then(|r| r.versions.as_deref())
         .zip(rec.version)
         .and_then(|(v, i)| v.entries.get(i as usize));
+    // The phase of the version chosen, or of a deprecated route's own lifecycle.
+    let life = version.map(|e| &e.life).or_else(|| {
+        route
+            .and_then(|r| r.deprecation.as_deref())
+            .map(|d| &d.entry.life)
+    });
     let line = accesslog::Line {
         time: std::time::SystemTime::now(),
         client: rec
@@ -98,8 +104,8 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
             .as_ref()
             .and_then(|c| std::str::from_utf8(c).ok()),
         api_version: version.map(|e| e.name.as_str()),
-        api_version_phase: version
-            .map(|e| e.life.phase(crate::routing::version::now()))
+        api_version_phase: life
+            .map(|l| l.phase(crate::routing::version::now()))
             .filter(|p| *p != crate::routing::version::Phase::Active)
             .map(|p| p.name()),
         validation: rec.validation.map(|o| o.label()),

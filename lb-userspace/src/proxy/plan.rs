@@ -4,8 +4,6 @@
 //! a split, the endpoint hash key, the upstream head with its rewrite and edits, mirroring;
 //! or a local answer). Nothing here does IO: it reads the head and writes into `out`.
 
-use std::time::SystemTime;
-
 use super::error::Refusal;
 use super::{head, ClientSide, Decision, Plan, Record, Reject};
 use std::rc::Rc;
@@ -472,16 +470,11 @@ fn plan(
     rec: &mut Record,
 ) -> Result<Decision, Reject> {
     if let Some(d) = &r.route.deprecation {
-        if d.is_gone(SystemTime::now()) {
-            return Ok(local(
-                h,
-                r.route,
-                out,
-                410,
-                "application/json",
-                None,
-                &d.gone_body(),
-            ));
+        let phase = d.phase(crate::routing::version::now());
+        track(snap, r, &d.entry, phase);
+        if phase == crate::routing::version::Phase::Sunset {
+            let body = d.gone_body(&r.route.name);
+            return Ok(local(h, r.route, out, 410, PROBLEM, None, &body));
         }
     }
     if let Some(v) = &r.route.versions {
@@ -716,42 +709,14 @@ fn versioned(
     let e = &v.entries[i];
     rec.version = Some(i as u16);
     let phase = e.life.phase(version::now());
-    if !crate::dryrun::active() {
-        e.count(&r.route.name, phase);
-        if phase != Phase::Active {
-            let consumer = match r.identity {
-                Identity::Known(c) => snap.consumers.list[c].name.clone(),
-                _ => r
-                    .claims
-                    .as_deref()
-                    .and_then(|c| crate::client::jwt::claim(&c.value, "sub"))
-                    .and_then(crate::client::jwt::claim_text)
-                    .map_or_else(|| "anonymous".to_string(), |t| t.to_string()),
-            };
-            version::usage().record(&r.route.name, &e.name, &consumer);
-        }
-    }
+    track(snap, r, e, phase);
     if phase == Phase::Sunset {
-        let body = problem(
-            410,
-            "API version retired",
-            &format!("version {} of this API has passed its sunset", e.name),
-            serde_json::json!({
-                "version": e.name,
-                "sunset": e.life.sunset.map(httpdate::fmt_http_date),
-                "successor_version": e.life.successor,
-                "migration_guide": e.life.policy,
-            }),
-        );
-        let d = local(
-            h,
-            r.route,
-            out,
-            410,
-            "application/problem+json",
-            None,
-            &body,
-        );
+        let body = e.life.gone_body(&version::GoneOf {
+            route: &r.route.name,
+            version: Some(&e.name),
+            successor: e.life.successor.as_deref(),
+        });
+        let d = local(h, r.route, out, 410, PROBLEM, None, &body);
         if let Some(vary) = v.source.vary() {
             head::insert_headers(out, &[("Vary", vary)]);
         }
@@ -778,6 +743,45 @@ fn versioned(
         p.version = Some(i as u16);
     }
     Ok(d)
+}
+
+/// The media type of RFC 9457 problem answers.
+const PROBLEM: &str = "application/problem+json";
+
+/// Counts a request to a version (or a deprecated route: `e` is its lifecycle's entry) in
+/// `phase`; past the deprecation, also who made it. Not while explaining.
+fn track(
+    snap: &Snapshot,
+    r: &Routed<'_, '_>,
+    e: &crate::routing::version::VersionEntry,
+    phase: crate::routing::version::Phase,
+) {
+    if crate::dryrun::active() {
+        return;
+    }
+    e.count(&r.route.name, phase);
+    if phase != crate::routing::version::Phase::Active {
+        let consumer = consumer_name(snap, r);
+        crate::routing::version::usage().record(&r.route.name, &e.name, &consumer);
+    }
+}
+
+/// Who made a request, for the usage of deprecated APIs: the API-key consumer; else the
+/// route's JWT provider's `consumer_claim` (`sub` by default); else `anonymous`.
+fn consumer_name(snap: &Snapshot, r: &Routed<'_, '_>) -> String {
+    if let Identity::Known(c) = r.identity {
+        return snap.consumers.list[c].name.clone();
+    }
+    let claim = r
+        .route
+        .jwt
+        .and_then(|j| snap.jwt.get(j.provider))
+        .map_or("sub", |p| p.config.consumer_claim.as_str());
+    r.claims
+        .as_deref()
+        .and_then(|c| crate::client::jwt::claim(&c.value, claim))
+        .and_then(crate::client::jwt::claim_text)
+        .map_or_else(|| "anonymous".to_string(), |t| t.to_string())
 }
 
 /// The route's provider's `forward_claims`, as headers the backend can trust (the client's

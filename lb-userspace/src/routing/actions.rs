@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::template::{Template, Vars};
+use super::version::{GoneOf, Lifecycle, Phase, VersionEntry};
 use crate::http::write::push_header;
 
 /// The action of a route.
@@ -104,31 +105,32 @@ impl HeaderOps {
     }
 }
 
-/// A deprecated route (RFC 9745 `Deprecation`, RFC 8594 `Sunset`).
-#[derive(Debug, Clone)]
+/// A deprecated route (RFC 9745 `Deprecation`, RFC 8594 `Sunset`): the same lifecycle as an
+/// API version's (deprecated, warning, sunset), for a route without a version map.
+#[derive(Debug)]
 pub struct Deprecation {
-    pub since: SystemTime,
-    pub sunset: Option<SystemTime>,
+    /// Its dates, warning days, policy and 410 answer, and its request counter, as a
+    /// version's (its name is empty: the route has no versions).
+    pub entry: VersionEntry,
+    /// Where clients should go instead (a URI).
     pub successor: Option<String>,
-    pub link: Option<String>,
     /// Pre-rendered header lines added to every response of the route before its sunset.
     pub header_lines: Vec<u8>,
+    /// The `Warning` line added on top in the warning phase.
+    pub warning_line: Vec<u8>,
 }
 
 impl Deprecation {
-    pub fn new(
-        since: SystemTime,
-        sunset: Option<SystemTime>,
-        successor: Option<String>,
-        link: Option<String>,
-    ) -> Deprecation {
+    /// `life.deprecated` is the route's `since`; `life.policy` its documentation link.
+    pub fn new(life: Lifecycle, successor: Option<String>) -> Deprecation {
         let mut lines = Vec::new();
+        let since = life.deprecated.unwrap_or(UNIX_EPOCH);
         let secs = since
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
         push_header(&mut lines, b"Deprecation", format!("@{secs}").as_bytes());
-        if let Some(s) = sunset {
+        if let Some(s) = life.sunset {
             push_header(&mut lines, b"Sunset", httpdate::fmt_http_date(s).as_bytes());
         }
         if let Some(succ) = &successor {
@@ -138,39 +140,41 @@ impl Deprecation {
                 format!("<{succ}>; rel=\"successor-version\"").as_bytes(),
             );
         }
-        if let Some(doc) = &link {
+        if let Some(doc) = &life.policy {
             push_header(
                 &mut lines,
                 b"Link",
                 format!("<{doc}>; rel=\"deprecation\"").as_bytes(),
             );
         }
+        let mut warning_line = Vec::new();
+        if let Some(s) = life.sunset {
+            let text = format!(
+                "299 lb \"this API is deprecated and goes away on {}\"",
+                httpdate::fmt_http_date(s)
+            );
+            push_header(&mut warning_line, b"Warning", text.as_bytes());
+        }
         Deprecation {
-            since,
-            sunset,
+            entry: VersionEntry::new(String::new(), 0, life),
             successor,
-            link,
             header_lines: lines,
+            warning_line,
         }
     }
 
-    /// True once the sunset instant has passed: the route answers 410 Gone.
-    pub fn is_gone(&self, now: SystemTime) -> bool {
-        self.sunset.is_some_and(|s| now >= s)
+    /// Where the route is in its life at `now`.
+    pub fn phase(&self, now: SystemTime) -> Phase {
+        self.entry.life.phase(now)
     }
 
-    /// The JSON body of the 410 answer.
-    pub fn gone_body(&self) -> Vec<u8> {
-        let body = serde_json::json!({
-            "status": 410,
-            "error": "gone",
-            "message": "this API has passed its sunset date",
-            "sunset": self.sunset.map(httpdate::fmt_http_date),
-            "successor": self.successor,
-        });
-        let mut v = body.to_string().into_bytes();
-        v.push(b'\n');
-        v
+    /// The problem+json body of the 410 answer past the sunset.
+    pub fn gone_body(&self, route: &str) -> Vec<u8> {
+        self.entry.life.gone_body(&GoneOf {
+            route,
+            version: None,
+            successor: self.successor.as_deref(),
+        })
     }
 }
 
@@ -237,7 +241,13 @@ mod tests {
     fn deprecation_headers_and_sunset() {
         let since = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let sunset = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let d = Deprecation::new(since, Some(sunset), Some("/api/v2".into()), None);
+        let life = Lifecycle {
+            deprecated: Some(since),
+            sunset: Some(sunset),
+            warning: Duration::from_secs(30 * 86_400),
+            ..Lifecycle::default()
+        };
+        let d = Deprecation::new(life, Some("/api/v2".into()));
         let lines = String::from_utf8(d.header_lines.clone()).unwrap();
         assert!(lines.contains("Deprecation: @1700000000\r\n"));
         assert!(
@@ -245,9 +255,20 @@ mod tests {
             "{lines}"
         );
         assert!(lines.contains("Link: </api/v2>; rel=\"successor-version\"\r\n"));
-        assert!(!d.is_gone(sunset - Duration::from_secs(1)));
-        assert!(d.is_gone(sunset));
-        let body: serde_json::Value = serde_json::from_slice(&d.gone_body()).unwrap();
+        assert_eq!(d.phase(since), Phase::Deprecated);
+        assert_eq!(
+            d.phase(sunset - Duration::from_secs(86_400)),
+            Phase::Warning
+        );
+        assert_eq!(d.phase(sunset - Duration::from_secs(1)), Phase::Warning);
+        assert_eq!(d.phase(sunset), Phase::Sunset);
+        let warning = String::from_utf8(d.warning_line.clone()).unwrap();
+        assert!(warning.starts_with("Warning: 299 lb "), "{warning}");
+        let body: serde_json::Value = serde_json::from_slice(&d.gone_body("old")).unwrap();
         assert_eq!(body["successor"], "/api/v2");
+        assert_eq!(
+            (body["status"].as_u64(), body["code"].as_str()),
+            (Some(410), Some("gone"))
+        );
     }
 }

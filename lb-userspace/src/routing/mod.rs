@@ -58,7 +58,7 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
-    pub deprecation: Option<Deprecation>,
+    pub deprecation: Option<std::sync::Arc<Deprecation>>,
     /// Overrides of the cluster's timeouts for this route.
     pub timeouts: RouteTimeouts,
     /// Requests without a known API key get 401.

@@ -386,6 +386,104 @@ pub struct Lifecycle {
     /// In the warning phase, JSON object responses up to this size get a `_deprecation`
     /// member (`None`: off).
     pub field_max: Option<u64>,
+    /// The operator's words for the 410 answer past the sunset.
+    pub gone: Gone,
+}
+
+/// The problem+json members of a 410 answer past a sunset that the operator sets (`gone =
+/// { type, title, detail, code }`); each may name `${route}`, `${version}`, `${sunset}`,
+/// `${successor}` and `${guide}`. Unset members keep lb's words.
+#[derive(Debug, Clone, Default)]
+pub struct Gone {
+    pub kind: Option<String>,
+    pub title: Option<String>,
+    pub detail: Option<String>,
+    pub code: Option<String>,
+}
+
+/// The names a [`Gone`] template may use.
+pub const GONE_VARIABLES: [&str; 5] = ["route", "version", "sunset", "successor", "guide"];
+
+impl Gone {
+    /// What is wrong with a template `text`, if anything: a `${` without its `}`, or a
+    /// name not among [`GONE_VARIABLES`].
+    pub fn template_problem(text: &str) -> Option<String> {
+        let mut rest = text;
+        while let Some(at) = rest.find("${") {
+            let tail = &rest[at + 2..];
+            let Some(end) = tail.find('}') else {
+                return Some("a \"${\" without its \"}\"".into());
+            };
+            let name = &tail[..end];
+            if !GONE_VARIABLES.contains(&name) {
+                let known = GONE_VARIABLES.map(|v| format!("${{{v}}}")).join(", ");
+                return Some(format!(
+                    "unknown variable ${{{name}}}: expected one of {known}"
+                ));
+            }
+            rest = &tail[end + 1..];
+        }
+        None
+    }
+}
+
+/// What a 410 answer says of the API gone: the route, the version (none for a route's own
+/// lifecycle) and where to go instead.
+pub struct GoneOf<'a> {
+    pub route: &'a str,
+    pub version: Option<&'a str>,
+    /// The successor version's name, or the successor route's URI.
+    pub successor: Option<&'a str>,
+}
+
+impl Lifecycle {
+    /// The problem+json body of the 410 answer past the sunset, in the operator's words
+    /// where `gone` gives them.
+    pub fn gone_body(&self, of: &GoneOf<'_>) -> Vec<u8> {
+        let sunset = self.sunset.map(httpdate::fmt_http_date);
+        let render = |t: &str| {
+            t.replace("${route}", of.route)
+                .replace("${version}", of.version.unwrap_or(""))
+                .replace("${sunset}", sunset.as_deref().unwrap_or(""))
+                .replace("${successor}", of.successor.unwrap_or(""))
+                .replace("${guide}", self.policy.as_deref().unwrap_or(""))
+        };
+        let (title, detail, code) = match of.version {
+            Some(v) => (
+                "API version retired",
+                format!("version {v} of this API has passed its sunset"),
+                "api_version_retired",
+            ),
+            None => (
+                "API retired",
+                "this API has passed its sunset".to_string(),
+                "gone",
+            ),
+        };
+        let mut body = serde_json::json!({
+            "type": self.gone.kind.as_deref().map_or("about:blank".into(), render),
+            "title": self.gone.title.as_deref().map_or(title.into(), render),
+            "status": 410,
+            "detail": self.gone.detail.as_deref().map_or(detail, render),
+            "code": self.gone.code.as_deref().map_or(code.into(), render),
+            "sunset": sunset,
+            "migration_guide": self.policy,
+        });
+        if let Some(o) = body.as_object_mut() {
+            match of.version {
+                Some(v) => {
+                    o.insert("version".into(), v.into());
+                    o.insert("successor_version".into(), of.successor.into());
+                }
+                None => {
+                    o.insert("successor".into(), of.successor.into());
+                }
+            }
+        }
+        let mut out = body.to_string().into_bytes();
+        out.push(b'\n');
+        out
+    }
 }
 
 impl Lifecycle {
@@ -447,18 +545,43 @@ impl Lifecycle {
     }
 }
 
-/// The clock the lifecycle phases read. `LB_TEST_NOW` (Unix seconds), read once at start,
-/// fixes it for tests, so that a test moves a version through its phases without waiting.
+/// The clock the lifecycle phases read: the system's. A process started with `LB_TEST_NOW`
+/// (Unix seconds) reads a test clock instead, which starts there and which the admin API's
+/// `PUT /test/clock` moves, so that a test takes a running `lb` through a version's phases
+/// without waiting and without a reload. Without `LB_TEST_NOW` that endpoint is refused.
 pub fn now() -> std::time::SystemTime {
-    static FIXED: std::sync::OnceLock<Option<std::time::SystemTime>> = std::sync::OnceLock::new();
-    FIXED
+    match test_clock() {
+        Some(c) => {
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(c.load(std::sync::atomic::Ordering::Relaxed))
+        }
+        None => std::time::SystemTime::now(),
+    }
+}
+
+/// The test clock, if this process has one (`LB_TEST_NOW` at start).
+fn test_clock() -> Option<&'static std::sync::atomic::AtomicU64> {
+    static CLOCK: std::sync::OnceLock<Option<std::sync::atomic::AtomicU64>> =
+        std::sync::OnceLock::new();
+    CLOCK
         .get_or_init(|| {
             std::env::var("LB_TEST_NOW")
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+                .map(std::sync::atomic::AtomicU64::new)
         })
-        .unwrap_or_else(std::time::SystemTime::now)
+        .as_ref()
+}
+
+/// Sets the test clock to `unix` seconds; false if this process reads the system clock.
+pub fn set_test_clock(unix: u64) -> bool {
+    match test_clock() {
+        Some(c) => {
+            c.store(unix, std::sync::atomic::Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Who still calls deprecated versions: per (route, version), per consumer, requests and the
@@ -637,6 +760,34 @@ mod tests {
     }
 
     #[test]
+    fn gone_templates_name_known_variables_only() {
+        assert_eq!(Gone::template_problem("v${version} ends ${sunset}"), None);
+        assert_eq!(Gone::template_problem("no variables"), None);
+        assert!(Gone::template_problem("see ${docs}").is_some_and(|p| p.contains("${docs}")));
+        assert!(Gone::template_problem("cut ${version").is_some_and(|p| p.contains("without")));
+        let life = Lifecycle {
+            policy: Some("https://docs.example.com/v3".into()),
+            gone: Gone {
+                title: Some("${route} v${version} retired".into()),
+                ..Gone::default()
+            },
+            ..Lifecycle::default()
+        };
+        let body = life.gone_body(&GoneOf {
+            route: "users",
+            version: Some("2"),
+            successor: Some("3"),
+        });
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["title"], "users v2 retired");
+        // Members the operator left alone keep lb's words.
+        assert_eq!(v["code"], "api_version_retired");
+        assert_eq!(v["detail"], "version 2 of this API has passed its sunset");
+        assert_eq!(v["successor_version"], "3");
+        assert_eq!(v["migration_guide"], "https://docs.example.com/v3");
+    }
+
+    #[test]
     fn phases_follow_the_dates() {
         use std::time::{Duration, UNIX_EPOCH};
         let day = Duration::from_secs(86_400);
@@ -648,6 +799,7 @@ mod tests {
             successor: Some("2".into()),
             policy: None,
             field_max: None,
+            gone: Gone::default(),
         };
         assert_eq!(life.phase(t0 - day), Phase::Active);
         assert_eq!(life.phase(t0), Phase::Deprecated);

@@ -521,8 +521,8 @@ pages.versions = {
     document.getElementById("versions").replaceChildren(el("div", { class: "card" },
       el("h2", {}, "Deprecated API versions and who still calls them"),
       d.versions.length ? table(["route", "version", "phase", "deprecated", "sunset", "successor", "consumers (requests, last seen)"],
-        d.versions.map((v) => ({ attrs: { "data-version": `${v.route}/${v.version}` }, cells: [
-          v.route, v.version, badge(v.phase, kind[v.phase] || ""),
+        d.versions.map((v) => ({ attrs: { "data-version": `${v.route}/${v.version ?? ""}` }, cells: [
+          v.route, v.version ?? el("span", { class: "muted" }, "the whole route"), badge(v.phase, kind[v.phase] || ""),
           fmtTime(v.deprecated_unix),
           v.sunset_unix ? el("span", {}, fmtTime(v.sunset_unix), " ", badge(`${Math.floor((v.sunset_unix - now) / 86400)} days`, "")) : "–",
           v.successor || "–",

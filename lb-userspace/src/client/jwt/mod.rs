@@ -81,6 +81,8 @@ pub struct ProviderConfig {
     pub forward_claims: Vec<(String, String)>,
     /// Remove the token's header before forwarding (header sources only).
     pub strip_token: bool,
+    /// The claim that names the consumer of a deprecated API version (`sub` by default).
+    pub consumer_claim: String,
 }
 
 /// Why a token was not accepted; the `result` label of `lb_jwt_verifications_total`.

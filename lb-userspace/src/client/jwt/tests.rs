@@ -20,6 +20,7 @@ fn provider(algs: &[Alg], keys: KeySet) -> Provider {
             keys: KeySource::Secret,
             forward_claims: Vec::new(),
             strip_token: false,
+            consumer_claim: "sub".into(),
         },
         Arc::new(KeyHolder::new(keys)),
     )
