@@ -14,8 +14,12 @@ use common::browser::{self, Browser};
 use common::*;
 use serde_json::{json, Value};
 
+/// One `lb demo` at a time: it serves on the demo's own ports.
+static DEMO_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `lb demo` with its built-in backends, on the demo's own ports; killed on drop.
 struct Demo {
+    _ports: std::sync::MutexGuard<'static, ()>,
     child: Child,
     addr: SocketAddr,
     admin: SocketAddr,
@@ -24,6 +28,7 @@ struct Demo {
 
 impl Demo {
     fn start() -> Demo {
+        let ports = DEMO_PORTS.lock().unwrap_or_else(|p| p.into_inner());
         let dir = scratch_dir("demo");
         let ready = dir.join("ready.json");
         let log = std::fs::File::create(dir.join("lb.log")).expect("log file");
@@ -35,6 +40,7 @@ impl Demo {
             .spawn()
             .expect("spawn lb demo");
         let mut demo = Demo {
+            _ports: ports,
             child,
             addr: "127.0.0.1:8080".parse().expect("addr"),
             admin: "127.0.0.1:9901".parse().expect("addr"),
@@ -103,6 +109,72 @@ fn admin_call(
         r.status,
         serde_json::from_slice(&r.body).unwrap_or(Value::Null),
     )
+}
+
+/// The demo's users API answers the curl lines its banner and docs/versions.md print: v1 by
+/// `Accept` in its warning phase, an unknown version, a body and a path parameter that fail
+/// v2's validation, and who still calls v1.
+#[test]
+fn the_demos_users_api_answers_as_its_banner_says() {
+    let demo = Demo::start();
+    let url = |path: &str| format!("http://{}{path}", demo.addr);
+    let (body, status, err, ok) = curl_with(
+        &[
+            "-D",
+            "-",
+            "-H",
+            "Accept: application/vnd.demo.v1+json",
+            &url("/api/users/7"),
+        ],
+        "%{http_code}",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(status, "200", "{body}");
+    let lower = body.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nwarning: 299 lb ") && lower.contains("\r\napi-version: 1\r\n"),
+        "{body}"
+    );
+    assert!(body.contains("\"_deprecation\":{"), "{body}");
+
+    let (body, status, _, _) = curl_with(&[&url("/v9/users/7")], "%{http_code}");
+    assert_eq!(status, "400", "{body}");
+    let v: Value = serde_json::from_str(&body).expect("problem JSON");
+    assert_eq!(v["supported_versions"], json!(["1", "2"]), "{v}");
+
+    let (body, status, _, _) = curl_with(
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            "{\"email\":\"nope\",\"plan\":\"gold\"}",
+            &url("/api/users"),
+        ],
+        "%{http_code}",
+    );
+    assert_eq!(status, "400", "{body}");
+    for pointer in ["/email", "/plan", "/name"] {
+        assert!(
+            body.contains(&format!("\"{pointer}\"")),
+            "{pointer}: {body}"
+        );
+    }
+
+    let (body, status, _, _) = curl_with(&[&url("/v2/users/abc")], "%{http_code}");
+    assert_eq!(status, "400", "{body}");
+    assert!(body.contains("integer"), "{body}");
+
+    let (_, v) = demo.admin("GET", "/deprecations", &Value::Null);
+    let v1 = v["versions"]
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|e| e["route"] == "users" && e["version"] == "1")
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(v1["phase"], "warning", "{v}");
+    assert_eq!(v1["consumers"][0]["consumer"], "anonymous", "{v}");
 }
 
 /// Where the screenshots go: `target/console/`.
