@@ -459,6 +459,19 @@ fn alert_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The rules' behaviour: conf/prometheus/alerts_test.yml feeds series to the API-version
+    // alerts and says when each fires.
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(root.join("conf/prometheus/alerts_test.yml"))
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The shipped logrotate snippet (`conf/logrotate/lb`) rotates the access log of a running lb
