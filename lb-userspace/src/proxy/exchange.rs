@@ -12,7 +12,7 @@ use super::body::{pump, Encode, Out, Pace, PumpFail};
 use super::error::{BodyFault, ErrorKind, ProxyError, RetryClass, Side};
 use super::h2::stream::BodyIn;
 use super::side::Downstream;
-use super::{head, send_error, Flow, Plan, Record};
+use super::{head, send_error, Flow, Plan, Record, Req};
 use crate::config::{RetryConfig, MAX_HEADERS_LIMIT};
 use crate::http::response::{self, ResponseError};
 use crate::http::write::error_response;
@@ -158,17 +158,17 @@ fn refusal(e: ProxyError, close: bool) -> super::Reject {
 async fn answer<C: Downstream>(
     ctx: &Ctx<'_>,
     client: &mut C,
-    out: &mut Vec<u8>,
+    req: &mut Req<'_>,
     e: ProxyError,
-    rec: &mut Record,
 ) -> Flow {
     let close = ctx.close_on_error || e.closes_client();
-    rec.error = Some(e);
+    req.rec.error = Some(e);
     client.failed(&e);
     let Some(limit) = e.limit() else {
-        send_error(client, out, &refusal(e, close), ctx.view, rec).await;
+        send_error(client, req, &refusal(e, close)).await;
         return if close { Flow::Close } else { Flow::Continue };
     };
+    let (out, rec) = (&mut *req.out, &mut *req.rec);
     tracing::debug!(cluster = %ctx.cluster.name, limit = limit.label(), "request refused by a limit");
     ctx.cluster.metrics.limit(limit as usize);
     rec.status = e.status();
@@ -183,65 +183,68 @@ async fn answer<C: Downstream>(
     }
 }
 
-/// Proxies one planned request; the head for upstream is already in `out`.
-pub(crate) async fn proxy<C: Downstream>(
-    w: &Worker,
-    view: &View,
-    client: &mut C,
-    out: &mut Vec<u8>,
-    plan: Plan,
-    rec: &mut Record,
-) -> Flow {
-    let Some(ctx) = prepare(w, view, client, out, plan) else {
-        let e = ProxyError::downstream(ErrorKind::Body(BodyFault::TooLarge));
-        rec.error = Some(e);
-        client.failed(&e);
-        send_error(client, out, &refusal(e, true), view, rec).await;
-        return Flow::Close;
-    };
-    let cstate = &ctx.cluster.state;
-    let max_requests = ctx.cluster.config.limits.max_requests;
-    if max_requests > 0 && cstate.in_flight.load(Ordering::Relaxed) >= max_requests as u64 {
-        let e = ProxyError::internal(ErrorKind::Limit(Limit::ClusterMaxRequests));
-        return answer(&ctx, client, out, e, rec).await;
-    }
-    let _cluster_request = Held::take(&cstate.in_flight);
-    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
-    let mut last_failure: Option<ProxyError> = None;
-    let mut retry_slot: Option<Held<'_>> = None;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let (idx, admission) = match choose_endpoint(&ctx, &tried, attempt > 1) {
-            Ok(p) => p,
-            Err(e) => {
-                if e.limit() == Some(Limit::MaxRetries) {
-                    ctx.cluster.metrics.limit(Limit::MaxRetries as usize);
-                }
-                return answer(&ctx, client, out, last_failure.unwrap_or(e), rec).await;
-            }
+/// Proxies one planned request; the head for upstream is already in `out`. (A plain fn
+/// returning an async block: an async fn would keep two copies of each argument in the
+/// future, which is in every busy connection's.)
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment above
+pub(crate) fn proxy<'a, 'r, C: Downstream>(
+    w: &'a Worker,
+    req: &'a mut Req<'r>,
+    client: &'a mut C,
+    plan: &'a Plan,
+) -> impl std::future::Future<Output = Flow> + use<'a, 'r, C> {
+    async move {
+        let Some(ctx) = prepare(w, req.view, client, req.out, *plan) else {
+            let e = ProxyError::downstream(ErrorKind::Body(BodyFault::TooLarge));
+            req.rec.error = Some(e);
+            client.failed(&e);
+            send_error(client, req, &refusal(e, true)).await;
+            return Flow::Close;
         };
-        let pick = Pick {
-            idx,
-            admission,
-            attempt,
-        };
-        let e = match try_endpoint(&ctx, client, out, rec, pick).await {
-            Attempt::Finished(flow) => return flow,
-            Attempt::Failed(e) => e,
-        };
-        last_failure = Some(e);
-        tried.push(idx);
-        drop(retry_slot.take());
-        match retry_verdict(&ctx, client, e, attempt) {
-            Some(slot) => retry_slot = Some(slot),
-            None => return answer(&ctx, client, out, e, rec).await,
+        let cstate = &ctx.cluster.state;
+        let max_requests = ctx.cluster.config.limits.max_requests;
+        if max_requests > 0 && cstate.in_flight.load(Ordering::Relaxed) >= max_requests as u64 {
+            let e = ProxyError::internal(ErrorKind::Limit(Limit::ClusterMaxRequests));
+            return answer(&ctx, client, req, e).await;
         }
-        ctx.cluster.metrics.retries.increment(1);
-        client.rewind(ctx.body_start);
-        let backoff = backoff(ctx.retry(), attempt);
-        if !backoff.is_zero() {
-            crate::timer::sleep(backoff).await;
+        let _cluster_request = Held::take(&cstate.in_flight);
+        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut last_failure: Option<ProxyError> = None;
+        let mut retry_slot: Option<Held<'_>> = None;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (idx, admission) = match choose_endpoint(&ctx, &tried, attempt > 1) {
+                Ok(p) => p,
+                Err(e) => {
+                    if e.limit() == Some(Limit::MaxRetries) {
+                        ctx.cluster.metrics.limit(Limit::MaxRetries as usize);
+                    }
+                    return answer(&ctx, client, req, last_failure.unwrap_or(e)).await;
+                }
+            };
+            let pick = Pick {
+                idx,
+                admission,
+                attempt,
+            };
+            let e = match try_endpoint(&ctx, client, req, pick).await {
+                Attempt::Finished(flow) => return flow,
+                Attempt::Failed(e) => e,
+            };
+            last_failure = Some(e);
+            tried.push(idx);
+            drop(retry_slot.take());
+            match retry_verdict(&ctx, client, e, attempt) {
+                Some(slot) => retry_slot = Some(slot),
+                None => return answer(&ctx, client, req, e).await,
+            }
+            ctx.cluster.metrics.retries.increment(1);
+            client.rewind(ctx.body_start);
+            let backoff = backoff(ctx.retry(), attempt);
+            if !backoff.is_zero() {
+                crate::timer::sleep(backoff).await;
+            }
         }
     }
 }
@@ -462,20 +465,19 @@ fn release_probe(ctx: &Ctx<'_>, pick: Pick) {
 async fn try_endpoint<C: Downstream>(
     ctx: &Ctx<'_>,
     client: &mut C,
-    out: &mut Vec<u8>,
-    rec: &mut Record,
+    req: &mut Req<'_>,
     pick: Pick,
 ) -> Attempt {
     let Pick { idx, attempt, .. } = pick;
     let cluster = ctx.cluster;
     let ep = &cluster.endpoints[idx];
     let estate = &ep.state;
-    rec.endpoint = Some(ep.addr);
+    req.rec.endpoint = Some(ep.addr);
     let max_requests = cluster.config.endpoint_limits.max_requests;
     if max_requests > 0 && estate.in_flight.load(Ordering::Relaxed) >= max_requests as u64 {
         release_probe(ctx, pick);
         let e = ProxyError::internal(ErrorKind::Limit(Limit::EndpointMaxRequests));
-        return Attempt::Finished(answer(ctx, client, out, e, rec).await);
+        return Attempt::Finished(answer(ctx, client, req, e).await);
     }
     let _endpoint_request = Held::take(&estate.in_flight);
     let _endpoint_retry = (attempt > 1).then(|| Held::take(&estate.retries_in_flight));
@@ -487,7 +489,7 @@ async fn try_endpoint<C: Downstream>(
             Ok(u) => u,
             Err(e) if e.limit().is_some() => {
                 release_probe(ctx, pick);
-                return Attempt::Finished(answer(ctx, client, out, e, rec).await);
+                return Attempt::Finished(answer(ctx, client, req, e).await);
             }
             Err(e) => {
                 tracing::debug!(endpoint = %ep.addr, error = e.code(), "connect failed");
@@ -510,10 +512,10 @@ async fn try_endpoint<C: Downstream>(
         let hold_back = attempt < ctx.retry().attempts
             && (ctx.may_repeat || ctx.grpc_retry())
             && ctx.replayable(client);
-        let result = exchange(ctx, client, out, &mut up, hold_back).await;
+        let result = exchange(ctx, client, req.out, &mut up, hold_back).await;
         match result {
             Ok(done) => {
-                finish(ctx, pick, up, &done, rec);
+                finish(ctx, pick, up, &done, req.rec);
                 return Attempt::Finished(done.flow);
             }
             Err(e)
@@ -531,7 +533,7 @@ async fn try_endpoint<C: Downstream>(
                 up.close(&ctx.w.up_bufs);
                 client.rewind(ctx.body_start);
             }
-            Err(e) => return failed(ctx, client, out, rec, pick, up, e).await,
+            Err(e) => return failed(ctx, client, req, pick, up, e).await,
         }
     }
 }
@@ -564,8 +566,7 @@ fn finish(ctx: &Ctx<'_>, pick: Pick, up: Upstream, done: &Done, rec: &mut Record
 async fn failed<C: Downstream>(
     ctx: &Ctx<'_>,
     client: &mut C,
-    out: &mut Vec<u8>,
-    rec: &mut Record,
+    req: &mut Req<'_>,
     pick: Pick,
     up: Upstream,
     e: ProxyError,
@@ -574,17 +575,17 @@ async fn failed<C: Downstream>(
     match e.kind {
         ErrorKind::Body(_) => {
             release_probe(ctx, pick);
-            return Attempt::Finished(answer(ctx, client, out, e, rec).await);
+            return Attempt::Finished(answer(ctx, client, req, e).await);
         }
         ErrorKind::ClientGone => {
             release_probe(ctx, pick);
-            rec.error = Some(e);
+            req.rec.error = Some(e);
             return Attempt::Finished(Flow::Close);
         }
         ErrorKind::CutMidBody => {
             // Headers are gone already: closing is the only way to tell the client.
             record_outcome(ctx, pick, Outcome::Failure);
-            rec.error = Some(e);
+            req.rec.error = Some(e);
             return Attempt::Finished(Flow::Close);
         }
         ErrorKind::RetryableStatus(status) if status < 500 => {
@@ -1377,7 +1378,12 @@ mod tests {
         let Ok(Some(Decision::Forward(plan))) = d else {
             panic!("not forwarded")
         };
-        let flow = proxy(w, &view, client, &mut out, plan, &mut rec).await;
+        let mut req = super::super::Req {
+            view: &view,
+            out: &mut out,
+            rec: &mut rec,
+        };
+        let flow = proxy(w, &mut req, client, &plan).await;
         (flow, rec.error)
     }
 

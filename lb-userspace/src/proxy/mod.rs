@@ -176,15 +176,84 @@ pub struct Record {
     pub validation: Option<crate::validation::Outcome>,
 }
 
+/// One request's context in the phases after planning (limits asked of Redis, validation,
+/// the mirror, the attempts, lb's own answers, the log): the snapshot view it was planned
+/// with, the buffer that upstream heads and lb's answers are written into, and its record,
+/// what metrics and the access log learn of it. An HTTP/1.1 request and an HTTP/2 stream
+/// each make one and take the same phases ([`after_plan`]) with it.
+pub(crate) struct Req<'a> {
+    pub view: &'a Rc<View>,
+    pub out: &'a mut Vec<u8>,
+    pub rec: &'a mut Record,
+}
+
+/// The phases after planning, the same for both protocols: a `strict` fleet rate limit, the
+/// request's validation, its mirror copy, then the attempts on its cluster, or lb's own
+/// answer. `client` is the request's side: an HTTP/1.1 connection or an HTTP/2 stream.
+// A plain fn returning an async block: an async fn would keep two copies of each argument
+// in the future (it is in every busy connection's).
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment above
+pub(crate) fn after_plan<'a, 'r, C: side::Downstream>(
+    w: &'a Worker,
+    req: &'a mut Req<'r>,
+    client: &'a mut C,
+    decision: &'a mut Decision,
+) -> impl std::future::Future<Output = Flow> + use<'a, 'r, C> {
+    async move {
+        req.rec.view = Some(req.view.clone());
+        if req.rec.strict.is_some() || validate::of(req.view, decision).is_some() {
+            // Boxed: only the requests that need them pay for these phases.
+            if let Some(flow) = Box::pin(checks(req, client, decision)).await {
+                return flow;
+            }
+        }
+        if let Some((split, copy)) = req.rec.mirror.take() {
+            let snap = &req.view.snap;
+            let in_flight = snap.splits[split].state.mirror_in_flight.clone();
+            mirror::send(&w.up_bufs, snap, split, copy, in_flight);
+        }
+        // The decision by reference, here and in the attempts: an async fn keeps two copies of
+        // an argument it takes by value, and this one is in every busy connection's future.
+        match *decision {
+            Decision::Forward(ref plan) => exchange::proxy(w, req, client, plan).await,
+            Decision::Local {
+                head_len,
+                keep_alive,
+                status,
+            } => {
+                client.consume(head_len);
+                req.rec.status = status;
+                let timeout = req.view.snap.http.client_body_timeout;
+                if client.write_all(req.out, timeout).await.is_err() || !keep_alive {
+                    return Flow::Close;
+                }
+                Flow::Continue
+            }
+        }
+    }
+}
+
+/// The checks some requests need before their attempts: a `strict` fleet rate limit, then
+/// validation against the API's spec. `Some`: the request was answered here.
+async fn checks<C: side::Downstream>(
+    req: &mut Req<'_>,
+    client: &mut C,
+    decision: &mut Decision,
+) -> Option<Flow> {
+    if req.rec.strict.is_some() {
+        strict_rate_limit(req, decision).await;
+    }
+    if validate::of(req.view, decision).is_some() {
+        return validate::check(req, client, decision).await;
+    }
+    None
+}
+
 /// A `strict` fleet rate limit, asked of Redis now that planning is done: when it refuses,
 /// the decision becomes a 429 (and the connection closes after it: the request's body, if
 /// any, is not read).
-pub(crate) async fn strict_rate_limit(
-    snap: &crate::snapshot::Snapshot,
-    decision: &mut Decision,
-    out: &mut Vec<u8>,
-    rec: &mut Record,
-) {
+async fn strict_rate_limit(req: &mut Req<'_>, decision: &mut Decision) {
+    let (snap, out, rec) = (&req.view.snap, &mut *req.out, &mut *req.rec);
     let Some(check) = rec.strict.take() else {
         return;
     };
@@ -529,37 +598,28 @@ async fn next_request(
     flow
 }
 
-async fn handle_request(
-    w: &Rc<Worker>,
-    client: &mut BufConn,
-    out: &mut Vec<u8>,
+/// One HTTP/1.1 request: its head read and planned, then the phases after planning. (A
+/// plain fn returning an async block, as [`after_plan`].)
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment above
+fn handle_request<'a>(
+    w: &'a Rc<Worker>,
+    client: &'a mut BufConn,
+    out: &'a mut Vec<u8>,
     at: Arrival,
     head_deadline: Option<u64>,
-    rec: &mut Record,
-) -> Flow {
-    let (decision, view) = match read_head(w, client, out, at, head_deadline, rec).await {
-        Ok(d) => d,
-        Err(flow) => return flow,
-    };
-    if let Some((split, copy)) = rec.mirror.take() {
-        let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
-        mirror::send(&w.up_bufs, &view.snap, split, copy, in_flight);
-    }
-    match decision {
-        Decision::Forward(plan) => exchange::proxy(w, &view, client, out, plan, rec).await,
-        Decision::Local {
-            head_len,
-            keep_alive,
-            status,
-        } => {
-            client.consume(head_len);
-            rec.status = status;
-            let timeout = view.snap.http.client_body_timeout;
-            if client.write_all(out, timeout).await.is_err() || !keep_alive {
-                return Flow::Close;
-            }
-            Flow::Continue
-        }
+    rec: &'a mut Record,
+) -> impl std::future::Future<Output = Flow> + use<'a> {
+    async move {
+        let (mut decision, view) = match read_head(w, client, out, at, head_deadline, rec).await {
+            Ok(d) => d,
+            Err(flow) => return flow,
+        };
+        let mut req = Req {
+            view: &view,
+            out,
+            rec,
+        };
+        after_plan(w, &mut req, client, &mut decision).await
     }
 }
 
@@ -595,29 +655,33 @@ async fn read_head(
                 client_cert: client.client_cert(),
             };
             match plan::plan_request(&current, client.data(), &side, out, rec, w.access_log_on()) {
-                Ok(Some(mut d)) => {
-                    rec.view = Some(current.clone());
-                    if rec.strict.is_some() {
-                        // Boxed: the rare wait on Redis does not grow every connection's
-                        // future.
-                        Box::pin(strict_rate_limit(&current.snap, &mut d, out, rec)).await;
-                    }
-                    if validate::of(&current, &d).is_some() {
-                        // Boxed: only validated routes pay for it.
-                        if let Some(flow) =
-                            Box::pin(validate::check(&current, client, &mut d, out, rec)).await
-                        {
-                            return Err(flow);
-                        }
-                    }
-                    return Ok((d, current));
-                }
+                Ok(Some(d)) => return Ok((d, current)),
                 Ok(None) => {}
-                Err(r) => return Err(reject(client, out, r, &view, rec).await),
+                Err(r) => {
+                    return Err(reject(
+                        client,
+                        Req {
+                            view: &view,
+                            out,
+                            rec,
+                        },
+                        r,
+                    )
+                    .await)
+                }
             }
             if client.is_full() || client.data().len() >= http.max_header_bytes {
                 let r = Reject::closing(Refusal::HeadTooLarge);
-                return Err(reject(client, out, r, &view, rec).await);
+                return Err(reject(
+                    client,
+                    Req {
+                        view: &view,
+                        out,
+                        rec,
+                    },
+                    r,
+                )
+                .await);
             }
         }
         let res = if client.data().is_empty() && deadline.is_none() {
@@ -636,7 +700,16 @@ async fn read_head(
             }
             Err(IoFail::Timeout) if !client.data().is_empty() => {
                 let r = Reject::closing(Refusal::HeadTimeout);
-                return Err(reject(client, out, r, &view, rec).await);
+                return Err(reject(
+                    client,
+                    Req {
+                        view: &view,
+                        out,
+                        rec,
+                    },
+                    r,
+                )
+                .await);
             }
             Err(_) => return Err(Flow::Close),
         }
@@ -644,16 +717,10 @@ async fn read_head(
 }
 
 /// Answers a refused request and decides whether the connection survives.
-async fn reject(
-    client: &mut BufConn,
-    out: &mut Vec<u8>,
-    r: Reject,
-    view: &View,
-    rec: &mut Record,
-) -> Flow {
+async fn reject(client: &mut BufConn, mut req: Req<'_>, r: Reject) -> Flow {
     let close = r.close || r.head_len == 0;
-    rec.started.get_or_insert_with(crate::clock::stamp);
-    send_error(client, out, &Reject { close, ..r }, view, rec).await;
+    req.rec.started.get_or_insert_with(crate::clock::stamp);
+    send_error(client, &mut req, &Reject { close, ..r }).await;
     if close {
         return Flow::Close;
     }
@@ -665,16 +732,20 @@ async fn reject(
 /// `r.close`). Returns false if the client is gone.
 pub(crate) async fn send_error<C: side::Downstream>(
     client: &mut C,
-    out: &mut Vec<u8>,
+    req: &mut Req<'_>,
     r: &Reject,
-    view: &View,
-    rec: &mut Record,
 ) -> bool {
     let close = r.close;
-    rec.status = r.why.status();
-    error_response(out, r.why.status(), r.why.code(), r.why.message(), close);
+    req.rec.status = r.why.status();
+    error_response(
+        req.out,
+        r.why.status(),
+        r.why.code(),
+        r.why.message(),
+        close,
+    );
     let ok = client
-        .write_all(out, view.snap.http.client_body_timeout)
+        .write_all(req.out, req.view.snap.http.client_body_timeout)
         .await
         .is_ok();
     if close && ok {

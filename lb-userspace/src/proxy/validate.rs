@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::error::Refusal;
 use super::side::Downstream;
-use super::{head, Decision, Flow, Plan, Record};
+use super::{head, Decision, Flow, Plan, Record, Req};
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::Framing;
 use crate::net::IoFail;
@@ -30,12 +30,11 @@ pub(super) fn of<'v>(view: &'v View, d: &Decision) -> Option<&'v Arc<Validation>
 /// Validates a planned request. `None`: go on with `decision` (the request as planned, or a
 /// local answer that replaced it); `Some`: it was answered here.
 pub(super) async fn check<C: Downstream>(
-    view: &View,
+    req: &mut Req<'_>,
     client: &mut C,
     decision: &mut Decision,
-    out: &mut Vec<u8>,
-    rec: &mut Record,
 ) -> Option<Flow> {
+    let view = req.view;
     let v = of(view, decision)?.clone();
     let v = v.as_ref();
     let Decision::Forward(plan) = *decision else {
@@ -44,10 +43,10 @@ pub(super) async fn check<C: Downstream>(
     let mut fails = Failures::default();
     let body = head_check(view, v, client.data(), &plan, &mut fails);
     if !fails.is_empty() {
-        return failed(view, v, client, decision, out, rec, &fails, plan.head_len).await;
+        return failed(req, v, client, decision, &fails, plan.head_len).await;
     }
     let Some(body) = body else {
-        return valid(v, rec);
+        return valid(v, req.rec);
     };
     let http = &view.snap.http;
     let head_request = plan.method == crate::http::Method::Head;
@@ -59,7 +58,7 @@ pub(super) async fn check<C: Downstream>(
             return None;
         }
         if n > v.max_body {
-            return too_large(view, v, client, out, rec, head_request).await;
+            return too_large(req, v, client, head_request).await;
         }
     }
     let timeout = http.client_body_timeout;
@@ -83,21 +82,21 @@ pub(super) async fn check<C: Downstream>(
                 ReadFail::Framing => Refusal::BadChunked,
             };
             let r = super::Reject::closing(why);
-            super::send_error(client, out, &r, view, rec).await;
+            super::send_error(client, req, &r).await;
             return Some(Flow::Close);
         }
     };
     let Some((decoded, end)) = read else {
-        return too_large(view, v, client, out, rec, head_request).await;
+        return too_large(req, v, client, head_request).await;
     };
     match &decoded {
         Some(b) => body.check(b, &mut fails),
         None => body.check(&client.data()[plan.head_len..end], &mut fails),
     }
     if fails.is_empty() {
-        return valid(v, rec);
+        return valid(v, req.rec);
     }
-    failed(view, v, client, decision, out, rec, &fails, end).await
+    failed(req, v, client, decision, &fails, end).await
 }
 
 fn valid(v: &Validation, rec: &mut Record) -> Option<Flow> {
@@ -247,15 +246,13 @@ fn make_room<C: Downstream>(client: &mut C, most: usize) {
 
 /// A body over the cap: counted; `413` and closed (the body is not read), or passed on.
 async fn too_large<C: Downstream>(
-    view: &View,
+    req: &mut Req<'_>,
     v: &Validation,
     client: &mut C,
-    out: &mut Vec<u8>,
-    rec: &mut Record,
     head_request: bool,
 ) -> Option<Flow> {
     v.count(Outcome::TooLarge);
-    rec.validation = Some(Outcome::TooLarge);
+    req.rec.validation = Some(Outcome::TooLarge);
     // Passed on unchecked when the operator says so, and always in report mode.
     if v.oversize == Oversize::Pass || v.mode == Mode::Report {
         return None;
@@ -269,32 +266,30 @@ async fn too_large<C: Downstream>(
         ),
         serde_json::json!({}),
     );
-    out.clear();
+    req.out.clear();
     let what = head::LocalResponse {
         status: 413,
         content_type: "application/problem+json",
         location: None,
         body: &body,
     };
-    head::write_bare_response(out, &what, head_request, false, 1);
-    send_and_close(view, client, out, rec, 413).await
+    head::write_bare_response(req.out, &what, head_request, false, 1);
+    send_and_close(req, client, 413).await
 }
 
 /// A request that failed validation: counted; refused in enforce mode (`consumed`: the bytes
 /// the request took, when all of them were read), passed on in report mode.
-#[allow(clippy::too_many_arguments)]
 async fn failed<C: Downstream>(
-    view: &View,
+    req: &mut Req<'_>,
     v: &Validation,
     client: &mut C,
     decision: &mut Decision,
-    out: &mut Vec<u8>,
-    rec: &mut Record,
     fails: &Failures,
     consumed: usize,
 ) -> Option<Flow> {
+    let view = req.view;
     v.count(Outcome::Invalid);
-    rec.validation = Some(Outcome::Invalid);
+    req.rec.validation = Some(Outcome::Invalid);
     let Decision::Forward(plan) = *decision else {
         return None;
     };
@@ -326,8 +321,8 @@ async fn failed<C: Downstream>(
         &detail,
         serde_json::json!({ "errors": fails.json(), "version": v.version() }),
     );
-    rec.variant = None;
-    rec.mirror = None;
+    req.rec.variant = None;
+    req.rec.mirror = None;
     // A body that was not read (a head failure) leaves an HTTP/1.1 connection unusable for
     // another request: the answer closes it.
     let whole =
@@ -335,6 +330,7 @@ async fn failed<C: Downstream>(
     let close = !whole && client.connection().is_some();
     let keep = plan.keep_alive && !close;
     let route = &view.snap.routes.routes()[plan.route];
+    let out = &mut *req.out;
     out.clear();
     let what = head::LocalResponse {
         status,
@@ -354,7 +350,7 @@ async fn failed<C: Downstream>(
         head::insert_headers(out, &[("Allow", allow)]);
     }
     if close {
-        return send_and_close(view, client, out, rec, status).await;
+        return send_and_close(req, client, status).await;
     }
     *decision = Decision::Local {
         head_len: consumed.max(plan.head_len),
@@ -366,15 +362,13 @@ async fn failed<C: Downstream>(
 
 /// Writes the answer in `out` and closes, lingering for what the client still sends.
 async fn send_and_close<C: Downstream>(
-    view: &View,
+    req: &mut Req<'_>,
     client: &mut C,
-    out: &mut Vec<u8>,
-    rec: &mut Record,
     status: u16,
 ) -> Option<Flow> {
-    rec.status = status;
+    req.rec.status = status;
     let ok = client
-        .write_all(out, view.snap.http.client_body_timeout)
+        .write_all(req.out, req.view.snap.http.client_body_timeout)
         .await
         .is_ok();
     if ok {

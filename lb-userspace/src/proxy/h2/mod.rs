@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use super::error::Refusal;
-use super::{log, mirror, plan, send_error, side::Sink, ClientSide, Decision, Record, Reject};
+use super::{log, plan, send_error, ClientSide, Record, Reject, Req};
 use crate::http::h2::{Flood, FrameWatch, H2Settings, Trip};
 use crate::net::BufConn;
 use crate::worker::{ConnGuard, Worker};
@@ -229,12 +229,17 @@ async fn serve_stream(
     let mut out = w.out_bufs.take();
     let view = w.view();
     rec.tls = info.tls;
+    let mut req = Req {
+        view: &view,
+        out: &mut out,
+        rec: &mut rec,
+    };
     if let Err(message) = built {
         let r = Reject::of_stream(Refusal::BadHead(message));
-        rec.started = Some(crate::clock::stamp());
-        send_error(&mut s, &mut out, &r, &view, &mut rec).await;
+        req.rec.started = Some(crate::clock::stamp());
+        send_error(&mut s, &mut req, &r).await;
     } else {
-        answer(w, info, &mut s, &mut out, &mut rec).await;
+        answer(w, info, &mut s, &mut req).await;
     }
     let cut = rec
         .error
@@ -278,16 +283,10 @@ fn prefetch(body: &mut h2::RecvStream, early: &mut Vec<u8>) -> bool {
     false
 }
 
-/// Plans the stream's request and answers it.
-async fn answer(
-    w: &Rc<Worker>,
-    info: &Client,
-    s: &mut stream::H2Stream,
-    out: &mut Vec<u8>,
-    rec: &mut Record,
-) {
+/// Plans the stream's request and answers it: the phases after planning are the same as an
+/// HTTP/1.1 request's.
+async fn answer(w: &Rc<Worker>, info: &Client, s: &mut stream::H2Stream, req: &mut Req<'_>) {
     use super::side::Source;
-    let view = w.view();
     let side = ClientSide {
         client: info.conn,
         listener: info.listener,
@@ -295,51 +294,25 @@ async fn answer(
         sni: info.sni.as_deref(),
         client_cert: info.client_cert.as_ref(),
     };
-    let decision = match plan::plan_request(&view, s.data(), &side, out, rec, w.access_log_on()) {
+    let planned = plan::plan_request(
+        req.view,
+        s.data(),
+        &side,
+        req.out,
+        req.rec,
+        w.access_log_on(),
+    );
+    let mut decision = match planned {
         Ok(Some(d)) => d,
         Ok(None) => {
             let r = Reject::of_stream(Refusal::BadHead("the request head could not be read"));
-            send_error(s, out, &r, &view, rec).await;
+            send_error(s, req, &r).await;
             return;
         }
         Err(r) => {
-            send_error(s, out, &r, &view, rec).await;
+            send_error(s, req, &r).await;
             return;
         }
     };
-    let mut decision = decision;
-    if rec.strict.is_some() {
-        Box::pin(super::strict_rate_limit(
-            &view.snap,
-            &mut decision,
-            out,
-            rec,
-        ))
-        .await;
-    }
-    rec.view = Some(view.clone());
-    // Boxed: only validated routes pay for it.
-    if super::validate::of(&view, &decision).is_some()
-        && Box::pin(super::validate::check(&view, s, &mut decision, out, rec))
-            .await
-            .is_some()
-    {
-        return;
-    }
-    if let Some((split, copy)) = rec.mirror.take() {
-        let in_flight = view.snap.splits[split].state.mirror_in_flight.clone();
-        mirror::send(&w.up_bufs, &view.snap, split, copy, in_flight);
-    }
-    match decision {
-        Decision::Forward(plan) => {
-            super::exchange::proxy(w, &view, s, out, plan, rec).await;
-        }
-        Decision::Local {
-            head_len, status, ..
-        } => {
-            s.consume(head_len);
-            rec.status = status;
-            let _ = s.write_all(out, view.snap.http.client_body_timeout).await;
-        }
-    }
+    super::after_plan(w, req, s, &mut decision).await;
 }
