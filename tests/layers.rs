@@ -94,3 +94,123 @@ fn module_imports_have_no_cycle() {
         );
     }
 }
+
+/// The line with string and character literals blanked, so that braces in them do not
+/// count (a raw string's text is rare in `proxy/` and has no unbalanced braces).
+fn code_of(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    let mut in_str = false;
+    while let Some(c) = chars.next() {
+        match (in_str, c) {
+            (true, '\\') => {
+                chars.next();
+            }
+            (true, '"') => in_str = false,
+            (true, _) => {}
+            (false, '"') => in_str = true,
+            (false, '/') if chars.peek() == Some(&'/') => break,
+            (false, '\'') => {
+                // A character literal ('{', '\'') or a lifetime ('a).
+                let rest: String = chars.clone().take(3).collect();
+                if rest.starts_with('\\') {
+                    chars.nth(2);
+                } else if rest.chars().nth(1) == Some('\'') {
+                    chars.nth(1);
+                }
+            }
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// Functions in `path` (before its test module) longer than `max` lines: (name, lines).
+fn long_functions(path: &Path, max: usize) -> Vec<(String, usize)> {
+    let text = std::fs::read_to_string(path).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut long = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_start();
+        if line.starts_with("#[cfg(test)]") {
+            break;
+        }
+        let name = ["fn ", "async fn "]
+            .iter()
+            .find_map(|k| {
+                line.split_once(k)
+                    .filter(|(before, _)| !before.contains("//"))
+            })
+            .map(|(_, after)| after.split(['(', '<']).next().unwrap_or("").to_string());
+        let Some(name) = name.filter(|n| !n.is_empty() && !line.starts_with("//")) else {
+            i += 1;
+            continue;
+        };
+        let (mut depth, mut opened, start) = (0i64, false, i);
+        while i < lines.len() {
+            let code = code_of(lines[i]);
+            depth += code.matches('{').count() as i64 - code.matches('}').count() as i64;
+            opened |= code.contains('{');
+            if (opened && depth <= 0) || (!opened && code.trim_end().ends_with(';')) {
+                break;
+            }
+            i += 1;
+        }
+        if i + 1 - start > max {
+            long.push((name, i + 1 - start));
+        }
+        i += 1;
+    }
+    long
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The request pipeline stays readable: no function in `proxy/` over 80 lines, and no
+/// argument bundle big enough to need `too_many_arguments` (the phases take a context).
+#[test]
+fn proxy_functions_stay_short_and_take_a_context() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proxy");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    assert!(files.len() > 10, "found only {files:?}");
+    let mut problems = Vec::new();
+    for f in &files {
+        for (name, n) in long_functions(f, 80) {
+            problems.push(format!("{}: fn {name} is {n} lines", f.display()));
+        }
+        let text = std::fs::read_to_string(f).expect("read");
+        if text.contains("too_many_arguments") {
+            problems.push(format!("{}: allows too_many_arguments", f.display()));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_function_length_check_sees_long_functions() {
+    let dir = std::env::temp_dir().join(format!("lb-layers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let f = dir.join("long.rs");
+    let body: String = (0..90)
+        .map(|i| format!("    let _x{i} = '{{';\n"))
+        .collect();
+    std::fs::write(
+        &f,
+        format!("fn short() {{\n    let s = \"}}}}\";\n}}\n\nasync fn long(a: u8) {{\n{body}}}\n"),
+    )
+    .expect("write");
+    let long = long_functions(&f, 80);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(long, vec![("long".to_string(), 92)]);
+}

@@ -1007,22 +1007,8 @@ fn parse_head(
     if res.status < 200 {
         return Ok(HeadStep::Interim(res.head_len));
     }
-    // HTTP statuses go again only for a request that may be repeated (a gRPC call held
-    // back only for its gRPC statuses is not one).
-    if hold_back && ctx.may_repeat && ctx.retry().retries_status(res.status) && ctx.reserve() {
+    if hold_back && goes_again(ctx, &res) {
         return Err(ProxyError::upstream(ErrorKind::RetryableStatus(res.status)));
-    }
-    // A gRPC status alone (no body: "Trailers-Only") can go again before any byte of it
-    // reaches the client; one in trailers comes after the body and cannot.
-    if hold_back && ctx.plan.grpc {
-        let code = res
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("grpc-status"))
-            .and_then(|h| crate::http::h2::parse_grpc_status(h.value));
-        if code.is_some_and(|c| ctx.retry().retries_grpc(c)) && ctx.reserve() {
-            return Err(ProxyError::upstream(ErrorKind::RetryableStatus(res.status)));
-        }
     }
     let route = &view.snap.routes.routes()[plan.route];
     let keep = plan.keep_alive && !ctx.w.draining();
@@ -1057,6 +1043,26 @@ fn parse_head(
         res.reusable,
         p,
     ))
+}
+
+/// Whether a final response is held back for another attempt (its retry slot reserved): a
+/// status the policy retries, for a request that may be repeated (a gRPC call held back only
+/// for its gRPC statuses is not one), or a gRPC status the policy lists, alone (no body:
+/// "Trailers-Only"), before any byte of it reaches the client (one in trailers comes after
+/// the body and cannot go again).
+fn goes_again(ctx: &Ctx<'_>, res: &crate::http::response::ResponseHead<'_, '_>) -> bool {
+    if ctx.may_repeat && ctx.retry().retries_status(res.status) && ctx.reserve() {
+        return true;
+    }
+    if !ctx.plan.grpc {
+        return false;
+    }
+    let code = res
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("grpc-status"))
+        .and_then(|h| crate::http::h2::parse_grpc_status(h.value));
+    code.is_some_and(|c| ctx.retry().retries_grpc(c)) && ctx.reserve()
 }
 
 /// Whether this response gets a `_deprecation` member: its version is in its warning phase

@@ -143,7 +143,27 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
         .and_then(|i| snap.clusters.get(i as usize))
         .map(|c| c.name.clone());
     let output = String::from_utf8_lossy(&out).into_owned();
-    let status = match &decision {
+    let status = describe_decision(&snap, &decision, &output, &mut text)?;
+    Ok(Explanation {
+        text,
+        route,
+        cluster,
+        output,
+        status,
+        client: client.ip.to_string(),
+        client_source: client.source.label(),
+    })
+}
+
+/// What planning decided, for people: the cluster and what goes upstream, lb's own answer,
+/// or the refusal; the status lb answers with itself, if it does.
+fn describe_decision(
+    snap: &Snapshot,
+    decision: &Result<Option<Decision>, super::Reject>,
+    output: &str,
+    text: &mut String,
+) -> Result<Option<u16>, String> {
+    Ok(match decision {
         Ok(Some(Decision::Forward(plan))) => {
             let c = &snap.clusters[plan.cluster];
             let _ = writeln!(
@@ -162,14 +182,14 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
                 let phase = e.life.phase(crate::routing::version::now());
                 let _ = writeln!(text, "API version: {} ({})", e.name, phase.name());
             }
-            let _ = writeln!(text, "\nsent upstream:\n{}", indent(&output));
+            let _ = writeln!(text, "\nsent upstream:\n{}", indent(output));
             None
         }
         Ok(Some(Decision::Local { status, .. })) => {
             let _ = writeln!(
                 text,
                 "\nanswered by lb itself ({status}):\n{}",
-                indent(&output)
+                indent(output)
             );
             Some(*status)
         }
@@ -185,15 +205,6 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
             );
             Some(why.status())
         }
-    };
-    Ok(Explanation {
-        text,
-        route,
-        cluster,
-        output,
-        status,
-        client: client.ip.to_string(),
-        client_source: client.source.label(),
     })
 }
 
@@ -257,14 +268,7 @@ fn route_verdicts(
         let jwt = (!snap.jwt.is_empty())
             .then(|| crate::client::jwt::Lookup::new(&snap.jwt, parsed.headers, query));
         if let Some(lookup) = &jwt {
-            for (i, p) in snap.jwt.iter().enumerate() {
-                let verdict = match lookup.verdict(i) {
-                    Ok(c) => format!("valid, claims {}", c.value),
-                    Err(crate::client::jwt::Failure::Missing) => "no token".to_string(),
-                    Err(f) => format!("refused: {}", f.description()),
-                };
-                let _ = writeln!(text, "jwt {}: {verdict}", p.config.name);
-            }
+            describe_tokens(snap, lookup, text);
         }
         let geo = snap.config.geo.as_ref().map(|g| g.lookup(client.ip));
         if let Some(g) = geo {
@@ -273,12 +277,8 @@ fn route_verdicts(
             } else {
                 "not in the database: the default"
             };
-            let _ = writeln!(
-                text,
-                "country: {} (continent {}, {how})",
-                g.country(),
-                g.continent()
-            );
+            let (country, continent) = (g.country(), g.continent());
+            let _ = writeln!(text, "country: {country} (continent {continent}, {how})");
         }
         let rreq = RouteRequest {
             geo,
@@ -306,6 +306,18 @@ fn route_verdicts(
             };
             let _ = writeln!(text, "  [{}] {:<24} {verdict}", r.index, r.name);
         }
+    }
+}
+
+/// Each JWT provider's verdict on the request's token.
+fn describe_tokens(snap: &Snapshot, lookup: &crate::client::jwt::Lookup<'_>, text: &mut String) {
+    for (i, p) in snap.jwt.iter().enumerate() {
+        let verdict = match lookup.verdict(i) {
+            Ok(c) => format!("valid, claims {}", c.value),
+            Err(crate::client::jwt::Failure::Missing) => "no token".to_string(),
+            Err(f) => format!("refused: {}", f.description()),
+        };
+        let _ = writeln!(text, "jwt {}: {verdict}", p.config.name);
     }
 }
 

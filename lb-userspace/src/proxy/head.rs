@@ -208,26 +208,7 @@ pub fn write_request_head(
         }
     }
     if http.x_forwarded {
-        // Appended as its own field line: list semantics make it the last hop in the chain.
-        out.extend_from_slice(b"X-Forwarded-For: ");
-        // `replace`: only lb's word, the client it resolved. `append`: the chain the client
-        // sent goes on, and lb adds the hop it saw.
-        push_ip(
-            out,
-            if http.client_address_headers == ClientAddressHeaders::Append {
-                client.hop
-            } else {
-                client.ip
-            },
-        );
-        out.extend_from_slice(if client.tls {
-            &b"\r\nX-Forwarded-Proto: https\r\n"[..]
-        } else {
-            &b"\r\nX-Forwarded-Proto: http\r\n"[..]
-        });
-        if let Some(host) = req.authority.or(req.host_header) {
-            push_header(out, b"X-Forwarded-Host", host);
-        }
+        push_forwarded(out, req, &client, http);
     }
     if let Some(xfcc) = client.client_cert {
         push_header(out, b"X-Forwarded-Client-Cert", xfcc.as_bytes());
@@ -245,6 +226,36 @@ pub fn write_request_head(
     }
     out.extend_from_slice(b"\r\n");
     Ok(())
+}
+
+/// `X-Forwarded-For`, `-Proto` and `-Host`.
+#[inline]
+fn push_forwarded(
+    out: &mut Vec<u8>,
+    req: &RequestHead<'_, '_>,
+    client: &ClientInfo<'_>,
+    http: &HttpConfig,
+) {
+    // Appended as its own field line: list semantics make it the last hop in the chain.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    // `replace`: only lb's word, the client it resolved. `append`: the chain the client
+    // sent goes on, and lb adds the hop it saw.
+    push_ip(
+        out,
+        if http.client_address_headers == ClientAddressHeaders::Append {
+            client.hop
+        } else {
+            client.ip
+        },
+    );
+    out.extend_from_slice(if client.tls {
+        &b"\r\nX-Forwarded-Proto: https\r\n"[..]
+    } else {
+        &b"\r\nX-Forwarded-Proto: http\r\n"[..]
+    });
+    if let Some(host) = req.authority.or(req.host_header) {
+        push_header(out, b"X-Forwarded-Host", host);
+    }
 }
 
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {

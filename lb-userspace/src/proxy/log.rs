@@ -33,32 +33,50 @@ pub fn finish(w: &Worker, rec: &Record, conn: ClientAddr) {
         metrics.grpc(code as usize, name);
         name
     });
-    // A gRPC call that failed by the operator's list of codes is an error as much as a 5xx.
-    let failed = rec.status >= 500
-        || rec
-            .grpc_status
-            .is_some_and(|c| c < 32 && snap.http2.grpc_error_codes & 1 << c != 0);
     if let (Some(e), Some(c)) = (
         rec.error,
         rec.cluster.and_then(|c| snap.clusters.get(c as usize)),
     ) {
         c.metrics.error(e.code_slot(), e.code());
     }
-    if let Some((si, t, _)) = rec.variant {
-        if let Some(split) = snap.splits.get(si) {
-            let window = split
-                .config
-                .analysis
-                .as_ref()
-                .map_or(Duration::from_secs(60), |a| a.window);
-            if let Some(stats) = split.state.stats.get(t) {
-                stats.record(w.id, crate::timer::now_ms(), window, failed, took);
-            }
-        }
+    split_window(w, snap, rec, took);
+    if w.access_log_on() {
+        access_line(w, snap, rec, conn, took, grpc_status);
     }
-    if !w.access_log_on() {
+}
+
+/// The split target's window statistics, which canary analysis judges.
+fn split_window(w: &Worker, snap: &crate::snapshot::Snapshot, rec: &Record, took: Duration) {
+    let Some((si, t, _)) = rec.variant else {
         return;
+    };
+    let Some(split) = snap.splits.get(si) else {
+        return;
+    };
+    // A gRPC call that failed by the operator's list of codes is an error as much as a 5xx.
+    let failed = rec.status >= 500
+        || rec
+            .grpc_status
+            .is_some_and(|c| c < 32 && snap.http2.grpc_error_codes & 1 << c != 0);
+    let window = split
+        .config
+        .analysis
+        .as_ref()
+        .map_or(Duration::from_secs(60), |a| a.window);
+    if let Some(stats) = split.state.stats.get(t) {
+        stats.record(w.id, crate::timer::now_ms(), window, failed, took);
     }
+}
+
+/// The request's access log line.
+fn access_line(
+    w: &Worker,
+    snap: &crate::snapshot::Snapshot,
+    rec: &Record,
+    conn: ClientAddr,
+    took: Duration,
+    grpc_status: Option<&'static str>,
+) {
     let route = rec.route.and_then(|r| snap.routes.routes().get(r as usize));
     let version = route
         .and_then(|r| r.versions.as_deref())

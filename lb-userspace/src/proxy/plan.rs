@@ -559,15 +559,7 @@ fn forward(
         out.clear();
         return Err(h.refuse(Refusal::BadHead(message)));
     }
-    // Upgrade and Connection are hop-by-hop; a WebSocket upgrade is passed on on purpose.
-    // Other upgrades are not performed: the request goes on as plain HTTP.
-    let websocket = snap.http.websocket
-        && req.conn.upgrade
-        && req.method == Method::Get
-        && req.minor == 1
-        && req.headers.iter().any(|x| {
-            x.name.eq_ignore_ascii_case("upgrade") && x.value.eq_ignore_ascii_case(b"websocket")
-        });
+    let websocket = snap.http.websocket && is_websocket(req);
     if websocket {
         head::insert_headers(out, &[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
     }
@@ -583,9 +575,11 @@ fn forward(
             let name = &split.config.targets[t].name;
             head::insert_headers(out, &[("X-AB-Test", ab), ("X-AB-Variant", name)]);
         }
-        if let Some(m) = &split.config.mirror {
-            rec.mirror = mirror_copy(m, si, split, out, h);
-        }
+        rec.mirror = split
+            .config
+            .mirror
+            .as_ref()
+            .and_then(|m| mirror_copy(m, si, split, out, h));
     }
     let grpc_deadline = req
         .headers
@@ -613,6 +607,18 @@ fn forward(
     }))
 }
 
+/// A WebSocket upgrade (RFC 6455). Upgrade and Connection are hop-by-hop; this upgrade is
+/// passed on on purpose. Other upgrades are not performed: the request goes on as plain
+/// HTTP.
+fn is_websocket(req: &RequestHead<'_, '_>) -> bool {
+    req.conn.upgrade
+        && req.method == Method::Get
+        && req.minor == 1
+        && req.headers.iter().any(|x| {
+            x.name.eq_ignore_ascii_case("upgrade") && x.value.eq_ignore_ascii_case(b"websocket")
+        })
+}
+
 /// A versioned route: the version the request asks for, or a problem+json answer that lists
 /// the versions there are; then the version's lifecycle (410 past its sunset), and its
 /// cluster.
@@ -624,87 +630,10 @@ fn versioned(
     out: &mut Vec<u8>,
     rec: &mut Record,
 ) -> Result<Decision, Reject> {
-    use crate::http::write::problem;
-    use crate::routing::version::{self, Asked, Phase, VersionSource};
-    // Every field of the name, joined: a client may split Accept over several.
-    let header = |name: &str| {
-        let mut joined: Option<Vec<u8>> = None;
-        for x in h
-            .req
-            .headers
-            .iter()
-            .filter(|x| x.name.eq_ignore_ascii_case(name))
-        {
-            let j = joined.get_or_insert_with(Vec::new);
-            if !j.is_empty() {
-                j.extend_from_slice(b", ");
-            }
-            j.extend_from_slice(x.value);
-        }
-        joined
-    };
-    let accept = matches!(v.source, VersionSource::Accept { .. });
-    let refuse = |status: u16, title: &str, detail: String, out: &mut Vec<u8>| {
-        let body = problem(
-            status,
-            title,
-            &detail,
-            serde_json::json!({ "supported_versions": v.names, "default_version": v.default.map(|d| &v.names[d]) }),
-        );
-        let d = local(
-            h,
-            r.route,
-            out,
-            status,
-            "application/problem+json",
-            None,
-            &body,
-        );
-        if let Some(vary) = v.source.vary() {
-            head::insert_headers(out, &[("Vary", vary)]);
-        }
-        Ok(d)
-    };
-    let i = match v.source.asked(r.vars.path, header, r.vars.query, &v.names) {
-        Asked::Version(i) => i,
-        Asked::Nothing => match v.default {
-            Some(d) => d,
-            None => {
-                return refuse(
-                    400,
-                    "API version required",
-                    format!(
-                        "this API needs a version; supported: {}",
-                        v.names.join(", ")
-                    ),
-                    out,
-                )
-            }
-        },
-        Asked::Unsupported(asked) => {
-            let (status, title) = if accept {
-                (406, "Not Acceptable")
-            } else {
-                (400, "Unsupported API version")
-            };
-            return refuse(
-                status,
-                title,
-                format!(
-                    "version {asked:?} is not supported; supported: {}",
-                    v.names.join(", ")
-                ),
-                out,
-            );
-        }
-        Asked::Malformed => {
-            return refuse(
-                400,
-                "Malformed Accept header",
-                "the Accept header could not be parsed as media ranges".into(),
-                out,
-            )
-        }
+    use crate::routing::version::{self, Phase};
+    let i = match choose_version(h, r, v, out) {
+        Ok(i) => i,
+        Err(problem) => return Ok(problem),
     };
     let e = &v.entries[i];
     rec.version = Some(i as u16);
@@ -716,11 +645,7 @@ fn versioned(
             version: Some(&e.name),
             successor: e.life.successor.as_deref(),
         });
-        let d = local(h, r.route, out, 410, PROBLEM, None, &body);
-        if let Some(vary) = v.source.vary() {
-            head::insert_headers(out, &[("Vary", vary)]);
-        }
-        return Ok(d);
+        return Ok(problem_answer(h, r, v, 410, &body, out));
     }
     // `${version}` in the route's templates renders the version chosen.
     let chosen = Routed {
@@ -743,6 +668,90 @@ fn versioned(
         p.version = Some(i as u16);
     }
     Ok(d)
+}
+
+/// The version a request asks for (or the default); `Err`: a problem+json answer, 400 (406
+/// for `Accept`), that lists the versions there are.
+fn choose_version(
+    h: &Head<'_, '_, '_>,
+    r: &Routed<'_, '_>,
+    v: &crate::routing::version::Versions,
+    out: &mut Vec<u8>,
+) -> Result<usize, Decision> {
+    use crate::routing::version::{Asked, VersionSource};
+    let accept = matches!(v.source, VersionSource::Accept { .. });
+    let supported = || v.names.join(", ");
+    let header = |name: &str| joined_header(h, name);
+    let (status, title, detail) = match v.source.asked(r.vars.path, header, r.vars.query, &v.names)
+    {
+        Asked::Version(i) => return Ok(i),
+        Asked::Nothing => match v.default {
+            Some(d) => return Ok(d),
+            None => (
+                400,
+                "API version required",
+                format!("this API needs a version; supported: {}", supported()),
+            ),
+        },
+        Asked::Unsupported(asked) => (
+            if accept { 406 } else { 400 },
+            if accept {
+                "Not Acceptable"
+            } else {
+                "Unsupported API version"
+            },
+            format!(
+                "version {asked:?} is not supported; supported: {}",
+                supported()
+            ),
+        ),
+        Asked::Malformed => (
+            400,
+            "Malformed Accept header",
+            "the Accept header could not be parsed as media ranges".to_string(),
+        ),
+    };
+    let body = crate::http::write::problem(
+        status,
+        title,
+        &detail,
+        serde_json::json!({ "supported_versions": v.names, "default_version": v.default.map(|d| &v.names[d]) }),
+    );
+    Err(problem_answer(h, r, v, status, &body, out))
+}
+
+/// Every field named `name`, joined: a client may split `Accept` over several.
+fn joined_header(h: &Head<'_, '_, '_>, name: &str) -> Option<Vec<u8>> {
+    let mut joined: Option<Vec<u8>> = None;
+    for x in h
+        .req
+        .headers
+        .iter()
+        .filter(|x| x.name.eq_ignore_ascii_case(name))
+    {
+        let j = joined.get_or_insert_with(Vec::new);
+        if !j.is_empty() {
+            j.extend_from_slice(b", ");
+        }
+        j.extend_from_slice(x.value);
+    }
+    joined
+}
+
+/// A versioned route's problem+json answer, `Vary` on what chose the version.
+fn problem_answer(
+    h: &Head<'_, '_, '_>,
+    r: &Routed<'_, '_>,
+    v: &crate::routing::version::Versions,
+    status: u16,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Decision {
+    let d = local(h, r.route, out, status, PROBLEM, None, body);
+    if let Some(vary) = v.source.vary() {
+        head::insert_headers(out, &[("Vary", vary)]);
+    }
+    d
 }
 
 /// The media type of RFC 9457 problem answers.

@@ -180,41 +180,14 @@ async fn serve_stream(
     trip: Rc<Trip>,
 ) {
     let (parts, body) = req.into_parts();
-    let end_stream = body.is_end_stream();
     let head_request = parts.method == http::Method::HEAD;
     let grpc = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    // A small body without a length that is all here already goes with a length, in the
-    // same write as the head, and can be replayed by a retry (unary gRPC calls are such).
-    let mut body = (!end_stream).then_some(body);
-    let mut early = Vec::new();
-    let known = match body.as_mut() {
-        Some(b) if !parts.headers.contains_key(http::header::CONTENT_LENGTH) => {
-            prefetch(b, &mut early)
-        }
-        _ => false,
-    };
-    let shape = match (&body, known) {
-        (None, _) => stream::Body1::None,
-        (Some(_), true) => stream::Body1::Known(early.len()),
-        (Some(_), false) => stream::Body1::Unknown,
-    };
-    if known {
-        body = None;
-    }
     let mut head = w.bufs.take();
-    let built = stream::request_head(&parts, shape, &mut head);
+    let (built, body) = head_and_early_body(&parts, body, &mut head);
     let chunked = *built.as_ref().unwrap_or(&false);
-    if chunked && !early.is_empty() {
-        crate::http::write::push_hex(&mut head, early.len() as u64);
-        head.extend_from_slice(b"\r\n");
-        head.extend_from_slice(&early);
-        head.extend_from_slice(b"\r\n");
-    } else {
-        head.extend_from_slice(&early);
-    }
     let about = stream::About {
         head_request,
         grpc,
@@ -259,6 +232,44 @@ async fn serve_stream(
     if rec.status != 0 {
         log::finish(w, &rec, info.conn);
     }
+}
+
+/// The stream's request as an HTTP/1.1 head in `head`, followed by what of its body is here
+/// already: a small body without a length that is all here goes with a length, in the same
+/// write as the head, and can be replayed by a retry (unary gRPC calls are such). Returns
+/// whether the head could be built (and if so, whether the body is chunked), and the body
+/// still to come.
+fn head_and_early_body(
+    parts: &http::request::Parts,
+    body: h2::RecvStream,
+    head: &mut Vec<u8>,
+) -> (Result<bool, &'static str>, Option<h2::RecvStream>) {
+    let mut body = (!body.is_end_stream()).then_some(body);
+    let mut early = Vec::new();
+    let known = match body.as_mut() {
+        Some(b) if !parts.headers.contains_key(http::header::CONTENT_LENGTH) => {
+            prefetch(b, &mut early)
+        }
+        _ => false,
+    };
+    let shape = match (&body, known) {
+        (None, _) => stream::Body1::None,
+        (Some(_), true) => stream::Body1::Known(early.len()),
+        (Some(_), false) => stream::Body1::Unknown,
+    };
+    if known {
+        body = None;
+    }
+    let built = stream::request_head(parts, shape, head);
+    if *built.as_ref().unwrap_or(&false) && !early.is_empty() {
+        crate::http::write::push_hex(head, early.len() as u64);
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(&early);
+        head.extend_from_slice(b"\r\n");
+    } else {
+        head.extend_from_slice(&early);
+    }
+    (built, body)
 }
 
 /// Bodies up to this size, without a `Content-Length`, are taken whole before planning when

@@ -50,25 +50,7 @@ pub fn request_head(
     body: Body1,
     out: &mut Vec<u8>,
 ) -> Result<bool, Refusal> {
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .filter(|p| !p.is_empty())
-        .ok_or("the request has no :path")?;
-    let authority = parts.uri.authority().map(|a| a.as_str());
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .map(HeaderValue::as_bytes);
-    let host = match (authority, host) {
-        (Some(a), Some(h)) if !a.as_bytes().eq_ignore_ascii_case(h) => {
-            return Err("the Host field differs from :authority")
-        }
-        (Some(a), _) => a.as_bytes(),
-        (None, Some(h)) => h,
-        (None, None) => return Err("the request has neither :authority nor Host"),
-    };
+    let (target, host) = target_and_host(parts)?;
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -101,20 +83,7 @@ pub fn request_head(
         out.extend_from_slice(b"\r\n");
     }
     if cookies > 0 {
-        // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
-        out.extend_from_slice(b"cookie: ");
-        for (i, c) in parts
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .enumerate()
-        {
-            if i > 0 {
-                out.extend_from_slice(b"; ");
-            }
-            out.extend_from_slice(c.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
+        push_cookies(parts, out);
     }
     if let (Body1::Known(n), false) = (body, has_length) {
         out.extend_from_slice(b"content-length: ");
@@ -127,6 +96,92 @@ pub fn request_head(
     }
     out.extend_from_slice(b"\r\n");
     Ok(chunked)
+}
+
+/// HTTP/2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+fn push_cookies(parts: &http::request::Parts, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"cookie: ");
+    for (i, c) in parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(c.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request target (`:path`) and the host (`:authority`, or `Host`; both must agree).
+fn target_and_host(parts: &http::request::Parts) -> Result<(&str, &[u8]), Refusal> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .ok_or("the request has no :path")?;
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .map(HeaderValue::as_bytes);
+    let host = match (authority, host) {
+        (Some(a), Some(h)) if !a.as_bytes().eq_ignore_ascii_case(h) => {
+            return Err("the Host field differs from :authority")
+        }
+        (Some(a), _) => a.as_bytes(),
+        (None, Some(h)) => h,
+        (None, None) => return Err("the request has neither :authority nor Host"),
+    };
+    Ok((target, host))
+}
+
+/// An HTTP/1.1 response head's fields as HTTP/2 sends them.
+struct ResponseFields {
+    headers: HeaderMap,
+    /// `Content-Length`, if it was there and reads.
+    length: Option<u64>,
+    /// The body is chunked (its framing is taken off).
+    chunked: bool,
+    grpc_status: Option<u32>,
+}
+
+/// The fields of a response head without the connection-specific ones and the framing;
+/// `None` if a name or value cannot be sent.
+fn response_fields(fields: &[httparse::Header<'_>]) -> Option<ResponseFields> {
+    // Sized once: the builder's map would grow (and rehash) as headers arrive.
+    let mut out = ResponseFields {
+        headers: HeaderMap::with_capacity(fields.len()),
+        length: None,
+        chunked: false,
+        grpc_status: None,
+    };
+    for h in fields {
+        let is = |n: &str| h.name.eq_ignore_ascii_case(n);
+        if is("transfer-encoding") {
+            out.chunked = true;
+            continue;
+        }
+        if CONNECTION_SPECIFIC.iter().any(|n| is(n)) {
+            continue;
+        }
+        if is("content-length") {
+            out.length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        }
+        if is("grpc-status") {
+            out.grpc_status = crate::http::h2::parse_grpc_status(h.value);
+        }
+        // from_bytes lowercases, without a String for the names it knows.
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = http::HeaderValue::from_bytes(h.value).ok()?;
+        out.headers.append(name, value);
+    }
+    Some(out)
 }
 
 /// How the response body arrives from the pipeline.
@@ -433,32 +488,11 @@ impl H2Stream {
             return Ok(false);
         }
         let status = http::StatusCode::from_u16(status).map_err(|_| bad())?;
-        // Sized once: the builder's map would grow (and rehash) as headers arrive.
-        let mut headers = HeaderMap::with_capacity(res.headers.len());
-        let mut length: Option<u64> = None;
-        let mut chunked = false;
-        for h in res.headers.iter() {
-            let is = |n: &str| h.name.eq_ignore_ascii_case(n);
-            if is("transfer-encoding") {
-                chunked = true;
-                continue;
-            }
-            if CONNECTION_SPECIFIC.iter().any(|n| is(n)) {
-                continue;
-            }
-            if is("content-length") {
-                length = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok());
-            }
-            if is("grpc-status") {
-                // A status alone, with no body ("Trailers-Only").
-                self.grpc_status = crate::http::h2::parse_grpc_status(h.value);
-            }
-            // from_bytes lowercases, without a String for the names it knows.
-            let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
-            let value = http::HeaderValue::from_bytes(h.value).map_err(|_| bad())?;
-            headers.append(name, value);
+        let fields = response_fields(res.headers).ok_or_else(bad)?;
+        let (headers, length, chunked) = (fields.headers, fields.length, fields.chunked);
+        if fields.grpc_status.is_some() {
+            // A status alone, with no body ("Trailers-Only").
+            self.grpc_status = fields.grpc_status;
         }
         let mut response = http::Response::new(());
         *response.status_mut() = status;
