@@ -276,7 +276,7 @@ fn test_clock(body: &[u8]) -> (u16, Value) {
         return (
             404,
             json!({ "error": "not_found",
-                    "reason": "no test clock: this process was not started with LB_TEST_NOW" }),
+                    "reason": "no test clock: this process was not started with LB_TEST_NOW set to Unix seconds" }),
         );
     }
     (200, json!({ "result": "set", "now_unix": unix }))

@@ -370,6 +370,12 @@ pub(super) fn validate_route(
         );
     }
     let response_headers = header_ops(&at("response_headers"), r.response_headers.as_ref(), errs);
+    if r.deprecation.is_some() && r.versions.is_some() {
+        errs.push(
+            at("deprecation"),
+            "a route with versions deprecates each version (deprecated, sunset in the map), not the route",
+        );
+    }
     let deprecation = r
         .deprecation
         .as_ref()
@@ -768,8 +774,17 @@ fn versions(
                     warning: warning_days(f.warning_days),
                     successor: f.successor.clone(),
                     policy: f.policy.clone(),
-                    field_max: deprecation_field(&at, f, errs),
-                    gone: gone(&at, f.gone.as_ref(), errs),
+                    field_max: {
+                        sunset_needed(
+                            &at,
+                            f.sunset.is_some(),
+                            f.warning_days.is_some(),
+                            f.gone.is_some(),
+                            errs,
+                        );
+                        deprecation_field(&at, f, errs)
+                    },
+                    gone: gone(&at, f.gone.as_ref(), true, errs),
                 };
                 match (&f.cluster, &f.split) {
                     (Some(c), None) => (c.as_str(), life),
@@ -1067,7 +1082,14 @@ fn deprecation(key: &str, d: &RawDeprecation, errs: &mut Errors) -> Option<Depre
             );
         }
     }
-    let gone = gone(key, d.gone.as_ref(), errs);
+    let gone = gone(key, d.gone.as_ref(), false, errs);
+    sunset_needed(
+        key,
+        d.sunset.is_some(),
+        d.warning_days.is_some(),
+        d.gone.is_some(),
+        errs,
+    );
     if d.sunset.is_some() && sunset.is_none() {
         return None;
     }
@@ -1096,9 +1118,22 @@ fn warning_days(days: Option<u32>) -> std::time::Duration {
     std::time::Duration::from_secs(86_400 * u64::from(days.unwrap_or(30)))
 }
 
+/// `warning_days` and `gone` describe the time before and after a sunset: without one they
+/// would never apply.
+fn sunset_needed(key: &str, sunset: bool, warning_days: bool, gone: bool, errs: &mut Errors) {
+    for (set, what) in [(warning_days, "warning_days"), (gone, "gone")] {
+        if set && !sunset {
+            errs.push(
+                format!("{key}.{what}"),
+                "there is no sunset for it to apply to: set sunset",
+            );
+        }
+    }
+}
+
 /// The operator's 410 answer: each member at most 1,024 bytes, naming only the variables
-/// there are; `type` a URI.
-fn gone(key: &str, g: Option<&RawGone>, errs: &mut Errors) -> Gone {
+/// there are (`versioned`: a version's, with `${version}`); `type` a URI.
+fn gone(key: &str, g: Option<&RawGone>, versioned: bool, errs: &mut Errors) -> Gone {
     let Some(g) = g else {
         return Gone::default();
     };
@@ -1113,7 +1148,7 @@ fn gone(key: &str, g: Option<&RawGone>, errs: &mut Errors) -> Gone {
         let at = format!("{key}.gone.{what}");
         if text.is_empty() || text.len() > 1024 {
             errs.push(at, "expected 1 to 1,024 bytes of text");
-        } else if let Some(problem) = Gone::template_problem(text) {
+        } else if let Some(problem) = Gone::template_problem(text, versioned) {
             errs.push(at, problem);
         } else if what == "type" && !is_link_uri(text) {
             errs.push(at, "expected a URI without spaces or angle brackets");

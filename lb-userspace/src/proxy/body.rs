@@ -361,6 +361,80 @@ mod tests {
         }
     }
 
+    /// Edge cases of chunked framing through the pump, each in one piece and byte by byte
+    /// (a size line, a CRLF or the final chunk split across reads).
+    #[test]
+    fn chunked_edge_cases() {
+        // (input, the body's length if it is accepted, what the peer gets when re-chunked)
+        let ok: [(&[u8], u64, &[u8]); 5] = [
+            (b"0\r\n\r\n", 0, b"0\r\n\r\n"),
+            (b"005\r\nhello\r\n0\r\n\r\n", 5, b"hello"),
+            (b"A\r\n0123456789\r\n0\r\n\r\n", 10, b"0123456789"),
+            (b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n", 3, b"abc"),
+            (b"3 ;name=\"v\"\r\nabc\r\n0;last\r\n\r\n", 3, b"abc"),
+        ];
+        for (input, len, body) in ok {
+            for piece in [1, 4096] {
+                let (r, got) = run(input, piece, false, Framing::Chunked, FILTER, 0);
+                assert_eq!(
+                    r.ok(),
+                    Some(len),
+                    "{:?} in {piece}-byte pieces",
+                    String::from_utf8_lossy(input)
+                );
+                let (r, plain) = run(input, piece, false, Framing::Chunked, PLAIN, 0);
+                assert_eq!(r.ok(), Some(len));
+                if len > 0 {
+                    assert_eq!(plain, body);
+                } else {
+                    assert_eq!(got, body, "an empty body still ends its chunked framing");
+                }
+                assert!(got.ends_with(b"0\r\n\r\n"), "{got:?}");
+            }
+        }
+        // Refused: bare LF (a smuggling vector), a size that overflows 64 bits, and a size
+        // line with whitespace and no extension.
+        let bad: [&[u8]; 3] = [
+            b"5\nhello\n0\n\n",
+            b"10000000000000000\r\nx\r\n0\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+        ];
+        for input in bad {
+            for piece in [1, 4096] {
+                let (r, _) = run(input, piece, false, Framing::Chunked, FILTER, 0);
+                let text = String::from_utf8_lossy(input);
+                assert!(
+                    matches!(r, Err(PumpFail::Chunk(_))),
+                    "{text:?} in {piece}-byte pieces: {r:?}"
+                );
+            }
+        }
+        // The pump stops where the body ends: a pipelined request behind it is not part of it.
+        let (r, got) = run(
+            b"5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            4096,
+            false,
+            Framing::Chunked,
+            FILTER,
+            0,
+        );
+        assert_eq!(r.ok(), Some(5));
+        assert!(
+            got.ends_with(b"0\r\n\r\n"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        let (r, _) = run(
+            b"5\r\nhello\r\n0\r\nX-A: 1\r\n",
+            3,
+            false,
+            Framing::Chunked,
+            FILTER,
+            0,
+        );
+        assert!(matches!(r, Err(PumpFail::Src(IoFail::Eof))), "{r:?}");
+    }
+
     #[test]
     fn broken_chunks_and_oversized_bodies_are_refused() {
         let (r, _) = run(

@@ -1535,6 +1535,81 @@ mod tests {
         assert_eq!(count.load(Ordering::SeqCst), 1, "not sent again");
     }
 
+    /// The request's task is dropped while its body is being written (a drain's deadline, a
+    /// client that went away: the future is cancelled at an await). Everything it held goes
+    /// back: the cluster's and the endpoint's in-flight counts return to zero, the half-written
+    /// upstream connection is closed rather than pooled, and the next request works on a
+    /// fresh connection.
+    #[test]
+    fn a_request_cancelled_mid_write_releases_what_it_held() {
+        const BODY: usize = 32 << 20;
+        let (got_some_tx, got_some) = std::sync::mpsc::channel::<usize>();
+        let got_some_tx = std::sync::Mutex::new(got_some_tx);
+        // The first connection is held, unread, until the test is done with it.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let (addr, count) = backend(move |n, mut s| {
+            if !read_request(&mut s) {
+                return;
+            }
+            if n == 0 {
+                // Takes 64 KiB of the body, says so, then reads nothing more: the writer
+                // stalls once the socket buffers are full.
+                let mut part = vec![0u8; 64 * 1024];
+                if s.read_exact(&mut part).is_ok() {
+                    let tx = got_some_tx.lock().map(|t| t.clone());
+                    let _ = tx.map(|t| t.send(part.len()));
+                }
+                if let Ok(r) = released.lock() {
+                    let _ = r.recv_timeout(Duration::from_secs(20));
+                }
+                return;
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        });
+        let w = worker(&config(&[addr], ""));
+        let cancelled = rt().block_on(async {
+            let (mut client, peer) = buf_pair();
+            let mut request =
+                format!("PUT /big HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n")
+                    .into_bytes();
+            request.resize(request.len() + BODY, b'x');
+            let sender = super::super::testio::send(peer, request, 256 * 1024, false);
+            let run = plan_and_proxy(&w, &mut client);
+            let r = crate::timer::timeout(Duration::from_millis(500), run).await;
+            drop(client);
+            let _ = sender.join();
+            r.is_err()
+        });
+        assert!(cancelled, "the request finished instead of being cancelled");
+        assert_eq!(
+            got_some.recv_timeout(Duration::from_secs(5)).ok(),
+            Some(64 * 1024),
+            "the backend saw part of the body: the write was under way"
+        );
+        let view = w.view();
+        let cluster = &view.snap.clusters[0];
+        assert_eq!(cluster.state.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            cluster.endpoints[0].state.in_flight.load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(
+            w.pool.idle_count(addr),
+            0,
+            "a half-written connection was pooled"
+        );
+        let after = one_request(&w, 1);
+        assert_eq!(after[0].1, None);
+        assert!(String::from_utf8_lossy(&after[0].2).ends_with("ok"));
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            2,
+            "the next request took a fresh connection"
+        );
+        let _ = release.send(());
+    }
+
     #[test]
     fn a_retryable_status_is_held_back_and_tried_elsewhere() {
         let (busy, _) = backend(|_, mut s| {

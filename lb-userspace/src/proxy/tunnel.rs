@@ -249,6 +249,39 @@ mod tests {
         });
     }
 
+    /// A reset on either side ends the tunnel: the other side is shut down (it reads the
+    /// end) while the tunnel runs, long before its idle timeout, and the tunnel returns.
+    #[test]
+    fn a_reset_on_either_side_closes_the_other() {
+        for client_resets in [false, true] {
+            rt().block_on(async {
+                let (mut client, client_peer) = buf_pair();
+                let (mut upstream, upstream_peer) = buf_pair();
+                let (resetter, mut other) = if client_resets {
+                    (client_peer, upstream_peer)
+                } else {
+                    (upstream_peer, client_peer)
+                };
+                let script = std::thread::spawn(move || {
+                    let _ = socket2::SockRef::from(&resetter).set_linger(Some(Duration::ZERO));
+                    drop(resetter);
+                    // The peers read with a 20 s timeout; the tunnel idles out after 60 s.
+                    let mut rest = Vec::new();
+                    other.read_to_end(&mut rest).map_err(|e| e.kind())
+                });
+                let _ = run(&mut client, &mut upstream, Duration::from_secs(60)).await;
+                let end = script.join().expect("script");
+                assert!(
+                    !matches!(
+                        end,
+                        Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                    ),
+                    "client resets: {client_resets}: the other side never saw the end ({end:?})"
+                );
+            });
+        }
+    }
+
     #[test]
     fn an_idle_tunnel_closes() {
         rt().block_on(async {

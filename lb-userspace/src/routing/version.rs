@@ -406,8 +406,12 @@ pub const GONE_VARIABLES: [&str; 5] = ["route", "version", "sunset", "successor"
 
 impl Gone {
     /// What is wrong with a template `text`, if anything: a `${` without its `}`, or a
-    /// name not among [`GONE_VARIABLES`].
-    pub fn template_problem(text: &str) -> Option<String> {
+    /// name not among [`GONE_VARIABLES`] (a route's own lifecycle has no `${version}`).
+    pub fn template_problem(text: &str, versioned: bool) -> Option<String> {
+        let known: Vec<&str> = GONE_VARIABLES
+            .into_iter()
+            .filter(|v| versioned || *v != "version")
+            .collect();
         let mut rest = text;
         while let Some(at) = rest.find("${") {
             let tail = &rest[at + 2..];
@@ -415,10 +419,11 @@ impl Gone {
                 return Some("a \"${\" without its \"}\"".into());
             };
             let name = &tail[..end];
-            if !GONE_VARIABLES.contains(&name) {
-                let known = GONE_VARIABLES.map(|v| format!("${{{v}}}")).join(", ");
+            if !known.contains(&name) {
+                let known: Vec<String> = known.iter().map(|v| format!("${{{v}}}")).collect();
                 return Some(format!(
-                    "unknown variable ${{{name}}}: expected one of {known}"
+                    "unknown variable ${{{name}}}: expected one of {}",
+                    known.join(", ")
                 ));
             }
             rest = &tail[end + 1..];
@@ -441,12 +446,29 @@ impl Lifecycle {
     /// where `gone` gives them.
     pub fn gone_body(&self, of: &GoneOf<'_>) -> Vec<u8> {
         let sunset = self.sunset.map(httpdate::fmt_http_date);
+        // One pass: a value that holds `${...}` text is not expanded again.
         let render = |t: &str| {
-            t.replace("${route}", of.route)
-                .replace("${version}", of.version.unwrap_or(""))
-                .replace("${sunset}", sunset.as_deref().unwrap_or(""))
-                .replace("${successor}", of.successor.unwrap_or(""))
-                .replace("${guide}", self.policy.as_deref().unwrap_or(""))
+            let mut out = String::with_capacity(t.len() + 32);
+            let mut rest = t;
+            while let Some(at) = rest.find("${") {
+                out.push_str(&rest[..at]);
+                let tail = &rest[at + 2..];
+                let Some(end) = tail.find('}') else {
+                    rest = &rest[at..];
+                    break;
+                };
+                out.push_str(match &tail[..end] {
+                    "route" => of.route,
+                    "version" => of.version.unwrap_or(""),
+                    "sunset" => sunset.as_deref().unwrap_or(""),
+                    "successor" => of.successor.unwrap_or(""),
+                    "guide" => self.policy.as_deref().unwrap_or(""),
+                    _ => "",
+                });
+                rest = &tail[end + 1..];
+            }
+            out.push_str(rest);
+            out
         };
         let (title, detail, code) = match of.version {
             Some(v) => (
@@ -461,7 +483,7 @@ impl Lifecycle {
             ),
         };
         let mut body = serde_json::json!({
-            "type": self.gone.kind.as_deref().map_or("about:blank".into(), render),
+            "type": self.gone.kind.as_deref().map(render).filter(|t| !t.is_empty()).unwrap_or_else(|| "about:blank".into()),
             "title": self.gone.title.as_deref().map_or(title.into(), render),
             "status": 410,
             "detail": self.gone.detail.as_deref().map_or(detail, render),
@@ -488,11 +510,16 @@ impl Lifecycle {
 
 impl Lifecycle {
     /// The phase at `now`: from the dates alone, so it moves on without a reload.
+    /// The phases come in order: a warning window that would open before the deprecation
+    /// date opens with it.
     pub fn phase(&self, now: std::time::SystemTime) -> Phase {
+        let warned =
+            |s: std::time::SystemTime| now.checked_add(self.warning).is_none_or(|t| t >= s);
         match (self.deprecated, self.sunset) {
             (_, Some(s)) if now >= s => Phase::Sunset,
-            (_, Some(s)) if now + self.warning >= s => Phase::Warning,
-            (Some(d), _) if now >= d => Phase::Deprecated,
+            (Some(d), _) if now < d => Phase::Active,
+            (_, Some(s)) if warned(s) => Phase::Warning,
+            (Some(_), _) => Phase::Deprecated,
             _ => Phase::Active,
         }
     }
@@ -568,13 +595,19 @@ fn test_clock() -> Option<&'static std::sync::atomic::AtomicU64> {
             std::env::var("LB_TEST_NOW")
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(std::sync::atomic::AtomicU64::new)
+                .map(|s| std::sync::atomic::AtomicU64::new(s.min(TEST_CLOCK_MAX)))
         })
         .as_ref()
 }
 
-/// Sets the test clock to `unix` seconds; false if this process reads the system clock.
+/// The latest instant the test clock takes: the end of year 9999 (later ones overflow the
+/// system's time arithmetic).
+pub const TEST_CLOCK_MAX: u64 = 253_402_300_799;
+
+/// Sets the test clock to `unix` seconds (at most [`TEST_CLOCK_MAX`]); false if this process
+/// reads the system clock.
 pub fn set_test_clock(unix: u64) -> bool {
+    let unix = unix.min(TEST_CLOCK_MAX);
     match test_clock() {
         Some(c) => {
             c.store(unix, std::sync::atomic::Ordering::Relaxed);
@@ -761,10 +794,16 @@ mod tests {
 
     #[test]
     fn gone_templates_name_known_variables_only() {
-        assert_eq!(Gone::template_problem("v${version} ends ${sunset}"), None);
-        assert_eq!(Gone::template_problem("no variables"), None);
-        assert!(Gone::template_problem("see ${docs}").is_some_and(|p| p.contains("${docs}")));
-        assert!(Gone::template_problem("cut ${version").is_some_and(|p| p.contains("without")));
+        assert_eq!(
+            Gone::template_problem("v${version} ends ${sunset}", true),
+            None
+        );
+        assert!(Gone::template_problem("v${version}", false).is_some());
+        assert_eq!(Gone::template_problem("no variables", false), None);
+        assert!(Gone::template_problem("see ${docs}", true).is_some_and(|p| p.contains("${docs}")));
+        assert!(
+            Gone::template_problem("cut ${version", true).is_some_and(|p| p.contains("without"))
+        );
         let life = Lifecycle {
             policy: Some("https://docs.example.com/v3".into()),
             gone: Gone {
@@ -785,6 +824,24 @@ mod tests {
         assert_eq!(v["detail"], "version 2 of this API has passed its sunset");
         assert_eq!(v["successor_version"], "3");
         assert_eq!(v["migration_guide"], "https://docs.example.com/v3");
+        // Values are not expanded again.
+        let life = Lifecycle {
+            policy: Some("https://x.test/${route}".into()),
+            gone: Gone {
+                detail: Some("see ${guide}".into()),
+                kind: Some("${successor}".into()),
+                ..Gone::default()
+            },
+            ..Lifecycle::default()
+        };
+        let of = GoneOf {
+            route: "users",
+            version: None,
+            successor: None,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&life.gone_body(&of)).unwrap();
+        assert_eq!(v["detail"], "see https://x.test/${route}");
+        assert_eq!(v["type"], "about:blank", "a type that renders empty");
     }
 
     #[test]
@@ -806,6 +863,20 @@ mod tests {
         assert_eq!(life.phase(t0 + day * 59), Phase::Deprecated);
         assert_eq!(life.phase(t0 + day * 60), Phase::Warning);
         assert_eq!(life.phase(t0 + day * 90), Phase::Sunset);
+        // A warning window that would open before the deprecation opens with it.
+        let late = Lifecycle {
+            deprecated: Some(t0 + day * 80),
+            ..life.clone()
+        };
+        assert_eq!(late.phase(t0 + day * 70), Phase::Active);
+        assert_eq!(late.phase(t0 + day * 80), Phase::Warning);
+        // A sunset alone: active, then its warning window.
+        let sunset_only = Lifecycle {
+            deprecated: None,
+            ..life.clone()
+        };
+        assert_eq!(sunset_only.phase(t0), Phase::Active);
+        assert_eq!(sunset_only.phase(t0 + day * 61), Phase::Warning);
         let h = life.headers(Phase::Warning, Some("/api/v2"));
         let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["Deprecation", "Sunset", "Link", "Warning"]);
