@@ -1373,21 +1373,15 @@ mod tests {
         let mut out = Vec::new();
         let mut rec = Record::default();
         let peer_addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let d = plan::plan_request(
-            &view,
-            client.data(),
-            &super::super::ClientSide::plain(peer_addr),
-            &mut out,
-            &mut rec,
-            false,
-        );
-        let Ok(Some(Decision::Forward(plan))) = d else {
-            panic!("not forwarded")
-        };
         let mut req = super::super::Req {
             view: &view,
             out: &mut out,
             rec: &mut rec,
+        };
+        let side = super::super::ClientSide::plain(peer_addr);
+        let d = plan::plan_request(&mut req, client.data(), &side, false);
+        let Ok(Some(Decision::Forward(plan))) = d else {
+            panic!("not forwarded")
         };
         let flow = proxy(w, &mut req, client, &plan).await;
         (flow, rec.error)

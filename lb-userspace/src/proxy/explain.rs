@@ -111,14 +111,12 @@ pub fn explain(snap: Arc<Snapshot>, req: &ExplainRequest) -> Result<Explanation,
     let mut text = String::new();
     let mut out = Vec::new();
     let mut rec = Record::default();
-    let decision = plan_request(
-        &view,
-        &raw,
-        &super::ClientSide::plain(req.client),
-        &mut out,
-        &mut rec,
-        true,
-    );
+    let mut ctx = super::Req {
+        view: &view,
+        out: &mut out,
+        rec: &mut rec,
+    };
+    let decision = plan_request(&mut ctx, &raw, &super::ClientSide::plain(req.client), true);
 
     let mut client = ClientAddr::of_connection(req.client, AddrSource::Peer);
     if let Some((ip, source)) = rec.forwarded {
@@ -324,18 +322,16 @@ fn describe_tokens(snap: &Snapshot, lookup: &crate::client::jwt::Lookup<'_>, tex
 /// The head a worker would send upstream for the raw request head `raw`, if it would forward
 /// it: the same planning code, for tests and the differential fuzz target.
 pub fn forwarded_head(snap: Arc<Snapshot>, raw: &[u8]) -> Option<Vec<u8>> {
-    let view = make_view(snap, 0);
+    let view = Rc::new(make_view(snap, 0));
     let mut out = Vec::new();
     let mut rec = Record::default();
     let client = SocketAddr::from(([127, 0, 0, 1], 40000));
-    match plan_request(
-        &view,
-        raw,
-        &super::ClientSide::plain(client),
-        &mut out,
-        &mut rec,
-        false,
-    ) {
+    let mut ctx = super::Req {
+        view: &view,
+        out: &mut out,
+        rec: &mut rec,
+    };
+    match plan_request(&mut ctx, raw, &super::ClientSide::plain(client), false) {
         Ok(Some(Decision::Forward(_))) => Some(out),
         _ => None,
     }

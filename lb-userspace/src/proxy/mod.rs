@@ -654,7 +654,12 @@ async fn read_head(
                 sni: client.sni(),
                 client_cert: client.client_cert(),
             };
-            match plan::plan_request(&current, client.data(), &side, out, rec, w.access_log_on()) {
+            let mut ctx = Req {
+                view: &current,
+                out: &mut *out,
+                rec: &mut *rec,
+            };
+            match plan::plan_request(&mut ctx, client.data(), &side, w.access_log_on()) {
                 Ok(Some(d)) => return Ok((d, current)),
                 Ok(None) => {}
                 Err(r) => {

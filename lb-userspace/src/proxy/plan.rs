@@ -22,7 +22,6 @@ use crate::routing::matchers::{Captures, MAX_CAPTURES};
 use crate::routing::template::Vars;
 use crate::routing::{Route, RouteRequest};
 use crate::snapshot::Snapshot;
-use crate::worker::View;
 
 /// A parsed head and what follows from it for every phase.
 struct Head<'r, 'h, 'b> {
@@ -69,14 +68,12 @@ struct Routed<'s, 'p> {
 /// Parses and routes the head at the front of `data`, and writes into `out` either the
 /// upstream head or a complete local response. `Ok(None)`: the head is incomplete.
 pub(super) fn plan_request(
-    view: &View,
+    ctx: &mut super::Req<'_>,
     data: &[u8],
     client: &ClientSide<'_>,
-    out: &mut Vec<u8>,
-    rec: &mut Record,
     keep_text: bool,
 ) -> Result<Option<Decision>, Reject> {
-    let snap = &view.snap;
+    let (snap, out, rec) = (&ctx.view.snap, &mut *ctx.out, &mut *ctx.rec);
     let mut storage = crate::http::header_slots::<MAX_HEADERS_LIMIT>();
     let max_headers = snap.http.max_headers.min(MAX_HEADERS_LIMIT);
     let Some(req) = request::parse(data, &mut storage[..max_headers])

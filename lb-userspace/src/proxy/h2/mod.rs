@@ -305,14 +305,7 @@ async fn answer(w: &Rc<Worker>, info: &Client, s: &mut stream::H2Stream, req: &m
         sni: info.sni.as_deref(),
         client_cert: info.client_cert.as_ref(),
     };
-    let planned = plan::plan_request(
-        req.view,
-        s.data(),
-        &side,
-        req.out,
-        req.rec,
-        w.access_log_on(),
-    );
+    let planned = plan::plan_request(req, s.data(), &side, w.access_log_on());
     let mut decision = match planned {
         Ok(Some(d)) => d,
         Ok(None) => {
