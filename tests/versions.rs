@@ -186,6 +186,21 @@ fn unknown_missing_and_malformed_versions_get_problems() {
     assert_eq!(v["title"], "Malformed Accept header");
 }
 
+/// A `/deprecations` entry's consumers and their request counts, in its order.
+fn consumers_of(entry: &Value) -> Vec<(String, u64)> {
+    entry["consumers"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|c| {
+                    let name = c["consumer"].as_str().unwrap_or("").to_string();
+                    (name, c["requests"].as_u64().unwrap_or(0))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Moves the running lb's lifecycle clock (it was started with `LB_TEST_NOW`).
 fn set_clock(lb: &Lb, unix: u64) {
     let (status, v) = lb.admin_json("PUT", "/test/clock", &json!(unix));
@@ -345,19 +360,7 @@ fn a_route_without_versions_has_the_same_lifecycle() {
     assert_eq!(entry["version"], Value::Null, "{v}");
     assert_eq!(entry["phase"], "warning", "{v}");
     assert_eq!(entry["successor"], "/api/v2/", "{v}");
-    let consumers: Vec<(String, u64)> = entry["consumers"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|c| {
-                    (
-                        c["consumer"].as_str().unwrap_or("").to_string(),
-                        c["requests"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let consumers = consumers_of(&entry);
     assert_eq!(
         consumers,
         vec![("bob".to_string(), 2), ("alice".to_string(), 1)],
@@ -608,22 +611,13 @@ fn jwt_consumers_are_named_by_their_providers_claim() {
     get_with(lb.addr, "/people/users", &[("Authorization", &mobile)]);
     let (status, v) = lb.admin("GET", "/deprecations");
     assert_eq!(status, 200, "{v}");
-    let consumers = |route: &str| -> Vec<(String, u64)> {
-        v["versions"]
+    let consumers = |route: &str| {
+        let entry = v["versions"]
             .as_array()
             .and_then(|l| l.iter().find(|e| e["route"] == route))
-            .and_then(|e| e["consumers"].as_array())
-            .map(|l| {
-                l.iter()
-                    .map(|c| {
-                        (
-                            c["consumer"].as_str().unwrap_or("").to_string(),
-                            c["requests"].as_u64().unwrap_or(0),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+            .cloned()
+            .unwrap_or_default();
+        consumers_of(&entry)
     };
     // The `apps` provider names consumers by `client_id`; a token without it is anonymous.
     assert_eq!(

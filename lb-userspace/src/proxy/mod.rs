@@ -638,7 +638,8 @@ async fn read_head(
     // The first request's head is due by a deadline counted from accept; later ones from
     // their first byte.
     let mut deadline: Option<u64> = head_deadline;
-    loop {
+    // The loop ends with a refusal; a planned head or a departed client returns from it.
+    let refused = loop {
         if !client.data().is_empty() {
             if out.capacity() == 0 {
                 *out = w.out_bufs.take();
@@ -662,31 +663,10 @@ async fn read_head(
             match plan::plan_request(&mut ctx, client.data(), &side, w.access_log_on()) {
                 Ok(Some(d)) => return Ok((d, current)),
                 Ok(None) => {}
-                Err(r) => {
-                    return Err(reject(
-                        client,
-                        Req {
-                            view: &view,
-                            out,
-                            rec,
-                        },
-                        r,
-                    )
-                    .await)
-                }
+                Err(r) => break r,
             }
             if client.is_full() || client.data().len() >= http.max_header_bytes {
-                let r = Reject::closing(Refusal::HeadTooLarge);
-                return Err(reject(
-                    client,
-                    Req {
-                        view: &view,
-                        out,
-                        rec,
-                    },
-                    r,
-                )
-                .await);
+                break Reject::closing(Refusal::HeadTooLarge);
             }
         }
         let res = if client.data().is_empty() && deadline.is_none() {
@@ -704,21 +684,17 @@ async fn read_head(
                 });
             }
             Err(IoFail::Timeout) if !client.data().is_empty() => {
-                let r = Reject::closing(Refusal::HeadTimeout);
-                return Err(reject(
-                    client,
-                    Req {
-                        view: &view,
-                        out,
-                        rec,
-                    },
-                    r,
-                )
-                .await);
+                break Reject::closing(Refusal::HeadTimeout);
             }
             Err(_) => return Err(Flow::Close),
         }
-    }
+    };
+    let req = Req {
+        view: &view,
+        out,
+        rec,
+    };
+    Err(reject(client, req, refused).await)
 }
 
 /// Answers a refused request and decides whether the connection survives.
